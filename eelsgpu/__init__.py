@@ -1,0 +1,76 @@
+"""eelsgpu: exact, GPU-ready analysis of EELS low-loss and soft X-ray emission spectrum images.
+
+A spectrum image is a lazy ``xarray.DataArray`` (dims ``y, x, energy``) over a chunked zarr store;
+every analysis maps an array-API kernel over its pixel blocks with dask, on NumPy or CuPy.
+
+>>> import eelsgpu
+>>> sim = eelsgpu.synthetic.low_loss_image(eelsgpu.synthetic.Drude(15.0, 1.0), shape=(4, 4),
+...                                        t_over_lambda=0.5, n_channels=256, dispersion_eV=0.2)
+>>> sim["signal"].shape
+(4, 4, 256)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names and the module that defines each; imported on first use so that `import eelsgpu`
+# and the command line start fast (dask, zarr and matplotlib load only when needed).
+_LAZY: dict[str, str] = {
+    # data model and files
+    "open": "eelsgpu.io",
+    "write_store": "eelsgpu.io",
+    "spectrum_image": "eelsgpu.model",
+    # low loss
+    "align_zlp": "eelsgpu.zlp",
+    "deconvolve": "eelsgpu.deconvolution",
+    "thickness": "eelsgpu.thickness",
+    "kramers_kronig": "eelsgpu.kramers_kronig",
+    # maps
+    "window_maps": "eelsgpu.maps",
+    "bandgap": "eelsgpu.bandgap",
+    "cluster": "eelsgpu.clustering",
+    "decompose": "eelsgpu.decomposition",
+    # interoperability
+    "to_hyperspy": "eelsgpu.interop",
+    "from_hyperspy": "eelsgpu.interop",
+}
+_SUBMODULES = {
+    "backend",
+    "batch",
+    "bandgap",
+    "clustering",
+    "decomposition",
+    "deconvolution",
+    "engine",
+    "errors",
+    "interop",
+    "io",
+    "kramers_kronig",
+    "maps",
+    "model",
+    "physics",
+    "plotting",
+    "report",
+    "sxes",
+    "synthetic",
+    "thickness",
+    "zlp",
+}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"eelsgpu.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'eelsgpu' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

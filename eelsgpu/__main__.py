@@ -1,0 +1,5 @@
+import sys
+
+from eelsgpu.cli import main
+
+sys.exit(main())

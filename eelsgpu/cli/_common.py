@@ -1,0 +1,65 @@
+"""Options and helpers shared by the sub-commands, so every command spells them the same way."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_input(p: argparse.ArgumentParser, help: str = "spectrum image (zarr store or any file eelsgpu.open reads)") -> None:
+    p.add_argument("input", metavar="IN", help=help)
+
+
+def add_output(p: argparse.ArgumentParser, required: bool = True, help: str = "result zarr store") -> None:
+    p.add_argument("-o", "--output", metavar="OUT.zarr", required=required, help=help)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where kernels run: auto (GPU if CuPy finds a usable one, else CPU), cpu, gpu",
+    )
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_calibration(p: argparse.ArgumentParser) -> None:
+    """--beam-energy, --collection-angle, --convergence-angle (override the file's metadata)."""
+    p.add_argument("--beam-energy", type=float, metavar="keV", dest="beam_energy_keV",
+                   help="incident beam energy E0 in keV (default: from the file)")
+    p.add_argument("--collection-angle", type=float, metavar="mrad", dest="collection_angle_mrad",
+                   help="collection semi-angle beta in mrad (default: from the file)")
+    p.add_argument("--convergence-angle", type=float, metavar="mrad",
+                   dest="convergence_angle_mrad",
+                   help="convergence semi-angle alpha in mrad (default: from the file)")
+
+
+def add_png(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--png", metavar="PATH", help="also write the main map(s) as PNG here")
+
+
+def add_chunks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunks", metavar="Y,X", help="pixel block size, e.g. 64,64 (default: about 32 MiB blocks)")
+
+
+def parse_chunks(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--chunks takes integers like 64,64, not {text!r}") from None
+
+
+def calibration_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The calibration options that were given (so the file's metadata fills the rest)."""
+    out = {}
+    for key in ("beam_energy_keV", "collection_angle_mrad", "convergence_angle_mrad"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    return out
