@@ -187,7 +187,9 @@ def spectrum_image(
     lazy = lazy.astype(dtype).rechunk(chunks)
 
     unit = spatial_unit or ("nm" if (x is not None or y is not None) else "px")
-    coords: dict[str, Any] = {"energy": ("energy", energy, {"units": "eV", "long_name": "energy loss"})}
+    coords: dict[str, Any] = {
+        "energy": ("energy", energy, {"units": "eV", "long_name": "energy loss"})
+    }
     for dim, values in (("y", y), ("x", x)):
         if dim in dims:
             n = arr.shape[dims.index(dim)]

@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 #: m0 c^2 in keV (510.999 keV).
-ELECTRON_REST_ENERGY_KEV: float = _c.physical_constants["electron mass energy equivalent in MeV"][0] * 1e3
+ELECTRON_REST_ENERGY_KEV: float = (
+    _c.physical_constants["electron mass energy equivalent in MeV"][0] * 1e3
+)
 #: Bohr radius a0 in nm (0.0529 nm).
 BOHR_RADIUS_NM: float = _c.physical_constants["Bohr radius"][0] * 1e9
 #: hbar c in eV nm (197.327 eV nm), for optical absorption coefficients.
@@ -51,7 +53,9 @@ KK_PREFACTOR_NM_EV_PER_KEV: float = 2.0 * math.pi * BOHR_RADIUS_NM * 1e3
 def _check_beam(beam_energy_keV: float) -> float:
     e0 = float(beam_energy_keV)
     if not math.isfinite(e0) or e0 <= 0:
-        raise ValueError(f"beam_energy_keV must be a positive number of keV, not {beam_energy_keV!r}")
+        raise ValueError(
+            f"beam_energy_keV must be a positive number of keV, not {beam_energy_keV!r}"
+        )
     return e0
 
 
@@ -104,8 +108,9 @@ def characteristic_angle_mrad(energy_loss_eV, beam_energy_keV: float):
     return energy_loss_eV / gamma_m0_v2_keV(beam_energy_keV)
 
 
-def bulk_loss_per_eV_nm(loss_function, energy_loss_eV, beam_energy_keV: float,
-                        collection_angle_mrad: float):
+def bulk_loss_per_eV_nm(
+    loss_function, energy_loss_eV, beam_energy_keV: float, collection_angle_mrad: float
+):
     """Single-scattering probability per eV and per nm of thickness (kk-theory.md eq. 31).
 
     dP/dE = Im[-1/eps(E)] ln(1 + (beta/theta_E)^2) / (pi a0 m0 v^2), with pi a0 m0 v^2 = 332.5 T
@@ -137,8 +142,9 @@ def bulk_loss_per_eV_nm(loss_function, energy_loss_eV, beam_energy_keV: float,
     return xp.where(positive, p, xp.zeros_like(p))
 
 
-def surface_loss_per_eV(eps1, eps2, energy_loss_eV, beam_energy_keV: float,
-                        collection_angle_mrad: float):
+def surface_loss_per_eV(
+    eps1, eps2, energy_loss_eV, beam_energy_keV: float, collection_angle_mrad: float
+):
     """Surface-loss probability per eV of a film with two surfaces (kk-theory.md eq. 36).
 
     I_S(E)/N0 = 1/(pi a0 k0 T) [atan(beta/theta_E)/theta_E - beta/(beta^2 + theta_E^2)]
@@ -161,7 +167,11 @@ def surface_loss_per_eV(eps1, eps2, energy_loss_eV, beam_energy_keV: float,
     loss = eps2 / (eps1**2 + eps2**2)
     surface = 4.0 * eps2 / ((eps1 + 1.0) ** 2 + eps2**2) - loss
     t_ev = kinetic_energy_T_keV(beam_energy_keV) * 1e3
-    p = angular * surface / (math.pi * BOHR_RADIUS_NM * electron_wavenumber_per_nm(beam_energy_keV) * t_ev)
+    p = (
+        angular
+        * surface
+        / (math.pi * BOHR_RADIUS_NM * electron_wavenumber_per_nm(beam_energy_keV) * t_ev)
+    )
     return xp.where(positive, p, xp.zeros_like(p))
 
 

@@ -310,11 +310,7 @@ def low_loss_image(
     lam_nm = 1.0 / np.asarray(inv_lambdas)[region]
     t_nm = tl * lam_nm
     total = np.broadcast_to(np.asarray(total_counts, dtype=np.float64), shape)
-    n0 = (
-        np.full(shape, float(zlp_counts))
-        if zlp_counts is not None
-        else total * np.exp(-tl)
-    )
+    n0 = np.full(shape, float(zlp_counts)) if zlp_counts is not None else total * np.exp(-tl)
 
     # ZLP per pixel: per-channel integrals of R centred at the drift, on the spectrum grid
     edges = energy[:, None] + dispersion_eV * np.array([-0.5, 0.5])
@@ -324,7 +320,12 @@ def low_loss_image(
 
     signal = np.empty((n_pix, n_channels), dtype=np.float64)
     ssd_true = np.zeros((n_pix, n_channels), dtype=np.float64) if return_ssd else None
-    flat_tl, flat_t, flat_n0, flat_reg = tl.reshape(-1), t_nm.reshape(-1), n0.reshape(-1), region.reshape(-1)
+    flat_tl, flat_t, flat_n0, flat_reg = (
+        tl.reshape(-1),
+        t_nm.reshape(-1),
+        n0.reshape(-1),
+        region.reshape(-1),
+    )
     block = 256
     for start in range(0, n_pix, block):
         sl = slice(start, min(n_pix, start + block))
@@ -338,10 +339,15 @@ def low_loss_image(
                     (flat_tl[sl][mask, None] > 0) * surf[None, :]
                 )
         z = np.zeros((b, n_pad))
-        z[:, :n_channels] = flat_n0[sl, None] * np.diff(
-            zlp.cdf(edges.reshape(-1)[None, :].reshape(1, n_channels, 2) - drift[sl, None, None]),
-            axis=-1,
-        )[..., 0]
+        z[:, :n_channels] = (
+            flat_n0[sl, None]
+            * np.diff(
+                zlp.cdf(
+                    edges.reshape(-1)[None, :].reshape(1, n_channels, 2) - drift[sl, None, None]
+                ),
+                axis=-1,
+            )[..., 0]
+        )
         spec = sfft.irfft(sfft.rfft(z, axis=-1) * np.exp(sfft.rfft(s, axis=-1)), n=n_pad, axis=-1)
         signal[sl] = spec[:, :n_channels]
         if ssd_true is not None:

@@ -80,8 +80,11 @@ def drude_spectrum():
     from eelsgpu import synthetic
 
     return synthetic.low_loss_spectrum(
-        synthetic.Drude(15.0, 1.0), t_over_lambda=0.5, beam_energy_keV=300.0,
-        collection_angle_mrad=10.0, dtype=np.float64,
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=0.5,
+        beam_energy_keV=300.0,
+        collection_angle_mrad=10.0,
+        dtype=np.float64,
     )
 
 
@@ -91,8 +94,11 @@ def lorentz_spectrum():
     from eelsgpu import synthetic
 
     return synthetic.low_loss_spectrum(
-        synthetic.Lorentz(16.6, 5.07, 3.7), t_over_lambda=0.6, beam_energy_keV=300.0,
-        collection_angle_mrad=10.0, dtype=np.float64,
+        synthetic.Lorentz(16.6, 5.07, 3.7),
+        t_over_lambda=0.6,
+        beam_energy_keV=300.0,
+        collection_angle_mrad=10.0,
+        dtype=np.float64,
     )
 
 
@@ -106,8 +112,13 @@ def small_image():
     tl[2:4, 2:4] = 0.0
     drift = np.linspace(-0.3, 0.3, 120).reshape(12, 10)
     return synthetic.low_loss_image(
-        synthetic.Drude(15.0, 1.0), t_over_lambda=tl, shape=(12, 10), n_channels=1024,
-        drift_eV=drift, dtype=np.float64, chunks=(5, 5),
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=tl,
+        shape=(12, 10),
+        n_channels=1024,
+        drift_eV=drift,
+        dtype=np.float64,
+        chunks=(5, 5),
     )
 
 
