@@ -1,18 +1,51 @@
 """Pictures of maps and spectra (matplotlib, no screen needed).
 
-Every map picture has a colour bar labelled with the quantity and its unit, a scale bar from the
-pixel calibration when the pixels are in nm, and NaN (flagged) pixels shown in grey.
+A map picture is what a microscopist looks at first, so each one has
+
+* the quantity and its unit in the title and on the colour bar;
+* a scale bar of a round length (1, 2 or 5 x 10^n nm, about a fifth of the field of view) from
+  the pixel calibration, or a note that the pixels are not calibrated;
+* flagged pixels (NaN, or -1 in a label map) in grey, with their count in the corner;
+* robust colour limits (the 1st and 99th percentiles of maps of 100 pixels or more, so a few
+  hot pixels do not wash the map out), with the colour bar's arrows showing values beyond;
+* a figure shaped like the map, square pixels, no tick clutter;
+* label maps (integers: clusters, gap type; booleans: valid) drawn with discrete colours and one
+  colour-bar tick per label, named from ``flag_meanings`` when the variable has it.
+
+Examples
+--------
+>>> import numpy as np, xarray as xr
+>>> m = xr.DataArray(np.random.default_rng(0).random((20, 30)), dims=("y", "x"),
+...                  coords={"y": np.arange(20) * 0.5, "x": np.arange(30) * 0.5},
+...                  attrs={"units": "nm", "long_name": "thickness"})
+>>> m["x"].attrs["units"] = m["y"].attrs["units"] = "nm"
+>>> fig = plot_map(m)
+>>> scale_bar_label(fig.axes[0])
+'2 nm'
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_map", "plot_spectra"]
+__all__ = [
+    "FLAGGED_GREY",
+    "map_variables",
+    "nice_length",
+    "plot_map",
+    "plot_maps",
+    "plot_spectra",
+    "scale_bar_label",
+]
+
+#: Colour of flagged (NaN) pixels.
+FLAGGED_GREY = "0.72"
+_SPATIAL_UNITS = {"nm": 1.0, "um": 1e3, "µm": 1e3, "Å": 0.1, "A": 0.1, "pm": 1e-3}
 
 
 def _pyplot():
@@ -24,29 +57,124 @@ def _pyplot():
     return plt
 
 
-def _nice_length(span: float) -> float:
-    """A round scale-bar length of about a fifth of ``span``."""
-    target = span / 5.0
-    if target <= 0:
+def nice_length(span: float, fraction: float = 0.2) -> float:
+    """The round length (1, 2 or 5 x 10^n) nearest below ``fraction`` of ``span``.
+
+    >>> nice_length(37.0), nice_length(100.0), nice_length(0.9)
+    (5.0, 20.0, 0.1)
+    """
+    target = span * fraction
+    if not np.isfinite(target) or target <= 0:
         return 0.0
     exp = np.floor(np.log10(target))
     for m in (5.0, 2.0, 1.0):
-        if m * 10**exp <= target:
+        if m * 10**exp <= target * (1 + 1e-9):
             return float(m * 10**exp)
     return float(10**exp)
+
+
+# kept for callers of the first version
+_nice_length = nice_length
+
+
+def _fmt_length(length: float, unit: str) -> str:
+    if unit == "nm" and length >= 1000:
+        return f"{length / 1000:g} µm"
+    if unit == "nm" and length < 1:
+        return f"{length * 10:g} Å"
+    return f"{length:g} {unit}"
+
+
+def _unit(da: xr.DataArray) -> str:
+    return str(da.attrs.get("units", "") or "")
+
+
+def _quantity(da: xr.DataArray) -> str:
+    return str(da.attrs.get("long_name") or da.name or "")
+
+
+def _unit_label(da: xr.DataArray) -> str:
+    unit = _unit(da)
+    name = _quantity(da)
+    return f"{name} ({unit})" if unit else name
 
 
 def _title(da: xr.DataArray, title: str | None) -> str:
     if title:
         return title
-    name = da.attrs.get("long_name") or da.name or ""
-    return str(name)
+    return _unit_label(da)
 
 
-def _unit_label(da: xr.DataArray) -> str:
-    unit = da.attrs.get("units", "")
-    name = da.attrs.get("long_name") or da.name or ""
-    return f"{name} ({unit})" if unit else str(name)
+def _coord(da: xr.DataArray, dim: str, n: int) -> tuple[np.ndarray, str]:
+    if dim in da.coords:
+        return np.asarray(da[dim].values, dtype=float), str(da[dim].attrs.get("units", "px"))
+    return np.arange(n, dtype=float), "px"
+
+
+def _is_labels(da: xr.DataArray, values: np.ndarray) -> bool:
+    if np.issubdtype(da.dtype, np.bool_) or "flag_meanings" in da.attrs:
+        return True
+    if np.issubdtype(da.dtype, np.integer):
+        return np.unique(values[np.isfinite(values)]).size <= 20
+    return False
+
+
+def scale_bar_label(ax) -> str | None:
+    """The text of the scale bar drawn on ``ax`` by :func:`plot_map` (None if there is none)."""
+    for t in ax.texts:
+        if t.get_gid() == "scalebar-label":
+            return t.get_text()
+    return None
+
+
+def _draw_scale_bar(ax, extent, unit: str) -> None:
+    left, right, bottom, top = extent
+    span_x = abs(right - left)
+    span_y = abs(bottom - top)
+    length = nice_length(span_x)
+    if length <= 0:
+        return
+    from matplotlib.patches import Rectangle
+
+    x0 = min(left, right) + 0.05 * span_x
+    height = 0.022 * span_y
+    # y grows downwards in the picture: the bottom of the map is at max(y)
+    y_bar = max(bottom, top) - 0.06 * span_y
+    ax.add_patch(
+        Rectangle(
+            (x0 - 0.012 * span_x, y_bar - 0.085 * span_y),
+            length + 0.024 * span_x,
+            0.085 * span_y + height + 0.02 * span_y,
+            facecolor="black",
+            alpha=0.45,
+            edgecolor="none",
+            gid="scalebar-background",
+            zorder=4,
+        )
+    )
+    ax.add_patch(
+        Rectangle(
+            (x0, y_bar),
+            length,
+            height,
+            facecolor="white",
+            edgecolor="none",
+            gid="scalebar",
+            zorder=5,
+        )
+    )
+    ax.text(
+        x0 + length / 2,
+        y_bar - 0.012 * span_y,
+        _fmt_length(length, unit),
+        ha="center",
+        va="bottom",
+        color="white",
+        fontsize=9,
+        fontweight="bold",
+        gid="scalebar-label",
+        zorder=6,
+    )
 
 
 def plot_map(
@@ -54,22 +182,34 @@ def plot_map(
     path: str | os.PathLike | None = None,
     *,
     title: str | None = None,
-    cmap: str = "viridis",
+    cmap: str | None = None,
     robust: bool = True,
     ax=None,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ):
     """Draw a 2-D map (dims ``y, x``) with colour bar and scale bar; save it if ``path`` is given.
 
-    A 1-D map (a line scan) is drawn as a profile against x.
+    A 1-D map (a line scan) is drawn as a profile against its coordinate.
 
     Parameters
     ----------
     da : xarray.DataArray
-        The map; its ``units`` and ``long_name`` attributes label the colour bar.
+        The map; its ``units`` and ``long_name`` attributes label the title and colour bar, its
+        ``y``/``x`` coordinates (with ``units`` "nm") give the scale bar.
     path : path, optional
         Where to write the PNG.
+    title : str, optional
+        Replaces the default title "long_name (units)".
+    cmap : str, optional
+        Colour map for continuous maps (label maps use discrete colours). Default "viridis", or
+        "RdBu_r" centred on 0 when the values run well into both signs (a PCA loading, a shift).
     robust : bool
         Colour limits from the 1st and 99th percentiles (outliers do not wash the map out).
+    ax : matplotlib Axes, optional
+        Draw into it instead of a new figure.
+    vmin, vmax : float, optional
+        Fixed colour limits.
 
     Returns
     -------
@@ -77,56 +217,167 @@ def plot_map(
     """
     plt = _pyplot()
     values = np.asarray(da.values, dtype=float)
+    if values.ndim not in (1, 2):
+        raise ValueError(f"plot_map draws 1-D or 2-D maps, not {values.ndim}-D {da.dims}")
     own = ax is None
-    if own:
-        fig, ax = plt.subplots(figsize=(5.6, 4.6), dpi=120, layout="constrained")
-    else:
-        fig = ax.figure
     if values.ndim == 1:
+        if own:
+            fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120, layout="constrained")
+        fig = ax.figure
         dim = da.dims[0]
-        coord = da[dim].values if dim in da.coords else np.arange(values.size)
-        ax.plot(coord, values, "o-", ms=3)
-        unit = da[dim].attrs.get("units", "px") if dim in da.coords else "px"
+        coord, unit = _coord(da, dim, values.size)
+        ax.plot(coord, values, "o-", ms=3, lw=1.2)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            for c in coord[bad]:
+                ax.axvline(c, color=FLAGGED_GREY, lw=2, zorder=0)
+            ax.text(
+                0.99,
+                0.02,
+                f"{int(bad.sum())} flagged px (grey)",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
         ax.set_xlabel(f"{dim} ({unit})")
         ax.set_ylabel(_unit_label(da))
-    elif values.ndim == 2:
-        finite = values[np.isfinite(values)]
-        vmin = vmax = None
-        if robust and finite.size:
-            vmin, vmax = np.percentile(finite, [1, 99])
-            if vmin == vmax:
-                vmin, vmax = None, None
-        cm = plt.get_cmap(cmap).copy()
-        cm.set_bad("0.75")
-        ydim, xdim = da.dims
-        xs = da[xdim].values if xdim in da.coords else np.arange(values.shape[1])
-        ys = da[ydim].values if ydim in da.coords else np.arange(values.shape[0])
-        unit = da[xdim].attrs.get("units", "px") if xdim in da.coords else "px"
-        step_x = float(xs[1] - xs[0]) if xs.size > 1 else 1.0
-        step_y = float(ys[1] - ys[0]) if ys.size > 1 else 1.0
-        extent = (xs[0] - step_x / 2, xs[-1] + step_x / 2, ys[-1] + step_y / 2, ys[0] - step_y / 2)
-        im = ax.imshow(np.ma.masked_invalid(values), cmap=cm, vmin=vmin, vmax=vmax,
-                       extent=extent, interpolation="nearest")
-        cb = fig.colorbar(im, ax=ax, shrink=0.9)
-        cb.set_label(_unit_label(da))
-        ax.set_axis_off()
-        span = abs(extent[1] - extent[0])
-        length = _nice_length(span)
-        if length > 0:
-            x0 = extent[0] + 0.05 * span
-            y0 = extent[2] - 0.06 * abs(extent[2] - extent[3])
-            ax.plot([x0, x0 + length], [y0, y0], color="white", lw=4, solid_capstyle="butt")
-            ax.plot([x0, x0 + length], [y0, y0], color="black", lw=1.5, solid_capstyle="butt")
-            ax.text(x0 + length / 2, y0 - 0.03 * abs(extent[2] - extent[3]),
-                    f"{length:g} {unit}", ha="center", va="bottom", color="black",
-                    fontsize=9, bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})
-        n_bad = int(np.sum(~np.isfinite(values)))
-        if n_bad:
-            ax.text(0.99, 0.01, f"{n_bad} flagged px (grey)", transform=ax.transAxes,
-                    ha="right", va="bottom", fontsize=8, color="0.2")
+        ax.grid(alpha=0.3)
+        ax.set_title(_title(da, title))
+        return _finish(fig, path, own, plt)
+
+    ydim, xdim = da.dims
+    ny, nx = values.shape
+    xs, xunit = _coord(da, xdim, nx)
+    ys, yunit = _coord(da, ydim, ny)
+    step_x = float(xs[1] - xs[0]) if xs.size > 1 else 1.0
+    step_y = float(ys[1] - ys[0]) if ys.size > 1 else 1.0
+    extent = (xs[0] - step_x / 2, xs[-1] + step_x / 2, ys[-1] + step_y / 2, ys[0] - step_y / 2)
+    if own:
+        aspect = (ny * abs(step_y)) / max(nx * abs(step_x), 1e-12)
+        width = 5.6
+        height = float(np.clip(width * aspect * 0.86 + 0.7, 2.4, 7.5))
+        fig, ax = plt.subplots(figsize=(width, height), dpi=130, layout="constrained")
+    fig = ax.figure
+
+    labels = _is_labels(da, values)
+    if labels:
+        bad = ~np.isfinite(values) | (values < 0)
+        shown = np.where(bad, np.nan, values)
+        levels = np.unique(shown[np.isfinite(shown)]).astype(int)
+        named = [v for v in _flag_names(da)]
+        if np.issubdtype(da.dtype, np.bool_):
+            levels = np.array([0, 1])
+        elif named:  # every named label gets its colour, present or not
+            levels = np.union1d(levels, named).astype(int)
+        lo, hi = (int(levels.min()), int(levels.max())) if levels.size else (0, 1)
+        n_col = hi - lo + 1
+        base = plt.get_cmap("tab10" if n_col <= 10 else "tab20")
+        from matplotlib.colors import BoundaryNorm, ListedColormap
+
+        cm = ListedColormap([base(i % base.N) for i in range(n_col)]).with_extremes(
+            bad=FLAGGED_GREY
+        )
+        norm = BoundaryNorm(np.arange(lo - 0.5, hi + 1.5), n_col)
+        im = ax.imshow(
+            np.ma.masked_invalid(shown), cmap=cm, norm=norm, extent=extent, interpolation="nearest"
+        )
+        cb = fig.colorbar(im, ax=ax, shrink=0.9, ticks=np.arange(lo, hi + 1))
+        names = _flag_names(da)
+        if np.issubdtype(da.dtype, np.bool_):
+            names = {0: "False", 1: "True"}
+        if names:
+            cb.set_ticklabels([names.get(i, str(i)) for i in range(lo, hi + 1)])
     else:
-        raise ValueError(f"plot_map draws 1-D or 2-D maps, not {values.ndim}-D {da.dims}")
-    ax.set_title(_title(da, title))
+        bad = ~np.isfinite(values)
+        finite = values[~bad]
+        lo_v, hi_v = vmin, vmax
+        if finite.size and (lo_v is None or hi_v is None):
+            # percentiles only where there are enough pixels for a few to be outliers
+            if robust and finite.size >= 100:
+                p_lo, p_hi = np.percentile(finite, [1, 99])
+            else:
+                p_lo, p_hi = finite.min(), finite.max()
+            lo_v = p_lo if lo_v is None else lo_v
+            hi_v = p_hi if hi_v is None else hi_v
+            if hi_v <= lo_v:
+                lo_v, hi_v = float(finite.min()), float(finite.max())
+                if hi_v <= lo_v:
+                    lo_v, hi_v = lo_v - 0.5 * (abs(lo_v) or 1), hi_v + 0.5 * (abs(hi_v) or 1)
+        if cmap is None and lo_v is not None and lo_v < 0 < hi_v:
+            if min(-lo_v, hi_v) > 0.2 * (hi_v - lo_v) and vmin is None and vmax is None:
+                cmap = "RdBu_r"
+                lo_v, hi_v = -max(-lo_v, hi_v), max(-lo_v, hi_v)
+        cm = plt.get_cmap(cmap or "viridis").with_extremes(bad=FLAGGED_GREY)
+        im = ax.imshow(
+            np.ma.masked_invalid(values),
+            cmap=cm,
+            vmin=lo_v,
+            vmax=hi_v,
+            extent=extent,
+            interpolation="nearest",
+        )
+        extend = "neither"
+        if finite.size and lo_v is not None:
+            below, above = finite.min() < lo_v, finite.max() > hi_v
+            extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
+                (bool(below), bool(above)), "neither"
+            )
+        cb = fig.colorbar(im, ax=ax, shrink=0.9, extend=extend)
+    cb.set_label(_unit_label(da))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+    calibrated = xunit in _SPATIAL_UNITS and xunit == yunit
+    if calibrated:
+        _draw_scale_bar(ax, extent, xunit)
+    else:
+        ax.text(
+            0.01,
+            -0.01,
+            f"{nx} x {ny} px (no spatial calibration)",
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            fontsize=8,
+            color="0.3",
+            gid="no-calibration",
+        )
+    n_bad = int(bad.sum())
+    if n_bad:
+        ax.text(
+            1.0,
+            -0.01,
+            f"{n_bad} flagged px (grey)",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="0.25",
+            gid="flagged-count",
+        )
+    ax.set_title(_title(da, title), fontsize=11)
+    return _finish(fig, path, own, plt)
+
+
+def _flag_names(da: xr.DataArray) -> dict[int, str]:
+    meanings = da.attrs.get("flag_meanings")
+    values = da.attrs.get("flag_values")
+    if not meanings:
+        return {}
+    words = str(meanings).split()
+    if values is None:
+        return {}
+    vals = np.atleast_1d(np.asarray(values)).astype(int).tolist()
+    if len(vals) != len(words):
+        return {}
+    return {v: w.replace("_", " ") for v, w in zip(vals, words, strict=True) if v >= 0}
+
+
+def _finish(fig, path, own, plt):
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
@@ -135,31 +386,140 @@ def plot_map(
     return fig
 
 
+def map_variables(ds: xr.Dataset) -> list[str]:
+    """Names of the variables of ``ds`` that are maps (2-D over y, x, or 1-D over x/y)."""
+    out = []
+    for name, var in ds.data_vars.items():
+        if var.ndim == 2 and var.dims[-1] == "x" and var.dims[0] == "y":
+            out.append(str(name))
+        elif var.ndim == 1 and var.dims[0] in ("x", "y") and ds.sizes[var.dims[0]] > 1:
+            out.append(str(name))
+    return out
+
+
+def plot_maps(
+    ds: xr.Dataset,
+    path_pattern: str | os.PathLike,
+    names: list[str] | None = None,
+) -> list[Path]:
+    """Write one PNG per map of ``ds``; ``path_pattern`` holds ``{name}`` (or is a folder)."""
+    pattern = str(path_pattern)
+    if "{name}" not in pattern:
+        pattern = str(Path(pattern) / "{name}.png")
+    written = []
+    for name in names or map_variables(ds):
+        p = Path(pattern.format(name=name))
+        plot_map(ds[name], p)
+        written.append(p)
+    return written
+
+
 def plot_spectra(
-    spectra: dict[str, xr.DataArray],
+    spectra: Mapping[str, xr.DataArray],
     path: str | os.PathLike | None = None,
     *,
     title: str = "",
     xlim: tuple[float, float] | None = None,
     ylabel: str | None = None,
+    logy: bool | str = "auto",
+    ax=None,
+    styles: Mapping[str, Mapping] | None = None,
+    spans: Sequence[tuple[float, float, str]] | None = None,
 ):
-    """Overlay labelled 1-D spectra (dim ``energy``) and save the figure if ``path`` is given."""
+    """Overlay labelled 1-D spectra (dim ``energy``) and save the figure if ``path`` is given.
+
+    Parameters
+    ----------
+    spectra : mapping label -> DataArray
+        Each 1-D over its energy coordinate.
+    path : path, optional
+        Where to write the PNG.
+    title, ylabel : str
+        Labels (the y label defaults to the spectra's ``long_name (units)``).
+    xlim : (float, float), optional
+        Energy range shown (eV); the y range follows what is shown.
+    logy : bool or "auto"
+        Logarithmic intensity axis; ``"auto"`` chooses it when a spectrum that starts below
+        0 eV has a zero-loss peak (a maximum within 2 eV of 0) over 20 times higher than
+        anything beyond 3 eV, so the losses show.
+    ax : matplotlib Axes, optional
+        Draw into it instead of a new figure.
+    styles : mapping label -> dict, optional
+        Matplotlib line keywords per label (e.g. a fit dashed in its data's colour).
+    spans : sequence of (lo_eV, hi_eV, label), optional
+        Energy ranges to shade (integration windows, background-fit ranges), labelled on top;
+        a label starting with "bg" is shaded grey.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120, layout="constrained")
-    unit = ""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6.6, 4.0), dpi=130, layout="constrained")
+    fig = ax.figure
+    ylab = ""
+    lo_y, hi_y, lo_pos = np.inf, -np.inf, np.inf
     for label, da in spectra.items():
         dim = da.dims[-1]
-        ax.plot(da[dim].values, np.asarray(da.values), label=label, lw=1.2)
-        unit = da.attrs.get("units", unit)
-        xunit = da[dim].attrs.get("units", "eV")
-        ax.set_xlabel(f"{dim} ({xunit})")
-    ax.set_ylabel(ylabel or unit)
+        x = np.asarray(da[dim].values, float) if dim in da.coords else np.arange(da.shape[-1])
+        y = np.asarray(da.values, float)
+        kw = {"lw": 1.2, **dict((styles or {}).get(label, {}))}
+        ax.plot(x, y, label=str(label), **kw)
+        ylab = ylab or _unit_label(da)
+        xunit = da[dim].attrs.get("units", "eV") if dim in da.coords else "channel"
+        xname = da[dim].attrs.get("long_name", dim) if dim in da.coords else dim
+        ax.set_xlabel(f"{xname} ({xunit})")
+        sel = np.isfinite(y) & ((x >= xlim[0]) & (x <= xlim[1]) if xlim else True)
+        if sel.any():
+            lo_y, hi_y = min(lo_y, float(y[sel].min())), max(hi_y, float(y[sel].max()))
+            pos = y[sel][y[sel] > 0]
+            if pos.size:
+                lo_pos = min(lo_pos, float(np.percentile(pos, 0.5)))
+    ax.set_ylabel(ylabel or ylab)
+    for k, (lo, hi, text) in enumerate(spans or ()):
+        grey = str(text).startswith("bg")
+        ax.axvspan(lo, hi, color="0.5" if grey else f"C{(k % 8) + 1}", alpha=0.12, lw=0, gid="span")
+        # inside the axes, staggered, so neighbouring windows' labels do not collide
+        ax.text(
+            (lo + hi) / 2,
+            0.98 - 0.06 * (k % 4),
+            str(text),
+            ha="center",
+            va="top",
+            transform=ax.get_xaxis_transform(),
+            fontsize=8,
+            color="0.25",
+        )
+    if logy == "auto":
+        logy = _has_dominant_zlp(spectra)
     if xlim:
         ax.set_xlim(*xlim)
-    ax.legend(frameon=False)
+        if np.isfinite(lo_y) and hi_y > lo_y and not logy:
+            pad = 0.05 * (hi_y - lo_y)
+            ax.set_ylim(lo_y - pad, hi_y + pad)
+    if logy:
+        ax.set_yscale("log")
+        if np.isfinite(hi_y) and hi_y > 0:
+            floor = lo_pos * 0.5 if np.isfinite(lo_pos) else hi_y * 1e-6
+            ax.set_ylim(max(floor, hi_y * 1e-7), hi_y * 2)
+    ax.grid(alpha=0.3)
+    if len(spectra) > 1 or any(str(k) for k in spectra):
+        ax.legend(frameon=False, fontsize=9)
     ax.set_title(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-    return fig
+    return _finish(fig, path, own, plt)
+
+
+def _has_dominant_zlp(spectra: Mapping[str, xr.DataArray]) -> bool:
+    for da in spectra.values():
+        dim = da.dims[-1]
+        if dim not in da.coords:
+            continue
+        x = np.asarray(da[dim].values, float)
+        y = np.asarray(da.values, float)
+        if x.min() >= 0:  # no energy-gain side: no zero-loss peak in the spectrum
+            continue
+        near, far = (np.abs(x) <= 2.0) & np.isfinite(y), (x > 3.0) & np.isfinite(y)
+        if near.any() and far.any():
+            peak = np.nanmax(y[near])
+            rest = np.nanmax(y[far])
+            if peak > 0 and peak > 20 * max(rest, 0):
+                return True
+    return False

@@ -21,8 +21,9 @@ class _TqdmCallback(Callback):
         from tqdm.auto import tqdm
 
         total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-        self.bar = tqdm(total=total, desc=self.description, unit="task", file=sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, desc=self.description, unit="task", file=sys.stderr, dynamic_ncols=True
+        )
 
     def _posttask(self, key, result, dsk, state, worker_id) -> None:
         if self.bar is not None:

@@ -6,11 +6,16 @@ import argparse
 from typing import Any
 
 
-def add_input(p: argparse.ArgumentParser, help: str = "spectrum image (zarr store or any file eelsgpu.open reads)") -> None:
+def add_input(
+    p: argparse.ArgumentParser,
+    help: str = "spectrum image (zarr store or any file eelsgpu.open reads)",
+) -> None:
     p.add_argument("input", metavar="IN", help=help)
 
 
-def add_output(p: argparse.ArgumentParser, required: bool = True, help: str = "result zarr store") -> None:
+def add_output(
+    p: argparse.ArgumentParser, required: bool = True, help: str = "result zarr store"
+) -> None:
     p.add_argument("-o", "--output", metavar="OUT.zarr", required=required, help=help)
 
 
@@ -29,13 +34,27 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 def add_calibration(p: argparse.ArgumentParser) -> None:
     """--beam-energy, --collection-angle, --convergence-angle (override the file's metadata)."""
-    p.add_argument("--beam-energy", type=float, metavar="keV", dest="beam_energy_keV",
-                   help="incident beam energy E0 in keV (default: from the file)")
-    p.add_argument("--collection-angle", type=float, metavar="mrad", dest="collection_angle_mrad",
-                   help="collection semi-angle beta in mrad (default: from the file)")
-    p.add_argument("--convergence-angle", type=float, metavar="mrad",
-                   dest="convergence_angle_mrad",
-                   help="convergence semi-angle alpha in mrad (default: from the file)")
+    p.add_argument(
+        "--beam-energy",
+        type=float,
+        metavar="keV",
+        dest="beam_energy_keV",
+        help="incident beam energy E0 in keV (default: from the file)",
+    )
+    p.add_argument(
+        "--collection-angle",
+        type=float,
+        metavar="mrad",
+        dest="collection_angle_mrad",
+        help="collection semi-angle beta in mrad (default: from the file)",
+    )
+    p.add_argument(
+        "--convergence-angle",
+        type=float,
+        metavar="mrad",
+        dest="convergence_angle_mrad",
+        help="convergence semi-angle alpha in mrad (default: from the file)",
+    )
 
 
 def add_png(p: argparse.ArgumentParser) -> None:
@@ -43,7 +62,11 @@ def add_png(p: argparse.ArgumentParser) -> None:
 
 
 def add_chunks(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chunks", metavar="Y,X", help="pixel block size, e.g. 64,64 (default: about 32 MiB blocks)")
+    p.add_argument(
+        "--chunks",
+        metavar="Y,X",
+        help="pixel block size, e.g. 64,64 (default: about 32 MiB blocks)",
+    )
 
 
 def parse_chunks(text: str | None) -> tuple[int, ...] | None:
@@ -52,7 +75,9 @@ def parse_chunks(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--chunks takes integers like 64,64, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--chunks takes integers like 64,64, not {text!r}"
+        ) from None
 
 
 def calibration_kwargs(args: argparse.Namespace) -> dict[str, Any]:

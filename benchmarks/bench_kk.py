@@ -1,0 +1,236 @@
+"""Kramers-Kronig analysis (no surface iterations) of a 256 x 256 x 2048 SSD cube: eelsgpu vs exspy
+vs the bare batched FFTs it needs.
+
+Issue 4's targets: at least 8x exspy's speed on the same cube in the same run, within a factor 3
+of the time of the bare batched FFTs the analysis needs, and memory bounded (set by the block
+size, not the cube size).
+
+Each part runs in its own process under ``/usr/bin/time -v`` (peak RSS measured from outside):
+
+* ``fft``: the bare batched FFTs of the analysis, on the cube in memory: one real forward and one
+  real inverse transform of length ``fft_length(K)`` (>= 2K - 1, K = 1948 loss channels) per
+  spectrum, float32, scipy.fft with all cores;
+* ``ours``: :func:`eelsgpu.kramers_kronig` zarr -> zarr, metal normalisation, writing what exspy
+  returns (eps1, eps2, the loss function and the thickness map); ``ours-all`` writes every
+  output (8 cubes and 11 maps);
+* ``exspy``: ``EELSSpectrum.kramers_kronig_analysis(zlp=N0, n=1000, full_output=True)``, one
+  iteration, on the same SSD (its positive-loss part: exspy divides by E and fails on a channel at
+  0 eV) in memory.
+
+It is big (0.5 GiB on disk; exspy needs about 11 GiB of RAM at 256): run it under the lock::
+
+    flock /tmp/eelsgpu-bench.lock python benchmarks/bench_kk.py [--size 256] [--no-exspy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_E = 2048
+DISPERSION = 0.05
+OFFSET = -5.0
+E0_KEV, BETA_MRAD = 200.0, 10.0
+ROOT = Path(__file__).resolve().parents[1]
+EXSPY_VARIABLES = ("eps1", "eps2", "loss_function", "thickness_nm")
+
+
+def generate(folder: Path, size: int) -> Path:
+    """ssd.zarr: a size x size x 2048 float32 SSD cube (Drude metal, t 20 to 200 nm along x),
+    with ``zlp_intensity`` and ``valid`` maps, as ``eelsgpu deconvolve`` writes it."""
+    import dask.array as da
+    import xarray as xr
+
+    from eelsgpu import synthetic
+    from eelsgpu.io import write_store
+    from eelsgpu.model import spectrum_image
+
+    lam = float(
+        synthetic.low_loss_spectrum(synthetic.Drude(15.0, 1.0), t_over_lambda=0.1,
+                                    n_channels=256, dispersion_eV=0.1)["true_mean_free_path_nm"]
+    )
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=np.linspace(20.0, 200.0, size)[None, :] / lam,
+        shape=(1, size),
+        n_channels=N_E,
+        dispersion_eV=DISPERSION,
+        offset_eV=OFFSET,
+        beam_energy_keV=E0_KEV,
+        collection_angle_mrad=BETA_MRAD,
+        dtype=np.float32,
+    )
+    row = sim["true_ssd"].values.astype(np.float32)  # (1, size, N_E)
+    cube = da.broadcast_to(da.from_array(row, chunks=(1, size, N_E)), (size, size, N_E))
+    si = spectrum_image(cube, sim["energy"].values, beam_energy_keV=E0_KEV,
+                        collection_angle_mrad=BETA_MRAD, source="bench ssd", name="ssd")
+    n0 = np.broadcast_to(sim["true_zlp_intensity"].values, (size, size))
+    ds = xr.Dataset({"ssd": si, "zlp_intensity": (("y", "x"), n0.astype(np.float32)),
+                     "valid": (("y", "x"), np.ones((size, size), bool))})
+    path = folder / "ssd.zarr"
+    write_store(ds, path, overwrite=True)
+    return path
+
+
+# --------------------------------------------------------------------------- parts
+def _part_fft(path: Path) -> dict:
+    import scipy.fft as sfft
+
+    from eelsgpu.io import open_store
+    from eelsgpu.kramers_kronig import fft_length, loss_grid
+
+    da_ = open_store(path)["ssd"]
+    grid = loss_grid(da_["energy"].values)
+    x = np.ascontiguousarray(da_.values.reshape(-1, N_E)[:, grid.start : grid.start + grid.n])
+    m = fft_length(grid.n)
+    sfft.irfft(sfft.rfft(x[:64], n=m, axis=-1), n=m, axis=-1)  # plan warm-up
+    t0 = time.perf_counter()
+    spec = sfft.rfft(x, n=m, axis=-1, workers=-1)
+    t1 = time.perf_counter()
+    sfft.irfft(spec, n=m, axis=-1, workers=-1)
+    t2 = time.perf_counter()
+    return {"rfft_s": t1 - t0, "rfft_irfft_s": t2 - t0, "fft_length": m, "channels": grid.n}
+
+
+def _part_ours(path: Path, out_path: Path, all_outputs: bool) -> dict:
+    import dask
+
+    import eelsgpu
+    from eelsgpu.io import open_store, write_store
+
+    dask.config.set(scheduler="threads")
+    t0 = time.perf_counter()
+    ssd = open_store(path)
+    ds = eelsgpu.kramers_kronig(ssd, metal=True, device="cpu",
+                                variables=None if all_outputs else EXSPY_VARIABLES)
+    write_store(ds, out_path, overwrite=True)
+    wall = time.perf_counter() - t0
+    res = open_store(out_path)
+    t = res["thickness_nm"].values
+    return {"wall_s": wall, "valid_fraction": float(res["valid"].values.mean())
+            if "valid" in res else 1.0, "thickness_nm_range": [float(t.min()), float(t.max())]}
+
+
+def _part_exspy(path: Path) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from exspy.signals import EELSSpectrum
+
+    from eelsgpu.io import open_store
+
+    store = open_store(path)
+    da_ = store["ssd"]
+    e = da_["energy"].values
+    first = int(np.argmax(e > 1e-9))  # exspy divides by E: give it E > 0 only
+    s = EELSSpectrum(np.ascontiguousarray(da_.values[..., first:]))
+    ax = s.axes_manager.signal_axes[0]
+    ax.offset, ax.scale, ax.units = float(e[first]), DISPERSION, "eV"
+    s.set_microscope_parameters(beam_energy=E0_KEV, collection_angle=BETA_MRAD,
+                                convergence_angle=0.0)
+    n0 = float(store["zlp_intensity"].values.mean())
+    t0 = time.perf_counter()
+    eps, thickness = s.kramers_kronig_analysis(zlp=n0, iterations=1, n=1000.0, full_output=True)[:2]
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall}
+
+
+# --------------------------------------------------------------------------- driver
+_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+
+
+def _run_part(part: str, args: list[str]) -> dict:
+    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--part", part, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"part {part} failed:\n{proc.stdout}\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = _RSS.search(proc.stderr)
+    result["peak_rss_GiB"] = int(m.group(1)) / 2**20 if m else float("nan")
+    return result
+
+
+def bench_kk(size: int = 256, *, exspy: bool = True, folder: str | os.PathLike | None = None) -> dict:
+    """Run every part on a ``size x size x 2048`` SSD cube; return (and print) the figures."""
+    tmp = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="eelsgpu-bench-kk-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        path = generate(tmp, size)
+        print(f"SSD cube {size} x {size} x {N_E} float32 written in {time.perf_counter() - t0:.1f} s")
+        res: dict = {"size": size, "cpus": os.cpu_count()}
+        res["fft"] = _run_part("fft", [str(path)])
+        res["ours"] = _run_part("ours", [str(path), str(tmp / "kk.zarr")])
+        res["ours_all"] = _run_part("ours-all", [str(path), str(tmp / "kk_all.zarr")])
+        if exspy:
+            res["exspy"] = _run_part("exspy", [str(path)])
+    finally:
+        if not folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+    n = size * size
+    f = res["fft"]
+    lines = [
+        f"Kramers-Kronig, {size} x {size} x {N_E} float32 SSD ({n} spectra), zarr -> zarr, "
+        f"{res['cpus']} cores:",
+        f"  bare scipy.fft rfft+irfft (n={f['fft_length']}) {f['rfft_irfft_s']:7.2f} s  "
+        f"({n / f['rfft_irfft_s']:9.0f} spectra/s)  peak {f['peak_rss_GiB']:.2f} GiB",
+    ]
+    for key, label in (("ours", "eelsgpu (eps, loss, t)"), ("ours_all", "eelsgpu (all outputs)")):
+        r = res[key]
+        lines.append(
+            f"  {label:<34} {r['wall_s']:7.2f} s  ({n / r['wall_s']:9.0f} spectra/s)  peak "
+            f"{r['peak_rss_GiB']:.2f} GiB; time / bare FFTs = {r['wall_s'] / f['rfft_irfft_s']:.2f}"
+        )
+    if "exspy" in res:
+        x = res["exspy"]
+        lines.append(
+            f"  exspy 0.3.2 (in memory, 1 iteration) {x['wall_s']:7.2f} s  "
+            f"({n / x['wall_s']:9.0f} spectra/s)  peak {x['peak_rss_GiB']:.2f} GiB"
+        )
+        for key in ("ours", "ours_all"):
+            lines.append(f"  speed-up {key} vs exspy: {x['wall_s'] / res[key]['wall_s']:.1f}x")
+    print("\n".join(lines))
+    res["report"] = lines
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--no-exspy", action="store_true")
+    ap.add_argument("--folder", help="keep the stores here")
+    ap.add_argument("--json", help="write the figures to this JSON file")
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.part:
+        p = [Path(x) for x in a.paths]
+        if a.part == "fft":
+            out = _part_fft(p[0])
+        elif a.part in ("ours", "ours-all"):
+            out = _part_ours(p[0], p[1], a.part == "ours-all")
+        elif a.part == "exspy":
+            out = _part_exspy(p[0])
+        else:
+            raise SystemExit(f"unknown part {a.part}")
+        print(json.dumps(out))
+        return 0
+    res = bench_kk(a.size, exspy=not a.no_exspy, folder=a.folder)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

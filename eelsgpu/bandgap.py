@@ -1,0 +1,682 @@
+"""Band-gap maps: the energy and type of the absorption onset, fitted per pixel.
+
+Near a band gap the single-scattering loss rises as a power of the energy above the gap,
+
+    I(E) = A (E - Eg)^b  for E > Eg,  0 below,
+
+with b = 1/2 for a direct and b = 3/2 for an indirect allowed transition (Rafferty & Brown,
+Phys. Rev. B 58, 10326 (1998); Egerton 2011, section 3.3.6; used by EELSfitter, Roest et al.,
+Ultramicroscopy 222, 113202 (2021)). What lies under the onset (the tail of the zero-loss peak,
+or its residual after subtraction) is a background ``B(E)``: none, a constant, a straight line or
+a decaying power law ``c0 + c1 (E/E_lo)^-r``.
+
+The fit is exact least squares without a per-pixel optimiser, so it streams blockwise on CPU or
+GPU: for every candidate (Eg, b, r) on a grid the model is *linear* in A and the background
+coefficients, which are profiled out in closed form (Frisch-Waugh: the onset column is
+projected off the background columns, then A = <f, y~>_w / <f~, f~>_w with A >= 0 enforced);
+the chi^2 of every candidate comes from a few matrix products over the whole block. The minimum
+of the profile chi^2(Eg) (b, r and the linear parameters profiled out) is refined by a 5-point
+parabola, and its curvature gives the standard error, sigma^2 = 2 / (d^2 chi^2 / dEg^2) (the
+Delta chi^2 = 1 rule; where the profile is not parabolic, the half-width of the grid interval
+with Delta chi^2 <= 1 if that is wider), scaled by sqrt(reduced chi^2) when the model fits worse
+than the noise. b is treated the same way over its own profile when it is free, and the type is
+the better of b = 1/2 and b = 3/2 by chi^2 (a likelihood-ratio choice). Weights are Poisson:
+variance = the counts smoothed over 5 channels (at least 1), or a variance cube the caller gives.
+Energies are in eV, spectra in counts per channel.
+
+A pixel is flagged (``valid`` False, NaN results, ``gap_type`` -1) when the onset is not
+significant (the onset term improves chi^2 by less than ``min_significance``^2), when the best
+Eg or b sits at the edge of its search range, when the chi^2 curvature is not positive, or when
+its reduced chi^2 is far above the image's median (the model does not describe that pixel).
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsgpu.model import spectrum_image
+>>> e = np.arange(0.0, 6.0, 0.02)
+>>> y = 1.0 + 400.0 * np.clip(e - 2.5, 0, None) ** 1.5
+>>> ds = bandgap(spectrum_image(y, e), window_eV=(1.0, 5.0), model="indirect",
+...              background="constant", device="cpu")
+>>> round(float(ds["bandgap_eV"]), 2), int(ds["gap_type"])
+(2.5, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .backend import array_namespace
+from .engine import Output, apply_kernel
+from .errors import InputError
+
+__all__ = ["bandgap", "bandgap_kernel", "auto_window", "fit_curves", "MODELS", "BACKGROUNDS"]
+
+MODELS = ("direct", "indirect", "free")
+BACKGROUNDS = ("none", "constant", "linear", "power-law")
+#: Exponent of a direct and of an indirect allowed transition.
+B_DIRECT, B_INDIRECT = 0.5, 1.5
+#: b grid of the free model (includes 0.5 and 1.5 exactly, so the type test compares them).
+B_FREE = tuple(round(0.3 + 0.1 * i, 10) for i in range(18))  # 0.3 .. 2.0
+#: Decay exponents r of the power-law background tried per pixel.
+TAIL_EXPONENTS = tuple(0.5 * i for i in range(2, 13))  # 1 .. 6
+_SMOOTH = 5  # channels in the moving average that estimates the Poisson variance
+
+
+def _moving_average(xp, y, half: int):
+    """Mean of y over channels j-half..j+half (clipped at the ends), array-API only."""
+    n, m = y.shape
+    c = xp.cumulative_sum(y, axis=1, include_initial=True)  # (n, m+1)
+    j = xp.arange(m)
+    lo = xp.clip(j - half, 0, m)
+    hi = xp.clip(j + half + 1, 0, m)
+    s = xp.take(c, hi, axis=1) - xp.take(c, lo, axis=1)
+    return s / xp.astype(hi - lo, y.dtype)
+
+
+def _stencil(xp, prof, idx):
+    """Values of ``prof`` (n, k) at idx-2..idx+2 (clipped) and whether idx is >= 2 from an edge."""
+    k = prof.shape[1]
+    vals = []
+    for d in (-2, -1, 0, 1, 2):
+        j = xp.clip(idx + d, 0, k - 1)
+        vals.append(xp.take_along_axis(prof, j[:, None], axis=1)[:, 0])
+    inside = (idx >= 2) & (idx <= k - 3)
+    return vals, inside
+
+
+def _interval_halfwidth(xp, prof, grid, chi2_min, scale2):
+    """Half the width of the grid points with chi^2 <= min + scale2 (the 1-sigma interval)."""
+    inside = prof <= (chi2_min + scale2)[:, None]
+    lo = xp.min(xp.where(inside, grid[None, :], math.inf), axis=1)
+    hi = xp.max(xp.where(inside, grid[None, :], -math.inf), axis=1)
+    return xp.where(hi >= lo, 0.5 * (hi - lo), 0.0)
+
+
+def _track(xp, track, chi2, fy, q, ok, fb, cols, theta, eg, b: float, r: float) -> None:
+    """Keep, per pixel, the parameters of the best grid point seen so far (in place in dict)."""
+    idx = xp.argmin(chi2, axis=1)[:, None]
+    val = xp.take_along_axis(chi2, idx, axis=1)[:, 0]
+    a_all = xp.where(ok, fy / xp.where(ok, q, 1.0), 0.0)
+    a = xp.take_along_axis(a_all, idx, axis=1)[:, 0]
+    better = val < track["chi2"]
+    new = {
+        "chi2": val,
+        "a": a,
+        "eg": xp.take(eg, idx[:, 0]),
+        "b": xp.full_like(a, b),
+        "r": xp.full_like(a, r),
+    }
+    # background at the joint optimum: theta - A G^-1 <B, f> (the onset's share removed)
+    fb_at = [xp.take_along_axis(f, idx, axis=1)[:, 0] for f in fb]
+    for p in range(len(fb)):
+        shift = sum(cols[p][s_][:, 0] * fb_at[s_] for s_ in range(len(fb)))
+        new[f"c{p}"] = theta[p][:, 0] - a * shift
+    for key, value in new.items():
+        track[key] = xp.where(better, value, track[key])
+
+
+def _parabola(vals):
+    """Least-squares parabola through 5 equally spaced values: vertex offset and c2 (grid units).
+
+    With orthogonal polynomials on k = -2..2: c1 = sum k v / 10, c2 = sum (k^2 - 2) v / 14, and
+    v(k) ~ c0 + c1 k + c2 (k^2 - 2), so the vertex is at -c1 / (2 c2) and d^2v/dk^2 = 2 c2.
+    """
+    ks = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    c1 = sum(k * v for k, v in zip(ks, vals, strict=True)) / 10.0
+    c2 = sum((k * k - 2.0) * v for k, v in zip(ks, vals, strict=True)) / 14.0
+    return c1, c2
+
+
+def bandgap_kernel(
+    block: Any,
+    energy_eV: Any,
+    *,
+    window: tuple[int, int],
+    eg_grid_eV: Any,
+    b_values: Sequence[float] = (B_DIRECT,),
+    background: str = "power-law",
+    tail_exponents: Sequence[float] = TAIL_EXPONENTS,
+    min_significance: float = 5.0,
+    variance: Any = None,
+    return_model: bool = False,
+) -> dict[str, Any]:
+    """Fit I(E) = A (E - Eg)^b + background to every spectrum of a block (array API).
+
+    Rafferty & Brown, PRB 58, 10326 (1998), eq. 1 (the onset power law); grid search with the
+    linear parameters profiled out in closed form, see the module docstring.
+
+    Parameters
+    ----------
+    block : array (n_pixels, n_energy)
+        Spectra (counts per channel): an SSD or a ZLP-subtracted spectrum; the raw spectrum works
+        too when its ZLP tail is modelled by the power-law background.
+    energy_eV : array (n_energy,)
+        Energy loss in eV.
+    window : (int, int)
+        Channel slice [i0, i1) of the fit.
+    eg_grid_eV : array (n_eg,)
+        Candidate gap energies in eV, equally spaced (at least 5).
+    b_values : sequence of float
+        Exponents tried: one value (fixed) or an equally spaced grid of at least 5 (free).
+    background : {"none", "constant", "linear", "power-law"}
+        What lies under the onset.
+    tail_exponents : sequence of float
+        r values tried for the power-law background.
+    min_significance : float
+        The onset must lower chi^2 by at least this squared (in sigma) to count.
+    variance : array (n_pixels, n_energy), optional
+        Variance of each channel (counts^2); default Poisson from the smoothed counts.
+    return_model : bool
+        Also return ``model`` (n_pixels, window channels): the best-fitting curve on the grid,
+        to draw over the data (costs a little more).
+
+    Returns
+    -------
+    dict
+        ``bandgap_eV``, ``bandgap_error_eV``, ``exponent_b``, ``exponent_error``, ``gap_type``
+        (0 direct, 1 indirect, -1 flagged), ``fit_quality`` (reduced chi^2), ``r_squared``,
+        ``onset_significance`` (sigma), ``amplitude`` (A, counts per channel per eV^b),
+        ``valid`` (bool), each (n_pixels,).
+    """
+    xp = array_namespace(block)
+    f64 = xp.float64
+    i0, i1 = int(window[0]), int(window[1])
+    y = xp.astype(block[:, i0:i1], f64)
+    e = xp.astype(energy_eV[i0:i1], f64)
+    eg = xp.astype(eg_grid_eV, f64)
+    n, m = y.shape
+    n_eg = eg.shape[0]
+    finite = xp.all(xp.isfinite(y), axis=1)
+    # a pixel with NaN/inf is flagged; its values are replaced so the arithmetic stays quiet
+    y = xp.where(finite[:, None], y, 1.0)
+    if variance is None:
+        var = _moving_average(xp, y, _SMOOTH // 2)
+        var = xp.clip(xp.abs(var), 1.0, None)
+    else:
+        var = xp.astype(variance[:, i0:i1], f64)
+        var_ok = xp.all(xp.isfinite(var) & (var > 0), axis=1)
+        finite = finite & var_ok
+        var = xp.where(var_ok[:, None], xp.clip(var, 1e-12, None), 1.0)
+    w = 1.0 / var
+    wy = w * y
+
+    e_lo = e[0]
+    span = e[-1] - e[0]
+    if background == "power-law":
+        bases = [[xp.ones_like(e), (e / e_lo) ** (-float(r))] for r in tail_exponents]
+    elif background == "linear":
+        bases = [[xp.ones_like(e), (e - e_lo) / span]]
+    elif background == "constant":
+        bases = [[xp.ones_like(e)]]
+    elif background == "none":
+        bases = [[]]
+    else:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
+    k_bg = len(bases[0])
+
+    inf = xp.asarray(math.inf, dtype=f64)
+    # background-only weighted LS per basis (closed form for k <= 2, a Gram matrix per pixel);
+    # what does not depend on Eg or b is computed once here
+    fits = []
+    chi2_bg_best = xp.full((n,), math.inf, dtype=f64)
+    for basis in bases:
+        g = [[w @ (bi * bj) for bj in basis] for bi in basis]
+        by = [wy @ bi for bi in basis]
+        if k_bg == 0:
+            ginv, theta = [], []
+        elif k_bg == 1:
+            ginv = [[1.0 / g[0][0]]]
+            theta = [by[0] * ginv[0][0]]
+        else:
+            det = g[0][0] * g[1][1] - g[0][1] * g[0][1]
+            det = xp.where(det > 0, det, math.nan)
+            ginv = [[g[1][1] / det, -g[0][1] / det], [-g[0][1] / det, g[0][0] / det]]
+            theta = [
+                ginv[0][0] * by[0] + ginv[0][1] * by[1],
+                ginv[1][0] * by[0] + ginv[1][1] * by[1],
+            ]
+        resid = y
+        for t, bi in zip(theta, basis, strict=True):
+            resid = resid - t[:, None] * bi[None, :]
+        chi2_bg = xp.sum(w * resid * resid, axis=1)
+        chi2_bg = xp.where(xp.isfinite(chi2_bg), chi2_bg, inf)
+        chi2_bg_best = xp.minimum(chi2_bg_best, chi2_bg)
+        cols = [[gi[:, None] for gi in row] for row in ginv]
+        fits.append((cols, [t[:, None] for t in theta], chi2_bg[:, None]))
+    # Column 0 of every basis is the constant, shared; column 1 (if any) differs per basis.
+    # <f, y - B theta>_w = <f, y>_w - sum_i theta_i <f, B_i>_w, so per b the matrix products
+    # are <f, y>, <f, f>, <f, 1> and one stacked product for the bases' second columns.
+    n_var = len(bases) if k_bg == 2 else 0
+    wb1 = xp.concat([w * basis[1][None, :] for basis in bases], axis=0) if n_var else None
+
+    prof_eg = xp.full((n, n_eg), math.inf, dtype=f64)
+    prof_b = []
+    if return_model:  # parameters of the best grid point, for the fitted curve
+        r_of_basis = list(tail_exponents) if background == "power-law" else [0.0]
+        track = {"chi2": xp.full((n,), math.inf, dtype=f64)}
+        for key in ("a", "eg", "b", "r", *(f"c{p}" for p in range(k_bg))):
+            track[key] = xp.zeros((n,), dtype=f64)
+    for b in b_values:
+        f = xp.clip(e[:, None] - eg[None, :], 0.0, None) ** float(b)  # (m, n_eg)
+        ff = w @ (f * f)
+        fy0 = wy @ f
+        f0 = w @ f if k_bg else None
+        fb1 = xp.reshape(wb1 @ f, (n_var, n, n_eg)) if n_var else None
+        best_b = xp.full((n,), math.inf, dtype=f64)
+        for j, (cols, theta, chi2_bg) in enumerate(fits):
+            fb = [] if k_bg == 0 else [f0] if k_bg == 1 else [f0, fb1[j, ...]]
+            fy = fy0
+            q = ff
+            for p in range(k_bg):
+                fy = fy - theta[p] * fb[p]
+                for s_ in range(k_bg):
+                    q = q - fb[p] * cols[p][s_] * fb[s_]
+            ok = (q > 1e-12 * ff) & (fy > 0)
+            dchi = xp.where(ok, fy * fy / xp.where(ok, q, 1.0), 0.0)
+            chi2 = chi2_bg - dchi
+            prof_eg = xp.minimum(prof_eg, chi2)
+            best_b = xp.minimum(best_b, xp.min(chi2, axis=1))
+            if return_model:
+                _track(xp, track, chi2, fy, q, ok, fb, cols, theta, eg, b, r_of_basis[j])
+        prof_b.append(best_b)
+
+    # refine Eg on the profile chi^2(Eg)
+    h_eg = (eg[-1] - eg[0]) / (n_eg - 1)
+    idx = xp.argmin(prof_eg, axis=1)
+    vals, inside = _stencil(xp, prof_eg, idx)
+    chi2_min = vals[2]
+    c1, c2 = _parabola(vals)
+    good_curv = c2 > 0
+    off = xp.clip(-c1 / (2.0 * xp.where(good_curv, c2, 1.0)), -1.0, 1.0)
+    eg_best = xp.take(eg, idx) + off * h_eg
+    eg_err = h_eg / xp.sqrt(xp.where(good_curv, c2, math.nan))
+
+    n_b = len(b_values)
+    free_b = n_b >= 5
+    pb = xp.stack(prof_b, axis=1)  # (n, n_b)
+    if free_b:
+        bgrid = xp.asarray(list(b_values), dtype=f64)
+        h_b = float(b_values[1] - b_values[0])
+        jdx = xp.argmin(pb, axis=1)
+        bvals, b_inside = _stencil(xp, pb, jdx)
+        d1, d2 = _parabola(bvals)
+        good_b = d2 > 0
+        boff = xp.clip(-d1 / (2.0 * xp.where(good_b, d2, 1.0)), -1.0, 1.0)
+        b_best = xp.take(bgrid, jdx) + boff * h_b
+        b_err = h_b / xp.sqrt(xp.where(good_b, d2, math.nan))
+        i_dir = b_values.index(B_DIRECT) if B_DIRECT in b_values else None
+        i_ind = b_values.index(B_INDIRECT) if B_INDIRECT in b_values else None
+        if i_dir is not None and i_ind is not None:
+            gtype = xp.astype(pb[:, i_dir] > pb[:, i_ind], xp.int32)
+        else:
+            gtype = xp.astype(b_best >= 1.0, xp.int32)
+        b_ok = b_inside & good_b
+        n_par = k_bg + 3
+    else:
+        b0 = float(b_values[0])
+        b_best = xp.full((n,), b0, dtype=f64)
+        b_err = xp.zeros((n,), dtype=f64)
+        gtype = xp.full(
+            (n,), 0 if abs(b0 - B_DIRECT) <= abs(b0 - B_INDIRECT) else 1, dtype=xp.int32
+        )
+        b_ok = xp.ones((n,), dtype=xp.bool)
+        n_par = k_bg + 2
+
+    dof = max(m - n_par, 1)
+    red = chi2_min / dof
+    scale2 = xp.clip(red, 1.0, None)
+    scale = xp.sqrt(scale2)
+    # where the profile is not parabolic (the Eg-b valley of the free model is curved), the
+    # Delta chi^2 <= 1 interval is wider than the local curvature says: take the wider
+    eg_err = xp.maximum(eg_err, _interval_halfwidth(xp, prof_eg, eg, chi2_min, scale2)) * scale
+    if free_b:
+        b_err = xp.maximum(b_err, _interval_halfwidth(xp, pb, bgrid, chi2_min, scale2)) * scale
+    dchi_best = chi2_bg_best - chi2_min
+    signif = xp.sqrt(xp.clip(dchi_best, 0.0, None))
+    # weighted R^2 against the weighted mean
+    sw = xp.sum(w, axis=1)
+    ybar = xp.sum(wy, axis=1) / xp.where(sw > 0, sw, 1.0)
+    ss_tot = xp.sum(w * (y - ybar[:, None]) ** 2, axis=1)
+    r2 = 1.0 - chi2_min / xp.where(ss_tot > 0, ss_tot, math.nan)
+
+    valid = (
+        finite
+        & inside
+        & good_curv
+        & b_ok
+        & (dchi_best >= float(min_significance) ** 2)
+        & xp.isfinite(eg_err)
+        & xp.isfinite(chi2_min)
+    )
+    # amplitude at the refined optimum is not needed for the map; report A at the grid optimum
+    nan = math.nan
+    out = {}
+    if return_model:
+        model = (
+            track["a"][:, None]
+            * xp.clip(e[None, :] - track["eg"][:, None], 0.0, None) ** (track["b"][:, None])
+        )
+        if k_bg >= 1:
+            model = model + track["c0"][:, None]
+        if k_bg == 2:
+            second = (
+                (e[None, :] / e_lo) ** (-track["r"][:, None])
+                if background == "power-law"
+                else ((e - e_lo) / span)[None, :]
+            )
+            model = model + track["c1"][:, None] * second
+        out["model"] = xp.where(finite[:, None], model, nan)
+    return out | {
+        "bandgap_eV": xp.where(valid, eg_best, nan),
+        "bandgap_error_eV": xp.where(valid, eg_err, nan),
+        "exponent_b": xp.where(valid, b_best, nan),
+        "exponent_error": xp.where(valid, b_err, nan),
+        "gap_type": xp.where(valid, gtype, xp.asarray(-1, dtype=xp.int32)),
+        "fit_quality": xp.where(valid, red, nan),
+        "r_squared": xp.where(valid, r2, nan),
+        "onset_significance": xp.where(finite, signif, nan),
+        "valid": valid,
+    }
+
+
+def _smooth_host(y: np.ndarray, n: int) -> np.ndarray:
+    n = max(1, int(n))
+    return np.convolve(y, np.ones(n) / n, mode="same")
+
+
+def auto_window(energy_eV: np.ndarray, mean_spectrum: np.ndarray) -> tuple[float, float]:
+    """A fit window for the onset, found from the mean spectrum (eV).
+
+    The floor is the smallest magnitude of the smoothed spectrum between 0 and 12 eV (between
+    the zero-loss tail and the onset; magnitude, so that a negative artefact left by a ZLP
+    subtraction or deconvolution near 0 eV is not taken for it); the low end is where the
+    magnitude first falls to 2 % of its largest height above the floor (past most of the tail,
+    or the first channels of an SSD); the high end is where the spectrum has risen to half of its
+    next maximum (within 8 eV of the floor) above the floor.
+
+    A heuristic: it suits ZLP-subtracted spectra and SSDs whose loss rises steadily after the
+    gap. On raw spectra (the ZLP tail still there) or where the loss flattens soon after a
+    direct gap, give the window (``window_eV``) and look at the fits (:func:`fit_curves`).
+
+    Raises
+    ------
+    InputError
+        When no rise follows the floor (nothing to fit).
+    """
+    e = np.asarray(energy_eV, float)
+    y = np.asarray(mean_spectrum, float)
+    disp = float(np.mean(np.diff(e)))
+    s = _smooth_host(y, round(0.1 / disp) | 1)
+    pos = np.nonzero((e > max(0.05, 2 * disp)) & (e < 12.0))[0]
+    if pos.size < 20:
+        raise InputError("the spectrum has too few channels between 0 and 12 eV to find an onset")
+    # ignore the smoothing's edge effects at the far end
+    pos = pos[pos < e.size - 3]
+    sp = s[pos]
+    mag = np.abs(sp)
+    i_min = int(np.argmin(mag))
+    floor = sp[i_min]
+    head = mag[: i_min + 1]
+    lo_i = int(np.nonzero(head <= mag[i_min] + 0.02 * (head.max() - mag[i_min]))[0][0])
+    top_end = np.nonzero(e[pos] <= e[pos[i_min]] + 8.0)[0][-1]
+    top = float(np.max(sp[i_min : top_end + 1]))
+    if not top > floor:
+        raise InputError("no rise above the floor after the zero-loss tail: no onset to fit")
+    half = floor + 0.5 * (top - floor)
+    rise = np.nonzero(sp[i_min : top_end + 1] >= half)[0]
+    hi_i = i_min + int(rise[0])
+    lo, hi = float(e[pos[lo_i]]), float(e[pos[hi_i]])
+    hi = max(hi, lo + 40 * disp)
+    return lo, hi
+
+
+def _spectra(si_or_ssd: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    if isinstance(si_or_ssd, xr.Dataset):
+        for name in ("ssd", "single_scattering", "signal"):
+            if name in si_or_ssd.data_vars:
+                return si_or_ssd[name]
+        cand = [v for v in si_or_ssd.data_vars.values() if v.dims and v.dims[-1] == "energy"]
+        if len(cand) != 1:
+            raise InputError(
+                f"{si_or_ssd.attrs.get('source', 'the dataset')}: pass the spectra to fit (an "
+                "'ssd' or 'signal' variable was not found)"
+            )
+        return cand[0]
+    return si_or_ssd
+
+
+def bandgap(
+    si_or_ssd: xr.DataArray | xr.Dataset,
+    window_eV: tuple[float, float] | None = None,
+    model: str = "free",
+    *,
+    background: str = "power-law",
+    eg_range_eV: tuple[float, float] | None = None,
+    eg_step_eV: float | None = None,
+    min_significance: float = 5.0,
+    max_quality_ratio: float | None = 10.0,
+    variance: xr.DataArray | None = None,
+    device: str = "auto",
+) -> xr.Dataset:
+    """Band-gap energy, exponent and type of every pixel (Rafferty & Brown, PRB 58, 10326).
+
+    Fits I(E) = A (E - Eg)^b + background over ``window_eV`` (see the module docstring).
+
+    Parameters
+    ----------
+    si_or_ssd : xarray.DataArray or Dataset
+        The single-scattering distribution (:func:`eelsgpu.deconvolve`) or a ZLP-subtracted
+        spectrum image, counts per channel, energy in eV; a Dataset gives its ``ssd`` or
+        ``signal`` variable.
+    window_eV : (float, float), optional
+        The fit window in eV; by default found from the mean spectrum (:func:`auto_window`).
+    model : {"direct", "indirect", "free"}
+        b fixed to 0.5, fixed to 1.5, or fitted (0.3 to 2.0); with "free" the type is the
+        better-fitting of b = 0.5 and b = 1.5 (a likelihood-ratio choice).
+    background : {"power-law", "constant", "linear", "none"}
+        Under the onset: c0 + c1 (E/E_lo)^-r with r in 1..6 (a ZLP tail), a constant, a line,
+        or nothing (a clean SSD).
+    eg_range_eV : (float, float), optional
+        Range searched for Eg (default: the window, less 10 channels at its top).
+    eg_step_eV : float, optional
+        Grid step of the Eg search (default: the channel width, or 1/300 of the window if
+        that is coarser).
+    min_significance : float
+        Onsets improving chi^2 by less than this many sigma are flagged.
+    max_quality_ratio : float or None
+        Pixels whose reduced chi^2 exceeds this many times the median of the valid pixels'
+        are flagged too: the model does not describe them (an artefact, a different material),
+        whatever the onset's significance. The median, not 1, is the yardstick because real
+        detectors' noise is rarely Poisson (gain) and real onsets are not pure power laws.
+        None: no such check.
+    variance : xarray.DataArray, optional
+        Per-channel variance (same shape as the spectra); default Poisson.
+    device : {"auto", "cpu", "gpu"}
+
+    Returns
+    -------
+    xarray.Dataset
+        ``bandgap_eV``, ``bandgap_error_eV`` (eV), ``exponent_b``, ``exponent_error``,
+        ``gap_type`` (0 direct, 1 indirect, -1 flagged; with a fixed model, the type assumed),
+        ``fit_quality`` (reduced chi^2), ``r_squared``, ``onset_significance`` (sigma, also for
+        flagged pixels, as a diagnostic), ``valid``; attrs give the window, model, background
+        and grids (what :func:`fit_curves` needs to redraw the fits).
+
+    Examples
+    --------
+    >>> ds = bandgap(ssd, window_eV=(1.0, 4.0), model="free")  # doctest: +SKIP
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, not {model!r}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
+    spectra = _spectra(si_or_ssd)
+    source = spectra.attrs.get("source") or getattr(si_or_ssd, "attrs", {}).get("source", "")
+    where = f"{source}: " if source else ""
+    energy = np.asarray(spectra["energy"].values, float)
+    disp = float(np.mean(np.diff(energy)))
+    if window_eV is None:
+        nav = [d for d in spectra.dims if d != "energy"]
+        mean = np.asarray(spectra.mean(dim=nav).values if nav else spectra.values, float)
+        window_eV = auto_window(energy, mean)
+        window_source = "auto"
+    else:
+        window_source = "user"
+    lo, hi = (float(v) for v in window_eV)
+    if not hi > lo:
+        raise InputError(f"{where}the band-gap window {lo:g}:{hi:g} eV is empty")
+    i0 = int(np.searchsorted(energy, lo, side="left"))
+    i1 = int(np.searchsorted(energy, hi, side="right"))
+    if i1 - i0 < 20:
+        raise InputError(
+            f"{where}the band-gap window {lo:g}:{hi:g} eV holds {i1 - i0} channels of the axis "
+            f"{energy[0]:g}..{energy[-1]:g} eV; at least 20 are needed"
+        )
+    if background == "power-law" and energy[i0] <= 0:
+        raise InputError(f"{where}a power-law background needs a window above 0 eV, not {lo:g}")
+    e_win = energy[i0:i1]
+    # the grid's cost grows with its length: at most ~300 points unless asked (the parabolic
+    # refinement reaches far below the step)
+    step = float(eg_step_eV) if eg_step_eV else max(disp, (e_win[-1] - e_win[0]) / 300.0)
+    g_lo, g_hi = eg_range_eV if eg_range_eV else (e_win[0], e_win[-1] - 10 * disp)
+    g_lo, g_hi = max(float(g_lo), e_win[0] - 2 * step), min(float(g_hi), e_win[-1] - 4 * disp)
+    n_eg = int(math.floor((g_hi - g_lo) / step)) + 1
+    if n_eg < 5:
+        raise InputError(f"{where}the Eg search range {g_lo:g}..{g_hi:g} eV is too short")
+    eg_grid = g_lo + step * np.arange(n_eg)
+    b_values = {"direct": (B_DIRECT,), "indirect": (B_INDIRECT,), "free": B_FREE}[model]
+
+    extras = {} if variance is None else {"variance": variance}
+    outputs = [
+        Output("bandgap_eV", "eV", "band gap Eg"),
+        Output("bandgap_error_eV", "eV", "band gap standard error"),
+        Output("exponent_b", "", "onset exponent b"),
+        Output("exponent_error", "", "onset exponent standard error"),
+        Output(
+            "gap_type",
+            "",
+            "band gap type",
+            dtype="int32",
+            attrs={"flag_values": [-1, 0, 1], "flag_meanings": "flagged direct indirect"},
+        ),
+        Output("fit_quality", "", "reduced chi-squared of the onset fit"),
+        Output("r_squared", "", "weighted R^2 of the onset fit"),
+        Output("onset_significance", "sigma", "onset significance"),
+        Output("valid", "", "fit is meaningful", dtype="bool"),
+    ]
+    attrs = {
+        "analysis": "bandgap",
+        "bandgap_window_eV": [lo, hi],
+        "bandgap_window_source": window_source,
+        "bandgap_model": model,
+        "bandgap_background": background,
+        "bandgap_eg_range_eV": [float(eg_grid[0]), float(eg_grid[-1])],
+        "bandgap_eg_step_eV": step,
+        "bandgap_b_values": list(b_values),
+        "bandgap_min_significance": float(min_significance),
+        "bandgap_reference": "Rafferty & Brown, Phys. Rev. B 58, 10326 (1998)",
+    }
+    attrs["bandgap_max_quality_ratio"] = (
+        "none" if max_quality_ratio is None else float(max_quality_ratio)
+    )
+    ds = apply_kernel(
+        bandgap_kernel,
+        spectra,
+        outputs,
+        device=device,
+        extras=extras,
+        attrs=attrs,
+        window=(i0, i1),
+        eg_grid_eV=eg_grid,
+        b_values=b_values,
+        background=background,
+        tail_exponents=TAIL_EXPONENTS,
+        min_significance=float(min_significance),
+    )
+    if max_quality_ratio is not None and ds["valid"].ndim:
+        ds = _flag_poor_fits(ds, float(max_quality_ratio))
+    return ds
+
+
+def _flag_poor_fits(ds: xr.Dataset, ratio: float) -> xr.Dataset:
+    """Flag pixels whose reduced chi^2 is over ``ratio`` times the image's median (lazy)."""
+    import dask.array as da
+
+    fq = ds["fit_quality"]
+    data = fq.data if isinstance(fq.data, da.Array) else da.from_array(np.asarray(fq.data))
+    flat = data.reshape(-1).rechunk(-1)
+    median = da.nanmedian(flat, axis=0) if flat.size else np.nan
+    poor = xr.DataArray(data > ratio * median, dims=fq.dims, coords=fq.coords)
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if name == "valid":
+            out[name] = (var & ~poor).assign_attrs(var.attrs)
+        elif name == "gap_type":
+            out[name] = xr.where(poor, -1, var).astype(var.dtype).assign_attrs(var.attrs)
+        elif name != "onset_significance":
+            out[name] = xr.where(poor, np.nan, var).astype(var.dtype).assign_attrs(var.attrs)
+    return out
+
+
+def fit_curves(spectra: xr.DataArray, result: xr.Dataset | Mapping[str, Any]) -> xr.DataArray:
+    """The fitted onset curves A (E - Eg)^b + background of a few spectra, to draw over them.
+
+    Re-runs the fit of :func:`bandgap` with the settings recorded in ``result`` (its attrs: the
+    window, model, background and Eg grid) on ``spectra`` (host, NumPy; meant for the handful
+    of pixels one plots, not for whole images).
+
+    Parameters
+    ----------
+    spectra : xarray.DataArray (..., energy)
+        The spectra that were fitted (the same energy axis).
+    result : xarray.Dataset or mapping
+        The output of :func:`bandgap` or its attrs.
+
+    Returns
+    -------
+    xarray.DataArray
+        Same dims as ``spectra``: the best-fitting curve (counts per channel) inside the fit
+        window, NaN outside it and for pixels with non-finite data.
+    """
+    attrs = result.attrs if isinstance(result, xr.Dataset) else result
+    if attrs.get("analysis") != "bandgap":
+        raise InputError("fit_curves needs the result of eelsgpu.bandgap (its attrs)")
+    energy = np.asarray(spectra["energy"].values, float)
+    lo, hi = attrs["bandgap_window_eV"]
+    i0 = int(np.searchsorted(energy, lo, side="left"))
+    i1 = int(np.searchsorted(energy, hi, side="right"))
+    g0, g1 = attrs["bandgap_eg_range_eV"]
+    step = float(attrs["bandgap_eg_step_eV"])
+    grid = g0 + step * np.arange(int(round((g1 - g0) / step)) + 1)
+    data = np.asarray(spectra.values, dtype=np.float64)
+    flat = data.reshape(-1, energy.size)
+    out = bandgap_kernel(
+        flat,
+        energy,
+        window=(i0, i1),
+        eg_grid_eV=grid,
+        b_values=tuple(float(b) for b in np.atleast_1d(attrs["bandgap_b_values"])),
+        background=str(attrs["bandgap_background"]),
+        tail_exponents=TAIL_EXPONENTS,
+        min_significance=float(attrs.get("bandgap_min_significance", 5.0)),
+        return_model=True,
+    )
+    curves = np.full(flat.shape, np.nan)
+    curves[:, i0:i1] = np.asarray(out["model"])
+    return xr.DataArray(
+        curves.reshape(data.shape),
+        dims=spectra.dims,
+        coords=spectra.coords,
+        attrs={"units": spectra.attrs.get("units", "counts"), "long_name": "onset fit"},
+    )
+
+
+# `eelsgpu.bandgap(...)` calls bandgap() (see eelsgpu._callable)
+from ._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__)

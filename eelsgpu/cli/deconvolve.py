@@ -1,0 +1,120 @@
+"""``eelsgpu deconvolve IN -o OUT.zarr``: single-scattering distribution by Fourier-log.
+
+Every pixel's zero-loss peak is modelled (``--zlp``), then removed together with the plural
+scattering by the Fourier-log deconvolution (kk-theory.md eq. 22, phase unwrapped, tail
+extrapolated). The store holds ``ssd`` (counts per channel on the input's energy axis),
+``zlp_intensity``, ``zlp_centre_eV`` and ``valid``.
+
+Examples::
+
+    eelsgpu deconvolve lowloss.zarr -o ssd.zarr
+    eelsgpu deconvolve lowloss.zarr -o ssd.zarr --zlp fit --kind ssd
+    eelsgpu deconvolve lowloss.zarr -o ssd.zarr --zlp vacuum.msa --kind reconvolved-gaussian --fwhm 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import add_chunks, add_device, add_input, add_output, add_quiet, parse_chunks
+from .convert import add_open_options, open_kwargs
+
+OUTPUT_CHOICES = ("reconvolved-zlp", "ssd", "reconvolved-gaussian", "residual")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "deconvolve",
+        help="single-scattering distribution by Fourier-log deconvolution",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_input(p)
+    add_output(p)
+    p.add_argument(
+        "--zlp",
+        default="mirror",
+        metavar="METHOD|FILE",
+        help="zero-loss peak model: mirror (default), fit, threshold, or a file holding a "
+        "reference spectrum (1-D, applied to every pixel) or a ZLP cube of the data's shape",
+    )
+    # (--output is the store, -o, as in every command; the kind of result is --kind)
+    p.add_argument(
+        "--kind",
+        dest="deconv_output",
+        choices=OUTPUT_CHOICES,
+        default="reconvolved-zlp",
+        help="what to write: the SSD reconvolved with the ZLP (default), the raw SSD, the SSD "
+        "reconvolved with a Gaussian (--fwhm), or the plural-scattering residual",
+    )
+    p.add_argument(
+        "--fwhm",
+        type=float,
+        metavar="eV",
+        dest="fwhm_eV",
+        help="FWHM of the Gaussian for --kind reconvolved-gaussian (eV)",
+    )
+    p.add_argument(
+        "--extrapolation",
+        choices=("power-law", "exponential", "none"),
+        default="power-law",
+        help="how the spectrum is continued beyond the window (default power-law)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_chunks(p)
+    add_device(p)
+    add_open_options(p)
+    add_quiet(p)
+    return p
+
+
+def _zlp_argument(text: str, si: Any) -> Any:
+    """A method name as is; a file becomes a reference spectrum or a cube (numpy / eelsgpu.open)."""
+    if text in ("mirror", "fit", "threshold"):
+        return text
+    from ..errors import InputError
+
+    path = Path(text)
+    if not path.exists():
+        raise InputError(f"--zlp {text!r}: not a method (mirror, fit, threshold) and no such file")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
+    from .. import io
+
+    return io.open(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import io
+    from ..deconvolution import deconvolve
+    from ..errors import InputError
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
+        raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
+    chunks = parse_chunks(args.chunks)
+    si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
+    ds = deconvolve(
+        si,
+        zlp=_zlp_argument(args.zlp, si),
+        output=args.deconv_output,
+        fwhm_eV=args.fwhm_eV,
+        extrapolation=args.extrapolation,
+        device=args.device,
+    )
+    io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
+    import numpy as np
+
+    valid = np.asarray(io.open_store(out)["valid"].values)
+    if not args.quiet:
+        print(
+            f"wrote {out}: ssd ({args.deconv_output}) for {int(valid.sum())} of {valid.size} "
+            f"pixels ({valid.size - int(valid.sum())} flagged invalid)"
+        )
+    return 0

@@ -1,0 +1,243 @@
+"""``eelsgpu kk IN -o OUT.zarr``: Kramers-Kronig analysis, the dielectric function of every pixel.
+
+IN is either a raw low-loss spectrum image (any file ``eelsgpu.open`` reads; the zero-loss peak
+is modelled with ``--zlp`` and the single-scattering distribution found by Fourier-log first,
+as ``eelsgpu deconvolve`` does) or an SSD store written by ``eelsgpu deconvolve`` (it has a
+variable ``ssd``). Give one normalisation: ``--refractive-index N`` (insulator or
+semiconductor), ``--metal``, or ``--thickness NM`` (a number, or a store/.npy map in nm).
+
+The store holds eps1, eps2, the loss function, thickness_nm, the surface intensity, iterations,
+converged and the derived quantities (see ``eelsgpu.kramers_kronig``). ``--png PATH`` draws eps1,
+eps2 and the loss function of one pixel (``--pixel Y,X``) or the mean of a region
+(``--pixel Y0:Y1,X0:X1``) at PATH, and the thickness and plasmon-energy maps beside it
+(PATH_thickness.png, PATH_plasmon.png).
+
+Examples::
+
+    eelsgpu kk lowloss.zarr -o kk.zarr --beam-energy 200 --collection-angle 10 --metal
+    eelsgpu kk ssd.zarr -o kk.zarr --refractive-index 3.42 --iterations 10 --png kk.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import add_chunks, add_device, add_input, add_output, add_quiet, parse_chunks
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from .convert import add_open_options
+
+    p = sub.add_parser(
+        "kk",
+        help="Kramers-Kronig analysis: eps1, eps2, thickness and optical maps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_input(p, help="raw low-loss spectrum image, or an SSD store (eelsgpu deconvolve)")
+    add_output(p)
+    norm = p.add_mutually_exclusive_group(required=True)
+    norm.add_argument("--refractive-index", type=float, metavar="N", dest="refractive_index",
+                      help="static refractive index n of an insulator or semiconductor (eq. 28)")
+    norm.add_argument("--metal", action="store_true", help="metal: Re[1/eps(0)] = 0")
+    norm.add_argument("--thickness", metavar="NM|MAP", dest="thickness",
+                      help="known thickness in nm: a number, a .npy map or a store with "
+                      "thickness_nm")
+    p.add_argument("--iterations", type=int, default=0, metavar="K",
+                   help="surface-loss correction iterations at most (eqs. 35-36; default 0)")
+    p.add_argument("--zlp", default="mirror", metavar="METHOD|FILE",
+                   help="raw input only: zero-loss peak model (mirror, fit, threshold) or file")
+    p.add_argument("--kind", dest="deconv_output", default="reconvolved-zlp",
+                   choices=("reconvolved-zlp", "ssd", "reconvolved-gaussian"),
+                   help="raw input only: which SSD to analyse (default reconvolved-zlp)")
+    p.add_argument("--fwhm", type=float, metavar="eV", dest="fwhm_eV",
+                   help="raw input only: Gaussian FWHM for --kind reconvolved-gaussian")
+    p.add_argument("--low-energy-cutoff", type=float, metavar="eV", dest="low_energy_cutoff_eV",
+                   help="below it Im[-1/eps] is extrapolated linearly to 0 (default: 3 ZLP FWHM, "
+                   "measured on raw input, else 1.5 eV)")
+    p.add_argument("--min-thickness", type=float, default=20.0, metavar="NM",
+                   dest="min_thickness_nm",
+                   help="no surface correction below this thickness (default 20 nm)")
+    p.add_argument("--png", metavar="PATH",
+                   help="eps1, eps2, loss function of --pixel at PATH; maps beside it")
+    p.add_argument("--pixel", metavar="Y,X",
+                   help="pixel (Y,X) or region (Y0:Y1,X0:X1) for the spectra PNG (default: "
+                   "the centre pixel)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_chunks(p)
+    add_device(p)
+    add_open_options(p)
+    add_quiet(p)
+    return p
+
+
+def _selection(text: str | None, shape: tuple[int, ...]) -> dict[str, Any]:
+    """--pixel as an isel dict over the navigation dims (a region is averaged later)."""
+    from ..errors import InputError
+
+    dims = ("y", "x")[2 - len(shape) :]
+    if not dims:
+        return {}
+    if not text:
+        return {d: n // 2 for d, n in zip(dims, shape, strict=True)}
+    parts = text.split(",")
+    if len(parts) != len(dims):
+        raise InputError(f"--pixel {text!r}: give {len(dims)} comma-separated index(es)")
+    out: dict[str, Any] = {}
+    for d, part, n in zip(dims, parts, shape, strict=True):
+        try:
+            if ":" in part:
+                a, b = (int(v) if v else None for v in part.split(":"))
+                out[d] = slice(a, b)
+            else:
+                i = int(part)
+                if not -n <= i < n:
+                    raise InputError(f"--pixel {text!r}: {d} index {i} outside 0..{n - 1}")
+                out[d] = i
+        except ValueError:
+            raise InputError(f"--pixel {text!r}: not integers or ranges like 10,20 or 0:8,4:12") from None
+    return out
+
+
+def _zlp_fwhm_eV(si) -> float | None:
+    """Median ZLP FWHM (eV) of up to 16 pixels spread over the image (half-maximum crossings,
+    linear interpolation); None when no peak is found."""
+    import numpy as np
+
+    nav = si.shape[:-1]
+    flat = si.data.reshape(-1, si.shape[-1]) if nav else si.data[None]
+    n = flat.shape[0]
+    idx = np.unique(np.linspace(0, n - 1, min(16, n)).astype(int))
+    spectra = np.asarray(flat[idx].compute() if hasattr(flat, "compute") else flat[idx], float)
+    e = np.asarray(si["energy"].values, float)
+    near = np.abs(e) <= 5.0
+    widths = []
+    for s in spectra:
+        if not np.all(np.isfinite(s)) or not near.any():
+            continue
+        i = int(np.flatnonzero(near)[np.argmax(s[near])])
+        half = s[i] / 2.0
+        if half <= 0:
+            continue
+        lo = i
+        while lo > 0 and s[lo] > half:
+            lo -= 1
+        hi = i
+        while hi < s.size - 1 and s[hi] > half:
+            hi += 1
+        if s[lo] > half or s[hi] > half:
+            continue
+        el = e[lo] + (half - s[lo]) / (s[lo + 1] - s[lo]) * (e[lo + 1] - e[lo])
+        eh = e[hi - 1] + (s[hi - 1] - half) / (s[hi - 1] - s[hi]) * (e[hi] - e[hi - 1])
+        widths.append(eh - el)
+    return float(np.median(widths)) if widths else None
+
+
+def _thickness_argument(text: str):
+    from ..errors import InputError
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    path = Path(text)
+    if not path.exists():
+        raise InputError(f"--thickness {text!r}: not a number of nm and no such file")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
+    from .. import io
+
+    ds = io.open_store(path)
+    if "thickness_nm" not in ds:
+        raise InputError(f"--thickness {text}: the store has no thickness_nm variable")
+    return ds["thickness_nm"]
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import io
+    from ..errors import InputError
+    from ..kramers_kronig import kramers_kronig, warn_flagged
+    from ._common import calibration_kwargs
+    from .convert import open_kwargs
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    chunks = parse_chunks(args.chunks)
+    fwhm = None
+    if io.is_store(args.input) and "ssd" in io.open_store(args.input):
+        ssd = io.open_store(args.input, chunks=chunks or "auto")
+    else:
+        from ..deconvolution import deconvolve
+        from .deconvolve import _zlp_argument
+
+        if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
+            raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
+        si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
+        fwhm = _zlp_fwhm_eV(si)
+        ssd = deconvolve(si, zlp=_zlp_argument(args.zlp, si), output=args.deconv_output,
+                         fwhm_eV=args.fwhm_eV, device=args.device)
+        if args.deconv_output == "reconvolved-gaussian":
+            fwhm = max(fwhm or 0.0, args.fwhm_eV)
+        for key in ("beam_energy_keV", "collection_angle_mrad"):
+            if key in si.attrs:
+                ssd.attrs.setdefault(key, si.attrs[key])
+    cal = calibration_kwargs(args)
+    ds = kramers_kronig(
+        ssd,
+        beam_energy_keV=cal.get("beam_energy_keV"),
+        collection_angle_mrad=cal.get("collection_angle_mrad"),
+        refractive_index=args.refractive_index,
+        metal=args.metal,
+        thickness_nm=None if args.thickness is None else _thickness_argument(args.thickness),
+        iterations=args.iterations,
+        device=args.device,
+        low_energy_cutoff_eV=args.low_energy_cutoff_eV,
+        zlp_fwhm_eV=fwhm,
+        min_thickness_nm=args.min_thickness_nm,
+    )
+    ds.attrs["kk_input"] = str(args.input)
+    io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
+    res = io.open_store(out)
+    warn_flagged(res)
+    valid = np.asarray(res["valid"].values)
+    if args.png:
+        _pictures(res, Path(args.png), args.pixel)
+    if not args.quiet:
+        t = np.asarray(res["thickness_nm"].values)
+        good = valid & np.isfinite(t)
+        msg = f"wrote {out}: eps for {int(valid.sum())} of {valid.size} pixels"
+        if good.any():
+            msg += f", thickness {np.median(t[good]):.1f} nm median"
+        if args.iterations:
+            msg += f", surface correction converged in {int(np.sum(res['converged'].values))}"
+        print(msg)
+    return 0
+
+
+def _pictures(res, path: Path, pixel: str | None) -> None:
+    from .. import plotting
+
+    sel = _selection(pixel, tuple(res["valid"].shape))
+    spectra = {}
+    for name in ("eps1", "eps2", "loss_function"):
+        da = res[name].isel(sel)
+        if da.ndim > 1:
+            da = da.mean([d for d in da.dims if d != "energy"])
+        da.attrs = res[name].attrs
+        spectra[name.replace("_", " ")] = da
+    where = ", ".join(f"{k}={v.start}:{v.stop}" if isinstance(v, slice) else f"{k}={v}"
+                      for k, v in sel.items())
+    plotting.plot_spectra(spectra, path, title=f"dielectric function ({where or 'spectrum'})",
+                          ylabel="eps1, eps2, Im[-1/eps] (dimensionless)",
+                          xlim=(0.0, min(50.0, float(res["energy"].values[-1]))))
+    if res["valid"].ndim >= 1:
+        stem = path.with_suffix("")
+        plotting.plot_map(res["thickness_nm"], f"{stem}_thickness.png")
+        plotting.plot_map(res["plasmon_energy_eV"], f"{stem}_plasmon.png")

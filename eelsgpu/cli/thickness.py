@@ -1,0 +1,169 @@
+"""``eelsgpu thickness IN -o OUT.zarr``: relative and absolute thickness maps.
+
+``--method log-ratio`` (default) maps t/lambda = ln(I_t/N0) per pixel, the scattering beyond the
+window included (``--tail``); with ``--density`` (Iakoubovskii 2008, angular correction),
+``--zeff`` (Malis 1988) or ``--mean-free-path`` it adds the absolute thickness in nm.
+``--method kk`` gives the absolute thickness from the Kramers-Kronig sum rule on the Fourier-log
+single-scattering distribution (kk-theory.md eq. 26): give ``--refractive-index N`` for an
+insulator or semiconductor, ``--metal`` for a metal, or ``--kk-constant A`` (eq. 29) calibrated on
+a region of known thickness. The store holds ``t_over_lambda``, ``thickness_nm`` (when absolute),
+``zlp_intensity``, ``zlp_centre_eV`` and ``valid``.
+
+Examples::
+
+    eelsgpu thickness lowloss.zarr -o t.zarr --png t.png
+    eelsgpu thickness lowloss.zarr -o t.zarr --density 2.33 --zlp mirror
+    eelsgpu thickness lowloss.zarr -o t.zarr --method kk --refractive-index 3.42
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._common import (
+    add_chunks,
+    add_device,
+    add_input,
+    add_output,
+    add_png,
+    add_quiet,
+    parse_chunks,
+)
+from .convert import add_open_options, open_kwargs
+from .deconvolve import _zlp_argument
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "thickness",
+        help="t/lambda and absolute thickness maps (log-ratio or Kramers-Kronig sum rule)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_input(p)
+    add_output(p)
+    p.add_argument(
+        "--method",
+        choices=("log-ratio", "kk"),
+        default="log-ratio",
+        help="log-ratio (default) or kk (Kramers-Kronig sum rule)",
+    )
+    p.add_argument(
+        "--zlp",
+        default="threshold",
+        metavar="METHOD|FILE",
+        help="zero-loss peak model: threshold (default), mirror, fit, or a file holding a "
+        "reference spectrum (1-D) or a ZLP cube of the data's shape",
+    )
+    p.add_argument(
+        "--tail",
+        choices=("auto", "power-law", "fourier-log", "none"),
+        default="auto",
+        help="log-ratio: how scattering beyond the window is counted (default auto)",
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        metavar="g/cm3",
+        dest="density_g_cm3",
+        help="density for the Iakoubovskii mean free path (needs E0, beta, alpha)",
+    )
+    p.add_argument(
+        "--zeff",
+        type=float,
+        metavar="Z",
+        help="effective atomic number for the Malis mean free path (needs E0, beta)",
+    )
+    p.add_argument(
+        "--mean-free-path",
+        type=float,
+        metavar="nm",
+        dest="mean_free_path_nm",
+        help="a known inelastic mean free path (nm) for these conditions",
+    )
+    kk = p.add_mutually_exclusive_group()
+    kk.add_argument(
+        "--refractive-index",
+        type=float,
+        metavar="N",
+        dest="refractive_index",
+        help="kk: static refractive index of an insulator or semiconductor",
+    )
+    kk.add_argument("--metal", action="store_true", help="kk: the specimen is a metal")
+    kk.add_argument(
+        "--kk-constant",
+        type=float,
+        metavar="nm.eV",
+        dest="kk_constant_nm_eV",
+        help="kk: A of eq. 29, calibrated on a region of known thickness",
+    )
+    p.add_argument(
+        "--search",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=(-5.0, 5.0),
+        help="energy range (eV) where the ZLP maximum may be (default -5 5)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_png(p)
+    add_chunks(p)
+    add_device(p)
+    add_open_options(p)
+    add_quiet(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import io
+    from ..errors import InputError
+    from ..thickness import thickness
+    from ..zlp import check_any_valid
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    chunks = parse_chunks(args.chunks)
+    si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
+    calib = {
+        k: getattr(args, k, None)
+        for k in ("beam_energy_keV", "collection_angle_mrad", "convergence_angle_mrad")
+    }
+    ds = thickness(
+        si,
+        method=args.method,
+        zlp=_zlp_argument(args.zlp, si),
+        density_g_cm3=args.density_g_cm3,
+        mean_free_path_nm=args.mean_free_path_nm,
+        zeff=args.zeff,
+        refractive_index=args.refractive_index,
+        metal=args.metal,
+        kk_constant_nm_eV=args.kk_constant_nm_eV,
+        tail=args.tail,
+        search_eV=tuple(args.search),
+        device=args.device,
+        **calib,
+    )
+    io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
+    res = io.open_store(out)
+    valid = np.asarray(res["valid"].values)
+    check_any_valid(valid, si, tuple(args.search))
+    name = "thickness_nm" if "thickness_nm" in res else "t_over_lambda"
+    if args.png:
+        if res[name].ndim == 2:
+            from ..plotting import plot_map
+
+            plot_map(res[name], args.png, title=f"{name} ({args.method})")
+        elif not args.quiet:
+            print(f"--png: {name} is not a 2-D map (dims {res[name].dims}); no PNG written")
+    if not args.quiet:
+        vals = np.asarray(res[name].values)[valid]
+        unit = res[name].attrs.get("units", "")
+        print(
+            f"wrote {out}: {name} median {np.median(vals):.4g} {unit} over {int(valid.sum())} of "
+            f"{valid.size} pixels ({valid.size - int(valid.sum())} flagged invalid)"
+        )
+    return 0

@@ -1,0 +1,431 @@
+"""Clustering: pixels grouped into regions of like spectrum, thickness, gap... by k-means.
+
+The model is fitted on a random sample of pixels (scikit-learn's KMeans, or MiniBatchKMeans for
+large samples; for whole spectra after a PCA of the sample that keeps the signal and drops most
+of the noise), then every pixel is assigned to its nearest centre block by block through
+:func:`eelsgpu.engine.apply_kernel`, so an image of any size streams from disk once (and runs on
+the GPU when there is one). The cluster-mean spectra are block-wise sums, and
+:func:`per_cluster` runs any pipeline on each cluster's summed spectrum: the sum of hundreds of
+pixels has far better counting statistics than one pixel (Lloyd, IEEE Trans. Inf. Theory 28, 129
+(1982) for k-means; the per-cluster analysis as in EELSfitter, Roest et al., Ultramicroscopy 222,
+113202 (2021)).
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsgpu import synthetic
+>>> regions = np.zeros((6, 6), int); regions[:, 3:] = 1
+>>> sim = synthetic.low_loss_image([synthetic.Drude(15.0, 1.0), synthetic.Drude(25.0, 3.0)],
+...                                regions=regions, shape=(6, 6), n_channels=256,
+...                                dispersion_eV=0.2, t_over_lambda=0.5, noise=True)
+>>> ds = cluster(sim["signal"], n_clusters=2, device="cpu")
+>>> sorted(np.unique(ds["cluster"].values).tolist())
+[0, 1]
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .backend import array_namespace
+from .engine import Output, apply_kernel
+from .errors import InputError
+from .model import spectrum_image
+
+__all__ = ["assign_kernel", "cluster", "cluster_sums", "per_cluster"]
+
+_BIG_SAMPLE = 50_000  # above this, MiniBatchKMeans
+#: The dimension along clusters (the map itself is the variable ``cluster``, so the dimension
+#: needs another name).
+DIM = "cluster_id"
+
+
+def assign_kernel(
+    block: Any,
+    energy_eV: Any,
+    *,
+    centres: Any,
+    mean: Any,
+    scale: Any,
+    components: Any = None,
+    normalise: bool = False,
+    channels: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Nearest k-means centre of every pixel of a block (array API).
+
+    Parameters
+    ----------
+    block : array (n_pixels, n_features)
+        Spectra (counts) or stacked feature maps.
+    energy_eV : array
+        Unused (the engine's signature).
+    centres : array (k, n_dims)
+        Cluster centres in the model space.
+    mean, scale : array (n_features,)
+        Feature centring and scaling (z-score) fitted on the sample.
+    components : array (n_dims, n_features), optional
+        PCA axes: the model space is the projection on them.
+    normalise : bool
+        Divide each spectrum by its sum first (shape, not intensity, is compared).
+    channels : (int, int), optional
+        The energy channels used.
+
+    Returns
+    -------
+    dict
+        ``cluster`` (int32, -1 where a pixel has NaN features) and ``cluster_distance`` (distance
+        to its centre in the model space), each (n_pixels,).
+    """
+    xp = array_namespace(block)
+    x = xp.astype(block, xp.float64)
+    if channels is not None:
+        x = x[:, int(channels[0]) : int(channels[1])]
+    if normalise:
+        total = xp.sum(x, axis=1, keepdims=True)
+        x = x / xp.where(total != 0, total, xp.nan)
+    ok = xp.all(xp.isfinite(x), axis=1)
+    x = xp.where(xp.isfinite(x), x, 0.0)
+    x = (x - mean[None, :]) / scale[None, :]
+    if components is not None:
+        x = x @ xp.matrix_transpose(components)
+    c = xp.astype(centres, xp.float64)
+    d2 = xp.sum(x * x, axis=1, keepdims=True) - 2.0 * (x @ xp.matrix_transpose(c))
+    d2 = d2 + xp.sum(c * c, axis=1)[None, :]
+    label = xp.astype(xp.argmin(d2, axis=1), xp.int32)
+    dist = xp.sqrt(xp.clip(xp.min(d2, axis=1), 0.0, None))
+    return {
+        "cluster": xp.where(ok, label, xp.asarray(-1, dtype=xp.int32)),
+        "cluster_distance": xp.where(ok, dist, xp.nan),
+    }
+
+
+def _block_sums(block: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    flat = np.asarray(block, dtype=np.float64).reshape(-1, block.shape[-1])
+    lab = np.asarray(labels).reshape(-1)
+    onehot = (lab[:, None] == np.arange(k)[None, :]).astype(np.float64)
+    return onehot.T @ np.nan_to_num(flat)
+
+
+def cluster_sums(
+    si: xr.DataArray, labels: xr.DataArray | np.ndarray, n_clusters: int
+) -> np.ndarray:
+    """Sum of the spectra of each cluster, ``(n_clusters, n_energy)``, block by block.
+
+    Pixels labelled -1 (flagged) are left out; each block's contribution is a one-hot matrix
+    product, and the blocks' partial sums are added by dask, so the image is read once.
+    """
+    data = si.data if isinstance(si.data, da.Array) else da.from_array(np.asarray(si.data))
+    if len(data.chunks[-1]) > 1:
+        data = data.rechunk({data.ndim - 1: -1})
+    lab = np.asarray(labels.values if isinstance(labels, xr.DataArray) else labels)
+    if lab.shape != tuple(data.shape[:-1]):
+        raise InputError(f"labels have shape {lab.shape}, the image's pixels {data.shape[:-1]}")
+    lab_d = da.from_array(lab, chunks=data.chunks[:-1])
+    parts = [
+        dask.delayed(_block_sums)(d, lb, int(n_clusters))
+        for d, lb in zip(data.to_delayed().ravel(), lab_d.to_delayed().ravel(), strict=True)
+    ]
+    return np.asarray(dask.delayed(sum)(parts).compute())
+
+
+def _spectra_of(si: xr.DataArray | xr.Dataset) -> xr.DataArray | None:
+    if isinstance(si, xr.DataArray):
+        return si if si.dims and si.dims[-1] == "energy" else None
+    for name in ("signal", "ssd"):
+        if name in si.data_vars:
+            return si[name]
+    return None
+
+
+def _feature_maps(si, features, spectra) -> list[xr.DataArray]:
+    maps = []
+    for f in features:
+        if isinstance(f, xr.DataArray):
+            maps.append(f)
+        elif f in ("integrated_intensity", "total_counts"):
+            if spectra is None:
+                raise InputError("integrated_intensity needs a spectrum image")
+            m = spectra.sum("energy")
+            m.attrs = {"units": "counts", "long_name": "integrated intensity"}
+            maps.append(m.rename("integrated_intensity"))
+        elif isinstance(si, xr.Dataset) and f in si.data_vars:
+            maps.append(si[f])
+        else:
+            have = sorted(si.data_vars) if isinstance(si, xr.Dataset) else []
+            raise InputError(
+                f"feature {f!r} is not a variable of the input (it has {have}); give a "
+                "DataArray, a variable name, 'integrated_intensity' or 'spectrum'"
+            )
+    for m in maps:
+        if "energy" in m.dims:
+            raise InputError(f"feature {m.name!r} is not a map (it has an energy axis)")
+    return maps
+
+
+def _kmeans(sample: np.ndarray, k: int, seed: int):
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if sample.shape[0] < k:
+        raise InputError(f"{sample.shape[0]} usable pixels cannot make {k} clusters")
+    if sample.shape[0] > _BIG_SAMPLE:
+        model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=5, batch_size=4096)
+    else:
+        model = KMeans(n_clusters=k, random_state=seed, n_init=10)
+    return model.fit(sample)
+
+
+def cluster(
+    si: xr.DataArray | xr.Dataset,
+    n_clusters: int = 3,
+    features: str | Sequence[str | xr.DataArray] = "spectrum",
+    *,
+    sample_size: int = 20_000,
+    seed: int = 0,
+    energy_range_eV: tuple[float, float] | None = None,
+    n_components: int | None = 8,
+    device: str = "auto",
+) -> xr.Dataset:
+    """Group the pixels of a spectrum image (or of result maps) into ``n_clusters`` by k-means.
+
+    Parameters
+    ----------
+    si : xarray.DataArray or Dataset
+        A spectrum image, or a Dataset holding one (``signal``) and/or feature maps.
+    n_clusters : int
+        k.
+    features : "spectrum" or sequence
+        ``"spectrum"``: each spectrum divided by its sum (over ``energy_range_eV``), reduced by
+        a PCA to ``n_components`` dimensions; or maps: names of variables of ``si`` (e.g.
+        ``"t_over_lambda"``, ``"bandgap_eV"``), ``"integrated_intensity"``, or DataArrays,
+        each standardised (z-score) so no unit dominates.
+    sample_size : int
+        Pixels the model is fitted on (drawn at random with ``seed``); every pixel is then
+        assigned.
+    seed : int
+        Random seed (sampling and k-means initialisation).
+    energy_range_eV : (float, float), optional
+        Channels used for ``"spectrum"`` features (default all).
+    n_components : int or None
+        PCA dimensions for ``"spectrum"`` (None: no PCA).
+    device : {"auto", "cpu", "gpu"}
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cluster`` (y, x) int32 (-1 where the features are NaN), ``cluster_distance`` (y, x),
+        ``cluster_size`` (cluster_id), ``cluster_mean_spectrum`` (cluster_id, energy; counts per
+        channel, mean over the cluster's pixels, when a spectrum image is at hand) and, for map
+        features, ``cluster_centre_<name>`` (cluster_id; in the feature's unit). Clusters are numbered by
+        increasing first coordinate of their centre (the first feature or principal component).
+    """
+    k = int(n_clusters)
+    if k < 1:
+        raise ValueError("n_clusters must be at least 1")
+    spectra = _spectra_of(si)
+    attrs_src = dict((spectra if spectra is not None else si).attrs)
+    source = attrs_src.get("source", "")
+    use_spectrum = isinstance(features, str)
+    if use_spectrum and features != "spectrum":
+        features = [features]
+        use_spectrum = False
+    rng = np.random.default_rng(seed)
+    params: dict[str, Any] = {}
+
+    if use_spectrum:
+        if spectra is None:
+            raise InputError(f"{source or 'the input'}: features='spectrum' needs a spectrum image")
+        work = spectra
+        energy = np.asarray(spectra["energy"].values, float)
+        if energy_range_eV is not None:
+            c0, c1 = (
+                np.searchsorted(energy, energy_range_eV[0]),
+                np.searchsorted(energy, energy_range_eV[1], side="right"),
+            )
+        else:
+            c0, c1 = 0, energy.size
+        if c1 - c0 < 2:
+            raise InputError(f"{source}: energy range {energy_range_eV} holds < 2 channels")
+        params.update(normalise=True, channels=(int(c0), int(c1)))
+        feature_names = ["spectrum"]
+    else:
+        maps = _feature_maps(si, list(features), spectra)
+        feature_names = [str(m.name) for m in maps]
+        nav = maps[0].dims
+        stack = xr.concat([m.reset_coords(drop=True) for m in maps], dim="energy")
+        stack = stack.transpose(*nav, "energy").astype(np.float64)
+        stack = stack.assign_coords(energy=np.arange(len(maps), dtype=float))
+        if not isinstance(stack.data, da.Array):
+            stack = stack.chunk({d: min(256, stack.sizes[d]) for d in nav})
+        work = stack
+
+    nav_shape = tuple(work.shape[:-1])
+    n_pix = int(np.prod(nav_shape)) if nav_shape else 1
+    n_take = min(int(sample_size), n_pix)
+    flat_idx = np.sort(rng.choice(n_pix, size=n_take, replace=False))
+    data = work.data if isinstance(work.data, da.Array) else da.from_array(np.asarray(work.data))
+    if len(nav_shape) >= 2:
+        idx = np.unravel_index(flat_idx, nav_shape)
+        sample = np.asarray(data.vindex[idx].compute(), dtype=np.float64)
+    elif len(nav_shape) == 1:
+        sample = np.asarray(data[flat_idx].compute(), dtype=np.float64)
+    else:
+        raise InputError("clustering needs more than one pixel")
+    if use_spectrum:
+        sample = sample[:, params["channels"][0] : params["channels"][1]]
+        tot = sample.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sample = sample / np.where(tot != 0, tot, np.nan)
+    sample = sample[np.all(np.isfinite(sample), axis=1)]
+    if sample.shape[0] < k:
+        raise InputError(
+            f"{source or 'the input'}: only {sample.shape[0]} usable pixels for {k} clusters"
+        )
+    mean = sample.mean(axis=0)
+    if use_spectrum:
+        scale = np.full(sample.shape[1], float(np.std(sample - mean)) or 1.0)
+    else:
+        scale = sample.std(axis=0)
+        scale[scale == 0] = 1.0
+    z = (sample - mean) / scale
+    components = None
+    if use_spectrum and n_components:
+        from sklearn.decomposition import PCA
+
+        n_comp = int(min(n_components, z.shape[0], z.shape[1]))
+        pca = PCA(n_components=n_comp, random_state=seed).fit(z)
+        components = pca.components_
+        z = z @ components.T
+    km = _kmeans(z, k, seed)
+    centres = km.cluster_centers_
+    order = np.argsort(centres[:, 0], kind="stable")
+    centres = centres[order]
+
+    labelled = apply_kernel(
+        assign_kernel,
+        work,
+        [
+            Output("cluster", "", "cluster", dtype="int32"),
+            Output("cluster_distance", "", "distance to the cluster centre"),
+        ],
+        device=device,
+        centres=centres,
+        mean=mean,
+        scale=scale,
+        components=components,
+        **params,
+    )
+    labels = labelled["cluster"].compute()
+    sizes = np.array([(labels.values == i).sum() for i in range(k)], dtype=np.int64)
+    ds = xr.Dataset(
+        {
+            "cluster": labels.assign_attrs(
+                units="", long_name="cluster", flag_values=-1, flag_meanings="no_features"
+            ),
+            "cluster_distance": labelled["cluster_distance"],
+            "cluster_size": (DIM, sizes, {"units": "pixels", "long_name": "cluster size"}),
+        },
+        coords={DIM: (DIM, np.arange(k), {"long_name": "cluster number"})},
+    )
+    if not use_spectrum:
+        # one variable per feature (a string coordinate would be an unstable zarr v3 dtype)
+        centre_units = centres * scale + mean
+        for j, (name, m) in enumerate(zip(feature_names, maps, strict=True)):
+            ds[f"cluster_centre_{name}"] = (
+                DIM,
+                centre_units[:, j],
+                {
+                    "units": m.attrs.get("units", ""),
+                    "long_name": f"cluster centre: {m.attrs.get('long_name', name)}",
+                },
+            )
+    if spectra is not None and spectra.dims[:-1] == labels.dims:
+        sums = cluster_sums(spectra, labels, k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / np.where(sizes > 0, sizes, np.nan)[:, None]
+        ds["cluster_mean_spectrum"] = xr.DataArray(
+            means,
+            dims=(DIM, "energy"),
+            coords={"energy": spectra["energy"].values},
+            attrs={
+                "units": spectra.attrs.get("units", "counts"),
+                "long_name": "cluster-mean spectrum",
+            },
+        )
+        ds["energy"].attrs.update(spectra["energy"].attrs)
+    ds.attrs.update({k_: v for k_, v in attrs_src.items() if k_ != "units"})
+    ds.attrs.update(
+        analysis="cluster",
+        cluster_method="k-means (scikit-learn)",
+        cluster_n_clusters=k,
+        cluster_features=feature_names,
+        cluster_sample_size=int(n_take),
+        cluster_seed=int(seed),
+        cluster_inertia=float(km.inertia_),
+        cluster_pca_components=0 if components is None else int(components.shape[0]),
+    )
+    return ds
+
+
+def per_cluster(
+    si: xr.DataArray,
+    labels: xr.DataArray | xr.Dataset | np.ndarray,
+    pipeline: Callable[..., xr.Dataset],
+    *,
+    n_clusters: int | None = None,
+    **params: Any,
+) -> xr.Dataset:
+    """Run ``pipeline`` on the summed spectrum of each cluster.
+
+    Parameters
+    ----------
+    si : xarray.DataArray
+        The spectrum image (counts).
+    labels : DataArray, Dataset from :func:`cluster`, or array
+        Cluster of each pixel (-1 left out).
+    pipeline : callable
+        Any eelsgpu analysis taking a spectrum image first (``eelsgpu.thickness``,
+        ``eelsgpu.kramers_kronig``, ``eelsgpu.bandgap``...).
+    n_clusters : int, optional
+        Default: max label + 1.
+    **params
+        Passed to ``pipeline``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The pipeline's result with a ``cluster_id`` dimension (one entry per cluster), and
+        ``cluster_size``.
+
+    Examples
+    --------
+    >>> res = per_cluster(si, ds, eelsgpu.bandgap, window_eV=(1, 4))  # doctest: +SKIP
+    """
+    if isinstance(labels, xr.Dataset):
+        labels = labels["cluster"]
+    lab = np.asarray(labels.values if isinstance(labels, xr.DataArray) else labels)
+    k = int(n_clusters) if n_clusters is not None else int(lab.max()) + 1
+    sums = cluster_sums(si, lab, k)
+    sizes = np.array([(lab == i).sum() for i in range(k)], dtype=np.int64)
+    attrs = {a: v for a, v in si.attrs.items() if a not in ("units", "dispersion_eV")}
+    summed = spectrum_image(
+        sums,
+        si["energy"].values,
+        dtype=si.dtype,
+        attrs={**attrs, "units": si.attrs.get("units", "counts")},
+    )
+    if isinstance(pipeline, types.ModuleType) and not callable(pipeline):
+        # eelsgpu.thickness & co. can resolve to the module of the same name: take its function
+        pipeline = getattr(pipeline, pipeline.__name__.rsplit(".", 1)[-1])
+    result = pipeline(summed, **params)
+    result = result.rename({"x": DIM}) if "x" in result.dims else result
+    result = result.drop_vars(DIM, errors="ignore").assign_coords({DIM: np.arange(k)})
+    result["cluster_size"] = (DIM, sizes, {"units": "pixels", "long_name": "cluster size"})
+    result.attrs["per_cluster"] = "pipeline run on the summed spectrum of each cluster"
+    return result

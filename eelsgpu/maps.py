@@ -1,0 +1,563 @@
+"""Energy-window and spectral-feature maps of any spectrum image (EELS low/core loss, SXES).
+
+For each named window ``[lo, hi]`` (eV) and pixel:
+
+* **intensity**: the counts in the window, ``sum_i c_i f_i``, with ``c_i`` the counts of channel
+  ``i`` and ``f_i`` the fraction of that channel's bin lying in the window. Bin edges are the
+  midpoints between channel energies, so the integral is right on a *non-uniform* axis (an SXES
+  grating axis) and for windows that cut channels. Unit: the input's unit (``counts``), i.e. the
+  number of counts in the window, not counts·eV;
+* **background** (optional) fitted over one or more pre-windows to the spectral *density*
+  ``d_i = c_i / width_i`` (counts/eV) and integrated over the window the same way, then
+  subtracted. ``"power-law"``: ``d = A E^-r`` fitted by linear least squares of ``ln d`` on
+  ``ln E`` weighted by the counts (Poisson; Egerton, *EELS in the Electron Microscope*, 3rd ed.,
+  sec. 4.4.2), in closed form (sums), over the channels with counts > 0; ``"linear"``:
+  ``d = a + b E`` (unweighted). A pixel whose fit
+  fails (fewer than 2 usable channels, less than half the pre-window usable, a non-finite fit)
+  is flagged in ``<name>_valid`` and its maps are NaN;
+* **centroid** ``<name>_centroid_eV``: ``sum E_i s_i f_i / sum s_i f_i`` of the
+  background-subtracted counts ``s_i`` (NaN if the denominator is not positive);
+* **peak** ``<name>_peak_eV``: a Gaussian fitted to the top ``peak_channels`` channels around the
+  maximum by least squares on ``ln s`` (a parabola in E; exact for a noise-free Gaussian), so
+  shifts far below one channel width are measured. NaN when the maximum sits on the window's
+  edge, a channel there is not positive or the parabola opens upward;
+* **width** ``<name>_fwhm_eV``: the full width at half maximum of the background-subtracted
+  band density, from the half-maximum crossings nearest the maximum on each side, linearly
+  interpolated between channels (NaN when a side does not fall to half inside the window);
+* **ratio** ``<a>_over_<b>``: the ratio of two window intensities (NaN where ``b <= 0``).
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsgpu.model import spectrum_image
+>>> e = np.arange(100.0, 200.0, 0.5)
+>>> si = spectrum_image(np.exp(-0.5 * ((e - 150.0) / 2.0) ** 2) * np.ones((2, 2, 1)), e)
+>>> ds = window_maps(si, {"band": (140.0, 160.0)}, peak=["band"], device="cpu")
+>>> round(float(ds["band_peak_eV"][0, 0]), 6)
+150.0
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .backend import array_namespace
+from .engine import Output, apply_kernel
+from .errors import InputError
+
+__all__ = [
+    "BACKGROUND_MODELS",
+    "channel_edges",
+    "fit_background",
+    "window_kernel",
+    "window_maps",
+    "window_weights",
+]
+
+BACKGROUND_MODELS = ("power-law", "linear")
+
+Range = tuple[float, float]
+
+
+# --------------------------------------------------------------------------- kernels (array API)
+def channel_edges(energy_eV: Any) -> tuple[Any, Any]:
+    """Lower and upper bin edges (eV) of each channel: midpoints between channel energies.
+
+    The outer edges mirror the first and last half-widths. Works on any increasing axis.
+
+    >>> lo, hi = channel_edges(np.array([0.0, 1.0, 3.0]))
+    >>> lo.tolist(), hi.tolist()
+    ([-0.5, 0.5, 2.0], [0.5, 2.0, 4.0])
+    """
+    xp = array_namespace(energy_eV)
+    e = energy_eV
+    mid = (e[1:] + e[:-1]) / 2
+    first = xp.reshape(2 * e[0] - mid[0], (1,))
+    last = xp.reshape(2 * e[-1] - mid[-1], (1,))
+    return xp.concat([first, mid]), xp.concat([mid, last])
+
+
+def window_weights(energy_eV: Any, lo_eV: float, hi_eV: float) -> Any:
+    """Fraction (0..1) of each channel's bin that lies inside ``[lo_eV, hi_eV]``.
+
+    >>> window_weights(np.array([0.0, 1.0, 2.0, 3.0]), 0.75, 2.0).tolist()
+    [0.0, 0.75, 0.5, 0.0]
+    """
+    xp = array_namespace(energy_eV)
+    lo_edge, hi_edge = channel_edges(energy_eV)
+    overlap = xp.minimum(hi_edge, float(hi_eV)) - xp.maximum(lo_edge, float(lo_eV))
+    return xp.clip(overlap / (hi_edge - lo_edge), 0.0, 1.0)
+
+
+def _range_weights(energy_eV: Any, ranges: Sequence[Range]) -> Any:
+    xp = array_namespace(energy_eV)
+    w = xp.zeros_like(energy_eV)
+    for lo, hi in ranges:
+        w = w + window_weights(energy_eV, lo, hi)
+    return xp.clip(w, 0.0, 1.0)
+
+
+def fit_background(
+    counts: Any,
+    energy_eV: Any,
+    weights: Any,
+    model: str = "power-law",
+    *,
+    channel_width_eV: Any = None,
+) -> tuple[Any, Any]:
+    """Fit a background density to each spectrum over the channels with ``weights > 0``.
+
+    ``"power-law"``: ``d = A E^-r`` by least squares of ``ln d`` on ``ln E`` (Egerton, *EELS in
+    the Electron Microscope*, 3rd ed., sec. 4.4.2), each channel weighted by its counts (the
+    inverse Poisson variance of ``ln c``), over the channels with counts > 0. ``"linear"``:
+    ``d = a + b E`` by unweighted least squares. Both in closed form (sums), one fit per pixel.
+
+    Parameters
+    ----------
+    counts : array (n_pix, n_E)
+        Counts per channel.
+    energy_eV : array (n_E,)
+        Channel energies in eV (> 0 for the power law).
+    weights : array (n_E,)
+        Fraction of each channel in the fitting range(s).
+    model : {"power-law", "linear"}
+    channel_width_eV : array (n_E,), optional
+        Channel widths (default: from the midpoints between channel energies).
+
+    Returns
+    -------
+    background : array (n_pix, n_E)
+        The fitted density in counts/eV at every channel (multiply by the channel widths for
+        counts per channel).
+    ok : bool array (n_pix,)
+        False where the fit failed: fewer than 2 usable channels, less than half the range
+        usable (counts <= 0 for the power law), or a non-finite result.
+
+    >>> e = np.linspace(100.0, 200.0, 51)
+    >>> c = 3e6 * e[None, :] ** -2.5 * 2.0  # 2 eV channels
+    >>> bg, ok = fit_background(c, e, (e < 150).astype(float))
+    >>> bool(ok[0]), bool(np.allclose(bg * 2.0, c))
+    (True, True)
+    """
+    xp = array_namespace(counts)
+    if channel_width_eV is None:
+        lo_edge, hi_edge = channel_edges(energy_eV)
+        channel_width_eV = hi_edge - lo_edge
+    density = counts / channel_width_eV
+    if model == "power-law":
+        positive = counts > 0
+        usable = xp.where(positive, weights, 0.0)
+        fit_w = usable * xp.where(positive, counts, 0.0)
+        y = xp.log(xp.where(positive, density, 1.0))
+        u = xp.log(energy_eV)
+    elif model == "linear":
+        usable = weights * xp.ones_like(density)
+        fit_w = usable
+        y = density
+        u = energy_eV
+    else:
+        raise ValueError(f"background_model must be one of {BACKGROUND_MODELS}, not {model!r}")
+    # Closed-form weighted least squares of y = a + b u, one per pixel.
+    s0 = xp.sum(fit_w, axis=-1)
+    su = xp.sum(fit_w * u, axis=-1)
+    suu = xp.sum(fit_w * u * u, axis=-1)
+    sy = xp.sum(fit_w * y, axis=-1)
+    suy = xp.sum(fit_w * u * y, axis=-1)
+    det = s0 * suu - su * su
+    safe_det = xp.where(det > 0, det, 1.0)
+    safe_s0 = xp.where(s0 > 0, s0, 1.0)
+    b = (s0 * suy - su * sy) / safe_det
+    a = (sy - b * su) / safe_s0
+    fit = a[:, None] + b[:, None] * u
+    background = xp.exp(fit) if model == "power-law" else fit
+    n_used = xp.sum(xp.astype(usable > 0, xp.float64), axis=-1)
+    ok = (
+        (det > 0)
+        & (n_used >= 2)
+        & (xp.sum(usable, axis=-1) >= 0.5 * xp.sum(weights))
+        & xp.isfinite(a)
+        & xp.isfinite(b)
+    )
+    return background, ok
+
+
+def _gather(a: Any, idx: Any) -> Any:
+    """a[p, idx[p, k]] for each pixel p."""
+    xp = array_namespace(a)
+    return xp.take_along_axis(a, idx, axis=-1)
+
+
+def _peak_fit(s: Any, e: Any, in_win: Any, half: int) -> Any:
+    """Vertex of a least-squares parabola to ln s over 2*half+1 channels around the maximum."""
+    xp = array_namespace(s)
+    n = e.shape[0]
+    idxs = xp.arange(n)
+    masked = xp.where(in_win, s, -xp.inf)
+    imax = xp.argmax(masked, axis=-1)
+    i_first = xp.min(xp.where(in_win, idxs, n))
+    i_last = xp.max(xp.where(in_win, idxs, -1))
+    offsets = xp.arange(-half, half + 1)
+    idx = xp.clip(imax[:, None] + offsets[None, :], 0, n - 1)
+    vals = _gather(s, idx)
+    ee = xp.take(e, xp.reshape(idx, (-1,)))
+    ee = xp.reshape(ee, idx.shape)
+    e0 = xp.take(e, imax)
+    u = ee - e0[:, None]
+    y = xp.log(xp.where(vals > 0, vals, 1.0))
+    # Normal equations of y = c0 + c1 u + c2 u^2, solved by Cramer's rule.
+    m0 = xp.full_like(e0, float(2 * half + 1))
+    m1, m2 = xp.sum(u, axis=-1), xp.sum(u**2, axis=-1)
+    m3, m4 = xp.sum(u**3, axis=-1), xp.sum(u**4, axis=-1)
+    t0, t1, t2 = xp.sum(y, axis=-1), xp.sum(u * y, axis=-1), xp.sum(u * u * y, axis=-1)
+
+    def det3(a11, a12, a13, a21, a22, a23, a31, a32, a33):
+        return (
+            a11 * (a22 * a33 - a23 * a32)
+            - a12 * (a21 * a33 - a23 * a31)
+            + a13 * (a21 * a32 - a22 * a31)
+        )
+
+    d = det3(m0, m1, m2, m1, m2, m3, m2, m3, m4)
+    safe_d = xp.where(d != 0, d, 1.0)
+    c1 = det3(m0, t0, m2, m1, t1, m3, m2, t2, m4) / safe_d
+    c2 = det3(m0, m1, t0, m1, m2, t1, m2, m3, t2) / safe_d
+    safe_c2 = xp.where(c2 < 0, c2, -1.0)
+    vertex = -c1 / (2 * safe_c2)
+    span = xp.max(xp.abs(u), axis=-1)
+    ok = (
+        (imax - half >= i_first)
+        & (imax + half <= i_last)
+        & xp.all(vals > 0, axis=-1)
+        & (c2 < 0)
+        & (d != 0)
+        & (xp.abs(vertex) <= span)
+    )
+    return xp.where(ok, e0 + vertex, xp.nan)
+
+
+def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
+    """Full width at half maximum from the crossings nearest the maximum, interpolated."""
+    xp = array_namespace(s)
+    n = e.shape[0]
+    idxs = xp.arange(n)
+    masked = xp.where(in_win, s, -xp.inf)
+    imax = xp.argmax(masked, axis=-1)
+    smax = xp.max(masked, axis=-1)
+    half = smax / 2
+    below = (s < half[:, None]) & in_win
+    il = xp.max(xp.where(below & (idxs < imax[:, None]), idxs, -1), axis=-1)
+    ir = xp.min(xp.where(below & (idxs > imax[:, None]), idxs, n), axis=-1)
+    ok = (il >= 0) & (ir < n) & (smax > 0)
+    il_c = xp.clip(il, 0, n - 2)
+    ir_c = xp.clip(ir, 1, n - 1)
+
+    def crossing(i0):
+        s0 = _gather(s, i0[:, None])[:, 0]
+        s1 = _gather(s, i0[:, None] + 1)[:, 0]
+        e0, e1 = xp.take(e, i0), xp.take(e, i0 + 1)
+        ds = s1 - s0
+        safe = xp.where(ds != 0, ds, 1.0)
+        return e0 + (half - s0) * (e1 - e0) / safe
+
+    width = crossing(ir_c - 1) - crossing(il_c)
+    return xp.where(ok, width, xp.nan)
+
+
+def window_kernel(
+    block: Any,
+    energy_eV: Any,
+    *,
+    windows: Sequence[tuple[str, float, float]],
+    backgrounds: Mapping[str, Sequence[Range]] | None = None,
+    background_model: str = "power-law",
+    centroid: Sequence[str] = (),
+    peak: Sequence[str] = (),
+    width: Sequence[str] = (),
+    ratios: Sequence[tuple[str, str]] = (),
+    peak_channels: int = 3,
+    spans: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """Window maps of a block of spectra (pure array-API kernel; see the module docstring).
+
+    Parameters
+    ----------
+    block : array (n_pix, n_E)
+        Counts per channel.
+    energy_eV : array (n_E,)
+        Increasing channel energies in eV (uniform or not).
+    windows : sequence of (name, lo_eV, hi_eV)
+        The integration windows.
+    backgrounds : mapping name -> sequence of (lo_eV, hi_eV)
+        Background-fit ranges per window (absent: no background removed).
+    background_model : {"power-law", "linear"}
+    centroid, peak, width : sequence of str
+        Windows for which to compute ``_centroid_eV``, ``_peak_eV`` and ``_fwhm_eV``.
+    ratios : sequence of (a, b)
+        Window pairs whose intensity ratio ``a_over_b`` is returned.
+    peak_channels : int
+        Odd number of channels (>= 3) in the Gaussian peak fit.
+    spans : mapping name -> (i0, i1), optional
+        Channel slice holding the window and its background ranges with a margin of at least
+        two channels (work is then done on that slice only); the whole axis by default.
+
+    Returns
+    -------
+    dict
+        ``name`` (counts), ``name_background`` (counts), ``name_valid`` (bool) per window, and
+        the requested extras, each ``(n_pix,)``.
+    """
+    xp = array_namespace(block)
+    e_all = xp.astype(energy_eV, xp.float64)
+    lo_edge, hi_edge = channel_edges(e_all)
+    width_all = hi_edge - lo_edge
+    backgrounds = backgrounds or {}
+    spans = spans or {}
+    half = max(1, int(peak_channels) // 2)
+    out: dict[str, Any] = {}
+    for name, lo, hi in windows:
+        i0, i1 = spans.get(name, (0, e_all.shape[0]))
+        x = xp.astype(block[:, i0:i1], xp.float64)
+        e = e_all[i0:i1]
+        chan_width = width_all[i0:i1]
+        density = x / chan_width
+        f = window_weights(e, lo, hi)
+        raw = xp.sum(x * f, axis=-1)
+        ranges = backgrounds.get(name)
+        if ranges:
+            bg_density, ok = fit_background(
+                x, e, _range_weights(e, ranges), background_model, channel_width_eV=chan_width
+            )
+            bg = xp.sum(bg_density * chan_width * f, axis=-1)
+            net_density = density - bg_density
+        else:
+            bg = xp.zeros_like(raw)
+            ok = xp.ones(raw.shape, dtype=xp.bool)
+            net_density = density
+        intensity = raw - bg
+        ok = ok & xp.isfinite(intensity)
+        out[name] = xp.where(ok, intensity, xp.nan)
+        out[f"{name}_background"] = xp.where(ok, bg, xp.nan)
+        out[f"{name}_valid"] = ok
+        net = net_density * chan_width * f
+        if name in centroid:
+            total = xp.sum(net, axis=-1)
+            good = ok & (total > 0)
+            c = xp.sum(net * e, axis=-1) / xp.where(good, total, 1.0)
+            out[f"{name}_centroid_eV"] = xp.where(good, c, xp.nan)
+        in_win = f >= 0.5
+        if name in peak:
+            p = _peak_fit(net_density, e, in_win, half)
+            out[f"{name}_peak_eV"] = xp.where(ok, p, xp.nan)
+        if name in width:
+            w = _fwhm(net_density, e, in_win)
+            out[f"{name}_fwhm_eV"] = xp.where(ok, w, xp.nan)
+    for a, b in ratios:
+        den = out[b]
+        good = xp.isfinite(den) & (den > 0) & xp.isfinite(out[a])
+        out[f"{a}_over_{b}"] = xp.where(good, out[a] / xp.where(good, den, 1.0), xp.nan)
+    return out
+
+
+# --------------------------------------------------------------------------- public function
+def _as_ranges(value: Any, what: str) -> list[Range]:
+    """(lo, hi) or a sequence of (lo, hi) -> list of float pairs."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 1 and arr.size == 2:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise InputError(f"{what} must be (lo_eV, hi_eV) or a list of them, not {value!r}")
+    return [(float(lo), float(hi)) for lo, hi in arr]
+
+
+def _check_range(lo: float, hi: float, energy: np.ndarray, what: str, source: str | None) -> None:
+    where = f" ({source})" if source else ""
+    if not hi > lo:
+        raise InputError(f"{what} {lo:g}:{hi:g} eV is empty: the upper end must exceed the lower")
+    if hi <= energy[0] or lo >= energy[-1]:
+        raise InputError(
+            f"{what} {lo:g}:{hi:g} eV lies outside the energy axis {energy[0]:g} to "
+            f"{energy[-1]:g} eV{where}"
+        )
+
+
+def _spans(
+    energy: np.ndarray, windows: Sequence[tuple[str, float, float]], bgs: Mapping[str, list[Range]]
+) -> dict[str, tuple[int, int]]:
+    """Channel slice of each window and its background ranges, with a 3-channel margin."""
+    out = {}
+    for name, lo, hi in windows:
+        lows = [lo] + [r[0] for r in bgs.get(name, [])]
+        highs = [hi] + [r[1] for r in bgs.get(name, [])]
+        i0 = max(0, int(np.searchsorted(energy, min(lows))) - 3)
+        i1 = min(energy.size, int(np.searchsorted(energy, max(highs))) + 3)
+        out[name] = (i0, i1)
+    return out
+
+
+def _names(value: str | Iterable[str] | None, windows: Mapping[str, Any], what: str) -> list[str]:
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    for n in names:
+        if n not in windows:
+            raise InputError(f"{what} names window {n!r}, which is not among {list(windows)}")
+    return names
+
+
+def window_maps(
+    si: xr.DataArray,
+    windows: Mapping[str, Range],
+    background: Mapping[str, Range | Sequence[Range]] | None = None,
+    background_model: str = "power-law",
+    ratios: Iterable[str | tuple[str, str]] | None = None,
+    centroid: str | Iterable[str] | None = None,
+    peak: str | Iterable[str] | None = None,
+    width: str | Iterable[str] | None = None,
+    *,
+    peak_channels: int = 3,
+    elements: Iterable[str] | None = None,
+    max_order: int = 3,
+    device: str = "auto",
+) -> xr.Dataset:
+    """Energy-window maps of a spectrum image, with background removal and band features.
+
+    Parameters
+    ----------
+    si : xarray.DataArray
+        Spectrum image (dims ``(..., "energy")``), counts per channel; the energy axis (eV) may
+        be non-uniform (SXES).
+    windows : mapping name -> (lo_eV, hi_eV)
+        Integration windows, e.g. ``{"Cu": (931, 1000)}``.
+    background : mapping name -> (lo_eV, hi_eV) or list of them, optional
+        Background-fit range(s) per window, e.g. ``{"Cu": (850, 925)}``; windows not named get no
+        background removed.
+    background_model : {"power-law", "linear"}
+        ``A E^-r`` (core-loss edges; Egerton 3rd ed. sec. 4.4.2) or ``a + b E`` (emission lines
+        on a flat continuum).
+    ratios : iterable of "A/B" or (A, B), optional
+        Intensity ratios, returned as ``A_over_B``.
+    centroid, peak, width : str or iterable of str, optional
+        Windows for ``<name>_centroid_eV``, ``<name>_peak_eV`` (Gaussian fit on the top
+        ``peak_channels`` channels) and ``<name>_fwhm_eV`` (half-maximum crossings).
+    peak_channels : int
+        Odd number of channels used by the peak fit (3 = exact log-parabola through the top 3).
+    elements : iterable of str, optional
+        Elements present (SXES): a :class:`eelsgpu.sxes.HigherOrderLineWarning` is issued for
+        every window holding a known line of one of them in diffraction order 2..``max_order``.
+    device : {"auto", "cpu", "gpu"}
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy; per window ``<name>`` (counts in the window after background removal, unit of the
+        input, i.e. counts -- not counts·eV), ``<name>_background`` (counts), ``<name>_valid``
+        (False where the background fit failed; those pixels are NaN), and the requested extras.
+
+    Examples
+    --------
+    >>> import eelsgpu  # doctest: +SKIP
+    >>> ds = eelsgpu.window_maps(si, windows={"Cu": (931, 1000)},  # doctest: +SKIP
+    ...                          background={"Cu": (850, 925)}, background_model="power-law")
+    """
+    if background_model not in BACKGROUND_MODELS:
+        raise InputError(
+            f"background_model must be one of {BACKGROUND_MODELS}, not {background_model!r}"
+        )
+    if not windows:
+        raise InputError("window_maps needs at least one window, e.g. windows={'Cu': (931, 1000)}")
+    source = si.attrs.get("source")
+    energy = np.asarray(si["energy"].values, dtype=np.float64)
+    win_list: list[tuple[str, float, float]] = []
+    for name, rng in windows.items():
+        if not str(name).isidentifier():
+            raise InputError(
+                f"window name {name!r} must be a plain identifier (letters, digits, _)"
+            )
+        (lo, hi), *rest = _as_ranges(rng, f"window {name}")
+        if rest:
+            raise InputError(f"window {name} must be one (lo_eV, hi_eV) range")
+        _check_range(lo, hi, energy, f"window {name}", source)
+        win_list.append((str(name), lo, hi))
+    bgs: dict[str, list[Range]] = {}
+    for name, rng in (background or {}).items():
+        if name not in windows:
+            raise InputError(f"background given for {name!r}, which is not a window")
+        ranges = _as_ranges(rng, f"background {name}")
+        for lo, hi in ranges:
+            _check_range(lo, hi, energy, f"background {name}", source)
+            if background_model == "power-law" and lo <= 0:
+                raise InputError(
+                    f"a power-law background needs energies > 0; background {name} starts at {lo:g} eV"
+                )
+        bgs[str(name)] = ranges
+    ratio_pairs: list[tuple[str, str]] = []
+    for r in ratios or ():
+        a, b = r.split("/") if isinstance(r, str) else r
+        a, b = a.strip(), b.strip()
+        _names([a, b], windows, f"ratio {a}/{b}")
+        ratio_pairs.append((a, b))
+    cen = _names(centroid, windows, "centroid")
+    pk = _names(peak, windows, "peak")
+    wd = _names(width, windows, "width")
+    if peak_channels < 3 or peak_channels % 2 == 0:
+        raise InputError(f"peak_channels must be odd and >= 3, not {peak_channels}")
+
+    if elements:
+        from .sxes import HigherOrderLineWarning, higher_order_lines_in_window
+
+        for name, lo, hi in win_list:
+            for hit in higher_order_lines_in_window((lo, hi), elements, max_order=max_order):
+                warnings.warn(
+                    f"window {name} ({lo:g}-{hi:g} eV) holds {hit.describe()}",
+                    HigherOrderLineWarning,
+                    stacklevel=2,
+                )
+
+    units = si.attrs.get("units", "counts")
+    outputs: list[Output] = []
+    for name, lo, hi in win_list:
+        net = "net " if name in bgs else ""
+        outputs += [
+            Output(
+                name,
+                units,
+                f"{name} {net}{lo:g}-{hi:g} eV",
+                attrs={
+                    "window_eV": [lo, hi],
+                    "background_eV": [list(r) for r in bgs.get(name, [])],
+                    "background_model": background_model if name in bgs else "none",
+                },
+            ),
+            Output(f"{name}_background", units, f"{name} background under the window"),
+            Output(f"{name}_valid", "", f"{name} background fit succeeded", dtype="bool"),
+        ]
+        if name in cen:
+            outputs.append(Output(f"{name}_centroid_eV", "eV", f"{name} centroid"))
+        if name in pk:
+            outputs.append(Output(f"{name}_peak_eV", "eV", f"{name} peak (Gaussian fit)"))
+        if name in wd:
+            outputs.append(Output(f"{name}_fwhm_eV", "eV", f"{name} FWHM"))
+    for a, b in ratio_pairs:
+        outputs.append(Output(f"{a}_over_{b}", "1", f"{a} / {b} intensity ratio"))
+    ds = apply_kernel(
+        window_kernel,
+        si,
+        outputs,
+        device=device,
+        attrs={"analysis": "window_maps", "background_model": background_model},
+        windows=tuple(win_list),
+        backgrounds=bgs,
+        background_model=background_model,
+        centroid=tuple(cen),
+        peak=tuple(pk),
+        width=tuple(wd),
+        ratios=tuple(ratio_pairs),
+        peak_channels=int(peak_channels),
+        spans=_spans(energy, win_list, bgs),
+    )
+    return ds

@@ -1,0 +1,413 @@
+"""One self-contained HTML page of a result store: every map, chosen spectra, the run's parameters.
+
+The page needs nothing beside itself: the pictures are PNGs embedded as base64 ``data:`` URIs,
+the style is inline, and there are no scripts, links or network references, so it can be mailed,
+archived with the data or opened on a machine with no network.
+
+Examples
+--------
+>>> import numpy as np, xarray as xr
+>>> ds = xr.Dataset({"t_over_lambda": (("y", "x"), np.ones((4, 5)), {"units": ""})})
+>>> html = report_html(ds, title="demo")
+>>> html.count("data:image/png;base64,")
+1
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io as _io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .errors import InputError
+from .plotting import _pyplot, map_variables, plot_map, plot_spectra
+
+__all__ = ["cube_variables", "parse_pixels", "report_html", "write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;
+ background:#f4f5f7;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:18px 28px}
+header h1{margin:0;font-size:22px} header p{margin:4px 0 0;color:#b8c0cc;font-size:13px}
+main{padding:18px 28px} h2{font-size:17px;border-bottom:1px solid #ccd;padding-bottom:4px}
+.grid{display:flex;flex-wrap:wrap;gap:14px}
+figure{background:#fff;margin:0;padding:8px;border-radius:6px;box-shadow:0 1px 3px #0002;
+ max-width:560px}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#444;margin-top:4px}
+table{border-collapse:collapse;background:#fff;font-size:13px}
+td,th{border:1px solid #dde;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef0f4} code{font-size:12px}
+"""
+
+
+def _png(fig) -> str:
+    plt = _pyplot()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(b64: str, alt: str, caption: str) -> str:
+    return (
+        f'<figure><img src="data:image/png;base64,{b64}" alt="{html.escape(alt, quote=True)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def cube_variables(ds: xr.Dataset) -> list[str]:
+    """Variables of ``ds`` that hold a spectrum per pixel (last dim ``energy``, nav dims too)."""
+    return [
+        str(n)
+        for n, v in ds.data_vars.items()
+        if v.ndim >= 2 and v.dims[-1] == "energy" and set(v.dims[:-1]) <= {"y", "x"}
+    ]
+
+
+def parse_pixels(text: str | None) -> list[tuple[int, ...]]:
+    """``"Y,X;Y,X"`` -> [(y, x), ...] (pixel indices); ``"X;X"`` for a line scan."""
+    if not text:
+        return []
+    out = []
+    for part in text.replace(" ", "").split(";"):
+        if not part:
+            continue
+        try:
+            out.append(tuple(int(v) for v in part.split(",")))
+        except ValueError:
+            raise InputError(f"--pixels takes indices like 3,4;10,12, not {text!r}") from None
+    return out
+
+
+def _map_order(name: str) -> tuple[int, str]:
+    """Main quantities first, then their errors and fit measures, the valid mask last."""
+    n = name.lower()
+    if n == "valid" or n.endswith("_valid"):
+        return (3, n)
+    if any(w in n for w in ("error", "quality", "significance", "r_squared", "distance")):
+        return (2, n)
+    if n.startswith("true_"):
+        return (1, n)
+    return (0, n)
+
+
+def _stats(da: xr.DataArray) -> str:
+    v = np.asarray(da.values, dtype=float)
+    finite = v[np.isfinite(v)]
+    n_bad = v.size - finite.size
+    if not finite.size:
+        return "all pixels flagged"
+    unit = da.attrs.get("units", "")
+    u = f" {html.escape(str(unit))}" if unit else ""
+    if np.issubdtype(da.dtype, np.integer) or np.issubdtype(da.dtype, np.bool_):
+        vals, counts = np.unique(finite, return_counts=True)
+        body = ", ".join(f"{int(a)}: {c} px" for a, c in zip(vals[:12], counts[:12], strict=True))
+        return body + (f"; {n_bad} flagged" if n_bad else "")
+    p5, med, p95 = np.percentile(finite, [5, 50, 95])
+    return f"median {med:.4g}{u} (5-95 %: {p5:.4g} to {p95:.4g}{u})" + (
+        f"; {n_bad} flagged px" if n_bad else ""
+    )
+
+
+def _attr_text(v: Any) -> str:
+    if isinstance(v, str):
+        try:  # pretty-print JSON held in a string attribute
+            parsed = json.loads(v)
+            if isinstance(parsed, dict | list):
+                return "<code>" + html.escape(json.dumps(parsed, indent=1)) + "</code>"
+        except (ValueError, TypeError):
+            pass
+        return html.escape(v)
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, float):
+        return html.escape(f"{v:.6g}")
+    return html.escape(str(v))
+
+
+def _position(ds: xr.Dataset, pix: tuple[int, ...], nav: Sequence[str]) -> str:
+    parts = []
+    for d, i in zip(nav, pix, strict=True):
+        if d in ds.coords:
+            unit = ds[d].attrs.get("units", "px")
+            parts.append(f"{d} = {float(ds[d].values[i]):g} {unit}")
+    return ", ".join(parts)
+
+
+def report_html(
+    ds: xr.Dataset,
+    *,
+    pixels: Sequence[tuple[int, ...]] | None = None,
+    clusters: bool = False,
+    title: str | None = None,
+    source: str | None = None,
+    xlim_eV: tuple[float, float] | None = None,
+    spectra: xr.DataArray | None = None,
+) -> str:
+    """The HTML text of the report of ``ds`` (see :func:`write_report`)."""
+    if spectra is not None:
+        name = str(spectra.name or "signal")
+        if name in ds.data_vars:
+            name = f"{name}_spectra"
+        spectra = spectra.rename(name)
+        nav = spectra.dims[:-1]
+        for d in nav:
+            if d not in ds.dims or ds.sizes[d] != spectra.sizes[d]:
+                raise InputError(
+                    f"the spectra ({dict(spectra.sizes)}) do not match the maps' pixels "
+                    f"({dict(ds.sizes)})"
+                )
+        ds = ds.assign({name: spectra.drop_vars([c for c in nav if c in spectra.coords])})
+    sections = []
+    maps = sorted(map_variables(ds), key=_map_order)
+    figs = []
+    for name in maps:
+        da = ds[name]
+        unit = da.attrs.get("units", "")
+        quantity = da.attrs.get("long_name") or name
+        label = f"{quantity} ({unit})" if unit else str(quantity)
+        fig = plot_map(da)
+        caption = (
+            f"<b>{html.escape(label)}</b> &mdash; <code>{html.escape(name)}</code><br>{_stats(da)}"
+        )
+        figs.append(_figure(_png(fig), f"map of {name}: {label}", caption))
+    if figs:
+        sections.append("<h2>Maps</h2><div class='grid'>" + "".join(figs) + "</div>")
+
+    cubes = cube_variables(ds)
+    spec_figs = []
+    if pixels and not cubes:
+        raise InputError(
+            "--pixels needs spectra: the store holds none (give the spectrum image with --spectra)"
+        )
+    if cubes and pixels:
+        nav = ds[cubes[0]].dims[:-1]
+        for pix in pixels:
+            if len(pix) != len(nav):
+                raise InputError(f"pixel {pix} needs {len(nav)} indices ({', '.join(nav)})")
+            for d, i in zip(nav, pix, strict=True):
+                if not 0 <= i < ds.sizes[d]:
+                    raise InputError(f"pixel {pix}: {d} index {i} is outside 0..{ds.sizes[d] - 1}")
+        floats = [m for m in maps if np.issubdtype(ds[m].dtype, np.floating)] or maps
+        if floats and ds[floats[0]].ndim == 2:
+            spec_figs.append(_pixel_overview(ds, floats[0], pixels))
+        for pix in pixels:
+            sel = dict(zip(nav, pix, strict=True))
+            spectra = {n: ds[n].isel(sel).compute() for n in cubes}
+            if ds.attrs.get("analysis") == "bandgap":  # the onset fit over the data
+                from .bandgap import fit_curves
+
+                curve = fit_curves(spectra[cubes[0]], ds.attrs)
+                eg = ds["bandgap_eV"].isel(sel).values if "bandgap_eV" in ds else np.nan
+                label = "onset fit" + (f" (Eg = {float(eg):.3f} eV)" if np.isfinite(eg) else "")
+                spectra[label] = curve
+                styles = {
+                    cubes[0]: {"color": "C0", "lw": 0.9, "alpha": 0.6},
+                    label: {"color": "C3", "lw": 2.0, "ls": "--"},
+                }
+            else:
+                styles = None
+            where = _position(ds, pix, nav)
+            fig = plot_spectra(
+                spectra, title=f"pixel {pix}", xlim=xlim_eV, styles=styles, spans=_spans(ds, maps)
+            )
+            values = "; ".join(
+                f"{html.escape(m)} = {float(ds[m].isel(sel).values):.4g} "
+                f"{html.escape(str(ds[m].attrs.get('units', '')))}"
+                for m in maps[:8]
+                if ds[m].dims == tuple(nav)
+            )
+            caption = f"<b>pixel {pix}</b> {html.escape(where)}<br>{values}"
+            spec_figs.append(_figure(_png(fig), f"spectra at pixel {pix}", caption))
+    if clusters:
+        spec_figs.extend(_cluster_figures(ds, cubes, xlim_eV))
+    if spec_figs:
+        sections.append("<h2>Spectra</h2><div class='grid'>" + "".join(spec_figs) + "</div>")
+
+    rows = "".join(
+        f"<tr><td><code>{html.escape(str(k))}</code></td><td>{_attr_text(v)}</td></tr>"
+        for k, v in sorted(ds.attrs.items())
+    )
+    sections.append(
+        "<h2>Parameters of the run</h2>"
+        + (
+            f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
+            if rows
+            else "<p>(the store records no parameters)</p>"
+        )
+    )
+    var_rows = "".join(
+        f"<tr><td><code>{html.escape(str(n))}</code></td><td>{html.escape(str(v.dims))}</td>"
+        f"<td>{html.escape(str(v.attrs.get('units', '')))}</td>"
+        f"<td>{html.escape(str(v.attrs.get('long_name', '')))}</td></tr>"
+        for n, v in ds.data_vars.items()
+    )
+    sections.append(
+        "<h2>Variables</h2><table><tr><th>name</th><th>dims</th><th>units</th>"
+        f"<th>meaning</th></tr>{var_rows}</table>"
+    )
+    head_title = html.escape(title or f"eelsgpu report: {source or 'result'}")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    sub = html.escape(f"{source + ' · ' if source else ''}eelsgpu {__version__} · {stamp}")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{head_title}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{head_title}</h1><p>{sub}</p></header><main>"
+        + "".join(sections)
+        + "</main></body></html>"
+    )
+
+
+def _spans(ds: xr.Dataset, maps: Sequence[str]) -> list[tuple[float, float, str]]:
+    """Energy windows the maps were integrated over (and their background ranges), from the
+    variables' ``window_eV`` / ``background_eV`` attributes, to shade on the spectra."""
+    out: list[tuple[float, float, str]] = []
+    seen = set()
+    for name in maps:
+        a = ds[name].attrs
+        w = a.get("window_eV")
+        if w is not None and np.size(w) == 2 and (float(w[0]), float(w[1])) not in seen:
+            seen.add((float(w[0]), float(w[1])))
+            out.append((float(w[0]), float(w[1]), str(name)))
+        for bg in np.asarray(a.get("background_eV", []), dtype=float).reshape(-1, 2)[:4]:
+            if (bg[0], bg[1]) not in seen:
+                seen.add((bg[0], bg[1]))
+                out.append((float(bg[0]), float(bg[1]), f"bg {name}"))
+    return out
+
+
+def _pixel_overview(ds: xr.Dataset, name: str, pixels: Sequence[tuple[int, ...]]) -> str:
+    """The first map with the chosen pixels marked and numbered."""
+    fig = plot_map(ds[name], title=f"chosen pixels on {ds[name].attrs.get('long_name', name)}")
+    ax = fig.axes[0]
+    ydim, xdim = ds[name].dims
+    for pix in pixels:
+        if len(pix) != 2:
+            continue
+        yv = ds[ydim].values[pix[0]] if ydim in ds.coords else pix[0]
+        xv = ds[xdim].values[pix[1]] if xdim in ds.coords else pix[1]
+        ax.plot([xv], [yv], marker="s", ms=9, mfc="none", mec="red", mew=2)
+        ax.annotate(
+            f"{pix}",
+            (xv, yv),
+            xytext=(6, 6),
+            textcoords="offset points",
+            color="red",
+            fontsize=9,
+            fontweight="bold",
+        )
+    return _figure(_png(fig), "chosen pixels", "<b>where the spectra below come from</b>")
+
+
+def _cluster_figures(ds: xr.Dataset, cubes: list[str], xlim_eV) -> list[str]:
+    if "cluster_mean_spectrum" in ds:
+        means = ds["cluster_mean_spectrum"]
+    elif "cluster" in ds and cubes:
+        from .clustering import cluster_sums
+
+        lab = np.asarray(ds["cluster"].values)
+        k = int(lab.max()) + 1
+        sums = cluster_sums(ds[cubes[0]], lab, k)
+        sizes = np.array([(lab == i).sum() for i in range(k)])
+        means = xr.DataArray(
+            sums / np.maximum(sizes, 1)[:, None],
+            dims=("cluster_id", "energy"),
+            coords={"energy": ds["energy"].values},
+            attrs=ds[cubes[0]].attrs,
+        )
+        means["energy"].attrs.update(ds["energy"].attrs)
+    else:
+        raise InputError(
+            "--clusters needs a clustered store (a 'cluster' map with spectra, or "
+            "'cluster_mean_spectrum'); run `eelsgpu cluster` first"
+        )
+    dim = means.dims[0]
+    sizes = ds["cluster_size"].values if "cluster_size" in ds else None
+    spectra = {}
+    for i in range(means.sizes[dim]):
+        n = f", {int(sizes[i])} px" if sizes is not None else ""
+        spectra[f"cluster {i}{n}"] = means.isel({dim: i})
+    fig = plot_spectra(spectra, title="cluster-mean spectra", xlim=xlim_eV)
+    return [
+        _figure(
+            _png(fig),
+            "cluster-mean spectra",
+            "<b>cluster-mean spectra</b> (mean per pixel of each cluster)",
+        )
+    ]
+
+
+def write_report(
+    store_or_ds: str | os.PathLike | xr.Dataset,
+    output: str | os.PathLike,
+    *,
+    pixels: Sequence[tuple[int, ...]] | None = None,
+    clusters: bool = False,
+    title: str | None = None,
+    xlim_eV: tuple[float, float] | None = None,
+    spectra: xr.DataArray | str | os.PathLike | None = None,
+) -> Path:
+    """Write one self-contained HTML page of all maps of a result store.
+
+    Parameters
+    ----------
+    store_or_ds : path or xarray.Dataset
+        A result zarr store (or Dataset): every 2-D (y, x) variable is drawn as a map with
+        colour bar, scale bar and its quantity and unit.
+    output : path
+        The HTML file to write.
+    pixels : sequence of (y, x), optional
+        Pixels whose spectra (every per-pixel spectrum variable of the store) are drawn.
+    clusters : bool
+        Draw the cluster-mean spectra (from ``eelsgpu cluster``).
+    title : str, optional
+    xlim_eV : (float, float), optional
+        Energy range of the spectrum plots.
+    spectra : DataArray or path, optional
+        A spectrum image (or a file :func:`eelsgpu.open` reads) with the maps' pixels, for the
+        pixel and cluster spectra when the store holds none.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    source = None
+    if isinstance(store_or_ds, xr.Dataset):
+        ds = store_or_ds
+        source = ds.attrs.get("source")
+    else:
+        from .io import open_store
+
+        ds = open_store(store_or_ds)
+        source = str(store_or_ds)
+    if spectra is not None and not isinstance(spectra, xr.DataArray):
+        from .io import open as open_si
+
+        spectra = open_si(spectra)
+    text = report_html(
+        ds,
+        pixels=pixels,
+        clusters=clusters,
+        title=title,
+        source=source,
+        xlim_eV=xlim_eV,
+        spectra=spectra,
+    )
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

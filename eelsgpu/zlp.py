@@ -1,0 +1,872 @@
+"""The zero-loss peak (ZLP): its centre, its shape and intensity N0, and alignment to 0 eV.
+
+A low-loss spectrum is ``I(E) = N0 R(E) + inelastic`` (kk-theory.md eqs. 13-14): the ZLP ``N0 R``
+holds the electrons that lost no energy, R has unit area and N0 is the ZLP's integral. Everything
+after (log-ratio thickness, Fourier-log deconvolution, Kramers-Kronig) needs N0 and often R, per
+pixel. This module gives them as array-API kernels (NumPy, CuPy, array-api-strict):
+
+* :func:`centre_kernel`: the ZLP centre to a fraction of a channel, from a parabola fitted to the
+  logarithm of the peak's top channels (exact for a Gaussian top), not the arg-max channel;
+* :func:`shift_kernel`: a sub-channel shift that keeps counts (Fourier phase ramp or linear
+  interpolation);
+* :func:`zlp_kernel`: N0 and ``N0 R(E)`` by one of five methods (``"mirror"``, ``"fit"``,
+  ``"threshold"``, ``"reference"``, ``"cube"``), each documented below with when it is right and
+  when it is wrong (Egerton 2011, sections 4.1.1 and 5.1);
+* :func:`resolve_zlp`: turns a user's ``zlp=`` (a method name, a reference spectrum, or a
+  per-pixel ZLP cube) into kernel parameters, for every public function that takes ``zlp=``;
+* :func:`align_zlp`: the public alignment of a spectrum image so the ZLP sits at 0 eV.
+
+A pixel whose ZLP cannot be used (NaN counts, all zero, a saturated flat top, no peak inside the
+search window, a peak cut by the end of the spectrum) gets ``valid = False`` and NaN results; the
+run goes on. When no pixel at all has a ZLP, the public functions raise
+:class:`~eelsgpu.errors.NoZeroLossPeakError` naming the file.
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsgpu import synthetic
+>>> sim = synthetic.low_loss_spectrum(synthetic.Drude(15.0, 1.0), t_over_lambda=0.5,
+...                                   drift_eV=0.123, n_channels=1024, dtype=np.float64)
+>>> out = zlp_kernel(sim["signal"].values[None], sim["energy"].values, method="mirror")
+>>> round(float(out["zlp_centre_eV"][0]), 3)
+0.123
+>>> bool(abs(out["zlp_intensity"][0] / float(sim["true_zlp_intensity"]) - 1) < 1e-3)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import engine
+from .backend import array_namespace
+from .errors import EnergyAxisError, InputError, NoZeroLossPeakError
+from .model import energy_axis
+
+__all__ = [
+    "METHODS",
+    "ZLP_OUTPUTS",
+    "align_zlp",
+    "centre_kernel",
+    "check_any_valid",
+    "resolve_zlp",
+    "shift_kernel",
+    "zlp_kernel",
+]
+
+#: The ZLP models :func:`zlp_kernel` knows.
+METHODS = ("mirror", "fit", "threshold", "reference", "cube")
+
+#: Default energy window (eV, on the stored axis) in which the ZLP maximum is looked for.
+SEARCH_EV = (-5.0, 5.0)
+
+#: The outputs of :func:`zlp_kernel` that are maps, as engine Outputs.
+ZLP_OUTPUTS = (
+    engine.Output("zlp_intensity", units="counts", long_name="zero-loss intensity N0"),
+    engine.Output("zlp_centre_eV", units="eV", long_name="zero-loss peak centre"),
+    engine.Output("valid", units="", long_name="usable zero-loss peak", dtype="bool"),
+)
+
+
+# --------------------------------------------------------------------------- small helpers
+def _dispersion(xp: Any, energy_eV: Any) -> float:
+    n = energy_eV.shape[0]
+    if n < 2:
+        raise EnergyAxisError("the energy axis needs at least 2 channels")
+    d = float(energy_eV[n - 1] - energy_eV[0]) / (n - 1)
+    if not d > 0:
+        raise EnergyAxisError(
+            "the energy axis runs the wrong way (decreasing); reverse the data along energy first"
+        )
+    return d
+
+
+def _take(xp: Any, y: Any, idx: Any) -> Any:
+    """``y[i, idx[i]]`` for (n,) integer ``idx`` (clipped into range)."""
+    n_e = y.shape[-1]
+    i = xp.clip(idx, 0, n_e - 1)
+    return xp.take_along_axis(y, i[:, None], axis=-1)[:, 0]
+
+
+def _clean(block: Any) -> tuple[Any, Any]:
+    """(block with non-finite values set to 0, per-pixel flag: all values finite)."""
+    xp = array_namespace(block)
+    fin = xp.isfinite(block)
+    return xp.where(fin, block, xp.zeros_like(block)), xp.all(fin, axis=-1)
+
+
+def _erf(xp: Any, x: Any) -> Any:
+    """erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); the array API has no erf."""
+    s = xp.sign(x)
+    a = xp.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    return s * (1.0 - poly * xp.exp(-a * a))
+
+
+# --------------------------------------------------------------------------- centre
+def centre_kernel(
+    block: Any, energy_eV: Any, *, search_eV: tuple[float, float] = SEARCH_EV
+) -> dict[str, Any]:
+    """Centre of the zero-loss peak of each spectrum, to a fraction of a channel.
+
+    The maximum is looked for inside ``search_eV`` on the stored axis; the centre is the vertex of
+    a parabola fitted to ln(counts) of the top channels (3 channels when the peak's FWHM spans
+    fewer than 8 channels, a least-squares fit to 5 otherwise). The logarithm makes the fit
+    exact for a Gaussian top (Egerton 2011, section 4.1.1, fits the ZLP top the same way);
+    the arg-max channel alone is quantised to whole channels.
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra (counts per channel), any array-API namespace.
+    energy_eV : array, shape (n_E,)
+        Uniform, increasing energy axis (eV).
+    search_eV : (float, float)
+        Where the ZLP maximum may be (eV on the stored axis).
+
+    Returns
+    -------
+    dict
+        ``zlp_centre_eV`` (n,) in eV (NaN where not valid), ``valid`` (n,) bool, and for the other
+        kernels ``peak_index`` (n,) int (the arg-max channel), ``fwhm_eV`` (n,) the FWHM from the
+        half-maximum crossings (eV), ``half_left`` / ``half_right`` (n,) int, the last channel
+        left of the peak and the first right of it below half maximum.
+
+    Notes
+    -----
+    ``valid`` is False for a pixel with NaN counts, no positive maximum, a maximum at the edge of
+    the search window that is not a local maximum (no peak inside it), a flat top of three equal
+    channels (a saturated detector), or a peak that does not fall below half maximum on both
+    sides inside the spectrum (cut by the window).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-50, 150) * 0.05
+    >>> y = np.exp(-0.5 * ((e - 0.0123) / 0.2) ** 2)[None]
+    >>> round(float(centre_kernel(y, e)["zlp_centre_eV"][0]), 4)
+    0.0123
+    """
+    xp = array_namespace(block)
+    n, n_e = block.shape
+    d = _dispersion(xp, energy_eV)
+    dt = block.dtype
+    e_first = float(energy_eV[0])
+    lo, hi = float(search_eV[0]), float(search_eV[1])
+    i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
+    i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
+    nan = xp.full((n,), math.nan, dtype=dt)
+    if i1 < i0:  # the search range is outside the window: nothing to find
+        zi = xp.zeros((n,), dtype=xp.int64)
+        return {
+            "zlp_centre_eV": nan,
+            "valid": xp.zeros((n,), dtype=xp.bool),
+            "peak_index": zi,
+            "fwhm_eV": nan,
+            "half_left": zi - 1,
+            "half_right": zi + n_e,
+        }
+    finite = xp.isfinite(xp.sum(block, axis=-1))  # one pass: a NaN or inf makes the sum so
+    win = block[:, i0 : i1 + 1]
+    p = xp.argmax(xp.where(xp.isfinite(win), win, xp.full_like(win, -math.inf)), axis=-1) + i0
+    # everything else on a slab of channels around the peak, not the whole spectrum
+    hw = max(32, i1 - i0 + 1)
+    offs = xp.arange(-hw, hw + 1)
+    pos = p[:, None] + offs[None, :]
+    inside = (pos >= 0) & (pos < n_e)
+    ys = xp.take_along_axis(block, xp.clip(pos, 0, n_e - 1), axis=-1)
+    ys = xp.where(inside & xp.isfinite(ys), ys, xp.zeros_like(ys))
+    ymax = ys[:, hw]
+    y_l1, y_r1, y_l2, y_r2 = ys[:, hw - 1], ys[:, hw + 1], ys[:, hw - 2], ys[:, hw + 2]
+    half = 0.5 * ymax
+    below = (ys < half[:, None]) & inside
+    big = 4 * hw
+    left = xp.max(xp.where(below & (offs[None, :] < 0), offs[None, :], -big), axis=-1)
+    right = xp.min(xp.where(below & (offs[None, :] > 0), offs[None, :], big), axis=-1)
+
+    def at(o):
+        return xp.take_along_axis(ys, xp.clip(o + hw, 0, 2 * hw)[:, None], axis=-1)[:, 0]
+
+    # crossings interpolated linearly for the FWHM
+    yl, yl1, yr, yr1 = at(left), at(left + 1), at(right), at(right - 1)
+    fl = xp.where(yl1 > yl, (half - yl) / xp.where(yl1 > yl, yl1 - yl, 1.0), 0.0)
+    fr = xp.where(yr1 > yr, (half - yr) / xp.where(yr1 > yr, yr1 - yr, 1.0), 0.0)
+    fwhm_ch = xp.astype(right - left, dt) - fl - fr
+
+    local_max = (p >= 1) & (p <= n_e - 2) & (ymax >= y_l1) & (ymax >= y_r1)
+    # a saturated detector: three or more channels at exactly the maximum
+    saturated = xp.sum(xp.astype(ys == ymax[:, None], xp.int32), axis=-1) >= 3
+    valid = finite & (ymax > 0) & local_max & ~saturated & (left > -big) & (right < big)
+
+    # parabola vertex on log(counts): 3 points, or a 5-point least-squares fit for wide peaks
+    tiny = xp.asarray(float(np.finfo(np.float32).tiny), dtype=dt)
+    pos3 = (y_l1 > 0) & (y_r1 > 0) & (ymax > 0)
+    pos5 = pos3 & (y_l2 > 0) & (y_r2 > 0) & (p >= 2) & (p <= n_e - 3)
+
+    def ln(v):
+        return xp.log(xp.maximum(v, tiny))
+
+    ll2, ll1, l0, lr1, lr2 = ln(y_l2), ln(y_l1), ln(ymax), ln(y_r1), ln(y_r2)
+    # 3 points (on log where all positive, else on the counts themselves)
+    a_m = xp.where(pos3, ll1, y_l1)
+    a_0 = xp.where(pos3, l0, ymax)
+    a_p = xp.where(pos3, lr1, y_r1)
+    den3 = a_m - 2.0 * a_0 + a_p
+    delta3 = xp.where(den3 < 0, 0.5 * (a_m - a_p) / xp.where(den3 < 0, den3, -1.0), 0.0)
+    # 5 points: y = c0 + c1 x + c2 x^2 on x = -2..2
+    c1 = (-2.0 * ll2 - ll1 + lr1 + 2.0 * lr2) / 10.0
+    c2 = (2.0 * ll2 - ll1 - 2.0 * l0 - lr1 + 2.0 * lr2) / 14.0
+    delta5 = xp.where(c2 < 0, -c1 / (2.0 * xp.where(c2 < 0, c2, -1.0)), 0.0)
+    use5 = pos5 & (fwhm_ch >= 8.0)
+    delta = xp.clip(xp.where(use5, delta5, delta3), -1.0, 1.0)
+    centre = e_first + (xp.astype(p, dt) + delta) * d
+    return {
+        "zlp_centre_eV": xp.where(valid, centre, nan),
+        "valid": valid,
+        "peak_index": p,
+        "fwhm_eV": xp.where(valid, fwhm_ch * d, nan),
+        "half_left": p + left,
+        "half_right": p + right,
+    }
+
+
+# --------------------------------------------------------------------------- shift
+def _fft(xp: Any) -> Any:
+    """scipy.fft for NumPy arrays (about twice NumPy's own speed in float32), else ``xp.fft``."""
+    if xp.__name__ in ("numpy", "array_api_compat.numpy"):
+        import scipy.fft
+
+        return scipy.fft
+    return xp.fft
+
+
+def shift_kernel(
+    block: Any,
+    shift_eV: Any,
+    method: str = "fourier",
+    *,
+    dispersion_eV: float,
+    fill_value: float = math.nan,
+) -> Any:
+    """Shift each spectrum along energy by a fraction of a channel, keeping counts.
+
+    ``out(E) = in(E + shift)``: a feature at ``E = s`` moves to 0 when ``shift_eV = s``.
+
+    ``"fourier"`` multiplies the transform by a phase ramp (exact for a band-limited spectrum; the
+    straight line through the first and last channel is taken off first and shifted separately, so
+    the periodic wrap of the discrete transform meets no step). ``"linear"`` interpolates between
+    the two neighbouring channels; it keeps the sum of counts exactly but widens a sharp peak by
+    up to a channel. Both keep the total counts away from the ends. Channels whose source lies
+    outside the measured window are set to ``fill_value`` (NaN by default: there is no data).
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra (counts per channel).
+    shift_eV : float or array, shape (n,)
+        Shift per spectrum in eV.
+    method : {"fourier", "linear"}
+    dispersion_eV : float
+        Channel width (eV).
+    fill_value : float
+        Value of the channels that have no source inside the window.
+
+    Returns
+    -------
+    array, shape (n, n_E)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.zeros((1, 16)); y[0, 8] = 1.0
+    >>> out = shift_kernel(y, np.array([1.0]), "linear", dispersion_eV=0.5)
+    >>> out[0, 6:9].tolist()
+    [1.0, 0.0, 0.0]
+    """
+    xp = array_namespace(block)
+    n, n_e = block.shape
+    dt = block.dtype
+    s = (
+        xp.asarray(shift_eV, dtype=dt)
+        if not hasattr(shift_eV, "shape")
+        else xp.astype(shift_eV, dt)
+    )
+    s = xp.broadcast_to(xp.reshape(s, (-1,)), (n,)) / dispersion_eV  # in channels
+    s_finite = xp.isfinite(s)
+    s = xp.where(s_finite, s, xp.zeros_like(s))
+    idx = xp.astype(xp.arange(n_e), dt)
+    src = idx[None, :] + s[:, None]  # source position of each output channel
+    inside = (src >= -1e-3) & (src <= (n_e - 1) + 1e-3)  # 1e-3 channel: rounding
+    if method == "linear":
+        j = xp.floor(src)
+        f = src - j
+        j0 = xp.astype(xp.clip(j, 0, n_e - 1), xp.int64)
+        j1 = xp.astype(xp.clip(j + 1, 0, n_e - 1), xp.int64)
+        out = (1.0 - f) * xp.take_along_axis(block, j0, axis=-1) + f * xp.take_along_axis(
+            block, j1, axis=-1
+        )
+    elif method == "fourier":
+        first, last = block[:, :1], block[:, n_e - 1 :]
+        slope = (last - first) / (n_e - 1)
+        resid = block - (first + slope * idx[None, :])
+        fft = _fft(xp)
+        spec = fft.rfft(resid, axis=-1)
+        m = spec.shape[-1]
+        # the phase ramp exp(2 pi i k s / N) as an outer product of two short tables
+        # (k = 32 a + b), so that only 65 sines and cosines per spectrum are taken
+        step = (2.0 * math.pi / n_e) * s
+        ctype = spec.dtype
+
+        def expi(t):
+            return xp.astype(xp.cos(t), ctype) + xp.astype(xp.sin(t), ctype) * 1j
+
+        n_a = -(-m // 32)
+        fine = expi(step[:, None] * xp.astype(xp.arange(32), dt)[None, :])
+        coarse = expi(step[:, None] * xp.astype(xp.arange(n_a) * 32, dt)[None, :])
+        rot = xp.reshape(coarse[:, :, None] * fine[:, None, :], (n, n_a * 32))[:, :m]
+        out = fft.irfft(spec * rot, n=n_e, axis=-1) + (first + slope * src)
+    else:
+        raise ValueError(f"shift method must be 'fourier' or 'linear', not {method!r}")
+    ok = inside & s_finite[:, None]
+    return xp.where(ok, out, xp.full_like(out, fill_value))
+
+
+# --------------------------------------------------------------------------- ZLP models
+def _cdf_at(xp, y, cs, q):
+    """Integral of the counts from the start of the spectrum to the position ``q`` (in channels,
+    0 = the lower edge of channel 0), with a parabolic density inside the channel that keeps the
+    counts of it and its two neighbours (as a piecewise-parabolic reconstruction does)."""
+    n_e = y.shape[-1]
+    qc = xp.clip(q, 0.0, float(n_e) - 1e-9)
+    j = xp.floor(qc)
+    x = qc - j - 0.5  # position inside channel j, -1/2..1/2
+    ji = xp.astype(j, xp.int64)
+    a0 = xp.take_along_axis(y, ji, axis=-1)
+    am = xp.take_along_axis(y, xp.clip(ji - 1, 0, n_e - 1), axis=-1)
+    ap = xp.take_along_axis(y, xp.clip(ji + 1, 0, n_e - 1), axis=-1)
+    part = (
+        a0 * (x + 0.5)
+        + 0.25 * (ap - am) * (x * x - 0.25)
+        + 0.5 * (ap - 2.0 * a0 + am) * ((x * x * x + 0.125) / 3.0 - (x + 0.5) / 12.0)
+    )
+    return xp.where(q <= 0.0, xp.zeros_like(part), xp.take_along_axis(cs, ji, axis=-1) + part)
+
+
+def _mirror(xp, y, e, c, d, w):
+    """Gain side as measured, loss side = the gain side mirrored about the centre.
+
+    A mirrored channel holds the counts of its mirror image interval on the gain side, from the
+    cumulative counts with a parabolic density inside a channel; the model's sum is then exact
+    for a symmetric peak whatever the sub-channel centre (the pieces telescope). Only the first
+    ``w`` channels (beyond the highest possible centre) can be mirrored, so the work is done on
+    them and on a slab of ``w`` channels above the peak, not on the whole spectrum."""
+    n, n_e = y.shape
+    w = min(w, n_e)
+    head = y[:, :w]
+    cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
+    a = 2.0 * (c - e[0]) / d  # the mirror of channel i starts at edge a - i
+    k = xp.astype(xp.floor((c - e[0]) / d + 0.5), xp.int64)  # channel holding the centre
+    t = xp.arange(w)
+    i = k[:, None] + t[None, :]  # slab: channels from the centre's up
+    q = a[:, None] - xp.astype(i, y.dtype)
+    slab = _cdf_at(xp, head, cs, q + 1.0) - _cdf_at(xp, head, cs, q)
+    off = xp.arange(n_e)[None, :] - k[:, None]
+    loss = xp.take_along_axis(slab, xp.clip(off, 0, w - 1), axis=-1)
+    loss = xp.where(off < w, loss, xp.zeros_like(loss))
+    return xp.where(e[None, :] <= c[:, None], y, loss)
+
+
+def _first_minimum(xp, y, p, fwhm_ch, d):
+    """Index of the first minimum after the peak of the spectrum smoothed over ~FWHM/2 channels,
+    looked for within 25 eV of the peak; ``n_E`` where the spectrum only falls (vacuum)."""
+    n, n_e = y.shape
+    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, xp.full_like(fwhm_ch, 2.0))
+    k = xp.astype(xp.clip(xp.round(fw / 4.0), 1.0, 64.0), xp.int64)
+    width = min(n_e, max(64, int(round(25.0 / d))))
+    offs = xp.arange(width + 64)  # slab from the peak, with room for the smoothing
+    pos = p[:, None] + offs[None, :]
+    inside = pos < n_e
+    ys = xp.take_along_axis(y, xp.clip(pos, 0, n_e - 1), axis=-1)
+    ys = xp.where(inside, ys, xp.zeros_like(ys))
+    m = ys.shape[-1]
+    cs = xp.concat([xp.zeros((n, 1), dtype=ys.dtype), xp.cumulative_sum(ys, axis=-1)], axis=-1)
+    idx = xp.arange(m)
+    hi = xp.clip(idx[None, :] + k[:, None] + 1, 0, m)
+    lo = xp.clip(idx[None, :] - k[:, None], 0, m)
+    sm = (xp.take_along_axis(cs, hi, axis=-1) - xp.take_along_axis(cs, lo, axis=-1)) / xp.astype(
+        hi - lo, ys.dtype
+    )
+    nxt = xp.concat([sm[:, 1:], xp.full((n, 1), math.inf, dtype=ys.dtype)], axis=-1)
+    start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
+    usable = (idx[None, :] >= start[:, None]) & (idx[None, :] < width) & (pos < n_e - 1)
+    is_min = (sm <= nxt) & usable
+    j = xp.min(xp.where(is_min, idx[None, :], m + n_e), axis=-1)
+    return xp.where(j < m, p + j, n_e)
+
+
+def _pseudo_voigt_basis(xp, e, c, w, d):
+    """Channel integrals of a unit Gaussian and a unit Lorentzian of FWHM ``w`` centred at ``c``."""
+    lo = (e if e.ndim == 2 else e[None, :]) - 0.5 * d - c[:, None]
+    hi = lo + d
+    sig = (w / (2.0 * math.sqrt(2.0 * math.log(2.0))))[:, None]
+    g = 0.5 * (_erf(xp, hi / (sig * math.sqrt(2.0))) - _erf(xp, lo / (sig * math.sqrt(2.0))))
+    gam = 0.5 * w[:, None]
+    lor = (xp.atan(hi / gam) - xp.atan(lo / gam)) / math.pi
+    return g, lor
+
+
+def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
+    """Least-squares pseudo-Voigt a G(w) + b L(w), symmetric about ``c``, on the gain side and
+    the top; w by a two-stage grid search with a parabolic refinement, a and b in closed form.
+    The fit runs on a slab of channels from 256 below the peak to 32 above it."""
+    n, n_e = y.shape
+    w0 = xp.where(xp.isfinite(fwhm) & (fwhm > 0), fwhm, xp.full_like(fwhm, 4.0 * d))
+    w0 = xp.maximum(w0, 1.5 * d)
+    offs = xp.arange(-256, 33)
+    pos = p[:, None] + offs[None, :]
+    inside = (pos >= 0) & (pos < n_e)
+    ys = xp.take_along_axis(y, xp.clip(pos, 0, n_e - 1), axis=-1)
+    ys = xp.where(inside & xp.isfinite(ys), ys, xp.zeros_like(ys))
+    es = e[0] + xp.astype(pos, y.dtype) * d
+    mask = (
+        inside & (es <= c[:, None] + 0.25 * w0[:, None]) & (es >= c[:, None] - 12.0 * w0[:, None])
+    )
+    mf = xp.astype(mask, y.dtype)
+    full_e = e
+    e, y = es, ys
+
+    def solve(w):
+        g, lor = _pseudo_voigt_basis(xp, e, c, w, d)
+        gg = xp.sum(mf * g * g, axis=-1)
+        ll = xp.sum(mf * lor * lor, axis=-1)
+        gl = xp.sum(mf * g * lor, axis=-1)
+        gy = xp.sum(mf * g * y, axis=-1)
+        ly = xp.sum(mf * lor * y, axis=-1)
+        yy = xp.sum(mf * y * y, axis=-1)
+        det = gg * ll - gl * gl
+        safe = xp.where(det > 0, det, xp.ones_like(det))
+        a = (ll * gy - gl * ly) / safe
+        b = (gg * ly - gl * gy) / safe
+        # a or b negative: the better of the pure Gaussian and the pure Lorentzian
+        a_g = gy / xp.where(gg > 0, gg, 1.0)
+        b_l = ly / xp.where(ll > 0, ll, 1.0)
+        r_g = yy - a_g * gy
+        r_l = yy - b_l * ly
+        both = (a >= 0) & (b >= 0) & (det > 0)
+        r_both = yy - a * gy - b * ly
+        a = xp.where(both, a, xp.where(r_g <= r_l, a_g, 0.0))
+        b = xp.where(both, b, xp.where(r_g <= r_l, 0.0, b_l))
+        res = xp.where(both, r_both, xp.minimum(r_g, r_l))
+        return a, b, res
+
+    def grid(centre_w, ratio, k):
+        best_w = centre_w
+        best_r = xp.full_like(centre_w, math.inf)
+        rs = []
+        for i in range(-k, k + 1):
+            w = centre_w * ratio**i
+            _, _, r = solve(w)
+            rs.append(r)
+            better = r < best_r
+            best_w = xp.where(better, w, best_w)
+            best_r = xp.where(better, r, best_r)
+        return best_w, best_r
+
+    w1, _ = grid(w0, 1.08, 8)  # 0.54 to 1.85 times the half-maximum width
+    w2, _ = grid(w1, 1.015, 5)
+    # parabolic refinement in log w on the best point and its two neighbours
+    step = math.log(1.015)
+    _, _, rm = solve(w2 * math.exp(-step))
+    _, _, r0 = solve(w2)
+    _, _, rp = solve(w2 * math.exp(step))
+    den = rm - 2.0 * r0 + rp
+    off = xp.where(den > 0, 0.5 * (rm - rp) / xp.where(den > 0, den, 1.0), 0.0)
+    w = w2 * xp.exp(xp.clip(off, -1.0, 1.0) * step)
+    a, b, _ = solve(w)
+    g, lor = _pseudo_voigt_basis(xp, full_e, c, w, d)
+    return a[:, None] * g + b[:, None] * lor, a + b
+
+
+def zlp_kernel(
+    block: Any,
+    energy_eV: Any,
+    *,
+    method: str = "mirror",
+    reference: Any = None,
+    zlp_cube: Any = None,
+    search_eV: tuple[float, float] = SEARCH_EV,
+    return_model: bool = True,
+) -> dict[str, Any]:
+    """The zero-loss peak of each spectrum: centre, intensity N0 and shape ``N0 R(E)``.
+
+    kk-theory.md eq. 14: ``I_ZLP(E) = N0 R(E)`` with R of unit area. The methods:
+
+    ``"mirror"``
+        The gain side (E below the centre) is taken as measured and mirrored about the centre to
+        give the loss side; N0 is the model's sum. Right for a symmetric ZLP (a monochromated or
+        cold-FEG source in a well-tuned spectrometer) and a specimen with no loss in the first
+        half-width of the peak. Wrong for an asymmetric ZLP (a Schottky source's loss-side tail is
+        missed, N0 low) and where the gain side holds something else (energy-gain peaks, a
+        detector artefact); sensitive to the centre, so to noise in it.
+    ``"fit"``
+        A pseudo-Voigt (Gaussian + Lorentzian of one FWHM, symmetric) fitted by least squares to
+        the gain side and the top; its integral is N0. Right for a symmetric ZLP with Lorentzian
+        wings (cold FEG) and for noisy data (the fit averages many channels). Wrong for an
+        asymmetric ZLP, and where the shape is neither Gaussian nor Lorentzian.
+    ``"threshold"``
+        Truncation at the first minimum after the peak (of the spectrum smoothed over about half
+        the FWHM): N0 is the sum of all channels below it, the model is the measured spectrum
+        there and zero above. Right for a thick-enough specimen with a clear minimum between the
+        ZLP and the first losses, and robust to any ZLP shape (it is what exspy's
+        ``estimate_thickness(threshold=...)`` does). Wrong where losses start under the ZLP (a
+        small gap, phonons at low energy, a thin metal's low-energy tail: N0 too high) or the ZLP
+        tail reaches past the minimum (N0 too low); the model's loss side is cut, so it is a poor
+        R for deconvolution.
+    ``"reference"``
+        A measured vacuum spectrum (1-D, on the same energy grid) shifted to each pixel's centre
+        and scaled by least squares on the gain side and top. Right when the reference was taken
+        under the same conditions (same spectrometer, dispersion and exposure regime): it brings
+        the true asymmetric shape and tails. Wrong when the conditions differ (energy resolution
+        changes with beam current, thickness broadening of the ZLP).
+    ``"cube"``
+        A per-pixel ZLP cube made elsewhere (a fitted or machine-learned model) given as
+        ``zlp_cube`` (n, n_E), used as is; N0 is its sum. As right as the model that made it.
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra in counts per channel.
+    energy_eV : array, shape (n_E,)
+        Uniform, increasing energy axis (eV).
+    method : {"mirror", "fit", "threshold", "reference", "cube"}
+    reference : array, shape (n_E,), optional
+        The vacuum spectrum for ``method="reference"``.
+    zlp_cube : array, shape (n, n_E), optional
+        The per-pixel ZLP for ``method="cube"`` (counts per channel).
+    search_eV : (float, float)
+        Where the ZLP maximum may be (eV on the stored axis).
+    return_model : bool
+        Build the (n, n_E) model; without it (what the log-ratio needs) ``"mirror"`` and
+        ``"threshold"`` cost little more than one cumulative sum, and ``zlp`` is None.
+
+    Returns
+    -------
+    dict
+        ``zlp_centre_eV`` (n,) eV; ``zlp_intensity`` (n,) N0 in counts; ``zlp`` (n, n_E) the model
+        ``N0 R(E)`` in counts per channel on the block's own (unaligned) grid; ``valid`` (n,) bool;
+        ``fwhm_eV`` (n,). Invalid pixels are NaN everywhere.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-100, 400) * 0.05
+    >>> y = 1e4 * np.exp(-0.5 * (e / 0.2) ** 2)[None]
+    >>> out = zlp_kernel(y, e, method="fit")
+    >>> bool(abs(float(out["zlp_intensity"][0] / y.sum()) - 1) < 1e-3)
+    True
+    """
+    if method not in METHODS:
+        raise ValueError(f"zlp method must be one of {METHODS}, not {method!r}")
+    xp = array_namespace(block)
+    n, n_e = block.shape
+    d = _dispersion(xp, energy_eV)
+    y = block  # a pixel with NaN is invalid (flagged by the centre); its NaN stays in its row
+    e = xp.astype(energy_eV, y.dtype)
+    cen = centre_kernel(block, energy_eV, search_eV=search_eV)
+    valid = cen["valid"]
+    c0 = cen["zlp_centre_eV"]
+    c = xp.where(valid, c0, xp.zeros_like(c0))  # finite stand-in for the invalid pixels
+    fwhm = cen["fwhm_eV"]
+
+    model = None
+    # no centre lies beyond the search range: channels up to its end (+ margin) hold the gain side
+    w_head = min(n_e, math.floor((float(search_eV[1]) - float(energy_eV[0])) / d) + 4)
+    w_head = max(w_head, 4)
+    if method == "mirror":
+        # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups
+        head = y[:, :w_head]
+        cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
+        k = xp.floor((c - e[0]) / d + 0.5)  # channel holding c (its upper edge is k + 1)
+        q_hi = k + 1.0
+        q_lo = 2.0 * (c - e[0]) / d + 1.0 - q_hi
+        n0 = _cdf_at(xp, head, cs, q_hi[:, None])[:, 0] + _cdf_at(xp, head, cs, q_lo[:, None])[:, 0]
+        if return_model:
+            model = _mirror(xp, y, e, c, d, w_head)
+    elif method == "threshold":
+        cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(y, axis=-1)], axis=-1)
+        t = _first_minimum(xp, y, cen["peak_index"], fwhm / d, d)
+        n0 = xp.take_along_axis(cs, t[:, None], axis=-1)[:, 0]
+        if return_model:
+            model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, xp.zeros_like(y))
+    elif method == "fit":
+        model, n0 = _fit_pseudo_voigt(xp, y, e, c, fwhm, d, cen["peak_index"])
+    elif method == "reference":
+        if reference is None:
+            raise InputError("zlp method 'reference' needs a reference spectrum (reference=...)")
+        ref = xp.astype(xp.reshape(reference, (1, -1)), y.dtype)
+        if ref.shape[-1] != n_e:
+            raise InputError(
+                f"the reference ZLP has {ref.shape[-1]} channels, the data {n_e}: resample it "
+                "onto the data's energy axis first"
+            )
+        rc = centre_kernel(ref, energy_eV, search_eV=search_eV)
+        if not bool(rc["valid"][0]):
+            raise NoZeroLossPeakError(
+                f"the reference spectrum has no usable zero-loss peak in {tuple(search_eV)} eV"
+            )
+        ref_clean = xp.where(xp.isfinite(ref), ref, xp.zeros_like(ref))
+        shifted = shift_kernel(
+            xp.broadcast_to(ref_clean, (n, n_e)),
+            rc["zlp_centre_eV"][0] - c,
+            "fourier",
+            dispersion_eV=d,
+            fill_value=0.0,
+        )
+        w = fwhm
+        w = xp.where(xp.isfinite(w), w, xp.full_like(w, 4.0 * d))
+        mask = xp.astype(e[None, :] <= c[:, None] + 0.25 * w[:, None], y.dtype)
+        num = xp.sum(mask * y * shifted, axis=-1)
+        den = xp.sum(mask * shifted * shifted, axis=-1)
+        scale = num / xp.where(den > 0, den, 1.0)
+        model = scale[:, None] * shifted
+        n0 = scale * xp.sum(ref_clean)
+    else:  # cube
+        if zlp_cube is None:
+            raise InputError("zlp method 'cube' needs a per-pixel ZLP cube (zlp_cube=...)")
+        zc = xp.astype(zlp_cube, y.dtype)
+        if tuple(zc.shape) != (n, n_e):
+            raise InputError(f"the ZLP cube block has shape {tuple(zc.shape)}, the data {(n, n_e)}")
+        ok = xp.all(xp.isfinite(zc), axis=-1)
+        model = xp.where(ok[:, None], zc, xp.zeros_like(zc))
+        n0 = xp.sum(model, axis=-1)
+        valid = valid & ok
+
+    valid = valid & xp.isfinite(n0) & (n0 > 0)
+    nan = xp.full_like(n0, math.nan)
+    if model is not None:
+        model = xp.where(valid[:, None], model, xp.full_like(model, math.nan))
+    return {
+        "zlp_centre_eV": xp.where(valid, c0, nan),
+        "zlp_intensity": xp.where(valid, n0, nan),
+        "zlp": model,
+        "valid": valid,
+        "fwhm_eV": xp.where(valid, fwhm, nan),
+    }
+
+
+# --------------------------------------------------------------------------- public helpers
+def _source(si: Any) -> str:
+    return str(getattr(si, "attrs", {}).get("source") or "the data")
+
+
+def resolve_zlp(si: xr.DataArray, zlp: Any = "mirror") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Turn a user's ``zlp=`` into keyword arguments for :func:`zlp_kernel` and engine extras.
+
+    Every public function that takes ``zlp=`` (thickness, deconvolve, kramers_kronig) calls this:
+
+    * a method name (``"mirror"``, ``"fit"``, ``"threshold"``) -> ``({"method": name}, {})``;
+    * a single reference spectrum (1-D NumPy array or DataArray with the data's number of
+      channels; a DataArray with an ``energy`` coordinate is interpolated onto the data's axis)
+      -> ``({"method": "reference", "reference": array}, {})``, applied to every pixel, shifted and
+      scaled;
+    * a per-pixel ZLP cube of the data's shape (array or DataArray, e.g. another program's ZLP
+      model) -> ``({"method": "cube"}, {"zlp_cube": cube})``; pass the extras to
+      :func:`eelsgpu.engine.apply_kernel` (it chunks them like the data) and the kernel gets
+      ``zlp_cube=`` block by block.
+
+    Returns
+    -------
+    (kernel_params, extras) : (dict, dict)
+
+    Raises
+    ------
+    InputError
+        A shape that is neither, or an unknown method name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from eelsgpu.model import spectrum_image
+    >>> si = spectrum_image(np.ones((2, 3, 8)), np.arange(8.0) - 2)
+    >>> resolve_zlp(si, "fit")
+    ({'method': 'fit'}, {})
+    >>> params, extras = resolve_zlp(si, np.ones(8))
+    >>> params["method"], extras
+    ('reference', {})
+    """
+    if isinstance(zlp, str):
+        if zlp not in ("mirror", "fit", "threshold"):
+            raise InputError(
+                f"zlp must be 'mirror', 'fit', 'threshold', a reference spectrum or a ZLP cube, "
+                f"not {zlp!r}"
+            )
+        return {"method": zlp}, {}
+    shape = tuple(si.shape)
+    if isinstance(zlp, xr.DataArray):
+        if zlp.ndim == 1 and "energy" in zlp.coords and zlp.sizes.get("energy") is not None:
+            e_ref = np.asarray(zlp["energy"].values, dtype=np.float64)
+            e_dat = np.asarray(si["energy"].values, dtype=np.float64)
+            if e_ref.shape != e_dat.shape or not np.allclose(e_ref, e_dat, atol=1e-9):
+                ref = np.interp(e_dat, e_ref, np.asarray(zlp.values, np.float64), left=0, right=0)
+                return {"method": "reference", "reference": ref}, {}
+            return {"method": "reference", "reference": np.asarray(zlp.values, np.float64)}, {}
+        if tuple(zlp.shape) == shape:
+            return {"method": "cube"}, {"zlp_cube": zlp.data}
+        arr: Any = zlp.data
+    else:
+        arr = zlp
+    a_shape = tuple(getattr(arr, "shape", np.shape(arr)))
+    if len(a_shape) == 1 and a_shape[0] == shape[-1]:
+        return {"method": "reference", "reference": np.asarray(arr, dtype=np.float64)}, {}
+    if a_shape == shape:
+        return {"method": "cube"}, {"zlp_cube": arr}
+    raise InputError(
+        f"zlp has shape {a_shape}: give a method name, a reference spectrum of {shape[-1]} "
+        f"channels, or a ZLP cube of the data's shape {shape} ({_source(si)})"
+    )
+
+
+def check_any_valid(valid: Any, si: Any, search_eV: tuple[float, float] = SEARCH_EV) -> None:
+    """Raise :class:`NoZeroLossPeakError` (naming the file) when no pixel has a usable ZLP."""
+    v = np.asarray(valid)
+    if v.size and not v.any():
+        e = np.asarray(si["energy"].values)
+        raise NoZeroLossPeakError(
+            f"{_source(si)}: no pixel has a usable zero-loss peak between {search_eV[0]:g} and "
+            f"{search_eV[1]:g} eV (the window runs from {e[0]:g} to {e[-1]:g} eV). A window that "
+            "starts above 0 eV has no ZLP; a ZLP far off zero needs search_eV=(lo, hi); "
+            "saturated or NaN spectra cannot be used"
+        )
+
+
+def _check_axis(si: xr.DataArray) -> float:
+    _, d = energy_axis(si["energy"].values, require_uniform=True, source=si.attrs.get("source"))
+    return d
+
+
+def _align_block(
+    block, energy_eV, *, method, search_eV, lo, hi, fill_value
+):  # kernel: centre, shift
+    xp = array_namespace(block)
+    d = _dispersion(xp, energy_eV)
+    cen = centre_kernel(block, energy_eV, search_eV=search_eV)
+    valid = cen["valid"]
+    c = cen["zlp_centre_eV"]
+    y = block  # a NaN pixel is invalid and set to NaN below anyway
+    out = shift_kernel(
+        y, xp.where(valid, c, xp.zeros_like(c)), method, dispersion_eV=d, fill_value=fill_value
+    )
+    out = xp.where(valid[:, None], out, xp.full_like(out, math.nan))
+    return {"signal": out[:, lo:hi], "zlp_centre_eV": c, "valid": valid}
+
+
+def _centres(block, energy_eV, *, search_eV):
+    cen = centre_kernel(block, energy_eV, search_eV=search_eV)
+    return {"zlp_centre_eV": cen["zlp_centre_eV"], "valid": cen["valid"]}
+
+
+def align_zlp(
+    si: xr.DataArray,
+    method: str = "fourier",
+    *,
+    search_eV: tuple[float, float] = SEARCH_EV,
+    crop: bool = True,
+    fill_value: float = math.nan,
+    device: str = "auto",
+) -> xr.Dataset:
+    """Align every spectrum so that its zero-loss peak sits at 0 eV (sub-channel, keeping counts).
+
+    The centre of each pixel's ZLP is found by :func:`centre_kernel` (a parabola on the log of the
+    peak top) and the spectrum shifted by it with :func:`shift_kernel`.
+
+    Parameters
+    ----------
+    si : xarray.DataArray
+        Spectrum image (..., energy), uniform increasing energy axis in eV.
+    method : {"fourier", "linear"}
+        Sub-channel shift by a Fourier phase ramp or by linear interpolation.
+    search_eV : (float, float)
+        Where the ZLP maximum may be on the stored axis (eV).
+    crop : bool
+        Crop the energy axis to the channels every valid pixel has data for (one extra pass over
+        the data to find the shifts first); else keep the axis and set the channels that have no
+        data to ``fill_value``.
+    fill_value : float
+        See ``crop``.
+    device : {"auto", "cpu", "gpu"}
+
+    Returns
+    -------
+    xarray.Dataset
+        ``signal`` (aligned counts per channel), ``zlp_centre_eV`` (the centre before alignment,
+        eV) and ``valid``; pixels without a usable ZLP are NaN.
+
+    Raises
+    ------
+    NoZeroLossPeakError
+        No pixel has a ZLP (with ``crop=True``, where it is found before the alignment).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from eelsgpu import synthetic
+    >>> sim = synthetic.low_loss_image(synthetic.Drude(), shape=(2, 2), drift_eV=0.8,
+    ...                                n_channels=512, dispersion_eV=0.1)
+    >>> out = align_zlp(sim["signal"], device="cpu")
+    >>> round(float(out["zlp_centre_eV"][0, 0]), 2), out.sizes["energy"]
+    (0.8, 504)
+    """
+    if method not in ("fourier", "linear"):
+        raise ValueError(f"method must be 'fourier' or 'linear', not {method!r}")
+    d = _check_axis(si)
+    n_e = si.sizes["energy"]
+    energy = np.asarray(si["energy"].values)
+    lo, hi = 0, n_e
+    if crop:
+        cen = engine.apply_kernel(
+            _centres, si, [ZLP_OUTPUTS[1], ZLP_OUTPUTS[2]], device=device, search_eV=search_eV
+        ).compute()
+        valid = cen["valid"].values
+        check_any_valid(valid, si, search_eV)
+        s = cen["zlp_centre_eV"].values[valid] / d
+        # output channel i reads input channel i + s: it must stay inside [0, n_e - 1]
+        lo = max(0, int(math.ceil(-float(s.min()) - 1e-3)))
+        hi = min(n_e, n_e - int(math.ceil(float(s.max()) - 1e-3)))
+        if hi - lo < 2:
+            raise InputError(f"{_source(si)}: the ZLP shifts leave no common energy range")
+    coord = energy[lo:hi]
+    outputs = [
+        engine.Output(
+            "signal",
+            units="counts",
+            long_name="aligned spectrum",
+            axis="energy",
+            coord=coord if crop else None,
+        ),
+        ZLP_OUTPUTS[1],
+        ZLP_OUTPUTS[2],
+    ]
+    ds = engine.apply_kernel(
+        _align_block,
+        si,
+        outputs,
+        device=device,
+        method=method,
+        search_eV=tuple(search_eV),
+        lo=lo,
+        hi=hi,
+        fill_value=float(fill_value),
+        attrs={"zlp_alignment": method, "zlp_search_eV": list(search_eV)},
+    )
+    if crop:
+        ds["energy"].attrs.update(si["energy"].attrs)
+        ds["signal"].attrs.update(si.attrs)
+        ds["signal"].attrs["units"] = "counts"
+    return ds

@@ -1,0 +1,94 @@
+// Fused core of the Fourier-log deconvolution (kk-theory.md eq. 22), float32.
+//
+// NumPy twin: eelsgpu.deconvolution.log_ratio_kernel (the array-API path, tested everywhere).
+// On first use on a GPU eelsgpu compares this kernel with the twin on a probe block and falls back
+// to the twin (with a warning) when they differ.
+//
+// For each spectrum (one thread block per row of the (n_rows, n_freq) complex64 arrays):
+//   q = J~ conj(Z~);  ln|J~/Z~| = ln(|J~|^2 / |Z~|^2) / 2;  phase = atan2(Im q, Re q)
+//   unwrapped phase = phase - 2 pi * (whole turns between neighbours, summed from nu = 0),
+//     counted where |Z~|^2 > gate |Z~(0)|^2 and set to 0 elsewhere (rounding noise);
+//   mode_zlp = 0: out = (ln|.| + i phase) * |Z~|^2 / (|Z~|^2 + rolloff |Z~(0)|^2)
+//   mode_zlp = 1: out = (ln|.| + i phase) * Z~
+// The running sum of turns is a block-wide scan: each thread owns a contiguous run of
+// frequencies, counts its turns, the block scans the counts, and each thread walks its run again.
+// One read of J~ and Z~ and one write of the result instead of ~20 array passes.
+
+__device__ __forceinline__ float fl_phase(const float2 j, const float2 z) {
+    return atan2f(j.y * z.x - j.x * z.y, j.x * z.x + j.y * z.y);
+}
+
+extern "C" __global__ void fourier_log_ratio(
+    const float2* __restrict__ jf, const float2* __restrict__ zf, float2* __restrict__ out,
+    const int n_rows, const int n_freq, const float gate, const float rolloff,
+    const int mode_zlp, const int unwrap)
+{
+    extern __shared__ int scan[];
+    const int row = blockIdx.x;
+    if (row >= n_rows) return;  // whole block leaves together: no __syncthreads() mismatch
+    const float2* J = jf + (size_t)row * n_freq;
+    const float2* Z = zf + (size_t)row * n_freq;
+    float2* L = out + (size_t)row * n_freq;
+    const int t = threadIdx.x;
+    const int nt = blockDim.x;
+    const int chunk = (n_freq + nt - 1) / nt;
+    const int k0 = min(t * chunk, n_freq);
+    const int k1 = min(k0 + chunk, n_freq);
+    const float2 z0 = Z[0];
+    const float zz0 = z0.x * z0.x + z0.y * z0.y;
+    const float inv_two_pi = 0.15915494309189535f;
+    const float two_pi = 6.283185307179586f;
+    const float tiny = 1.8807909e-37f;  // 16 * FLT_MIN, as the twin
+
+    // pass 1: whole turns in this thread's run
+    int mine = 0;
+    if (unwrap && k0 < k1) {
+        float prev = (k0 > 0) ? fl_phase(J[k0 - 1], Z[k0 - 1]) : 0.0f;
+        for (int k = k0; k < k1; ++k) {
+            const float2 z = Z[k];
+            const float ph = fl_phase(J[k], z);
+            if (k > 0 && (z.x * z.x + z.y * z.y) > gate * zz0) {
+                mine += (int)rintf((ph - prev) * inv_two_pi);
+            }
+            prev = ph;
+        }
+    }
+    // inclusive Hillis-Steele scan of the per-thread counts, then exclusive for this thread
+    scan[t] = mine;
+    __syncthreads();
+    for (int off = 1; off < nt; off <<= 1) {
+        const int v = (t >= off) ? scan[t - off] : 0;
+        __syncthreads();
+        scan[t] += v;
+        __syncthreads();
+    }
+    int turns = scan[t] - mine;
+
+    // pass 2: the result
+    float prev = (k0 > 0 && k0 < k1) ? fl_phase(J[k0 - 1], Z[k0 - 1]) : 0.0f;
+    for (int k = k0; k < k1; ++k) {
+        const float2 j = J[k];
+        const float2 z = Z[k];
+        const float zz = z.x * z.x + z.y * z.y;
+        const float ph = fl_phase(j, z);
+        float phu = ph;
+        if (unwrap) {
+            const bool trusted = zz > gate * zz0;
+            if (k > 0 && trusted) turns += (int)rintf((ph - prev) * inv_two_pi);
+            phu = trusted ? ph - two_pi * (float)turns : 0.0f;
+        }
+        prev = ph;
+        const float jj = j.x * j.x + j.y * j.y;
+        const float lm = 0.5f * logf(fmaxf(jj, tiny) / fmaxf(zz, tiny));
+        float2 r;
+        if (mode_zlp) {
+            r.x = z.x * lm - z.y * phu;
+            r.y = z.x * phu + z.y * lm;
+        } else {
+            const float w = zz / (zz + rolloff * zz0);
+            r.x = lm * w;
+            r.y = phu * w;
+        }
+        L[k] = r;
+    }
+}

@@ -1,0 +1,367 @@
+"""Batch runs: manifests, resumability after SIGKILL, failing files, job arrays, fault tolerance
+on a dask.distributed cluster, and localhost-only scheduler binding.
+
+The truth in these tests is the same pipeline computed in memory (NumPy, no store, no scheduler):
+a batch run must give exactly those numbers, and a run that was killed and resumed must give the
+same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from eelsgpu import batch, engine
+from eelsgpu.backend import array_namespace
+from eelsgpu.errors import InputError
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+OUTPUTS = [
+    engine.Output("total", units="counts"),
+    engine.Output("log_first_harmonic", units=""),
+    engine.Output("smooth", units="counts", axis="energy"),
+]
+
+
+def _kernel(block, energy_eV, delay_s=0.0, scale=1.0):
+    """A stand-in pipeline kernel: rfft, a log and an irfft per spectrum (like Fourier-log)."""
+    xp = array_namespace(block)
+    if delay_s:
+        time.sleep(delay_s)
+    n = block.shape[-1]
+    f = xp.fft.rfft(block, axis=-1)
+    k = xp.arange(f.shape[-1], dtype=block.dtype)
+    damp = xp.exp(-((k / (0.25 * n)) ** 2))
+    return {
+        "total": xp.sum(block, axis=-1) * scale,
+        "log_first_harmonic": xp.log(xp.abs(f[:, 1]) + 1.0),
+        "smooth": xp.fft.irfft(f * xp.astype(damp, f.dtype), n=n, axis=-1),
+    }
+
+
+def slow_pipeline(si, device="auto", delay_s=0.0, scale=1.0):
+    """Registered as a test pipeline (and loadable as ``test_batch:slow_pipeline``)."""
+    return engine.apply_kernel(_kernel, si, OUTPUTS, device=device, delay_s=delay_s, scale=scale)
+
+
+def _truth(si, scale=1.0):
+    """The same computation on the whole cube with NumPy."""
+    out = _kernel(np.asarray(si.values, dtype=np.float32).reshape(-1, si.shape[-1]), None, 0, scale)
+    nav = si.shape[:-1]
+    return {k: np.asarray(v).reshape(*nav, *np.shape(v)[1:]) for k, v in out.items()}
+
+
+def _cube(shape, seed):
+    rng = np.random.default_rng(seed)
+    e = np.arange(shape[-1]) * 0.5 - 5.0
+    scale = rng.uniform(0.5, 2.0, shape[:-1])[..., None]
+    data = scale * (np.exp(-0.5 * (e / 1.0) ** 2) * 100 + 5 * np.exp(-e.clip(0) / 20))
+    return data.astype(np.float32), e
+
+
+def _write_input(path, shape=(12, 10, 64), seed=0, chunks=(4, 4)):
+    from eelsgpu.io import write_store
+    from eelsgpu.model import spectrum_image
+
+    data, e = _cube(shape, seed)
+    si = spectrum_image(data, e, beam_energy_keV=200.0, collection_angle_mrad=10.0, chunks=chunks)
+    write_store(si, path)
+    return si
+
+
+def _manifest(
+    tmp_path, inputs, pipeline="test_batch:slow_pipeline", params=None, fmt="yaml", **extra
+):
+    doc = {"pipeline": pipeline, "inputs": inputs, "parameters": params or {}, "device": "cpu"}
+    doc.update(extra)
+    if fmt == "toml":
+        lines = [f'pipeline = "{pipeline}"', f"inputs = {json.dumps(inputs)}", 'device = "cpu"']
+        lines += ["[parameters]"] + [f"{k} = {json.dumps(v)}" for k, v in (params or {}).items()]
+        p = tmp_path / "run.toml"
+        p.write_text("\n".join(lines) + "\n")
+    else:
+        import yaml
+
+        p = tmp_path / "run.yaml"
+        p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _arrays(store):
+    """Every variable's bytes, for byte-identity checks."""
+    ds = xr.open_zarr(store, consolidated=False)
+    return {k: np.asarray(ds[k].values).tobytes() for k in ds.data_vars}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    batch.register_pipeline("slow-test", slow_pipeline)
+    yield
+    batch.PIPELINES.pop("slow-test", None)
+
+
+# --------------------------------------------------------------------------- manifests
+@pytest.mark.parametrize("fmt", ["yaml", "toml"])
+def test_manifest_formats_and_results_match_in_memory_truth(tmp_path, fmt):
+    """YAML and TOML manifests give the same run; outputs equal the in-memory NumPy computation
+    (truth), carry the input's coordinates and attributes and every run parameter."""
+    si = _write_input(tmp_path / "in" / "a.zarr")
+    m = batch.load_manifest(_manifest(tmp_path, ["in/*.zarr"], "slow-test", {"scale": 2.0}, fmt))
+    assert m.parameters == {"scale": 2.0} and m.pipeline == "slow-test"
+    summary = batch.run_batch(m, tmp_path / "out", quiet=True)
+    assert summary.ok, summary.text()
+    out = xr.open_zarr(tmp_path / "out" / "a.zarr", consolidated=False)
+    truth = _truth(si, scale=2.0)
+    for k, v in truth.items():
+        np.testing.assert_allclose(out[k].values, v, rtol=1e-5, atol=1e-3)
+    assert out.attrs["eelsgpu_method"] == "slow-test"
+    assert out.attrs["eelsgpu_parameters"] == {"device": "cpu", "scale": 2.0}
+    assert out.attrs["eelsgpu_input"].endswith("a.zarr")
+    assert out.attrs["beam_energy_keV"] == 200.0
+    np.testing.assert_array_equal(out["energy"].values, si["energy"].values)
+    assert out["total"].attrs["units"] == "counts"
+    saved = json.loads((tmp_path / "out" / "batch-summary.json").read_text())
+    assert saved["counts"]["written"] == 1
+    # a finished file is skipped on the next run
+    again = batch.run_batch(m, tmp_path / "out", quiet=True)
+    assert [f.status for f in again.files] == ["skipped"]
+
+
+def test_manifest_errors_name_the_problem(tmp_path):
+    """A manifest with an unknown key or no inputs is refused with the key named."""
+    p = tmp_path / "bad.yaml"
+    p.write_text("pipeline: thickness\ninputs: [a.zarr]\nparamters: {}\n")
+    with pytest.raises(InputError, match="paramters"):
+        batch.load_manifest(p)
+    p.write_text("pipeline: thickness\n")
+    with pytest.raises(InputError, match="inputs"):
+        batch.load_manifest(p)
+    with pytest.raises(InputError, match="unknown pipeline"):
+        batch.get_pipeline("no-such-pipeline")
+
+
+def test_failing_files_are_reported_and_the_others_finish(tmp_path):
+    """A corrupt store, a cube without an energy axis and a glob matching nothing are reported
+    with their errors in the summary (printed and JSON); the good file is written."""
+    _write_input(tmp_path / "in" / "good.zarr")
+    bad = tmp_path / "in" / "corrupt.zarr"
+    bad.mkdir(parents=True)
+    (bad / "zarr.json").write_text("{not json")
+    shape = tmp_path / "in" / "shape.zarr"
+    xr.Dataset({"signal": (("a", "b"), np.ones((3, 4), np.float32))}).to_zarr(
+        shape, zarr_format=3, consolidated=False
+    )
+    mpath = _manifest(tmp_path, ["in/*.zarr", "missing/*.dm4"], "slow-test")
+    from eelsgpu.cli import main
+
+    rc = main(["batch", str(mpath), "-o", str(tmp_path / "out"), "--quiet"])
+    assert rc == 1
+    saved = json.loads((tmp_path / "out" / "batch-summary.json").read_text())
+    by_name = {Path(f["input"]).name: f for f in saved["files"]}
+    assert by_name["good.zarr"]["status"] == "written"
+    assert by_name["corrupt.zarr"]["status"] == "failed"
+    assert "corrupt.zarr" in by_name["corrupt.zarr"]["error"]
+    assert by_name["shape.zarr"]["status"] == "failed" and by_name["shape.zarr"]["error"]
+    assert any("missing/*.dm4" in e for e in saved["errors"])
+    assert (tmp_path / "out" / "good.zarr").is_dir()
+
+
+def test_job_array_tasks_split_the_files(tmp_path, monkeypatch):
+    """Two array tasks (one by flag, one by SLURM_ARRAY_TASK_ID) take disjoint halves of the
+    files and together write all of them, each with its own summary."""
+    for i in range(3):
+        _write_input(tmp_path / "in" / f"f{i}.zarr", shape=(4, 4, 32), seed=i)
+    m = batch.load_manifest(_manifest(tmp_path, ["in/*.zarr"], "slow-test"))
+    s0 = batch.run_batch(m, tmp_path / "out", array_index=0, array_size=2, quiet=True)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    s1 = batch.run_batch(m, tmp_path / "out", quiet=True)
+    names0 = {Path(f.input).name for f in s0.files}
+    names1 = {Path(f.input).name for f in s1.files}
+    assert names0 == {"f0.zarr", "f2.zarr"} and names1 == {"f1.zarr"}
+    assert (tmp_path / "out" / "batch-summary-array0of2.json").is_file()
+    assert (tmp_path / "out" / "batch-summary-array1of2.json").is_file()
+    assert all((tmp_path / "out" / f"f{i}.zarr").is_dir() for i in range(3))
+
+
+# --------------------------------------------------------------------------- resumability
+def test_sigkill_mid_run_then_rerun_gives_identical_bytes(tmp_path):
+    """A batch run killed with SIGKILL mid-run and started again with the same command finishes
+    the rest; its arrays are byte-identical to those of an uninterrupted run (truth)."""
+    _write_input(tmp_path / "in" / "a.zarr", shape=(24, 24, 64), chunks=(4, 4))  # 36 blocks
+    # task_mib: one storage chunk per task here, so the run has 36 blocks to be killed among
+    mpath = _manifest(tmp_path, ["in/a.zarr"], params={"delay_s": 0.15}, task_mib=0.01)
+    cmd = [sys.executable, "-m", "eelsgpu", "batch", str(mpath), "--quiet"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["-o", str(out)], env=_env(), cwd=tmp_path)
+    done_dir = out / ".a.zarr.eelsgpu-run" / "done"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if done_dir.is_dir() and len(os.listdir(done_dir)) >= 6:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed (rc {proc.returncode})")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(os.listdir(done_dir))
+    assert 6 <= n_done < 36, n_done
+    assert not (out / "a.zarr").exists()  # nothing that opens as if whole
+    rerun = subprocess.run(cmd + ["-o", str(out)], env=_env(), cwd=tmp_path, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    assert "resumed" in rerun.stdout.decode()
+    clean = tmp_path / "clean"
+    m = batch.load_manifest(mpath)
+    m.parameters = {"delay_s": 0.0}  # the delay only slows the kernel; same numbers
+    batch.run_batch(m, clean, quiet=True)
+    a, b = _arrays(out / "a.zarr"), _arrays(clean / "a.zarr")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == b[k], k
+
+
+def test_worker_killed_on_local_cluster_results_complete_and_identical(tmp_path, monkeypatch):
+    """On a dask.distributed LocalCluster with 2 worker processes, one worker is killed mid-run;
+    the run completes and its arrays equal (bytes) those of a clean threaded run (truth)."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # workers import this module
+    from eelsgpu.io import open_store
+
+    src = tmp_path / "a.zarr"
+    _write_input(src, shape=(16, 16, 64), chunks=(4, 4))  # 16 blocks
+    si = open_store(src)["signal"]
+    clean = engine.run_to_store(slow_pipeline(si, device="cpu"), tmp_path / "clean.zarr")
+    assert clean.blocks_total == 16
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit="1GiB",
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        ds = slow_pipeline(si, device="cpu", delay_s=0.2)
+        done_dir = tmp_path / ".faulty.zarr.eelsgpu-run" / "done"
+
+        def killer():
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if done_dir.is_dir() and len(os.listdir(done_dir)) >= 3:
+                    os.kill(victim, signal.SIGKILL)
+                    return
+                time.sleep(0.01)
+
+        import threading
+
+        t = threading.Thread(target=killer)
+        t.start()
+        res = engine.run_to_store(ds, tmp_path / "faulty.zarr", scheduler=client)
+        t.join()
+        assert res.blocks_computed == 16
+        assert victim not in client.run(os.getpid).values()  # it really died
+    a, b = _arrays(tmp_path / "faulty.zarr"), _arrays(tmp_path / "clean.zarr")
+    for k in a:
+        assert a[k] == b[k], k
+
+
+# --------------------------------------------------------------------------- schedulers
+def test_processes_scheduler_binds_to_localhost(tmp_path):
+    """The LocalCluster eelsgpu starts listens on 127.0.0.1 (scheduler and workers)."""
+    with batch.scheduler_context("processes", {"workers": 1}, quiet=True) as info:
+        client = info.scheduler
+        assert info.address.startswith("tcp://127.0.0.1:")
+        workers = client.scheduler_info()["workers"]
+        assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers)
+
+
+def test_slurm_needs_a_named_interface_and_builds_its_job_script(tmp_path):
+    """slurm without --interface/--host is refused (we never bind to all interfaces); with a host
+    named, the job script asks for the queue, walltime, memory and GPUs of the manifest."""
+    pytest.importorskip("dask_jobqueue")
+    with pytest.raises(InputError, match="--interface"):
+        batch._jobqueue_cluster("slurm", {"queue": "gpu"})
+    cluster = batch._jobqueue_cluster(
+        "slurm",
+        {
+            "queue": "gpu",
+            "cores": 8,
+            "memory": "32GB",
+            "walltime": "02:00:00",
+            "gpus": 2,
+            "host": "127.0.0.1",
+        },
+    )
+    try:
+        script = cluster.job_script()
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    finally:
+        cluster.close()
+    assert "#SBATCH -p gpu" in script and "--gres=gpu:2" in script
+    assert "02:00:00" in script and "eelsgpu" not in script.split("\n")[0]
+
+
+def test_local_cuda_without_dask_cuda_names_the_extra():
+    """--scheduler local-cuda without dask-cuda (or a GPU) is a clear error naming the extra."""
+    try:
+        import dask_cuda  # noqa: F401
+
+        pytest.skip("dask-cuda is installed here")
+    except ImportError:
+        pass
+    from eelsgpu.backend import DeviceError
+
+    with pytest.raises(DeviceError, match=r"eelsgpu\[gpu\]"):
+        with batch.scheduler_context("local-cuda"):
+            pass
+
+
+def test_srun_mode_runs_through_slurm_runner_on_localhost(tmp_path):
+    """`srun -n 3 eelsgpu batch ... --scheduler slurm` without SLURM itself: three processes with
+    srun's environment become scheduler, client and worker (dask-jobqueue's SLURMRunner), all
+    exit 0, the scheduler listens on 127.0.0.1 (one node), and the results equal the in-memory
+    truth."""
+    pytest.importorskip("dask_jobqueue")
+    si = _write_input(tmp_path / "in" / "a.zarr", shape=(8, 8, 32))
+    mpath = _manifest(tmp_path, ["in/a.zarr"])
+    out = tmp_path / "out"
+    procs = []
+    for rank in range(3):
+        env = _env()
+        env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="3", SLURM_JOB_ID="42", SLURM_NNODES="1")
+        cmd = [sys.executable, "-m", "eelsgpu", "batch", str(mpath), "-o", str(out)]
+        procs.append(
+            subprocess.Popen(
+                cmd + ["--scheduler", "slurm", "--quiet"],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    logs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    assert "Scheduler at:     tcp://127.0.0.1:" in logs[0], logs[0][-2000:]
+    assert "1 written" in logs[1]
+    res = xr.open_zarr(out / "a.zarr", consolidated=False)
+    np.testing.assert_allclose(res["total"].values, _truth(si)["total"], rtol=1e-5)

@@ -1,0 +1,407 @@
+"""Kramers-Kronig analysis (issue 4) against analytic truth (eelsgpu.synthetic), exspy 0.3.2's
+answers (exspy-cases) and its measured failures.
+
+Accuracy metric, unless a test says otherwise: max over 3-50 eV of |eps - eps_true| relative to
+max |eps_true| over the same range (the issue's "within 2 % of truth relative to max |eps|").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import asarray, to_numpy
+
+from eelsgpu import synthetic
+from eelsgpu.errors import EnergyAxisError, InputError
+from eelsgpu.kramers_kronig import (
+    KKWarning,
+    kk_kernel,
+    kramers_kronig,
+    loss_grid,
+    re_inverse_eps,
+    sum_rule_thickness_nm,
+    warn_flagged,
+)
+
+E0, BETA = 200.0, 10.0
+DRUDE_SHARP = synthetic.Drude(15.0, 0.5)
+DRUDE_BROAD = synthetic.Drude(16.7, 3.7)
+LORENTZ_5 = synthetic.Lorentz(16.6, 5.07, 3.7)
+LORENTZ_9 = synthetic.Lorentz(16.6, 9.0, 3.7)
+MODELS = {
+    "drude-15-0.5": DRUDE_SHARP,
+    "drude-16.7-3.7": DRUDE_BROAD,
+    "lorentz-gap5": LORENTZ_5,
+    "lorentz-gap9": LORENTZ_9,
+}
+
+
+def _norm(model):
+    return {"metal": True} if model.is_metal else {"refractive_index": model.refractive_index}
+
+
+def _mfp_nm(model, **kw) -> float:
+    sim = synthetic.low_loss_spectrum(model, t_over_lambda=0.1, n_channels=256, dispersion_eV=0.1,
+                                      **kw)
+    return float(sim["true_mean_free_path_nm"])
+
+
+def _image(model, t_nm, **kw):
+    kw.setdefault("beam_energy_keV", E0)
+    kw.setdefault("collection_angle_mrad", BETA)
+    lam = _mfp_nm(model, beam_energy_keV=kw["beam_energy_keV"],
+                  collection_angle_mrad=kw["collection_angle_mrad"])
+    t_nm = np.asarray(t_nm, dtype=float)
+    return synthetic.low_loss_image(model, t_over_lambda=t_nm / lam, shape=t_nm.shape,
+                                    dtype=np.float64, **kw)
+
+
+def _eps_error(eps1, eps2, energy, model, lo=3.0, hi=50.0):
+    """max |eps - truth| / max |truth| over [lo, hi] eV, per pixel."""
+    sel = (energy >= lo) & (energy <= hi)
+    true = model.eps(energy[sel])
+    got = np.asarray(eps1)[..., sel] + 1j * np.asarray(eps2)[..., sel]
+    return np.abs(got - true).max(axis=-1) / np.abs(true).max()
+
+
+# ------------------------------------------------------------------------------ building blocks
+def test_loss_grid_origin_and_limits():
+    """Truth: the axis itself. A channel at 0 eV is used as is; an axis between channels is
+    interpolated by the right fraction; a window starting 2 channels above 0 is padded; a window
+    ending below 1 eV of loss is an EnergyAxisError."""
+    g = loss_grid(np.arange(-100, 1948) * 0.05)
+    assert (g.start, g.frac, g.n, g.pad) == (100, 0.0, 1948, 0)
+    g = loss_grid(np.arange(-100, 1948) * 0.05 - 0.01)  # 0 eV sits 0.2 channel above channel 100
+    assert g.start == 100 and g.frac == pytest.approx(0.2) and g.n == 1947
+    g = loss_grid(0.1 + np.arange(1000) * 0.05)
+    assert g.pad == 2 and g.start == 0 and g.frac == 0.0
+    with pytest.raises(EnergyAxisError, match="1 eV"):
+        loss_grid(np.linspace(-5.0, 0.9, 200))
+
+
+def test_hilbert_transform_drude(xp):
+    """Truth: the analytic Drude Re[1/eps] (Ep 15, width 1). Our FFT Hilbert transform (linear
+    convolution, tail A/E^3 added analytically) is within 1e-4 from 1 to 90 eV; a circular
+    transform of the same data with period only 2x the window (what exspy does) is off by the
+    wrap-around offset pi^2 Ep^2 / (3 P^2) (~0.02), 200 times more."""
+    e = np.arange(2000) * 0.05
+    with np.errstate(all="ignore"):
+        eps = 1 - 15.0**2 / (e**2 + 1j * e * 1.0)
+    loss = np.where(e > 0, np.imag(-1 / eps), 0.0)[None, :]
+    re = to_numpy(re_inverse_eps(asarray(xp, loss), 0.05,
+                                 tail_coefficient=asarray(xp, np.array([225.0]))))[0]
+    sel = (e >= 1) & (e <= 90)
+    err = np.abs(re[sel] - np.real(1 / eps[sel])).max()
+    assert err < 1e-4
+    # the wrap-around of a circular transform with period P = 2 x 100 eV (numpy, for contrast)
+    odd = np.concatenate([loss[0], -loss[0][:0:-1]])
+    spec = np.fft.fft(odd)
+    h = np.real(np.fft.ifft(spec * (-1j) * np.sign(np.fft.fftfreq(odd.size))))[: e.size]
+    wrapped = np.median((1 + h)[sel] - np.real(1 / eps[sel]))
+    assert abs(wrapped) > 200 * err
+    assert wrapped == pytest.approx(math.pi**2 * 15.0**2 / (3 * (2 * 100.0) ** 2), rel=0.15)
+
+
+def test_sum_rule_thickness_contract(xp):
+    """Truth: synthetic t (nm) of an exact SSD (Drude metal and Lorentz insulator, t 20-200 nm,
+    300 kV): eq. 26 within 1 %; N0 = 0 gives NaN; n < 1 is an InputError."""
+    for model in (synthetic.Drude(15.0, 1.0), LORENTZ_5):
+        sim = _image(model, [20.0, 80.0, 200.0, 120.0], beam_energy_keV=300.0)
+        n0 = sim["true_zlp_intensity"].values.copy()
+        n0[3] = 0.0
+        t = to_numpy(sum_rule_thickness_nm(
+            asarray(xp, sim["true_ssd"].values), asarray(xp, sim["energy"].values),
+            asarray(xp, n0), beam_energy_keV=300.0, collection_angle_mrad=BETA, **_norm(model)))
+        assert np.all(np.abs(t[:3] / sim["true_t_nm"].values[:3] - 1) < 0.01)
+        assert np.isnan(t[3])
+    with pytest.raises(InputError, match=">= 1"):
+        sum_rule_thickness_nm(np.ones((1, 400)), np.arange(-20, 380) * 0.1, np.ones(1),
+                              beam_energy_keV=E0, collection_angle_mrad=BETA,
+                              refractive_index=0.9)
+
+
+# ------------------------------------------------------------------------------ accuracy
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("window", [(2048, 0.05), (2048, 0.1)], ids=["2048x0.05", "2048x0.1"])
+def test_accuracy_exact_ssd(xp, name, window):
+    """Truth: the analytic eps of the model and the synthetic thickness, from the exact SSD
+    (true_ssd), no noise, t = 20, 60, 200 nm, 200 kV, 10 mrad. Issue 4's bar: eps1 and eps2
+    within 2 % of max |eps| between 3 and 50 eV, thickness within 1 %. Measured: eps <= 1.4 %
+    (sharp Drude on 0.1 eV channels; <= 0.8 % otherwise), thickness <= 0.05 %. The window ends
+    at 97 or 195 eV and the loss function is continued beyond as A/E^3."""
+    model = MODELS[name]
+    n_ch, de = window
+    sim = _image(model, [20.0, 60.0, 200.0], n_channels=n_ch, dispersion_eV=de)
+    out = kk_kernel(asarray(xp, sim["true_ssd"].values), asarray(xp, sim["energy"].values),
+                    zlp_intensity=asarray(xp, sim["true_zlp_intensity"].values),
+                    beam_energy_keV=E0, collection_angle_mrad=BETA, **_norm(model))
+    energy = np.arange(1, to_numpy(out["eps1"]).shape[-1] + 1) * de
+    err = _eps_error(to_numpy(out["eps1"]), to_numpy(out["eps2"]), energy, model)
+    assert np.all(err < 0.02), err
+    t_err = to_numpy(out["thickness_nm"]) / sim["true_t_nm"].values - 1
+    assert np.all(np.abs(t_err) < 0.01), t_err
+    assert np.all(to_numpy(out["valid"]))
+    assert np.all(to_numpy(out["tail_decayed"]))
+
+
+def test_derived_quantities():
+    """Truth: analytic Drude (Ep 16.7, width 3.7): eps1 = 0 upwards at sqrt(Ep^2 - G^2) =
+    16.28 eV; loss maximum at the maximum of the analytic Im[-1/eps]; the f-sum rule gives
+    n_eff -> eps0 m0 Ep^2 / hbar^2 = 0.725 Ep^2 electrons/nm^3 (within 3 %, the tail beyond
+    97 eV is missing); n, k, mu satisfy n^2 - k^2 = eps1, 2nk = eps2, mu = 2kE/(hbar c).
+    Cerenkov: a Si-like Lorentz insulator at 300 kV has eps1 = 11.7 > (c/v)^2 = 1.66 (flagged),
+    a metal has eps1 < 0 at low energy (not flagged)."""
+    from eelsgpu.physics import HBAR_C_EV_NM
+
+    sim = _image(DRUDE_BROAD, [50.0])
+    out = kk_kernel(sim["true_ssd"].values, sim["energy"].values,
+                    zlp_intensity=sim["true_zlp_intensity"].values, beam_energy_keV=E0,
+                    collection_angle_mrad=BETA, metal=True)
+    assert out["plasmon_energy_eV"][0] == pytest.approx(math.sqrt(16.7**2 - 3.7**2), abs=0.03)
+    e_fine = np.linspace(5, 30, 250001)
+    peak = e_fine[np.argmax(np.imag(-1 / DRUDE_BROAD.eps(e_fine)))]
+    assert out["loss_peak_eV"][0] == pytest.approx(peak, abs=0.03)
+    assert out["n_eff"][0, -1] == pytest.approx(0.725 * 16.7**2, rel=0.03)
+    n, k = out["refractive_index"][0], out["extinction_coefficient"][0]
+    assert np.allclose(n**2 - k**2, out["eps1"][0], atol=1e-6 * np.abs(out["eps1"]).max())
+    assert np.allclose(2 * n * k, out["eps2"][0], atol=1e-6 * np.abs(out["eps2"]).max())
+    e = np.arange(1, n.size + 1) * 0.05
+    assert np.allclose(out["absorption_coefficient"][0], 2 * k * e / HBAR_C_EV_NM)
+    assert not out["cerenkov"][0]
+    si = _image(LORENTZ_5, [50.0], beam_energy_keV=300.0)
+    out = kk_kernel(si["true_ssd"].values, si["energy"].values,
+                    zlp_intensity=si["true_zlp_intensity"].values, beam_energy_keV=300.0,
+                    collection_angle_mrad=BETA, refractive_index=LORENTZ_5.refractive_index)
+    assert out["cerenkov"][0]
+
+
+def test_low_energy_treatment_on_noisy_spectra():
+    """Truth: synthetic t of 32 noisy Drude and Lorentz spectra (Poisson, N0 = 1e5, t/lambda
+    0.5), Fourier-log deconvolved with the exact ZLP and reconvolved with it (what noisy data
+    get). The 1/E weight on the ZLP residue near 0 eV makes the plain sum rule scatter by
+    ~30 % (max ~65 %); with the linear extrapolation below E_c = 1.5 eV (3 ZLP FWHM) the scatter
+    is ~0.6 % and no pixel is off by more than 2 %."""
+    for model in (synthetic.Drude(15.0, 1.0), LORENTZ_5):
+        sim = synthetic.low_loss_image(model, t_over_lambda=0.5, shape=(32,), zlp_counts=1e5,
+                                       noise=True, seed=3, dtype=np.float64, n_channels=2048)
+        j = sim["signal"].values
+        z = (sim["true_zlp_shape"].values * 1e5)[None]
+        p = 4 * j.shape[-1]
+        jf, zf = np.fft.rfft(j, p), np.fft.rfft(z, p)
+        ok = np.abs(zf) > 1e-9 * np.abs(zf[..., :1])
+        ratio = np.where(ok, jf / np.where(ok, zf, 1.0), 1.0)
+        ssd = np.fft.irfft(np.where(ok, zf * np.log(ratio), 0.0), p)[..., : j.shape[-1]]
+        kw = dict(beam_energy_keV=E0, collection_angle_mrad=BETA, **_norm(model))
+        n0 = np.full(32, 1e5)
+        truth = sim["true_t_nm"].values
+        ours = sum_rule_thickness_nm(ssd, sim["energy"].values, n0, **kw) / truth - 1
+        naive = sum_rule_thickness_nm(ssd, sim["energy"].values, n0, low_energy_cutoff_eV=0.0,
+                                      **kw) / truth - 1
+        assert np.abs(ours).max() < 0.02 and ours.std() < 0.01
+        assert np.nanstd(naive) > 10 * ours.std()
+
+
+# ------------------------------------------------------------------------------ surface terms
+def test_surface_correction_converges_and_flags():
+    """Truth: synthetic thickness and eps of a Si-like Lorentz film with surface losses
+    (eq. 36, both surfaces), 200 kV, 10 mrad, from the exact SSD; the energy axis has a channel
+    at exactly 0 eV (where exspy's loop crashes). At t = 60 nm the uncorrected analysis is
+    +7.2 % in thickness and 21 % in eps; the iteration converges (criterion: |dt| <= 1e-3 t and
+    max |d eps| <= 1e-2 max |eps|) to 0.05 % and 0.7 %. At 100 nm: +4.3 %/14 % -> 0.05 %/0.8 %.
+    Below 20 nm the pixel is not corrected (status 2). Where the surface term at the surface
+    plasmon outweighs the bulk term (here t = 30 nm) the fixed point is unstable, as Egerton
+    warns for thin films: the pixel is flagged (status 3) and keeps its uncorrected result,
+    never a diverged one."""
+    sim = _image(LORENTZ_5, [60.0, 100.0, 10.0, 30.0], surface=True)
+    args = (sim["true_ssd"].values, sim["energy"].values)
+    kw = dict(zlp_intensity=sim["true_zlp_intensity"].values, beam_energy_keV=E0,
+              collection_angle_mrad=BETA, refractive_index=LORENTZ_5.refractive_index)
+    raw = kk_kernel(*args, **kw)
+    cor = kk_kernel(*args, iterations=30, **kw)
+    truth = sim["true_t_nm"].values
+    energy = np.arange(1, raw["eps1"].shape[-1] + 1) * 0.05
+    t_raw = np.abs(raw["thickness_nm"] / truth - 1)
+    t_cor = np.abs(cor["thickness_nm"] / truth - 1)
+    e_raw = _eps_error(raw["eps1"], raw["eps2"], energy, LORENTZ_5)
+    e_cor = _eps_error(cor["eps1"], cor["eps2"], energy, LORENTZ_5)
+    assert list(cor["surface_status"]) == [1, 1, 2, 3]
+    assert list(cor["converged"]) == [True, True, False, False]
+    assert np.all(t_raw[:2] > 0.04) and np.all(t_cor[:2] < 0.002)
+    assert np.all(e_raw[:2] > 0.1) and np.all(e_cor[:2] < 0.01)
+    assert np.all(cor["iterations"][:2] < 30) and cor["iterations"][2] == 0
+    for name in ("thickness_nm", "eps1", "eps2"):  # flagged pixels keep the uncorrected result
+        assert np.array_equal(cor[name][2:], raw[name][2:])
+    assert np.all(np.isfinite(cor["eps1"])) and np.all(cor["surface_intensity"][2:] == 0)
+    assert np.all(cor["surface_intensity"][:2].max(axis=-1) > 0)
+
+
+# ------------------------------------------------------------------------------ round trip
+@dataclass
+class TabulatedEps:
+    """A dielectric model from a tabulated eps (eelsgpu.synthetic takes any object with
+    .eps(E)): linear interpolation inside the table; beyond it Im[-1/eps] = A/E^3,
+    Re[1/eps] = 1 (the tail model of the analysis)."""
+
+    label: str = "tabulated"
+    is_metal = True
+
+    def set(self, energy, eps, tail_a):
+        self._e, self._eps, self._a = np.asarray(energy), np.asarray(eps), float(tail_a)
+        return self
+
+    def eps(self, energy_eV):
+        e = np.asarray(energy_eV, dtype=float)
+        inside = np.interp(e, self._e, self._eps.real) + 1j * np.interp(e, self._e, self._eps.imag)
+        with np.errstate(all="ignore"):
+            outside = 1.0 / (1.0 - 1j * self._a / np.maximum(e, 1e-9) ** 3)
+        return np.where(e <= self._e[-1], inside, outside)
+
+    @property
+    def refractive_index(self):
+        return math.inf
+
+
+def test_round_trip_reproduces_spectrum():
+    """Truth: the input synthetic spectrum (Drude Ep 15, width 1, t/lambda 0.5, 2048 x 0.05 eV).
+    eps from the analysis, fed back through eelsgpu.synthetic with the analysed thickness and
+    the same N0, reproduces the whole spectrum to 1 % of its peak, and its inelastic part
+    (spectrum minus ZLP) to 1 % of the inelastic peak (measured: ~0.2 %)."""
+    model = synthetic.Drude(15.0, 1.0)
+    sim = synthetic.low_loss_spectrum(model, t_over_lambda=0.5, dtype=np.float64)
+    n0 = float(sim["true_zlp_intensity"])
+    out = kk_kernel(sim["true_ssd"].values[None], sim["energy"].values,
+                    zlp_intensity=np.array([n0]), beam_energy_keV=E0, collection_angle_mrad=BETA,
+                    metal=True)
+    e = np.arange(1, out["eps1"].shape[-1] + 1) * 0.05
+    eps = out["eps1"][0] + 1j * out["eps2"][0]
+    tail_a = out["loss_function"][0, -1] * e[-1] ** 3
+    tab = TabulatedEps().set(e, eps, tail_a)
+    lam = float(synthetic.low_loss_spectrum(tab, t_over_lambda=0.1)["true_mean_free_path_nm"])
+    again = synthetic.low_loss_spectrum(tab, t_over_lambda=float(out["thickness_nm"][0]) / lam,
+                                        zlp_counts=n0, dtype=np.float64)
+    a, b = sim["signal"].values, again["signal"].values
+    zlp = sim["true_zlp_shape"].values * n0
+    assert np.abs(a - b).max() < 0.01 * a.max()
+    assert np.abs((a - zlp) - (b - zlp)).max() < 0.01 * (a - zlp).max()
+
+
+# ------------------------------------------------------------------------------ vs exspy
+@pytest.mark.parametrize("case", ["al_300kV_b10_t0.5_gauss", "si_300kV_b10_t0.6_gauss"])
+def test_against_exspy_cases(exspy_cases, case):
+    """Truth: true_eps and true_t_nm of the exspy-cases files; peer: exspy 0.3.2's
+    kramers_kronig_analysis of the exact SSD normalised by n (exspy_eps_ssdtrue_n,
+    exspy_te_ssdtrue_n). Metric: RMS |eps - truth| / RMS |truth| over 3-50 eV. exspy: 36 % (Al)
+    and 26 % (Si); ours: 0.3 % and 0.5 %. Why exspy is off: its FFT period is only twice the
+    window (P = 2 x 1947 x 0.05 eV = 194.7 eV), so its Hilbert transform wraps around and adds a
+    near-constant pi^2 Ep^2 / (3 P^2) to Re[1/eps] (0.0195 for Al, 0.024 for Si: the test checks
+    exspy's offset against it), which at low energy, where |1/eps| is small, is a large error in
+    eps. Both thicknesses are right (the sum rule needs no Hilbert transform)."""
+    d = np.load(exspy_cases / f"{case}.npz")
+    meta = json.loads(str(d["meta_case"]))
+    n = float(d["in_n_kk"])
+    norm = {"metal": True} if n >= 1000 else {"refractive_index": n}
+    out = kk_kernel(d["in_ssd_true"][None], d["in_energy"],
+                    zlp_intensity=np.array([float(d["in_i0"])]),
+                    beam_energy_keV=float(d["in_e0_kev"]),
+                    collection_angle_mrad=float(d["in_beta_mrad"]), **norm)
+    e = d["exspy_kk_energy"]
+    true = d["true_eps"]
+    ours = out["eps1"][0, : e.size] + 1j * out["eps2"][0, : e.size]
+    assert np.allclose(np.arange(1, e.size + 1) * float(d["in_scale"]), e)
+    sel = (e >= 3) & (e <= 50)
+
+    def rms(x):
+        return np.sqrt(np.mean(np.abs(x[sel] - true[sel]) ** 2) / np.mean(np.abs(true[sel]) ** 2))
+
+    exspy = d["exspy_eps_ssdtrue_n"]
+    assert rms(exspy) > 0.2
+    assert rms(ours) < 0.01
+    offset = np.median(np.real(1 / exspy[sel]) - np.real(1 / true[sel]))
+    period = 2 * e.size * float(d["in_scale"])
+    assert offset == pytest.approx(math.pi**2 * meta["mat"]["ep"] ** 2 / (3 * period**2), rel=0.1)
+    t_true = float(d["true_t_nm"])
+    assert abs(out["thickness_nm"][0] / t_true - 1) < 0.002
+    assert abs(float(d["exspy_te_ssdtrue_n"]) / t_true - 1) < 0.002
+
+
+# ------------------------------------------------------------------------------ public API
+def _as_deconvolved(sim, valid=None):
+    """The Dataset shape eelsgpu.deconvolve returns, from the exact SSD."""
+    ds = xr.Dataset({"ssd": sim["true_ssd"], "zlp_intensity": sim["true_zlp_intensity"],
+                     "zlp_centre_eV": sim["true_zlp_centre_eV"]}, attrs=dict(sim.attrs))
+    ds["valid"] = xr.ones_like(sim["true_zlp_intensity"], dtype=bool) if valid is None else valid
+    ds["ssd"].attrs.update(beam_energy_keV=E0, collection_angle_mrad=BETA)
+    return ds
+
+
+def test_public_api_dataset_and_holes():
+    """Truth: synthetic thickness (Drude Ep 15, width 1) of a 3 x 4 image with a gradient and a
+    hole to vacuum. kramers_kronig on a deconvolve-shaped Dataset gives a lazy Dataset with units;
+    the thickness map is within 1 % where t > 0, an invalid input pixel is NaN/flagged; given a
+    thickness map with a hole (t = 0), the hole is flagged NaN and Re[1/eps(0)] elsewhere is the
+    metal's 0 (to 0.01), i.e. n from a known thickness."""
+    tl = np.array([[0.2, 0.5, 1.0, 0.0], [0.3, 0.6, 0.9, 1.2], [0.4, 0.8, 1.6, 2.0]])
+    sim = synthetic.low_loss_image(synthetic.Drude(15.0, 1.0), t_over_lambda=tl, shape=(3, 4),
+                                   dtype=np.float64, n_channels=1024, dispersion_eV=0.1,
+                                   chunks=(2, 2))
+    valid = xr.DataArray(tl > 0, dims=("y", "x"))
+    valid[1, 1] = False
+    ds = kramers_kronig(_as_deconvolved(sim, valid), metal=True, device="cpu")
+    assert ds["eps1"].dims == ("y", "x", "energy") and ds["energy"].attrs["units"] == "eV"
+    assert float(ds["energy"][0]) == pytest.approx(0.1)
+    assert ds["thickness_nm"].attrs["units"] == "nm"
+    assert ds["absorption_coefficient"].attrs["units"] == "1/nm"
+    t = ds["thickness_nm"].values
+    good = valid.values
+    assert np.all(np.abs(t[good] / sim["true_t_nm"].values[good] - 1) < 0.01)
+    assert np.all(np.isnan(t[~good])) and not ds["valid"].values[1, 1]
+    assert np.all(np.isnan(ds["eps1"].values[~good]))
+    # normalise by a known thickness map with a hole
+    tmap = sim["true_t_nm"].values
+    ds2 = kramers_kronig(sim["true_ssd"], zlp_intensity=sim["true_zlp_intensity"],
+                         beam_energy_keV=E0, collection_angle_mrad=BETA, thickness_nm=tmap,
+                         device="cpu", variables=("eps1", "re_inverse_eps0", "valid"))
+    assert not ds2["valid"].values[0, 3] and np.isnan(ds2["re_inverse_eps0"].values[0, 3])
+    re0 = ds2["re_inverse_eps0"].values[tmap > 0]
+    assert np.all(np.abs(re0) < 0.01)
+    assert set(ds2.data_vars) == {"eps1", "re_inverse_eps0", "valid"}
+
+
+def test_bad_input():
+    """Truth: the definitions of the outcomes. n < 1: InputError; no normalisation or two:
+    ValueError; an energy range below 1 eV only: EnergyAxisError; an all-zero or net-negative
+    SSD: valid False and NaN; a negative region in an otherwise good SSD (over-subtracted
+    background) is analysed (finite); a spectrum that ends at 16 eV, before the Drude loss
+    function (Ep 15) has decayed, is flagged tail_decayed = False and warn_flagged warns."""
+    sim = _image(synthetic.Drude(15.0, 1.0), [50.0, 50.0, 50.0, 50.0])
+    ssd = sim["true_ssd"].copy()
+    ssd.values[1] = 0.0
+    ssd.values[2] = -np.abs(ssd.values[2])
+    ssd.values[3, 400:420] = -ssd.values[3, 400:420]  # a negative patch at 15-16 eV
+    kw = dict(zlp_intensity=sim["true_zlp_intensity"], beam_energy_keV=E0,
+              collection_angle_mrad=BETA, device="cpu")
+    with pytest.raises(InputError, match=">= 1"):
+        kramers_kronig(ssd, refractive_index=0.8, **kw)
+    with pytest.raises(ValueError, match="exactly one"):
+        kramers_kronig(ssd, **kw)
+    with pytest.raises(ValueError, match="exactly one"):
+        kramers_kronig(ssd, metal=True, refractive_index=2.0, **kw)
+    with pytest.raises(EnergyAxisError, match="1 eV"):
+        kramers_kronig(ssd.isel(energy=slice(0, 115)), metal=True, **kw)
+    ds = kramers_kronig(ssd, metal=True, **kw).compute()
+    assert list(ds["valid"].values) == [True, False, False, True]
+    assert np.all(np.isnan(ds["thickness_nm"].values[1:3]))
+    assert np.all(np.isfinite(ds["eps1"].values[3])) and np.isfinite(ds["thickness_nm"][3])
+    short = kramers_kronig(sim["true_ssd"].isel(energy=slice(0, 420)), metal=True, **kw).compute()
+    assert not short["tail_decayed"].values.any() and ds["tail_decayed"].values[0]
+    with pytest.warns(KKWarning, match="not decayed"):
+        warn_flagged(short)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_flagged(ds.isel(x=[0]))
