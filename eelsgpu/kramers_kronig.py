@@ -11,8 +11,14 @@ per pixel (kk-theory.md eqs. 26-36; Egerton 2011, section 4.2, his program KRAKR
   twice the loss window, so nothing wraps around) and eps1, eps2 by eq. 34;
 * the absolute thickness from the normalisation (eq. 26);
 * the surface-loss correction of eqs. 35-36 by iteration, stopping per pixel;
-* derived optical quantities (absorption coefficient, n(E), k(E), n_eff(E), plasmon energy,
-  loss maximum, Cerenkov flag).
+* derived optical quantities: the absorption coefficient mu(E) = (E/hbar c) [2(|eps| - eps1)]^1/2
+  in 1/nm (kk-theory.md after eq. 34; x 1e7 for 1/cm), n(E) and k(E) (n + ik = sqrt(eps)),
+  n_eff(E) = (2 eps0 m0 / (pi hbar^2 e^2)) int_0^E E' eps2(E') dE' from the f-sum rule
+  (electrons per nm^3, or per atom given the atom density; Egerton 2011 eq. 4.29; for a metal it
+  is dominated by the Drude peak of eps2 at E -> 0, i.e. by the low-energy extrapolation), the
+  energy where eps1 crosses 0 upwards (of several crossings, the one with the largest loss
+  function), the loss-function maximum, and a Cerenkov flag (median eps1 over [E_c, 5 eV] above
+  (c/v)^2).
 
 Numerical treatment, and why
 ----------------------------
@@ -396,7 +402,7 @@ def _tail_re_inverse(xp, a_loss, e, e_m: float):
     x = e / e_m
     x = xp.where(x < 1.0 - 1e-3, x, xp.full_like(x, 1.0 - 1e-3))
     x2 = x * x
-    series = (1.0 / 3.0 + x2 * (1.0 / 5.0 + x2 * (1.0 / 7.0 + x2 * (1.0 / 9.0 + x2 / 11.0))))
+    series = 1.0 / 3.0 + x2 * (1.0 / 5.0 + x2 * (1.0 / 7.0 + x2 * (1.0 / 9.0 + x2 / 11.0)))
     xs = xp.where(x > 0.2, x, xp.full_like(x, 0.5))
     closed = (xp.log((1.0 + xs) / (1.0 - xs)) / (2.0 * xs) - 1.0) / (xs * xs)
     shape = xp.where(x > 0.2, closed, series) / e_m**3
@@ -451,11 +457,20 @@ def _re_inverse(xp, loss0, dispersion_eV: float, tail_coefficient):
     bh = xp.asarray(bh, dtype=cdtype)
     fft = _fft_module(xp)
     lh = fft.rfft(loss0, n=m, axis=-1)
-    h = fft.irfft(lh * ah + xp.conj(lh) * bh, n=m, axis=-1)[:, :n_k]
-    re = 1.0 - h
-    if tail_coefficient is not None:
-        e = xp.arange(n_k, dtype=loss0.dtype) * dispersion_eV
-        re = re - _tail_re_inverse(xp, tail_coefficient, e, (n_k - 0.5) * dispersion_eV)
+    # lh ah + conj(lh) bh with in-place updates (no large temporaries: they cost page faults)
+    p = xp.conj(lh)
+    p *= bh
+    lh *= ah
+    lh += p
+    del p
+    h = fft.irfft(lh, n=m, axis=-1)[:, :n_k]
+    if tail_coefficient is None:
+        return 1.0 - h
+    e = xp.arange(n_k, dtype=loss0.dtype) * dispersion_eV
+    re = _tail_re_inverse(xp, tail_coefficient, e, (n_k - 0.5) * dispersion_eV)
+    re += h
+    re *= -1.0
+    re += 1.0
     return re
 
 
@@ -496,10 +511,20 @@ DEFAULT_VARIABLES: tuple[str, ...] = tuple(CUBE_OUTPUTS) + tuple(MAP_OUTPUTS)
 def _single_pass(xp, s, n0, e, ang, grid, kc, kf, *, beam_energy_keV, one_minus, thickness_nm):
     """One KK analysis of SSD rows ``s`` (n, K): (loss, re_inv, thickness, re0, ok, a_tail, j)."""
     de = grid.dispersion_eV
-    f = s / (de * ang)
-    f_ext, c = _low_energy_fill(xp, f, e, kc, kf)  # 0 at E = 0 (c * 0)
-    a_tail = _tail_fit(xp, f, e, _tail_start(grid.n))
-    j = _sum_rule_integral(xp, f_ext, c, a_tail, e, grid)
+    # f = s / (dE ang) is proportional to Im[-1/eps]; the reductions below are matrix-vector
+    # products on s itself (one pass each, no temporaries), the same sums as
+    # _low_energy_fill / _tail_fit / _sum_rule_integral
+    inv = 1.0 / (de * ang)
+    e_safe = xp.where(e > 0, e, xp.ones_like(e))
+    w_e = inv / e_safe
+    n_fit = kf - kc
+    c = (s[:, kc:kf] @ w_e[kc:kf]) / n_fit
+    kt = _tail_start(grid.n)
+    w3 = e_safe[kt:] ** (-3)
+    a_tail = (s[:, kt:] @ (inv[kt:] * w3)) / xp.sum(w3 * w3)
+    a_tail = xp.where(a_tail > 0, a_tail, xp.zeros_like(a_tail))
+    e_m = (grid.n - 0.5) * de
+    j = (s[:, kc:] @ w_e[kc:]) * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
     t_kev = physics.kinetic_energy_T_keV(beam_energy_keV)
     pref = physics.KK_PREFACTOR_NM_EV_PER_KEV * t_kev  # pi a0 m0 v^2, nm eV
     ok = xp.isfinite(j) & (j > 0)
@@ -518,7 +543,11 @@ def _single_pass(xp, s, n0, e, ang, grid, kc, kf, *, beam_energy_keV, one_minus,
         t = xp.where(ok, thickness_nm, nan)
         kappa = pref / (n0_safe * xp.where(t_ok, thickness_nm, xp.ones_like(thickness_nm)))
         re0 = 1.0 - (2.0 / math.pi) * kappa * j
-    loss = kappa[:, None] * f_ext
+    # Im[-1/eps] = kappa f above E_c, kappa c E below (0 at E = 0)
+    low = xp.arange(grid.n) < kc
+    loss = s * inv
+    loss *= kappa[:, None]
+    loss = xp.where(low, (kappa * c)[:, None] * e, loss)
     a_loss = kappa * a_tail
     re_inv = _re_inverse(xp, loss, de, a_loss)
     return loss, re_inv, t, re0, ok, a_tail, j
@@ -526,8 +555,10 @@ def _single_pass(xp, s, n0, e, ang, grid, kc, kf, *, beam_energy_keV, one_minus,
 
 def _eps(re_inv, loss):
     """eps1, eps2 from Re[1/eps] and Im[-1/eps] (eq. 34)."""
-    d = re_inv * re_inv + loss * loss
-    return re_inv / d, loss / d
+    d = re_inv * re_inv
+    d += loss * loss
+    d = 1.0 / d
+    return re_inv * d, loss * d
 
 
 def kk_kernel(
@@ -566,6 +597,13 @@ def kk_kernel(
     corrected (status 2); pixels that do not converge, or whose thickness or eps stop being
     finite and positive, keep the uncorrected result (status 3); ``converged`` is True only for
     corrected pixels.
+
+    When the iteration fails, and why: near the surface-plasmon energy (eps1 = -1) the surface
+    term goes as 1/eps2, and eps2 there comes from the bulk SSD left after subtracting it. Where
+    the surface intensity exceeds the bulk intensity at that energy, an error in I_S is amplified
+    at every step (the fixed point is unstable; damping or Anderson mixing do not cure it, as
+    measured on synthetic films). This is the thin-film limit Egerton and kk-theory.md describe
+    (t >~ 20 nm for broad plasmons; thicker for sharp ones): such pixels get status 3.
 
     Parameters
     ----------
@@ -626,7 +664,8 @@ def kk_kernel(
     # any NaN in the SSD makes the pixel invalid; it is zeroed so it cannot poison the FFT
     finite = xp.all(xp.isfinite(s0), axis=-1)
     ok_in = ok_in & finite
-    s0 = xp.where(ok_in[:, None], s0, xp.zeros_like(s0))
+    if not bool(xp.all(ok_in)):
+        s0 = xp.where(ok_in[:, None], s0, xp.zeros_like(s0))
 
     common = dict(beam_energy_keV=beam_energy_keV, one_minus=one_minus, thickness_nm=t_given)
     loss, re_inv, t, re0, ok, a_tail, j = _single_pass(xp, s0, n0, e, ang, grid, kc, kf, **common)
@@ -638,10 +677,28 @@ def kk_kernel(
     converged = xp.zeros((n_pix,), dtype=xp.bool)
     if iterations > 0:
         eps1, eps2, loss, re_inv, t, re0, surface, n_iter, status, converged = _surface_loop(
-            xp, s0, n0, e, ang, grid, kc, kf, eps1, eps2, loss, re_inv, t, re0, ok, common,
-            beam_energy_keV=beam_energy_keV, collection_angle_mrad=collection_angle_mrad,
-            iterations=int(iterations), min_thickness_nm=min_thickness_nm,
-            thickness_tolerance=thickness_tolerance, eps_tolerance=eps_tolerance,
+            xp,
+            s0,
+            n0,
+            e,
+            ang,
+            grid,
+            kc,
+            kf,
+            eps1,
+            eps2,
+            loss,
+            re_inv,
+            t,
+            re0,
+            ok,
+            common,
+            beam_energy_keV=beam_energy_keV,
+            collection_angle_mrad=collection_angle_mrad,
+            iterations=int(iterations),
+            min_thickness_nm=min_thickness_nm,
+            thickness_tolerance=thickness_tolerance,
+            eps_tolerance=eps_tolerance,
         )
 
     want = set(variables)
@@ -740,16 +797,38 @@ def _loss_peak(xp, loss, e, lo):
     y1 = xp.take_along_axis(loss, i2, axis=-1)[:, 0]
     y2 = xp.take_along_axis(loss, i2 + 1, axis=-1)[:, 0]
     den = y0 - 2.0 * y1 + y2
-    shift = xp.where(den < 0, 0.5 * (y0 - y2) / xp.where(den < 0, den, -xp.ones_like(den)), 0.0 * den)
+    shift = xp.where(
+        den < 0, 0.5 * (y0 - y2) / xp.where(den < 0, den, -xp.ones_like(den)), 0.0 * den
+    )
     shift = xp.clip(shift, -0.5, 0.5)
     de = e[1] - e[0]
     return xp.take(e, idx) + shift * de
 
 
 def _surface_loop(
-    xp, s0, n0, e, ang, grid, kc, kf, eps1, eps2, loss, re_inv, t, re0, ok, common, *,
-    beam_energy_keV, collection_angle_mrad, iterations, min_thickness_nm,
-    thickness_tolerance, eps_tolerance,
+    xp,
+    s0,
+    n0,
+    e,
+    ang,
+    grid,
+    kc,
+    kf,
+    eps1,
+    eps2,
+    loss,
+    re_inv,
+    t,
+    re0,
+    ok,
+    common,
+    *,
+    beam_energy_keV,
+    collection_angle_mrad,
+    iterations,
+    min_thickness_nm,
+    thickness_tolerance,
+    eps_tolerance,
 ):
     """Iterative surface-loss correction (eqs. 35-36), stopping per pixel (see kk_kernel)."""
     n_pix = s0.shape[0]
@@ -934,7 +1013,7 @@ def kramers_kronig(
     else:
         raise InputError("kramers_kronig takes an xarray Dataset (eelsgpu.deconvolve) or DataArray")
     si = si.copy()
-    si.attrs = attrs
+    si.attrs = {k: v for k, v in attrs.items() if k not in ("long_name", "units", "output")}
     source = attrs.get("source")
     where = f" ({source})" if source else ""
     if "energy" not in si.dims or si.dims[-1] != "energy":
@@ -1004,6 +1083,7 @@ def kramers_kronig(
         "kk_min_thickness_nm": float(min_thickness_nm),
         "kk_tail": "Im[-1/eps] ~ A/E^3 beyond the window, A fitted to its last 10 %",
         "kk_method": "eelsgpu.kramers_kronig (kk-theory.md eqs. 26-36)",
+        "kk_ssd_kind": str(attrs.get("output", "unknown")),
         "beam_energy_keV": e0,
         "collection_angle_mrad": beta,
     }
@@ -1048,20 +1128,7 @@ def warn_flagged(ds: xr.Dataset) -> None:
             warnings.warn(f"{count} of {valid.size} pixels: {text}", KKWarning, stacklevel=2)
 
 
-class _CallableModule(type(math)):
-    """``eelsgpu.kramers_kronig`` is both this module and the function: once the submodule is
-    imported, Python binds the package attribute to the module, so the module forwards calls."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> xr.Dataset:
-        return kramers_kronig(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
-
-
-# `eelsgpu.kramers_kronig(...)` calls kramers_kronig() (see eelsgpu._callable)
 from ._callable import make_module_callable  # noqa: E402
 
+# eelsgpu.kramers_kronig is both this module and the function: the module forwards calls
 make_module_callable(__name__)

@@ -1,34 +1,39 @@
 // Fused core of the Fourier-log deconvolution (kk-theory.md eq. 22), float32.
 //
-// NumPy twin: eelsgpu.deconvolution.log_ratio_kernel (the array-API path, tested everywhere).
-// On first use on a GPU eelsgpu compares this kernel with the twin on a probe block and falls back
-// to the twin (with a warning) when they differ.
+// NumPy twin: eelsgpu.deconvolution.log_ratio_kernel (_log_ratio_twin; the array-API path, tested
+// everywhere). On first use on a GPU eelsgpu compares this kernel with the twin on a probe block
+// and falls back to the twin (with a warning) when they differ.
 //
 // For each spectrum (one thread block per row of the (n_rows, n_freq) complex64 arrays):
-//   q = J~ conj(Z~);  ln|J~/Z~| = ln(|J~|^2 / |Z~|^2) / 2;  phase = atan2(Im q, Re q)
-//   unwrapped phase = phase - 2 pi * (whole turns between neighbours, summed from nu = 0),
-//     counted where |Z~|^2 > gate |Z~(0)|^2 and set to 0 elsewhere (rounding noise);
-//   mode_zlp = 0: out = (ln|.| + i phase) * |Z~|^2 / (|Z~|^2 + rolloff |Z~(0)|^2)
-//   mode_zlp = 1: out = (ln|.| + i phase) * Z~
-// The running sum of turns is a block-wide scan: each thread owns a contiguous run of
-// frequencies, counts its turns, the block scans the counts, and each thread walks its run again.
-// One read of J~ and Z~ and one write of the result instead of ~20 array passes.
+//   q = J~ conj(Z~);  ln|J~/Z~| = (ln|J~|^2 - ln|Z~|^2) / 2;  phase = atan2(Im q, Re q)
+//   trusted: frequencies below the first one where |Z~|^2 <= gate |Z~(0)|^2 (rounding level) or
+//     |J~|^2 <= snr2 * noise2[row] (counting noise; noise2 = mean |J~|^2 over the top eighth);
+//   unwrapped phase = phase - 2 pi * (whole turns between trusted neighbours, summed from 0),
+//     0 where not trusted;
+//   w = |J~|^2 / (|J~|^2 + noise2)
+//   mode_zlp = 0: out = (ln|.| + i phase) * w * |Z~|^2 / (|Z~|^2 + rolloff |Z~(0)|^2)
+//   mode_zlp = 1: out = (ln|.| + i phase) * w * Z~
+// The first untrusted frequency is a block-wide min reduction; the running sum of turns a
+// block-wide scan (each thread owns a contiguous run of frequencies). One read of J~ and Z~ and
+// one write of the result instead of ~25 array passes.
 
 __device__ __forceinline__ float fl_phase(const float2 j, const float2 z) {
     return atan2f(j.y * z.x - j.x * z.y, j.x * z.x + j.y * z.y);
 }
 
 extern "C" __global__ void fourier_log_ratio(
-    const float2* __restrict__ jf, const float2* __restrict__ zf, float2* __restrict__ out,
+    const float2* __restrict__ jf, const float2* __restrict__ zf,
+    const float* __restrict__ noise2, float2* __restrict__ out,
     const int n_rows, const int n_freq, const float gate, const float rolloff,
-    const int mode_zlp, const int unwrap)
+    const float snr2, const int mode_zlp, const int unwrap)
 {
-    extern __shared__ int scan[];
+    extern __shared__ int scan[];  // blockDim.x ints
     const int row = blockIdx.x;
     if (row >= n_rows) return;  // whole block leaves together: no __syncthreads() mismatch
     const float2* J = jf + (size_t)row * n_freq;
     const float2* Z = zf + (size_t)row * n_freq;
     float2* L = out + (size_t)row * n_freq;
+    const float sig2 = noise2[row];
     const int t = threadIdx.x;
     const int nt = blockDim.x;
     const int chunk = (n_freq + nt - 1) / nt;
@@ -40,16 +45,33 @@ extern "C" __global__ void fourier_log_ratio(
     const float two_pi = 6.283185307179586f;
     const float tiny = 1.8807909e-37f;  // 16 * FLT_MIN, as the twin
 
-    // pass 1: whole turns in this thread's run
+    // pass 0: the first untrusted frequency of the row (min over threads)
+    int first_bad = n_freq;
+    if (unwrap) {
+        for (int k = k0; k < k1; ++k) {
+            const float2 j = J[k];
+            const float2 z = Z[k];
+            const float zz = z.x * z.x + z.y * z.y;
+            const float jj = j.x * j.x + j.y * j.y;
+            if (zz <= gate * zz0 || jj <= snr2 * sig2) { first_bad = k; break; }
+        }
+        scan[t] = first_bad;
+        __syncthreads();
+        for (int s = nt / 2; s > 0; s >>= 1) {
+            if (t < s) scan[t] = min(scan[t], scan[t + s]);
+            __syncthreads();
+        }
+        first_bad = scan[0];
+        __syncthreads();
+    }
+
+    // pass 1: whole turns in this thread's run (trusted frequencies only)
     int mine = 0;
     if (unwrap && k0 < k1) {
         float prev = (k0 > 0) ? fl_phase(J[k0 - 1], Z[k0 - 1]) : 0.0f;
         for (int k = k0; k < k1; ++k) {
-            const float2 z = Z[k];
-            const float ph = fl_phase(J[k], z);
-            if (k > 0 && (z.x * z.x + z.y * z.y) > gate * zz0) {
-                mine += (int)rintf((ph - prev) * inv_two_pi);
-            }
+            const float ph = fl_phase(J[k], Z[k]);
+            if (k > 0 && k < first_bad) mine += (int)rintf((ph - prev) * inv_two_pi);
             prev = ph;
         }
     }
@@ -70,24 +92,26 @@ extern "C" __global__ void fourier_log_ratio(
         const float2 j = J[k];
         const float2 z = Z[k];
         const float zz = z.x * z.x + z.y * z.y;
+        const float jj = j.x * j.x + j.y * j.y;
         const float ph = fl_phase(j, z);
         float phu = ph;
         if (unwrap) {
-            const bool trusted = zz > gate * zz0;
+            const bool trusted = k < first_bad;
             if (k > 0 && trusted) turns += (int)rintf((ph - prev) * inv_two_pi);
             phu = trusted ? ph - two_pi * (float)turns : 0.0f;
         }
         prev = ph;
-        const float jj = j.x * j.x + j.y * j.y;
-        const float lm = 0.5f * logf(fmaxf(jj, tiny) / fmaxf(zz, tiny));
+        // two logs, not the log of a ratio, which overflows where noise meets a vanishing Z~
+        const float lm = 0.5f * (logf(fmaxf(jj, tiny)) - logf(fmaxf(zz, tiny)));
+        const float w = jj / (jj + sig2);
         float2 r;
         if (mode_zlp) {
-            r.x = z.x * lm - z.y * phu;
-            r.y = z.x * phu + z.y * lm;
+            r.x = (z.x * lm - z.y * phu) * w;
+            r.y = (z.x * phu + z.y * lm) * w;
         } else {
-            const float w = zz / (zz + rolloff * zz0);
-            r.x = lm * w;
-            r.y = phu * w;
+            const float wz = w * (zz / (zz + rolloff * zz0));
+            r.x = lm * wz;
+            r.y = phu * wz;
         }
         L[k] = r;
     }

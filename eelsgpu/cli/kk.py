@@ -39,32 +39,71 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_input(p, help="raw low-loss spectrum image, or an SSD store (eelsgpu deconvolve)")
     add_output(p)
     norm = p.add_mutually_exclusive_group(required=True)
-    norm.add_argument("--refractive-index", type=float, metavar="N", dest="refractive_index",
-                      help="static refractive index n of an insulator or semiconductor (eq. 28)")
+    norm.add_argument(
+        "--refractive-index",
+        type=float,
+        metavar="N",
+        dest="refractive_index",
+        help="static refractive index n of an insulator or semiconductor (eq. 28)",
+    )
     norm.add_argument("--metal", action="store_true", help="metal: Re[1/eps(0)] = 0")
-    norm.add_argument("--thickness", metavar="NM|MAP", dest="thickness",
-                      help="known thickness in nm: a number, a .npy map or a store with "
-                      "thickness_nm")
-    p.add_argument("--iterations", type=int, default=0, metavar="K",
-                   help="surface-loss correction iterations at most (eqs. 35-36; default 0)")
-    p.add_argument("--zlp", default="mirror", metavar="METHOD|FILE",
-                   help="raw input only: zero-loss peak model (mirror, fit, threshold) or file")
-    p.add_argument("--kind", dest="deconv_output", default="reconvolved-zlp",
-                   choices=("reconvolved-zlp", "ssd", "reconvolved-gaussian"),
-                   help="raw input only: which SSD to analyse (default reconvolved-zlp)")
-    p.add_argument("--fwhm", type=float, metavar="eV", dest="fwhm_eV",
-                   help="raw input only: Gaussian FWHM for --kind reconvolved-gaussian")
-    p.add_argument("--low-energy-cutoff", type=float, metavar="eV", dest="low_energy_cutoff_eV",
-                   help="below it Im[-1/eps] is extrapolated linearly to 0 (default: 3 ZLP FWHM, "
-                   "measured on raw input, else 1.5 eV)")
-    p.add_argument("--min-thickness", type=float, default=20.0, metavar="NM",
-                   dest="min_thickness_nm",
-                   help="no surface correction below this thickness (default 20 nm)")
-    p.add_argument("--png", metavar="PATH",
-                   help="eps1, eps2, loss function of --pixel at PATH; maps beside it")
-    p.add_argument("--pixel", metavar="Y,X",
-                   help="pixel (Y,X) or region (Y0:Y1,X0:X1) for the spectra PNG (default: "
-                   "the centre pixel)")
+    norm.add_argument(
+        "--thickness",
+        metavar="NM|MAP",
+        dest="thickness",
+        help="known thickness in nm: a number, a .npy map or a store with thickness_nm",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=0,
+        metavar="K",
+        help="surface-loss correction iterations at most (eqs. 35-36; default 0)",
+    )
+    p.add_argument(
+        "--zlp",
+        default="mirror",
+        metavar="METHOD|FILE",
+        help="raw input only: zero-loss peak model (mirror, fit, threshold) or file",
+    )
+    p.add_argument(
+        "--kind",
+        dest="deconv_output",
+        default="reconvolved-zlp",
+        choices=("reconvolved-zlp", "ssd", "reconvolved-gaussian"),
+        help="raw input only: which SSD to analyse (default reconvolved-zlp)",
+    )
+    p.add_argument(
+        "--fwhm",
+        type=float,
+        metavar="eV",
+        dest="fwhm_eV",
+        help="raw input only: Gaussian FWHM for --kind reconvolved-gaussian",
+    )
+    p.add_argument(
+        "--low-energy-cutoff",
+        type=float,
+        metavar="eV",
+        dest="low_energy_cutoff_eV",
+        help="below it Im[-1/eps] is extrapolated linearly to 0 (default: 3 ZLP FWHM, "
+        "measured on raw input, else 1.5 eV)",
+    )
+    p.add_argument(
+        "--min-thickness",
+        type=float,
+        default=20.0,
+        metavar="NM",
+        dest="min_thickness_nm",
+        help="no surface correction below this thickness (default 20 nm)",
+    )
+    p.add_argument(
+        "--png", metavar="PATH", help="eps1, eps2, loss function of --pixel at PATH; maps beside it"
+    )
+    p.add_argument(
+        "--pixel",
+        metavar="Y,X",
+        help="pixel (Y,X) or region (Y0:Y1,X0:X1) for the spectra PNG (default: the centre pixel)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_chunks(p)
     add_device(p)
@@ -97,7 +136,9 @@ def _selection(text: str | None, shape: tuple[int, ...]) -> dict[str, Any]:
                     raise InputError(f"--pixel {text!r}: {d} index {i} outside 0..{n - 1}")
                 out[d] = i
         except ValueError:
-            raise InputError(f"--pixel {text!r}: not integers or ranges like 10,20 or 0:8,4:12") from None
+            raise InputError(
+                f"--pixel {text!r}: not integers or ranges like 10,20 or 0:8,4:12"
+            ) from None
     return out
 
 
@@ -181,8 +222,13 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
         si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
         fwhm = _zlp_fwhm_eV(si)
-        ssd = deconvolve(si, zlp=_zlp_argument(args.zlp, si), output=args.deconv_output,
-                         fwhm_eV=args.fwhm_eV, device=args.device)
+        ssd = deconvolve(
+            si,
+            zlp=_zlp_argument(args.zlp, si),
+            output=args.deconv_output,
+            fwhm_eV=args.fwhm_eV,
+            device=args.device,
+        )
         if args.deconv_output == "reconvolved-gaussian":
             fwhm = max(fwhm or 0.0, args.fwhm_eV)
         for key in ("beam_energy_keV", "collection_angle_mrad"):
@@ -232,11 +278,16 @@ def _pictures(res, path: Path, pixel: str | None) -> None:
             da = da.mean([d for d in da.dims if d != "energy"])
         da.attrs = res[name].attrs
         spectra[name.replace("_", " ")] = da
-    where = ", ".join(f"{k}={v.start}:{v.stop}" if isinstance(v, slice) else f"{k}={v}"
-                      for k, v in sel.items())
-    plotting.plot_spectra(spectra, path, title=f"dielectric function ({where or 'spectrum'})",
-                          ylabel="eps1, eps2, Im[-1/eps] (dimensionless)",
-                          xlim=(0.0, min(50.0, float(res["energy"].values[-1]))))
+    where = ", ".join(
+        f"{k}={v.start}:{v.stop}" if isinstance(v, slice) else f"{k}={v}" for k, v in sel.items()
+    )
+    plotting.plot_spectra(
+        spectra,
+        path,
+        title=f"dielectric function ({where or 'spectrum'})",
+        ylabel="eps1, eps2, Im[-1/eps] (dimensionless)",
+        xlim=(0.0, min(50.0, float(res["energy"].values[-1]))),
+    )
     if res["valid"].ndim >= 1:
         stem = path.with_suffix("")
         plotting.plot_map(res["thickness_nm"], f"{stem}_thickness.png")
