@@ -34,8 +34,9 @@ What makes it exact where the textbook recipe is not:
 Accuracy (noise-free synthetic Drude and Lorentz spectra, 2048 channels of 0.05 eV from -5 eV,
 true ZLP as R, t/lambda 0.1 to 4): the raw SSD equals the true one to 6e-4 of its peak in float64
 and 6e-4 in float32 but in the last 3 eV of the window, which depend on the extrapolated tail; the
-SSD reconvolved with R to 7e-4 over the whole window. Speed: about 90 us per spectrum and core on
-NumPy (three FFTs of 4096 points take about 45 of them).
+SSD reconvolved with R to 7e-4 over the whole window. Speed: about 65 us per spectrum and core on
+NumPy for 2048 channels (three float32 FFTs of 4096 points take about 20 of them; the rest is about
+35 element-wise passes over the transforms: see benchmarks/_bench_fourier_log.py).
 
 Examples
 --------
@@ -203,7 +204,8 @@ def _tail(
     # ln v (-inf where the data end at or below 0: no tail)
     log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -math.inf)
     # logarithmic slope -d ln J / dE at the window's end (>= 0: the tail only falls)
-    rate = xp.clip(-g / xp.where(ok, v, 1.0), 0.0, 50.0 / dispersion_eV)
+    # (minimum/maximum, not clip: array-api-compat's clip costs ~50 us a call)
+    rate = xp.minimum(xp.maximum(-g / xp.where(ok, v, 1.0), 0.0), 50.0 / dispersion_eV)
     if extrapolation == "power-law" and e_end_eV > 0:
         # A (E / E_end)^-r with r = rate E_end: same value and slope as the data at the end
         coef, shape = -(rate * e_end_eV), plan["tail_log"]
@@ -217,7 +219,10 @@ def _tail(
 
 
 def _fft(xp: Any) -> Any:
-    """scipy.fft for NumPy arrays (about twice NumPy's speed in float32), else ``xp.fft``."""
+    """scipy.fft for NumPy arrays, else ``xp.fft`` (same signatures).
+
+    numpy.fft.rfft of float32 rows of 4096 is ~6x slower than scipy.fft's (numpy 2.4; its irfft
+    is as fast): scipy.fft keeps float32 and plans once."""
     if xp.__name__.startswith("array_api_compat.numpy") or xp.__name__ == "numpy":
         import scipy.fft
 
@@ -416,8 +421,8 @@ def _rows(
     if plan["damping"] is None:
         tau = xp.where(xp.isfinite(t_over_lambda), t_over_lambda, 0.0)
         alpha = (
-            _DAMPING_THIN * xp.clip(tau, 0.0, 1.0)
-            + _DAMPING_PER_TAU * xp.clip(tau - 1.0, 0.0, 10.0)
+            _DAMPING_THIN * xp.minimum(xp.maximum(tau, 0.0), 1.0)
+            + _DAMPING_PER_TAU * xp.minimum(xp.maximum(tau - 1.0, 0.0), 10.0)
         ) / plan["e_span"]
     else:
         alpha = xp.full((j.shape[0],), -math.log(plan["damping"]) / plan["e_span"], dtype=dt)
@@ -517,12 +522,11 @@ def _log_ratio(
     xp: Any, jf: Any, zf: Any, mode: str, gate: float, rolloff: float, unwrap: bool
 ) -> Any:
     """:func:`log_ratio_kernel` on the device's fused kernel when there is one, else the twin."""
-    noise2 = _noise_power(xp, jf, zf)
     if _is_cupy(jf) and str(jf.dtype) == "complex64":
         fused = _fused_kernel(xp)
         if fused is not None:
-            return fused(jf, zf, noise2, mode, gate, rolloff, unwrap)
-    return _log_ratio_twin(xp, jf, zf, noise2, mode, gate, rolloff, unwrap)
+            return fused(jf, zf, _noise_power(xp, jf, zf), mode, gate, rolloff, unwrap)
+    return _log_ratio_twin(xp, jf, zf, None, mode, gate, rolloff, unwrap)
 
 
 def _noise_power(xp: Any, jf: Any, zf: Any) -> Any:
@@ -533,19 +537,24 @@ def _noise_power(xp: Any, jf: Any, zf: Any) -> Any:
     ZLP is still there at the top (coarse dispersion) it is 0: no noise weight."""
     k = jf.shape[-1]
     top = slice(k - max(1, k // 8), k)
+    jj = xp.real(jf[:, top]) ** 2 + xp.imag(jf[:, top]) ** 2
     zz = xp.real(zf[:, top]) ** 2 + xp.imag(zf[:, top]) ** 2
     zz0 = xp.real(zf[:, :1]) ** 2 + xp.imag(zf[:, :1]) ** 2
-    dead = xp.astype(zz < 1e-6 * zz0, xp.real(jf).dtype)
-    jj = xp.real(jf[:, top]) ** 2 + xp.imag(jf[:, top]) ** 2
+    return _noise_from_power(xp, jj, zz, zz0)
+
+
+def _noise_from_power(xp: Any, jj_top: Any, zz_top: Any, zz0: Any) -> Any:
+    """:func:`_noise_power` from |J~|^2 and |Z~|^2 over the top eighth and |Z~(0)|^2."""
+    dead = xp.astype(zz_top < 1e-6 * zz0, jj_top.dtype)
     count = xp.sum(dead, axis=-1)
-    return (xp.sum(jj * dead, axis=-1) / xp.maximum(count, 1.0))[:, None]
+    return (xp.sum(jj_top * dead, axis=-1) / xp.maximum(count, 1.0))[:, None]
 
 
 def _log_ratio_twin(
     xp: Any,
     jf: Any,
     zf: Any,
-    noise2: Any,
+    noise2: Any | None,
     mode: str,
     gate: float,
     rolloff: float,
@@ -561,6 +570,10 @@ def _log_ratio_twin(
     zz = zr * zr + zi * zi
     zz0 = zz[:, :1]
     jj = jr * jr + ji * ji
+    if noise2 is None:  # (from the powers just computed: cheaper than _noise_power)
+        k = jj.shape[-1]
+        top = slice(k - max(1, k // 8), k)
+        noise2 = _noise_from_power(xp, jj[:, top], zz[:, top], zz0)
     # ln|J~/Z~| with one log: |Z~|^2 is held above 1e-24 of |Z~(0)|^2 (below the gate and the
     # roll-off, where the weights below make the value irrelevant) so that the ratio cannot
     # overflow where noise meets a vanishing Z~

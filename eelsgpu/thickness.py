@@ -491,23 +491,37 @@ def log_ratio_kernel(
 
 
 def kk_sum_rule_integral(
-    ssd: Any, energy_eV: Any, beam_energy_keV: float, collection_angle_mrad: float
+    ssd: Any,
+    energy_eV: Any,
+    beam_energy_keV: float,
+    collection_angle_mrad: float,
+    low_energy_cutoff_eV: float | None = None,
 ) -> Any:
-    """The integral of eq. 29, ``sum over E > 0 of SSD(E) / (E ln(1 + beta^2/theta_E^2))``.
+    """The integral of eq. 29, ``int_0^inf SSD(E) / (E ln(1 + beta^2/theta_E^2)) dE``.
 
-    ``ssd`` (n, n_E) in counts per channel on the loss axis ``energy_eV`` (eV); theta_E from eq. 27
-    (:func:`eelsgpu.physics.characteristic_angle_mrad`), beta in mrad. Returns counts/eV, (n,).
-    Channels at E <= 0 and non-finite values count as zero.
+    ``ssd`` (n, n_E) in counts per channel on the loss axis ``energy_eV`` (eV); theta_E from eq. 27,
+    beta in mrad. Returns counts/eV, (n,). Computed by
+    :func:`eelsgpu.kramers_kronig.sum_rule_thickness_nm` (one implementation of eq. 26 for the
+    package), so it shares its low-energy treatment (the small-E form of the loss function below
+    ``low_energy_cutoff_eV``, so the zero-loss residue is not amplified by 1/E) and its A/E^3 tail
+    beyond the window; NaN where the integral is not positive.
     """
+    from .kramers_kronig import DEFAULT_LOW_ENERGY_CUTOFF_EV, sum_rule_thickness_nm
+
     xp = array_namespace(ssd)
-    e = xp.astype(energy_eV, ssd.dtype)
-    pos = e > 0
-    e_safe = xp.where(pos, e, xp.ones_like(e))
-    theta = physics.characteristic_angle_mrad(e_safe, beam_energy_keV)
-    denom = e_safe * xp.log(1.0 + (float(collection_angle_mrad) / theta) ** 2)
-    w = xp.where(pos, 1.0 / denom, xp.zeros_like(denom))
+    cutoff = DEFAULT_LOW_ENERGY_CUTOFF_EV if low_energy_cutoff_eV is None else low_energy_cutoff_eV
     s = xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd))
-    return xp.sum(s * w[None, :], axis=-1)
+    # a metal has 1 - Re[1/eps(0)] = 1, so its eq. 26 thickness is 4 a0 T times the integral
+    t_metal = sum_rule_thickness_nm(
+        s,
+        energy_eV,
+        xp.ones(s.shape[0], dtype=s.dtype),
+        beam_energy_keV=beam_energy_keV,
+        collection_angle_mrad=collection_angle_mrad,
+        metal=True,
+        low_energy_cutoff_eV=cutoff,
+    )
+    return t_metal / _kk_prefactor_nm(beam_energy_keV)
 
 
 def _kk_prefactor_nm(beam_energy_keV: float) -> float:
@@ -551,7 +565,12 @@ def kk_thickness_kernel(
     n0 = z["zlp_intensity"]
     y = xp.where(valid[:, None], block, xp.zeros_like(block))
     zf = xp.where(valid[:, None], z["zlp"], xp.zeros_like(y))
-    tl, _, _, ssd = _ssd_t_over_lambda(xp, y, energy_eV, zf, n0, tail_fit_fraction)
+    from .deconvolution import fourier_log_kernel
+
+    tl, _, _, _ = _ssd_t_over_lambda(xp, y, energy_eV, zf, n0, tail_fit_fraction)
+    # the SSD reconvolved with the ZLP (Egerton's choice for noisy data): the raw SSD's
+    # high-frequency noise would swing the 1/E-weighted integral by tens of percent
+    ssd = fourier_log_kernel(y, energy_eV, zf, output="reconvolved-zlp")["ssd"]
     ssd = xp.astype(ssd, y.dtype)
     integral = kk_sum_rule_integral(ssd, energy_eV, beam_energy_keV, collection_angle_mrad)
     ratio = integral / n0

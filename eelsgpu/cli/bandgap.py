@@ -43,7 +43,7 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .convert import add_open_options
+    from ._common import add_open_options
 
     p = sub.add_parser(
         "bandgap",
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..bandgap import bandgap
     from ..errors import InputError
-    from .convert import open_kwargs
+    from ._common import open_kwargs
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:

@@ -21,7 +21,7 @@ from ._common import add_chunks, add_device, add_input, add_output, add_png, add
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .convert import add_open_options
+    from ._common import add_open_options
 
     p = sub.add_parser(
         "cluster",
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..clustering import cluster
     from ..errors import InputError
+    from ._common import open_kwargs
     from .bandgap import parse_window, write_pngs
-    from .convert import open_kwargs
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:

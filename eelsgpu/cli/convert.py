@@ -15,60 +15,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from ._common import (
-    add_calibration,
     add_chunks,
     add_input,
+    add_open_options,
     add_output,
     add_quiet,
-    calibration_kwargs,
+    open_kwargs,
     parse_chunks,
 )
-
-
-def add_open_options(p: argparse.ArgumentParser) -> None:
-    """Options of :func:`eelsgpu.open`: energy calibration, signal choice, NaN masking."""
-    add_calibration(p)
-    p.add_argument(
-        "--offset",
-        type=float,
-        metavar="eV",
-        dest="offset_eV",
-        help="energy of the first channel in eV (replaces the file's; needed for .npy)",
-    )
-    p.add_argument(
-        "--dispersion",
-        type=float,
-        metavar="eV",
-        dest="dispersion_eV",
-        help="energy per channel in eV (replaces the file's; needed for .npy)",
-    )
-    p.add_argument(
-        "--signal-index",
-        type=int,
-        metavar="N",
-        dest="signal_index",
-        help="which signal of a file holding several (eelsgpu info lists them)",
-    )
-    p.add_argument(
-        "--mask-invalid",
-        action="store_true",
-        dest="mask_invalid",
-        help="accept NaN/inf values: those pixels become NaN, flagged in 'valid'",
-    )
-
-
-def open_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`eelsgpu.open` given on the command line."""
-    out: dict[str, Any] = calibration_kwargs(args)
-    for key in ("offset_eV", "dispersion_eV", "signal_index"):
-        if getattr(args, key, None) is not None:
-            out[key] = getattr(args, key)
-    if getattr(args, "mask_invalid", False):
-        out["mask_invalid"] = True
-    return out
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -18,8 +18,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_chunks, add_device, add_input, add_output, add_quiet, parse_chunks
-from .convert import add_open_options, open_kwargs
+from ._common import (
+    add_chunks,
+    add_device,
+    add_input,
+    add_open_options,
+    add_output,
+    add_quiet,
+    open_kwargs,
+    parse_chunks,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -18,8 +18,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_chunks, add_device, add_input, add_output, add_quiet, parse_chunks
-from .convert import add_open_options, open_kwargs
+from ._common import (
+    add_chunks,
+    add_device,
+    add_input,
+    add_open_options,
+    add_output,
+    add_quiet,
+    open_kwargs,
+    parse_chunks,
+)
 
 OUTPUT_CHOICES = ("reconvolved-zlp", "ssd", "reconvolved-gaussian", "residual")
 

@@ -15,8 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_input
-from .convert import add_open_options, open_kwargs
+from ._common import add_input, add_open_options, open_kwargs
 
 _FLAGS = {
     "beam_energy_keV": ("--beam-energy", "keV"),

@@ -28,7 +28,7 @@ from ._common import add_chunks, add_device, add_input, add_output, add_quiet, p
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .convert import add_open_options
+    from ._common import add_open_options
 
     p = sub.add_parser(
         "kk",
@@ -204,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..errors import InputError
     from ..kramers_kronig import kramers_kronig, warn_flagged
-    from ._common import calibration_kwargs
-    from .convert import open_kwargs
+    from ._common import calibration_kwargs, open_kwargs
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -268,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pictures(res, path: Path, pixel: str | None) -> None:
+    import numpy as np
+
     from .. import plotting
 
     sel = _selection(pixel, tuple(res["valid"].shape))
@@ -281,12 +282,18 @@ def _pictures(res, path: Path, pixel: str | None) -> None:
     where = ", ".join(
         f"{k}={v.start}:{v.stop}" if isinstance(v, slice) else f"{k}={v}" for k, v in sel.items()
     )
+    # a metal's eps diverges as 1/E^2 towards 0 eV: start the plot where |eps| < 50 for good,
+    # so the picture shows the plasmon region instead of the divergence
+    energy = np.asarray(spectra["eps1"]["energy"].values, float)
+    big = (np.abs(spectra["eps1"].values) > 50) | (np.abs(spectra["eps2"].values) > 50)
+    lo = float(energy[np.nonzero(big)[0][-1] + 1]) if big.any() and not big[-1] else 0.0
+    title = f"dielectric function ({where or 'spectrum'})"
     plotting.plot_spectra(
         spectra,
         path,
-        title=f"dielectric function ({where or 'spectrum'})",
+        title=title + (f", from {lo:.1f} eV where |eps| < 50" if lo > 0 else ""),
         ylabel="eps1, eps2, Im[-1/eps] (dimensionless)",
-        xlim=(0.0, min(50.0, float(res["energy"].values[-1]))),
+        xlim=(lo, min(50.0, float(res["energy"].values[-1]))),
     )
     if res["valid"].ndim >= 1:
         stem = path.with_suffix("")

@@ -25,8 +25,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import add_chunks, add_device, add_input, add_output, add_quiet, parse_chunks
-from .convert import add_open_options, open_kwargs
+from ._common import (
+    add_chunks,
+    add_device,
+    add_input,
+    add_open_options,
+    add_output,
+    add_quiet,
+    open_kwargs,
+    parse_chunks,
+)
 
 
 def _named_range(text: str) -> tuple[str, tuple[float, float]]:

@@ -25,12 +25,13 @@ from ._common import (
     add_chunks,
     add_device,
     add_input,
+    add_open_options,
     add_output,
     add_png,
     add_quiet,
+    open_kwargs,
     parse_chunks,
 )
-from .convert import add_open_options, open_kwargs
 from .deconvolve import _zlp_argument
 
 
