@@ -131,3 +131,25 @@ def open_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "mask_invalid", False):
         out["mask_invalid"] = True
     return out
+
+
+def add_analysis_options(p: argparse.ArgumentParser) -> None:
+    """What every analysis command takes: --overwrite, --chunks, --device, the options of
+    :func:`eelsgpu.open` (calibration, signal choice, NaN masking) and --quiet."""
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_chunks(p)
+    add_device(p)
+    add_open_options(p)
+    add_quiet(p)
+
+
+def output_path(args: argparse.Namespace):
+    """The ``-o`` store as a Path; an existing one is an error unless --overwrite."""
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    out = Path(args.output)
+    if out.exists() and not getattr(args, "overwrite", False):
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    return out

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    add_chunks,
-    add_device,
+    add_analysis_options,
     add_input,
     add_output,
     add_png,
-    add_quiet,
+    output_path,
     parse_chunks,
 )
 
@@ -43,7 +42,6 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ._common import add_open_options
 
     p = sub.add_parser(
         "bandgap",
@@ -84,12 +82,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="NAME",
         help="the store variable to fit (default: ssd if present, else signal)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_png(p)
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
@@ -174,12 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import io
     from ..bandgap import bandgap
-    from ..errors import InputError
     from ._common import open_kwargs
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     spectra = load_spectra(args.input, parse_chunks(args.chunks), args.variable, open_kwargs(args))
     ds = bandgap(
         spectra,

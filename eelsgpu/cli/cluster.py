@@ -17,11 +17,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_chunks, add_device, add_input, add_output, add_png, add_quiet, parse_chunks
+from ._common import (
+    add_analysis_options,
+    add_input,
+    add_output,
+    add_png,
+    output_path,
+    parse_chunks,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ._common import add_open_options
 
     p = sub.add_parser(
         "cluster",
@@ -65,12 +71,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="pixels the model is fitted on (default 20000)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_png(p)
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
@@ -80,13 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import io
     from ..clustering import cluster
-    from ..errors import InputError
     from ._common import open_kwargs
     from .bandgap import parse_window, write_pngs
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     chunks = parse_chunks(args.chunks)
     kw = open_kwargs(args)
     features = args.features.strip()

@@ -16,16 +16,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ._common import (
-    add_chunks,
-    add_device,
+    add_analysis_options,
     add_input,
-    add_open_options,
     add_output,
-    add_quiet,
     open_kwargs,
+    output_path,
     parse_chunks,
 )
 
@@ -68,22 +65,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--png-dir", metavar="DIR", help="write the scree plot and components here")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..decomposition import decompose, denoise, plot_decomposition
-    from ..errors import InputError
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     si = io.open(args.input, chunks=parse_chunks(args.chunks) or "auto", **open_kwargs(args))
     ds = decompose(
         si,

@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    add_chunks,
-    add_device,
+    add_analysis_options,
     add_input,
-    add_open_options,
     add_output,
-    add_quiet,
     open_kwargs,
+    output_path,
     parse_chunks,
 )
 
@@ -70,11 +68,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="power-law",
         help="how the spectrum is continued beyond the window (default power-law)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
@@ -101,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deconvolution import deconvolve
     from ..errors import InputError
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
         raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
     chunks = parse_chunks(args.chunks)

@@ -24,11 +24,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_chunks, add_device, add_input, add_output, add_quiet, parse_chunks
+from ._common import (
+    add_analysis_options,
+    add_input,
+    add_output,
+    output_path,
+    parse_chunks,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ._common import add_open_options
 
     p = sub.add_parser(
         "kk",
@@ -104,11 +109,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="Y,X",
         help="pixel (Y,X) or region (Y0:Y1,X0:X1) for the spectra PNG (default: the centre pixel)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
@@ -206,9 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from ..kramers_kronig import kramers_kronig, warn_flagged
     from ._common import calibration_kwargs, open_kwargs
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     chunks = parse_chunks(args.chunks)
     fwhm = None
     if io.is_store(args.input) and "ssd" in io.open_store(args.input):

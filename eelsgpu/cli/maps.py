@@ -26,13 +26,11 @@ import warnings
 from pathlib import Path
 
 from ._common import (
-    add_chunks,
-    add_device,
+    add_analysis_options,
     add_input,
-    add_open_options,
     add_output,
-    add_quiet,
     open_kwargs,
+    output_path,
     parse_chunks,
 )
 
@@ -121,11 +119,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-order", type=int, default=3, help="highest diffraction order (3)")
     p.add_argument("--png-dir", metavar="DIR", help="also write every map as a PNG in DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
@@ -137,9 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ..maps import window_maps
     from ..sxes import HigherOrderLineWarning
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     windows: dict[str, tuple[float, float]] = {}
     for name, rng in args.window:
         if name in windows:

@@ -19,17 +19,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ._common import (
-    add_chunks,
-    add_device,
+    add_analysis_options,
     add_input,
-    add_open_options,
     add_output,
     add_png,
-    add_quiet,
     open_kwargs,
+    output_path,
     parse_chunks,
 )
 from .deconvolve import _zlp_argument
@@ -107,12 +104,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=(-5.0, 5.0),
         help="energy range (eV) where the ZLP maximum may be (default -5 5)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_png(p)
-    add_chunks(p)
-    add_device(p)
-    add_open_options(p)
-    add_quiet(p)
+    add_analysis_options(p)
     return p
 
 
@@ -120,13 +113,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import io
-    from ..errors import InputError
     from ..thickness import thickness
     from ..zlp import check_any_valid
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)
     chunks = parse_chunks(args.chunks)
     si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
     calib = {
