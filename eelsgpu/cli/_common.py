@@ -153,3 +153,11 @@ def output_path(args: argparse.Namespace):
     if out.exists() and not getattr(args, "overwrite", False):
         raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
     return out
+
+
+def open_input(args: argparse.Namespace, path: str | None = None):
+    """Open ``path`` (default: the IN argument) with the command's --chunks and open options."""
+    from .. import io
+
+    chunks = parse_chunks(getattr(args, "chunks", None))
+    return io.open(path or args.input, chunks=chunks or "auto", **open_kwargs(args))

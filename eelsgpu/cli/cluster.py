@@ -22,8 +22,8 @@ from ._common import (
     add_input,
     add_output,
     add_png,
+    open_input,
     output_path,
-    parse_chunks,
 )
 
 
@@ -82,27 +82,24 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import io
     from ..clustering import cluster
-    from ._common import open_kwargs
     from .bandgap import parse_window, write_pngs
 
     out = output_path(args)
-    chunks = parse_chunks(args.chunks)
-    kw = open_kwargs(args)
     features = args.features.strip()
     if features == "spectrum":
-        data = io.open(args.input, chunks=chunks or "auto", **kw)
+        data = open_input(args)
         feats = "spectrum"
     else:
         feats = [f.strip() for f in features.split(",") if f.strip()]
         ds_in = io.open_store(args.input) if io.is_store(args.input) else None
         if ds_in is None:
-            data = xr.Dataset({"signal": io.open(args.input, chunks=chunks or "auto", **kw)})
+            data = xr.Dataset({"signal": open_input(args)})
         else:
             data = ds_in
             if "signal" in ds_in.data_vars:
-                data = ds_in.assign(signal=io.open(args.input, chunks=chunks or "auto", **kw))
+                data = ds_in.assign(signal=open_input(args))
         if args.spectra:
-            data = data.assign(signal=io.open(args.spectra, chunks=chunks or "auto", **kw))
+            data = data.assign(signal=open_input(args, args.spectra))
     ds = cluster(
         data,
         n_clusters=args.n_clusters,

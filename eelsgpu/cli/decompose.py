@@ -21,9 +21,8 @@ from ._common import (
     add_analysis_options,
     add_input,
     add_output,
-    open_kwargs,
+    open_input,
     output_path,
-    parse_chunks,
 )
 
 
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..decomposition import decompose, denoise, plot_decomposition
 
     out = output_path(args)
-    si = io.open(args.input, chunks=parse_chunks(args.chunks) or "auto", **open_kwargs(args))
+    si = open_input(args)
     ds = decompose(
         si,
         args.method,

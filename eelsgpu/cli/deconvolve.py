@@ -22,9 +22,8 @@ from ._common import (
     add_analysis_options,
     add_input,
     add_output,
-    open_kwargs,
+    open_input,
     output_path,
-    parse_chunks,
 )
 
 OUTPUT_CHOICES = ("reconvolved-zlp", "ssd", "reconvolved-gaussian", "residual")
@@ -98,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_path(args)
     if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
         raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
-    chunks = parse_chunks(args.chunks)
-    si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
+    si = open_input(args)
     ds = deconvolve(
         si,
         zlp=_zlp_argument(args.zlp, si),

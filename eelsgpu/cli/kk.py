@@ -28,6 +28,7 @@ from ._common import (
     add_analysis_options,
     add_input,
     add_output,
+    open_input,
     output_path,
     parse_chunks,
 )
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..errors import InputError
     from ..kramers_kronig import kramers_kronig, warn_flagged
-    from ._common import calibration_kwargs, open_kwargs
+    from ._common import calibration_kwargs
 
     out = output_path(args)
     chunks = parse_chunks(args.chunks)
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
             raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
-        si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
+        si = open_input(args)
         fwhm = _zlp_fwhm_eV(si)
         ssd = deconvolve(
             si,

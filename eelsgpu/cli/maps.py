@@ -29,9 +29,8 @@ from ._common import (
     add_analysis_options,
     add_input,
     add_output,
-    open_kwargs,
+    open_input,
     output_path,
-    parse_chunks,
 )
 
 
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     for name, rng in args.background:
         background.setdefault(name, []).append(rng)
     elements = [e for e in (args.elements or "").split(",") if e.strip()]
-    si = io.open(args.input, chunks=parse_chunks(args.chunks) or "auto", **open_kwargs(args))
+    si = open_input(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HigherOrderLineWarning)
         ds = window_maps(

@@ -25,9 +25,8 @@ from ._common import (
     add_input,
     add_output,
     add_png,
-    open_kwargs,
+    open_input,
     output_path,
-    parse_chunks,
 )
 from .deconvolve import _zlp_argument
 
@@ -117,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ..zlp import check_any_valid
 
     out = output_path(args)
-    chunks = parse_chunks(args.chunks)
-    si = io.open(args.input, chunks=chunks or "auto", **open_kwargs(args))
+    si = open_input(args)
     calib = {
         k: getattr(args, k, None)
         for k in ("beam_energy_keV", "collection_angle_mrad", "convergence_angle_mrad")
