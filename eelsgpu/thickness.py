@@ -332,8 +332,60 @@ def _ssd_t_over_lambda(xp, block, energy_eV, zlp, n0, fit_fraction, fwhm_eV=None
             block, energy_eV, zf, output="reconvolved-gaussian", fwhm_eV=fwhm_eV
         )
     ssd = out["ssd"]
+    tl, trusted, tail = t_over_lambda_from_ssd(ssd, energy_eV, n0, fit_fraction=fit_fraction)
+    return tl, trusted, tail, ssd
+
+
+def t_over_lambda_from_ssd(
+    ssd: Any,
+    energy_eV: Any,
+    zlp_intensity: Any,
+    *,
+    zero_loss_eV: Any = None,
+    fit_fraction: float = 0.2,
+) -> tuple[Any, Any, Any]:
+    """Relative thickness from a single-scattering distribution: ``t/lambda = int SSD dE / N0``.
+
+    Egerton 2011, eq. 3.103 / kk-theory.md eq. 16: the SSD of a Poisson-distributed plural
+    scattering integrates to ``N0 t/lambda``. The integral is the sum over the window plus the
+    SSD's power-law tail ``A L^-r`` beyond it (L = E - zero loss; fitted on the SSD averaged over
+    1 eV, short of the window's end), trusted only where the fit holds and the tail is below 0.5 %
+    of the window's sum (a larger one is ringing of an imperfect ZLP model, not physics).
+
+    Parameters
+    ----------
+    ssd : array (n, n_E)
+        Counts per channel (raw or reconvolved SSD; a reconvolution kernel of unit area keeps
+        the integral).
+    energy_eV : array (n_E,)
+        Uniform energy axis (eV).
+    zlp_intensity : array (n,)
+        N0 (counts).
+    zero_loss_eV : array (n,), optional
+        Where zero loss sits on ``energy_eV`` (eV): 0 for a raw SSD (default), the ZLP centre
+        for an SSD reconvolved with the ZLP where it sits in the data.
+    fit_fraction : float
+        Share of the loss range the tail is fitted to.
+
+    Returns
+    -------
+    (t_over_lambda, tail_trusted, tail_counts) : arrays (n,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-100, 1948) * 0.05
+    >>> ssd = np.where(e > 1, np.exp(-0.5 * ((e - 15) / 3) ** 2), 0.0)[None]
+    >>> tl, _, _ = t_over_lambda_from_ssd(ssd, e, np.array([ssd.sum() / 0.5]))
+    >>> round(float(tl[0]), 3)
+    0.5
+    """
+    xp = array_namespace(ssd)
+    n = ssd.shape[0]
     e = xp.astype(energy_eV, ssd.dtype)
     d = _dispersion(xp, energy_eV)
+    c = xp.zeros((n,), dtype=ssd.dtype) if zero_loss_eV is None else zero_loss_eV
+    c = xp.where(xp.isfinite(c), xp.astype(c, ssd.dtype), xp.zeros_like(c, dtype=ssd.dtype))
     finite = xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd))
     # fitted short of the end, where the deconvolution's own tail treatment shows, and on the
     # SSD averaged over 1 eV, which takes out the ringing of an imperfect ZLP model; only the
@@ -342,18 +394,16 @@ def _ssd_t_over_lambda(xp, block, energy_eV, zlp, n0, fit_fraction, fwhm_eV=None
     k = max(1, int(round(0.5 / d)))
     base = max(0, _fit_range(e, d, fit_fraction, 0.95)[0] - k)
     part = finite[:, base:]
-    # the whole SSD counts (ringing about 0 eV sums to nothing); the tail is fitted on E > 0
-    part = xp.where(e[None, base:] > 0, part, xp.zeros_like(part))
+    # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
+    part = xp.where(e[None, base:] > c[:, None], part, xp.zeros_like(part))
     smooth = _moving_average(xp, part, k)
-    tail, trusted = _tail_counts(
-        xp, smooth, e, xp.zeros_like(n0), d, fit_fraction, stop=0.95, y_first=base
-    )
+    tail, trusted = _tail_counts(xp, smooth, e, c, d, fit_fraction, stop=0.95, y_first=base)
     # the SSD's tail beyond a window that reaches past the plasmon is a small correction (about
     # 0.1 %); a larger "tail" comes from ringing of an imperfect ZLP model, not from physics
     total = xp.sum(finite, axis=-1)
     trusted = trusted & (tail <= 5e-3 * xp.abs(total))
     tail = xp.where(trusted, tail, xp.zeros_like(tail))
-    return (total + tail) / n0, trusted, tail, ssd
+    return (total + tail) / zlp_intensity, trusted, tail
 
 
 def _ssd_missing_counts(xp, y, energy_eV, window, fit_fraction, *, method, **zlp_args):

@@ -6,12 +6,14 @@
 //
 // For each spectrum (one thread block per row of the (n_rows, n_freq) complex64 arrays):
 //   q = J~ conj(Z~);  ln|J~/Z~| = (ln|J~|^2 - ln|Z~|^2) / 2;  phase = atan2(Im q, Re q)
-//   trusted: frequencies below the first one where |Z~|^2 <= gate |Z~(0)|^2 (rounding level) or
-//     |J~|^2 <= snr2 * noise2[row] (counting noise; noise2 = mean |J~|^2 over the top eighth);
+//   trusted: frequencies below the first one where |Z~|^2 <= gate |Z~(0)|^2 (rounding level),
+//     |J~|^2 <= snr2 * noise2[row, 0] (counting noise of J~) or |Z~|^2 <= snr2 * noise2[row, 1]
+//     (the noise floor of the ZLP model's transform; noise2 is (n_rows, 2), see the twin);
 //   unwrapped phase = phase - 2 pi * (whole turns between trusted neighbours, summed from 0),
 //     0 where not trusted;
-//   w = |J~|^2 / (|J~|^2 + noise2)
-//   mode_zlp = 0: out = (ln|.| + i phase) * w * |Z~|^2 / (|Z~|^2 + rolloff |Z~(0)|^2)
+//   w = |J~|^2 / (|J~|^2 + noise2[row, 0])
+//   mode_zlp = 0: out = (ln|.| + i phase) * w * |Z~|^2
+//                       / (|Z~|^2 + rolloff |Z~(0)|^2 + snr2 noise2[row, 1])
 //   mode_zlp = 1: out = (ln|.| + i phase) * w * Z~
 // The first untrusted frequency is a block-wide min reduction; the running sum of turns a
 // block-wide scan (each thread owns a contiguous run of frequencies). One read of J~ and Z~ and
@@ -33,7 +35,8 @@ extern "C" __global__ void fourier_log_ratio(
     const float2* J = jf + (size_t)row * n_freq;
     const float2* Z = zf + (size_t)row * n_freq;
     float2* L = out + (size_t)row * n_freq;
-    const float sig2 = noise2[row];
+    const float sig2 = noise2[2 * (size_t)row];
+    const float zsig2 = noise2[2 * (size_t)row + 1];
     const int t = threadIdx.x;
     const int nt = blockDim.x;
     const int chunk = (n_freq + nt - 1) / nt;
@@ -53,7 +56,10 @@ extern "C" __global__ void fourier_log_ratio(
             const float2 z = Z[k];
             const float zz = z.x * z.x + z.y * z.y;
             const float jj = j.x * j.x + j.y * j.y;
-            if (zz <= gate * zz0 || jj <= snr2 * sig2) { first_bad = k; break; }
+            if (zz <= gate * zz0 || jj <= snr2 * sig2 || zz <= snr2 * zsig2) {
+                first_bad = k;
+                break;
+            }
         }
         scan[t] = first_bad;
         __syncthreads();
@@ -109,7 +115,7 @@ extern "C" __global__ void fourier_log_ratio(
             r.x = (z.x * lm - z.y * phu) * w;
             r.y = (z.x * phu + z.y * lm) * w;
         } else {
-            const float wz = w * (zz / (zz + rolloff * zz0));
+            const float wz = w * (zz / (zz + (rolloff * zz0 + snr2 * zsig2)));
             r.x = lm * wz;
             r.y = phu * wz;
         }

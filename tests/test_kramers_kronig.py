@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 from conftest import asarray, to_numpy
 
-from eelsgpu import synthetic
+from eelsgpu import physics, synthetic
 from eelsgpu.errors import EnergyAxisError, InputError
 from eelsgpu.kramers_kronig import (
     KKWarning,
@@ -253,19 +253,34 @@ def test_low_energy_treatment_on_noisy_spectra():
 
 # ------------------------------------------------------------------------------ surface terms
 def test_surface_correction_converges_and_flags(xp):
-    """Truth: synthetic thickness and eps of a Si-like Lorentz film with surface losses
-    (eq. 36, both surfaces), 200 kV, 10 mrad, from the exact SSD; the energy axis has a channel
-    at exactly 0 eV (where exspy's loop crashes). At t = 60 nm the uncorrected analysis is
-    +7.2 % in thickness and 21 % in eps; the iteration converges (criterion: |dt| <= 1e-3 t and
-    max |d eps| <= 1e-2 max |eps|) to 0.05 % and 0.7 %. At 100 nm: +4.3 %/14 % -> 0.05 %/0.8 %.
-    Below 20 nm the pixel is not corrected (status 2). Where the surface term at the surface
-    plasmon outweighs the bulk term (here t = 30 nm) the fixed point is unstable, as Egerton
-    warns for thin films: the pixel is flagged (status 3) and keeps its uncorrected result,
-    never a diverged one."""
-    sim = _image(LORENTZ_5, [60.0, 100.0, 10.0, 30.0], surface=True)
-    args = (asarray(xp, sim["true_ssd"].values), asarray(xp, sim["energy"].values))
+    """Truth: synthetic thickness, eps and surface intensity (eq. 36, both surfaces) of a Si-like
+    Lorentz film (Ep 16.6, gap 5.07, width 3.7 eV), 200 kV, 10 mrad, from the exact SSD; the
+    energy axis has a channel at exactly 0 eV (where exspy's loop crashes).
+
+    Measured (numpy; array-api-strict gives the same), uncorrected -> corrected, for
+    t = 20 / 30 / 40 / 60 / 100 nm: thickness error +21.4 / 14.3 / 10.7 / 7.2 / 4.3 % ->
+    0.10 / 0.07 / 0.07 / 0.05 / 0.05 %; eps error (max over 3-50 eV relative to max |eps|)
+    41 / 33 / 28 / 21 / 14 % -> 0.59 / 0.58 / 0.59 / 0.57 / 0.57 % (RMS: 39 / 31 / 26 / 19 / 13 %
+    -> 0.49 / 0.49 / 0.50 / 0.49 / 0.49 %; the analysis itself, without surface terms, is at
+    0.56 % max), in 6 / 5 / 4 / 4 / 3 iterations; the surface intensity is within
+    4.4 / 1.0 / 0.9 / 0.3 / 0.25 % of the exact one (relative to its maximum). The old plain
+    fixed-point iteration diverged at 30 nm and below. Asserted with margin: thickness within
+    0.2 %, eps within 1 %, both at least 20 times better than uncorrected, at most 8 iterations.
+
+    Flags: at 10 nm (below min_thickness_nm = 20) the pixel is not corrected (status 2). A
+    30 nm pixel whose SSD is cut to 20 % over 8-14 eV (under the surface plasmon, so the measured
+    intensity there is below the surface term: no consistent solution; the linearised problem
+    winds around 0) and, with iterations=1, every pixel (one step cannot meet the criterion) are
+    flagged status 3 and keep the uncorrected result exactly, never a diverged one."""
+    t_nm = np.array([20.0, 30.0, 40.0, 60.0, 100.0, 10.0, 30.0])
+    sim = _image(LORENTZ_5, t_nm, surface=True)
+    energy_in = sim["energy"].values
+    ssd = sim["true_ssd"].values.copy()
+    ssd[6, (energy_in > 8.0) & (energy_in < 14.0)] *= 0.2
+    args = (asarray(xp, ssd), asarray(xp, energy_in))
+    n0 = sim["true_zlp_intensity"].values
     kw = dict(
-        zlp_intensity=asarray(xp, sim["true_zlp_intensity"].values),
+        zlp_intensity=asarray(xp, n0),
         beam_energy_keV=E0,
         collection_angle_mrad=BETA,
         refractive_index=LORENTZ_5.refractive_index,
@@ -278,15 +293,57 @@ def test_surface_correction_converges_and_flags(xp):
     t_cor = np.abs(cor["thickness_nm"] / truth - 1)
     e_raw = _eps_error(raw["eps1"], raw["eps2"], energy, LORENTZ_5)
     e_cor = _eps_error(cor["eps1"], cor["eps2"], energy, LORENTZ_5)
-    assert list(cor["surface_status"]) == [1, 1, 2, 3]
-    assert list(cor["converged"]) == [True, True, False, False]
-    assert np.all(t_raw[:2] > 0.04) and np.all(t_cor[:2] < 0.002)
-    assert np.all(e_raw[:2] > 0.1) and np.all(e_cor[:2] < 0.01)
-    assert np.all(cor["iterations"][:2] < 30) and cor["iterations"][2] == 0
-    for name in ("thickness_nm", "eps1", "eps2"):  # flagged pixels keep the uncorrected result
-        assert np.array_equal(cor[name][2:], raw[name][2:])
-    assert np.all(np.isfinite(cor["eps1"])) and np.all(cor["surface_intensity"][2:] == 0)
-    assert np.all(cor["surface_intensity"][:2].max(axis=-1) > 0)
+    film = slice(0, 5)
+    assert list(cor["surface_status"]) == [1, 1, 1, 1, 1, 2, 3]
+    assert list(cor["converged"]) == [True] * 5 + [False, False]
+    assert np.all(t_raw[film] > 0.04) and np.all(t_cor[film] < 0.002)
+    assert np.all(e_raw[film] > 0.1) and np.all(e_cor[film] < 0.01)
+    assert np.all(t_cor[film] < t_raw[film] / 20) and np.all(e_cor[film] < e_raw[film] / 20)
+    assert np.all(cor["iterations"][film] <= 8) and cor["iterations"][5] == 0
+    eps = LORENTZ_5.eps(energy)
+    i_s = n0[:5, None] * 0.05 * physics.surface_loss_per_eV(eps.real, eps.imag, energy, E0, BETA)
+    i_err = np.abs(cor["surface_intensity"][film] - i_s).max(axis=-1) / i_s.max(axis=-1)
+    assert np.all(i_err < [0.07, 0.02, 0.02, 0.01, 0.01])
+    for name in ("thickness_nm", "eps1", "eps2", "loss_function"):  # flagged: uncorrected
+        assert np.array_equal(cor[name][5:], raw[name][5:])
+    assert np.all(np.isfinite(cor["eps1"])) and np.all(cor["surface_intensity"][5:] == 0)
+
+    one = {k: to_numpy(v) for k, v in kk_kernel(*args, iterations=1, **kw).items()}
+    assert list(one["surface_status"]) == [3, 3, 3, 3, 3, 2, 3]
+    assert not np.any(one["converged"]) and np.all(one["iterations"] <= 1)
+    for name in ("thickness_nm", "eps1", "eps2", "loss_function", "re_inverse_eps0"):
+        assert np.array_equal(one[name], raw[name])
+    assert np.all(one["surface_intensity"] == 0)
+
+
+def test_surface_correction_noisy_never_diverges(xp):
+    """Truth: synthetic thickness of the Si-like Lorentz film of the test above, 20 / 30 / 60 /
+    100 nm (two pixels each), SSD with Poisson noise (1e6 counts per spectrum, seed 3). The
+    noisy inverse problem is ill-conditioned at 20-30 nm (the surface term near the surface
+    plasmon is up to 22 % of the SSD's peak): each pixel either converges, with its thickness
+    closer to truth, or is flagged status 3 with the uncorrected result kept exactly. Measured
+    (seed 3): 6 of 8 pixels converge, thickness error 0.02-0.52 % against 4-21 % uncorrected, in
+    3-15 iterations; 2 of the 4 pixels at 20-30 nm are flagged (seeds 4, 5: 7 and 6 of 8
+    converge, 0.01-0.87 %). At 60 and 100 nm every pixel converges."""
+    t_nm = np.repeat([20.0, 30.0, 60.0, 100.0], 2)
+    sim = _image(LORENTZ_5, t_nm, surface=True)
+    ssd = np.random.default_rng(3).poisson(np.clip(sim["true_ssd"].values, 0, None)) * 1.0
+    args = (asarray(xp, ssd), asarray(xp, sim["energy"].values))
+    kw = dict(
+        zlp_intensity=asarray(xp, sim["true_zlp_intensity"].values),
+        beam_energy_keV=E0,
+        collection_angle_mrad=BETA,
+        refractive_index=LORENTZ_5.refractive_index,
+    )
+    raw = {k: to_numpy(v) for k, v in kk_kernel(*args, **kw).items()}
+    cor = {k: to_numpy(v) for k, v in kk_kernel(*args, iterations=20, **kw).items()}
+    t_raw = np.abs(raw["thickness_nm"] / sim["true_t_nm"].values - 1)
+    t_cor = np.abs(cor["thickness_nm"] / sim["true_t_nm"].values - 1)
+    ok = cor["surface_status"] == 1
+    assert set(cor["surface_status"]) <= {1, 3} and np.all(ok[4:])
+    assert np.all(t_cor[ok] < 0.015) and np.all(t_cor[ok] < t_raw[ok] / 4)
+    for name in ("thickness_nm", "eps1", "eps2"):
+        assert np.array_equal(cor[name][~ok], raw[name][~ok])
 
 
 # ------------------------------------------------------------------------------ round trip

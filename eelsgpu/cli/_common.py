@@ -143,6 +143,38 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
     add_quiet(p)
 
 
+def add_mean_free_path_options(p: argparse.ArgumentParser) -> None:
+    """--density, --zeff, --mean-free-path: for an absolute thickness from t/lambda."""
+    p.add_argument(
+        "--density",
+        type=float,
+        metavar="g/cm3",
+        dest="density_g_cm3",
+        help="density for the Iakoubovskii mean free path (needs E0, beta, alpha)",
+    )
+    p.add_argument(
+        "--zeff",
+        type=float,
+        metavar="Z",
+        help="effective atomic number for the Malis mean free path (needs E0, beta)",
+    )
+    p.add_argument(
+        "--mean-free-path",
+        type=float,
+        metavar="nm",
+        dest="mean_free_path_nm",
+        help="a known inelastic mean free path (nm) for these conditions",
+    )
+
+
+def mean_free_path_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The mean-free-path options and the calibration overrides, as keyword arguments."""
+    out = {k: getattr(args, k, None) for k in ("density_g_cm3", "zeff", "mean_free_path_nm")}
+    for key in ("beam_energy_keV", "collection_angle_mrad", "convergence_angle_mrad"):
+        out[key] = getattr(args, key, None)
+    return out
+
+
 def output_path(args: argparse.Namespace):
     """The ``-o`` store as a Path; an existing one is an error unless --overwrite."""
     from pathlib import Path

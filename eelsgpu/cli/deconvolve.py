@@ -3,7 +3,11 @@
 Every pixel's zero-loss peak is modelled (``--zlp``), then removed together with the plural
 scattering by the Fourier-log deconvolution (kk-theory.md eq. 22, phase unwrapped, tail
 extrapolated). The store holds ``ssd`` (counts per channel on the input's energy axis),
-``zlp_intensity``, ``zlp_centre_eV`` and ``valid``.
+``zlp_intensity``, ``zlp_centre_eV``, ``valid`` and the relative thickness ``t_over_lambda`` from
+the SSD; with ``--density``, ``--zeff`` or ``--mean-free-path`` also ``thickness_nm``. The whole
+low-loss job (ZLP, aligned SSD, both thickness maps) in one pass over the data::
+
+    eelsgpu deconvolve lowloss.zarr -o ssd.zarr --kind ssd --zlp fit --density 2.7
 
 Examples::
 
@@ -21,7 +25,9 @@ from typing import Any
 from ._common import (
     add_analysis_options,
     add_input,
+    add_mean_free_path_options,
     add_output,
+    mean_free_path_kwargs,
     open_input,
     output_path,
 )
@@ -67,6 +73,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="power-law",
         help="how the spectrum is continued beyond the window (default power-law)",
     )
+    add_mean_free_path_options(p)
     add_analysis_options(p)
     return p
 
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         fwhm_eV=args.fwhm_eV,
         extrapolation=args.extrapolation,
         device=args.device,
+        **mean_free_path_kwargs(args),
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     import numpy as np

@@ -23,6 +23,7 @@ import argparse
 from ._common import (
     add_analysis_options,
     add_input,
+    add_mean_free_path_options,
     add_output,
     add_png,
     open_input,
@@ -59,26 +60,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="auto",
         help="log-ratio: how scattering beyond the window is counted (default auto)",
     )
-    p.add_argument(
-        "--density",
-        type=float,
-        metavar="g/cm3",
-        dest="density_g_cm3",
-        help="density for the Iakoubovskii mean free path (needs E0, beta, alpha)",
-    )
-    p.add_argument(
-        "--zeff",
-        type=float,
-        metavar="Z",
-        help="effective atomic number for the Malis mean free path (needs E0, beta)",
-    )
-    p.add_argument(
-        "--mean-free-path",
-        type=float,
-        metavar="nm",
-        dest="mean_free_path_nm",
-        help="a known inelastic mean free path (nm) for these conditions",
-    )
+    add_mean_free_path_options(p)
     kk = p.add_mutually_exclusive_group()
     kk.add_argument(
         "--refractive-index",
