@@ -556,7 +556,7 @@ def _log_ratio_numpy(
     jj += t2
     zz0 = zz[:, :1]
     top, mid = _top_bands(jj.shape[-1])
-    noise2 = _noise_from_power(np, jj[:, top], zz[:, top], zz0, zz[:, mid])
+    noise2 = _noise_from_power(np, jj[:, top], zz[:, top], zz0, zz[:, mid], jj[:, mid])
     j_noise, z_noise = noise2[:, :1], noise2[:, 1:2]
     # ln|J~/Z~| (see the twin for the floors)
     log_mod = np.maximum(jj, tiny)
@@ -610,10 +610,11 @@ def _noise_power(xp: Any, jf: Any, zf: Any) -> Any:
     """Per row, the noise powers of J~ and of Z~, (n, 2) (see :func:`_noise_from_power`)."""
     top, mid = _top_bands(jf.shape[-1])
     jj = xp.real(jf[:, top]) ** 2 + xp.imag(jf[:, top]) ** 2
+    jm = xp.real(jf[:, mid]) ** 2 + xp.imag(jf[:, mid]) ** 2
     zz = xp.real(zf[:, top]) ** 2 + xp.imag(zf[:, top]) ** 2
     zm = xp.real(zf[:, mid]) ** 2 + xp.imag(zf[:, mid]) ** 2
     zz0 = xp.real(zf[:, :1]) ** 2 + xp.imag(zf[:, :1]) ** 2
-    return _noise_from_power(xp, jj, zz, zz0, zm)
+    return _noise_from_power(xp, jj, zz, zz0, zm, jm)
 
 
 def _top_bands(k: int) -> tuple[slice, slice]:
@@ -622,13 +623,14 @@ def _top_bands(k: int) -> tuple[slice, slice]:
     return slice(k - w, k), slice(max(0, k - 2 * w), k - w)
 
 
-def _noise_from_power(xp: Any, jj_top: Any, zz_top: Any, zz0: Any, zz_mid: Any) -> Any:
+def _noise_from_power(xp: Any, jj_top: Any, zz_top: Any, zz0: Any, zz_mid: Any, jj_mid: Any) -> Any:
     """Noise powers from |J~|^2 and |Z~|^2 over the top eighth of frequencies and |Z~(0)|^2.
 
     Column 0: the mean |J~|^2 where |Z~| < 1e-3 Z~(0). Where the ZLP's transform has died away
     J~ holds only the counting noise, whose power is flat in frequency (white): this measures it
-    (rounding level for noise-free data). Where the ZLP is still there at the top (coarse
-    dispersion) it is 0: no noise weight.
+    (rounding level for noise-free data). Where Z~ never dies away (a model made from noisy
+    data) the mean |J~|^2 over the top eighth when it is flat there (see column 1); where the
+    ZLP is still there at the top (coarse dispersion) it is 0: no noise weight.
     Column 1: the mean |Z~|^2 over the top eighth, the floor of the ZLP model's transform: the
     rounding level for a smooth model or a measured reference, but the counting noise of the
     data for a model built from them (the mirrored gain side), whose transform never dies away;
@@ -637,7 +639,9 @@ def _noise_from_power(xp: Any, jj_top: Any, zz_top: Any, zz0: Any, zz_mid: Any) 
     ZLP still falling there (coarse dispersion) is signal, and the floor is 0."""
     dead = xp.astype(zz_top < 1e-6 * zz0, jj_top.dtype)
     count = xp.sum(dead, axis=-1)
-    j_noise = xp.sum(jj_top * dead, axis=-1) / xp.maximum(count, 1.0)
+    j_top = xp.mean(jj_top, axis=-1)
+    j_flat = xp.where(xp.mean(jj_mid, axis=-1) <= 4.0 * j_top, j_top, xp.zeros_like(j_top))
+    j_noise = xp.where(count > 0, xp.sum(jj_top * dead, axis=-1) / xp.maximum(count, 1.0), j_flat)
     z_top = xp.mean(zz_top, axis=-1)
     z_noise = xp.where(xp.mean(zz_mid, axis=-1) <= 2.0 * z_top, z_top, xp.zeros_like(z_top))
     return xp.stack([j_noise, z_noise], axis=-1)
@@ -665,7 +669,7 @@ def _log_ratio_twin(
     jj = jr * jr + ji * ji
     if noise2 is None:  # (from the powers just computed: cheaper than _noise_power)
         top, mid = _top_bands(jj.shape[-1])
-        noise2 = _noise_from_power(xp, jj[:, top], zz[:, top], zz0, zz[:, mid])
+        noise2 = _noise_from_power(xp, jj[:, top], zz[:, top], zz0, zz[:, mid], jj[:, mid])
     # ln|J~/Z~| with one log: |Z~|^2 is held above 1e-24 of |Z~(0)|^2 (below the gate and the
     # roll-off, where the weights below make the value irrelevant) so that the ratio cannot
     # overflow where noise meets a vanishing Z~
@@ -915,15 +919,40 @@ def _deconvolve_block(
         "valid": valid,
     }
     if output != "residual":
-        # the thickness map from the SSD just made (its integral is N0 t/lambda): no second pass;
-        # the SSD reconvolved with the ZLP sits where the ZLP sits, the raw one at 0 eV
-        from .thickness import t_over_lambda_from_ssd
-
-        centre = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
-        n0 = xp.where(valid, z["zlp_intensity"], 1.0)
-        tl, _, _ = t_over_lambda_from_ssd(fl["ssd"], energy_eV, n0, zero_loss_eV=centre)
-        out["t_over_lambda"] = xp.where(valid, tl, nan)
+        out["t_over_lambda"] = xp.where(
+            valid, _log_ratio_with_ssd_tail(block, energy_eV, z, fl["ssd"], output, search_eV), nan
+        )
     return out
+
+
+def _log_ratio_with_ssd_tail(
+    block: Any, energy_eV: Any, z: dict[str, Any], ssd: Any, output: str, search_eV: tuple
+) -> Any:
+    """t/lambda = ln(I_t / N0) (Egerton 2011, eq. 5.11) beside the deconvolution, no second pass.
+
+    ``ln(I_w / N0) + [t/lambda_SSD - ln(I_w / N0_model)]``: the window's log-ratio with N0 by
+    truncation at the first minimum after the ZLP (a sum of counts, the log-ratio's robust
+    choice, as :func:`eelsgpu.thickness.thickness` makes it), plus what lies beyond the window,
+    ``ln(I_t / I_w)``, from the SSD: its integral with its power-law tail
+    (:func:`eelsgpu.thickness.t_over_lambda_from_ssd`) is ``ln(I_t / N0_model)``, so the bracket
+    is ``ln(I_t / I_w)`` and the model's N0, which moves with the fitted centre of a mirrored or
+    fitted model, cancels from it."""
+    from .thickness import t_over_lambda_from_ssd
+    from .zlp import zlp_kernel
+
+    xp = array_namespace(block)
+    valid = z["valid"]
+    n0_model = xp.where(valid, z["zlp_intensity"], 1.0)
+    # the SSD reconvolved with the ZLP sits where the ZLP sits, the raw one at 0 eV
+    centre = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
+    tl_ssd, _, _ = t_over_lambda_from_ssd(ssd, energy_eV, n0_model, zero_loss_eV=centre)
+    thr = zlp_kernel(block, energy_eV, method="threshold", search_eV=search_eV, return_model=False)
+    window = xp.sum(block, axis=-1)
+    ok = valid & thr["valid"] & (window > 0)
+    n0 = xp.where(ok, thr["zlp_intensity"], 1.0)
+    window = xp.where(ok, window, 1.0)
+    beyond = tl_ssd - xp.log(window / n0_model)  # ln(I_t / I_w)
+    return xp.where(ok, xp.log(window / n0) + beyond, float("nan"))
 
 
 def deconvolve(
