@@ -113,7 +113,22 @@ def _part_fft(path: Path) -> dict:
     t1 = time.perf_counter()
     sfft.irfft(spec, n=m, axis=-1, workers=-1)
     t2 = time.perf_counter()
-    return {"rfft_s": t1 - t0, "rfft_irfft_s": t2 - t0, "fft_length": m, "channels": grid.n}
+    del spec
+    # the same transforms in slabs of 1024 spectra (their outputs stay in cache and memory is
+    # not faulted in for the whole cube): often faster; the better of the two is the limit
+    slab = 1024
+    t3 = time.perf_counter()
+    for s in range(0, x.shape[0], slab):
+        sfft.irfft(sfft.rfft(x[s : s + slab], n=m, axis=-1, workers=-1), n=m, axis=-1, workers=-1)
+    t4 = time.perf_counter()
+    return {
+        "rfft_s": t1 - t0,
+        "rfft_irfft_s": min(t2 - t0, t4 - t3),
+        "rfft_irfft_whole_s": t2 - t0,
+        "rfft_irfft_slabs_s": t4 - t3,
+        "fft_length": m,
+        "channels": grid.n,
+    }
 
 
 def _part_ours(path: Path, out_path: Path, all_outputs: bool) -> dict:
@@ -229,7 +244,9 @@ def bench_kk(
         f"Kramers-Kronig, {size} x {size} x {N_E} float32 SSD ({n} spectra), zarr -> zarr, "
         f"{res['cpus']} cores:",
         f"  bare scipy.fft rfft+irfft (n={f['fft_length']}) {f['rfft_irfft_s']:7.2f} s  "
-        f"({n / f['rfft_irfft_s']:9.0f} spectra/s)  peak {f['peak_rss_GiB']:.2f} GiB",
+        f"({n / f['rfft_irfft_s']:9.0f} spectra/s)  peak {f['peak_rss_GiB']:.2f} GiB "
+        f"(best of the whole cube at once, {f['rfft_irfft_whole_s']:.2f} s, and slabs of 1024 "
+        f"spectra, {f['rfft_irfft_slabs_s']:.2f} s)",
     ]
     for key, label in (
         ("ours", "eelsgpu (eps1, eps2, t)"),

@@ -17,6 +17,8 @@ pixel to pixel, Poisson noise at 1e5 counts per spectrum), each job runs in its 
 * ``ours-whole``: the issue's whole job in one pass, :func:`eelsgpu.deconvolve` (``zlp="mirror"``,
   ``output="ssd"``, density 2.7 g/cm3): ZLP centre and model, the SSD with zero loss at 0 eV,
   t/lambda from the SSD and the thickness in nm, zarr -> zarr;
+* ``copy``: the cube read from zarr and written again (same codec): the I/O floor of any
+  zarr -> zarr job;
 * ``exspy-whole``: the same job in exspy: align, ``estimate_thickness(threshold=3, density=2.7)``
   and ``fourier_log_deconvolution`` with the ZLP cut at the threshold, cube in memory.
 
@@ -174,6 +176,18 @@ def job_exspy(cube: Path) -> dict:
     }
 
 
+def job_copy(cube: Path, out: Path) -> dict:
+    """The I/O floor of any zarr -> zarr job: read the cube and write it again (same codec)."""
+    import dask
+
+    from eelsgpu.io import open_store, write_store
+
+    dask.config.set(scheduler="threads")
+    t0 = time.perf_counter()
+    write_store(open_store(cube)[["signal"]], out, overwrite=True)
+    return {"wall_s": time.perf_counter() - t0}
+
+
 def job_ours_whole(cube: Path, out: Path) -> dict:
     """eelsgpu: the whole low-loss job in one pass, zarr -> zarr: per pixel the ZLP centre and
     model (mirror), the Fourier-log SSD with zero loss at 0 eV (aligned whatever the drift), t/lambda
@@ -240,6 +254,7 @@ def job_exspy_whole(cube: Path) -> dict:
 
 
 JOBS = {
+    "copy": lambda a: job_copy(Path(a[0]), Path(a[1])),
     "ours-whole": lambda a: job_ours_whole(Path(a[0]), Path(a[1])),
     "exspy-whole": lambda a: job_exspy_whole(Path(a[0])),
     "fft": lambda a: job_fft(Path(a[0])),
@@ -293,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     res["ours"] = run_job("ours", [str(cube), str(folder / "out_align_thickness.zarr")])
     res["ours_nocrop"] = run_job("ours-nocrop", [str(cube), str(folder / "out_nocrop.zarr")])
     res["ours_thickness"] = run_job("ours-thickness", [str(cube), str(folder / "out_t.zarr")])
+    res["copy"] = run_job("copy", [str(cube), str(folder / "out_copy.zarr")])
     res["ours_whole"] = run_job("ours-whole", [str(cube), str(folder / "out_whole.zarr")])
     if not a.no_exspy:
         res["exspy"] = run_job("exspy", [str(cube)])
@@ -331,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     exw = res["exspy_whole"]["wall_s"] if "exspy_whole" in res else None
     lines.append("  the whole job: ZLP alignment, Fourier-log SSD, t/lambda and thickness in nm")
+    row("zarr -> zarr copy of the cube (the I/O floor)", res["copy"])
     row("eelsgpu deconvolve (one pass, zarr->zarr)", res["ours_whole"], exw)
     lines.append(
         f"    bare 2 rfft + 1 irfft of 4096 (what a 2N-padded Fourier-log needs at least): "

@@ -890,9 +890,10 @@ def _deconvolve_block(
     pad_to: int | None = None,
 ) -> dict[str, Any]:
     """One pass per block: the ZLP model (:func:`eelsgpu.zlp.zlp_kernel`), then eq. 22."""
-    from .zlp import zlp_kernel
+    from .zlp import centre_kernel, zlp_kernel
 
     xp = array_namespace(block)
+    centre = centre_kernel(block, energy_eV, search_eV=search_eV)
     z = zlp_kernel(
         block,
         energy_eV,
@@ -900,6 +901,7 @@ def _deconvolve_block(
         reference=reference,
         zlp_cube=zlp_cube,
         search_eV=search_eV,
+        centre=centre,
     )
     fl = fourier_log_kernel(
         block,
@@ -920,13 +922,21 @@ def _deconvolve_block(
     }
     if output != "residual":
         out["t_over_lambda"] = xp.where(
-            valid, _log_ratio_with_ssd_tail(block, energy_eV, z, fl["ssd"], output, search_eV), nan
+            valid,
+            _log_ratio_with_ssd_tail(block, energy_eV, z, fl["ssd"], output, search_eV, centre),
+            nan,
         )
     return out
 
 
 def _log_ratio_with_ssd_tail(
-    block: Any, energy_eV: Any, z: dict[str, Any], ssd: Any, output: str, search_eV: tuple
+    block: Any,
+    energy_eV: Any,
+    z: dict[str, Any],
+    ssd: Any,
+    output: str,
+    search_eV: tuple,
+    centre: dict[str, Any],
 ) -> Any:
     """t/lambda = ln(I_t / N0) (Egerton 2011, eq. 5.11) beside the deconvolution, no second pass.
 
@@ -944,9 +954,16 @@ def _log_ratio_with_ssd_tail(
     valid = z["valid"]
     n0_model = xp.where(valid, z["zlp_intensity"], 1.0)
     # the SSD reconvolved with the ZLP sits where the ZLP sits, the raw one at 0 eV
-    centre = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
-    tl_ssd, _, _ = t_over_lambda_from_ssd(ssd, energy_eV, n0_model, zero_loss_eV=centre)
-    thr = zlp_kernel(block, energy_eV, method="threshold", search_eV=search_eV, return_model=False)
+    zero_loss = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
+    tl_ssd, _, _ = t_over_lambda_from_ssd(ssd, energy_eV, n0_model, zero_loss_eV=zero_loss)
+    thr = zlp_kernel(
+        block,
+        energy_eV,
+        method="threshold",
+        search_eV=search_eV,
+        return_model=False,
+        centre=centre,
+    )
     window = xp.sum(block, axis=-1)
     ok = valid & thr["valid"] & (window > 0)
     n0 = xp.where(ok, thr["zlp_intensity"], 1.0)

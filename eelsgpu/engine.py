@@ -517,7 +517,10 @@ def _zarr_array(store: str, name: str, token: str) -> Any:
     if arr is None:
         import zarr
 
-        arr = _ZARR_ARRAYS[key] = zarr.open_array(store, path=name, mode="r+")
+        # every chunk written (see io.write_store: the empty-chunk check costs a full pass)
+        arr = _ZARR_ARRAYS[key] = zarr.open_array(
+            store, path=name, mode="r+", config={"write_empty_chunks": True}
+        )
     return arr
 
 
@@ -693,7 +696,13 @@ def run_to_store(
                 enc[name]["chunks"] = tuple(c[0] for c in ds[name].data.chunks)
         init = ds.assign_attrs(eelsgpu_complete=False, eelsgpu_fingerprint=token)
         init.to_zarr(
-            partial, mode="w", compute=False, encoding=enc, consolidated=False, zarr_format=3
+            partial,
+            mode="w",
+            compute=False,
+            encoding=enc,
+            consolidated=False,
+            zarr_format=3,
+            write_empty_chunks=True,
         )
         tmp = state / "run.json.tmp"
         tmp.write_text(json.dumps({"fingerprint": token, "target": str(target)}))

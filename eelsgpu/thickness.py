@@ -212,14 +212,18 @@ def _power_integral(xp, r, lo, hi):
     return (hi ** (1.0 - r) - lo ** (1.0 - r)) / (1.0 - r)
 
 
-def _solve_exponent(xp, ratio, a, m, b):
-    """r with int_a^m L^-r / int_m^b L^-r = ratio, by bisection on [1.05, 20] (batched)."""
+def _solve_exponents(xp, ratio, a1, b1, a2, b2):
+    """r with int_a1^b1 L^-r / int_a2^b2 L^-r = ratio, by bisection on [1.05, 20] (batched).
+
+    The ratio grows with r for a1 < b1 <= a2 < b2; 36 halvings leave r to 3e-10, below float32
+    rounding. The three ratios of the tail fit are solved in one call (stacked): the loop is
+    many small array operations, whose cost is their number."""
     lo = xp.full_like(ratio, 1.05)
     hi = xp.full_like(ratio, 20.0)
-    for _ in range(40):
+    for _ in range(36):
         mid = 0.5 * (lo + hi)
-        f = _power_integral(xp, mid, a, m) / _power_integral(xp, mid, m, b)
-        # the ratio grows with r: too small a ratio means r lies above mid
+        f = _power_integral(xp, mid, a1, b1) / _power_integral(xp, mid, a2, b2)
+        # too small a ratio means r lies above mid
         below = f < ratio
         lo = xp.where(below, mid, lo)
         hi = xp.where(below, hi, mid)
@@ -266,9 +270,17 @@ def _tail_counts(xp, y, e, c, d, fit_fraction, stop=1.0, y_first=0):
     s1s, s2s, s3s = xp.where(ok, s1, one), xp.where(ok, s2, one), xp.where(ok, s3, one)
     a = xp.where(ok, a, one)
     m1, m2, b = xp.where(ok, m1, 2 * one), xp.where(ok, m2, 3 * one), xp.where(ok, b, 4 * one)
-    r12 = _solve_exponent(xp, s1s / s2s, a, m1, m2)
-    r23 = _solve_exponent(xp, s2s / s3s, m1, m2, b)
-    r = _solve_exponent_ratio13(xp, s1s / s3s, a, m1, m2, b)
+    # r from parts 1/2, 2/3 and 1/3, in one batched bisection
+    n = s1s.shape[0]
+    r_all = _solve_exponents(
+        xp,
+        xp.concat([s1s / s2s, s2s / s3s, s1s / s3s]),
+        xp.concat([a, m1, a]),
+        xp.concat([m1, m2, m1]),
+        xp.concat([m1, m2, m2]),
+        xp.concat([m2, b, b]),
+    )
+    r12, r23, r = r_all[:n], r_all[n : 2 * n], r_all[2 * n :]
     # standard error of r from the counts: d ln(ratio) / dr, numerically
     h = 0.01
     slope12 = (
@@ -295,19 +307,6 @@ def _tail_counts(xp, y, e, c, d, fit_fraction, stop=1.0, y_first=0):
     total = s1s + s2s + s3s
     tail = total * l_end ** (1.0 - r_safe) / ((r_safe - 1.0) * _power_integral(xp, r_safe, a, b))
     return xp.where(trusted, tail, xp.zeros_like(tail)), trusted
-
-
-def _solve_exponent_ratio13(xp, ratio, a, m1, m2, b):
-    """r with int_a^m1 L^-r / int_m2^b L^-r = ratio, by bisection on [1.05, 20] (batched)."""
-    lo = xp.full_like(ratio, 1.05)
-    hi = xp.full_like(ratio, 20.0)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        f = _power_integral(xp, mid, a, m1) / _power_integral(xp, mid, m2, b)
-        below = f < ratio
-        lo = xp.where(below, mid, lo)
-        hi = xp.where(below, hi, mid)
-    return 0.5 * (lo + hi)
 
 
 def _moving_average(xp, y, k):

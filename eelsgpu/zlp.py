@@ -581,6 +581,7 @@ def zlp_kernel(
     zlp_cube: Any = None,
     search_eV: tuple[float, float] = SEARCH_EV,
     return_model: bool = True,
+    centre: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The zero-loss peak of each spectrum: centre, intensity N0 and shape ``N0 R(E)``.
 
@@ -633,6 +634,9 @@ def zlp_kernel(
     return_model : bool
         Build the (n, n_E) model; without it (what the log-ratio needs) ``"mirror"`` and
         ``"threshold"`` cost little more than one cumulative sum, and ``zlp`` is None.
+    centre : dict, optional
+        What :func:`centre_kernel` returned for this block with this ``search_eV`` (to model
+        the ZLP twice without finding its centre twice).
 
     Returns
     -------
@@ -657,7 +661,7 @@ def zlp_kernel(
     d = _dispersion(xp, energy_eV)
     y = block  # a pixel with NaN is invalid (flagged by the centre); its NaN stays in its row
     e = xp.astype(energy_eV, y.dtype)
-    cen = centre_kernel(block, energy_eV, search_eV=search_eV)
+    cen = centre_kernel(block, energy_eV, search_eV=search_eV) if centre is None else centre
     valid = cen["valid"]
     c0 = cen["zlp_centre_eV"]
     c = xp.where(valid, c0, xp.zeros_like(c0))  # finite stand-in for the invalid pixels
