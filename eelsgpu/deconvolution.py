@@ -1094,7 +1094,7 @@ def deconvolve(
     }
     if fwhm_eV is not None:
         attrs["reconvolution_fwhm_eV"] = float(fwhm_eV)
-    from .thickness import _mean_free_path
+    from .thickness import _mean_free_path, with_thickness_nm
 
     lam, how = _mean_free_path(
         si,
@@ -1123,12 +1123,5 @@ def deconvolve(
         **params,
     )
     if lam is not None:
-        ds["thickness_nm"] = ds["t_over_lambda"] * lam
-        ds["thickness_nm"].attrs = {
-            "units": "nm",
-            "long_name": "thickness",
-            "mean_free_path_nm": lam,
-        }
-        ds.attrs["mean_free_path_nm"] = lam
-        ds.attrs["mean_free_path_from"] = how
+        ds = with_thickness_nm(ds, lam, how)
     return ds

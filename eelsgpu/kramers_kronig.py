@@ -837,18 +837,6 @@ def _hilbert_odd(xp, v, dispersion_eV: float):
     return 1.0 - _re_inverse(xp, v, dispersion_eV, None)
 
 
-def _moving_average(xp, x, h: int):
-    """Mean of rows ``x`` over channels [k - h, k + h] (fewer at the ends), with cumulative sums."""
-    n = x.shape[-1]
-    z = xp.zeros_like(x[:, :1])
-    cs = xp.concat([z, xp.cumulative_sum(x, axis=-1)], axis=-1)  # cs[k] = sum x[:k]
-    k = xp.arange(n)
-    hi = xp.clip(k + h + 1, 0, n)
-    lo = xp.clip(k - h, 0, n)
-    total = xp.take(cs, hi, axis=-1) - xp.take(cs, lo, axis=-1)
-    return total / xp.astype(hi - lo, x.dtype)[None, :]
-
-
 #: Half-width (eV) of the moving average applied to M in the Newton step (noise, see there).
 NEWTON_SMOOTHING_EV: float = 0.1
 
@@ -892,6 +880,8 @@ def _newton_step(xp, f_res, loss, re_inv, kappa, e, ang, surf_scale, dispersion_
     # around 0; M only shapes the step (the residual is exact), so a light smoothing is safe
     h = int(round(NEWTON_SMOOTHING_EV / dispersion_eV))
     if h > 0:
+        from .thickness import _moving_average  # (the same running mean as the tail fit's)
+
         m_re = _moving_average(xp, m_re, h)
         m_im = _moving_average(xp, m_im, h)
     mod = xp.sqrt(m_re * m_re + m_im * m_im)

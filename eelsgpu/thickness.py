@@ -827,14 +827,7 @@ def thickness(
             zeff,
         )
         if lam is not None:
-            ds["thickness_nm"] = ds["t_over_lambda"] * lam
-            ds["thickness_nm"].attrs = {
-                "units": "nm",
-                "long_name": "thickness",
-                "mean_free_path_nm": lam,
-            }
-            ds.attrs["mean_free_path_nm"] = lam
-            ds.attrs["mean_free_path_from"] = how
+            ds = with_thickness_nm(ds, lam, how)
     else:
         if zparams["method"] == "threshold":
             attrs["zlp_method"] = "mirror (the threshold model is no resolution function)"
@@ -891,6 +884,20 @@ def _precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> None:
     from .zlp import centre_kernel
 
     check_any_valid(centre_kernel(sample, e, search_eV=tuple(search_eV))["valid"], si, search_eV)
+
+
+def with_thickness_nm(ds: xr.Dataset, mean_free_path_nm: float, how: str) -> xr.Dataset:
+    """``ds`` with ``thickness_nm`` = ``t_over_lambda`` x the mean free path (nm), which the
+    variable's and the dataset's attributes record (with ``how`` it was found)."""
+    ds["thickness_nm"] = ds["t_over_lambda"] * mean_free_path_nm
+    ds["thickness_nm"].attrs = {
+        "units": "nm",
+        "long_name": "thickness",
+        "mean_free_path_nm": mean_free_path_nm,
+    }
+    ds.attrs["mean_free_path_nm"] = mean_free_path_nm
+    ds.attrs["mean_free_path_from"] = how
+    return ds
 
 
 def _mean_free_path(si, e0, beta, alpha, density, mfp, zeff) -> tuple[float | None, str]:
