@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _imports import import_ours
 
 N_E = 2048
 DISPERSION = 0.05
@@ -123,6 +124,7 @@ def _part_ours(signal: Path, zlp: Path | None, out_path: Path) -> dict:
     from eelsgpu.io import open_store, write_store
 
     dask.config.set(scheduler="threads")
+    import_ours()
     t0 = time.perf_counter()
     si = open_store(signal)["signal"]
     z = open_store(zlp)["signal"] if zlp is not None else "mirror"
@@ -142,6 +144,7 @@ def _part_ours_memory(signal: Path, zlp: Path) -> dict:
 
     si = open_store(signal)["signal"].compute()
     z = open_store(zlp)["signal"].compute()
+    import_ours()
     out = {}
     for sched in ("threads", "sync"):
         with dask.config.set(scheduler=sched):

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _imports import import_ours
 
 N_E = 2048
 DISPERSION = 0.05
@@ -111,6 +112,7 @@ def job_ours(cube: Path, out: Path, crop: bool = True) -> dict:
     from eelsgpu.zlp import align_zlp
 
     dask.config.set(scheduler="threads")
+    import_ours()
     t0 = time.perf_counter()
     si = open_store(cube)["signal"]
     aligned = align_zlp(si, method="fourier", crop=crop, device="cpu")
@@ -138,6 +140,7 @@ def job_ours_thickness(cube: Path, out: Path) -> dict:
     from eelsgpu.thickness import thickness
 
     dask.config.set(scheduler="threads")
+    import_ours()
     t0 = time.perf_counter()
     th = thickness(open_store(cube)["signal"], method="log-ratio", device="cpu")
     write_store(th, out, overwrite=True)
@@ -183,6 +186,7 @@ def job_copy(cube: Path, out: Path) -> dict:
     from eelsgpu.io import open_store, write_store
 
     dask.config.set(scheduler="threads")
+    import_ours()
     t0 = time.perf_counter()
     write_store(open_store(cube)[["signal"]], out, overwrite=True)
     return {"wall_s": time.perf_counter() - t0}
@@ -198,6 +202,7 @@ def job_ours_whole(cube: Path, out: Path) -> dict:
     from eelsgpu.io import open_store, write_store
 
     dask.config.set(scheduler="threads")
+    import_ours()
     t0 = time.perf_counter()
     si = open_store(cube)["signal"]
     ds = deconvolve(si, zlp="mirror", output="ssd", density_g_cm3=2.7, device="cpu")
