@@ -95,7 +95,7 @@ _DAMPING_PER_TAU = math.log(10.0) / 3.0
 _ROW_BYTES = 1 << 20  # rows per pass: about 1 MiB per temporary (stays in the L2/L3 cache)
 #: Spectra per call of the deconvolution's block kernel on a CPU: the Fourier-log cuts them into
 #: cache-sized passes itself; the ZLP model and the thickness map's tail fit are many small
-#: operations per call, whose overhead 512 spectra amortise (measured 1.3x faster than 128)
+#: operations per call, whose overhead 512 spectra amortise (measured 1.2-1.4x faster than 128)
 _TILE_PIXELS = 512
 
 
@@ -1035,10 +1035,10 @@ def deconvolve(
         ``ssd`` (..., energy): the requested output in counts per channel on the input's energy
         axis (integral N0 t/lambda for ``"ssd"``; the ``output`` attribute says which);
         ``zlp_intensity`` (N0, counts), ``zlp_centre_eV`` (eV) and ``valid`` maps;
-        ``t_over_lambda``, the relative thickness from the SSD itself (its integral over N0, with
-        its power-law tail beyond the window: :func:`eelsgpu.thickness.t_over_lambda_from_ssd`;
-        not for ``"residual"``), and ``thickness_nm`` = t/lambda x the mean free path when one is
-        given. Pixels with no usable ZLP, NaN counts or an undefined log are ``valid = False``
+        ``t_over_lambda``, the relative thickness ln(I_t/N0) made beside the SSD in the same pass
+        (N0 by truncation at the first minimum, the scattering beyond the window from the SSD's
+        tail; see :func:`_log_ratio_with_ssd_tail`; not for ``"residual"``), and
+        ``thickness_nm`` = t/lambda x the mean free path when one is given. Pixels with no usable ZLP, NaN counts or an undefined log are ``valid = False``
         with NaN everywhere. The raw SSD (``"ssd"``) has zero loss at 0 eV whatever the ZLP's
         drift: it is the aligned result, with the drift in ``zlp_centre_eV``.
 

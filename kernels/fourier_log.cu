@@ -107,8 +107,9 @@ extern "C" __global__ void fourier_log_ratio(
             phu = trusted ? ph - two_pi * (float)turns : 0.0f;
         }
         prev = ph;
-        // two logs, not the log of a ratio, which overflows where noise meets a vanishing Z~
-        const float lm = 0.5f * (logf(fmaxf(jj, tiny)) - logf(fmaxf(zz, tiny)));
+        // two logs, not the log of a ratio, which overflows where noise meets a vanishing Z~;
+        // |Z~|^2 floored at 1e-24 |Z~(0)|^2 as in the twin (the weights vanish there anyway)
+        const float lm = 0.5f * (logf(fmaxf(jj, tiny)) - logf(fmaxf(zz, 1e-24f * zz0 + tiny)));
         const float w = jj / (jj + sig2);
         float2 r;
         if (mode_zlp) {
