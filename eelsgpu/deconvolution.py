@@ -940,22 +940,20 @@ def _log_ratio_with_ssd_tail(
 ) -> Any:
     """t/lambda = ln(I_t / N0) (Egerton 2011, eq. 5.11) beside the deconvolution, no second pass.
 
-    ``ln(I_w / N0) + [t/lambda_SSD - ln(I_w / N0_model)]``: the window's log-ratio with N0 by
-    truncation at the first minimum after the ZLP (a sum of counts, the log-ratio's robust
-    choice, as :func:`eelsgpu.thickness.thickness` makes it), plus what lies beyond the window,
-    ``ln(I_t / I_w)``, from the SSD: its integral with its power-law tail
-    (:func:`eelsgpu.thickness.t_over_lambda_from_ssd`) is ``ln(I_t / N0_model)``, so the bracket
-    is ``ln(I_t / I_w)`` and the model's N0, which moves with the fitted centre of a mirrored or
-    fitted model, cancels from it."""
-    from .thickness import t_over_lambda_from_ssd
+    The log-ratio of :func:`eelsgpu.thickness.thickness` (``tail="auto"``), with what that
+    computes twice taken from this pass: N0 by truncation at the first minimum after the ZLP (a
+    sum of counts, the log-ratio's robust choice), I_t the window's counts plus the power-law
+    tail of the spectrum beyond it where that fit holds (:func:`eelsgpu.thickness._tail_counts`;
+    the same numbers as ``thickness``), and elsewhere (a window that ends inside the plural
+    scattering) ``ln(I_t / I_w) = t/lambda_SSD - ln(I_w / N0_model)`` from the SSD just made: its
+    integral with its own power-law tail (:func:`eelsgpu.thickness.t_over_lambda_from_ssd`) is
+    ``ln(I_t / N0_model)``, and the model's N0, which moves with the fitted centre of a mirrored
+    or fitted model, cancels from the difference."""
+    from .thickness import TAIL_FIT_FRACTION, _dispersion, _tail_counts, t_over_lambda_from_ssd
     from .zlp import zlp_kernel
 
     xp = array_namespace(block)
     valid = z["valid"]
-    n0_model = xp.where(valid, z["zlp_intensity"], 1.0)
-    # the SSD reconvolved with the ZLP sits where the ZLP sits, the raw one at 0 eV
-    zero_loss = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
-    tl_ssd, _, _ = t_over_lambda_from_ssd(ssd, energy_eV, n0_model, zero_loss_eV=zero_loss)
     thr = zlp_kernel(
         block,
         energy_eV,
@@ -968,8 +966,24 @@ def _log_ratio_with_ssd_tail(
     ok = valid & thr["valid"] & (window > 0)
     n0 = xp.where(ok, thr["zlp_intensity"], 1.0)
     window = xp.where(ok, window, 1.0)
-    beyond = tl_ssd - xp.log(window / n0_model)  # ln(I_t / I_w)
-    return xp.where(ok, xp.log(window / n0) + beyond, float("nan"))
+    c = xp.where(ok, thr["zlp_centre_eV"], 0.0)
+    extra, trusted = _tail_counts(
+        xp,
+        block,
+        xp.astype(energy_eV, block.dtype),
+        c,
+        _dispersion(xp, energy_eV),
+        TAIL_FIT_FRACTION,
+    )
+    log_ratio = xp.log((window + extra) / n0)
+    if not bool(xp.all(trusted | ~ok)):
+        n0_model = xp.where(valid, z["zlp_intensity"], 1.0)
+        # the SSD reconvolved with the ZLP sits where the ZLP sits, the raw one at 0 eV
+        zero_loss = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
+        tl_ssd, _, _ = t_over_lambda_from_ssd(ssd, energy_eV, n0_model, zero_loss_eV=zero_loss)
+        beyond = tl_ssd - xp.log(window / n0_model)  # ln(I_t / I_w)
+        log_ratio = xp.where(trusted, log_ratio, xp.log(window / n0) + beyond)
+    return xp.where(ok, log_ratio, float("nan"))
 
 
 def deconvolve(
@@ -1036,11 +1050,13 @@ def deconvolve(
         axis (integral N0 t/lambda for ``"ssd"``; the ``output`` attribute says which);
         ``zlp_intensity`` (N0, counts), ``zlp_centre_eV`` (eV) and ``valid`` maps;
         ``t_over_lambda``, the relative thickness ln(I_t/N0) made beside the SSD in the same pass
-        (N0 by truncation at the first minimum, the scattering beyond the window from the SSD's
-        tail; see :func:`_log_ratio_with_ssd_tail`; not for ``"residual"``), and
-        ``thickness_nm`` = t/lambda x the mean free path when one is given. Pixels with no usable ZLP, NaN counts or an undefined log are ``valid = False``
-        with NaN everywhere. The raw SSD (``"ssd"``) has zero loss at 0 eV whatever the ZLP's
-        drift: it is the aligned result, with the drift in ``zlp_centre_eV``.
+        (the log-ratio of :func:`eelsgpu.thickness.thickness`, the scattering beyond the window
+        from the spectrum's power-law tail or, where that fails, from the SSD; see
+        :func:`_log_ratio_with_ssd_tail`; not for ``"residual"``), and ``thickness_nm`` =
+        t/lambda x the mean free path when one is given. Pixels with no usable ZLP, NaN counts
+        or an undefined log are ``valid = False`` with NaN everywhere. The raw SSD (``"ssd"``)
+        has zero loss at 0 eV whatever the ZLP's drift: it is the aligned result, with the drift
+        in ``zlp_centre_eV``.
 
     Raises
     ------

@@ -68,6 +68,8 @@ __all__ = [
 ]
 
 TAILS = ("auto", "power-law", "fourier-log", "none")
+#: Share of the loss range the power-law tail beyond the window is fitted to (by default).
+TAIL_FIT_FRACTION = 0.2
 
 #: Spectra per kernel call for the log-ratio on a CPU (see :func:`eelsgpu.engine.apply_kernel`).
 _LR_TILE_PIXELS = 4096
@@ -446,7 +448,7 @@ def log_ratio_kernel(
     zlp_cube: Any = None,
     search_eV: tuple[float, float] = SEARCH_EV,
     tail: str = "auto",
-    tail_fit_fraction: float = 0.2,
+    tail_fit_fraction: float = TAIL_FIT_FRACTION,
 ) -> dict[str, Any]:
     """Log-ratio relative thickness ``t/lambda = ln(I_t / N0)`` (Egerton 2011, eq. 5.11).
 
@@ -609,7 +611,7 @@ def kk_thickness_kernel(
     reference: Any = None,
     zlp_cube: Any = None,
     search_eV: tuple[float, float] = SEARCH_EV,
-    tail_fit_fraction: float = 0.2,
+    tail_fit_fraction: float = TAIL_FIT_FRACTION,
 ) -> dict[str, Any]:
     """Absolute thickness from the Kramers-Kronig sum rule, zero-loss model -> Fourier-log SSD ->
     eq. 29, in one kernel: ``t = A / N0 * sum SSD(E) / (E ln(1 + beta^2/theta_E^2))``.
