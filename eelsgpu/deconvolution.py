@@ -938,7 +938,7 @@ def _log_ratio_with_ssd_tail(
     search_eV: tuple,
     centre: dict[str, Any],
 ) -> Any:
-    """t/lambda = ln(I_t / N0) (Egerton 2011, eq. 5.11) beside the deconvolution, no second pass.
+    """t/lambda = ln(I_t / N0) (Egerton 2011, 5.1.1; kk-theory.md eq. 16) beside the deconvolution.
 
     The log-ratio of :func:`eelsgpu.thickness.thickness` (``tail="auto"``), with what that
     computes twice taken from this pass: N0 by truncation at the first minimum after the ZLP (a

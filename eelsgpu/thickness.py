@@ -343,12 +343,12 @@ def t_over_lambda_from_ssd(
     zlp_intensity: Any,
     *,
     zero_loss_eV: Any = None,
-    fit_fraction: float = 0.2,
+    fit_fraction: float = TAIL_FIT_FRACTION,
 ) -> tuple[Any, Any, Any]:
     """Relative thickness from a single-scattering distribution: ``t/lambda = int SSD dE / N0``.
 
-    Egerton 2011, eq. 3.103 / kk-theory.md eq. 16: the SSD of a Poisson-distributed plural
-    scattering integrates to ``N0 t/lambda``. The integral is the sum over the window plus the
+    kk-theory.md eqs. 14, 15 and 17: the SSD of a Poisson-distributed plural scattering
+    integrates to ``N_1 = N0 t/lambda``. The integral is the sum over the window plus the
     SSD's power-law tail ``A L^-r`` beyond it (L = E - zero loss; fitted on the SSD averaged over
     1 eV, short of the window's end), trusted only where the fit holds and the tail is below 0.5 %
     of the window's sum (a larger one is ringing of an imperfect ZLP model, not physics).

@@ -4,8 +4,10 @@ Every pixel's zero-loss peak is modelled (``--zlp``), then removed together with
 scattering by the Fourier-log deconvolution (kk-theory.md eq. 22, phase unwrapped, tail
 extrapolated). The store holds ``ssd`` (counts per channel on the input's energy axis),
 ``zlp_intensity``, ``zlp_centre_eV``, ``valid`` and the relative thickness ``t_over_lambda``
-(log-ratio, with the scattering beyond the window from the SSD); with ``--density``, ``--zeff`` or ``--mean-free-path`` also ``thickness_nm``. The whole
-low-loss job (ZLP, aligned SSD, both thickness maps) in one pass over the data::
+(log-ratio; the scattering beyond the window from the spectrum's power-law tail, or from the
+SSD where that fails); with ``--density``, ``--zeff`` or ``--mean-free-path`` also
+``thickness_nm``. The whole low-loss job (ZLP, aligned SSD, both thickness maps) in one pass
+over the data::
 
     eelsgpu deconvolve lowloss.zarr -o ssd.zarr --kind ssd --zlp fit --density 2.7
 
