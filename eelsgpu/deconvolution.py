@@ -921,9 +921,20 @@ def _deconvolve_block(
         "valid": valid,
     }
     if output != "residual":
+        # N0 by truncation for the log-ratio: the model itself when it is the truncation
+        thr = z
+        if method != "threshold":
+            thr = zlp_kernel(
+                block,
+                energy_eV,
+                method="threshold",
+                search_eV=search_eV,
+                return_model=False,
+                centre=centre,
+            )
         out["t_over_lambda"] = xp.where(
             valid,
-            _log_ratio_with_ssd_tail(block, energy_eV, z, fl["ssd"], output, search_eV, centre),
+            _log_ratio_with_ssd_tail(block, energy_eV, z, thr, fl["ssd"], output),
             nan,
         )
     return out
@@ -933,10 +944,9 @@ def _log_ratio_with_ssd_tail(
     block: Any,
     energy_eV: Any,
     z: dict[str, Any],
+    thr: dict[str, Any],
     ssd: Any,
     output: str,
-    search_eV: tuple,
-    centre: dict[str, Any],
 ) -> Any:
     """t/lambda = ln(I_t / N0) (Egerton 2011, 5.1.1; kk-theory.md eq. 16) beside the deconvolution.
 
@@ -948,20 +958,12 @@ def _log_ratio_with_ssd_tail(
     scattering) ``ln(I_t / I_w) = t/lambda_SSD - ln(I_w / N0_model)`` from the SSD just made: its
     integral with its own power-law tail (:func:`eelsgpu.thickness.t_over_lambda_from_ssd`) is
     ``ln(I_t / N0_model)``, and the model's N0, which moves with the fitted centre of a mirrored
-    or fitted model, cancels from the difference."""
+    or fitted model, cancels from the difference. ``z`` is the deconvolution's ZLP model and
+    ``thr`` the truncation model (:func:`eelsgpu.zlp.zlp_kernel` results)."""
     from .thickness import TAIL_FIT_FRACTION, _dispersion, _tail_counts, t_over_lambda_from_ssd
-    from .zlp import zlp_kernel
 
     xp = array_namespace(block)
     valid = z["valid"]
-    thr = zlp_kernel(
-        block,
-        energy_eV,
-        method="threshold",
-        search_eV=search_eV,
-        return_model=False,
-        centre=centre,
-    )
     window = xp.sum(block, axis=-1)
     ok = valid & thr["valid"] & (window > 0)
     n0 = xp.where(ok, thr["zlp_intensity"], 1.0)
