@@ -1064,6 +1064,9 @@ def deconvolve(
     ------
     EnergyAxisError
         The energy axis is not uniform and increasing (naming the file).
+    NoZeroLossPeakError
+        No pixel can have a zero-loss peak (the window does not reach ``search_eV``, or a
+        one-block image has none), naming the file.
 
     Examples
     --------
@@ -1112,7 +1115,11 @@ def deconvolve(
     }
     if fwhm_eV is not None:
         attrs["reconvolution_fwhm_eV"] = float(fwhm_eV)
-    from .thickness import _mean_free_path, with_thickness_nm
+    from .thickness import _mean_free_path, _precheck, with_thickness_nm
+
+    # no pixel can have a ZLP (the window starts above the search range): an error naming the
+    # file, as thickness gives, not a store of NaN
+    _precheck(si, params, search_eV)
 
     lam, how = _mean_free_path(
         si,

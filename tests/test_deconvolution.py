@@ -462,6 +462,19 @@ def test_deconvolve_nan_pixel_run_finishes():
     assert np.isfinite(ds["ssd"].values[valid]).all()
 
 
+def test_window_without_zlp_raises():
+    """Truth: by construction. A window starting at 10 eV holds no zero-loss peak: deconvolve
+    raises NoZeroLossPeakError naming the file (as thickness does) instead of writing a store
+    of NaN."""
+    from eelsgpu.errors import NoZeroLossPeakError
+
+    sim = _image()
+    core = sim["signal"].isel(energy=slice(200, None))
+    core.attrs["source"] = "core.dm4"
+    with pytest.raises(NoZeroLossPeakError, match="core.dm4"):
+        deconvolve(core, device="cpu")
+
+
 def test_non_uniform_axis_raises():
     """A non-uniform energy axis: EnergyAxisError from the kernel and from deconvolve (naming
     the file)."""
