@@ -75,7 +75,7 @@ def generate(path: Path, size: int) -> None:
 def _standin_thickness(si, device="auto"):
     from array_api_compat import array_namespace
 
-    from eelsgpu.engine import Output, apply_kernel
+    from eelsgpu.engine import BlockKernel, Output, apply_kernel
 
     def kernel(block, energy_eV):
         xp = array_namespace(block)
@@ -86,7 +86,9 @@ def _standin_thickness(si, device="auto"):
         ssd = xp.fft.irfft(xp.astype(xp.log(xp.abs(f) + 1e-6), f.dtype) * f, n=block.shape[-1])
         return {"t_over_lambda": xp.log(total / n0), "ssd_max": xp.max(ssd, axis=-1)}
 
-    return apply_kernel(kernel, si, [Output("t_over_lambda"), Output("ssd_max")], device=device)
+    return apply_kernel(
+        BlockKernel(kernel, [Output("t_over_lambda"), Output("ssd_max")]), si, device=device
+    )
 
 
 def _thickness(si):

@@ -51,7 +51,7 @@ import numpy as np
 import xarray as xr
 
 from .backend import array_namespace
-from .engine import Output, apply_kernel
+from .engine import BlockKernel, Output, apply_kernel
 from .errors import InputError
 
 __all__ = ["bandgap", "bandgap_kernel", "auto_window", "fit_curves", "MODELS", "BACKGROUNDS"]
@@ -585,9 +585,8 @@ def bandgap(
         "none" if max_quality_ratio is None else float(max_quality_ratio)
     )
     ds = apply_kernel(
-        bandgap_kernel,
+        BlockKernel(bandgap_kernel, outputs),
         spectra,
-        outputs,
         device=device,
         extras=extras,
         attrs=attrs,

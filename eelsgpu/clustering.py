@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from .backend import array_namespace
-from .engine import Output, apply_kernel
+from .engine import BlockKernel, Output, apply_kernel
 from .errors import InputError
 from .model import spectrum_image
 
@@ -308,12 +308,14 @@ def cluster(
     centres = centres[order]
 
     labelled = apply_kernel(
-        assign_kernel,
+        BlockKernel(
+            assign_kernel,
+            [
+                Output("cluster", "", "cluster", dtype="int32"),
+                Output("cluster_distance", "", "distance to the cluster centre"),
+            ],
+        ),
         work,
-        [
-            Output("cluster", "", "cluster", dtype="int32"),
-            Output("cluster_distance", "", "distance to the cluster centre"),
-        ],
         device=device,
         centres=centres,
         mean=mean,

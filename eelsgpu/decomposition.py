@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from .backend import array_namespace
-from .engine import Output, apply_kernel
+from .engine import BlockKernel, Output, apply_kernel
 from .errors import InputError
 
 __all__ = [
@@ -249,9 +249,11 @@ def decompose(
         v = v * sign[:, None]
         comps = v[:k]
         ds = apply_kernel(
-            project_kernel,
+            BlockKernel(
+                project_kernel,
+                [Output("loadings", "counts", "PCA loading", axis="component", coord=np.arange(k))],
+            ),
             si,
-            [Output("loadings", "counts", "PCA loading", axis="component", coord=np.arange(k))],
             device=device,
             components=comps,
             energy_weight=sqrt_h,
@@ -299,18 +301,22 @@ def decompose(
         scale[scale <= 0] = 1.0
         factors = hmat / scale[:, None]
         ds = apply_kernel(
-            nnls_loadings_kernel,
+            BlockKernel(
+                nnls_loadings_kernel,
+                [
+                    Output(
+                        "loadings",
+                        si.attrs.get("units", "counts"),
+                        "NMF loading",
+                        axis="component",
+                        coord=np.arange(k),
+                    ),
+                    Output(
+                        "residual_rms", si.attrs.get("units", "counts"), "RMS residual per channel"
+                    ),
+                ],
+            ),
             si,
-            [
-                Output(
-                    "loadings",
-                    si.attrs.get("units", "counts"),
-                    "NMF loading",
-                    axis="component",
-                    coord=np.arange(k),
-                ),
-                Output("residual_rms", si.attrs.get("units", "counts"), "RMS residual per channel"),
-            ],
             device=device,
             factors=factors,
             n_iter=nmf_iter,
@@ -358,16 +364,18 @@ def denoise(
     loadings = decomposition["loadings"].isel(component=slice(0, k))
     factors = np.asarray(decomposition["factors"].isel(component=slice(0, k)).values)
     ds = apply_kernel(
-        reconstruct_kernel,
+        BlockKernel(
+            reconstruct_kernel,
+            [
+                Output(
+                    "denoised",
+                    si.attrs.get("units", "counts"),
+                    f"reconstruction from {k} {decomposition.attrs.get('method', '')} components",
+                    axis="energy",
+                )
+            ],
+        ),
         si,
-        [
-            Output(
-                "denoised",
-                si.attrs.get("units", "counts"),
-                f"reconstruction from {k} {decomposition.attrs.get('method', '')} components",
-                axis="energy",
-            )
-        ],
         device=device,
         extras={"loadings": loadings.data},
         factors=factors,

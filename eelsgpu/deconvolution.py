@@ -1133,9 +1133,8 @@ def deconvolve(
     if lam is not None and output == "residual":
         raise ValueError("output='residual' gives no thickness map: leave out the mean free path")
     ds = engine.apply_kernel(
-        _deconvolve_block,
+        engine.BlockKernel(_deconvolve_block, outputs),
         si,
-        outputs,
         device=device,
         extras=extras,
         attrs=attrs,

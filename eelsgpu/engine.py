@@ -6,15 +6,13 @@ array namespace the block lives in (NumPy, CuPy, array-api-strict); the *engine*
 moves them to the device, calls the kernel and turns what it returns into labelled, lazy xarray
 variables. Kernels never see dask, files or xarray.
 
-A kernel has the signature::
-
-    kernel(block, energy_eV, **params) -> dict[str, array]
-
-where ``block`` is ``(n_pixels, n_energy)``, ``energy_eV`` is the float64 energy coordinate on the
-same device, and each returned array is ``(n_pixels,)`` for a map or ``(n_pixels, m)`` for a
-per-pixel spectrum. The outputs a kernel makes are declared with :class:`Output`, so the engine
-knows their shapes before anything is computed, and every block is computed once even when it
-feeds several outputs (they are packed into one array per block and sliced apart).
+A kernel comes declared as a :class:`~eelsgpu.kernels.declare.BlockKernel`: the function
+``kernel(block, energy_eV, **params) -> dict[str, array]`` (``block`` is ``(n_pixels, n_energy)``,
+``energy_eV`` the float64 energy coordinate on the same device, each returned array
+``(n_pixels,)`` for a map or ``(n_pixels, m)`` for a per-pixel spectrum), the outputs it makes
+(:class:`Output`) and its preferred tile size. So the engine knows the outputs' shapes before
+anything is computed, and every block is computed once even when it feeds several outputs (they
+are packed into one array per block and sliced apart).
 
 Examples
 --------
@@ -23,15 +21,16 @@ Examples
 >>> def total(block, energy_eV):
 ...     return {"total": block.sum(axis=-1)}
 >>> si = spectrum_image(np.ones((2, 3, 10)), np.arange(10.0))
->>> ds = apply_kernel(total, si, [Output("total", units="counts")], device="cpu")
+>>> decl = BlockKernel(total, outputs=(Output("total", units="counts"),))
+>>> ds = apply_kernel(decl, si, device="cpu")
 >>> ds["total"].values.tolist()
 [[10.0, 10.0, 10.0], [10.0, 10.0, 10.0]]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -39,10 +38,9 @@ import numpy as np
 import xarray as xr
 
 from . import backend, gpu
+from .kernels.declare import BlockKernel, Kernel, Output
 
-__all__ = ["Output", "apply_kernel", "Kernel"]
-
-Kernel = Callable[..., Mapping[str, Any]]
+__all__ = ["BlockKernel", "Kernel", "Output", "apply_kernel"]
 
 #: Bytes of input per CPU tile inside a block (the kernel is called once per tile): 1 MiB is 128
 #: spectra of 2048 float32 channels, whose rfft and its log (2 MiB each) stay in L2/L3. Measured
@@ -50,46 +48,6 @@ Kernel = Callable[..., Mapping[str, Any]]
 #: blocks 47 000 spectra/s on one core, 54 000 on two threads; tiles of 64-256 spectra 72 000-91 000
 #: on one core and 130 000-172 000 on two (the kernel's intermediates no longer spill to DRAM).
 TILE_BYTES = 2**20
-
-
-@dataclass(frozen=True)
-class Output:
-    """One output of a kernel.
-
-    Parameters
-    ----------
-    name : str
-        Variable name in the result Dataset.
-    units : str
-        Physical unit (goes into the ``units`` attribute).
-    long_name : str
-        Human-readable name for plots.
-    dtype : str
-        ``"float"`` (the block's float dtype), ``"float32"``, ``"float64"``, ``"bool"`` or
-        ``"int32"``.
-    axis : str or None
-        ``None`` for a map (one value per pixel); else the dim of a per-pixel spectrum, e.g.
-        ``"energy"`` (same length and coordinate as the input's energy axis).
-    coord : array, optional
-        The coordinate values along ``axis`` when it is not the input's energy axis.
-    attrs : dict
-        Extra attributes.
-    """
-
-    name: str
-    units: str = ""
-    long_name: str = ""
-    dtype: str = "float"
-    axis: str | None = None
-    coord: Any = None
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-
-    def width(self, n_energy: int) -> int:
-        if self.axis is None:
-            return 1
-        if self.coord is not None:
-            return len(self.coord)
-        return n_energy
 
 
 def _float_dtype(dtype: np.dtype) -> np.dtype:
@@ -183,9 +141,8 @@ def _remember_packed(piece: da.Array, packed: da.Array, extract: _Extract) -> No
 
 
 def apply_kernel(
-    kernel: Kernel,
+    decl: BlockKernel,
     si: xr.DataArray,
-    outputs: Sequence[Output],
     *,
     device: str = "auto",
     extras: Mapping[str, xr.DataArray | np.ndarray] | None = None,
@@ -193,16 +150,14 @@ def apply_kernel(
     tile_pixels: int | None = None,
     **params: Any,
 ) -> xr.Dataset:
-    """Map ``kernel`` over the pixel blocks of ``si`` and return its outputs as a lazy Dataset.
+    """Map a declared kernel over the pixel blocks of ``si`` and return its outputs, lazily.
 
     Parameters
     ----------
-    kernel : callable
-        ``kernel(block, energy_eV, **extras, **params) -> dict`` (see the module docstring).
+    decl : BlockKernel
+        The kernel, its outputs and its preferred tile size (:mod:`eelsgpu.kernels.declare`).
     si : xarray.DataArray
         The spectrum image (dims ``(..., "energy")``), dask-backed or not.
-    outputs : sequence of Output
-        What the kernel returns.
     device : {"auto", "cpu", "gpu"}
         Where the kernel runs (see :mod:`eelsgpu.backend`).
     extras : mapping, optional
@@ -212,17 +167,24 @@ def apply_kernel(
     attrs : mapping, optional
         Attributes of the result Dataset (the input's are added underneath).
     tile_pixels : int, optional
-        On a CPU, the kernel is called on tiles of this many spectra inside each block (results
-        are the same; only cache use changes). Default: about 1 MiB of input per tile
-        (:func:`default_tile_pixels`); 0 calls it on whole blocks. Ignored on a GPU.
+        Overrides ``decl.tile_pixels``: on a CPU, the kernel is called on tiles of this many
+        spectra inside each block (results are the same; only cache use changes). Default:
+        about 1 MiB of input per tile (:func:`default_tile_pixels`); 0 calls it on whole
+        blocks. Ignored on a GPU.
     **params
         Passed to the kernel unchanged (scalars, or small NumPy arrays moved to the device).
 
     Returns
     -------
     xarray.Dataset
-        Lazy; one variable per :class:`Output`, with the input's navigation coordinates.
+        Lazy; one variable per output of ``decl``, with the input's navigation coordinates.
     """
+    if not isinstance(decl, BlockKernel):
+        raise TypeError(f"apply_kernel takes a BlockKernel, not {type(decl).__name__}")
+    kernel = decl.kernel
+    outputs = decl.outputs_for(params)
+    if tile_pixels is None:
+        tile_pixels = decl.tile_pixels
     if "energy" not in si.dims or si.dims[-1] != "energy":
         raise ValueError(f"the spectrum image must have 'energy' as its last dim, not {si.dims}")
     device = backend.resolve_device(device)

@@ -1227,9 +1227,8 @@ def kramers_kronig(
         "collection_angle_mrad": beta,
     }
     ds = engine.apply_kernel(
-        kk_kernel,
+        engine.BlockKernel(kk_kernel, outputs),
         si,
-        outputs,
         device=device,
         extras=extras,
         attrs=run_attrs,

@@ -47,7 +47,7 @@ import numpy as np
 import xarray as xr
 
 from .backend import array_namespace
-from .engine import Output, apply_kernel
+from .engine import BlockKernel, Output, apply_kernel
 from .errors import InputError
 
 __all__ = [
@@ -545,9 +545,8 @@ def window_maps(
     for a, b in ratio_pairs:
         outputs.append(Output(f"{a}_over_{b}", "1", f"{a} / {b} intensity ratio"))
     ds = apply_kernel(
-        window_kernel,
+        BlockKernel(window_kernel, outputs),
         si,
-        outputs,
         device=device,
         attrs={"analysis": "window_maps", "background_model": background_model},
         windows=tuple(win_list),

@@ -920,9 +920,8 @@ def align_zlp(
     lo, hi = 0, n_e
     if crop:
         cen = engine.apply_kernel(
-            _centres,
+            engine.BlockKernel(_centres, [ZLP_OUTPUTS[1], ZLP_OUTPUTS[2]]),
             si,
-            [ZLP_OUTPUTS[1], ZLP_OUTPUTS[2]],
             device=device,
             search_eV=search_eV,
             tile_pixels=1024,  # measured: 2.5x the speed of 128-spectrum tiles
@@ -948,9 +947,8 @@ def align_zlp(
         ZLP_OUTPUTS[2],
     ]
     ds = engine.apply_kernel(
-        _align_block,
+        engine.BlockKernel(_align_block, outputs),
         si,
-        outputs,
         device=device,
         method=method,
         search_eV=tuple(search_eV),

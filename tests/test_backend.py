@@ -112,9 +112,11 @@ def test_gpu_apply_kernel_matches_cpu():
 
     rng = np.random.default_rng(3)
     si = spectrum_image(rng.normal(10, 2, (16, 12, 256)), np.arange(256.0), chunks=(8, 6))
-    cpu = engine.apply_kernel(_kernel, si, OUTPUTS, device="cpu").compute()
+    cpu = engine.apply_kernel(engine.BlockKernel(_kernel, OUTPUTS), si, device="cpu").compute()
     before = gpu.mover_for("gpu").h2d_copies
-    dev = engine.apply_kernel(_kernel, si, OUTPUTS, device="gpu").compute(scheduler="synchronous")
+    dev = engine.apply_kernel(engine.BlockKernel(_kernel, OUTPUTS), si, device="gpu").compute(
+        scheduler="synchronous"
+    )
     for k in cpu.data_vars:
         np.testing.assert_allclose(dev[k].values, cpu[k].values, rtol=1e-5, atol=1e-4)
     assert gpu.mover_for("gpu").h2d_copies - before == 4  # 2 x 2 blocks, one copy each

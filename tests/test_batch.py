@@ -51,7 +51,9 @@ def _kernel(block, energy_eV, delay_s=0.0, scale=1.0):
 
 def slow_pipeline(si, device="auto", delay_s=0.0, scale=1.0):
     """Registered as a test pipeline (and loadable as ``test_batch:slow_pipeline``)."""
-    return engine.apply_kernel(_kernel, si, OUTPUTS, device=device, delay_s=delay_s, scale=scale)
+    return engine.apply_kernel(
+        engine.BlockKernel(_kernel, OUTPUTS), si, device=device, delay_s=delay_s, scale=scale
+    )
 
 
 def _truth(si, scale=1.0):

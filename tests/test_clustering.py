@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from eelsgpu import synthetic
 from eelsgpu.clustering import assign_kernel, cluster, cluster_sums, per_cluster
-from eelsgpu.engine import Output, apply_kernel
+from eelsgpu.engine import BlockKernel, Output, apply_kernel
 from eelsgpu.errors import InputError
 
 MATERIALS = [
@@ -131,7 +131,7 @@ def _total(si, **_):
     def kern(block, energy_eV):
         return {"total": block.sum(axis=-1)}
 
-    return apply_kernel(kern, si, [Output("total", "counts")], device="cpu")
+    return apply_kernel(BlockKernel(kern, [Output("total", "counts")]), si, device="cpu")
 
 
 def test_per_cluster_runs_pipeline_on_summed_spectra(three_phase):

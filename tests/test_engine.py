@@ -68,7 +68,9 @@ def _truth(si, **kw):
 def test_tiles_give_the_whole_cube_result(tile):
     """Blocks cut into CPU tiles of any size give the whole-cube NumPy result (truth)."""
     si = _si()
-    ds = engine.apply_kernel(kernel, si, OUTPUTS, device="cpu", tile_pixels=tile, scale=2.0)
+    ds = engine.apply_kernel(
+        engine.BlockKernel(kernel, OUTPUTS), si, device="cpu", tile_pixels=tile, scale=2.0
+    )
     truth = _truth(si, scale=2.0)
     for k, v in truth.items():
         np.testing.assert_allclose(ds[k].values, v, rtol=1e-5, atol=1e-4)
@@ -110,7 +112,7 @@ def test_run_to_store_streams_exact_results_with_provenance(tmp_path):
     """run_to_store writes what the in-memory computation gives (truth), with the input's coords
     and attributes and the run's parameters, in a few tasks per block."""
     si = _si()
-    ds = engine.apply_kernel(kernel, si, OUTPUTS, device="cpu", scale=3.0)
+    ds = engine.apply_kernel(engine.BlockKernel(kernel, OUTPUTS), si, device="cpu", scale=3.0)
     attrs = engine.run_attrs("test-kernel", {"scale": np.float32(3.0), "path": tmp_path})
     from dask.callbacks import Callback
 
@@ -150,10 +152,12 @@ def test_interrupted_run_resumes_only_missing_blocks_with_identical_bytes(tmp_pa
     call again computes only the blocks not recorded, and the bytes equal a clean run's."""
     si = _si(chunks=(4, 6))  # 5 x 3 = 15 blocks
     poison = float(si.values[9, 0, 0])  # a pixel in block row 2
-    clean = engine.apply_kernel(kernel, si, OUTPUTS, device="cpu")
+    clean = engine.apply_kernel(engine.BlockKernel(kernel, OUTPUTS), si, device="cpu")
     engine.run_to_store(clean, tmp_path / "clean.zarr", scheduler="synchronous")
 
-    failing = engine.apply_kernel(kernel, si, OUTPUTS, device="cpu", fail_on=poison)
+    failing = engine.apply_kernel(
+        engine.BlockKernel(kernel, OUTPUTS), si, device="cpu", fail_on=poison
+    )
     with pytest.raises(RuntimeError, match="injected"):
         engine.run_to_store(failing, tmp_path / "r.zarr", scheduler="synchronous")
     partial = tmp_path / ".r.zarr.partial"
@@ -178,12 +182,14 @@ def test_a_different_job_does_not_resume_a_partial_store(tmp_path):
     """A partial store from other parameters (another fingerprint) is discarded, not mixed in."""
     si = _si(chunks=(4, 6))
     poison = float(si.values[9, 0, 0])
-    failing = engine.apply_kernel(kernel, si, OUTPUTS, device="cpu", fail_on=poison)
+    failing = engine.apply_kernel(
+        engine.BlockKernel(kernel, OUTPUTS), si, device="cpu", fail_on=poison
+    )
     with pytest.raises(RuntimeError):
         engine.run_to_store(
             failing, tmp_path / "r.zarr", scheduler="synchronous", attrs={"scale": 1.0}
         )
-    other = engine.apply_kernel(kernel, si, OUTPUTS, device="cpu", scale=5.0)
+    other = engine.apply_kernel(engine.BlockKernel(kernel, OUTPUTS), si, device="cpu", scale=5.0)
     res = engine.run_to_store(other, tmp_path / "r.zarr", attrs={"scale": 5.0})
     assert res.status == "written" and res.blocks_computed == 15
     out = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)
