@@ -164,7 +164,7 @@ def main() -> None:
         print(json.dumps(variant(args.variant, Path(args.cube), Path(args.out))))
         return
 
-    from eelsgpu.backend import gpu_status
+    from eelsgpu.engine.device import gpu_status
 
     gpu = gpu_status()
     names = ["read", "fft"]

@@ -39,7 +39,6 @@ _LAZY: dict[str, str] = {
     "from_hyperspy": "eelsgpu.interop",
 }
 _SUBMODULES = {
-    "backend",
     "batch",
     "bandgap",
     "clustering",

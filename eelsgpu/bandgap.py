@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .backend import array_namespace
+from ._xp import array_namespace
 from .engine import BlockKernel, Output, apply_kernel
 from .errors import InputError
 

@@ -375,7 +375,7 @@ def scheduler_context(
     if kind == "local-cuda":
         from distributed import Client
 
-        from .gpu import local_cuda_cluster
+        from .engine.transfer import local_cuda_cluster
 
         bind = _bind(opts)
         cluster = local_cuda_cluster(dashboard_address=_dashboard(opts), **bind)

@@ -34,7 +34,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .backend import array_namespace
+from ._xp import array_namespace
 from .engine import BlockKernel, Output, apply_kernel
 from .errors import InputError
 from .model import spectrum_image

@@ -63,7 +63,7 @@ import numpy as np
 import xarray as xr
 
 from . import engine
-from .backend import array_namespace
+from ._xp import array_namespace
 from .errors import EnergyAxisError, InputError
 from .model import energy_axis
 
@@ -781,7 +781,7 @@ def _probe(xp: Any) -> tuple[Any, Any]:
 
 def _verified(xp: Any, fused: Any, jf: Any, zf: Any) -> bool:
     """True when ``fused`` agrees with the twin on the probe, in every mode (to 1e-4 of max)."""
-    from .backend import to_host
+    from .engine.device import to_host
 
     noise2 = _noise_power(xp, jf, zf)
     for mode in ("rolloff", "zlp"):

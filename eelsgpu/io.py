@@ -55,6 +55,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .engine.store import CODEC_PROFILES, codecs
 from .errors import EelsgpuError, EnergyAxisError, InputError, MissingParameterError
 from .model import spectrum_image
 
@@ -71,7 +72,6 @@ __all__ = [
     "write_store",
 ]
 
-CODEC_PROFILES = ("lz4", "zstd")
 
 #: Attribute of a store's ``signal`` variable holding the value checks made while writing it.
 CHECK_ATTR = "eelsgpu_value_check"
@@ -114,23 +114,6 @@ _ARG_FLAGS = {
 
 
 # --------------------------------------------------------------------------- codecs and stores
-def codecs(profile: str = "lz4") -> dict[str, Any]:
-    """Zarr v3 compressor settings for a profile.
-
-    ``"lz4"`` (default): Blosc-LZ4 with bit-shuffle, fast both ways on a CPU. ``"zstd"``: a plain
-    zstd codec, the profile a GPU can decode (nvCOMP reads zstd frames but not Blosc).
-    """
-    from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
-
-    if profile == "lz4":
-        return {
-            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle),)
-        }
-    if profile == "zstd":
-        return {"compressors": (ZstdCodec(level=3),)}
-    raise ValueError(f"codec profile must be one of {CODEC_PROFILES}, not {profile!r}")
-
-
 def is_store(p: str | os.PathLike) -> bool:
     """An eelsgpu (zarr) store, as opposed to a HyperSpy .zspy, which is a zarr folder too."""
     p = Path(p)

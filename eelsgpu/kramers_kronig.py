@@ -73,7 +73,7 @@ import scipy.fft as _sfft
 import xarray as xr
 
 from . import physics
-from .backend import array_namespace
+from ._xp import array_namespace
 from .errors import EnergyAxisError, InputError, MissingParameterError
 
 __all__ = [

@@ -48,7 +48,7 @@ import numpy as np
 import xarray as xr
 
 from . import engine, physics
-from .backend import array_namespace
+from ._xp import array_namespace
 from .errors import InputError
 from .model import energy_axis, require_param
 from .zlp import SEARCH_EV, _dispersion, check_any_valid, resolve_zlp, zlp_kernel

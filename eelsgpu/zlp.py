@@ -43,7 +43,7 @@ import numpy as np
 import xarray as xr
 
 from . import engine
-from .backend import array_namespace
+from ._xp import array_namespace
 from .errors import EnergyAxisError, InputError, NoZeroLossPeakError
 from .model import energy_axis
 

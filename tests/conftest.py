@@ -43,7 +43,7 @@ def asarray(xp, a, dtype=None):
 
 
 def to_numpy(a) -> np.ndarray:
-    from eelsgpu.backend import to_host
+    from eelsgpu.engine.device import to_host
 
     return to_host(a)
 
@@ -126,7 +126,7 @@ def pytest_collection_modifyitems(config, items):
     gpu_items = [it for it in items if "gpu" in it.keywords]
     if not gpu_items:
         return
-    from eelsgpu.backend import gpu_status
+    from eelsgpu.engine.device import gpu_status
 
     status = gpu_status()
     if not status.usable:

@@ -1,4 +1,4 @@
-"""Devices: the GPU probe, device resolution, and the transfer path of eelsgpu.gpu.
+"""Devices: the GPU probe, device resolution, and the transfer path of eelsgpu.engine.transfer.
 
 The transfer path (staging in a reusable host buffer in the kernel's dtype, one host-to-device
 copy per block, the kernel on the device, the results back) is driven here with NumPy as the
@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eelsgpu import backend, engine, gpu
-from eelsgpu.backend import array_namespace
+from eelsgpu import engine
+from eelsgpu._xp import array_namespace
+from eelsgpu.engine import device as backend
+from eelsgpu.engine import transfer as gpu
 
 HAS_GPU = backend.gpu_status().usable
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason=f"no usable GPU: {backend.gpu_status().reason}")

@@ -21,7 +21,7 @@ import pytest
 import xarray as xr
 
 from eelsgpu import batch, engine
-from eelsgpu.backend import array_namespace
+from eelsgpu._xp import array_namespace
 from eelsgpu.errors import InputError
 
 TESTS = Path(__file__).resolve().parent
@@ -331,7 +331,7 @@ def test_local_cuda_without_dask_cuda_names_the_extra():
         pytest.skip("dask-cuda is installed here")
     except ImportError:
         pass
-    from eelsgpu.backend import DeviceError
+    from eelsgpu.engine.device import DeviceError
 
     with pytest.raises(DeviceError, match=r"eelsgpu\[gpu\]"):
         with batch.scheduler_context("local-cuda"):

@@ -595,8 +595,8 @@ def test_fused_kernel_check_accepts_twin_and_rejects_a_wrong_kernel():
 
 def test_fused_kernel_falls_back_with_a_warning_without_gpu(monkeypatch):
     """Without a usable GPU the fused kernel cannot be built: a RuntimeWarning, then the twin."""
-    from eelsgpu import backend
     from eelsgpu import deconvolution as dc
+    from eelsgpu.engine import device as backend
 
     if backend.gpu_status().usable:
         pytest.skip("a GPU is usable here")

@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from eelsgpu import engine
-from eelsgpu.backend import array_namespace
+from eelsgpu._xp import array_namespace
 from eelsgpu.errors import InputError
 from eelsgpu.model import spectrum_image
 

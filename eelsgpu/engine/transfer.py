@@ -200,7 +200,7 @@ def local_cuda_cluster(*, host: str = "127.0.0.1", dashboard_address: str = "127
     eelsgpu.backend.DeviceError
         dask-cuda is not installed (naming the extra that installs it) or no GPU is usable.
     """
-    from .backend import DeviceError, gpu_status
+    from .device import DeviceError, gpu_status
 
     try:
         from dask_cuda import LocalCUDACluster

@@ -1,0 +1,49 @@
+"""The engine: maps declared per-block kernels over spectrum images and streams results to stores.
+
+It knows no physics. Analyses hand it a :class:`~eelsgpu.kernels.declare.BlockKernel` (a pure
+kernel, its outputs, its tile size); the engine decides the blocks, moves them to the device,
+calls the kernel and writes the results. Like LiberTEM's executors, each concern has its module:
+
+========================  ====================================================================
+:mod:`.blocks`            :func:`apply_kernel`: a BlockKernel over the pixel blocks (lazy, dask)
+:mod:`.device`            device choice (``auto``/``cpu``/``gpu``), the GPU probe, host <-> device
+:mod:`.transfer`          staging blocks in pinned memory and copying them to the device
+:mod:`.chunking`          task and storage chunk sizes
+:mod:`.store`             the one store writer (:func:`run_to_store`, resumable), codecs, provenance
+========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+from ..kernels.declare import BlockKernel, Kernel, Output
+from .blocks import TILE_BYTES, apply_kernel, default_tile_pixels
+from .chunking import TASK_BYTES, align_tasks, storage_chunks, task_chunks
+from .store import (
+    CODEC_PROFILES,
+    RunResult,
+    codecs,
+    is_complete,
+    json_safe,
+    run_attrs,
+    run_to_store,
+)
+
+__all__ = [
+    "CODEC_PROFILES",
+    "TASK_BYTES",
+    "TILE_BYTES",
+    "BlockKernel",
+    "Kernel",
+    "Output",
+    "RunResult",
+    "align_tasks",
+    "apply_kernel",
+    "codecs",
+    "default_tile_pixels",
+    "is_complete",
+    "json_safe",
+    "run_attrs",
+    "run_to_store",
+    "storage_chunks",
+    "task_chunks",
+]
