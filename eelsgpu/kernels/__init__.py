@@ -15,4 +15,63 @@ Layers of eelsgpu (imports point down only; ``tests/test_layers.py`` checks it):
 6. ``eelsgpu.model``
 7. ``eelsgpu.kernels``
 8. ``eelsgpu._xp``, ``eelsgpu.physics``, ``eelsgpu.errors``
+
+Low-loss kernels, bottom up (each imports only those above it in this list):
+
+========================  ========================================================================
+:mod:`._fused`            registry slot for device-fused kernels (the engine fills it)
+:mod:`.zlp`               the zero-loss peak: centre, sub-channel shift, the ZLP models (eqs. 13-14)
+:mod:`.fourier_log`       Fourier-log deconvolution (eqs. 18-25)
+:mod:`.tails`             the power-law tail of a spectrum beyond the window
+:mod:`.log_ratio`         log-ratio t/lambda (eq. 16), t/lambda from an SSD (eqs. 14, 15, 17)
+:mod:`.mean_free_path`    inelastic mean free paths (Iakoubovskii 2008, Malis 1988)
+:mod:`.loss_grid`         the loss grid E_k = k dE and the SSD's extrapolations below E_c and beyond
+:mod:`.sum_rule`          the Kramers-Kronig sum rule: thickness (eqs. 26-29)
+:mod:`.dielectric`        the dielectric function from the SSD (eqs. 31-34)
+:mod:`.surface`           surface losses and the surface-corrected solve (eqs. 35-36)
+:mod:`.optics`            n, k, mu, n_eff, plasmon energy, loss peak, Cerenkov test
+:mod:`.blocks_lowloss`    the composite per-block kernels of the low-loss analyses, declared
+========================  ========================================================================
+
+Equations of ``shared/docs/kk-theory.md`` and the one function that computes each
+(Egerton 2011 for the numbers in brackets):
+
+=========  =====================================================  ================================
+eq.        what                                                   computed by
+=========  =====================================================  ================================
+13, 14     I = N0 R + I_inel; the ZLP N0 R(E) and N0              :func:`.zlp.zlp_kernel` (the
+                                                                  models of :data:`.zlp.MODELS`)
+15, 17     N_1 = N0 t/lambda: t/lambda as the SSD's integral      :func:`.log_ratio.t_over_lambda_from_ssd`
+16         t/lambda = ln(I_t / N0), the log-ratio [5.11]          :func:`.log_ratio.log_ratio_kernel`
+18, 22     SSD = N0 F^-1[ln(F[J] / F[Z])], the Fourier-log        :func:`.fourier_log.fourier_log_kernel`
+           core ln(J~/Z~), phase unwrapped                        :func:`.fourier_log.log_spectrum_ratio`
+23-25      discrete transforms, the energy origin's phase         :func:`.fourier_log.fourier_log_kernel`
+26         t from the sum rule                                    :func:`.sum_rule.sum_rule_thickness_nm`
+26         4 a0 F E0, its prefactor (nm eV)                       :func:`.sum_rule.sum_rule_prefactor_nm_eV`
+26, 29     int SSD / (E ln(1 + beta^2/theta_E^2)) dE              :func:`.sum_rule.sum_rule_integral`,
+                                                                  :func:`.sum_rule.kk_sum_rule_integral`
+26 inv.    n from a known thickness                               :func:`.sum_rule.refractive_index_from_thickness`
+27         theta_E = E / (gamma m0 v^2)                           :func:`eelsgpu.physics.characteristic_angle_mrad`
+28         1 - Re[1/eps(0)] from n, or a metal                    :func:`.sum_rule.sum_rule_normalisation`
+29         t = A / N0 int ...; A calibrated                       :func:`.blocks_lowloss.kk_thickness_kernel`
+31         Im[-1/eps] from the SSD                                :func:`.dielectric.loss_function_from_ssd`
+31 inv.    the SSD of a loss function (per eV, nm)                :func:`.dielectric.ssd_from_loss_function`
+                                                                  (:func:`.dielectric.bulk_loss_per_eV_nm`)
+31         ln(1 + beta^2/theta_E^2); pi a0 m0 v^2                 :func:`.sum_rule.angular_factor`;
+                                                                  :func:`.dielectric.loss_prefactor_nm_eV`
+32         Re[1/eps] by the Kramers-Kronig transform              :func:`.dielectric.re_inverse_eps`
+33         Re[1/eps(0)] sum rule (normalisation)                  :func:`.dielectric.kk_single_pass`
+34         eps from Re[1/eps] and Im[-1/eps]                      :func:`.dielectric.eps_from_inverse`
+after 34   mu(E), n(E), k(E); eps1 = 0 crossing                   :func:`.optics.absorption_coefficient_per_nm`,
+                                                                  :func:`.optics.refractive_index_nk`,
+                                                                  :func:`.optics.plasmon_energy_eV`
+35         I = N0 R + I_inel + I_S, solved for the bulk part      :func:`.surface.solve_surface`
+36         I_S, the surface loss of a film [4.31]                 :func:`.surface.surface_loss_per_eV`
+=========  =====================================================  ================================
+
+Two equations are still evaluated in two roundings, kept so that the refactor that gave them
+these homes changed no result by a bit: the sum-rule integral (:func:`.sum_rule.sum_rule_integral`
+over f/E and :func:`.sum_rule.sum_rule_integral_rows` as matrix-vector products, the latter used by
+the KK pass for eqs. 26 and 33) and the prefactor 4 a0 T (inside
+:func:`.sum_rule.sum_rule_thickness_nm` rounded as 4 a0 (T x 1000)).
 """

@@ -1,0 +1,803 @@
+"""Zero-loss peak kernels (kk-theory.md eqs. 13-14): centre, sub-channel shift, and the ZLP models.
+
+A low-loss spectrum is ``I(E) = N0 R(E) + inelastic`` (kk-theory.md eqs. 13-14): the ZLP ``N0 R``
+holds the electrons that lost no energy, R has unit area and N0 is the ZLP's integral. Everything
+after (log-ratio thickness, Fourier-log deconvolution, Kramers-Kronig) needs N0 and often R, per
+pixel. This module gives them as array-API kernels (NumPy, CuPy, array-api-strict):
+
+* :func:`centre_kernel`: the ZLP centre to a fraction of a channel, from a parabola fitted to the
+  logarithm of the peak's top channels (exact for a Gaussian top), not the arg-max channel;
+* :func:`shift_kernel`: a sub-channel shift that keeps counts (Fourier phase ramp or linear
+  interpolation);
+* one function per ZLP model, :func:`mirror_model`, :func:`fit_model`, :func:`threshold_model`,
+  :func:`reference_model` and :func:`cube_model`, in the table :data:`MODELS`, each documented in
+  :func:`zlp_kernel` with when it is right and when it is wrong (Egerton 2011, sections 4.1.1
+  and 5.1);
+* :func:`zlp_kernel`: N0 and ``N0 R(E)`` by the model named in ``method`` (a look-up in
+  :data:`MODELS`).
+
+The xarray-facing side (``zlp=`` of the public functions, :func:`eelsgpu.align_zlp`) is in
+:mod:`eelsgpu.analysis.zlp`.
+
+A pixel whose ZLP cannot be used (NaN counts, all zero, a saturated flat top, no peak inside the
+search window, a peak cut by the end of the spectrum) gets ``valid = False`` and NaN results; the
+run goes on.
+
+Units: energies and widths in eV, counts per channel in and out, N0 in counts.
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsgpu import synthetic
+>>> sim = synthetic.low_loss_spectrum(synthetic.Drude(15.0, 1.0), t_over_lambda=0.5,
+...                                   drift_eV=0.123, n_channels=1024, dtype=np.float64)
+>>> out = zlp_kernel(sim["signal"].values[None], sim["energy"].values, method="mirror")
+>>> round(float(out["zlp_centre_eV"][0]), 3)
+0.123
+>>> bool(abs(out["zlp_intensity"][0] / float(sim["true_zlp_intensity"]) - 1) < 1e-3)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._xp import array_namespace, axis_step, erf, fft_module, take_rows
+from ..errors import InputError, NoZeroLossPeakError
+
+__all__ = [
+    "METHODS",
+    "MODELS",
+    "SEARCH_EV",
+    "ZlpInput",
+    "ZlpModel",
+    "centre_kernel",
+    "cube_model",
+    "fit_model",
+    "mirror_model",
+    "reference_model",
+    "shift_kernel",
+    "threshold_model",
+    "zlp_kernel",
+]
+
+#: Default energy window (eV, on the stored axis) in which the ZLP maximum is looked for.
+SEARCH_EV = (-5.0, 5.0)
+
+
+# --------------------------------------------------------------------------- centre
+def centre_kernel(
+    block: Any, energy_eV: Any, *, search_eV: tuple[float, float] = SEARCH_EV
+) -> dict[str, Any]:
+    """Centre of the zero-loss peak of each spectrum, to a fraction of a channel.
+
+    The maximum is looked for inside ``search_eV`` on the stored axis; the centre is the vertex of
+    a parabola fitted to ln(counts) of the top channels (3 channels when the peak's FWHM spans
+    fewer than 8 channels, a least-squares fit to 5 otherwise). The logarithm makes the fit
+    exact for a Gaussian top (Egerton 2011, section 4.1.1, fits the ZLP top the same way);
+    the arg-max channel alone is quantised to whole channels.
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra (counts per channel), any array-API namespace.
+    energy_eV : array, shape (n_E,)
+        Uniform, increasing energy axis (eV).
+    search_eV : (float, float)
+        Where the ZLP maximum may be (eV on the stored axis).
+
+    Returns
+    -------
+    dict
+        ``zlp_centre_eV`` (n,) in eV (NaN where not valid), ``valid`` (n,) bool, and for the other
+        kernels ``peak_index`` (n,) int (the arg-max channel), ``fwhm_eV`` (n,) the FWHM from the
+        half-maximum crossings (eV), ``half_left`` / ``half_right`` (n,) int, the last channel
+        left of the peak and the first right of it below half maximum.
+
+    Notes
+    -----
+    ``valid`` is False for a pixel with NaN counts, no positive maximum, a maximum at the edge of
+    the search window that is not a local maximum (no peak inside it), a flat top of three equal
+    channels (a saturated detector), or a peak that does not fall below half maximum on both
+    sides inside the spectrum (cut by the window).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-50, 150) * 0.05
+    >>> y = np.exp(-0.5 * ((e - 0.0123) / 0.2) ** 2)[None]
+    >>> round(float(centre_kernel(y, e)["zlp_centre_eV"][0]), 4)
+    0.0123
+    """
+    xp = array_namespace(block)
+    n, n_e = block.shape
+    d = axis_step(energy_eV)[1]
+    dt = block.dtype
+    e_first = float(energy_eV[0])
+    lo, hi = float(search_eV[0]), float(search_eV[1])
+    i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
+    i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
+    nan = xp.full((n,), math.nan, dtype=dt)
+    if i1 < i0:  # the search range is outside the window: nothing to find
+        zi = xp.zeros((n,), dtype=xp.int64)
+        return {
+            "zlp_centre_eV": nan,
+            "valid": xp.zeros((n,), dtype=xp.bool),
+            "peak_index": zi,
+            "fwhm_eV": nan,
+            "half_left": zi - 1,
+            "half_right": zi + n_e,
+        }
+    finite = xp.isfinite(xp.sum(block, axis=-1))  # one pass: a NaN or inf makes the sum so
+    win = block[:, i0 : i1 + 1]
+    p = xp.argmax(xp.where(xp.isfinite(win), win, xp.full_like(win, -math.inf)), axis=-1) + i0
+    # everything else on a fixed slice of channels around the peaks (shared by the block: no
+    # per-pixel gather), within hw channels of each pixel's own peak
+    hw = max(32, i1 - i0 + 1)
+    a = max(0, int(xp.min(p)) - hw) if n else 0
+    b = min(n_e, int(xp.max(p)) + hw + 1) if n else 1
+    offs = xp.arange(a, b)[None, :] - p[:, None]
+    near = (offs >= -hw) & (offs <= hw)
+    ys = block[:, a:b]
+    ys = xp.where(near & xp.isfinite(ys), ys, xp.zeros_like(ys))
+
+    def at(o):  # the counts at offset o from the peak (0 outside the spectrum or non-finite)
+        q = p + o
+        v = take_rows(xp, block, q)
+        return xp.where((q >= 0) & (q < n_e) & xp.isfinite(v), v, xp.zeros_like(v))
+
+    ymax = at(0)
+    y_l1, y_r1, y_l2, y_r2 = at(-1), at(1), at(-2), at(2)
+    half = 0.5 * ymax
+    below = (ys < half[:, None]) & near
+    big = 4 * hw
+    left = xp.max(xp.where(below & (offs < 0), offs, -big), axis=-1)
+    right = xp.min(xp.where(below & (offs > 0), offs, big), axis=-1)
+
+    # crossings interpolated linearly for the FWHM (offsets beyond hw: the pixel is not valid)
+    left_c = xp.minimum(xp.maximum(left, -hw), hw)
+    right_c = xp.minimum(xp.maximum(right, -hw), hw)
+    yl, yl1, yr, yr1 = at(left_c), at(left_c + 1), at(right_c), at(right_c - 1)
+    fl = xp.where(yl1 > yl, (half - yl) / xp.where(yl1 > yl, yl1 - yl, 1.0), 0.0)
+    fr = xp.where(yr1 > yr, (half - yr) / xp.where(yr1 > yr, yr1 - yr, 1.0), 0.0)
+    fwhm_ch = xp.astype(right - left, dt) - fl - fr
+
+    local_max = (p >= 1) & (p <= n_e - 2) & (ymax >= y_l1) & (ymax >= y_r1)
+    # a saturated detector: three or more channels at exactly the maximum
+    saturated = xp.sum(xp.astype((ys == ymax[:, None]) & near, xp.int32), axis=-1) >= 3
+    valid = finite & (ymax > 0) & local_max & ~saturated & (left > -big) & (right < big)
+
+    # parabola vertex on log(counts): 3 points, or a 5-point least-squares fit for wide peaks
+    tiny = xp.asarray(float(np.finfo(np.float32).tiny), dtype=dt)
+    pos3 = (y_l1 > 0) & (y_r1 > 0) & (ymax > 0)
+    pos5 = pos3 & (y_l2 > 0) & (y_r2 > 0) & (p >= 2) & (p <= n_e - 3)
+
+    def ln(v):
+        return xp.log(xp.maximum(v, tiny))
+
+    ll2, ll1, l0, lr1, lr2 = ln(y_l2), ln(y_l1), ln(ymax), ln(y_r1), ln(y_r2)
+    # 3 points (on log where all positive, else on the counts themselves)
+    a_m = xp.where(pos3, ll1, y_l1)
+    a_0 = xp.where(pos3, l0, ymax)
+    a_p = xp.where(pos3, lr1, y_r1)
+    den3 = a_m - 2.0 * a_0 + a_p
+    delta3 = xp.where(den3 < 0, 0.5 * (a_m - a_p) / xp.where(den3 < 0, den3, -1.0), 0.0)
+    # 5 points: y = c0 + c1 x + c2 x^2 on x = -2..2
+    c1 = (-2.0 * ll2 - ll1 + lr1 + 2.0 * lr2) / 10.0
+    c2 = (2.0 * ll2 - ll1 - 2.0 * l0 - lr1 + 2.0 * lr2) / 14.0
+    delta5 = xp.where(c2 < 0, -c1 / (2.0 * xp.where(c2 < 0, c2, -1.0)), 0.0)
+    use5 = pos5 & (fwhm_ch >= 8.0)
+    delta = xp.minimum(xp.maximum(xp.where(use5, delta5, delta3), -1.0), 1.0)
+    centre = e_first + (xp.astype(p, dt) + delta) * d
+    return {
+        "zlp_centre_eV": xp.where(valid, centre, nan),
+        "valid": valid,
+        "peak_index": p,
+        "fwhm_eV": xp.where(valid, fwhm_ch * d, nan),
+        "half_left": p + left,
+        "half_right": p + right,
+    }
+
+
+# --------------------------------------------------------------------------- shift
+def shift_kernel(
+    block: Any,
+    shift_eV: Any,
+    method: str = "fourier",
+    *,
+    dispersion_eV: float,
+    fill_value: float = math.nan,
+) -> Any:
+    """Shift each spectrum along energy by a fraction of a channel, keeping counts.
+
+    ``out(E) = in(E + shift)``: a feature at ``E = s`` moves to 0 when ``shift_eV = s``.
+
+    ``"fourier"`` multiplies the transform by a phase ramp (exact for a band-limited spectrum; the
+    straight line through the first and last channel is taken off first and shifted separately, so
+    the periodic wrap of the discrete transform meets no step). ``"linear"`` interpolates between
+    the two neighbouring channels; it keeps the sum of counts exactly but widens a sharp peak by
+    up to a channel. Both keep the total counts away from the ends. Channels whose source lies
+    outside the measured window are set to ``fill_value`` (NaN by default: there is no data).
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra (counts per channel).
+    shift_eV : float or array, shape (n,)
+        Shift per spectrum in eV.
+    method : {"fourier", "linear"}
+    dispersion_eV : float
+        Channel width (eV).
+    fill_value : float
+        Value of the channels that have no source inside the window.
+
+    Returns
+    -------
+    array, shape (n, n_E)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.zeros((1, 16)); y[0, 8] = 1.0
+    >>> out = shift_kernel(y, np.array([1.0]), "linear", dispersion_eV=0.5)
+    >>> out[0, 6:9].tolist()
+    [1.0, 0.0, 0.0]
+    """
+    xp = array_namespace(block)
+    n, n_e = block.shape
+    dt = block.dtype
+    s = (
+        xp.asarray(shift_eV, dtype=dt)
+        if not hasattr(shift_eV, "shape")
+        else xp.astype(shift_eV, dt)
+    )
+    s = xp.broadcast_to(xp.reshape(s, (-1,)), (n,)) / dispersion_eV  # in channels
+    s_finite = xp.isfinite(s)
+    s = xp.where(s_finite, s, xp.zeros_like(s))
+    idx = xp.astype(xp.arange(n_e), dt)
+    if method == "linear":
+        src = idx[None, :] + s[:, None]  # source position of each output channel
+        j = xp.floor(src)
+        f = src - j
+        j0 = xp.astype(xp.clip(j, 0, n_e - 1), xp.int64)
+        j1 = xp.astype(xp.clip(j + 1, 0, n_e - 1), xp.int64)
+        out = (1.0 - f) * xp.take_along_axis(block, j0, axis=-1) + f * xp.take_along_axis(
+            block, j1, axis=-1
+        )
+    elif method == "fourier":
+        first, last = block[:, :1], block[:, n_e - 1 :]
+        slope = (last - first) / (n_e - 1)
+        fft = fft_module(xp)
+        spec = fft.rfft(block, axis=-1)
+        m = spec.shape[-1]
+        ctype = spec.dtype
+        # the straight line first + slope i through the end channels is shifted exactly, apart
+        # from the rest (so the periodic wrap of the transform meets no step); it is taken off in
+        # Fourier space, where it is slope x (the transform of the channel index) plus a constant
+        # at k = 0 that the phase ramp leaves alone: no pass over the spectra in real space
+        ramp = xp.astype(fft.rfft(xp.astype(xp.arange(n_e), xp.float64)), ctype)[None, :]
+        line = xp.astype(slope, ctype) * ramp
+        # the phase ramp exp(2 pi i k s / N) as an outer product of two short tables
+        # (k = 32 a + b), so that only 65 sines and cosines per spectrum are taken
+        step = (2.0 * math.pi / n_e) * s
+
+        def expi(t):
+            return xp.astype(xp.cos(t), ctype) + xp.astype(xp.sin(t), ctype) * 1j
+
+        n_a = -(-m // 32)
+        fine = expi(step[:, None] * xp.astype(xp.arange(32), dt)[None, :])
+        coarse = expi(step[:, None] * xp.astype(xp.arange(n_a) * 32, dt)[None, :])
+        rot = xp.reshape(coarse[:, :, None] * fine[:, None, :], (n, n_a * 32))[:, :m]
+        # (spectrum - line) shifted, + the line's transform; the line moves by slope s as a whole
+        out = fft.irfft((spec - line) * rot + line, n=n_e, axis=-1) + slope * s[:, None]
+    else:
+        raise ValueError(f"shift method must be 'fourier' or 'linear', not {method!r}")
+    # channels whose source lies outside the window: only within max|s| of the ends
+    lo_src = -s - 1e-3  # output channel i is inside when lo_src <= i <= hi_src (1e-3: rounding)
+    hi_src = (n_e - 1) + 1e-3 - s
+    if not bool(xp.all(s_finite)):
+        out = xp.where(s_finite[:, None], out, xp.full_like(out, fill_value))
+    h = int(math.ceil(float(xp.max(xp.abs(s))))) + 2 if n else 0
+    if h == 0:
+        return out
+    if 2 * h >= n_e:  # shifts of half the window or more: the whole row
+        ok = (idx[None, :] >= lo_src[:, None]) & (idx[None, :] <= hi_src[:, None])
+        return xp.where(ok, out, xp.full_like(out, fill_value))
+    head = out[:, :h]
+    head = xp.where(idx[None, :h] >= lo_src[:, None], head, xp.full_like(head, fill_value))
+    tail = out[:, n_e - h :]
+    tail = xp.where(idx[None, n_e - h :] <= hi_src[:, None], tail, xp.full_like(tail, fill_value))
+    return xp.concat([head, out[:, h : n_e - h], tail], axis=-1)
+
+
+# --------------------------------------------------------------------------- ZLP models
+def _cdf_at(xp, y, cs, q):
+    """Integral of the counts from the start of the spectrum to the position ``q`` (in channels,
+    0 = the lower edge of channel 0), with a parabolic density inside the channel that keeps the
+    counts of it and its two neighbours (as a piecewise-parabolic reconstruction does)."""
+    n_e = y.shape[-1]
+    qc = xp.minimum(xp.maximum(q, 0.0), float(n_e) - 1e-9)
+    j = xp.floor(qc)
+    x = qc - j - 0.5  # position inside channel j, -1/2..1/2
+    ji = xp.astype(j, xp.int64)
+    a0 = xp.take_along_axis(y, ji, axis=-1)
+    am = xp.take_along_axis(y, xp.maximum(ji - 1, 0), axis=-1)
+    ap = xp.take_along_axis(y, xp.minimum(ji + 1, n_e - 1), axis=-1)
+    part = (
+        a0 * (x + 0.5)
+        + 0.25 * (ap - am) * (x * x - 0.25)
+        + 0.5 * (ap - 2.0 * a0 + am) * ((x * x * x + 0.125) / 3.0 - (x + 0.5) / 12.0)
+    )
+    return xp.where(q <= 0.0, xp.zeros_like(part), xp.take_along_axis(cs, ji, axis=-1) + part)
+
+
+def _mirror(xp, y, e, c, d, w):
+    """Gain side as measured, loss side = the gain side mirrored about the centre.
+
+    A mirrored channel holds the counts of its mirror image interval on the gain side, from the
+    cumulative counts with a parabolic density inside a channel; the model's sum is then exact
+    for a symmetric peak whatever the sub-channel centre (the pieces telescope). Only the first
+    ``w`` channels (beyond the highest possible centre) can be mirrored, so the work is done on
+    them and on a slab of ``w`` channels above the peak, not on the whole spectrum."""
+    n, n_e = y.shape
+    w = min(w, n_e)
+    head = y[:, :w]
+    cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
+    a = 2.0 * (c - e[0]) / d  # the mirror of channel i starts at edge a - i
+    k = xp.astype(xp.floor((c - e[0]) / d + 0.5), xp.int64)  # channel holding the centre
+    t = xp.arange(-1, w)
+    i = k[:, None] + t[None, :]  # slab: channels from the centre's up (and the one below)
+    q = a[:, None] - xp.astype(i, y.dtype)
+    # channel i's mirror interval is [q_i, q_i + 1] = [q_i, q_(i-1)]: one look-up per edge
+    cdf = _cdf_at(xp, head, cs, q)
+    slab = cdf[:, :-1] - cdf[:, 1:]
+    # the model is zero above channel k + w < 2 w: build it on the first 2 w channels only
+    w2 = min(n_e, 2 * w)
+    off = xp.arange(w2)[None, :] - k[:, None]
+    loss = xp.take_along_axis(slab, xp.minimum(xp.maximum(off, 0), w - 1), axis=-1)
+    loss = xp.where(off < w, loss, xp.zeros_like(loss))
+    model = xp.where(e[None, :w2] <= c[:, None], y[:, :w2], loss)
+    if w2 == n_e:
+        return model
+    return xp.concat([model, xp.zeros((n, n_e - w2), dtype=model.dtype)], axis=-1)
+
+
+def _first_minimum(xp, y, p, fwhm_ch, d, active=None):
+    """Index of the first minimum after the peak of the spectrum smoothed over ~FWHM/2 channels,
+    looked for within 25 eV of the peak; ``n_E`` where the spectrum only falls (vacuum).
+
+    The smoothed spectrum is built on fixed slices of channels shared by the whole block (the
+    peaks differ by a few channels), a chunk at a time from the peaks up: the first minimum of a
+    real spectrum lies a few eV above the ZLP, so the 25 eV range is rarely read to its end.
+    Pixels not ``active`` (no usable ZLP) are not searched (their result is ``n_E``)."""
+    n, n_e = y.shape
+    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, xp.full_like(fwhm_ch, 2.0))
+    k = xp.astype(xp.clip(xp.round(fw / 4.0), 1.0, 64.0), xp.int64)
+    width = min(n_e, max(64, int(round(25.0 / d))))
+    start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
+    big = 2 * n_e + 1
+    result = xp.full((n,), n_e, dtype=xp.int64)
+    todo = xp.ones((n,), dtype=xp.bool) if active is None else active
+    if not bool(xp.any(todo)):
+        return result
+    # channel i of pixel q may hold its minimum when start <= i - p < width and i < n_e - 1
+    first = xp.where(todo, p + start, xp.full_like(p, big))
+    last = xp.where(todo, xp.minimum(p + width, n_e - 1), xp.full_like(p, -1))
+    a = int(xp.min(first))
+    end = int(xp.max(last))
+    # the smoothing widths in use (a block's pixels share one or two): between their min and max
+    k_lo = int(xp.min(xp.where(todo, k, xp.full_like(k, 64))))
+    k_hi = int(xp.max(xp.where(todo, k, xp.ones_like(k))))
+    ks = [kv for kv in range(k_lo, k_hi + 1) if k_lo == k_hi or bool(xp.any(todo & (k == kv)))]
+
+    def seg(lo, hi):  # y[:, lo:hi] with zeros outside the spectrum, as the smoothing counts them
+        inner = y[:, max(lo, 0) : min(hi, n_e)]
+        parts = [xp.zeros((n, min(-lo, hi - lo)), dtype=y.dtype)] if lo < 0 else []
+        parts.append(inner)
+        if hi > n_e:
+            parts.append(xp.zeros((n, min(hi - n_e, hi - lo)), dtype=y.dtype))
+        return inner if len(parts) == 1 else xp.concat(parts, axis=-1)
+
+    chunk = 64 + int(xp.max(xp.where(todo, p, xp.zeros_like(p)))) - a + 1
+    while a < end:
+        b = min(end, a + chunk)  # candidates i in [a, b); each needs sm[i] and sm[i + 1]
+        m = b + 1 - a
+        sm = None
+        for kv in ks:
+            ys = seg(a - kv, b + 1 + kv)  # the candidates and their neighbours, +-kv
+            if kv <= 8:  # a few shifted slices: exact sums, no long cumulative sum
+                acc = ys[:, :m]
+                for j in range(1, 2 * kv + 1):
+                    acc = acc + ys[:, j : j + m]
+            else:
+                cs = xp.cumulative_sum(ys, axis=-1, include_initial=True)
+                acc = cs[:, 2 * kv + 1 :] - cs[:, :m]
+            s = acc / float(2 * kv + 1)
+            sm = s if sm is None else xp.where((k == kv)[:, None], s, sm)
+        i = xp.arange(a, b)[None, :]
+        rel = i - p[:, None]
+        ok = (sm[:, :-1] <= sm[:, 1:]) & (rel >= start[:, None]) & (rel < width) & (i < n_e - 1)
+        j = xp.min(xp.where(ok & todo[:, None], i, big), axis=-1)
+        found = j < big
+        result = xp.where(found, j, result)
+        todo = todo & ~found & (last > b)
+        if not bool(xp.any(todo)):
+            break
+        a, chunk = b, 2 * chunk
+    return result
+
+
+def _pseudo_voigt_basis(xp, e, c, w, d):
+    """Channel integrals of a unit Gaussian and a unit Lorentzian of FWHM ``w`` centred at ``c``."""
+    # ``e`` holds consecutive channels: each function is evaluated once per channel edge
+    lo = (e if e.ndim == 2 else e[None, :]) - 0.5 * d - c[:, None]
+    edges = xp.concat([lo, lo[:, -1:] + d], axis=-1)
+    sig = (w / (2.0 * math.sqrt(2.0 * math.log(2.0))))[:, None]
+    cg = 0.5 * erf(xp, edges * (1.0 / (sig * math.sqrt(2.0))))
+    g = cg[:, 1:] - cg[:, :-1]
+    gam = 0.5 * w[:, None]
+    cl = xp.atan(edges * (1.0 / gam)) / math.pi
+    lor = cl[:, 1:] - cl[:, :-1]
+    return g, lor
+
+
+def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
+    """Least-squares pseudo-Voigt a G(w) + b L(w), symmetric about ``c``, on the gain side and
+    the top; w by a two-stage grid search with a parabolic refinement, a and b in closed form.
+    The fit runs on a slab of channels from at most 256 below the peak to 32 above it."""
+    n, n_e = y.shape
+    w0 = xp.where(xp.isfinite(fwhm) & (fwhm > 0), fwhm, xp.full_like(fwhm, 4.0 * d))
+    w0 = xp.maximum(w0, 1.5 * d)
+    # the slab: only the channels the mask below can hold (the centre is within a channel of
+    # the peak), at most 256 below the peak and 32 above it
+    w_max = float(xp.max(w0)) if n else d
+    lo = max(-256, -math.ceil(12.0 * w_max / d) - 2)
+    hi = min(32, math.ceil(0.25 * w_max / d) + 2)
+    offs = xp.arange(lo, hi + 1)
+    pos = p[:, None] + offs[None, :]
+    inside = (pos >= 0) & (pos < n_e)
+    ys = xp.take_along_axis(y, xp.clip(pos, 0, n_e - 1), axis=-1)
+    ys = xp.where(inside & xp.isfinite(ys), ys, xp.zeros_like(ys))
+    es = e[0] + xp.astype(pos, y.dtype) * d
+    mask = (
+        inside & (es <= c[:, None] + 0.25 * w0[:, None]) & (es >= c[:, None] - 12.0 * w0[:, None])
+    )
+    mf = xp.astype(mask, y.dtype)
+    full_e = e
+    e, y = es, ys
+
+    def solve(w):
+        g, lor = _pseudo_voigt_basis(xp, e, c, w, d)
+        gg = xp.sum(mf * g * g, axis=-1)
+        ll = xp.sum(mf * lor * lor, axis=-1)
+        gl = xp.sum(mf * g * lor, axis=-1)
+        gy = xp.sum(mf * g * y, axis=-1)
+        ly = xp.sum(mf * lor * y, axis=-1)
+        yy = xp.sum(mf * y * y, axis=-1)
+        det = gg * ll - gl * gl
+        safe = xp.where(det > 0, det, xp.ones_like(det))
+        a = (ll * gy - gl * ly) / safe
+        b = (gg * ly - gl * gy) / safe
+        # a or b negative: the better of the pure Gaussian and the pure Lorentzian
+        a_g = gy / xp.where(gg > 0, gg, 1.0)
+        b_l = ly / xp.where(ll > 0, ll, 1.0)
+        r_g = yy - a_g * gy
+        r_l = yy - b_l * ly
+        both = (a >= 0) & (b >= 0) & (det > 0)
+        r_both = yy - a * gy - b * ly
+        a = xp.where(both, a, xp.where(r_g <= r_l, a_g, 0.0))
+        b = xp.where(both, b, xp.where(r_g <= r_l, 0.0, b_l))
+        res = xp.where(both, r_both, xp.minimum(r_g, r_l))
+        return a, b, res
+
+    def grid(centre_w, ratio, k):
+        best_w = centre_w
+        best_r = xp.full_like(centre_w, math.inf)
+        rs = []
+        for i in range(-k, k + 1):
+            w = centre_w * ratio**i
+            _, _, r = solve(w)
+            rs.append(r)
+            better = r < best_r
+            best_w = xp.where(better, w, best_w)
+            best_r = xp.where(better, r, best_r)
+        return best_w, best_r
+
+    w1, _ = grid(w0, 1.08, 8)  # 0.54 to 1.85 times the half-maximum width
+    w2, _ = grid(w1, 1.015, 5)
+    # parabolic refinement in log w on the best point and its two neighbours
+    step = math.log(1.015)
+    _, _, rm = solve(w2 * math.exp(-step))
+    _, _, r0 = solve(w2)
+    _, _, rp = solve(w2 * math.exp(step))
+    den = rm - 2.0 * r0 + rp
+    off = xp.where(den > 0, 0.5 * (rm - rp) / xp.where(den > 0, den, 1.0), 0.0)
+    w = w2 * xp.exp(xp.clip(off, -1.0, 1.0) * step)
+    a, b, _ = solve(w)
+    g, lor = _pseudo_voigt_basis(xp, full_e, c, w, d)
+    return a[:, None] * g + b[:, None] * lor, a + b
+
+
+# --------------------------------------------------------------------------- the model table
+@dataclass(frozen=True)
+class ZlpInput:
+    """What every ZLP model gets: the block and its ZLP centre (:func:`centre_kernel`).
+
+    ``y`` (n, n_E) counts per channel; ``e`` (n_E,) the energy axis (eV) in the block's dtype;
+    ``energy_eV`` the axis as given (float64 on the device); ``d`` the dispersion (eV); ``c`` (n,)
+    the centres (eV) with 0 standing in for invalid pixels; ``valid``, ``fwhm_eV`` and
+    ``peak_index`` (n,) from the centre; ``search_eV`` where the ZLP maximum may be (eV).
+    """
+
+    xp: Any
+    y: Any
+    e: Any
+    energy_eV: Any
+    d: float
+    c: Any
+    valid: Any
+    fwhm_eV: Any
+    peak_index: Any
+    search_eV: tuple[float, float]
+
+
+class ZlpModel(NamedTuple):
+    """What a ZLP model returns: ``model`` (n, n_E) ``N0 R(E)`` in counts per channel, or None
+    when not asked for; ``n0`` (n,) N0 in counts; ``usable`` (n,) bool, pixels the model itself
+    rules out (None: no extra condition)."""
+
+    model: Any
+    n0: Any
+    usable: Any = None
+
+
+def mirror_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpModel:
+    """``"mirror"``: the gain side as measured, mirrored about the centre (see :func:`zlp_kernel`).
+
+    N0 is the model's sum, which telescopes to two look-ups of the cumulative counts (with a
+    parabolic density inside a channel), so it is exact for a symmetric peak at any sub-channel
+    centre; without ``return_model`` only those look-ups are made.
+    """
+    xp, y, e, c, d = z.xp, z.y, z.e, z.c, z.d
+    n, n_e = y.shape
+    # no centre lies beyond the search range: channels up to its end (+ margin) hold the gain side
+    w_head = min(n_e, math.floor((float(z.search_eV[1]) - float(z.energy_eV[0])) / d) + 4)
+    w_head = max(w_head, 4)
+    # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups
+    head = y[:, :w_head]
+    cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
+    k = xp.floor((c - e[0]) / d + 0.5)  # channel holding c (its upper edge is k + 1)
+    q_hi = k + 1.0
+    q_lo = 2.0 * (c - e[0]) / d + 1.0 - q_hi
+    n0 = _cdf_at(xp, head, cs, q_hi[:, None])[:, 0] + _cdf_at(xp, head, cs, q_lo[:, None])[:, 0]
+    model = _mirror(xp, y, e, c, d, w_head) if return_model else None
+    return ZlpModel(model, n0)
+
+
+def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpModel:
+    """``"threshold"``: truncation at the first minimum after the peak (see :func:`zlp_kernel`).
+
+    N0 is the sum of the counts below the minimum (all of them where the spectrum only falls);
+    the model is the measured spectrum there and zero above.
+    """
+    xp, y, d, valid = z.xp, z.y, z.d, z.valid
+    n, n_e = y.shape
+    t = _first_minimum(xp, y, z.peak_index, z.fwhm_eV / d, d, valid)
+    # N0 = the counts below t: a sum over the channels up to the largest t, not a cumulative
+    # sum of the whole spectrum (t = n_E, no minimum: all of it)
+    t_max = int(xp.max(xp.where(t < n_e, t, xp.zeros_like(t)))) if n else 0
+    below = xp.arange(t_max)[None, :] < t[:, None]
+    head = y[:, :t_max]
+    n0 = xp.sum(xp.where(below, head, xp.zeros_like(head)), axis=-1)
+    n0 = xp.where(t < n_e, n0, xp.sum(y, axis=-1))
+    model = None
+    if return_model:
+        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, xp.zeros_like(y))
+    return ZlpModel(model, n0)
+
+
+def fit_model(z: ZlpInput, **_: Any) -> ZlpModel:
+    """``"fit"``: a symmetric pseudo-Voigt fitted to the gain side and the top (see
+    :func:`zlp_kernel`); N0 is its integral. The model is always built (the fit needs it)."""
+    model, n0 = _fit_pseudo_voigt(z.xp, z.y, z.e, z.c, z.fwhm_eV, z.d, z.peak_index)
+    return ZlpModel(model, n0)
+
+
+def reference_model(z: ZlpInput, *, reference: Any = None, **_: Any) -> ZlpModel:
+    """``"reference"``: a measured vacuum spectrum (n_E,) shifted to each centre and scaled by
+    least squares on the gain side and the top (see :func:`zlp_kernel`).
+
+    Raises
+    ------
+    InputError
+        No reference, or one with another number of channels.
+    NoZeroLossPeakError
+        The reference has no usable ZLP in ``search_eV``.
+    """
+    xp, y, e, c, d = z.xp, z.y, z.e, z.c, z.d
+    n, n_e = y.shape
+    if reference is None:
+        raise InputError("zlp method 'reference' needs a reference spectrum (reference=...)")
+    ref = xp.astype(xp.reshape(reference, (1, -1)), y.dtype)
+    if ref.shape[-1] != n_e:
+        raise InputError(
+            f"the reference ZLP has {ref.shape[-1]} channels, the data {n_e}: resample it "
+            "onto the data's energy axis first"
+        )
+    rc = centre_kernel(ref, z.energy_eV, search_eV=z.search_eV)
+    if not bool(rc["valid"][0]):
+        raise NoZeroLossPeakError(
+            f"the reference spectrum has no usable zero-loss peak in {tuple(z.search_eV)} eV"
+        )
+    ref_clean = xp.where(xp.isfinite(ref), ref, xp.zeros_like(ref))
+    shifted = shift_kernel(
+        xp.broadcast_to(ref_clean, (n, n_e)),
+        rc["zlp_centre_eV"][0] - c,
+        "fourier",
+        dispersion_eV=d,
+        fill_value=0.0,
+    )
+    w = z.fwhm_eV
+    w = xp.where(xp.isfinite(w), w, xp.full_like(w, 4.0 * d))
+    mask = xp.astype(e[None, :] <= c[:, None] + 0.25 * w[:, None], y.dtype)
+    num = xp.sum(mask * y * shifted, axis=-1)
+    den = xp.sum(mask * shifted * shifted, axis=-1)
+    scale = num / xp.where(den > 0, den, 1.0)
+    model = scale[:, None] * shifted
+    n0 = scale * xp.sum(ref_clean)
+    return ZlpModel(model, n0)
+
+
+def cube_model(z: ZlpInput, *, zlp_cube: Any = None, **_: Any) -> ZlpModel:
+    """``"cube"``: a per-pixel ZLP (n, n_E) made elsewhere, used as is; N0 is its sum. Pixels
+    whose cube row is not finite are not usable.
+
+    Raises
+    ------
+    InputError
+        No cube, or a cube of another shape than the block.
+    """
+    xp, y = z.xp, z.y
+    n, n_e = y.shape
+    if zlp_cube is None:
+        raise InputError("zlp method 'cube' needs a per-pixel ZLP cube (zlp_cube=...)")
+    zc = xp.astype(zlp_cube, y.dtype)
+    if tuple(zc.shape) != (n, n_e):
+        raise InputError(f"the ZLP cube block has shape {tuple(zc.shape)}, the data {(n, n_e)}")
+    ok = xp.all(xp.isfinite(zc), axis=-1)
+    model = xp.where(ok[:, None], zc, xp.zeros_like(zc))
+    n0 = xp.sum(model, axis=-1)
+    return ZlpModel(model, n0, ok)
+
+
+#: The ZLP models by name (:func:`zlp_kernel`'s ``method``): each ``model(z: ZlpInput, *,
+#: return_model, reference, zlp_cube) -> ZlpModel``, taking the options it needs.
+MODELS: dict[str, Callable[..., ZlpModel]] = {
+    "mirror": mirror_model,
+    "fit": fit_model,
+    "threshold": threshold_model,
+    "reference": reference_model,
+    "cube": cube_model,
+}
+
+#: The ZLP models :func:`zlp_kernel` knows.
+METHODS = tuple(MODELS)
+
+
+def zlp_kernel(
+    block: Any,
+    energy_eV: Any,
+    *,
+    method: str = "mirror",
+    reference: Any = None,
+    zlp_cube: Any = None,
+    search_eV: tuple[float, float] = SEARCH_EV,
+    return_model: bool = True,
+    centre: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The zero-loss peak of each spectrum: centre, intensity N0 and shape ``N0 R(E)``.
+
+    kk-theory.md eq. 14: ``I_ZLP(E) = N0 R(E)`` with R of unit area. The methods (the models of
+    :data:`MODELS`, one function each):
+
+    ``"mirror"``
+        The gain side (E below the centre) is taken as measured and mirrored about the centre to
+        give the loss side; N0 is the model's sum. Right for a symmetric ZLP (a monochromated or
+        cold-FEG source in a well-tuned spectrometer) and a specimen with no loss in the first
+        half-width of the peak. Wrong for an asymmetric ZLP (a Schottky source's loss-side tail is
+        missed, N0 low) and where the gain side holds something else (energy-gain peaks, a
+        detector artefact); sensitive to the centre, so to noise in it.
+    ``"fit"``
+        A pseudo-Voigt (Gaussian + Lorentzian of one FWHM, symmetric) fitted by least squares to
+        the gain side and the top; its integral is N0. Right for a symmetric ZLP with Lorentzian
+        wings (cold FEG) and for noisy data (the fit averages many channels). Wrong for an
+        asymmetric ZLP, and where the shape is neither Gaussian nor Lorentzian.
+    ``"threshold"``
+        Truncation at the first minimum after the peak (of the spectrum smoothed over about half
+        the FWHM): N0 is the sum of all channels below it, the model is the measured spectrum
+        there and zero above. Right for a thick-enough specimen with a clear minimum between the
+        ZLP and the first losses, and robust to any ZLP shape (it is what exspy's
+        ``estimate_thickness(threshold=...)`` does). Wrong where losses start under the ZLP (a
+        small gap, phonons at low energy, a thin metal's low-energy tail: N0 too high) or the ZLP
+        tail reaches past the minimum (N0 too low); the model's loss side is cut, so it is a poor
+        R for deconvolution.
+    ``"reference"``
+        A measured vacuum spectrum (1-D, on the same energy grid) shifted to each pixel's centre
+        and scaled by least squares on the gain side and top. Right when the reference was taken
+        under the same conditions (same spectrometer, dispersion and exposure regime): it brings
+        the true asymmetric shape and tails. Wrong when the conditions differ (energy resolution
+        changes with beam current, thickness broadening of the ZLP).
+    ``"cube"``
+        A per-pixel ZLP cube made elsewhere (a fitted or machine-learned model) given as
+        ``zlp_cube`` (n, n_E), used as is; N0 is its sum. As right as the model that made it.
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra in counts per channel.
+    energy_eV : array, shape (n_E,)
+        Uniform, increasing energy axis (eV).
+    method : {"mirror", "fit", "threshold", "reference", "cube"}
+    reference : array, shape (n_E,), optional
+        The vacuum spectrum for ``method="reference"``.
+    zlp_cube : array, shape (n, n_E), optional
+        The per-pixel ZLP for ``method="cube"`` (counts per channel).
+    search_eV : (float, float)
+        Where the ZLP maximum may be (eV on the stored axis).
+    return_model : bool
+        Build the (n, n_E) model; without it (what the log-ratio needs) ``"mirror"`` and
+        ``"threshold"`` cost little more than one cumulative sum, and ``zlp`` is None.
+    centre : dict, optional
+        What :func:`centre_kernel` returned for this block with this ``search_eV`` (to model
+        the ZLP twice without finding its centre twice).
+
+    Returns
+    -------
+    dict
+        ``zlp_centre_eV`` (n,) eV; ``zlp_intensity`` (n,) N0 in counts; ``zlp`` (n, n_E) the model
+        ``N0 R(E)`` in counts per channel on the block's own (unaligned) grid; ``valid`` (n,) bool;
+        ``fwhm_eV`` (n,). Invalid pixels are NaN everywhere.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-100, 400) * 0.05
+    >>> y = 1e4 * np.exp(-0.5 * (e / 0.2) ** 2)[None]
+    >>> out = zlp_kernel(y, e, method="fit")
+    >>> bool(abs(float(out["zlp_intensity"][0] / y.sum()) - 1) < 1e-3)
+    True
+    """
+    if method not in METHODS:
+        raise ValueError(f"zlp method must be one of {METHODS}, not {method!r}")
+    xp = array_namespace(block)
+    d = axis_step(energy_eV)[1]
+    y = block  # a pixel with NaN is invalid (flagged by the centre); its NaN stays in its row
+    e = xp.astype(energy_eV, y.dtype)
+    cen = centre_kernel(block, energy_eV, search_eV=search_eV) if centre is None else centre
+    valid = cen["valid"]
+    c0 = cen["zlp_centre_eV"]
+    c = xp.where(valid, c0, xp.zeros_like(c0))  # finite stand-in for the invalid pixels
+    fwhm = cen["fwhm_eV"]
+    z = ZlpInput(xp, y, e, energy_eV, d, c, valid, fwhm, cen["peak_index"], search_eV)
+    model, n0, usable = MODELS[method](
+        z, return_model=return_model, reference=reference, zlp_cube=zlp_cube
+    )
+    if usable is not None:
+        valid = valid & usable
+
+    valid = valid & xp.isfinite(n0) & (n0 > 0)
+    nan = xp.full_like(n0, math.nan)
+    if model is not None and not bool(xp.all(valid)):  # (a full pass: only when needed)
+        model = xp.where(valid[:, None], model, xp.full_like(model, math.nan))
+    return {
+        "zlp_centre_eV": xp.where(valid, c0, nan),
+        "zlp_intensity": xp.where(valid, n0, nan),
+        "zlp": model,
+        "valid": valid,
+        "fwhm_eV": xp.where(valid, fwhm, nan),
+    }
