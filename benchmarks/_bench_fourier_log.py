@@ -120,7 +120,7 @@ def _part_fft(signal: Path) -> dict:
 def _part_ours(signal: Path, zlp: Path | None, out_path: Path) -> dict:
     import dask
 
-    from eelsgpu.deconvolution import deconvolve
+    from eelsgpu.analysis.deconvolution import deconvolve
     from eelsgpu.io import open_store, write_store
 
     dask.config.set(scheduler="threads")
@@ -139,7 +139,7 @@ def _part_ours_memory(signal: Path, zlp: Path) -> dict:
     """Like exspy: both cubes loaded into memory first (not timed), the SSD computed in memory."""
     import dask
 
-    from eelsgpu.deconvolution import deconvolve
+    from eelsgpu.analysis.deconvolution import deconvolve
     from eelsgpu.io import open_store
 
     si = open_store(signal)["signal"].compute()

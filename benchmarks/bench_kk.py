@@ -8,7 +8,7 @@ size, not the cube size).
 Each part runs in its own process under ``/usr/bin/time -v`` (peak RSS measured from outside):
 
 * ``fft``: the bare batched FFTs of the analysis, on the cube in memory: one real forward and one
-  real inverse transform of length ``fft_length(K)`` (>= 2K - 1, K = 1948 loss channels) per
+  real inverse transform of length ``fast_length(2K - 1)`` (K = 1948 loss channels) per
   spectrum, float32, scipy.fft with all cores;
 * ``ours``: :func:`eelsgpu.kramers_kronig` zarr -> zarr, metal normalisation, writing what exspy
   returns (eps1, eps2 and the thickness map); ``ours-all`` writes every
@@ -102,13 +102,14 @@ def generate(folder: Path, size: int) -> Path:
 def _part_fft(path: Path) -> dict:
     import scipy.fft as sfft
 
+    from eelsgpu._xp import fast_length
     from eelsgpu.io import open_store
-    from eelsgpu.kramers_kronig import fft_length, loss_grid
+    from eelsgpu.kernels.loss_grid import loss_grid
 
     da_ = open_store(path)["ssd"]
     grid = loss_grid(da_["energy"].values)
     x = np.ascontiguousarray(da_.values.reshape(-1, N_E)[:, grid.start : grid.start + grid.n])
-    m = fft_length(grid.n)
+    m = fast_length(2 * grid.n - 1)  # the Hilbert transform's FFT length
     sfft.irfft(sfft.rfft(x[:64], n=m, axis=-1), n=m, axis=-1)  # plan warm-up
     t0 = time.perf_counter()
     spec = sfft.rfft(x, n=m, axis=-1, workers=-1)
@@ -163,7 +164,7 @@ def _part_copy(path: Path, out_path: Path) -> dict:
     import dask
 
     from eelsgpu.io import open_store, write_store
-    from eelsgpu.kramers_kronig import loss_grid
+    from eelsgpu.kernels.loss_grid import loss_grid
 
     dask.config.set(scheduler="threads")
     import_ours()

@@ -107,9 +107,9 @@ def job_ours(cube: Path, out: Path, crop: bool = True) -> dict:
     """eelsgpu: align_zlp + log-ratio thickness, zarr -> zarr (``crop``: see align_zlp)."""
     import dask
 
+    from eelsgpu.analysis.thickness import thickness
+    from eelsgpu.analysis.zlp import align_zlp
     from eelsgpu.io import open_store, write_store
-    from eelsgpu.thickness import thickness
-    from eelsgpu.zlp import align_zlp
 
     dask.config.set(scheduler="threads")
     import_ours()
@@ -136,8 +136,8 @@ def job_ours_thickness(cube: Path, out: Path) -> dict:
     """eelsgpu: the log-ratio thickness map alone, zarr -> zarr."""
     import dask
 
+    from eelsgpu.analysis.thickness import thickness
     from eelsgpu.io import open_store, write_store
-    from eelsgpu.thickness import thickness
 
     dask.config.set(scheduler="threads")
     import_ours()
@@ -205,7 +205,7 @@ def job_ours_whole(cube: Path, out: Path) -> dict:
     from the SSD and the absolute thickness (Iakoubovskii mean free path, density 2.7 g/cm3)."""
     import dask
 
-    from eelsgpu.deconvolution import deconvolve
+    from eelsgpu.analysis.deconvolution import deconvolve
     from eelsgpu.io import open_store, write_store
 
     dask.config.set(scheduler="threads")

@@ -25,10 +25,10 @@ _LAZY: dict[str, str] = {
     "write_store": "eelsgpu.io",
     "spectrum_image": "eelsgpu.model",
     # low loss
-    "align_zlp": "eelsgpu.zlp",
-    "deconvolve": "eelsgpu.deconvolution",
-    "thickness": "eelsgpu.thickness",
-    "kramers_kronig": "eelsgpu.kramers_kronig",
+    "align_zlp": "eelsgpu.analysis.zlp",
+    "deconvolve": "eelsgpu.analysis.deconvolution",
+    "thickness": "eelsgpu.analysis.thickness",
+    "kramers_kronig": "eelsgpu.analysis.kramers_kronig",
     # maps
     "window_maps": "eelsgpu.maps",
     "bandgap": "eelsgpu.bandgap",
@@ -43,12 +43,11 @@ _SUBMODULES = {
     "bandgap",
     "clustering",
     "decomposition",
-    "deconvolution",
     "engine",
     "errors",
     "interop",
     "io",
-    "kramers_kronig",
+    "kernels",
     "maps",
     "model",
     "physics",
@@ -56,8 +55,6 @@ _SUBMODULES = {
     "report",
     "sxes",
     "synthetic",
-    "thickness",
-    "zlp",
 }
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])

@@ -1,7 +1,10 @@
 """Physical constants and the relativistic kinematics of the fast electron.
 
-Shared by the synthetic model, the thickness formulas and the Kramers-Kronig analysis, so that all
-of them use one set of constants (CODATA values from :mod:`scipy.constants`).
+The bottom layer of eelsgpu, beside :mod:`eelsgpu._xp`: shared by the synthetic model and every
+kernel, so that all of them use one set of constants (CODATA values from :mod:`scipy.constants`).
+Only constants and kinematics (host floats, or arrays for theta_E) live here; the equations that
+use them have their homes in :mod:`eelsgpu.kernels` (the bulk loss probability of eq. 31 in
+:mod:`eelsgpu.kernels.dielectric`, the surface loss of eq. 36 in :mod:`eelsgpu.kernels.surface`).
 
 Conventions (Egerton, *EELS in the Electron Microscope*, 3rd ed., 2011, and
 ``shared/docs/kk-theory.md``): beam energy ``E0`` in keV, energy loss ``E`` in eV, angles in mrad,
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-from array_api_compat import array_namespace
 from scipy import constants as _c
 
 __all__ = [
@@ -27,10 +29,8 @@ __all__ = [
     "ELECTRON_REST_ENERGY_KEV",
     "HBAR_C_EV_NM",
     "KK_PREFACTOR_NM_EV_PER_KEV",
-    "bulk_loss_per_eV_nm",
     "characteristic_angle_mrad",
     "electron_wavenumber_per_nm",
-    "surface_loss_per_eV",
     "gamma_m0_v2_keV",
     "kinetic_energy_T_keV",
     "relativistic_factor_F",
@@ -46,7 +46,9 @@ BOHR_RADIUS_NM: float = _c.physical_constants["Bohr radius"][0] * 1e9
 #: hbar c in eV nm (197.327 eV nm), for optical absorption coefficients.
 HBAR_C_EV_NM: float = _c.hbar * _c.c / _c.e * 1e9
 #: pi a0 m0 v^2 / T = 2 pi a0, with T in keV and the result per eV: 2 pi a0 * 1000 = 332.5 nm eV/keV
-#: (Egerton 2011, eq. 4.26; the "332.5" of his programs).
+#: (Egerton 2011, eq. 4.26; the "332.5" of his programs). The prefactor of eq. 31 is this times T
+#: (:func:`eelsgpu.kernels.dielectric.loss_prefactor_nm_eV`); that of eq. 26, 4 a0 T, is 2/pi of it
+#: (:func:`eelsgpu.kernels.sum_rule.sum_rule_prefactor_nm_eV`).
 KK_PREFACTOR_NM_EV_PER_KEV: float = 2.0 * math.pi * BOHR_RADIUS_NM * 1e3
 
 
@@ -106,73 +108,6 @@ def characteristic_angle_mrad(energy_loss_eV, beam_energy_keV: float):
     """
     # E [eV] / (gamma m0 v^2 [keV] * 1000) rad = E / (gamma m0 v^2 [keV]) mrad
     return energy_loss_eV / gamma_m0_v2_keV(beam_energy_keV)
-
-
-def bulk_loss_per_eV_nm(
-    loss_function, energy_loss_eV, beam_energy_keV: float, collection_angle_mrad: float
-):
-    """Single-scattering probability per eV and per nm of thickness (kk-theory.md eq. 31).
-
-    dP/dE = Im[-1/eps(E)] ln(1 + (beta/theta_E)^2) / (pi a0 m0 v^2), with pi a0 m0 v^2 = 332.5 T
-    (T in keV, Egerton 2011 eq. 4.26). Multiply by N0 t (t in nm) and the channel width (eV) for
-    counts per channel. Zero at E <= 0 (energy gain is not a loss).
-
-    Parameters
-    ----------
-    loss_function : array
-        Im[-1/eps] at ``energy_loss_eV`` (dimensionless).
-    energy_loss_eV : array
-        Energy loss E in eV.
-    beam_energy_keV, collection_angle_mrad : float
-        E0 in keV and the collection semi-angle beta in mrad.
-
-    Returns
-    -------
-    array
-        Probability per eV per nm (1/(eV nm)), in the inputs' array namespace.
-    """
-    xp = array_namespace(energy_loss_eV)
-    e = energy_loss_eV
-    positive = e > 0
-    e_safe = xp.where(positive, e, xp.ones_like(e))
-    theta = characteristic_angle_mrad(e_safe, beam_energy_keV)
-    angular = xp.log(1.0 + (float(collection_angle_mrad) / theta) ** 2)
-    t_kev = kinetic_energy_T_keV(beam_energy_keV)
-    p = loss_function * angular / (KK_PREFACTOR_NM_EV_PER_KEV * t_kev)
-    return xp.where(positive, p, xp.zeros_like(p))
-
-
-def surface_loss_per_eV(
-    eps1, eps2, energy_loss_eV, beam_energy_keV: float, collection_angle_mrad: float
-):
-    """Surface-loss probability per eV of a film with two surfaces (kk-theory.md eq. 36).
-
-    I_S(E)/N0 = 1/(pi a0 k0 T) [atan(beta/theta_E)/theta_E - beta/(beta^2 + theta_E^2)]
-    [4 eps2/((eps1 + 1)^2 + eps2^2) - Im(-1/eps)],
-    Egerton 2011 eq. 4.31 (angles in rad, a0 and 1/k0 in nm, T = m0 v^2/2 in eV). Independent of
-    thickness; zero at E <= 0.
-
-    Returns
-    -------
-    array
-        Probability per eV (1/eV), in the inputs' array namespace.
-    """
-    xp = array_namespace(energy_loss_eV)
-    e = energy_loss_eV
-    positive = e > 0
-    e_safe = xp.where(positive, e, xp.ones_like(e))
-    theta = characteristic_angle_mrad(e_safe, beam_energy_keV) * 1e-3  # rad
-    beta = float(collection_angle_mrad) * 1e-3
-    angular = xp.atan(beta / theta) / theta - beta / (beta**2 + theta**2)
-    loss = eps2 / (eps1**2 + eps2**2)
-    surface = 4.0 * eps2 / ((eps1 + 1.0) ** 2 + eps2**2) - loss
-    t_ev = kinetic_energy_T_keV(beam_energy_keV) * 1e3
-    p = (
-        angular
-        * surface
-        / (math.pi * BOHR_RADIUS_NM * electron_wavenumber_per_nm(beam_energy_keV) * t_ev)
-    )
-    return xp.where(positive, p, xp.zeros_like(p))
 
 
 def electron_wavenumber_per_nm(beam_energy_keV: float) -> float:

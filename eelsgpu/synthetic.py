@@ -5,8 +5,8 @@ The model (Egerton 2011, sections 3.3, 4.1 and 4.2; kk-theory.md eqs. 13-31 and 
 1. a dielectric function eps(E): :class:`Drude` (a metal) or :class:`Lorentz` (an insulator with
    one oscillator above its gap);
 2. the single-scattering distribution per unit thickness from Im[-1/eps] with the angular factor
-   ln(1 + (beta/theta_E)^2) and the relativistic theta_E (eq. 31, :func:`eelsgpu.physics.
-   bulk_loss_per_eV_nm`), optionally plus the surface term of eq. 36;
+   ln(1 + (beta/theta_E)^2) and the relativistic theta_E (eq. 31, :func:`eelsgpu.kernels.
+   dielectric.bulk_loss_per_eV_nm`), optionally plus the surface term of eq. 36;
 3. plural scattering by the Poisson sum, done exactly as the Fourier exponential
    J~ = Z~ exp(S~/N0) (eq. 18 transformed) on a zero-padded grid, so nothing wraps around;
 4. a zero-loss peak of given FWHM, asymmetry and Lorentzian fraction, integrated over each channel
@@ -41,7 +41,8 @@ import scipy.fft as sfft
 import xarray as xr
 from scipy.special import ndtr
 
-from . import physics
+from .kernels.dielectric import bulk_loss_per_eV_nm
+from .kernels.surface import surface_loss_per_eV
 from .model import spectrum_image
 
 __all__ = [
@@ -194,9 +195,7 @@ def _single_scattering_unit(
     # midpoint rule on `oversample` sub-channels: channel k spans [(k - 1/2) dE, (k + 1/2) dE]
     sub = (np.arange(n_pad * oversample) + 0.5) / oversample - 0.5
     e = sub * dispersion_eV
-    dens = physics.bulk_loss_per_eV_nm(
-        loss_function(model, e), e, beam_energy_keV, collection_angle_mrad
-    )
+    dens = bulk_loss_per_eV_nm(loss_function(model, e), e, beam_energy_keV, collection_angle_mrad)
     p = dens.reshape(n_pad, oversample).sum(axis=1) * dispersion_eV / oversample
     return p, float(p.sum())
 
@@ -212,9 +211,7 @@ def _surface_unit(
     sub = (np.arange(n_pad * oversample) + 0.5) / oversample - 0.5
     e = sub * dispersion_eV
     eps = np.where(e > 0, model.eps(np.where(e > 0, e, 1.0)), 1.0)
-    dens = physics.surface_loss_per_eV(
-        eps.real, eps.imag, e, beam_energy_keV, collection_angle_mrad
-    )
+    dens = surface_loss_per_eV(eps.real, eps.imag, e, beam_energy_keV, collection_angle_mrad)
     return dens.reshape(n_pad, oversample).sum(axis=1) * dispersion_eV / oversample
 
 

@@ -1,8 +1,9 @@
 // Fused core of the Fourier-log deconvolution (kk-theory.md eq. 22), float32.
 //
-// NumPy twin: eelsgpu.deconvolution.log_ratio_kernel (_log_ratio_twin; the array-API path, tested
-// everywhere). On first use on a GPU eelsgpu compares this kernel with the twin on a probe block
-// and falls back to the twin (with a warning) when they differ.
+// NumPy twin: eelsgpu.kernels.fourier_log.log_spectrum_ratio (log_spectrum_ratio_twin; the array-API
+// path, tested everywhere). Loaded, checked and registered by eelsgpu.engine.cuda: on first use on a
+// GPU it compares this kernel with the twin on a probe block and falls back to the twin (with a
+// warning) when they differ.
 //
 // For each spectrum (one thread block per row of the (n_rows, n_freq) complex64 arrays):
 //   q = J~ conj(Z~);  ln|J~/Z~| = (ln|J~|^2 - ln|Z~|^2) / 2;  phase = atan2(Im q, Re q)

@@ -100,7 +100,7 @@ def _zlp_argument(text: str, si: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from .. import io
-    from ..deconvolution import deconvolve
+    from ..analysis.deconvolution import deconvolve
     from ..errors import InputError
 
     out = output_path(args)

@@ -204,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import io
+    from ..analysis.kramers_kronig import kramers_kronig, warn_flagged
     from ..errors import InputError
-    from ..kramers_kronig import kramers_kronig, warn_flagged
     from ._common import calibration_kwargs
 
     out = output_path(args)
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if io.is_store(args.input) and "ssd" in io.open_store(args.input):
         ssd = io.open_store(args.input, chunks=chunks or "auto")
     else:
-        from ..deconvolution import deconvolve
+        from ..analysis.deconvolution import deconvolve
         from .deconvolve import _zlp_argument
 
         if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:

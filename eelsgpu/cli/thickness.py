@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import io
-    from ..thickness import thickness
-    from ..zlp import check_any_valid
+    from ..analysis._lowloss import check_any_valid
+    from ..analysis.thickness import thickness
 
     out = output_path(args)
     si = open_input(args)

@@ -90,6 +90,10 @@ def cuda_device() -> Device:
     import cupy
     import cupyx
 
+    from .cuda import register_fused_kernels  # the fused kernels' providers (compiled on use)
+
+    register_fused_kernels()
+
     local = threading.local()
 
     def stream() -> contextlib.AbstractContextManager:

@@ -135,6 +135,23 @@ def tail_continuation(
     that the periodic transform sees no step. ``plan["log_taper"]``, ``plan["tail_log"]``
     (ln(E/E_end)) and ``plan["e_ext"]`` (E, eV) are shared by all pixels; ``alpha`` (n, 1) is
     each pixel's weight (1/eV). Amplitude, shape, taper and weight are one exponential.
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra in counts per channel.
+    e_end_eV, dispersion_eV : float
+        The energy of the window's last channel and the channel width (eV).
+    plan : dict
+        The shared vectors of :func:`fourier_log_kernel`'s plan (see above).
+    extrapolation : {"power-law", "exponential", "none"}
+    alpha : array, shape (n, 1)
+        The exponential weight (1/eV).
+
+    Returns
+    -------
+    array, shape (n, P - n_E)
+        The weighted continuation in counts per channel (zeros for ``"none"``).
     """
     xp = array_namespace(block)
     dt = block.dtype
@@ -591,6 +608,15 @@ def log_spectrum_ratio_twin(
     rolloff: float,
     unwrap: bool,
 ) -> Any:
+    """:func:`log_spectrum_ratio` in array-API operations, for every namespace (the twin of
+    ``kernels/fourier_log.cu``, whose first-use check compares with it).
+
+    ``jf``, ``zf`` (n, K) complex transforms of the weighted, padded spectra and ZLPs;
+    ``noise2`` (n, 2) the noise powers of J~ and Z~ (:func:`noise_power`; None: computed here);
+    ``mode``, ``gate``, ``rolloff``, ``unwrap`` as in :func:`log_spectrum_ratio`. Returns the
+    weighted ``ln(J~/Z~)`` (or ``Z~ ln(J~/Z~)`` for ``mode="zlp"``), (n, K) complex,
+    dimensionless (S~/N0).
+    """
     # Every line is one pass over (rows, K): fewer passes is what makes it fast on a CPU.
     # Contiguous copies of the real and imaginary parts: each is read 2-4 times below, and
     # arithmetic on the strided views of a complex array is ~3x slower than on a plain array.

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from eelsgpu import physics, synthetic
+from eelsgpu import synthetic
+from eelsgpu.kernels.dielectric import bulk_loss_per_eV_nm
 
 MODELS = [
     synthetic.Drude(15.0, 1.0),
@@ -122,7 +123,7 @@ def test_single_scattering_follows_eq31():
         n0
         * t
         * 0.02
-        * physics.bulk_loss_per_eV_nm(
+        * bulk_loss_per_eV_nm(
             synthetic.loss_function(model, e[i : i + 1]), e[i : i + 1], 200.0, 5.0
         )[0]
     )

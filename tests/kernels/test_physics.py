@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 
 from eelsgpu import physics
@@ -41,31 +38,3 @@ def test_bad_beam_energy():
     """Truth: a non-positive beam energy is refused."""
     with pytest.raises(ValueError, match="beam_energy_keV"):
         physics.relativistic_factor_F(0)
-
-
-def test_loss_probabilities_zero_below_zero_loss(xp):
-    """Truth: no loss probability at E <= 0 (bulk eq. 31 and surface eq. 36), on any namespace."""
-    from conftest import asarray, to_numpy
-
-    e = asarray(xp, np.array([-1.0, 0.0, 5.0, 15.0]))
-    lf = asarray(xp, np.array([0.2, 0.2, 0.1, 1.0]))
-    bulk = to_numpy(physics.bulk_loss_per_eV_nm(lf, e, 200.0, 10.0))
-    assert bulk[0] == 0 and bulk[1] == 0 and bulk[3] > bulk[2] > 0
-    eps1 = asarray(xp, np.array([1.0, 1.0, -2.0, 0.0]))
-    eps2 = asarray(xp, np.array([1.0, 1.0, 1.0, 1.0]))
-    surf = to_numpy(physics.surface_loss_per_eV(eps1, eps2, e, 200.0, 10.0))
-    assert surf[0] == 0 and surf[1] == 0 and np.all(np.isfinite(surf))
-    # the surface plasmon (eps1 = -1) of a Drude metal dominates over the bulk one at eps1 = 0
-    assert surf[2] > 0
-
-
-def test_bulk_loss_angular_factor():
-    """Truth: eq. 31's angular factor ln(1 + beta^2/theta_E^2): doubling beta at beta >> theta_E
-    adds ln(4) to the factor."""
-    e = np.array([10.0])
-    lf = np.array([1.0])
-    p1 = physics.bulk_loss_per_eV_nm(lf, e, 200.0, 10.0)[0]
-    p2 = physics.bulk_loss_per_eV_nm(lf, e, 200.0, 20.0)[0]
-    theta = physics.characteristic_angle_mrad(10.0, 200.0)
-    ratio = math.log(1 + (20 / theta) ** 2) / math.log(1 + (10 / theta) ** 2)
-    assert p2 / p1 == pytest.approx(ratio, rel=1e-12)
