@@ -31,7 +31,7 @@ _LAZY: dict[str, str] = {
     "kramers_kronig": "eelsgpu.kramers_kronig",
     # maps
     "window_maps": "eelsgpu.analysis.maps",
-    "bandgap": "eelsgpu.bandgap",
+    "bandgap": "eelsgpu.analysis.bandgap",
     "cluster": "eelsgpu.clustering",
     "decompose": "eelsgpu.decomposition",
     # interoperability
@@ -40,7 +40,6 @@ _LAZY: dict[str, str] = {
 }
 _SUBMODULES = {
     "batch",
-    "bandgap",
     "clustering",
     "decomposition",
     "deconvolution",
@@ -62,7 +61,7 @@ __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    # thickness, kramers_kronig and bandgap are modules that call like their main function
+    # thickness and kramers_kronig are modules that call like their main function
     # (see eelsgpu._callable), so the submodule wins where a name is both.
     if name in _SUBMODULES:
         return importlib.import_module(f"eelsgpu.{name}")

@@ -206,7 +206,7 @@ def report_html(
             sel = dict(zip(nav, pix, strict=True))
             spectra = {n: ds[n].isel(sel).compute() for n in cubes}
             if ds.attrs.get("analysis") == "bandgap":  # the onset fit over the data
-                from .bandgap import fit_curves
+                from .analysis.bandgap import fit_curves
 
                 curve = fit_curves(spectra[cubes[0]], ds.attrs)
                 eg = ds["bandgap_eV"].isel(sel).values if "bandgap_eV" in ds else np.nan
