@@ -32,7 +32,7 @@ _LAZY: dict[str, str] = {
     # maps
     "window_maps": "eelsgpu.analysis.maps",
     "bandgap": "eelsgpu.analysis.bandgap",
-    "cluster": "eelsgpu.clustering",
+    "cluster": "eelsgpu.analysis.clustering",
     "decompose": "eelsgpu.decomposition",
     # interoperability
     "to_hyperspy": "eelsgpu.interop",
@@ -40,7 +40,6 @@ _LAZY: dict[str, str] = {
 }
 _SUBMODULES = {
     "batch",
-    "clustering",
     "decomposition",
     "deconvolution",
     "engine",

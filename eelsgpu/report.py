@@ -314,7 +314,7 @@ def _cluster_figures(ds: xr.Dataset, cubes: list[str], xlim_eV) -> list[str]:
     if "cluster_mean_spectrum" in ds:
         means = ds["cluster_mean_spectrum"]
     elif "cluster" in ds and cubes:
-        from .clustering import cluster_sums
+        from .analysis.clustering import cluster_sums
 
         lab = np.asarray(ds["cluster"].values)
         k = int(lab.max()) + 1
