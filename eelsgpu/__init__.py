@@ -33,14 +33,13 @@ _LAZY: dict[str, str] = {
     "window_maps": "eelsgpu.analysis.maps",
     "bandgap": "eelsgpu.analysis.bandgap",
     "cluster": "eelsgpu.analysis.clustering",
-    "decompose": "eelsgpu.decomposition",
+    "decompose": "eelsgpu.analysis.decomposition",
     # interoperability
     "to_hyperspy": "eelsgpu.interop",
     "from_hyperspy": "eelsgpu.interop",
 }
 _SUBMODULES = {
     "batch",
-    "decomposition",
     "deconvolution",
     "engine",
     "errors",

@@ -37,6 +37,7 @@ __all__ = [
     "FLAGGED_GREY",
     "map_variables",
     "nice_length",
+    "plot_decomposition",
     "plot_map",
     "plot_maps",
     "plot_spectra",
@@ -505,6 +506,78 @@ def plot_spectra(
         ax.legend(frameon=False, fontsize=9)
     ax.set_title(title)
     return _finish(fig, path, own, plt)
+
+
+def plot_decomposition(
+    decomposition: xr.Dataset, png_dir: str | os.PathLike, *, max_components: int | None = None
+) -> list[Path]:
+    """Write the scree plot (PCA) and one picture per component (loading map + factor).
+
+    Parameters
+    ----------
+    decomposition : xarray.Dataset
+        From :func:`eelsgpu.decompose`.
+    png_dir : path
+        Folder of the pictures (made if missing): ``scree.png`` (PCA) and
+        ``component_NN.png``.
+    max_components : int, optional
+        Draw at most this many components.
+
+    Returns
+    -------
+    list of Path
+        The paths written.
+    """
+    plt = _pyplot()
+    out_dir = Path(png_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    method = str(decomposition.attrs.get("method", "")).upper()
+    if "explained_variance_ratio" in decomposition:
+        ev = decomposition["explained_variance_ratio"]
+        fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=120, layout="constrained")
+        kept = decomposition.sizes["component"]
+        ax.semilogy(ev["rank"].values, ev.values, "o-", ms=4, label="all")
+        ax.semilogy(
+            ev["rank"].values[:kept],
+            ev.values[:kept],
+            "o",
+            ms=7,
+            color="C3",
+            label=f"kept ({kept})",
+        )
+        ax.set_xlabel("component")
+        ax.set_ylabel("explained variance ratio")
+        ax.set_title(f"{method} scree plot")
+        ax.legend(frameon=False)
+        path = out_dir / "scree.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    n = decomposition.sizes["component"]
+    if max_components is not None:
+        n = min(n, int(max_components))
+    for c in range(n):
+        fig, (ax_map, ax_spec) = plt.subplots(
+            1, 2, figsize=(10, 4.2), dpi=120, layout="constrained"
+        )
+        loading = decomposition["loadings"].isel(component=c)
+        loading.attrs.update({"long_name": f"{method} loading {c}"})
+        if loading.ndim == 2:
+            plot_map(loading, ax=ax_map, title=f"{method} component {c}: loading")
+        else:
+            ax_map.plot(np.asarray(loading.values))
+            ax_map.set_title(f"{method} component {c}: loading")
+        factor = decomposition["factors"].isel(component=c)
+        ax_spec.plot(factor["energy"].values, factor.values, lw=1.2)
+        ax_spec.set_xlabel(f"energy ({factor['energy'].attrs.get('units', 'eV')})")
+        ax_spec.set_ylabel("factor (max 1)")
+        ax_spec.set_title(f"{method} component {c}: factor")
+        path = out_dir / f"component_{c:02d}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def _has_dominant_zlp(spectra: Mapping[str, xr.DataArray]) -> bool:
