@@ -12,6 +12,10 @@ A map picture is what a microscopist looks at first, so each one has
 * label maps (integers: clusters, gap type; booleans: valid) drawn with discrete colours and one
   colour-bar tick per label, named from ``flag_meanings`` when the variable has it.
 
+:func:`plot_spectra` overlays spectra; :func:`plot_decomposition` draws the scree plot and the
+components of :func:`eelsgpu.decompose`. Analyses never import this module; the CLI and the
+report do.
+
 Examples
 --------
 >>> import numpy as np, xarray as xr
