@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 from scipy.optimize import curve_fit
 
-from eelsgpu.bandgap import bandgap
+from eelsgpu.analysis.bandgap import bandgap
 from eelsgpu.model import spectrum_image
 
 

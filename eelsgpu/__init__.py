@@ -30,30 +30,26 @@ _LAZY: dict[str, str] = {
     "thickness": "eelsgpu.analysis.thickness",
     "kramers_kronig": "eelsgpu.analysis.kramers_kronig",
     # maps
-    "window_maps": "eelsgpu.maps",
-    "bandgap": "eelsgpu.bandgap",
-    "cluster": "eelsgpu.clustering",
-    "decompose": "eelsgpu.decomposition",
+    "window_maps": "eelsgpu.analysis.maps",
+    "bandgap": "eelsgpu.analysis.bandgap",
+    "cluster": "eelsgpu.analysis.clustering",
+    "decompose": "eelsgpu.analysis.decomposition",
     # interoperability
     "to_hyperspy": "eelsgpu.interop",
     "from_hyperspy": "eelsgpu.interop",
 }
 _SUBMODULES = {
+    "analysis",
     "batch",
-    "bandgap",
-    "clustering",
-    "decomposition",
     "engine",
     "errors",
     "interop",
     "io",
     "kernels",
-    "maps",
     "model",
     "physics",
     "plotting",
     "report",
-    "sxes",
     "synthetic",
 }
 
@@ -61,7 +57,7 @@ __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    # thickness, kramers_kronig and bandgap are modules that call like their main function
+    # thickness and kramers_kronig are modules that call like their main function
     # (see eelsgpu._callable), so the submodule wins where a name is both.
     if name in _SUBMODULES:
         return importlib.import_module(f"eelsgpu.{name}")

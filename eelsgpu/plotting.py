@@ -12,6 +12,10 @@ A map picture is what a microscopist looks at first, so each one has
 * label maps (integers: clusters, gap type; booleans: valid) drawn with discrete colours and one
   colour-bar tick per label, named from ``flag_meanings`` when the variable has it.
 
+:func:`plot_spectra` overlays spectra; :func:`plot_decomposition` draws the scree plot and the
+components of :func:`eelsgpu.decompose`. Analyses never import this module; the CLI and the
+report do.
+
 Examples
 --------
 >>> import numpy as np, xarray as xr
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ __all__ = [
     "FLAGGED_GREY",
     "map_variables",
     "nice_length",
+    "plot_decomposition",
     "plot_map",
     "plot_maps",
     "plot_spectra",
@@ -223,122 +229,196 @@ def plot_map(
     if values.ndim == 1:
         if own:
             fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120, layout="constrained")
-        fig = ax.figure
-        dim = da.dims[0]
-        coord, unit = _coord(da, dim, values.size)
-        ax.plot(coord, values, "o-", ms=3, lw=1.2)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            for c in coord[bad]:
-                ax.axvline(c, color=FLAGGED_GREY, lw=2, zorder=0)
-            ax.text(
-                0.99,
-                0.02,
-                f"{int(bad.sum())} flagged px (grey)",
-                transform=ax.transAxes,
-                ha="right",
-                va="bottom",
-                fontsize=8,
-                color="0.3",
-            )
-        ax.set_xlabel(f"{dim} ({unit})")
-        ax.set_ylabel(_unit_label(da))
-        ax.grid(alpha=0.3)
-        ax.set_title(_title(da, title))
-        return _finish(fig, path, own, plt)
+        _draw_profile(ax, da, values, title)
+        return _finish(ax.figure, path, own, plt)
 
-    ydim, xdim = da.dims
-    ny, nx = values.shape
-    xs, xunit = _coord(da, xdim, nx)
-    ys, yunit = _coord(da, ydim, ny)
-    step_x = float(xs[1] - xs[0]) if xs.size > 1 else 1.0
-    step_y = float(ys[1] - ys[0]) if ys.size > 1 else 1.0
-    extent = (xs[0] - step_x / 2, xs[-1] + step_x / 2, ys[-1] + step_y / 2, ys[0] - step_y / 2)
+    grid = _MapGrid.of(da, values)
     if own:
-        aspect = (ny * abs(step_y)) / max(nx * abs(step_x), 1e-12)
-        width = 5.6
-        height = float(np.clip(width * aspect * 0.86 + 0.7, 2.4, 7.5))
-        fig, ax = plt.subplots(figsize=(width, height), dpi=130, layout="constrained")
-    fig = ax.figure
-
-    labels = _is_labels(da, values)
-    if labels:
-        bad = ~np.isfinite(values) | (values < 0)
-        shown = np.where(bad, np.nan, values)
-        levels = np.unique(shown[np.isfinite(shown)]).astype(int)
-        named = [v for v in _flag_names(da)]
-        if np.issubdtype(da.dtype, np.bool_):
-            levels = np.array([0, 1])
-        elif named:  # every named label gets its colour, present or not
-            levels = np.union1d(levels, named).astype(int)
-        lo, hi = (int(levels.min()), int(levels.max())) if levels.size else (0, 1)
-        n_col = hi - lo + 1
-        base = plt.get_cmap("tab10" if n_col <= 10 else "tab20")
-        from matplotlib.colors import BoundaryNorm, ListedColormap
-
-        cm = ListedColormap([base(i % base.N) for i in range(n_col)]).with_extremes(
-            bad=FLAGGED_GREY
-        )
-        norm = BoundaryNorm(np.arange(lo - 0.5, hi + 1.5), n_col)
-        im = ax.imshow(
-            np.ma.masked_invalid(shown), cmap=cm, norm=norm, extent=extent, interpolation="nearest"
-        )
-        cb = fig.colorbar(im, ax=ax, shrink=0.9, ticks=np.arange(lo, hi + 1))
-        names = _flag_names(da)
-        if np.issubdtype(da.dtype, np.bool_):
-            names = {0: "False", 1: "True"}
-        if names:
-            cb.set_ticklabels([names.get(i, str(i)) for i in range(lo, hi + 1)])
+        fig, ax = _map_figure(plt, grid)
+    if _is_labels(da, values):
+        cb, bad = _draw_labels(plt, ax, da, values, grid.extent)
     else:
-        bad = ~np.isfinite(values)
-        finite = values[~bad]
-        lo_v, hi_v = vmin, vmax
-        if finite.size and (lo_v is None or hi_v is None):
-            # percentiles only where there are enough pixels for a few to be outliers
-            if robust and finite.size >= 100:
-                p_lo, p_hi = np.percentile(finite, [1, 99])
-            else:
-                p_lo, p_hi = finite.min(), finite.max()
-            lo_v = p_lo if lo_v is None else lo_v
-            hi_v = p_hi if hi_v is None else hi_v
-            if hi_v <= lo_v:
-                lo_v, hi_v = float(finite.min()), float(finite.max())
-                if hi_v <= lo_v:
-                    lo_v, hi_v = lo_v - 0.5 * (abs(lo_v) or 1), hi_v + 0.5 * (abs(hi_v) or 1)
-        if cmap is None and lo_v is not None and lo_v < 0 < hi_v:
-            if min(-lo_v, hi_v) > 0.2 * (hi_v - lo_v) and vmin is None and vmax is None:
-                cmap = "RdBu_r"
-                lo_v, hi_v = -max(-lo_v, hi_v), max(-lo_v, hi_v)
-        cm = plt.get_cmap(cmap or "viridis").with_extremes(bad=FLAGGED_GREY)
-        im = ax.imshow(
-            np.ma.masked_invalid(values),
-            cmap=cm,
-            vmin=lo_v,
-            vmax=hi_v,
-            extent=extent,
-            interpolation="nearest",
-        )
-        extend = "neither"
-        if finite.size and lo_v is not None:
-            below, above = finite.min() < lo_v, finite.max() > hi_v
-            extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
-                (bool(below), bool(above)), "neither"
-            )
-        cb = fig.colorbar(im, ax=ax, shrink=0.9, extend=extend)
+        cb, bad = _draw_continuous(plt, ax, da, values, grid.extent, cmap, robust, vmin, vmax)
     cb.set_label(_unit_label(da))
+    _bare_axes(ax)
+    _draw_calibration(ax, grid)
+    _draw_flagged_count(ax, int(bad.sum()))
+    ax.set_title(_title(da, title), fontsize=11)
+    return _finish(ax.figure, path, own, plt)
+
+
+def _draw_profile(ax, da: xr.DataArray, values: np.ndarray, title: str | None) -> None:
+    """A 1-D map as a profile against its coordinate, flagged points as grey vertical lines."""
+    dim = da.dims[0]
+    coord, unit = _coord(da, dim, values.size)
+    ax.plot(coord, values, "o-", ms=3, lw=1.2)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        for c in coord[bad]:
+            ax.axvline(c, color=FLAGGED_GREY, lw=2, zorder=0)
+        ax.text(
+            0.99,
+            0.02,
+            f"{int(bad.sum())} flagged px (grey)",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="0.3",
+        )
+    ax.set_xlabel(f"{dim} ({unit})")
+    ax.set_ylabel(_unit_label(da))
+    ax.grid(alpha=0.3)
+    ax.set_title(_title(da, title))
+
+
+@dataclass(frozen=True)
+class _MapGrid:
+    """Where a 2-D map's pixels lie: size, spatial units, pixel steps and the imshow extent."""
+
+    nx: int
+    ny: int
+    xunit: str
+    yunit: str
+    step_x: float
+    step_y: float
+    extent: tuple[float, float, float, float]
+
+    @classmethod
+    def of(cls, da: xr.DataArray, values: np.ndarray) -> _MapGrid:
+        ydim, xdim = da.dims
+        ny, nx = values.shape
+        xs, xunit = _coord(da, xdim, nx)
+        ys, yunit = _coord(da, ydim, ny)
+        step_x = float(xs[1] - xs[0]) if xs.size > 1 else 1.0
+        step_y = float(ys[1] - ys[0]) if ys.size > 1 else 1.0
+        extent = (
+            xs[0] - step_x / 2,
+            xs[-1] + step_x / 2,
+            ys[-1] + step_y / 2,
+            ys[0] - step_y / 2,
+        )
+        return cls(nx, ny, xunit, yunit, step_x, step_y, extent)
+
+
+def _map_figure(plt, grid: _MapGrid):
+    """A figure shaped like the map (square pixels), 5.6 in wide."""
+    aspect = (grid.ny * abs(grid.step_y)) / max(grid.nx * abs(grid.step_x), 1e-12)
+    width = 5.6
+    height = float(np.clip(width * aspect * 0.86 + 0.7, 2.4, 7.5))
+    return plt.subplots(figsize=(width, height), dpi=130, layout="constrained")
+
+
+def _draw_labels(plt, ax, da: xr.DataArray, values: np.ndarray, extent):
+    """A label map in discrete colours, one colour-bar tick per label (named from
+    ``flag_meanings``); negative labels are flagged. Returns the colour bar and the flags."""
+    fig = ax.figure
+    bad = ~np.isfinite(values) | (values < 0)
+    shown = np.where(bad, np.nan, values)
+    levels = np.unique(shown[np.isfinite(shown)]).astype(int)
+    named = [v for v in _flag_names(da)]
+    if np.issubdtype(da.dtype, np.bool_):
+        levels = np.array([0, 1])
+    elif named:  # every named label gets its colour, present or not
+        levels = np.union1d(levels, named).astype(int)
+    lo, hi = (int(levels.min()), int(levels.max())) if levels.size else (0, 1)
+    n_col = hi - lo + 1
+    base = plt.get_cmap("tab10" if n_col <= 10 else "tab20")
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    cm = ListedColormap([base(i % base.N) for i in range(n_col)]).with_extremes(bad=FLAGGED_GREY)
+    norm = BoundaryNorm(np.arange(lo - 0.5, hi + 1.5), n_col)
+    im = ax.imshow(
+        np.ma.masked_invalid(shown), cmap=cm, norm=norm, extent=extent, interpolation="nearest"
+    )
+    cb = fig.colorbar(im, ax=ax, shrink=0.9, ticks=np.arange(lo, hi + 1))
+    names = _flag_names(da)
+    if np.issubdtype(da.dtype, np.bool_):
+        names = {0: "False", 1: "True"}
+    if names:
+        cb.set_ticklabels([names.get(i, str(i)) for i in range(lo, hi + 1)])
+    return cb, bad
+
+
+def _colour_limits(
+    finite: np.ndarray, vmin: float | None, vmax: float | None, robust: bool
+) -> tuple[float | None, float | None]:
+    """Colour limits: those given, else the 1st/99th percentiles (``robust``, 100 pixels or
+    more) or the extremes of the finite values; never an empty range."""
+    lo_v, hi_v = vmin, vmax
+    if finite.size and (lo_v is None or hi_v is None):
+        # percentiles only where there are enough pixels for a few to be outliers
+        if robust and finite.size >= 100:
+            p_lo, p_hi = np.percentile(finite, [1, 99])
+        else:
+            p_lo, p_hi = finite.min(), finite.max()
+        lo_v = p_lo if lo_v is None else lo_v
+        hi_v = p_hi if hi_v is None else hi_v
+        if hi_v <= lo_v:
+            lo_v, hi_v = float(finite.min()), float(finite.max())
+            if hi_v <= lo_v:
+                lo_v, hi_v = lo_v - 0.5 * (abs(lo_v) or 1), hi_v + 0.5 * (abs(hi_v) or 1)
+    return lo_v, hi_v
+
+
+def _draw_continuous(
+    plt,
+    ax,
+    da: xr.DataArray,
+    values: np.ndarray,
+    extent,
+    cmap: str | None,
+    robust: bool,
+    vmin: float | None,
+    vmax: float | None,
+):
+    """A continuous map with robust limits, a diverging map centred on 0 for signed values,
+    and colour-bar arrows for values beyond the limits. Returns the colour bar and the flags."""
+    fig = ax.figure
+    bad = ~np.isfinite(values)
+    finite = values[~bad]
+    lo_v, hi_v = _colour_limits(finite, vmin, vmax, robust)
+    if cmap is None and lo_v is not None and lo_v < 0 < hi_v:
+        if min(-lo_v, hi_v) > 0.2 * (hi_v - lo_v) and vmin is None and vmax is None:
+            cmap = "RdBu_r"
+            lo_v, hi_v = -max(-lo_v, hi_v), max(-lo_v, hi_v)
+    cm = plt.get_cmap(cmap or "viridis").with_extremes(bad=FLAGGED_GREY)
+    im = ax.imshow(
+        np.ma.masked_invalid(values),
+        cmap=cm,
+        vmin=lo_v,
+        vmax=hi_v,
+        extent=extent,
+        interpolation="nearest",
+    )
+    extend = "neither"
+    if finite.size and lo_v is not None:
+        below, above = finite.min() < lo_v, finite.max() > hi_v
+        extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
+            (bool(below), bool(above)), "neither"
+        )
+    cb = fig.colorbar(im, ax=ax, shrink=0.9, extend=extend)
+    return cb, bad
+
+
+def _bare_axes(ax) -> None:
+    """No ticks, no frame: the scale bar gives the lengths."""
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ax.spines.values():
         side.set_visible(False)
 
-    calibrated = xunit in _SPATIAL_UNITS and xunit == yunit
+
+def _draw_calibration(ax, grid: _MapGrid) -> None:
+    """A scale bar where both axes share a length unit, else a note that there is none."""
+    calibrated = grid.xunit in _SPATIAL_UNITS and grid.xunit == grid.yunit
     if calibrated:
-        _draw_scale_bar(ax, extent, xunit)
+        _draw_scale_bar(ax, grid.extent, grid.xunit)
     else:
         ax.text(
             0.01,
             -0.01,
-            f"{nx} x {ny} px (no spatial calibration)",
+            f"{grid.nx} x {grid.ny} px (no spatial calibration)",
             transform=ax.transAxes,
             ha="left",
             va="top",
@@ -346,7 +426,10 @@ def plot_map(
             color="0.3",
             gid="no-calibration",
         )
-    n_bad = int(bad.sum())
+
+
+def _draw_flagged_count(ax, n_bad: int) -> None:
+    """The number of flagged (grey) pixels in the lower right corner, if any."""
     if n_bad:
         ax.text(
             1.0,
@@ -359,8 +442,6 @@ def plot_map(
             color="0.25",
             gid="flagged-count",
         )
-    ax.set_title(_title(da, title), fontsize=11)
-    return _finish(fig, path, own, plt)
 
 
 def _flag_names(da: xr.DataArray) -> dict[int, str]:
@@ -505,6 +586,78 @@ def plot_spectra(
         ax.legend(frameon=False, fontsize=9)
     ax.set_title(title)
     return _finish(fig, path, own, plt)
+
+
+def plot_decomposition(
+    decomposition: xr.Dataset, png_dir: str | os.PathLike, *, max_components: int | None = None
+) -> list[Path]:
+    """Write the scree plot (PCA) and one picture per component (loading map + factor).
+
+    Parameters
+    ----------
+    decomposition : xarray.Dataset
+        From :func:`eelsgpu.decompose`.
+    png_dir : path
+        Folder of the pictures (made if missing): ``scree.png`` (PCA) and
+        ``component_NN.png``.
+    max_components : int, optional
+        Draw at most this many components.
+
+    Returns
+    -------
+    list of Path
+        The paths written.
+    """
+    plt = _pyplot()
+    out_dir = Path(png_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    method = str(decomposition.attrs.get("method", "")).upper()
+    if "explained_variance_ratio" in decomposition:
+        ev = decomposition["explained_variance_ratio"]
+        fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=120, layout="constrained")
+        kept = decomposition.sizes["component"]
+        ax.semilogy(ev["rank"].values, ev.values, "o-", ms=4, label="all")
+        ax.semilogy(
+            ev["rank"].values[:kept],
+            ev.values[:kept],
+            "o",
+            ms=7,
+            color="C3",
+            label=f"kept ({kept})",
+        )
+        ax.set_xlabel("component")
+        ax.set_ylabel("explained variance ratio")
+        ax.set_title(f"{method} scree plot")
+        ax.legend(frameon=False)
+        path = out_dir / "scree.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    n = decomposition.sizes["component"]
+    if max_components is not None:
+        n = min(n, int(max_components))
+    for c in range(n):
+        fig, (ax_map, ax_spec) = plt.subplots(
+            1, 2, figsize=(10, 4.2), dpi=120, layout="constrained"
+        )
+        loading = decomposition["loadings"].isel(component=c)
+        loading.attrs.update({"long_name": f"{method} loading {c}"})
+        if loading.ndim == 2:
+            plot_map(loading, ax=ax_map, title=f"{method} component {c}: loading")
+        else:
+            ax_map.plot(np.asarray(loading.values))
+            ax_map.set_title(f"{method} component {c}: loading")
+        factor = decomposition["factors"].isel(component=c)
+        ax_spec.plot(factor["energy"].values, factor.values, lw=1.2)
+        ax_spec.set_xlabel(f"energy ({factor['energy'].attrs.get('units', 'eV')})")
+        ax_spec.set_ylabel("factor (max 1)")
+        ax_spec.set_title(f"{method} component {c}: factor")
+        path = out_dir / f"component_{c:02d}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def _has_dominant_zlp(spectra: Mapping[str, xr.DataArray]) -> bool:

@@ -206,7 +206,7 @@ def report_html(
             sel = dict(zip(nav, pix, strict=True))
             spectra = {n: ds[n].isel(sel).compute() for n in cubes}
             if ds.attrs.get("analysis") == "bandgap":  # the onset fit over the data
-                from .bandgap import fit_curves
+                from .analysis.bandgap import fit_curves
 
                 curve = fit_curves(spectra[cubes[0]], ds.attrs)
                 eg = ds["bandgap_eV"].isel(sel).values if "bandgap_eV" in ds else np.nan
@@ -314,7 +314,7 @@ def _cluster_figures(ds: xr.Dataset, cubes: list[str], xlim_eV) -> list[str]:
     if "cluster_mean_spectrum" in ds:
         means = ds["cluster_mean_spectrum"]
     elif "cluster" in ds and cubes:
-        from .clustering import cluster_sums
+        from .analysis.clustering import cluster_sums
 
         lab = np.asarray(ds["cluster"].values)
         k = int(lab.max()) + 1

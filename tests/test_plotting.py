@@ -17,6 +17,7 @@ from eelsgpu.plotting import (  # noqa: E402
     FLAGGED_GREY,
     map_variables,
     nice_length,
+    plot_decomposition,
     plot_map,
     plot_spectra,
     scale_bar_label,
@@ -230,3 +231,19 @@ def test_spectra_shade_the_given_windows():
     assert xs == [(850.0, 925.0), (931.0, 1000.0)]
     assert {t.get_text() for t in fig.axes[0].texts} >= {"Cu", "bg Cu"}
     plt.close(fig)
+
+
+def test_decomposition_pictures(tmp_path):
+    """Truth: the components of a PCA of a rank-2 Poisson image (2 kept, 8 on the scree): a scree
+    plot and one picture per kept component are written (moved here from the decomposition
+    tests with plot_decomposition)."""
+    from eelsgpu.analysis.decomposition import decompose
+    from eelsgpu.model import spectrum_image
+
+    rng = np.random.default_rng(0)
+    maps, spectra = rng.random((16, 16, 2)), rng.random((2, 60))
+    si = spectrum_image(rng.poisson(200 * maps @ spectra), np.arange(60.0), chunks=(8, 8))
+    ds = decompose(si, "pca", n_components=2, n_scree=8, device="cpu")
+    paths = plot_decomposition(ds, tmp_path)
+    assert {p.name for p in paths} == {"scree.png", "component_00.png", "component_01.png"}
+    assert all(p.stat().st_size > 1000 for p in paths)

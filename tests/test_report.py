@@ -9,9 +9,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from eelsgpu import io, synthetic
-from eelsgpu.bandgap import bandgap
-from eelsgpu.cli import main
+from eelsgpu import io
+from eelsgpu.analysis.bandgap import bandgap
 from eelsgpu.errors import InputError
 from eelsgpu.model import spectrum_image
 from eelsgpu.plotting import map_variables
@@ -111,49 +110,6 @@ def test_report_embeds_every_map_with_title_and_unit(gap_store):
     # the run's parameters, from ds.attrs
     assert "bandgap_model" in page.cells and "indirect" in page.cells
     assert "onsets.zarr" in text
-
-
-def test_report_cli_with_clusters(tmp_path):
-    """Truth: a two-material synthetic image; `eelsgpu cluster` then `eelsgpu report
-    --clusters` make a page with the cluster map and the cluster-mean spectra figure."""
-    reg = np.zeros((8, 8), int)
-    reg[:, 4:] = 1
-    sim = synthetic.low_loss_image(
-        [synthetic.Drude(15.0, 1.0), synthetic.Drude(25.0, 3.0)],
-        regions=reg,
-        shape=(8, 8),
-        n_channels=256,
-        dispersion_eV=0.2,
-        t_over_lambda=0.5,
-        noise=True,
-    )
-    si_path = io.write_store(sim[["signal"]], tmp_path / "ll.zarr")
-    assert (
-        main(
-            [
-                "cluster",
-                str(si_path),
-                "-o",
-                str(tmp_path / "cl.zarr"),
-                "-k",
-                "2",
-                "-q",
-                "--png",
-                str(tmp_path / "cl.png"),
-            ]
-        )
-        == 0
-    )
-    assert (tmp_path / "cl.png").stat().st_size > 1000
-    assert (tmp_path / "cl_spectra.png").exists()
-    html_path = tmp_path / "cl.html"
-    assert (
-        main(["report", str(tmp_path / "cl.zarr"), "-o", str(html_path), "--clusters", "-q"]) == 0
-    )
-    page, _ = _parse(html_path)
-    alts = [im.get("alt", "") for im in page.imgs]
-    assert any(a.startswith("map of cluster:") for a in alts)
-    assert "cluster-mean spectra" in alts
 
 
 def test_report_refuses_what_it_cannot_draw(gap_store, tmp_path):

@@ -127,7 +127,7 @@ def write_fit_png(spectra, res, png: str) -> Path | None:
     percentile of Eg, over the fit window (the first look at whether the fits are sound)."""
     import numpy as np
 
-    from ..bandgap import fit_curves
+    from ..analysis.bandgap import fit_curves
     from ..plotting import plot_spectra
 
     eg = np.asarray(res["bandgap_eV"].values, float)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import io
-    from ..bandgap import bandgap
+    from ..analysis.bandgap import bandgap
     from ._common import open_kwargs
 
     out = output_path(args)

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from .. import io
-    from ..clustering import cluster
+    from ..analysis.clustering import cluster
     from .bandgap import parse_window, write_pngs
 
     out = output_path(args)

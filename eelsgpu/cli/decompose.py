@@ -70,7 +70,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .. import io
-    from ..decomposition import decompose, denoise, plot_decomposition
+    from ..analysis.decomposition import decompose, denoise
+    from ..plotting import plot_decomposition
 
     out = output_path(args)
     si = open_input(args)

@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import io
+    from ..analysis.maps import window_maps
     from ..errors import InputError
-    from ..maps import window_maps
-    from ..sxes import HigherOrderLineWarning
+    from ..kernels.sxes import HigherOrderLineWarning
 
     out = output_path(args)
     windows: dict[str, tuple[float, float]] = {}

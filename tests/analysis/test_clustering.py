@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import asarray, to_numpy
 from sklearn.metrics import adjusted_rand_score
 
+import eelsgpu
 from eelsgpu import synthetic
-from eelsgpu.clustering import assign_kernel, cluster, cluster_sums, per_cluster
+from eelsgpu.analysis.clustering import cluster, cluster_sums, per_cluster
 from eelsgpu.engine import BlockKernel, Output, apply_kernel
 from eelsgpu.errors import InputError
 
@@ -47,25 +47,6 @@ def three_phase():
         seed=2,
         chunks=(8, 8),
     )
-
-
-def test_assign_kernel_nearest_centre(xp):
-    """Truth: points built at known offsets from known centres; a NaN pixel gets -1."""
-    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    truth = np.array([0, 1, 2, 1, 0, 2])
-    pts = centres[truth] + np.array([[1, -1], [-2, 1], [0.5, 2], [1, 1], [-1, 0], [2, -2.0]])
-    pts = np.vstack([pts, [np.nan, 1.0]])
-    out = assign_kernel(
-        asarray(xp, pts),
-        asarray(xp, np.arange(2.0)),
-        centres=asarray(xp, centres),
-        mean=asarray(xp, np.zeros(2)),
-        scale=asarray(xp, np.ones(2)),
-    )
-    assert to_numpy(out["cluster"]).tolist() == truth.tolist() + [-1]
-    d = to_numpy(out["cluster_distance"])
-    assert np.allclose(d[:6], np.hypot(*(pts[:6] - centres[truth]).T))
-    assert np.isnan(d[6])
 
 
 def test_spectrum_clustering_recovers_regions(three_phase):
@@ -160,13 +141,11 @@ def test_per_cluster_thickness_beats_single_pixels(three_phase):
     it is no further from the truth than the average of the region's single-pixel results plus
     the counting scatter of one pixel: one summed spectrum does at least as well as averaging
     all the noisy pixels' results (where noise biases the single pixels, it does better)."""
-    from eelsgpu import thickness
-
     si = three_phase["signal"]
     reg = three_phase["true_region"].values
-    res = per_cluster(si, reg, thickness.thickness, device="cpu")
+    res = per_cluster(si, reg, eelsgpu.thickness, device="cpu")
     truth = three_phase["true_t_over_lambda"].values
-    single = thickness.thickness(si, device="cpu")["t_over_lambda"].values
+    single = eelsgpu.thickness(si, device="cpu")["t_over_lambda"].values
     for k in range(3):
         t_true = truth[reg == k].mean()
         err = abs(float(res["t_over_lambda"].values[k]) - t_true)
@@ -176,19 +155,19 @@ def test_per_cluster_thickness_beats_single_pixels(three_phase):
 
 
 def test_sxes_two_bonding_states_segmented():
-    """Truth: the two-region map of the synthetic SXES image (eelsgpu.sxes.sxes_image, helper F),
+    """Truth: the two-region map of the synthetic SXES image (eelsgpu.analysis.sxes.sxes_image),
     whose band top edge shifts between the regions; clustering the spectra recovers it."""
-    sxes = pytest.importorskip("eelsgpu.sxes", reason="eelsgpu.sxes (helper F) not written yet")
-    if not hasattr(sxes, "sxes_image"):
-        pytest.skip("eelsgpu.sxes has no sxes_image yet")
-    sim = sxes.sxes_image()
+    from eelsgpu.analysis.sxes import sxes_image
+
+    sim = sxes_image()
     si = sim["signal"] if isinstance(sim, xr.Dataset) else sim
     truth_name = next(n for n in ("true_region", "region", "true_state") if n in sim)
     ds = cluster(si, n_clusters=2, device="cpu")
     assert adjusted_rand_score(sim[truth_name].values.ravel(), ds["cluster"].values.ravel()) >= 0.95
     # the same from two window maps as features: the top of the B-K band and the Ca-L lines
-    maps = pytest.importorskip("eelsgpu.maps", reason="eelsgpu.maps (helper F) not written yet")
-    wm = maps.window_maps(si, windows={"top": (187.0, 188.0), "Ca": (150.0, 154.0)}, device="cpu")
+    wm = eelsgpu.window_maps(
+        si, windows={"top": (187.0, 188.0), "Ca": (150.0, 154.0)}, device="cpu"
+    )
     ds2 = cluster(wm, n_clusters=2, features=["top", "Ca"], device="cpu")
     assert (
         adjusted_rand_score(sim[truth_name].values.ravel(), ds2["cluster"].values.ravel()) >= 0.95
@@ -199,7 +178,7 @@ def test_docstring_examples_run():
     """Truth: the numbers printed in the module's docstring examples."""
     import doctest
 
-    import eelsgpu.clustering as mod
+    import eelsgpu.analysis.clustering as mod
 
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
@@ -210,9 +189,6 @@ def test_per_cluster_kramers_kronig_finds_each_plasmon():
     Kramers-Kronig (eelsgpu.kramers_kronig, metal normalisation) on each cluster's summed
     spectrum: the loss function Im[-1/eps] of each cluster peaks at its metal's Drude energy
     (sqrt(Ep^2 - Gamma^2/2)) within 0.3 eV."""
-    pytest.importorskip("eelsgpu.kramers_kronig", reason="eelsgpu.kramers_kronig not written yet")
-    import eelsgpu
-
     reg = np.zeros((8, 8), int)
     reg[:, 4:] = 1
     metals = [synthetic.Drude(15.0, 1.0), synthetic.Drude(25.0, 3.0)]
@@ -236,41 +212,3 @@ def test_per_cluster_kramers_kronig_finds_each_plasmon():
         expect = np.sqrt(m.plasmon_energy_eV**2 - m.damping_eV**2 / 2)
         peak = e[np.nanargmax(res["loss_function"].values[k])]
         assert abs(peak - expect) < 0.3
-
-
-def test_cluster_cli_on_result_maps_with_spectra(tmp_path, three_phase):
-    """Truth: the region map. `eelsgpu cluster RESULT --features NAME --spectra SI` clusters a
-    result store's map (here the true mean free path, which differs per material) and adds the
-    cluster-mean spectra from the spectrum image given beside it."""
-    from eelsgpu import io
-    from eelsgpu.cli import main
-
-    si_path = io.write_store(three_phase[["signal"]], tmp_path / "si.zarr")
-    res = xr.Dataset({"mfp": three_phase["true_mean_free_path_nm"]})
-    res_path = io.write_store(res, tmp_path / "res.zarr")
-    out = tmp_path / "cl.zarr"
-    rc = main(
-        [
-            "cluster",
-            str(res_path),
-            "-o",
-            str(out),
-            "-k",
-            "3",
-            "--features",
-            "mfp",
-            "--spectra",
-            str(si_path),
-            "-q",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert rc == 0
-    ds = io.open_store(out)
-    assert (
-        adjusted_rand_score(three_phase["true_region"].values.ravel(), ds["cluster"].values.ravel())
-        >= 0.95
-    )
-    assert ds["cluster_mean_spectrum"].sizes["cluster_id"] == 3
-    assert "cluster_centre_mfp" in ds

@@ -1,4 +1,4 @@
-"""Band-gap maps: the energy and type of the absorption onset, fitted per pixel.
+"""Band-gap onset fit of a block of spectra: the energy and type of the absorption onset.
 
 Near a band gap the single-scattering loss rises as a power of the energy above the gap,
 
@@ -29,32 +29,48 @@ significant (the onset term improves chi^2 by less than ``min_significance``^2),
 Eg or b sits at the edge of its search range, when the chi^2 curvature is not positive, or when
 its reduced chi^2 is far above the image's median (the model does not describe that pixel).
 
+:func:`bandgap_kernel` fits a block (array API, NumPy/CuPy/array-api-strict);
+:data:`BANDGAP_BLOCK` declares it for the engine; :func:`auto_window` finds a fit window on the
+host from the mean spectrum. The xarray-facing function is :func:`eelsgpu.bandgap`
+(:mod:`eelsgpu.analysis.bandgap`).
+
 Examples
 --------
->>> import numpy as np
->>> from eelsgpu.model import spectrum_image
 >>> e = np.arange(0.0, 6.0, 0.02)
 >>> y = 1.0 + 400.0 * np.clip(e - 2.5, 0, None) ** 1.5
->>> ds = bandgap(spectrum_image(y, e), window_eV=(1.0, 5.0), model="indirect",
-...              background="constant", device="cpu")
->>> round(float(ds["bandgap_eV"]), 2), int(ds["gap_type"])
+>>> i0, i1 = np.searchsorted(e, [1.0, 5.0], side="left"), np.searchsorted(e, 5.0, side="right")
+>>> out = bandgap_kernel(y[None, :], e, window=(int(i0[0]), int(i1)),
+...                      eg_grid_eV=np.arange(1.0, 4.8, 0.02), b_values=(B_INDIRECT,),
+...                      background="constant")
+>>> round(float(out["bandgap_eV"][0]), 2), int(out["gap_type"][0])
 (2.5, 1)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
-from ._xp import array_namespace
-from .engine import BlockKernel, Output, apply_kernel
-from .errors import InputError
+from .._xp import array_namespace, moving_average
+from ..errors import InputError
+from .declare import BlockKernel, Output
 
-__all__ = ["bandgap", "bandgap_kernel", "auto_window", "fit_curves", "MODELS", "BACKGROUNDS"]
+__all__ = [
+    "BACKGROUNDS",
+    "BANDGAP_BLOCK",
+    "BANDGAP_OUTPUTS",
+    "B_DIRECT",
+    "B_FREE",
+    "B_INDIRECT",
+    "MODELS",
+    "TAIL_EXPONENTS",
+    "TILE_PIXELS",
+    "auto_window",
+    "bandgap_kernel",
+]
 
 MODELS = ("direct", "indirect", "free")
 BACKGROUNDS = ("none", "constant", "linear", "power-law")
@@ -65,17 +81,6 @@ B_FREE = tuple(round(0.3 + 0.1 * i, 10) for i in range(18))  # 0.3 .. 2.0
 #: Decay exponents r of the power-law background tried per pixel.
 TAIL_EXPONENTS = tuple(0.5 * i for i in range(2, 13))  # 1 .. 6
 _SMOOTH = 5  # channels in the moving average that estimates the Poisson variance
-
-
-def _moving_average(xp, y, half: int):
-    """Mean of y over channels j-half..j+half (clipped at the ends), array-API only."""
-    n, m = y.shape
-    c = xp.cumulative_sum(y, axis=1, include_initial=True)  # (n, m+1)
-    j = xp.arange(m)
-    lo = xp.clip(j - half, 0, m)
-    hi = xp.clip(j + half + 1, 0, m)
-    s = xp.take(c, hi, axis=1) - xp.take(c, lo, axis=1)
-    return s / xp.astype(hi - lo, y.dtype)
 
 
 def _stencil(xp, prof, idx):
@@ -195,7 +200,7 @@ def bandgap_kernel(
     # a pixel with NaN/inf is flagged; its values are replaced so the arithmetic stays quiet
     y = xp.where(finite[:, None], y, 1.0)
     if variance is None:
-        var = _moving_average(xp, y, _SMOOTH // 2)
+        var = moving_average(xp, y, _SMOOTH // 2)
         var = xp.clip(xp.abs(var), 1.0, None)
     else:
         var = xp.astype(variance[:, i0:i1], f64)
@@ -435,247 +440,36 @@ def auto_window(energy_eV: np.ndarray, mean_spectrum: np.ndarray) -> tuple[float
     return lo, hi
 
 
-def _spectra(si_or_ssd: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    if isinstance(si_or_ssd, xr.Dataset):
-        for name in ("ssd", "single_scattering", "signal"):
-            if name in si_or_ssd.data_vars:
-                return si_or_ssd[name]
-        cand = [v for v in si_or_ssd.data_vars.values() if v.dims and v.dims[-1] == "energy"]
-        if len(cand) != 1:
-            raise InputError(
-                f"{si_or_ssd.attrs.get('source', 'the dataset')}: pass the spectra to fit (an "
-                "'ssd' or 'signal' variable was not found)"
-            )
-        return cand[0]
-    return si_or_ssd
+# --------------------------------------------------------------------------- declaration
+#: Spectra per CPU tile of :func:`bandgap_kernel`: None, the engine's default (about 1 MiB of
+#: input per tile).
+TILE_PIXELS: int | None = None
 
+#: What :func:`bandgap_kernel` returns (without ``return_model``), one value per pixel.
+BANDGAP_OUTPUTS: tuple[Output, ...] = (
+    Output("bandgap_eV", "eV", "band gap Eg"),
+    Output("bandgap_error_eV", "eV", "band gap standard error"),
+    Output("exponent_b", "", "onset exponent b"),
+    Output("exponent_error", "", "onset exponent standard error"),
+    Output(
+        "gap_type",
+        "",
+        "band gap type",
+        dtype="int32",
+        attrs={"flag_values": [-1, 0, 1], "flag_meanings": "flagged direct indirect"},
+    ),
+    Output("fit_quality", "", "reduced chi-squared of the onset fit"),
+    Output("r_squared", "", "weighted R^2 of the onset fit"),
+    Output("onset_significance", "sigma", "onset significance"),
+    Output("valid", "", "fit is meaningful", dtype="bool"),
+)
 
-def bandgap(
-    si_or_ssd: xr.DataArray | xr.Dataset,
-    window_eV: tuple[float, float] | None = None,
-    model: str = "free",
-    *,
-    background: str = "power-law",
-    eg_range_eV: tuple[float, float] | None = None,
-    eg_step_eV: float | None = None,
-    min_significance: float = 5.0,
-    max_quality_ratio: float | None = 10.0,
-    variance: xr.DataArray | None = None,
-    device: str = "auto",
-) -> xr.Dataset:
-    """Band-gap energy, exponent and type of every pixel (Rafferty & Brown, PRB 58, 10326).
-
-    Fits I(E) = A (E - Eg)^b + background over ``window_eV`` (see the module docstring).
-
-    Parameters
-    ----------
-    si_or_ssd : xarray.DataArray or Dataset
-        The single-scattering distribution (:func:`eelsgpu.deconvolve`) or a ZLP-subtracted
-        spectrum image, counts per channel, energy in eV; a Dataset gives its ``ssd`` or
-        ``signal`` variable.
-    window_eV : (float, float), optional
-        The fit window in eV; by default found from the mean spectrum (:func:`auto_window`).
-    model : {"direct", "indirect", "free"}
-        b fixed to 0.5, fixed to 1.5, or fitted (0.3 to 2.0); with "free" the type is the
-        better-fitting of b = 0.5 and b = 1.5 (a likelihood-ratio choice).
-    background : {"power-law", "constant", "linear", "none"}
-        Under the onset: c0 + c1 (E/E_lo)^-r with r in 1..6 (a ZLP tail), a constant, a line,
-        or nothing (a clean SSD).
-    eg_range_eV : (float, float), optional
-        Range searched for Eg (default: the window, less 10 channels at its top).
-    eg_step_eV : float, optional
-        Grid step of the Eg search (default: the channel width, or 1/300 of the window if
-        that is coarser).
-    min_significance : float
-        Onsets improving chi^2 by less than this many sigma are flagged.
-    max_quality_ratio : float or None
-        Pixels whose reduced chi^2 exceeds this many times the median of the valid pixels'
-        are flagged too: the model does not describe them (an artefact, a different material),
-        whatever the onset's significance. The median, not 1, is the yardstick because real
-        detectors' noise is rarely Poisson (gain) and real onsets are not pure power laws.
-        None: no such check.
-    variance : xarray.DataArray, optional
-        Per-channel variance (same shape as the spectra); default Poisson.
-    device : {"auto", "cpu", "gpu"}
-
-    Returns
-    -------
-    xarray.Dataset
-        ``bandgap_eV``, ``bandgap_error_eV`` (eV), ``exponent_b``, ``exponent_error``,
-        ``gap_type`` (0 direct, 1 indirect, -1 flagged; with a fixed model, the type assumed),
-        ``fit_quality`` (reduced chi^2), ``r_squared``, ``onset_significance`` (sigma, also for
-        flagged pixels, as a diagnostic), ``valid``; attrs give the window, model, background
-        and grids (what :func:`fit_curves` needs to redraw the fits).
-
-    Examples
-    --------
-    >>> ds = bandgap(ssd, window_eV=(1.0, 4.0), model="free")  # doctest: +SKIP
-    """
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, not {model!r}")
-    if background not in BACKGROUNDS:
-        raise ValueError(f"background must be one of {BACKGROUNDS}, not {background!r}")
-    spectra = _spectra(si_or_ssd)
-    source = spectra.attrs.get("source") or getattr(si_or_ssd, "attrs", {}).get("source", "")
-    where = f"{source}: " if source else ""
-    energy = np.asarray(spectra["energy"].values, float)
-    disp = float(np.mean(np.diff(energy)))
-    if window_eV is None:
-        nav = [d for d in spectra.dims if d != "energy"]
-        mean = np.asarray(spectra.mean(dim=nav).values if nav else spectra.values, float)
-        window_eV = auto_window(energy, mean)
-        window_source = "auto"
-    else:
-        window_source = "user"
-    lo, hi = (float(v) for v in window_eV)
-    if not hi > lo:
-        raise InputError(f"{where}the band-gap window {lo:g}:{hi:g} eV is empty")
-    i0 = int(np.searchsorted(energy, lo, side="left"))
-    i1 = int(np.searchsorted(energy, hi, side="right"))
-    if i1 - i0 < 20:
-        raise InputError(
-            f"{where}the band-gap window {lo:g}:{hi:g} eV holds {i1 - i0} channels of the axis "
-            f"{energy[0]:g}..{energy[-1]:g} eV; at least 20 are needed"
-        )
-    if background == "power-law" and energy[i0] <= 0:
-        raise InputError(f"{where}a power-law background needs a window above 0 eV, not {lo:g}")
-    e_win = energy[i0:i1]
-    # the grid's cost grows with its length: at most ~300 points unless asked (the parabolic
-    # refinement reaches far below the step)
-    step = float(eg_step_eV) if eg_step_eV else max(disp, (e_win[-1] - e_win[0]) / 300.0)
-    g_lo, g_hi = eg_range_eV if eg_range_eV else (e_win[0], e_win[-1] - 10 * disp)
-    g_lo, g_hi = max(float(g_lo), e_win[0] - 2 * step), min(float(g_hi), e_win[-1] - 4 * disp)
-    n_eg = int(math.floor((g_hi - g_lo) / step)) + 1
-    if n_eg < 5:
-        raise InputError(f"{where}the Eg search range {g_lo:g}..{g_hi:g} eV is too short")
-    eg_grid = g_lo + step * np.arange(n_eg)
-    b_values = {"direct": (B_DIRECT,), "indirect": (B_INDIRECT,), "free": B_FREE}[model]
-
-    extras = {} if variance is None else {"variance": variance}
-    outputs = [
-        Output("bandgap_eV", "eV", "band gap Eg"),
-        Output("bandgap_error_eV", "eV", "band gap standard error"),
-        Output("exponent_b", "", "onset exponent b"),
-        Output("exponent_error", "", "onset exponent standard error"),
-        Output(
-            "gap_type",
-            "",
-            "band gap type",
-            dtype="int32",
-            attrs={"flag_values": [-1, 0, 1], "flag_meanings": "flagged direct indirect"},
-        ),
-        Output("fit_quality", "", "reduced chi-squared of the onset fit"),
-        Output("r_squared", "", "weighted R^2 of the onset fit"),
-        Output("onset_significance", "sigma", "onset significance"),
-        Output("valid", "", "fit is meaningful", dtype="bool"),
-    ]
-    attrs = {
-        "analysis": "bandgap",
-        "bandgap_window_eV": [lo, hi],
-        "bandgap_window_source": window_source,
-        "bandgap_model": model,
-        "bandgap_background": background,
-        "bandgap_eg_range_eV": [float(eg_grid[0]), float(eg_grid[-1])],
-        "bandgap_eg_step_eV": step,
-        "bandgap_b_values": list(b_values),
-        "bandgap_min_significance": float(min_significance),
-        "bandgap_reference": "Rafferty & Brown, Phys. Rev. B 58, 10326 (1998)",
-    }
-    attrs["bandgap_max_quality_ratio"] = (
-        "none" if max_quality_ratio is None else float(max_quality_ratio)
-    )
-    ds = apply_kernel(
-        BlockKernel(bandgap_kernel, outputs),
-        spectra,
-        device=device,
-        extras=extras,
-        attrs=attrs,
-        window=(i0, i1),
-        eg_grid_eV=eg_grid,
-        b_values=b_values,
-        background=background,
-        tail_exponents=TAIL_EXPONENTS,
-        min_significance=float(min_significance),
-    )
-    if max_quality_ratio is not None and ds["valid"].ndim:
-        ds = _flag_poor_fits(ds, float(max_quality_ratio))
-    return ds
-
-
-def _flag_poor_fits(ds: xr.Dataset, ratio: float) -> xr.Dataset:
-    """Flag pixels whose reduced chi^2 is over ``ratio`` times the image's median (lazy)."""
-    import dask.array as da
-
-    fq = ds["fit_quality"]
-    data = fq.data if isinstance(fq.data, da.Array) else da.from_array(np.asarray(fq.data))
-    flat = data.reshape(-1).rechunk(-1)
-    median = da.nanmedian(flat, axis=0) if flat.size else np.nan
-    poor = xr.DataArray(data > ratio * median, dims=fq.dims, coords=fq.coords)
-    out = ds.copy()
-    for name, var in ds.data_vars.items():
-        if name == "valid":
-            out[name] = (var & ~poor).assign_attrs(var.attrs)
-        elif name == "gap_type":
-            out[name] = xr.where(poor, -1, var).astype(var.dtype).assign_attrs(var.attrs)
-        elif name != "onset_significance":
-            out[name] = xr.where(poor, np.nan, var).astype(var.dtype).assign_attrs(var.attrs)
-    return out
-
-
-def fit_curves(spectra: xr.DataArray, result: xr.Dataset | Mapping[str, Any]) -> xr.DataArray:
-    """The fitted onset curves A (E - Eg)^b + background of a few spectra, to draw over them.
-
-    Re-runs the fit of :func:`bandgap` with the settings recorded in ``result`` (its attrs: the
-    window, model, background and Eg grid) on ``spectra`` (host, NumPy; meant for the handful
-    of pixels one plots, not for whole images).
-
-    Parameters
-    ----------
-    spectra : xarray.DataArray (..., energy)
-        The spectra that were fitted (the same energy axis).
-    result : xarray.Dataset or mapping
-        The output of :func:`bandgap` or its attrs.
-
-    Returns
-    -------
-    xarray.DataArray
-        Same dims as ``spectra``: the best-fitting curve (counts per channel) inside the fit
-        window, NaN outside it and for pixels with non-finite data.
-    """
-    attrs = result.attrs if isinstance(result, xr.Dataset) else result
-    if attrs.get("analysis") != "bandgap":
-        raise InputError("fit_curves needs the result of eelsgpu.bandgap (its attrs)")
-    energy = np.asarray(spectra["energy"].values, float)
-    lo, hi = attrs["bandgap_window_eV"]
-    i0 = int(np.searchsorted(energy, lo, side="left"))
-    i1 = int(np.searchsorted(energy, hi, side="right"))
-    g0, g1 = attrs["bandgap_eg_range_eV"]
-    step = float(attrs["bandgap_eg_step_eV"])
-    grid = g0 + step * np.arange(int(round((g1 - g0) / step)) + 1)
-    data = np.asarray(spectra.values, dtype=np.float64)
-    flat = data.reshape(-1, energy.size)
-    out = bandgap_kernel(
-        flat,
-        energy,
-        window=(i0, i1),
-        eg_grid_eV=grid,
-        b_values=tuple(float(b) for b in np.atleast_1d(attrs["bandgap_b_values"])),
-        background=str(attrs["bandgap_background"]),
-        tail_exponents=TAIL_EXPONENTS,
-        min_significance=float(attrs.get("bandgap_min_significance", 5.0)),
-        return_model=True,
-    )
-    curves = np.full(flat.shape, np.nan)
-    curves[:, i0:i1] = np.asarray(out["model"])
-    return xr.DataArray(
-        curves.reshape(data.shape),
-        dims=spectra.dims,
-        coords=spectra.coords,
-        attrs={"units": spectra.attrs.get("units", "counts"), "long_name": "onset fit"},
-    )
-
-
-# `eelsgpu.bandgap(...)` calls bandgap() (see eelsgpu._callable)
-from ._callable import make_module_callable  # noqa: E402
-
-make_module_callable(__name__)
+#: :func:`bandgap_kernel` declared for the engine; the per-channel ``variance`` cube (counts^2)
+#: is an optional extra (Poisson from the smoothed counts without it).
+BANDGAP_BLOCK = BlockKernel(
+    bandgap_kernel,
+    outputs=BANDGAP_OUTPUTS,
+    tile_pixels=TILE_PIXELS,
+    extras=("variance",),
+    name="bandgap",
+)

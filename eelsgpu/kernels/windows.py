@@ -1,20 +1,20 @@
-"""Energy-window and spectral-feature maps of any spectrum image (EELS low/core loss, SXES).
+"""Energy-window maps of a block of spectra (EELS low/core loss, SXES): pure array-API kernels.
 
 For each named window ``[lo, hi]`` (eV) and pixel:
 
 * **intensity**: the counts in the window, ``sum_i c_i f_i``, with ``c_i`` the counts of channel
   ``i`` and ``f_i`` the fraction of that channel's bin lying in the window. Bin edges are the
-  midpoints between channel energies, so the integral is right on a *non-uniform* axis (an SXES
-  grating axis) and for windows that cut channels. Unit: the input's unit (``counts``), i.e. the
-  number of counts in the window, not counts·eV;
+  midpoints between channel energies (:func:`channel_edges`), so the integral is right on a
+  *non-uniform* axis (an SXES grating axis) and for windows that cut channels. Unit: the input's
+  unit (``counts``), i.e. the number of counts in the window, not counts·eV;
 * **background** (optional) fitted over one or more pre-windows to the spectral *density*
   ``d_i = c_i / width_i`` (counts/eV) and integrated over the window the same way, then
-  subtracted. ``"power-law"``: ``d = A E^-r`` fitted by linear least squares of ``ln d`` on
-  ``ln E`` weighted by the counts (Poisson; Egerton, *EELS in the Electron Microscope*, 3rd ed.,
-  sec. 4.4.2), in closed form (sums), over the channels with counts > 0; ``"linear"``:
-  ``d = a + b E`` (unweighted). A pixel whose fit
-  fails (fewer than 2 usable channels, less than half the pre-window usable, a non-finite fit)
-  is flagged in ``<name>_valid`` and its maps are NaN;
+  subtracted (:func:`fit_background`). ``"power-law"``: ``d = A E^-r`` fitted by linear least
+  squares of ``ln d`` on ``ln E`` weighted by the counts (Poisson; Egerton, *EELS in the
+  Electron Microscope*, 3rd ed., sec. 4.4.2), in closed form (sums), over the channels with
+  counts > 0; ``"linear"``: ``d = a + b E`` (unweighted). A pixel whose fit fails (fewer than 2
+  usable channels, less than half the pre-window usable, a non-finite fit) is flagged in
+  ``<name>_valid`` and its maps are NaN;
 * **centroid** ``<name>_centroid_eV``: ``sum E_i s_i f_i / sum s_i f_i`` of the
   background-subtracted counts ``s_i`` (NaN if the denominator is not positive);
 * **peak** ``<name>_peak_eV``: a Gaussian fitted to the top ``peak_channels`` channels around the
@@ -26,50 +26,68 @@ For each named window ``[lo, hi]`` (eV) and pixel:
   interpolated between channels (NaN when a side does not fall to half inside the window);
 * **ratio** ``<a>_over_<b>``: the ratio of two window intensities (NaN where ``b <= 0``).
 
+:func:`window_kernel` computes them all for a block; :func:`window_block` declares it for the
+engine (its outputs with units, its tile size). The xarray-facing function is
+:func:`eelsgpu.window_maps` (:mod:`eelsgpu.analysis.maps`).
+
 Examples
 --------
->>> import numpy as np
->>> from eelsgpu.model import spectrum_image
 >>> e = np.arange(100.0, 200.0, 0.5)
->>> si = spectrum_image(np.exp(-0.5 * ((e - 150.0) / 2.0) ** 2) * np.ones((2, 2, 1)), e)
->>> ds = window_maps(si, {"band": (140.0, 160.0)}, peak=["band"], device="cpu")
->>> round(float(ds["band_peak_eV"][0, 0]), 6)
-150.0
+>>> block = np.exp(-0.5 * ((e - 150.0) / 2.0) ** 2) * np.ones((2, 1))
+>>> out = window_kernel(block, e, windows=(("band", 140.0, 160.0),), peak=("band",))
+>>> [round(float(v), 6) for v in out["band_peak_eV"]]
+[150.0, 150.0]
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
-from ._xp import array_namespace
-from .engine import BlockKernel, Output, apply_kernel
-from .errors import InputError
+from .._xp import array_namespace
+from .declare import BlockKernel, Output
 
 __all__ = [
     "BACKGROUND_MODELS",
+    "TILE_PIXELS",
     "channel_edges",
     "fit_background",
+    "window_block",
     "window_kernel",
-    "window_maps",
+    "window_outputs",
+    "window_spans",
     "window_weights",
 ]
 
 BACKGROUND_MODELS = ("power-law", "linear")
+#: Spectra per CPU tile of :func:`window_kernel`: None, the engine's default (about 1 MiB of
+#: input per tile).
+TILE_PIXELS: int | None = None
 
 Range = tuple[float, float]
 
 
-# --------------------------------------------------------------------------- kernels (array API)
 def channel_edges(energy_eV: Any) -> tuple[Any, Any]:
     """Lower and upper bin edges (eV) of each channel: midpoints between channel energies.
 
-    The outer edges mirror the first and last half-widths. Works on any increasing axis.
+    The outer edges mirror the first and last half-widths. Works on any increasing axis
+    (uniform, or an SXES grating axis).
 
+    Parameters
+    ----------
+    energy_eV : array (n_E,)
+        Increasing channel energies in eV.
+
+    Returns
+    -------
+    lo, hi : array (n_E,)
+        Bin edges in eV.
+
+    Examples
+    --------
     >>> lo, hi = channel_edges(np.array([0.0, 1.0, 3.0]))
     >>> lo.tolist(), hi.tolist()
     ([-0.5, 0.5, 2.0], [0.5, 2.0, 4.0])
@@ -85,6 +103,22 @@ def channel_edges(energy_eV: Any) -> tuple[Any, Any]:
 def window_weights(energy_eV: Any, lo_eV: float, hi_eV: float) -> Any:
     """Fraction (0..1) of each channel's bin that lies inside ``[lo_eV, hi_eV]``.
 
+    ``f_i`` of the window integral ``sum_i c_i f_i`` (bins from :func:`channel_edges`).
+
+    Parameters
+    ----------
+    energy_eV : array (n_E,)
+        Increasing channel energies in eV.
+    lo_eV, hi_eV : float
+        The window in eV.
+
+    Returns
+    -------
+    array (n_E,)
+        Dimensionless fractions.
+
+    Examples
+    --------
     >>> window_weights(np.array([0.0, 1.0, 2.0, 3.0]), 0.75, 2.0).tolist()
     [0.0, 0.75, 0.5, 0.0]
     """
@@ -95,6 +129,7 @@ def window_weights(energy_eV: Any, lo_eV: float, hi_eV: float) -> Any:
 
 
 def _range_weights(energy_eV: Any, ranges: Sequence[Range]) -> Any:
+    """Fraction (0..1) of each channel inside the union of ``ranges`` (eV)."""
     xp = array_namespace(energy_eV)
     w = xp.zeros_like(energy_eV)
     for lo, hi in ranges:
@@ -138,6 +173,8 @@ def fit_background(
         False where the fit failed: fewer than 2 usable channels, less than half the range
         usable (counts <= 0 for the power law), or a non-finite result.
 
+    Examples
+    --------
     >>> e = np.linspace(100.0, 200.0, 51)
     >>> c = 3e6 * e[None, :] ** -2.5 * 2.0  # 2 eV channels
     >>> bg, ok = fit_background(c, e, (e < 150).astype(float))
@@ -284,6 +321,10 @@ def window_kernel(
 ) -> dict[str, Any]:
     """Window maps of a block of spectra (pure array-API kernel; see the module docstring).
 
+    Window integrals on bin edges, backgrounds by :func:`fit_background` (power law: Egerton,
+    *EELS in the Electron Microscope*, 3rd ed., sec. 4.4.2), centroid, Gaussian peak position
+    (least-squares parabola on ``ln s``) and FWHM of the background-subtracted density.
+
     Parameters
     ----------
     block : array (n_pix, n_E)
@@ -309,7 +350,8 @@ def window_kernel(
     -------
     dict
         ``name`` (counts), ``name_background`` (counts), ``name_valid`` (bool) per window, and
-        the requested extras, each ``(n_pix,)``.
+        the requested extras (``_centroid_eV``, ``_peak_eV``, ``_fwhm_eV`` in eV, ratios ``a_over_b``
+        dimensionless), each ``(n_pix,)``.
     """
     xp = array_namespace(block)
     e_all = xp.astype(energy_eV, xp.float64)
@@ -363,32 +405,26 @@ def window_kernel(
     return out
 
 
-# --------------------------------------------------------------------------- public function
-def _as_ranges(value: Any, what: str) -> list[Range]:
-    """(lo, hi) or a sequence of (lo, hi) -> list of float pairs."""
-    arr = np.asarray(value, dtype=float)
-    if arr.ndim == 1 and arr.size == 2:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise InputError(f"{what} must be (lo_eV, hi_eV) or a list of them, not {value!r}")
-    return [(float(lo), float(hi)) for lo, hi in arr]
-
-
-def _check_range(lo: float, hi: float, energy: np.ndarray, what: str, source: str | None) -> None:
-    where = f" ({source})" if source else ""
-    if not hi > lo:
-        raise InputError(f"{what} {lo:g}:{hi:g} eV is empty: the upper end must exceed the lower")
-    if hi <= energy[0] or lo >= energy[-1]:
-        raise InputError(
-            f"{what} {lo:g}:{hi:g} eV lies outside the energy axis {energy[0]:g} to "
-            f"{energy[-1]:g} eV{where}"
-        )
-
-
-def _spans(
+def window_spans(
     energy: np.ndarray, windows: Sequence[tuple[str, float, float]], bgs: Mapping[str, list[Range]]
 ) -> dict[str, tuple[int, int]]:
-    """Channel slice of each window and its background ranges, with a 3-channel margin."""
+    """Channel slice of each window and its background ranges, with a 3-channel margin.
+
+    The ``spans`` argument of :func:`window_kernel` (host NumPy, increasing energies in eV).
+
+    Parameters
+    ----------
+    energy : numpy.ndarray (n_E,)
+        Channel energies in eV.
+    windows : sequence of (name, lo_eV, hi_eV)
+    bgs : mapping name -> list of (lo_eV, hi_eV)
+        Background-fit ranges per window.
+
+    Returns
+    -------
+    dict
+        ``name -> (i0, i1)``, a channel slice.
+    """
     out = {}
     for name, lo, hi in windows:
         lows = [lo] + [r[0] for r in bgs.get(name, [])]
@@ -399,128 +435,21 @@ def _spans(
     return out
 
 
-def _names(value: str | Iterable[str] | None, windows: Mapping[str, Any], what: str) -> list[str]:
-    if value is None:
-        return []
-    names = [value] if isinstance(value, str) else list(value)
-    for n in names:
-        if n not in windows:
-            raise InputError(f"{what} names window {n!r}, which is not among {list(windows)}")
-    return names
+# --------------------------------------------------------------------------- declaration
+def window_outputs(params: Mapping[str, Any], units: str = "counts") -> list[Output]:
+    """The outputs :func:`window_kernel` returns for these kernel parameters.
 
-
-def window_maps(
-    si: xr.DataArray,
-    windows: Mapping[str, Range],
-    background: Mapping[str, Range | Sequence[Range]] | None = None,
-    background_model: str = "power-law",
-    ratios: Iterable[str | tuple[str, str]] | None = None,
-    centroid: str | Iterable[str] | None = None,
-    peak: str | Iterable[str] | None = None,
-    width: str | Iterable[str] | None = None,
-    *,
-    peak_channels: int = 3,
-    elements: Iterable[str] | None = None,
-    max_order: int = 3,
-    device: str = "auto",
-) -> xr.Dataset:
-    """Energy-window maps of a spectrum image, with background removal and band features.
-
-    Parameters
-    ----------
-    si : xarray.DataArray
-        Spectrum image (dims ``(..., "energy")``), counts per channel; the energy axis (eV) may
-        be non-uniform (SXES).
-    windows : mapping name -> (lo_eV, hi_eV)
-        Integration windows, e.g. ``{"Cu": (931, 1000)}``.
-    background : mapping name -> (lo_eV, hi_eV) or list of them, optional
-        Background-fit range(s) per window, e.g. ``{"Cu": (850, 925)}``; windows not named get no
-        background removed.
-    background_model : {"power-law", "linear"}
-        ``A E^-r`` (core-loss edges; Egerton 3rd ed. sec. 4.4.2) or ``a + b E`` (emission lines
-        on a flat continuum).
-    ratios : iterable of "A/B" or (A, B), optional
-        Intensity ratios, returned as ``A_over_B``.
-    centroid, peak, width : str or iterable of str, optional
-        Windows for ``<name>_centroid_eV``, ``<name>_peak_eV`` (Gaussian fit on the top
-        ``peak_channels`` channels) and ``<name>_fwhm_eV`` (half-maximum crossings).
-    peak_channels : int
-        Odd number of channels used by the peak fit (3 = exact log-parabola through the top 3).
-    elements : iterable of str, optional
-        Elements present (SXES): a :class:`eelsgpu.sxes.HigherOrderLineWarning` is issued for
-        every window holding a known line of one of them in diffraction order 2..``max_order``.
-    device : {"auto", "cpu", "gpu"}
-
-    Returns
-    -------
-    xarray.Dataset
-        Lazy; per window ``<name>`` (counts in the window after background removal, unit of the
-        input, i.e. counts -- not counts·eV), ``<name>_background`` (counts), ``<name>_valid``
-        (False where the background fit failed; those pixels are NaN), and the requested extras.
-
-    Examples
-    --------
-    >>> import eelsgpu  # doctest: +SKIP
-    >>> ds = eelsgpu.window_maps(si, windows={"Cu": (931, 1000)},  # doctest: +SKIP
-    ...                          background={"Cu": (850, 925)}, background_model="power-law")
+    Per window ``<name>`` (in ``units``, the unit of the input counts), ``<name>_background``
+    (``units``) and ``<name>_valid`` (bool); the requested ``_centroid_eV``, ``_peak_eV`` and
+    ``_fwhm_eV`` (eV); per ratio ``<a>_over_<b>`` (1).
     """
-    if background_model not in BACKGROUND_MODELS:
-        raise InputError(
-            f"background_model must be one of {BACKGROUND_MODELS}, not {background_model!r}"
-        )
-    if not windows:
-        raise InputError("window_maps needs at least one window, e.g. windows={'Cu': (931, 1000)}")
-    source = si.attrs.get("source")
-    energy = np.asarray(si["energy"].values, dtype=np.float64)
-    win_list: list[tuple[str, float, float]] = []
-    for name, rng in windows.items():
-        if not str(name).isidentifier():
-            raise InputError(
-                f"window name {name!r} must be a plain identifier (letters, digits, _)"
-            )
-        (lo, hi), *rest = _as_ranges(rng, f"window {name}")
-        if rest:
-            raise InputError(f"window {name} must be one (lo_eV, hi_eV) range")
-        _check_range(lo, hi, energy, f"window {name}", source)
-        win_list.append((str(name), lo, hi))
-    bgs: dict[str, list[Range]] = {}
-    for name, rng in (background or {}).items():
-        if name not in windows:
-            raise InputError(f"background given for {name!r}, which is not a window")
-        ranges = _as_ranges(rng, f"background {name}")
-        for lo, hi in ranges:
-            _check_range(lo, hi, energy, f"background {name}", source)
-            if background_model == "power-law" and lo <= 0:
-                raise InputError(
-                    f"a power-law background needs energies > 0; background {name} starts at {lo:g} eV"
-                )
-        bgs[str(name)] = ranges
-    ratio_pairs: list[tuple[str, str]] = []
-    for r in ratios or ():
-        a, b = r.split("/") if isinstance(r, str) else r
-        a, b = a.strip(), b.strip()
-        _names([a, b], windows, f"ratio {a}/{b}")
-        ratio_pairs.append((a, b))
-    cen = _names(centroid, windows, "centroid")
-    pk = _names(peak, windows, "peak")
-    wd = _names(width, windows, "width")
-    if peak_channels < 3 or peak_channels % 2 == 0:
-        raise InputError(f"peak_channels must be odd and >= 3, not {peak_channels}")
-
-    if elements:
-        from .sxes import HigherOrderLineWarning, higher_order_lines_in_window
-
-        for name, lo, hi in win_list:
-            for hit in higher_order_lines_in_window((lo, hi), elements, max_order=max_order):
-                warnings.warn(
-                    f"window {name} ({lo:g}-{hi:g} eV) holds {hit.describe()}",
-                    HigherOrderLineWarning,
-                    stacklevel=2,
-                )
-
-    units = si.attrs.get("units", "counts")
+    bgs = params.get("backgrounds") or {}
+    background_model = params.get("background_model", "power-law")
+    cen = params.get("centroid", ())
+    pk = params.get("peak", ())
+    wd = params.get("width", ())
     outputs: list[Output] = []
-    for name, lo, hi in win_list:
+    for name, lo, hi in params["windows"]:
         net = "net " if name in bgs else ""
         outputs += [
             Output(
@@ -542,21 +471,20 @@ def window_maps(
             outputs.append(Output(f"{name}_peak_eV", "eV", f"{name} peak (Gaussian fit)"))
         if name in wd:
             outputs.append(Output(f"{name}_fwhm_eV", "eV", f"{name} FWHM"))
-    for a, b in ratio_pairs:
+    for a, b in params.get("ratios", ()):
         outputs.append(Output(f"{a}_over_{b}", "1", f"{a} / {b} intensity ratio"))
-    ds = apply_kernel(
-        BlockKernel(window_kernel, outputs),
-        si,
-        device=device,
-        attrs={"analysis": "window_maps", "background_model": background_model},
-        windows=tuple(win_list),
-        backgrounds=bgs,
-        background_model=background_model,
-        centroid=tuple(cen),
-        peak=tuple(pk),
-        width=tuple(wd),
-        ratios=tuple(ratio_pairs),
-        peak_channels=int(peak_channels),
-        spans=_spans(energy, win_list, bgs),
+    return outputs
+
+
+def window_block(units: str = "counts") -> BlockKernel:
+    """:func:`window_kernel` declared for the engine, for input counts in ``units``.
+
+    The outputs follow the kernel parameters (:func:`window_outputs`); the intensities carry
+    the input's unit, which the parameters do not hold, hence a declaration per unit.
+    """
+    return BlockKernel(
+        window_kernel,
+        outputs=functools.partial(window_outputs, units=units),
+        tile_pixels=TILE_PIXELS,
+        name="window_maps",
     )
-    return ds

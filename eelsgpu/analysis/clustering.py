@@ -3,7 +3,7 @@
 The model is fitted on a random sample of pixels (scikit-learn's KMeans, or MiniBatchKMeans for
 large samples; for whole spectra after a PCA of the sample that keeps the signal and drops most
 of the noise), then every pixel is assigned to its nearest centre block by block through
-:func:`eelsgpu.engine.apply_kernel`, so an image of any size streams from disk once (and runs on
+:func:`eelsgpu.engine.apply_kernel` (:data:`eelsgpu.kernels.clustering.ASSIGN_BLOCK`), so an image of any size streams from disk once (and runs on
 the GPU when there is one). The cluster-mean spectra are block-wise sums, and
 :func:`per_cluster` runs any pipeline on each cluster's summed spectrum: the sum of hundreds of
 pixels has far better counting statistics than one pixel (Lloyd, IEEE Trans. Inf. Theory 28, 129
@@ -25,8 +25,8 @@ Examples
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -34,83 +34,17 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ._xp import array_namespace
-from .engine import BlockKernel, Output, apply_kernel
-from .errors import InputError
-from .model import spectrum_image
+from ..engine import apply_kernel
+from ..errors import InputError
+from ..kernels.clustering import ASSIGN_BLOCK, cluster_block_sums
+from ..model import spectrum_image
 
-__all__ = ["assign_kernel", "cluster", "cluster_sums", "per_cluster"]
+__all__ = ["DIM", "cluster", "cluster_sums", "per_cluster"]
 
 _BIG_SAMPLE = 50_000  # above this, MiniBatchKMeans
 #: The dimension along clusters (the map itself is the variable ``cluster``, so the dimension
 #: needs another name).
 DIM = "cluster_id"
-
-
-def assign_kernel(
-    block: Any,
-    energy_eV: Any,
-    *,
-    centres: Any,
-    mean: Any,
-    scale: Any,
-    components: Any = None,
-    normalise: bool = False,
-    channels: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """Nearest k-means centre of every pixel of a block (array API).
-
-    Parameters
-    ----------
-    block : array (n_pixels, n_features)
-        Spectra (counts) or stacked feature maps.
-    energy_eV : array
-        Unused (the engine's signature).
-    centres : array (k, n_dims)
-        Cluster centres in the model space.
-    mean, scale : array (n_features,)
-        Feature centring and scaling (z-score) fitted on the sample.
-    components : array (n_dims, n_features), optional
-        PCA axes: the model space is the projection on them.
-    normalise : bool
-        Divide each spectrum by its sum first (shape, not intensity, is compared).
-    channels : (int, int), optional
-        The energy channels used.
-
-    Returns
-    -------
-    dict
-        ``cluster`` (int32, -1 where a pixel has NaN features) and ``cluster_distance`` (distance
-        to its centre in the model space), each (n_pixels,).
-    """
-    xp = array_namespace(block)
-    x = xp.astype(block, xp.float64)
-    if channels is not None:
-        x = x[:, int(channels[0]) : int(channels[1])]
-    if normalise:
-        total = xp.sum(x, axis=1, keepdims=True)
-        x = x / xp.where(total != 0, total, xp.nan)
-    ok = xp.all(xp.isfinite(x), axis=1)
-    x = xp.where(xp.isfinite(x), x, 0.0)
-    x = (x - mean[None, :]) / scale[None, :]
-    if components is not None:
-        x = x @ xp.matrix_transpose(components)
-    c = xp.astype(centres, xp.float64)
-    d2 = xp.sum(x * x, axis=1, keepdims=True) - 2.0 * (x @ xp.matrix_transpose(c))
-    d2 = d2 + xp.sum(c * c, axis=1)[None, :]
-    label = xp.astype(xp.argmin(d2, axis=1), xp.int32)
-    dist = xp.sqrt(xp.clip(xp.min(d2, axis=1), 0.0, None))
-    return {
-        "cluster": xp.where(ok, label, xp.asarray(-1, dtype=xp.int32)),
-        "cluster_distance": xp.where(ok, dist, xp.nan),
-    }
-
-
-def _block_sums(block: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    flat = np.asarray(block, dtype=np.float64).reshape(-1, block.shape[-1])
-    lab = np.asarray(labels).reshape(-1)
-    onehot = (lab[:, None] == np.arange(k)[None, :]).astype(np.float64)
-    return onehot.T @ np.nan_to_num(flat)
 
 
 def cluster_sums(
@@ -129,7 +63,7 @@ def cluster_sums(
         raise InputError(f"labels have shape {lab.shape}, the image's pixels {data.shape[:-1]}")
     lab_d = da.from_array(lab, chunks=data.chunks[:-1])
     parts = [
-        dask.delayed(_block_sums)(d, lb, int(n_clusters))
+        dask.delayed(cluster_block_sums)(d, lb, int(n_clusters))
         for d, lb in zip(data.to_delayed().ravel(), lab_d.to_delayed().ravel(), strict=True)
     ]
     return np.asarray(dask.delayed(sum)(parts).compute())
@@ -179,6 +113,172 @@ def _kmeans(sample: np.ndarray, k: int, seed: int):
     else:
         model = KMeans(n_clusters=k, random_state=seed, n_init=10)
     return model.fit(sample)
+
+
+@dataclass
+class _Features:
+    """What the model is fitted on: ``work`` (``(..., energy)``: spectra, or maps stacked along
+    a pseudo energy axis) and how its pixels are turned into feature vectors."""
+
+    work: xr.DataArray
+    use_spectrum: bool
+    names: list[str]
+    maps: list[xr.DataArray] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)  # of the assign kernel
+
+
+def _spectrum_features(
+    spectra: xr.DataArray | None, energy_range_eV: tuple[float, float] | None, source: str
+) -> _Features:
+    """Whole spectra over ``energy_range_eV``, each divided by its sum (in the kernel)."""
+    if spectra is None:
+        raise InputError(f"{source or 'the input'}: features='spectrum' needs a spectrum image")
+    energy = np.asarray(spectra["energy"].values, float)
+    if energy_range_eV is not None:
+        c0, c1 = (
+            np.searchsorted(energy, energy_range_eV[0]),
+            np.searchsorted(energy, energy_range_eV[1], side="right"),
+        )
+    else:
+        c0, c1 = 0, energy.size
+    if c1 - c0 < 2:
+        raise InputError(f"{source}: energy range {energy_range_eV} holds < 2 channels")
+    return _Features(
+        spectra, True, ["spectrum"], params={"normalise": True, "channels": (int(c0), int(c1))}
+    )
+
+
+def _map_features(si, features, spectra) -> _Features:
+    """Feature maps stacked along a pseudo energy axis (one channel per map), float64, chunked."""
+    maps = _feature_maps(si, list(features), spectra)
+    names = [str(m.name) for m in maps]
+    nav = maps[0].dims
+    stack = xr.concat([m.reset_coords(drop=True) for m in maps], dim="energy")
+    stack = stack.transpose(*nav, "energy").astype(np.float64)
+    stack = stack.assign_coords(energy=np.arange(len(maps), dtype=float))
+    if not isinstance(stack.data, da.Array):
+        stack = stack.chunk({d: min(256, stack.sizes[d]) for d in nav})
+    return _Features(stack, False, names, maps=maps)
+
+
+def _draw_sample(work: xr.DataArray, sample_size: int, seed: int) -> tuple[np.ndarray, int]:
+    """``sample_size`` pixels of ``work`` drawn at random (sorted), as a host array."""
+    rng = np.random.default_rng(seed)
+    nav_shape = tuple(work.shape[:-1])
+    n_pix = int(np.prod(nav_shape)) if nav_shape else 1
+    n_take = min(int(sample_size), n_pix)
+    flat_idx = np.sort(rng.choice(n_pix, size=n_take, replace=False))
+    data = work.data if isinstance(work.data, da.Array) else da.from_array(np.asarray(work.data))
+    if len(nav_shape) >= 2:
+        idx = np.unravel_index(flat_idx, nav_shape)
+        sample = np.asarray(data.vindex[idx].compute(), dtype=np.float64)
+    elif len(nav_shape) == 1:
+        sample = np.asarray(data[flat_idx].compute(), dtype=np.float64)
+    else:
+        raise InputError("clustering needs more than one pixel")
+    return sample, n_take
+
+
+def _usable_sample(sample: np.ndarray, feats: _Features, k: int, source: str) -> np.ndarray:
+    """The sample's feature vectors (spectra cut and divided by their sums), finite rows only."""
+    if feats.use_spectrum:
+        c0, c1 = feats.params["channels"]
+        sample = sample[:, c0:c1]
+        tot = sample.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sample = sample / np.where(tot != 0, tot, np.nan)
+    sample = sample[np.all(np.isfinite(sample), axis=1)]
+    if sample.shape[0] < k:
+        raise InputError(
+            f"{source or 'the input'}: only {sample.shape[0]} usable pixels for {k} clusters"
+        )
+    return sample
+
+
+@dataclass
+class _Model:
+    """The fitted model: z-scoring, optional PCA axes, the k-means fit and its sorted centres."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray | None
+    kmeans: Any
+    centres: np.ndarray
+
+
+def _fit_model(
+    sample: np.ndarray, k: int, seed: int, use_spectrum: bool, n_components: int | None
+) -> _Model:
+    """z-score the sample (one scale for spectra, one per map), PCA for spectra, k-means; the
+    centres numbered by increasing first coordinate."""
+    mean = sample.mean(axis=0)
+    if use_spectrum:
+        scale = np.full(sample.shape[1], float(np.std(sample - mean)) or 1.0)
+    else:
+        scale = sample.std(axis=0)
+        scale[scale == 0] = 1.0
+    z = (sample - mean) / scale
+    components = None
+    if use_spectrum and n_components:
+        from sklearn.decomposition import PCA
+
+        n_comp = int(min(n_components, z.shape[0], z.shape[1]))
+        pca = PCA(n_components=n_comp, random_state=seed).fit(z)
+        components = pca.components_
+        z = z @ components.T
+    km = _kmeans(z, k, seed)
+    centres = km.cluster_centers_
+    order = np.argsort(centres[:, 0], kind="stable")
+    return _Model(mean, scale, components, km, centres[order])
+
+
+def _label_dataset(labelled: xr.Dataset, k: int) -> xr.Dataset:
+    """The labels (computed), distances (lazy) and cluster sizes."""
+    labels = labelled["cluster"].compute()
+    sizes = np.array([(labels.values == i).sum() for i in range(k)], dtype=np.int64)
+    return xr.Dataset(
+        {
+            "cluster": labels.assign_attrs(
+                units="", long_name="cluster", flag_values=-1, flag_meanings="no_features"
+            ),
+            "cluster_distance": labelled["cluster_distance"],
+            "cluster_size": (DIM, sizes, {"units": "pixels", "long_name": "cluster size"}),
+        },
+        coords={DIM: (DIM, np.arange(k), {"long_name": "cluster number"})},
+    )
+
+
+def _add_centres(ds: xr.Dataset, feats: _Features, model: _Model) -> None:
+    """``cluster_centre_<name>`` per map feature, in the feature's unit."""
+    # one variable per feature (a string coordinate would be an unstable zarr v3 dtype)
+    centre_units = model.centres * model.scale + model.mean
+    for j, (name, m) in enumerate(zip(feats.names, feats.maps, strict=True)):
+        ds[f"cluster_centre_{name}"] = (
+            DIM,
+            centre_units[:, j],
+            {
+                "units": m.attrs.get("units", ""),
+                "long_name": f"cluster centre: {m.attrs.get('long_name', name)}",
+            },
+        )
+
+
+def _add_mean_spectra(ds: xr.Dataset, spectra: xr.DataArray, k: int) -> None:
+    """``cluster_mean_spectrum`` (cluster_id, energy): each cluster's summed spectrum / size."""
+    sums = cluster_sums(spectra, ds["cluster"], k)
+    sizes = ds["cluster_size"].values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / np.where(sizes > 0, sizes, np.nan)[:, None]
+    ds["cluster_mean_spectrum"] = xr.DataArray(
+        means,
+        dims=(DIM, "energy"),
+        coords={"energy": spectra["energy"].values},
+        attrs={
+            "units": spectra.attrs.get("units", "counts"),
+            "long_name": "cluster-mean spectrum",
+        },
+    )
+    ds["energy"].attrs.update(spectra["energy"].attrs)
 
 
 def cluster(
@@ -235,142 +335,40 @@ def cluster(
     if use_spectrum and features != "spectrum":
         features = [features]
         use_spectrum = False
-    rng = np.random.default_rng(seed)
-    params: dict[str, Any] = {}
-
     if use_spectrum:
-        if spectra is None:
-            raise InputError(f"{source or 'the input'}: features='spectrum' needs a spectrum image")
-        work = spectra
-        energy = np.asarray(spectra["energy"].values, float)
-        if energy_range_eV is not None:
-            c0, c1 = (
-                np.searchsorted(energy, energy_range_eV[0]),
-                np.searchsorted(energy, energy_range_eV[1], side="right"),
-            )
-        else:
-            c0, c1 = 0, energy.size
-        if c1 - c0 < 2:
-            raise InputError(f"{source}: energy range {energy_range_eV} holds < 2 channels")
-        params.update(normalise=True, channels=(int(c0), int(c1)))
-        feature_names = ["spectrum"]
+        feats = _spectrum_features(spectra, energy_range_eV, source)
     else:
-        maps = _feature_maps(si, list(features), spectra)
-        feature_names = [str(m.name) for m in maps]
-        nav = maps[0].dims
-        stack = xr.concat([m.reset_coords(drop=True) for m in maps], dim="energy")
-        stack = stack.transpose(*nav, "energy").astype(np.float64)
-        stack = stack.assign_coords(energy=np.arange(len(maps), dtype=float))
-        if not isinstance(stack.data, da.Array):
-            stack = stack.chunk({d: min(256, stack.sizes[d]) for d in nav})
-        work = stack
+        feats = _map_features(si, features, spectra)
 
-    nav_shape = tuple(work.shape[:-1])
-    n_pix = int(np.prod(nav_shape)) if nav_shape else 1
-    n_take = min(int(sample_size), n_pix)
-    flat_idx = np.sort(rng.choice(n_pix, size=n_take, replace=False))
-    data = work.data if isinstance(work.data, da.Array) else da.from_array(np.asarray(work.data))
-    if len(nav_shape) >= 2:
-        idx = np.unravel_index(flat_idx, nav_shape)
-        sample = np.asarray(data.vindex[idx].compute(), dtype=np.float64)
-    elif len(nav_shape) == 1:
-        sample = np.asarray(data[flat_idx].compute(), dtype=np.float64)
-    else:
-        raise InputError("clustering needs more than one pixel")
-    if use_spectrum:
-        sample = sample[:, params["channels"][0] : params["channels"][1]]
-        tot = sample.sum(axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sample = sample / np.where(tot != 0, tot, np.nan)
-    sample = sample[np.all(np.isfinite(sample), axis=1)]
-    if sample.shape[0] < k:
-        raise InputError(
-            f"{source or 'the input'}: only {sample.shape[0]} usable pixels for {k} clusters"
-        )
-    mean = sample.mean(axis=0)
-    if use_spectrum:
-        scale = np.full(sample.shape[1], float(np.std(sample - mean)) or 1.0)
-    else:
-        scale = sample.std(axis=0)
-        scale[scale == 0] = 1.0
-    z = (sample - mean) / scale
-    components = None
-    if use_spectrum and n_components:
-        from sklearn.decomposition import PCA
-
-        n_comp = int(min(n_components, z.shape[0], z.shape[1]))
-        pca = PCA(n_components=n_comp, random_state=seed).fit(z)
-        components = pca.components_
-        z = z @ components.T
-    km = _kmeans(z, k, seed)
-    centres = km.cluster_centers_
-    order = np.argsort(centres[:, 0], kind="stable")
-    centres = centres[order]
+    sample, n_take = _draw_sample(feats.work, sample_size, seed)
+    sample = _usable_sample(sample, feats, k, source)
+    model = _fit_model(sample, k, seed, feats.use_spectrum, n_components)
 
     labelled = apply_kernel(
-        BlockKernel(
-            assign_kernel,
-            [
-                Output("cluster", "", "cluster", dtype="int32"),
-                Output("cluster_distance", "", "distance to the cluster centre"),
-            ],
-        ),
-        work,
+        ASSIGN_BLOCK,
+        feats.work,
         device=device,
-        centres=centres,
-        mean=mean,
-        scale=scale,
-        components=components,
-        **params,
+        centres=model.centres,
+        mean=model.mean,
+        scale=model.scale,
+        components=model.components,
+        **feats.params,
     )
-    labels = labelled["cluster"].compute()
-    sizes = np.array([(labels.values == i).sum() for i in range(k)], dtype=np.int64)
-    ds = xr.Dataset(
-        {
-            "cluster": labels.assign_attrs(
-                units="", long_name="cluster", flag_values=-1, flag_meanings="no_features"
-            ),
-            "cluster_distance": labelled["cluster_distance"],
-            "cluster_size": (DIM, sizes, {"units": "pixels", "long_name": "cluster size"}),
-        },
-        coords={DIM: (DIM, np.arange(k), {"long_name": "cluster number"})},
-    )
-    if not use_spectrum:
-        # one variable per feature (a string coordinate would be an unstable zarr v3 dtype)
-        centre_units = centres * scale + mean
-        for j, (name, m) in enumerate(zip(feature_names, maps, strict=True)):
-            ds[f"cluster_centre_{name}"] = (
-                DIM,
-                centre_units[:, j],
-                {
-                    "units": m.attrs.get("units", ""),
-                    "long_name": f"cluster centre: {m.attrs.get('long_name', name)}",
-                },
-            )
-    if spectra is not None and spectra.dims[:-1] == labels.dims:
-        sums = cluster_sums(spectra, labels, k)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = sums / np.where(sizes > 0, sizes, np.nan)[:, None]
-        ds["cluster_mean_spectrum"] = xr.DataArray(
-            means,
-            dims=(DIM, "energy"),
-            coords={"energy": spectra["energy"].values},
-            attrs={
-                "units": spectra.attrs.get("units", "counts"),
-                "long_name": "cluster-mean spectrum",
-            },
-        )
-        ds["energy"].attrs.update(spectra["energy"].attrs)
+    ds = _label_dataset(labelled, k)
+    if not feats.use_spectrum:
+        _add_centres(ds, feats, model)
+    if spectra is not None and spectra.dims[:-1] == ds["cluster"].dims:
+        _add_mean_spectra(ds, spectra, k)
     ds.attrs.update({k_: v for k_, v in attrs_src.items() if k_ != "units"})
     ds.attrs.update(
         analysis="cluster",
         cluster_method="k-means (scikit-learn)",
         cluster_n_clusters=k,
-        cluster_features=feature_names,
+        cluster_features=feats.names,
         cluster_sample_size=int(n_take),
         cluster_seed=int(seed),
-        cluster_inertia=float(km.inertia_),
-        cluster_pca_components=0 if components is None else int(components.shape[0]),
+        cluster_inertia=float(model.kmeans.inertia_),
+        cluster_pca_components=0 if model.components is None else int(model.components.shape[0]),
     )
     return ds
 
@@ -422,9 +420,6 @@ def per_cluster(
         dtype=si.dtype,
         attrs={**attrs, "units": si.attrs.get("units", "counts")},
     )
-    if isinstance(pipeline, types.ModuleType) and not callable(pipeline):
-        # eelsgpu.thickness & co. can resolve to the module of the same name: take its function
-        pipeline = getattr(pipeline, pipeline.__name__.rsplit(".", 1)[-1])
     result = pipeline(summed, **params)
     result = result.rename({"x": DIM}) if "x" in result.dims else result
     result = result.drop_vars(DIM, errors="ignore").assign_coords({DIM: np.arange(k)})

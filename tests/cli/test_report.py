@@ -1,0 +1,90 @@
+"""`eelsgpu cluster` then `eelsgpu report --clusters`: the page holds the cluster pictures."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import numpy as np
+
+from eelsgpu import io, synthetic
+from eelsgpu.cli import main
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.imgs, self.attrs, self.captions, self.cells = [], [], [], [], []
+        self._in_caption = self._in_td = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        self._in_caption = self._in_caption or tag == "figcaption"
+        self._in_td = self._in_td or tag == "td"
+        if tag == "figcaption":
+            self.captions.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "figcaption":
+            self._in_caption = False
+        if tag == "td":
+            self._in_td = False
+
+    def handle_data(self, data):
+        if self._in_caption:
+            self.captions[-1] += data
+        if self._in_td:
+            self.cells.append(data)
+
+
+def _parse(path):
+    page = _Page()
+    text = path.read_text(encoding="utf-8")
+    page.feed(text)
+    page.close()
+    return page, text
+
+
+def test_report_cli_with_clusters(tmp_path):
+    """Truth: a two-material synthetic image; `eelsgpu cluster` then `eelsgpu report
+    --clusters` make a page with the cluster map and the cluster-mean spectra figure."""
+    reg = np.zeros((8, 8), int)
+    reg[:, 4:] = 1
+    sim = synthetic.low_loss_image(
+        [synthetic.Drude(15.0, 1.0), synthetic.Drude(25.0, 3.0)],
+        regions=reg,
+        shape=(8, 8),
+        n_channels=256,
+        dispersion_eV=0.2,
+        t_over_lambda=0.5,
+        noise=True,
+    )
+    si_path = io.write_store(sim[["signal"]], tmp_path / "ll.zarr")
+    assert (
+        main(
+            [
+                "cluster",
+                str(si_path),
+                "-o",
+                str(tmp_path / "cl.zarr"),
+                "-k",
+                "2",
+                "-q",
+                "--png",
+                str(tmp_path / "cl.png"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "cl.png").stat().st_size > 1000
+    assert (tmp_path / "cl_spectra.png").exists()
+    html_path = tmp_path / "cl.html"
+    assert (
+        main(["report", str(tmp_path / "cl.zarr"), "-o", str(html_path), "--clusters", "-q"]) == 0
+    )
+    page, _ = _parse(html_path)
+    alts = [im.get("alt", "") for im in page.imgs]
+    assert any(a.startswith("map of cluster:") for a in alts)
+    assert "cluster-mean spectra" in alts
