@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # Public names and the module that defines each; imported on first use so that `import eelsgpu`
 # and the command line start fast (dask, zarr and matplotlib load only when needed).

@@ -12,18 +12,15 @@ interrupted write never leaves a store that opens as if whole.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..engine.store import codecs
+from ..engine.store import StoreWriter
 from ..errors import EnergyAxisError, InputError
 from ..model import spectrum_image
 from .calibration import energy_override
@@ -89,25 +86,6 @@ def _recorded_check(path: Path) -> dict[str, Any] | None:
     return dict(record) if isinstance(record, Mapping) else None
 
 
-def _compute(*graphs: Any) -> tuple[Any, ...]:
-    """``dask.compute`` that, on the local threaded scheduler, returns (or raises) only once every
-    task has stopped, so that no chunk is still being written after a failure is cleaned up."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    try:
-        from distributed import default_client
-
-        default_client()
-        return dask.compute(*graphs)  # a cluster: its own scheduler
-    except (ImportError, ValueError):
-        pass
-    if dask.config.get("scheduler", None) not in (None, "threads", "threading"):
-        return dask.compute(*graphs)
-    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool:  # leaving the block waits for running tasks
-        return dask.compute(*graphs, scheduler="threads", pool=pool)
-
-
 def write_store(
     ds: xr.Dataset | xr.DataArray,
     path: str | os.PathLike,
@@ -131,7 +109,7 @@ def write_store(
     overwrite : bool
         Replace an existing store; without it an existing path is an error.
     progress : bool
-        Show a progress bar while the dask graph runs.
+        Show a progress bar while the blocks are written.
     encoding : mapping, optional
         Extra zarr encoding per variable.
     check : bool
@@ -147,73 +125,50 @@ def write_store(
 
     Notes
     -----
-    The store is written as ``.NAME.partial-XXXX`` beside the target with the attribute
-    ``eelsgpu_complete = False``, flagged complete after the last chunk, and renamed into place;
-    an error removes the partial store. For a ``signal`` variable the value checks of :func:`open`
-    (non-finite pixels, all zero) are computed in the same pass and stored in its attributes.
+    This is the engine's one store writer (:class:`eelsgpu.engine.store.StoreWriter`) in its
+    one-shot mode: every variable keeps its chunks, the store is written as
+    ``.NAME.partial-XXXX`` beside the target with the attribute ``eelsgpu_complete = False``,
+    flagged complete after the last chunk, and renamed into place; an error removes the partial
+    store. For a ``signal`` variable the value checks of :func:`open` (non-finite pixels, all
+    zero) are computed in the same pass and stored in its attributes.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise InputError(f"{target}: already exists (pass overwrite=True or --overwrite)")
+    writer = StoreWriter(
+        target,
+        overwrite=overwrite,
+        codec=codec,
+        resumable=False,
+        quiet=not progress,
+        description=f"writing {target.name}",
+    )
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name="signal")
     ds = ds.copy()
-    ds.attrs["eelsgpu_complete"] = False
-    enc: dict[str, Any] = {}
-    comp = codecs(codec)
-    for name, var in ds.data_vars.items():
-        enc[name] = dict(comp)
-        if getattr(var.data, "chunks", None) is not None:
-            enc[name]["chunks"] = tuple(c[0] for c in var.data.chunks)
-    for name, extra in (encoding or {}).items():
-        enc.setdefault(name, {}).update(extra)
-
-    checks: tuple[Any, ...] = ()
     sig = ds.data_vars.get("signal")
-    if sig is not None and sig.dims and sig.dims[-1] == "energy":
+    checked = sig is not None and bool(sig.dims) and sig.dims[-1] == "energy"
+    if checked:
         sig_data = sig.data if isinstance(sig.data, da.Array) else da.from_array(sig.values)
-        sig_data = sig_data.rechunk(enc["signal"].get("chunks", sig_data.chunksize))
         ds["signal"] = sig.copy(data=sig_data)
         ds["signal"].attrs.pop(CHECK_ATTR, None)
-        checks = value_check_graph(ds["signal"].data)
-
-    tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        delayed = ds.to_zarr(
-            tmp,
-            mode="w",
-            encoding=enc,
-            compute=False,
-            consolidated=False,
-            zarr_format=3,
-            # every chunk is written: zarr's check for chunks equal to the fill value is a full
-            # comparison pass per chunk (measured 40-60 ms per 32 MiB chunk, more than the lz4
-            # compression), and a chunk left out would read back as "no data" anyway
-            write_empty_chunks=True,
-        )
-        if progress:
-            from ..progress import progress_bar
+        plan = writer.prepare(ds, encoding=encoding)
+        checks = value_check_graph(plan.ds["signal"].data) if checked else ()
+        writer.start(plan, resume=False)
+        results = writer.write(plan, also=checks)
+        if checked:
+            import zarr
 
-            with progress_bar(f"writing {target.name}"):
-                results = _compute(delayed, *checks)
-        else:
-            results = _compute(delayed, *checks)
-        import zarr
-
-        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        if checks:
-            valid = ds.coords["valid"].values if "valid" in ds.coords else None
-            record = check_record(results[1], results[2], valid)
-            group["signal"].attrs[CHECK_ATTR] = record
+            valid = plan.ds.coords["valid"].values if "valid" in plan.ds.coords else None
+            record = check_record(results[0], results[1], valid)
+            zarr.open_group(writer.partial, mode="r+", zarr_format=3)["signal"].attrs[
+                CHECK_ATTR
+            ] = record
             if check:
-                check_values(ds["signal"], record=record)
-        group.attrs["eelsgpu_complete"] = True
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.replace(tmp, target)
+                check_values(plan.ds["signal"], record=record)
+        writer.finish(plan)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.discard()
         raise
     return target
 
