@@ -64,8 +64,7 @@ __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    # thickness, kramers_kronig and bandgap are modules that call like their main function
-    # (see eelsgpu._callable), so the submodule wins where a name is both.
+    # where a name is both a submodule and a public function, the submodule wins
     if name in _SUBMODULES:
         return importlib.import_module(f"eelsgpu.{name}")
     if name in _LAZY:
