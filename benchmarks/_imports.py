@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib
 
+#: eelsgpu's public analyses the jobs run; each is resolved through ``eelsgpu``'s lazy names, so
+#: the module that defines it is imported wherever it lives.
+ANALYSES = ("align_zlp", "deconvolve", "thickness", "kramers_kronig")
+
 
 def import_ours() -> None:
     """Import what eelsgpu's jobs import lazily, before the clock starts (exspy is imported before
@@ -16,11 +20,11 @@ def import_ours() -> None:
         "xarray",
         "zarr",
         "zarr.codecs",
-        "eelsgpu.deconvolution",
         "eelsgpu.engine",
         "eelsgpu.io",
-        "eelsgpu.kramers_kronig",
-        "eelsgpu.thickness",
-        "eelsgpu.zlp",
     ):
         importlib.import_module(name)
+    import eelsgpu
+
+    for name in ANALYSES:
+        getattr(eelsgpu, name)

@@ -92,19 +92,21 @@ def _standin_thickness(si, device="auto"):
 
 
 def _thickness(si):
+    import eelsgpu
+
     try:
-        from eelsgpu.thickness import thickness
-    except ImportError:
+        thickness = eelsgpu.thickness  # the public name, wherever the function lives
+    except AttributeError:
         return _standin_thickness(si, device="cpu"), "stand-in (rfft, log, irfft, log-ratio)"
     return thickness(si, device="cpu"), "eelsgpu.thickness (log-ratio)"
 
 
 def _kk(si):
-    from eelsgpu.deconvolution import deconvolve
-    from eelsgpu.kramers_kronig import kramers_kronig
+    import eelsgpu
 
-    ssd = deconvolve(si, device="cpu")
-    return kramers_kronig(ssd, refractive_index=2.0, device="cpu"), "deconvolve -> kramers_kronig"
+    ssd = eelsgpu.deconvolve(si, device="cpu")
+    kk = eelsgpu.kramers_kronig(ssd, refractive_index=2.0, device="cpu")
+    return kk, "deconvolve -> kramers_kronig"
 
 
 def run_phase(phase: str, path: Path, out: Path) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # Public names and the module that defines each; imported on first use so that `import eelsgpu`
 # and the command line start fast (dask, zarr and matplotlib load only when needed).
@@ -57,8 +57,7 @@ __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    # thickness and kramers_kronig are modules that call like their main function
-    # (see eelsgpu._callable), so the submodule wins where a name is both.
+    # where a name is both a submodule and a public function, the submodule wins
     if name in _SUBMODULES:
         return importlib.import_module(f"eelsgpu.{name}")
     if name in _LAZY:

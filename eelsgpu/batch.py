@@ -31,7 +31,6 @@ scheduler on.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import importlib
 import json
@@ -39,11 +38,12 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .engine.schedulers import SchedulerInfo, scheduler_context
 from .errors import InputError
 
 __all__ = [
@@ -56,17 +56,14 @@ __all__ = [
     "scheduler_context",
 ]
 
-LOCALHOST = "127.0.0.1"
-
-#: Pipeline name -> "module:function" (imported on first use: they live in other modules).
+#: Pipeline name -> "module:function", imported on first use. The analyses are named by eelsgpu's
+#: public (lazy) names, ``eelsgpu:thickness``, so they resolve whatever module defines them.
 PIPELINES: dict[str, str | Callable[..., Any]] = {
-    "thickness": "eelsgpu.thickness:thickness",
-    "deconvolve": "eelsgpu.deconvolution:deconvolve",
+    "thickness": "eelsgpu:thickness",
+    "deconvolve": "eelsgpu:deconvolve",
     "kk": "eelsgpu.batch:kk_pipeline",
-    "maps": "eelsgpu.maps:window_maps",
+    "maps": "eelsgpu:window_maps",
 }
-
-SCHEDULERS = ("threads", "processes", "synchronous", "local-cuda", "slurm", "pbs")
 
 _MANIFEST_KEYS = {
     "pipeline",
@@ -89,9 +86,9 @@ def kk_pipeline(si: Any, device: str = "auto", **params: Any) -> Any:
     """
     import inspect
 
-    from .deconvolution import deconvolve
-    from .kramers_kronig import kramers_kronig
+    import eelsgpu
 
+    deconvolve, kramers_kronig = eelsgpu.deconvolve, eelsgpu.kramers_kronig
     names = set(inspect.signature(deconvolve).parameters) - {"si", "device"}
     dec = {k: v for k, v in params.items() if k in names}
     rest = {k: v for k, v in params.items() if k not in names}
@@ -249,199 +246,6 @@ def array_share(
     if not 0 <= index < size:
         raise InputError(f"array index {index} is outside an array of {size} tasks")
     return range(index, n_files, size), f"-array{index}of{size}"
-
-
-# --------------------------------------------------------------------------- schedulers
-@dataclass
-class SchedulerInfo:
-    """What :func:`scheduler_context` started: the ``scheduler=`` argument for dask and where the
-    scheduler and its dashboard listen (``None`` for the local schedulers)."""
-
-    kind: str
-    scheduler: Any
-    address: str | None = None
-    dashboard: str | None = None
-    target_bytes: int = 0
-    threads: int = 1
-
-
-def _bind(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Where a scheduler we start listens: the named interface or host, else localhost only."""
-    if options.get("interface"):
-        return {"interface": options["interface"]}
-    return {"host": options.get("host") or LOCALHOST}
-
-
-def _dashboard(options: Mapping[str, Any]) -> str:
-    return str(options.get("dashboard_address") or f"{LOCALHOST}:8787")
-
-
-def _jobqueue_cluster(kind: str, opts: Mapping[str, Any]) -> Any:
-    import dask_jobqueue
-
-    if not (opts.get("interface") or opts.get("host")):
-        raise InputError(
-            f"--scheduler {kind}: the workers run on other nodes and must reach the scheduler, "
-            "which eelsgpu binds to 127.0.0.1 unless told otherwise; name the network interface "
-            "they reach it on with --interface (e.g. ib0 or eth0) or an address with --host"
-        )
-    gpus = int(opts.get("gpus") or 0)
-    cores = int(opts.get("cores") or 1)
-    kw: dict[str, Any] = {
-        "cores": cores,
-        "processes": int(opts.get("processes") or gpus or 1),  # one worker per GPU
-        "memory": str(opts.get("memory") or "8GB"),
-        "walltime": str(opts.get("walltime") or "01:00:00"),
-        "scheduler_options": {**_bind(opts), "dashboard_address": _dashboard(opts)},
-    }
-    if opts.get("interface"):
-        kw["interface"] = opts["interface"]  # the workers' side
-    if opts.get("queue"):
-        kw["queue"] = str(opts["queue"])
-    if opts.get("account"):
-        kw["account"] = str(opts["account"])
-    if kind == "slurm":
-        extra = [f"--gres=gpu:{gpus}"] if gpus else []
-        return dask_jobqueue.SLURMCluster(job_extra_directives=extra, **kw)
-    if gpus:
-        kw["resource_spec"] = f"select=1:ncpus={cores}:ngpus={gpus}:mem={kw['memory']}"
-    return dask_jobqueue.PBSCluster(**kw)
-
-
-def _slurm_runner(opts: Mapping[str, Any], outdir: Path) -> Any:
-    from dask_jobqueue.slurm import SLURMRunner
-
-    multi_node = int(os.environ.get("SLURM_NNODES", "1")) > 1
-    if multi_node and not (opts.get("interface") or opts.get("host")):
-        raise InputError(
-            "srun over several nodes: name the interface the tasks reach each other on with "
-            "--interface (eelsgpu binds its scheduler to 127.0.0.1 unless told otherwise)"
-        )
-    scheduler_options = {**_bind(opts), "dashboard_address": _dashboard(opts)}
-    worker_options: dict[str, Any] = {}
-    if opts.get("interface"):
-        worker_options["interface"] = opts["interface"]
-    elif not multi_node:
-        worker_options["host"] = LOCALHOST
-    if int(opts.get("gpus") or 0) and "SLURM_LOCALID" in os.environ:
-        # one worker per GPU: each srun task sees the GPU of its local rank
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ["SLURM_LOCALID"])
-    return SLURMRunner(
-        scheduler_file=str(outdir / ".dask-scheduler-{job_id}.json"),
-        scheduler_options=scheduler_options,
-        worker_options=worker_options,
-    )
-
-
-@contextlib.contextmanager
-def scheduler_context(
-    kind: str = "threads",
-    options: Mapping[str, Any] | None = None,
-    *,
-    outdir: Path | None = None,
-    quiet: bool = False,
-) -> Iterator[SchedulerInfo]:
-    """Start (and stop) the scheduler a batch run uses.
-
-    ``options`` (from the manifest's ``scheduler:`` and the command-line flags): ``workers``,
-    ``threads_per_worker``, ``memory`` (per worker or job), ``host``, ``interface``,
-    ``dashboard_address``; for ``slurm``/``pbs``: ``queue``, ``account``, ``cores``, ``walltime``,
-    ``gpus``, ``jobs``.
-    """
-    from .engine import TASK_BYTES
-
-    opts = dict(options or {})
-    local = TASK_BYTES["local"]
-    dist = TASK_BYTES["distributed"]
-    if kind in ("threads", "synchronous"):
-        threads = 1 if kind == "synchronous" else (os.cpu_count() or 1)
-        yield SchedulerInfo(kind, kind, target_bytes=local, threads=threads)
-        return
-    if kind == "processes":
-        from distributed import Client, LocalCluster
-
-        n_workers = int(opts.get("workers") or max(1, (os.cpu_count() or 2)))
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=int(opts.get("threads_per_worker") or 1),
-            processes=True,
-            memory_limit=opts.get("memory") or "auto",
-            dashboard_address=_dashboard(opts),
-            **_bind(opts),
-        )
-        with cluster, Client(cluster) as client:
-            yield _announce(SchedulerInfo(kind, client, target_bytes=dist), client, quiet)
-        return
-    if kind == "local-cuda":
-        from distributed import Client
-
-        from .engine.transfer import local_cuda_cluster
-
-        bind = _bind(opts)
-        cluster = local_cuda_cluster(dashboard_address=_dashboard(opts), **bind)
-        with cluster, Client(cluster) as client:
-            yield _announce(SchedulerInfo(kind, client, target_bytes=dist), client, quiet)
-        return
-    if kind.startswith(("tcp://", "tls://", "ucx://")):
-        from distributed import Client
-
-        with Client(kind) as client:
-            yield _announce(SchedulerInfo("address", client, target_bytes=dist), client, quiet)
-        return
-    if (
-        kind == "slurm"
-        and int(os.environ.get("SLURM_NTASKS", "1")) >= 3
-        and ("SLURM_PROCID" in os.environ)
-    ):
-        from dask_jobqueue.runner import Role
-        from distributed import Client
-
-        runner = _slurm_runner(opts, outdir or Path("."))
-        try:
-            runner.__enter__()  # rank 0 runs the scheduler here, ranks 2+ a worker, until the end
-        except KeyboardInterrupt:
-            # the runner ends the scheduler and worker ranks with SIGINT once the client is done
-            if runner.role in (Role.scheduler, Role.worker):
-                raise SystemExit(0) from None
-            raise
-        try:
-            with Client(runner) as client:  # only rank 1, the client, runs the batch
-                client.wait_for_workers(runner.n_workers)
-                yield _announce(
-                    SchedulerInfo("slurm-runner", client, target_bytes=dist), client, quiet
-                )
-        finally:
-            runner.__exit__(None, None, None)
-        return
-    if kind in ("slurm", "pbs"):
-        from distributed import Client
-
-        cluster = _jobqueue_cluster(kind, opts)
-        cluster.scale(jobs=int(opts.get("jobs") or 1))
-        with cluster, Client(cluster) as client:
-            yield _announce(SchedulerInfo(kind, client, target_bytes=dist), client, quiet)
-        return
-    raise InputError(
-        f"unknown scheduler {kind!r}: use threads, processes, local-cuda, tcp://host:port, "
-        "slurm or pbs"
-    )
-
-
-def _announce(info: SchedulerInfo, client: Any, quiet: bool) -> SchedulerInfo:
-    info.address = client.scheduler.address
-    with contextlib.suppress(Exception):
-        workers = client.scheduler_info()["workers"].values()
-        info.threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
-    import importlib.util
-
-    info.dashboard = None
-    if importlib.util.find_spec("bokeh") is not None:  # distributed serves it only with bokeh
-        with contextlib.suppress(Exception):
-            info.dashboard = client.dashboard_link
-    if not quiet:
-        dash = info.dashboard or "not served (install bokeh for the dask dashboard)"
-        print(f"dask scheduler: {info.address}   dashboard: {dash}", file=sys.stderr)
-    return info
 
 
 # --------------------------------------------------------------------------- the run

@@ -13,6 +13,10 @@ The model (Egerton 2011, sections 3.3, 4.1 and 4.2; kk-theory.md eqs. 13-31 and 
    and centred per pixel (energy drift), convolved with all of it;
 5. optional Poisson noise.
 
+:func:`sxes_image` makes a synthetic soft X-ray emission (SXES) spectrum image on the grating's
+non-uniform energy axis: two bonding states of a CaB6-like boride (a B-K band whose top edge
+shifts, Ca-Ll,eta in 2nd order), Poisson noise (../shared/docs/sxes.md).
+
 Everything is discrete and exact on the channel grid: the SSD returned as truth is the one the
 data were built from (counts per channel, on the loss-energy axis), so a perfect Fourier-log
 deconvolution returns it to rounding error (up to what the finite window cuts off), and
@@ -35,22 +39,29 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
 import xarray as xr
 from scipy.special import ndtr
 
+from .errors import InputError
 from .kernels.dielectric import bulk_loss_per_eV_nm
 from .kernels.surface import surface_loss_per_eV
+from .kernels.sxes import JS300N_PROVISIONAL, N_PIXELS, grating_energy_eV
+from .kernels.windows import channel_edges
 from .model import spectrum_image
 
 __all__ = [
     "Drude",
     "Lorentz",
     "ZeroLossPeak",
+    "BondingState",
+    "DEFAULT_STATES",
     "low_loss_image",
     "low_loss_spectrum",
+    "sxes_image",
     "thickness_map",
 ]
 
@@ -417,3 +428,146 @@ def low_loss_image(
 def low_loss_spectrum(material: Drude | Lorentz, **kwargs) -> xr.Dataset:
     """One synthetic spectrum (``shape=()``); the arguments of :func:`low_loss_image`."""
     return low_loss_image(material, shape=(), **kwargs)
+
+
+# --------------------------------------------------------------------------- SXES images
+@dataclass(frozen=True)
+class BondingState:
+    """Emission of one bonding state of a CaB6-like boride, in counts per pixel.
+
+    The B-K valence band is ``sqrt(E - bottom)`` cut by a Fermi-like top edge
+    ``1 / (1 + exp((E - top) / top_width))``; Ca-Ll and Ca-Leta (302.7, 306.6 eV) appear in
+    2nd order at 151.35 and 153.3 eV as Gaussians; O-K (524.9 eV) in 3rd order at 175.0 eV; a
+    flat continuum. Na doping (holes at the top of the B band) moves the top edge up.
+    """
+
+    band_top_eV: float = 187.0
+    band_top_width_eV: float = 0.35
+    band_bottom_eV: float = 170.0
+    band_counts: float = 4000.0
+    ca_counts: float = 800.0
+    oxygen_counts: float = 100.0
+    continuum_per_eV: float = 20.0
+    line_sigma_eV: float = 0.4
+
+
+DEFAULT_STATES = (
+    BondingState(),
+    BondingState(band_top_eV=187.6, ca_counts=650.0),  # Na-doped: higher top, less Ca
+)
+
+
+def _region_map(shape: tuple[int, int], regions: Any) -> np.ndarray:
+    ny, nx = shape
+    if isinstance(regions, str):
+        yy, xx = np.mgrid[0:ny, 0:nx]
+        if regions == "halves":
+            return (xx >= nx // 2).astype(np.int32)
+        if regions == "disk":
+            r = min(ny, nx) / 3.0
+            return (((yy - (ny - 1) / 2) ** 2 + (xx - (nx - 1) / 2) ** 2) <= r * r).astype(np.int32)
+        raise InputError(f"regions must be 'halves', 'disk' or a label array, not {regions!r}")
+    lab = np.asarray(regions)
+    if lab.shape != tuple(shape):
+        raise InputError(f"the region map has shape {lab.shape}, the image {tuple(shape)}")
+    return lab.astype(np.int32)
+
+
+def _state_density(state: BondingState, e: np.ndarray) -> np.ndarray:
+    """Emission density (counts/eV) of one state on energies ``e``."""
+    band = np.sqrt(np.clip(e - state.band_bottom_eV, 0.0, None)) / (
+        1.0 + np.exp((e - state.band_top_eV) / state.band_top_width_eV)
+    )
+    fine = np.linspace(state.band_bottom_eV, state.band_top_eV + 10 * state.band_top_width_eV, 4000)
+    norm = np.trapezoid(
+        np.sqrt(fine - state.band_bottom_eV)
+        / (1.0 + np.exp((fine - state.band_top_eV) / state.band_top_width_eV)),
+        fine,
+    )
+    density = state.band_counts * band / norm + state.continuum_per_eV
+
+    def gauss(centre: float, area: float) -> np.ndarray:
+        s = state.line_sigma_eV
+        return area * np.exp(-0.5 * ((e - centre) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+
+    density = (
+        density + gauss(302.7 / 2, 0.6 * state.ca_counts) + gauss(306.6 / 2, 0.4 * state.ca_counts)
+    )
+    return density + gauss(524.9 / 3, state.oxygen_counts)
+
+
+def sxes_image(
+    shape: tuple[int, int] = (24, 24),
+    regions: Any = "disk",
+    states: Sequence[BondingState] = DEFAULT_STATES,
+    *,
+    energy_range_eV: tuple[float, float] = (140.0, 200.0),
+    coefficients: Sequence[float] = JS300N_PROVISIONAL,
+    intensity: Any = 1.0,
+    noise: bool = True,
+    seed: int | None = 0,
+    dtype: Any = np.float32,
+    chunks: Any = None,
+) -> xr.Dataset:
+    """A synthetic SXES spectrum image of regions in different bonding states (exact truth).
+
+    The energy axis is the grating's non-uniform one: the CCD pixels whose first-order energy
+    (``coefficients``, default the provisional JS300N cubic) lies in ``energy_range_eV``.
+    Counts per channel are the state's density (see :class:`BondingState`) times the channel
+    width, times ``intensity`` (scalar or (y, x) map), with Poisson noise when ``noise``.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    regions : "disk", "halves" or int array (ny, nx)
+        Which state each pixel is in (label k uses ``states[k]``).
+    states : sequence of BondingState
+        Default: CaB6-like (top edge 187.0 eV) and Na-doped (187.6 eV, less Ca).
+    noise : bool
+        Poisson counts (``seed`` for the generator).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``signal`` (y, x, energy; counts per channel, lazy), ``true_region`` (y, x) and
+        ``true_signal`` (the noise-free expectation).
+
+    Examples
+    --------
+    >>> ds = sxes_image((4, 6), regions="halves", seed=1)
+    >>> ds["signal"].dims, ds["true_region"].values.sum()
+    (('y', 'x', 'energy'), np.int64(12))
+    """
+    labels = _region_map(tuple(shape), regions)
+    if labels.min() < 0 or labels.max() >= len(states):
+        raise InputError(f"region labels run 0..{labels.max()} but {len(states)} states were given")
+    pix = np.arange(N_PIXELS)
+    energy_all = grating_energy_eV(pix, coefficients)
+    keep = (energy_all >= energy_range_eV[0]) & (energy_all <= energy_range_eV[1])
+    order = np.argsort(energy_all[keep])
+    e = energy_all[keep][order]
+    if e.size < 8:
+        raise InputError(f"energy_range_eV {energy_range_eV} holds only {e.size} channels")
+    lo, hi = channel_edges(e)
+    width = hi - lo
+    per_state = np.stack([_state_density(s, e) * width for s in states])  # counts per channel
+    scale = np.broadcast_to(np.asarray(intensity, dtype=np.float64), labels.shape)
+    expected = per_state[labels] * scale[..., None]
+    if noise:
+        rng = np.random.default_rng(seed)
+        counts = rng.poisson(expected).astype(np.float64)
+    else:
+        counts = expected
+    sig = spectrum_image(
+        counts, e, source="eelsgpu.synthetic.sxes_image", dtype=dtype, chunks=chunks
+    )
+    sig["energy"].attrs["long_name"] = "photon energy (first order)"
+    true = spectrum_image(expected, e, dtype=np.float64, chunks=chunks).rename("true_signal")
+    return xr.Dataset(
+        {
+            "signal": sig,
+            "true_signal": true,
+            "true_region": (("y", "x"), labels, {"units": "", "long_name": "true region label"}),
+        },
+        attrs={"source": "eelsgpu.synthetic.sxes_image", "pixel_first": int(pix[keep].min())},
+    )

@@ -1,5 +1,6 @@
 """Batch runs: manifests, resumability after SIGKILL, failing files, job arrays, fault tolerance
-on a dask.distributed cluster, and localhost-only scheduler binding.
+on a dask.distributed cluster, and the srun mode (the schedulers themselves:
+tests/engine/test_schedulers.py).
 
 The truth in these tests is the same pipeline computed in memory (NumPy, no store, no scheduler):
 a batch run must give exactly those numbers, and a run that was killed and resumed must give the
@@ -285,57 +286,6 @@ def test_worker_killed_on_local_cluster_results_complete_and_identical(tmp_path,
     a, b = _arrays(tmp_path / "faulty.zarr"), _arrays(tmp_path / "clean.zarr")
     for k in a:
         assert a[k] == b[k], k
-
-
-# --------------------------------------------------------------------------- schedulers
-def test_processes_scheduler_binds_to_localhost(tmp_path):
-    """The LocalCluster eelsgpu starts listens on 127.0.0.1 (scheduler and workers)."""
-    with batch.scheduler_context("processes", {"workers": 1}, quiet=True) as info:
-        client = info.scheduler
-        assert info.address.startswith("tcp://127.0.0.1:")
-        workers = client.scheduler_info()["workers"]
-        assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers)
-
-
-def test_slurm_needs_a_named_interface_and_builds_its_job_script(tmp_path):
-    """slurm without --interface/--host is refused (we never bind to all interfaces); with a host
-    named, the job script asks for the queue, walltime, memory and GPUs of the manifest."""
-    pytest.importorskip("dask_jobqueue")
-    with pytest.raises(InputError, match="--interface"):
-        batch._jobqueue_cluster("slurm", {"queue": "gpu"})
-    cluster = batch._jobqueue_cluster(
-        "slurm",
-        {
-            "queue": "gpu",
-            "cores": 8,
-            "memory": "32GB",
-            "walltime": "02:00:00",
-            "gpus": 2,
-            "host": "127.0.0.1",
-        },
-    )
-    try:
-        script = cluster.job_script()
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-    finally:
-        cluster.close()
-    assert "#SBATCH -p gpu" in script and "--gres=gpu:2" in script
-    assert "02:00:00" in script and "eelsgpu" not in script.split("\n")[0]
-
-
-def test_local_cuda_without_dask_cuda_names_the_extra():
-    """--scheduler local-cuda without dask-cuda (or a GPU) is a clear error naming the extra."""
-    try:
-        import dask_cuda  # noqa: F401
-
-        pytest.skip("dask-cuda is installed here")
-    except ImportError:
-        pass
-    from eelsgpu.engine.device import DeviceError
-
-    with pytest.raises(DeviceError, match=r"eelsgpu\[gpu\]"):
-        with batch.scheduler_context("local-cuda"):
-            pass
 
 
 def test_srun_mode_runs_through_slurm_runner_on_localhost(tmp_path):

@@ -209,16 +209,6 @@ def test_signed_map_uses_a_centred_diverging_colour_map():
     plt.close("all")
 
 
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.plotting as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
-
-
 def test_spectra_shade_the_given_windows():
     """Truth: the windows passed in; each is a shaded span with exactly those energy limits."""
     e = np.arange(800.0, 1100.0, 1.0)

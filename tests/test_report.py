@@ -123,13 +123,3 @@ def test_report_refuses_what_it_cannot_draw(gap_store, tmp_path):
     with pytest.raises(InputError, match="cluster"):
         write_report(path, tmp_path / "c.html", clusters=True)
     assert not (tmp_path / "a.html").exists()
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.report as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

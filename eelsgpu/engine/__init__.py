@@ -9,7 +9,10 @@ calls the kernel and writes the results. Like LiberTEM's executors, each concern
 :mod:`.device`            device choice (``auto``/``cpu``/``gpu``), the GPU probe, host <-> device
 :mod:`.transfer`          staging blocks in pinned memory and copying them to the device
 :mod:`.chunking`          task and storage chunk sizes
-:mod:`.store`             the one store writer (:func:`run_to_store`, resumable), codecs, provenance
+:mod:`.store`             the one store writer (:class:`StoreWriter`; :func:`run_to_store`,
+                          resumable), codecs, provenance
+:mod:`.progress`          the one progress bar of a store run
+:mod:`.schedulers`        where the tasks run: threads, processes, GPUs, SLURM/PBS
 ========================  ====================================================================
 """
 
@@ -18,9 +21,11 @@ from __future__ import annotations
 from ..kernels.declare import BlockKernel, Kernel, Output
 from .blocks import TILE_BYTES, apply_kernel, default_tile_pixels
 from .chunking import TASK_BYTES, align_tasks, storage_chunks, task_chunks
+from .schedulers import SchedulerInfo, scheduler_context
 from .store import (
     CODEC_PROFILES,
     RunResult,
+    StoreWriter,
     codecs,
     is_complete,
     json_safe,
@@ -36,6 +41,8 @@ __all__ = [
     "Kernel",
     "Output",
     "RunResult",
+    "SchedulerInfo",
+    "StoreWriter",
     "align_tasks",
     "apply_kernel",
     "codecs",
@@ -44,6 +51,7 @@ __all__ = [
     "json_safe",
     "run_attrs",
     "run_to_store",
+    "scheduler_context",
     "storage_chunks",
     "task_chunks",
 ]

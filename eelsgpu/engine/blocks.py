@@ -42,7 +42,14 @@ from ..kernels.declare import BlockKernel, Kernel, Output
 from . import device as backend
 from . import transfer as gpu
 
-__all__ = ["TILE_BYTES", "apply_kernel", "default_tile_pixels"]
+__all__ = [
+    "PACKED_ENCODING",
+    "TILE_BYTES",
+    "PackedSource",
+    "apply_kernel",
+    "default_tile_pixels",
+    "packed_source",
+]
 
 #: Bytes of input per CPU tile inside a block (the kernel is called once per tile): 1 MiB is 128
 #: spectra of 2048 float32 channels, whose rfft and its log (2 MiB each) stay in L2/L3. Measured
@@ -129,17 +136,41 @@ class _Extract:
         return piece > 0.5 if dtype == np.bool_ else piece.astype(dtype)
 
 
-# Outputs of apply_kernel -> (packed array, extractor), so that run_to_store can make ONE write
-# task per block that depends on the packed block directly (2 tasks a block instead of 2 + 2 per
-# output). Bounded: only graphs built recently are looked up.
-_PACKED: dict[str, tuple[da.Array, _Extract]] = {}
-_PACKED_MAX = 512
+#: Key of a variable's ``encoding`` under which :func:`apply_kernel` records the packed per-block
+#: array the variable is cut from (a :class:`PackedSource`). The store writer then makes ONE write
+#: task per block that depends on the packed block directly (2 tasks a block instead of 2 + 2 per
+#: output). xarray's writers drop encoding keys they do not know.
+PACKED_ENCODING = "eelsgpu_packed"
 
 
-def _remember_packed(piece: da.Array, packed: da.Array, extract: _Extract) -> None:
-    _PACKED[piece.name] = (packed, extract)
-    while len(_PACKED) > _PACKED_MAX:
-        _PACKED.pop(next(iter(_PACKED)))
+@dataclass(frozen=True)
+class PackedSource:
+    """The link from an output of :func:`apply_kernel` to the packed array it is cut from.
+
+    It holds only while the variable's data is still the dask array named ``name``: xarray carries
+    a variable's encoding through many operations (``isel``, ``chunk``, arithmetic with
+    ``keep_attrs``...), so a variable whose data were transformed keeps the link but not its data,
+    and :meth:`source_for` then refuses it.
+    """
+
+    packed: da.Array
+    extract: _Extract
+    name: str
+
+    def source_for(self, data: Any) -> tuple[da.Array, _Extract] | None:
+        """``(packed, extract)`` when ``data`` is still the output as it was made, else None."""
+        if not isinstance(data, da.Array) or data.name != self.name:
+            return None
+        if self.packed.chunks[:-1] != data.chunks[: self.packed.ndim - 1]:
+            return None
+        return self.packed, self.extract
+
+
+def packed_source(var: xr.DataArray | xr.Variable) -> tuple[da.Array, _Extract] | None:
+    """The packed array and extractor ``var`` can be written from, if it is an untouched output of
+    :func:`apply_kernel` (see :class:`PackedSource`)."""
+    link = var.encoding.get(PACKED_ENCODING)
+    return link.source_for(var.data) if isinstance(link, PackedSource) else None
 
 
 def apply_kernel(
@@ -161,7 +192,7 @@ def apply_kernel(
     si : xarray.DataArray
         The spectrum image (dims ``(..., "energy")``), dask-backed or not.
     device : {"auto", "cpu", "gpu"}
-        Where the kernel runs (see :mod:`eelsgpu.backend`).
+        Where the kernel runs (see :mod:`eelsgpu.engine.device`).
     extras : mapping, optional
         Per-pixel arrays the kernel needs beside the block, each either a map with the image's
         navigation shape or a cube with the image's shape (a per-pixel ZLP, a thickness map).
@@ -180,6 +211,8 @@ def apply_kernel(
     -------
     xarray.Dataset
         Lazy; one variable per output of ``decl``, with the input's navigation coordinates.
+        Each variable's ``encoding[PACKED_ENCODING]`` links it to the packed per-block array
+        (:class:`PackedSource`), which the store writer uses while the variable is untouched.
     """
     if not isinstance(decl, BlockKernel):
         raise TypeError(f"apply_kernel takes a BlockKernel, not {type(decl).__name__}")
@@ -271,9 +304,10 @@ def apply_kernel(
             piece = piece > 0.5
         else:
             piece = piece.astype(dtype)
-        _remember_packed(piece, packed, _Extract(start - w, w, out.axis is None, dtype.str))
         var_attrs = {"units": out.units, "long_name": out.long_name or out.name, **out.attrs}
+        extract = _Extract(start - w, w, out.axis is None, dtype.str)
         variables[out.name] = xr.DataArray(piece, dims=dims, coords=var_coords, attrs=var_attrs)
+        variables[out.name].encoding[PACKED_ENCODING] = PackedSource(packed, extract, piece.name)
     ds_attrs = {k: v for k, v in si.attrs.items() if k != "units"}
     ds_attrs.update(attrs or {})
     ds = xr.Dataset(variables, coords=coords, attrs=ds_attrs)

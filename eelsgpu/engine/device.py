@@ -13,7 +13,7 @@ only place that knows about devices. It
 
 Examples
 --------
->>> from eelsgpu import backend
+>>> from eelsgpu.engine import device as backend
 >>> backend.resolve_device("cpu")
 'cpu'
 >>> xp = backend.namespace("cpu")

@@ -1,15 +1,29 @@
-"""The one store writer: a lazy result Dataset computed block by block into a zarr store.
+"""The one store writer: a lazy Dataset computed block by block into a zarr store.
 
-:func:`run_to_store` builds the store under a hidden name beside the target, writes every pixel
-block once (atomically, recorded in a run log), resumes an interrupted run of the same job and
-renames the store into place when it is whole; :func:`codecs` gives the compression profiles;
-:func:`run_attrs` the provenance every result store carries.
+:class:`StoreWriter` builds the store under a hidden name beside the target, writes every pixel
+block once (atomically, recorded in a run log) and renames the store into place when it is whole.
+It runs in named steps: :meth:`~StoreWriter.prepare` (normalise the Dataset, fingerprint the job),
+:meth:`~StoreWriter.start` (set the store up, or find the interrupted run of the same job),
+:meth:`~StoreWriter.write` (one task per pixel block, one progress bar) and
+:meth:`~StoreWriter.finish` (mark it complete, rename it into place). It has two modes:
+
+* resumable (:func:`run_to_store`: results of pipelines and batch runs): per-pixel variables are
+  stored in pixel blocks with every other dim whole, other lazy variables (small: a mean spectrum,
+  a scalar) are computed first, the job's fingerprint is in the store's attributes, and a run that
+  fails leaves its partial store and run log for the next run of the same job to finish;
+* one-shot (:func:`eelsgpu.io.write_store`: any Dataset): each variable is stored with its own
+  chunks, lazy variables off the pixel-block grid (and lazy coordinates) are written alongside by
+  xarray, more lazy reductions can be computed in the same pass (the value checks of
+  :mod:`eelsgpu.io.checks`), and a failure removes the partial store.
+
+:func:`codecs` gives the compression profiles; :func:`run_attrs` the provenance every result store
+carries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
@@ -17,11 +31,13 @@ import numpy as np
 import xarray as xr
 
 from . import device as backend
-from .blocks import _PACKED, _Extract
+from .blocks import _Extract, packed_source
+from .progress import BlockProgress
 
 __all__ = [
     "CODEC_PROFILES",
     "RunResult",
+    "StoreWriter",
     "codecs",
     "is_complete",
     "json_safe",
@@ -72,7 +88,7 @@ def json_safe(value: Any) -> Any:
 
 def run_attrs(method: str, parameters: Mapping[str, Any], **more: Any) -> dict[str, Any]:
     """The attributes that say how a result was made: eelsgpu's version, the method, every argument."""
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "eelsgpu_version": __version__,
@@ -94,18 +110,21 @@ class RunResult:
     seconds: float = 0.0
 
 
-def _state_paths(target: Any) -> tuple[Any, Any]:
+def _state_paths(target: Any, unique: str = "") -> tuple[Any, Any]:
+    """The partial store and the run log beside ``target`` (``unique``: a one-shot run's own)."""
     from pathlib import Path
 
     target = Path(target)
+    suffix = f"-{unique}" if unique else ""
     return (
-        target.with_name(f".{target.name}.partial"),
-        target.with_name(f".{target.name}.eelsgpu-run"),
+        target.with_name(f".{target.name}.partial{suffix}"),
+        target.with_name(f".{target.name}.eelsgpu-run{suffix}"),
     )
 
 
 def is_complete(path: Any) -> bool:
-    """True when ``path`` is a store that :func:`run_to_store` (or io.write_store) finished."""
+    """True when ``path`` is a store that :class:`StoreWriter` finished (or one written before
+    eelsgpu marked its stores)."""
     import json
     from pathlib import Path
 
@@ -134,22 +153,38 @@ def _set_group_attrs(store: Any, updates: Mapping[str, Any]) -> None:
 _ZARR_ARRAYS: dict[tuple[str, str, str], Any] = {}
 
 
-def _zarr_array(store: str, name: str, token: str) -> Any:
+def _zarr_array(store: str, name: str, token: str, empty_chunks: bool) -> Any:
+    """The open zarr array ``name`` of ``store``, cached per process (each worker opens it once).
+
+    ``empty_chunks``: write chunks equal to the fill value too. The one-shot mode does (as xarray
+    does with ``write_empty_chunks=True``: zarr's check for such chunks is a full comparison pass
+    per chunk, 40-60 ms per 32 MiB chunk, more than the lz4 compression, and a chunk left out
+    reads back as "no data"). The resumable mode does not: ``zarr.open_array`` ignores a
+    ``config`` for an existing array, so its stores have always left such chunks out; kept so
+    that their bytes do not change.
+    """
     key = (store, name, token)
     arr = _ZARR_ARRAYS.get(key)
     if arr is None:
         import zarr
 
-        # every chunk written (see io.write_store: the empty-chunk check costs a full pass)
-        arr = _ZARR_ARRAYS[key] = zarr.open_array(
-            store, path=name, mode="r+", config={"write_empty_chunks": True}
-        )
+        arr = zarr.open_array(store, path=name, mode="r+")
+        if empty_chunks:
+            arr = arr.with_config({"write_empty_chunks": True})
+        _ZARR_ARRAYS[key] = arr
     return arr
+
+
+def _forget_arrays(store: str) -> None:
+    """Drop this process's cached handles on ``store`` (the run is over)."""
+    for key in [k for k in _ZARR_ARRAYS if k[0] == store]:
+        _ZARR_ARRAYS.pop(key, None)
 
 
 def _write_block(
     store: str,
     token: str,
+    empty_chunks: bool,
     marker: str,
     names: Sequence[str],
     regions: Sequence[tuple[slice, ...]],
@@ -172,7 +207,7 @@ def _write_block(
         value = backend.to_host(sources[j])
         if extract is not None:
             value = extract(value)
-        _zarr_array(store, name, token)[region] = value
+        _zarr_array(store, name, token, empty_chunks)[region] = value
     tmp = f"{marker}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         fh.write(str(n_spectra))
@@ -212,6 +247,379 @@ def _regular(ds: xr.Dataset, nav_dims: Sequence[str]) -> xr.Dataset:
                 spec[d] = -1
         out[name] = var.chunk(spec)
     return ds.assign(out)
+
+
+# --------------------------------------------------------------------------- the writer
+@dataclass
+class _Plan:
+    """What :meth:`StoreWriter.prepare` decided about a Dataset."""
+
+    ds: xr.Dataset
+    pixel_vars: list[str]  # written block by block, in pixel blocks of the common grid
+    nav_dims: list[str]
+    encoding: dict[str, dict[str, Any]]
+    token: str
+    rest: list[str] = field(default_factory=list)  # one-shot: other lazy variables and coords
+
+
+class StoreWriter:
+    """The one store writer (see the module docstring); :func:`run_to_store` and
+    :func:`eelsgpu.io.write_store` are its two uses.
+
+    Parameters
+    ----------
+    path : path
+        The store to create.
+    overwrite : bool
+        Replace an existing finished store (it stays in place until the new one is complete).
+    codec : {"lz4", "zstd"}
+        Compression profile (:func:`codecs`).
+    resumable : bool
+        The resumable mode (default) or the one-shot mode (see the module docstring).
+    scheduler : str or distributed.Client, optional
+        ``"threads"``, ``"processes"``, ``"synchronous"`` or a Client; default: dask's current one.
+    quiet : bool
+        No progress bar.
+    description : str, optional
+        The progress bar's label (default: the store's name).
+    """
+
+    def __init__(
+        self,
+        path: Any,
+        *,
+        overwrite: bool = False,
+        codec: str = "lz4",
+        resumable: bool = True,
+        scheduler: Any = None,
+        quiet: bool = True,
+        description: str | None = None,
+    ) -> None:
+        import uuid
+        from pathlib import Path
+
+        from ..errors import InputError
+
+        self.target = Path(path)
+        if self.target.exists() and not overwrite:
+            raise InputError(f"{self.target}: already exists (pass overwrite=True or --overwrite)")
+        self.codec = codec
+        self.resumable = resumable
+        self.scheduler = scheduler
+        self.quiet = quiet
+        self.description = description or self.target.name
+        self.run_id = "" if resumable else uuid.uuid4().hex[:8]
+        self.partial, self.state = _state_paths(self.target, self.run_id)
+        self.fresh = True
+        self.n_blocks = 0
+        self.blocks_computed = 0
+        self.spectra = 0
+
+    # ------------------------------------------------------------------ step 1: normalise
+    def prepare(
+        self,
+        ds: xr.Dataset,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        encoding: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> _Plan:
+        """Normalise ``ds`` for the store: attributes (``attrs`` added, made JSON-safe), which
+        variables are written block by block, their storage chunks and encoding, the fingerprint.
+
+        ``encoding``: more zarr encoding per variable (one-shot mode; e.g. other chunks).
+        """
+        if attrs:
+            ds = ds.assign_attrs({**ds.attrs, **attrs})
+        ds = ds.assign_attrs(json_safe(dict(ds.attrs)))
+        if self.resumable:
+            return self._prepare_resumable(ds)
+        return self._prepare_one_shot(ds, encoding or {})
+
+    def _prepare_resumable(self, ds: xr.Dataset) -> _Plan:
+        lazy_vars = [k for k, v in ds.data_vars.items() if isinstance(v.data, da.Array)]
+        if not lazy_vars:
+            ds = ds.chunk()
+            lazy_vars = list(ds.data_vars)
+        nav_dims = _nav_dims(ds[lazy_vars[0]])
+        # Per-pixel variables (pixel dims first) are written block by block; anything else that
+        # is lazy (a mean spectrum, a scalar) is small: computed now and written with the metadata.
+        small = [k for k in lazy_vars if tuple(ds[k].dims[: len(nav_dims)]) != tuple(nav_dims)]
+        if small:
+            ds = ds.assign({k: ds[k].compute(scheduler=self.scheduler) for k in small})
+            lazy_vars = [k for k in lazy_vars if k not in small]
+        if not lazy_vars:
+            raise ValueError("run_to_store needs at least one per-pixel variable (dims y, x, ...)")
+        ds = _regular(ds, nav_dims)
+        token = _fingerprint(ds)
+        enc: dict[str, dict[str, Any]] = {}
+        for name in ds.data_vars:
+            enc[name] = dict(codecs(self.codec))
+            if name in lazy_vars:
+                enc[name]["chunks"] = tuple(c[0] for c in ds[name].data.chunks)
+        return _Plan(ds, lazy_vars, nav_dims, enc, token)
+
+    def _prepare_one_shot(self, ds: xr.Dataset, encoding: Mapping[str, Mapping[str, Any]]) -> _Plan:
+        enc: dict[str, dict[str, Any]] = {}
+        for name, var in ds.data_vars.items():
+            enc[name] = dict(codecs(self.codec))
+            if isinstance(var.data, da.Array):
+                enc[name]["chunks"] = tuple(c[0] for c in var.data.chunks)
+        for name, extra in encoding.items():
+            enc.setdefault(name, {}).update(extra)
+        # a lazy variable is computed in its storage chunks (a no-op where it already is)
+        ds = ds.assign(
+            {
+                k: v.copy(data=v.data.rechunk(enc[k]["chunks"]))
+                for k, v in ds.data_vars.items()
+                if isinstance(v.data, da.Array) and "chunks" in enc[k]
+            }
+        )
+        lazy_vars = [k for k, v in ds.data_vars.items() if isinstance(v.data, da.Array)]
+        # the pixel dims: of the first lazy variable with y/x dims (a spectrum image, a map)
+        imaged = [k for k in lazy_vars if {"y", "x"} & set(ds[k].dims)] or lazy_vars
+        nav_dims = _nav_dims(ds[imaged[0]]) if imaged else []
+        grid = None
+        pixel_vars = []
+        for k in lazy_vars:
+            var = ds[k]
+            if tuple(var.dims[: len(nav_dims)]) != tuple(nav_dims):
+                continue
+            nav_chunks = var.data.chunks[: len(nav_dims)]
+            if not all(_regular_chunks(c) for c in nav_chunks):
+                continue
+            grid = nav_chunks if grid is None else grid
+            if nav_chunks == grid:
+                pixel_vars.append(k)
+        rest = [k for k in lazy_vars if k not in pixel_vars]
+        rest += [k for k, c in ds.coords.items() if isinstance(c.data, da.Array)]
+        return _Plan(ds, pixel_vars, nav_dims, enc, self.run_id, rest)
+
+    # ------------------------------------------------------------------ step 2: set up or resume
+    def start(self, plan: _Plan, *, resume: bool = True) -> bool:
+        """Set the store up (metadata, small variables) under its hidden name, or, with
+        ``resume`` and a partial store of the same job (fingerprint), keep it and its run log.
+        Returns True when the store was set up afresh."""
+        import json
+        import os
+        import shutil
+
+        run_file = self.state / "run.json"
+        fresh = True
+        if resume and self.resumable and self.partial.is_dir() and run_file.is_file():
+            try:
+                fresh = json.loads(run_file.read_text()).get("fingerprint") != plan.token
+            except ValueError:
+                fresh = True
+        if fresh:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            shutil.rmtree(self.state, ignore_errors=True)
+            (self.state / "done").mkdir(parents=True)
+            flags: dict[str, Any] = {"eelsgpu_complete": False}
+            if self.resumable:
+                flags["eelsgpu_fingerprint"] = plan.token
+            plan.ds.assign_attrs(**flags).to_zarr(
+                self.partial,
+                mode="w",
+                compute=False,
+                encoding=plan.encoding,
+                consolidated=False,
+                zarr_format=3,
+                write_empty_chunks=True,
+            )
+            tmp = self.state / "run.json.tmp"
+            tmp.write_text(json.dumps({"fingerprint": plan.token, "target": str(self.target)}))
+            os.replace(tmp, run_file)  # written last: a store without it is started afresh
+        self.fresh = fresh
+        return fresh
+
+    # ------------------------------------------------------------------ step 3: the block tasks
+    def write(self, plan: _Plan, *, also: Sequence[Any] = ()) -> list[Any]:
+        """Compute every pixel block not yet recorded and write it, with one progress bar.
+
+        ``also``: more lazy dask collections (reductions over the same data, such as value
+        checks) computed in the same pass, sharing its reads; their results are returned.
+        """
+        import dask
+
+        sources, source_of, extracts = _sources(plan)
+        n_src = len(sources)
+        optimized = dask.optimize(*sources, *also)
+        tasks, spectra_per_block, total_spectra = self._block_tasks(
+            plan, list(optimized[:n_src]), source_of, extracts
+        )
+        # Delayed (no second optimisation), so the reads they share with the blocks stay shared
+        others = [dask.delayed(a) for a in optimized[n_src:]]
+        if plan.rest:
+            others.append(
+                plan.ds[[k for k in plan.rest if k in plan.ds.data_vars]]
+                .assign_coords({k: plan.ds.coords[k] for k in plan.rest if k in plan.ds.coords})
+                .to_zarr(
+                    self.partial,
+                    mode="r+",
+                    compute=False,
+                    consolidated=False,
+                    zarr_format=3,
+                    write_empty_chunks=True,
+                )
+            )
+        self.blocks_computed = len(tasks)
+        self.spectra = int(sum(spectra_per_block))
+        progress = BlockProgress(
+            self.description,
+            n_blocks=self.n_blocks,
+            n_done=self.n_blocks - len(tasks),
+            total_spectra=total_spectra,
+            done_spectra=total_spectra - self.spectra,
+            quiet=self.quiet or not tasks,
+        )
+        try:
+            results = _compute(
+                tasks,
+                others,
+                prefix=_task_prefix(plan),
+                scheduler=self.scheduler,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+        return results[: len(also)]
+
+    def _block_tasks(
+        self,
+        plan: _Plan,
+        sources: list[da.Array],
+        source_of: list[int],
+        extracts: list[_Extract | None],
+    ) -> tuple[list[Any], list[int], int]:
+        """One write task per pixel block not recorded as done."""
+        import os
+
+        import dask
+
+        ds, nav_dims = plan.ds, plan.nav_dims
+        if not plan.pixel_vars:
+            return [], [], 0
+        delayed = [a.to_delayed(optimize_graph=False) for a in sources]
+        first = ds[plan.pixel_vars[0]]
+        nav_chunks = {d: first.data.chunks[first.dims.index(d)] for d in nav_dims}
+        grid = [len(nav_chunks[d]) for d in nav_dims]
+        starts = {d: np.concatenate([[0], np.cumsum(c)]) for d, c in nav_chunks.items()}
+        done_dir = self.state / "done"
+        done = set(os.listdir(done_dir)) if done_dir.is_dir() else set()
+        prefix = _task_prefix(plan)
+        tasks = []
+        spectra_per_block = []
+        self.n_blocks = int(np.prod(grid))
+        for b in np.ndindex(*grid):
+            label = "_".join(map(str, b))
+            if label in done:
+                continue
+            region = {
+                d: slice(int(starts[d][i]), int(starts[d][i + 1]))
+                for d, i in zip(nav_dims, b, strict=True)
+            }
+            n_spec = int(np.prod([s.stop - s.start for s in region.values()]))
+            regions = [
+                tuple(region.get(d, slice(None)) for d in ds[k].dims) for k in plan.pixel_vars
+            ]
+            # sources have the pixel dims first and one chunk along every other dim
+            values = [dl[tuple(b) + (0,) * (dl.ndim - len(b))] for dl in delayed]
+            tasks.append(
+                dask.delayed(_write_block, pure=True)(
+                    str(self.partial),
+                    plan.token,
+                    not self.resumable,
+                    str(done_dir / label),
+                    plan.pixel_vars,
+                    regions,
+                    extracts,
+                    source_of,
+                    n_spec,
+                    *values,
+                    dask_key_name=f"{prefix}-{label}",
+                )
+            )
+            spectra_per_block.append(n_spec)
+        total_spectra = int(np.prod([ds.sizes[d] for d in nav_dims]))
+        return tasks, spectra_per_block, total_spectra
+
+    # ------------------------------------------------------------------ step 4: finish
+    def finish(self, plan: _Plan) -> RunResult:
+        """Check that every block is recorded, mark the store complete and rename it into place."""
+        import os
+        import shutil
+
+        done = self.state / "done"
+        missing = self.n_blocks - (len(os.listdir(done)) if done.is_dir() else 0)
+        if missing > 0:
+            raise RuntimeError(
+                f"{self.target}: {missing} blocks were not written; run again to finish"
+            )
+        _forget_arrays(str(self.partial))
+        _set_group_attrs(self.partial, {"eelsgpu_complete": True})
+        if self.target.exists():
+            shutil.rmtree(self.target) if self.target.is_dir() else self.target.unlink()
+        os.replace(self.partial, self.target)
+        shutil.rmtree(self.state, ignore_errors=True)
+        return RunResult(
+            path=self.target,
+            status="written" if self.fresh or self.blocks_computed == self.n_blocks else "resumed",
+            blocks_total=self.n_blocks,
+            blocks_computed=self.blocks_computed,
+            spectra=self.spectra,
+        )
+
+    def discard(self) -> None:
+        """Remove the partial store and its run log (a one-shot run that failed)."""
+        import shutil
+
+        _forget_arrays(str(self.partial))
+        shutil.rmtree(self.partial, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def _nav_dims(var: xr.DataArray) -> list[str]:
+    """The pixel dims of a variable: ``y``/``x`` where it has them, else its first dim."""
+    return [d for d in var.dims if d in ("y", "x")] or list(var.dims[:1])
+
+
+def _regular_chunks(chunks: tuple[int, ...]) -> bool:
+    """Chunks a zarr grid can hold: all equal but the last, which may be smaller."""
+    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
+
+
+def _task_prefix(plan: _Plan) -> str:
+    return f"eelsgpu-write-{plan.token}"
+
+
+def _sources(plan: _Plan) -> tuple[list[da.Array], list[int], list[_Extract | None]]:
+    """The arrays the write tasks depend on, and how each variable is cut from them.
+
+    A variable comes from the packed per-block array of :func:`~eelsgpu.engine.apply_kernel`
+    when it is one of its outputs as it was made (the write task then cuts it out itself; the
+    link travels in the variable's encoding, see :class:`~eelsgpu.engine.blocks.PackedSource`),
+    else from its own dask array, whole along every dim but the pixel dims.
+    """
+    n_nav = len(plan.nav_dims)
+    sources: list[da.Array] = []
+    names: list[str] = []
+    source_of: list[int] = []
+    extracts: list[_Extract | None] = []
+    for k in plan.pixel_vars:
+        var = plan.ds[k]
+        link = packed_source(var.variable)
+        if link is not None:
+            src, extract = link
+        else:
+            src, extract = var.data, None
+            if any(len(c) > 1 for c in src.chunks[n_nav:]):
+                src = src.rechunk({i: -1 for i in range(n_nav, src.ndim)})
+        if src.name not in names:
+            sources.append(src)
+            names.append(src.name)
+        source_of.append(names.index(src.name))
+        extracts.append(extract)
+    return sources, source_of, extracts
 
 
 def run_to_store(
@@ -262,234 +670,67 @@ def run_to_store(
     -------
     RunResult
     """
-    import os
-    import shutil
     import time
-    from pathlib import Path
-
-    from ..errors import InputError
 
     t0 = time.perf_counter()
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise InputError(f"{target}: already exists (pass overwrite=True or --overwrite)")
-    partial, state = _state_paths(target)
-    if attrs:
-        ds = ds.assign_attrs({**ds.attrs, **attrs})
-    ds = ds.assign_attrs(json_safe(dict(ds.attrs)))
-    lazy_vars = [k for k, v in ds.data_vars.items() if isinstance(v.data, da.Array)]
-    if not lazy_vars:
-        ds = ds.chunk()
-        lazy_vars = list(ds.data_vars)
-    nav_dims = [d for d in ds[lazy_vars[0]].dims if d in ("y", "x")] or list(
-        ds[lazy_vars[0]].dims[:1]
-    )
-    # Per-pixel variables (pixel dims first) are written block by block; anything else that is
-    # lazy (a mean spectrum, a scalar) is small: computed now and written with the metadata.
-    small = [k for k in lazy_vars if tuple(ds[k].dims[: len(nav_dims)]) != tuple(nav_dims)]
-    if small:
-        ds = ds.assign({k: ds[k].compute(scheduler=scheduler) for k in small})
-        lazy_vars = [k for k in lazy_vars if k not in small]
-    if not lazy_vars:
-        raise ValueError("run_to_store needs at least one per-pixel variable (dims y, x, ...)")
-    ds = _regular(ds, nav_dims)
-    token = _fingerprint(ds)
-
-    # ------------------------------------------------------------------ start or resume
-    run_file = state / "run.json"
-    fresh = True
-    if resume and partial.is_dir() and run_file.is_file():
-        import json
-
-        try:
-            fresh = json.loads(run_file.read_text()).get("fingerprint") != token
-        except ValueError:
-            fresh = True
-    if fresh:
-        import json
-
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(state, ignore_errors=True)
-        (state / "done").mkdir(parents=True)
-        enc: dict[str, Any] = {}
-        for name in ds.data_vars:
-            enc[name] = dict(codecs(codec))
-            if name in lazy_vars:
-                enc[name]["chunks"] = tuple(c[0] for c in ds[name].data.chunks)
-        init = ds.assign_attrs(eelsgpu_complete=False, eelsgpu_fingerprint=token)
-        init.to_zarr(
-            partial,
-            mode="w",
-            compute=False,
-            encoding=enc,
-            consolidated=False,
-            zarr_format=3,
-            write_empty_chunks=True,
-        )
-        tmp = state / "run.json.tmp"
-        tmp.write_text(json.dumps({"fingerprint": token, "target": str(target)}))
-        os.replace(tmp, run_file)  # written last: a store without it is started afresh
-
-    # ------------------------------------------------------------------ one task per block
-    import dask
-
-    # Each variable comes from a "source" array: the packed per-block array of apply_kernel when
-    # the variable is one of its outputs as it was made (the write task then cuts it out itself),
-    # else the variable's own dask array.
-    sources: list[da.Array] = []
-    source_of: list[int] = []
-    extracts: list[_Extract | None] = []
-    for k in lazy_vars:
-        arr = ds[k].data
-        packed = _PACKED.get(arr.name)
-        if packed is not None and packed[0].chunks[:-1] == arr.chunks[: packed[0].ndim - 1]:
-            src, extract = packed
-        else:
-            src, extract = arr, None
-        names_ = [a.name for a in sources]
-        if src.name not in names_:
-            sources.append(src)
-            names_.append(src.name)
-        source_of.append(names_.index(src.name))
-        extracts.append(extract)
-    sources = list(dask.optimize(*sources))
-    delayed = [a.to_delayed(optimize_graph=False) for a in sources]
-    first = ds[lazy_vars[0]]
-    grid = [len(first.data.chunks[first.dims.index(d)]) for d in nav_dims]
-    nav_chunks = {d: first.data.chunks[first.dims.index(d)] for d in nav_dims}
-    starts = {d: np.concatenate([[0], np.cumsum(c)]) for d, c in nav_chunks.items()}
-    done_dir = state / "done"
-    done = set(os.listdir(done_dir)) if done_dir.is_dir() else set()
-    prefix = f"eelsgpu-write-{token}"
-    tasks = []
-    n_blocks = int(np.prod(grid))
-    spectra_per_block = []
-    for b in np.ndindex(*grid):
-        label = "_".join(map(str, b))
-        if label in done:
-            continue
-        region = {
-            d: slice(int(starts[d][i]), int(starts[d][i + 1]))
-            for d, i in zip(nav_dims, b, strict=True)
-        }
-        n_spec = int(np.prod([s.stop - s.start for s in region.values()]))
-        regions = [tuple(region.get(d, slice(None)) for d in ds[k].dims) for k in lazy_vars]
-        values = []
-        for dl in delayed:
-            # sources have the pixel dims first (apply_kernel's packed array and the maps/cubes
-            # it makes), one chunk along every other dim
-            values.append(dl[tuple(b) + (0,) * (dl.ndim - len(b))])
-        tasks.append(
-            dask.delayed(_write_block, pure=True)(
-                str(partial),
-                token,
-                str(done_dir / label),
-                lazy_vars,
-                regions,
-                extracts,
-                source_of,
-                n_spec,
-                *values,
-                dask_key_name=f"{prefix}-{label}",
-            )
-        )
-        spectra_per_block.append(n_spec)
-
-    total_spectra = int(np.prod([ds.sizes[d] for d in nav_dims]))
-    _compute_blocks(
-        tasks,
-        prefix,
+    writer = StoreWriter(
+        path,
+        overwrite=overwrite,
+        codec=codec,
         scheduler=scheduler,
         quiet=quiet,
-        description=description or target.name,
-        n_blocks=n_blocks,
-        n_done=n_blocks - len(tasks),
-        total_spectra=total_spectra,
-        done_spectra=total_spectra - int(sum(spectra_per_block)),
+        description=description,
     )
-
-    # ------------------------------------------------------------------ finish
-    missing = n_blocks - len(os.listdir(done_dir))
-    if missing:
-        raise RuntimeError(f"{target}: {missing} blocks were not written; run again to finish")
-    _set_group_attrs(partial, {"eelsgpu_complete": True})
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    os.replace(partial, target)
-    shutil.rmtree(state, ignore_errors=True)
-    return RunResult(
-        path=target,
-        status="written" if fresh or len(tasks) == n_blocks else "resumed",
-        blocks_total=n_blocks,
-        blocks_computed=len(tasks),
-        spectra=int(sum(spectra_per_block)),
-        seconds=time.perf_counter() - t0,
-    )
+    plan = writer.prepare(ds, attrs=attrs)
+    writer.start(plan, resume=resume)
+    writer.write(plan)
+    result = writer.finish(plan)
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
-def _compute_blocks(
+# --------------------------------------------------------------------------- running the tasks
+def _compute(
     tasks: Sequence[Any],
-    prefix: str,
+    others: Sequence[Any],
     *,
+    prefix: str,
     scheduler: Any,
-    quiet: bool,
-    description: str,
-    n_blocks: int,
-    n_done: int,
-    total_spectra: int,
-    done_spectra: int,
-) -> None:
-    """Run the block tasks with a progress bar (blocks done, spectra/s, time left)."""
+    progress: BlockProgress,
+) -> list[Any]:
+    """Run the block tasks (ticking ``progress``) and ``others`` in one pass; ``others``' results."""
+    if not tasks and not others:
+        return []
+    client = _distributed_client(scheduler)
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(list(tasks))
+        other_futures = client.compute(list(others))
+        for fut in as_completed(futures):
+            progress.tick(fut.result())
+        return list(client.gather(other_futures))
+    with progress.callback(prefix):
+        results = _local_compute([*tasks, *others], scheduler)
+    return list(results[len(tasks) :])
+
+
+def _local_compute(graphs: Sequence[Any], scheduler: Any) -> tuple[Any, ...]:
+    """``dask.compute`` on a local scheduler that, on threads, returns (or raises) only once every
+    task has stopped, so that no chunk is still being written after a failure is cleaned up (or
+    while the next run of the same job starts)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import dask
 
-    if not tasks:
-        return
-    client = _distributed_client(scheduler)
-    bar = None
-    if not quiet:
-        import sys
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total_spectra,
-            initial=done_spectra,
-            desc=description,
-            unit="spectra",
-            unit_scale=True,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        bar.set_postfix_str(f"{n_done}/{n_blocks} blocks")
-    state = {"blocks": n_done}
-
-    def tick(n_spectra: int) -> None:
-        state["blocks"] += 1
-        if bar is not None:
-            bar.set_postfix_str(f"{state['blocks']}/{n_blocks} blocks", refresh=False)
-            bar.update(n_spectra)
-
-    try:
-        if client is not None:
-            from distributed import as_completed
-
-            futures = client.compute(list(tasks))
-            for fut in as_completed(futures):
-                tick(fut.result())
-        else:
-            from dask.callbacks import Callback
-
-            class _Tick(Callback):
-                def _posttask(self, key, result, dsk, state_, worker_id):  # noqa: ANN001
-                    name = key if isinstance(key, str) else str(key[0] if key else "")
-                    if name.startswith(prefix):
-                        tick(int(result))
-
-            with _Tick():
-                dask.compute(*tasks, scheduler=scheduler)
-    finally:
-        if bar is not None:
-            bar.close()
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler", None)
+    if scheduler not in (None, "threads", "threading"):
+        return dask.compute(*graphs, scheduler=scheduler)
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:  # leaving the block waits for running tasks
+        return dask.compute(*graphs, scheduler="threads", pool=pool)
 
 
 def _distributed_client(scheduler: Any) -> Any:

@@ -38,11 +38,8 @@ __all__ = [
     "Device",
     "cuda_device",
     "host_device",
-    "local_cuda_cluster",
     "mover_for",
 ]
-
-GPU_EXTRA_HINT = "pip install 'eelsgpu[gpu]'"
 
 
 @dataclass(frozen=True)
@@ -194,26 +191,3 @@ def iter_tiles(n: int, tile: int | None) -> Iterator[slice]:
         return
     for start in range(0, n, tile):
         yield slice(start, min(n, start + tile))
-
-
-def local_cuda_cluster(*, host: str = "127.0.0.1", dashboard_address: str = "127.0.0.1:0", **kw):
-    """dask-cuda's LocalCUDACluster (one worker per GPU), bound to ``host``.
-
-    Raises
-    ------
-    eelsgpu.backend.DeviceError
-        dask-cuda is not installed (naming the extra that installs it) or no GPU is usable.
-    """
-    from .device import DeviceError, gpu_status
-
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError as exc:
-        raise DeviceError(
-            "--scheduler local-cuda needs dask-cuda, which is not installed "
-            f"({exc}); install the GPU extra with `{GPU_EXTRA_HINT}`"
-        ) from None
-    status = gpu_status()
-    if not status.usable:
-        raise DeviceError(f"--scheduler local-cuda needs a usable GPU: {status.reason}")
-    return LocalCUDACluster(host=host, dashboard_address=dashboard_address, **kw)

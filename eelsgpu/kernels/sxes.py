@@ -14,7 +14,7 @@ a B-K 170-188 eV window. See ../shared/docs/sxes.md for the physics of SXES.
 * :data:`EMISSION_LINES`: first-order energies (eV) of the emission lines used in SXES work;
   :func:`lines_in_window` and :func:`higher_order_lines_in_window` look them up by window.
 
-The JEOL file reader and the synthetic SXES image live in :mod:`eelsgpu.analysis.sxes`.
+The JEOL file reader is :mod:`eelsgpu.io.sxes`, the synthetic SXES image :func:`eelsgpu.synthetic.sxes_image`.
 
 Examples
 --------

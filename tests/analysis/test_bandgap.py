@@ -167,16 +167,6 @@ def test_every_background_model_on_a_clean_ssd_onset(background):
     assert ds.attrs["bandgap_background"] == background
 
 
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.analysis.bandgap as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
-
-
 @dataclass(frozen=True)
 class GapMaterial:
     """A dielectric function with a band gap: eps = eps1 + i C (E - Eg)^b above Eg, so that

@@ -155,9 +155,9 @@ def test_per_cluster_thickness_beats_single_pixels(three_phase):
 
 
 def test_sxes_two_bonding_states_segmented():
-    """Truth: the two-region map of the synthetic SXES image (eelsgpu.analysis.sxes.sxes_image),
+    """Truth: the two-region map of the synthetic SXES image (eelsgpu.synthetic.sxes_image),
     whose band top edge shifts between the regions; clustering the spectra recovers it."""
-    from eelsgpu.analysis.sxes import sxes_image
+    from eelsgpu.synthetic import sxes_image
 
     sim = sxes_image()
     si = sim["signal"] if isinstance(sim, xr.Dataset) else sim
@@ -172,16 +172,6 @@ def test_sxes_two_bonding_states_segmented():
     assert (
         adjusted_rand_score(sim[truth_name].values.ravel(), ds2["cluster"].values.ravel()) >= 0.95
     )
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.analysis.clustering as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
 
 
 def test_per_cluster_kramers_kronig_finds_each_plasmon():

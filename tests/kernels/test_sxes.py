@@ -44,13 +44,3 @@ def test_line_table_matches_exspy():
         assert ln.energy_eV == pytest.approx(peer, abs=tol), (ln, peer)
         checked += 1
     assert checked >= 25
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.kernels.sxes as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

@@ -155,13 +155,3 @@ def test_chemical_shift_of_a_tenth_of_a_channel_with_noise(xp):
     peak = to_numpy(out["N_peak_eV"])
     assert abs(peak[:32].mean() - 392.40) < 0.005 and abs(peak[32:].mean() - 392.45) < 0.005
     assert np.all((peak > 392.425) == (centre > 392.425))
-
-
-def test_docstring_examples_run():
-    """Truth: the numbers printed in the module's docstring examples."""
-    import doctest
-
-    import eelsgpu.kernels.windows as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

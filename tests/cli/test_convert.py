@@ -1,4 +1,4 @@
-"""``eelsgpu convert`` and ``eelsgpu info`` end to end, on small files made in the test.
+"""``eelsgpu convert`` end to end, on small files made in the test (``info``: test_info.py).
 
 Truths used: the arrays and calibration written in the test (HyperSpy / NumPy); the store's own
 zarr metadata for chunks and codec; the README values of a real DM file.
@@ -15,25 +15,6 @@ import pytest
 from eelsgpu import io
 from eelsgpu.cli import main
 from eelsgpu.model import spectrum_image
-
-hs = pytest.importorskip("hyperspy.api")
-
-
-@pytest.fixture()
-def hspy_file(tmp_path):
-    """A 6 x 5 x 80 cube saved by HyperSpy: -2 eV + 0.1 eV/ch, 1.5 nm pixels, 300 kV, beta 20."""
-    rng = np.random.default_rng(3)
-    data = (rng.random((6, 5, 80)) * 50 + 1).astype(np.float32)
-    s = hs.signals.Signal1D(data)
-    e = s.axes_manager.signal_axes[0]
-    e.units, e.offset, e.scale = "eV", -2.0, 0.1
-    for a in s.axes_manager.navigation_axes:
-        a.units, a.scale = "nm", 1.5
-    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", 300.0)
-    s.metadata.set_item("Acquisition_instrument.TEM.Detector.EELS.collection_angle", 20.0)
-    p = tmp_path / "cube.hspy"
-    s.save(p)
-    return p, data
 
 
 def test_convert_hspy_to_store(hspy_file, tmp_path, capsys):
@@ -138,39 +119,6 @@ def test_interrupted_convert_leaves_no_store(tmp_path, monkeypatch, capsys):
     for left in tmp_path.iterdir():  # anything left must not open as a store
         with pytest.raises(Exception):  # noqa: B017
             io.open(left)
-
-
-def test_info_prints_calibration_and_missing(hspy_file, capsys):
-    """Truth: the calibration HyperSpy saved (no convergence angle: reported missing)."""
-    src, _ = hspy_file
-    assert main(["info", str(src)]) == 0
-    out = capsys.readouterr().out
-    assert "y 6, x 5, energy 80" in out
-    assert "80 channels, -2 to 5.9 eV" in out
-    assert "-2 eV, 0.1 eV/channel (uniform)" in out
-    assert "beam_energy_keV:        300 keV" in out
-    assert "convergence_angle_mrad: MISSING (give it with --convergence-angle)" in out
-    assert "missing:                convergence_angle_mrad" in out
-    assert "5 pixels of 1.5 nm" in out
-    assert "chunks:" in out
-
-
-def test_info_on_store_and_multi_signal_file(hspy_file, tmp_path, shared_data, capsys):
-    """Truth: the store written here (codec lz4) and README - AL-DFoffset0.16.dm3 holds two
-    spectra."""
-    src, _ = hspy_file
-    out = tmp_path / "cube.zarr"
-    assert main(["convert", str(src), "-o", str(out), "-q"]) == 0
-    capsys.readouterr()
-    assert main(["info", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "codec blosc lz4 bitshuffle" in text and "0 pixel(s) with NaN/inf" in text
-    dm = shared_data / "gduscher/AL-DFoffset0.16.dm3"
-    assert main(["info", str(dm)]) == 0
-    text = capsys.readouterr().out
-    assert "holds 2 signals" in text and "[1] 'EELS90muOAonaxis3'" in text
-    assert main(["info", str(dm), "--signal-index", "1"]) == 0
-    assert "-3.46 eV, 0.02 eV/channel" in capsys.readouterr().out
 
 
 def test_convert_truncated_file(tmp_path, capsys):

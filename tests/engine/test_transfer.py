@@ -1,4 +1,4 @@
-"""Devices: the GPU probe, device resolution, and the transfer path of eelsgpu.engine.transfer.
+"""The transfer path of eelsgpu.engine.transfer (the device choice: tests/engine/test_device.py).
 
 The transfer path (staging in a reusable host buffer in the kernel's dtype, one host-to-device
 copy per block, the kernel on the device, the results back) is driven here with NumPy as the
@@ -27,20 +27,6 @@ def _kernel(block, energy_eV):
 
 
 OUTPUTS = [engine.Output("total"), engine.Output("amp1"), engine.Output("twice", axis="energy")]
-
-
-def test_gpu_probe_says_why_not_and_gpu_request_fails_clearly():
-    """Without a usable GPU the probe gives a reason and device='gpu' raises naming the extra;
-    'auto' falls back to the CPU."""
-    status = backend.gpu_status()
-    if status.usable:
-        pytest.skip("a GPU is usable here")
-    assert status.reason
-    with pytest.raises(backend.DeviceError, match=r"eelsgpu\[gpu\]"):
-        backend.resolve_device("gpu")
-    assert backend.resolve_device("auto") == "cpu"
-    with pytest.raises(ValueError, match="device must be one of"):
-        backend.resolve_device("tpu")
 
 
 def test_block_mover_one_copy_per_block_through_reused_staging():
