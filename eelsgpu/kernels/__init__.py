@@ -46,10 +46,12 @@ eq.        what                                                   computed by
 18, 22     SSD = N0 F^-1[ln(F[J] / F[Z])], the Fourier-log        :func:`.fourier_log.fourier_log_kernel`
            core ln(J~/Z~), phase unwrapped                        :func:`.fourier_log.log_spectrum_ratio`
 23-25      discrete transforms, the energy origin's phase         :func:`.fourier_log.fourier_log_kernel`
-26         t from the sum rule                                    :func:`.sum_rule.sum_rule_thickness_nm`
+26         t = 4 a0 F E0 J / (N0 (1 - Re[1/eps(0)]))             :func:`.sum_rule.thickness_from_integral_nm`
+                                                                  (from an SSD:
+                                                                  :func:`.sum_rule.sum_rule_thickness_nm`)
 26         4 a0 F E0, its prefactor (nm eV)                       :func:`.sum_rule.sum_rule_prefactor_nm_eV`
-26, 29     int SSD / (E ln(1 + beta^2/theta_E^2)) dE              :func:`.sum_rule.sum_rule_integral`,
-                                                                  :func:`.sum_rule.kk_sum_rule_integral`
+26, 29     J = int SSD / (E ln(1 + beta^2/theta_E^2)) dE          :func:`.sum_rule.sum_rule_integral_rows`
+                                                                  (per N0: :func:`.sum_rule.kk_sum_rule_integral`)
 26 inv.    n from a known thickness                               :func:`.sum_rule.refractive_index_from_thickness`
 27         theta_E = E / (gamma m0 v^2)                           :func:`eelsgpu.physics.characteristic_angle_mrad`
 28         1 - Re[1/eps(0)] from n, or a metal                    :func:`.sum_rule.sum_rule_normalisation`
@@ -68,10 +70,4 @@ after 34   mu(E), n(E), k(E); eps1 = 0 crossing                   :func:`.optics
 35         I = N0 R + I_inel + I_S, solved for the bulk part      :func:`.surface.solve_surface`
 36         I_S, the surface loss of a film [4.31]                 :func:`.surface.surface_loss_per_eV`
 =========  =====================================================  ================================
-
-Two equations are still evaluated in two roundings, kept so that the refactor that gave them
-these homes changed no result by a bit: the sum-rule integral (:func:`.sum_rule.sum_rule_integral`
-over f/E and :func:`.sum_rule.sum_rule_integral_rows` as matrix-vector products, the latter used by
-the KK pass for eqs. 26 and 33) and the prefactor 4 a0 T (inside
-:func:`.sum_rule.sum_rule_thickness_nm` rounded as 4 a0 (T x 1000)).
 """

@@ -47,7 +47,7 @@ import numpy as np
 from .. import physics
 from .._xp import array_namespace, fast_length, fft_module
 from .loss_grid import LossGrid
-from .sum_rule import angular_factor, sum_rule_integral_rows
+from .sum_rule import angular_factor, sum_rule_integral_rows, thickness_from_integral_nm
 
 __all__ = [
     "KKPass",
@@ -322,8 +322,8 @@ def kk_single_pass(setup: KKSetup, s: Any) -> KKPass:
     """One Kramers-Kronig analysis of SSD rows ``s`` (n, K; counts per channel on the loss grid).
 
     The loss function by eq. 31 up to a factor kappa per pixel; kappa from the sum rule
-    (eq. 33: kappa = pi (1 - Re[1/eps(0)]) / (2 J), and the thickness t = pi a0 m0 v^2 / (N0
-    kappa), eq. 26) or from a known thickness (kappa = pi a0 m0 v^2 / (N0 t), and Re[1/eps(0)]
+    (eq. 33: kappa = pi (1 - Re[1/eps(0)]) / (2 J), and the thickness by eq. 26,
+    :func:`~eelsgpu.kernels.sum_rule.thickness_from_integral_nm`) or from a known thickness (kappa = pi a0 m0 v^2 / (N0 t), and Re[1/eps(0)]
     from eq. 33); below E_c the loss function is kappa c E (0 at E = 0); Re[1/eps] by eq. 32
     with the A/E^3 tail. See :class:`KKPass` for what it returns.
     """
@@ -342,7 +342,8 @@ def kk_single_pass(setup: KKSetup, s: Any) -> KKPass:
     if thickness_nm is None:
         # kappa = pi (1 - Re[1/eps(0)]) / (2 J): Im[-1/eps] = kappa f (eq. 33)
         kappa = (math.pi * setup.one_minus / 2.0) / j_safe
-        t = xp.where(n0_ok, pref / (n0_safe * kappa), nan)
+        t = thickness_from_integral_nm(j_safe, n0_safe, setup.one_minus, setup.beam_energy_keV)
+        t = xp.where(n0_ok, t, nan)
         re0 = xp.full_like(j, 1.0 - setup.one_minus)
     else:
         t_ok = xp.isfinite(thickness_nm) & (thickness_nm > 0)

@@ -8,13 +8,14 @@ the two extrapolations (Egerton 2011, section 4.2, his program KRAKRO):
 * :func:`loss_grid` / :class:`LossGrid` / :func:`on_loss_grid`: E_k = k dE, k = 0..K-1, with E_0 = 0
   kept explicitly; when no input channel sits exactly at 0 eV the SSD is linearly interpolated
   onto that grid (a shift of less than a channel, the same for all pixels);
-* below a cut-off E_c (:func:`cutoff_index`, :func:`low_energy_fill`) the loss function is
-  replaced by c E, c the mean of f/E over [E_c, 2 E_c): both metals and insulators have
+* below a cut-off E_c (:func:`cutoff_index`) the loss function is replaced by c E, c the mean of
+  f/E over [E_c, 2 E_c) (done inside :func:`eelsgpu.kernels.sum_rule.sum_rule_integral_rows`,
+  which evaluates the sum rule with both extrapolations): both metals and insulators have
   Im[-1/eps] proportional to E at small E, and the 1/E weight of the sum rule would otherwise
   amplify the zero-loss residue of deconvolved data by tens of percent;
 * beyond the window the loss function falls as A/E^3 (the asymptote of every damped oscillator):
-  :func:`tail_fit` fits A over the last :data:`TAIL_FRACTION` of the window (from
-  :func:`tail_start`), and :func:`tail_decayed` flags pixels where that extrapolation carries
+  A is fitted over the last :data:`TAIL_FRACTION` of the window (from :func:`tail_start`), and
+  :func:`tail_decayed` flags pixels where that extrapolation carries
   too much.
 
 Units: energies in eV, SSD in counts per channel; ``f`` is anything proportional to Im[-1/eps]
@@ -45,10 +46,8 @@ __all__ = [
     "LossGrid",
     "cutoff_index",
     "loss_grid",
-    "low_energy_fill",
     "on_loss_grid",
     "tail_decayed",
-    "tail_fit",
     "tail_start",
 ]
 
@@ -154,25 +153,6 @@ def cutoff_index(grid: LossGrid, low_energy_cutoff_eV: float) -> tuple[int, int]
     return kc, kf
 
 
-def low_energy_fill(xp: Any, f: Any, e: Any, kc: int, kf: int) -> tuple[Any, Any]:
-    """Replace f (proportional to Im[-1/eps]) below channel kc by c E (linear at small E).
-
-    Returns (f_ext, c) with c the mean of f/E over channels [kc, kf).
-    """
-    c = xp.mean(f[:, kc:kf] / e[kc:kf], axis=-1)
-    k = xp.arange(f.shape[-1])
-    low = k < kc
-    return xp.where(low, c[:, None] * e, f), c
-
-
-def tail_fit(xp: Any, f: Any, e: Any, k_tail: int) -> Any:
-    """A of f ~ A / E^3 by least squares over channels [k_tail, K); clamped >= 0."""
-    et = e[k_tail:]
-    w = et ** (-3)
-    a = xp.sum(f[:, k_tail:] * w, axis=-1) / xp.sum(w * w)
-    return xp.where(a > 0, a, xp.zeros_like(a))
-
-
 def tail_start(n: int) -> int:
     """First channel of the A/E^3 tail fit: the last :data:`TAIL_FRACTION` of n (at least 8)."""
     return n - max(8, int(round(TAIL_FRACTION * n)))
@@ -193,7 +173,7 @@ def tail_decayed(
     above : array (K - 1,) bool
         Channels k >= 1 at or above E_c.
     tail_coefficient : array (n,)
-        A of the A/E^3 tail of the SSD's f (see :func:`tail_fit`).
+        A of the A/E^3 tail of the SSD's f (see :func:`eelsgpu.kernels.sum_rule.sum_rule_integral_rows`).
     integral : array (n,)
         The sum-rule integral J of f (1/eV units of f), see :mod:`eelsgpu.kernels.sum_rule`.
     """

@@ -10,17 +10,13 @@ backwards gives n from a known thickness.
 * :func:`angular_factor`: ln(1 + beta^2/theta_E^2) on the loss grid (eqs. 26, 29, 31);
 * :func:`sum_rule_normalisation`: 1 - Re[1/eps(0)] (eq. 28);
 * :func:`sum_rule_prefactor_nm_eV`: 4 a0 F E0 = 4 a0 T (eq. 26), nm eV;
-* :func:`sum_rule_integral` and :func:`sum_rule_integral_rows`: the integral of eqs. 26/29 (and of
-  the sum rule eq. 33), with the low-energy and A/E^3 extrapolations of
-  :mod:`eelsgpu.kernels.loss_grid`;
-* :func:`sum_rule_thickness_nm` (eq. 26), :func:`kk_sum_rule_integral` (the integral of eq. 29 per
-  N0), :func:`refractive_index_from_thickness` (eq. 26 inverted).
-
-The integral has two forms with different rounding: :func:`sum_rule_integral` sums
-f/E over the grid (what :func:`sum_rule_thickness_nm` uses), :func:`sum_rule_integral_rows` does
-the same sums as matrix-vector products on the SSD rows (one pass each, what the Kramers-Kronig
-pass of :mod:`eelsgpu.kernels.dielectric` uses). They agree to rounding; they were kept apart in
-the refactor that gave them this one home so that no result changed by a bit.
+* :func:`sum_rule_integral_rows`: the integral of eqs. 26/29 (and of the sum rule eq. 33), with
+  the low-energy and A/E^3 extrapolations of :mod:`eelsgpu.kernels.loss_grid`, as matrix-vector
+  products on the SSD rows (one pass each);
+* :func:`thickness_from_integral_nm`: eq. 26 itself, the one place it is evaluated (the sum-rule
+  thickness and the Kramers-Kronig pass of :mod:`eelsgpu.kernels.dielectric` both call it);
+* :func:`sum_rule_thickness_nm` (eq. 26 from an SSD), :func:`kk_sum_rule_integral` (the integral
+  of eq. 29 per N0), :func:`refractive_index_from_thickness` (eq. 26 inverted).
 
 Units: SSD in counts per channel, energies in eV, E0 in keV, beta in mrad, thickness in nm.
 
@@ -53,9 +49,7 @@ from .loss_grid import (
     LossGrid,
     cutoff_index,
     loss_grid,
-    low_energy_fill,
     on_loss_grid,
-    tail_fit,
     tail_start,
 )
 
@@ -66,11 +60,11 @@ __all__ = [
     "kk_sum_rule_integral",
     "refractive_index_from_thickness",
     "ssd_on_loss_grid",
-    "sum_rule_integral",
     "sum_rule_integral_rows",
     "sum_rule_normalisation",
     "sum_rule_prefactor_nm_eV",
     "sum_rule_thickness_nm",
+    "thickness_from_integral_nm",
 ]
 
 
@@ -144,6 +138,26 @@ def sum_rule_prefactor_nm_eV(beam_energy_keV: float) -> float:
     return 4.0 * physics.BOHR_RADIUS_NM * physics.kinetic_energy_T_keV(beam_energy_keV) * 1e3
 
 
+def thickness_from_integral_nm(
+    integral: Any, zlp_intensity: Any, one_minus: float, beam_energy_keV: float
+) -> Any:
+    """Eq. 26: t = 4 a0 F E0 J / (N0 (1 - Re[1/eps(0)])), nm.
+
+    ``integral`` J (n,) is the sum-rule integral per count of SSD (1/eV;
+    :func:`sum_rule_integral_rows`), ``zlp_intensity`` N0 (n,) in counts, ``one_minus``
+    1 - Re[1/eps(0)] (:func:`sum_rule_normalisation`), E0 in keV. The one place eq. 26 is
+    evaluated: the sum-rule thickness and the Kramers-Kronig pass both call it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = thickness_from_integral_nm(np.array([1e-3]), np.array([1.0]), 1.0, 200.0)
+    >>> round(float(t[0]), 3)  # 4 a0 T x 1e-3 / 1
+    26.147
+    """
+    return sum_rule_prefactor_nm_eV(beam_energy_keV) * integral / (zlp_intensity * one_minus)
+
+
 class LossGridSSD(NamedTuple):
     """An SSD block on the loss grid with what the sum rule and the KK pass need beside it:
     the namespace, the grid, the low-energy channels ``kc`` (extrapolated below) and ``kf`` (the
@@ -186,20 +200,6 @@ def ssd_on_loss_grid(
     return LossGridSSD(xp, grid, kc, kf, s, e, ang)
 
 
-def sum_rule_integral(xp: Any, f_ext: Any, c: Any, a_tail: Any, e: Any, grid: LossGrid) -> Any:
-    """J = integral_0^inf f(E)/E dE (f per eV): channels >= 1, half channel 0, and the A/E^3 tail.
-
-    ``f_ext`` (n, K) is f with its low-energy part replaced by ``c`` E
-    (:func:`~eelsgpu.kernels.loss_grid.low_energy_fill`), ``a_tail`` (n,) the A of f ~ A/E^3
-    beyond the window; ``e`` (K,) the grid in eV. Returns J (n,) in the units of f per eV.
-    """
-    de = grid.dispersion_eV
-    e_safe = xp.where(e > 0, e, xp.ones_like(e))
-    body = xp.sum(f_ext[:, 1:] / e_safe[1:], axis=-1) * de
-    e_m = (grid.n - 0.5) * de
-    return body + c * (0.5 * de) + a_tail / (3.0 * e_m**3)
-
-
 class SumRuleParts(NamedTuple):
     """What :func:`sum_rule_integral_rows` returns, all per pixel (n,) except ``weight``:
     ``integral`` J (1/eV per count of SSD), ``low_slope`` c (f ~ c E below E_c),
@@ -219,9 +219,9 @@ def sum_rule_integral_rows(
 
     f = s / (dE ln(1 + beta^2/theta_E^2)) is proportional to Im[-1/eps] (eq. 31); the reductions
     are one pass each over ``s`` (no temporaries), the same sums as
-    :func:`~eelsgpu.kernels.loss_grid.low_energy_fill`,
-    :func:`~eelsgpu.kernels.loss_grid.tail_fit` and :func:`sum_rule_integral` (rounded
-    differently). ``e`` (K,) is the grid in eV, ``ang`` (K,) :func:`angular_factor`.
+    replacing f below E_c by c E (c the mean of f/E over [E_c, 2 E_c)) and continuing it as A/E^3
+    beyond the window (A by least squares over its last :data:`TAIL_FRACTION`; clamped >= 0):
+    J = int_0^inf f/E dE = channels >= 1, half channel 0, plus A/(3 E_m^3). ``e`` (K,) is the grid in eV, ``ang`` (K,) :func:`angular_factor`.
     """
     de = grid.dispersion_eV
     inv = 1.0 / (de * ang)
@@ -300,18 +300,11 @@ def sum_rule_thickness_nm(
         collection_angle_mrad=collection_angle_mrad,
         low_energy_cutoff_eV=low_energy_cutoff_eV,
     )
-    f = s / (grid.dispersion_eV * ang)
-    f_ext, c = low_energy_fill(xp, f, e, kc, kf)
-    a_tail = tail_fit(xp, f, e, tail_start(grid.n))
-    j = sum_rule_integral(xp, f_ext, c, a_tail, e, grid)
-    t_ev = physics.kinetic_energy_T_keV(beam_energy_keV) * 1e3
+    j = sum_rule_integral_rows(xp, s, e, ang, grid, kc, kf).integral
     n0 = xp.asarray(zlp_intensity, dtype=j.dtype)
     ok = (n0 > 0) & (j > 0)
     n0_safe = xp.where(ok, n0, xp.ones_like(n0))
-    # 4 a0 T is sum_rule_prefactor_nm_eV(E0), rounded here as 4 a0 (T * 1e3): for about a third
-    # of beam energies (100 keV among them) that differs from the prefactor's (4 a0 T) * 1e3 in
-    # the last bit, so the two roundings are kept until a change that may move results merges them
-    t = 4.0 * physics.BOHR_RADIUS_NM * t_ev * j / (n0_safe * one_minus)
+    t = thickness_from_integral_nm(j, n0_safe, one_minus, beam_energy_keV)
     return xp.where(ok, t, xp.full_like(t, math.nan))
 
 
