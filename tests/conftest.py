@@ -19,6 +19,8 @@ def _shared_root() -> Path:
 def _namespaces():
     out = [pytest.param("numpy", id="numpy")]
     out.append(pytest.param("array_api_strict", id="array-api-strict"))
+    # a usable GPU reruns every kernel test on CuPy (cupy's numpy_cupy_allclose idea)
+    out.append(pytest.param("cupy", id="cupy", marks=pytest.mark.gpu))
     return out
 
 
@@ -30,6 +32,11 @@ def xp(request):
         from array_api_compat import array_namespace
 
         return array_namespace(np.empty(0))
+    if request.param == "cupy":
+        import cupy
+        from array_api_compat import array_namespace
+
+        return array_namespace(cupy.empty(0))
     strict = pytest.importorskip("array_api_strict")
     return strict
 
