@@ -203,8 +203,13 @@ def open_signal(
             f"{', '.join(ds.data_vars) or 'nothing'}"
         )
     sig = ds["signal"]
-    if sig.dims[-1] != "energy" or "energy" not in ds.coords:
-        raise EnergyAxisError(f"{path}: the variable 'signal' has no energy axis (dims {sig.dims})")
+    if "energy" not in sig.dims or "energy" not in ds.coords:
+        raise EnergyAxisError(
+            f"{path}: the variable 'signal' has no energy axis (no dim 'energy' with a "
+            f"coordinate in eV; its dims are {sig.dims})"
+        )
+    if sig.dims[-1] != "energy":  # the energy axis is found by name, wherever it is
+        sig = sig.transpose(..., "energy")
     file_energy = np.asarray(ds["energy"].values, dtype=np.float64)
     energy = energy_override(
         sig.sizes["energy"], energy_eV, offset_eV, dispersion_eV, file_energy, path
@@ -235,7 +240,8 @@ def open_signal(
         source=str(path),
         chunks=chunks,
         attrs=attrs,
-        dtype=sig.dtype if sig.dtype.kind == "f" else np.float32,
+        dtype=sig.dtype if sig.dtype.kind in "fc" else np.float32,
+        reverse_decreasing=True,
     )
     if record and not record.get("nonfinite_pixels"):
         _check_chunks_present(path, sig)
