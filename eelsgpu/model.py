@@ -219,7 +219,7 @@ def energy_scale_problem(spectrum: Any, energy_eV: Any) -> str | None:
         j = int(after[np.argmax(s[after])])
         if 0 < j < s.size - 1 and s[j] > 2.0 * np.median(s[after]):
             plasmon = float(e[j] - e[i])
-    at = f" and the first plasmon peak at {plasmon:.4g} \"eV\"" if plasmon else ""
+    at = f' and the first plasmon peak at {plasmon:.4g} "eV"' if plasmon else ""
     if w < ZLP_FWHM_MIN_EV and (plasmon is None or plasmon < 0.2):
         return (
             f'the zero-loss peak is {w:.3g} "eV" wide{at}: the axis looks like keV labelled '

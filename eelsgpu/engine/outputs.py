@@ -172,9 +172,7 @@ def remove_store(path: Any) -> None:
 def _leftover_pattern(name: str) -> re.Pattern[str]:
     """Hidden names eelsgpu makes beside an output ``name`` (partial stores, run logs, stores
     being replaced; ``-xxxxxxxx`` suffixes are those of earlier versions and of one-shot runs)."""
-    return re.compile(
-        rf"^\.{re.escape(name)}\.(partial|eelsgpu-run|replaced)(-[0-9a-f]{{8,32}})?$"
-    )
+    return re.compile(rf"^\.{re.escape(name)}\.(partial|eelsgpu-run|replaced)(-[0-9a-f]{{8,32}})?$")
 
 
 def leftovers(output: Any) -> list[Path]:
@@ -234,8 +232,8 @@ class OutputLock:
         import socket
 
         self.path = Path(path)
-        self.file = Path(lock_file) if lock_file else self.path.with_name(
-            f".{self.path.name}.eelsgpu-lock"
+        self.file = (
+            Path(lock_file) if lock_file else self.path.with_name(f".{self.path.name}.eelsgpu-lock")
         )
         self.file.parent.mkdir(parents=True, exist_ok=True)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

@@ -24,8 +24,8 @@ from ..engine.store import StoreWriter
 from ..errors import EelsgpuError, EnergyAxisError, InputError
 from ..model import spectrum_image
 from .calibration import energy_override
-from .chunks import CheckedStore
 from .checks import check_record, check_values, value_check_graph
+from .chunks import CheckedStore
 
 __all__ = [
     "CHECK_ATTR",
