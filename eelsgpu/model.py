@@ -28,7 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .errors import EnergyAxisError, InputError, MissingParameterError
+from .errors import EelsgpuError, EnergyAxisError, InputError, MissingParameterError
 
 __all__ = [
     "ATTRS",
@@ -243,7 +243,15 @@ def check_energy_scale(si: xr.DataArray, spectrum: Any = None) -> None:
         data = si.data
         if isinstance(data, da.Array) and data.ndim > 1:
             data = data.blocks[(0,) * (data.ndim - 1)]
-        arr = np.asarray(data, dtype=np.float64).reshape(-1, e.size)
+        try:
+            arr = np.asarray(data, dtype=np.float64).reshape(-1, e.size)
+        except EelsgpuError:
+            raise
+        except Exception as exc:  # a read error: name the file
+            raise InputError(
+                f"{si.attrs.get('source') or 'the data'}: reading the data failed; the file may "
+                f"be truncated or corrupt ({type(exc).__name__}: {exc})"
+            ) from exc
         with np.errstate(all="ignore"):
             spectrum = np.nanmean(arr, axis=0) if arr.size else np.zeros(e.size)
     why = energy_scale_problem(spectrum, e)
