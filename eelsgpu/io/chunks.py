@@ -1,14 +1,15 @@
 """Every chunk of a store is checked before it is decompressed.
 
 A truncated or damaged chunk file must never reach the decompressor: numcodecs' Blosc reads past
-the end of a truncated chunk and kills the process with a segmentation fault (a whole batch run
-with it), or decompresses garbage without a word. :class:`CheckedStore` is the zarr store eelsgpu
+the end of a truncated chunk and can kill the process with a segmentation fault (a whole batch
+run with it), and decompresses a chunk with overwritten bytes into wrong numbers without a word. :class:`CheckedStore` is the zarr store eelsgpu
 reads its stores through; it checks the bytes of each chunk as they come off the disk:
 
 * stores eelsgpu writes now end every chunk with zarr v3's ``crc32c`` codec: the checksum of the
   compressed bytes is compared (about 5 GB/s);
 * older stores (Blosc without a checksum): the chunk's length is compared with the compressed
-  size its Blosc header records, and the uncompressed size with the chunk's shape;
+  size its Blosc header records, and the uncompressed size with the chunk's shape (this finds
+  truncation, not overwritten bytes);
 * a zero-length chunk file is damaged whatever the codec.
 
 A damaged chunk is a :class:`~eelsgpu.errors.CorruptStoreError` (an ``InputError``) naming the
