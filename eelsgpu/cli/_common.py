@@ -78,7 +78,7 @@ OPTION_RANGES: dict[str, Range] = {
     "--collection-angle": Range("mrad", 0.0, 1571.0, low_ok=False),
     "--convergence-angle": Range("mrad", 0.0, 1571.0),
     "--offset": Range("eV"),
-    "--dispersion": Range("eV", **_POSITIVE),
+    "--dispersion": Range("eV"),  # negative: an axis that runs down (turned round on reading)
     "--signal-index": Range("", integer=True),
     # mean free path and thickness
     "--density": Range("g/cm3", 0.0, 30.0, low_ok=False),

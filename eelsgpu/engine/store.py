@@ -373,8 +373,7 @@ class StoreWriter:
         if attrs:
             ds = ds.assign_attrs({**ds.attrs, **attrs})
         ds = ds.assign_attrs(json_safe(dict(ds.attrs)))
-        sources = [ds.attrs.get(k) for k in ("source", "eelsgpu_input")]
-        sources = [v for v in sources if isinstance(v, str) and v and Path(v).exists()]
+        sources = dataset_sources(ds)
         if sources:  # the data's own file: never the output (nor its folder)
             check_output(self.target, sources, overwrite=True)
         if self.resumable:
@@ -643,6 +642,17 @@ class StoreWriter:
         self.close()
 
 
+def dataset_sources(ds: xr.Dataset | xr.DataArray) -> list[str]:
+    """The existing files a Dataset (or its variables) says it comes from (attributes ``source``,
+    ``eelsgpu_input``)."""
+    keys = ("source", "eelsgpu_input")
+    values = [ds.attrs.get(k) for k in keys]
+    if isinstance(ds, xr.Dataset):
+        values += [v.attrs.get(k) for v in ds.data_vars.values() for k in keys]
+    found = [v for v in values if isinstance(v, str) and v and Path(v).exists()]
+    return list(dict.fromkeys(found))
+
+
 def _writer() -> str:
     """The marker of a store eelsgpu wrote (see :mod:`eelsgpu.engine.outputs`)."""
     from .._version import __version__
@@ -763,7 +773,7 @@ def run_to_store(
         scheduler=scheduler,
         quiet=quiet,
         description=description,
-        inputs=inputs,
+        inputs=[*inputs, *dataset_sources(ds)],
     ) as writer:
         plan = writer.prepare(ds, attrs=attrs)
         writer.start(plan, resume=resume)

@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..engine.store import StoreWriter
+from ..engine.store import StoreWriter, dataset_sources
 from ..errors import EelsgpuError, EnergyAxisError, InputError
 from ..model import spectrum_image
 from .calibration import energy_override
@@ -164,7 +164,7 @@ def write_store(
         resumable=False,
         quiet=not progress,
         description=f"writing {target.name}",
-        inputs=inputs,
+        inputs=[*inputs, *dataset_sources(ds)],
     ) as writer:
         try:
             plan = writer.prepare(ds, encoding=encoding)

@@ -59,7 +59,7 @@ def test_damaged_chunk_of_a_checksummed_store(tmp_path, keep, why):
     with pytest.raises(
         CorruptStoreError, match=rf"s\.zarr: chunk signal/c/1/0/0 is damaged.*{why}"
     ):
-        ds["signal"].values
+        ds["signal"].load()
     np.testing.assert_array_equal(ds["signal"][:4].values, data[:4])  # block row 0 is intact
 
 
@@ -73,7 +73,7 @@ def test_overwritten_bytes_are_found(tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     chunk.write_bytes(bytes(raw))
     with pytest.raises(CorruptStoreError, match="chunk signal/c/0/1/0"):
-        open_store(store)["signal"].values
+        open_store(store)["signal"].load()
 
 
 def _old_store(path: Path, n: int, c: int) -> np.ndarray:
@@ -108,7 +108,7 @@ def test_truncated_chunk_of_an_old_store_in_process(tmp_path, keep):
     _old_store(tmp_path / "old.zarr", 8, 4)
     _cut(tmp_path / "old.zarr" / "signal" / "c" / "0" / "1" / "0", keep)
     with pytest.raises(CorruptStoreError, match=r"old\.zarr: chunk signal/c/0/1/0 is damaged"):
-        open_store(tmp_path / "old.zarr")["signal"].values
+        open_store(tmp_path / "old.zarr")["signal"].load()
 
 
 def test_truncated_old_chunk_is_one_line_not_a_segfault(tmp_path):
