@@ -124,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"eelsgpu {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `eelsgpu info x | head`: the reader left; nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if debug:
             traceback.print_exc()
