@@ -228,9 +228,13 @@ class OutputLock:
         what: str = "is writing it",
         lock_file: Any = None,
     ) -> None:
-        import fcntl
         import socket
 
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no advisory locks; one writer is up to you
+            self.path, self.file, self.fd, self.shared = Path(path), None, None, shared
+            return
         self.path = Path(path)
         self.file = (
             Path(lock_file) if lock_file else self.path.with_name(f".{self.path.name}.eelsgpu-lock")
@@ -270,10 +274,10 @@ class OutputLock:
 
     def release(self) -> None:
         """Drop the lock (and remove the lock file when no one else holds it)."""
-        import fcntl
-
         if self.fd is None:
             return
+        import fcntl
+
         fd, self.fd = self.fd, None
         try:
             # remove the file only as its sole holder: upgrade to exclusive without waiting

@@ -40,7 +40,11 @@ from zarr.storage import LocalStore
 
 from ..errors import CorruptStoreError
 
-__all__ = ["CheckedStore", "check_chunk"]
+__all__ = ["CheckedStore", "check_chunk", "reading_progress"]
+
+#: Called with (store root, chunk key) for every chunk this process reads through a CheckedStore
+#: (see :func:`reading_progress`).
+_READ_HOOKS: list[Any] = []
 
 _METADATA = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
@@ -134,6 +138,8 @@ class CheckedStore(LocalStore):
                     f"{self.root}: chunk {key} is damaged ({why}); copy the store again, or "
                     "convert the original file again"
                 )
+        for hook in list(_READ_HOOKS):
+            hook(str(self.root), key)
         return buf
 
     def _codecs_of(self, key: str) -> tuple[list[str], int]:
@@ -159,3 +165,77 @@ class CheckedStore(LocalStore):
         state = dict(self.__dict__)
         state.pop("_eelsgpu_codecs", None)
         return state
+
+
+class reading_progress:  # noqa: N801 - used as a context manager, like open()
+    """A progress bar of the chunks of ``array`` read from the store ``path`` (in this process),
+    counting spectra and blocks, pass after pass: for the steps of an analysis that read the data
+    eagerly before anything is written (a PCA's power iterations, a k-means sample), whose dask
+    tasks say nothing about progress.
+
+    Quiet (no bar) when ``quiet`` or when ``path`` is not a store with such an array.
+    """
+
+    def __init__(self, path: Any, description: str, *, array: str = "signal", quiet: bool = False):
+        import threading
+        from pathlib import Path
+
+        self.bar = None
+        self.lock = threading.Lock()
+        meta = None if quiet else _array_meta(Path(path), array)
+        if not meta or "shape" not in meta:
+            return
+        shape = [int(n) for n in meta["shape"]]
+        chunks = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+        if not chunks or len(shape) < 2:
+            return
+        from ..engine.progress import BlockProgress
+
+        self.root = str(Path(path))
+        self.prefix = f"{array}/c/"
+        self.shape, self.chunks = shape, [int(c) for c in chunks]
+        self.n_blocks = int(np.prod([-(-n // c) for n, c in zip(shape, self.chunks, strict=True)]))
+        self.description = description
+        self.seen: set[str] = set()
+        self.passes = 1
+        self.bar = BlockProgress(
+            description,
+            n_blocks=self.n_blocks,
+            n_done=0,
+            total_spectra=int(np.prod(shape[:-1])),
+            done_spectra=0,
+            quiet=False,
+        )
+
+    def _spectra(self, key: str) -> int:
+        idx = [int(i) for i in key[len(self.prefix) :].split("/")]
+        n = 1
+        for i, size, c in zip(idx[:-1], self.shape[:-1], self.chunks[:-1], strict=False):
+            n *= max(0, min(c, size - i * c))
+        return n
+
+    def _hook(self, root: str, key: str) -> None:
+        if root != self.root or not key.startswith(self.prefix) or self.bar is None:
+            return
+        with self.lock:
+            if key in self.seen:  # every block read once already: another pass begins
+                self.passes += 1
+                self.seen.clear()
+                bar = self.bar.bar
+                self.bar.blocks = 0
+                if bar is not None:
+                    bar.reset()
+                    bar.set_description_str(f"{self.description} (pass {self.passes})")
+            self.seen.add(key)
+            self.bar.tick(self._spectra(key))
+
+    def __enter__(self) -> reading_progress:
+        if self.bar is not None:
+            _READ_HOOKS.append(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            if self._hook in _READ_HOOKS:
+                _READ_HOOKS.remove(self._hook)
+            self.bar.close()

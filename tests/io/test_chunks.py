@@ -131,3 +131,19 @@ def test_truncated_old_chunk_is_one_line_not_a_segfault(tmp_path):
     )
     assert not (tmp_path / "t.zarr").exists()
     assert data.size == 32 * 32 * 2048
+
+
+def test_reading_progress_counts_blocks_and_passes(tmp_path, capsys):
+    """Truth: an 8 x 8 image in 4 x 4 blocks (4 blocks, 64 spectra) read twice: the bar counts
+    64 spectra in 4 blocks per pass and says pass 2 (not dask tasks)."""
+    from eelsgpu.io.chunks import reading_progress
+
+    si, _ = _image()
+    store = write_store(si, tmp_path / "s.zarr")
+    with reading_progress(store, "reading") as progress:
+        ds = open_store(store)
+        ds["signal"].sum().compute(scheduler="synchronous")
+        ds["signal"].max().compute(scheduler="synchronous")
+    assert progress.passes == 2 and progress.bar.blocks == 4
+    assert progress.bar.bar.n == 64
+    assert "reading (pass 2)" in capsys.readouterr().err
