@@ -104,9 +104,9 @@ def check_chunk(data: bytes | memoryview, codecs: list[str], nbytes: int) -> str
 
         if n < 4:
             return f"{n} bytes cannot hold its checksum"
-        buf = memoryview(data)
-        stored = bytes(buf[-4:])
-        computed = struct.pack("<I", google_crc32c.value(bytes(buf[:-4])))
+        buf = np.frombuffer(data, dtype=np.uint8)  # a view: no copy of the chunk
+        stored = buf[-4:].tobytes()
+        computed = struct.pack("<I", google_crc32c.value(buf[:-4]))
         if stored != computed:
             return "its CRC-32C checksum does not match: truncated or overwritten"
         return None
