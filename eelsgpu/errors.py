@@ -6,6 +6,7 @@ Every message names the file (where there is one) and the problem in words a mic
 from __future__ import annotations
 
 __all__ = [
+    "CorruptStoreError",
     "EelsgpuError",
     "EnergyAxisError",
     "InputError",
@@ -20,6 +21,11 @@ class EelsgpuError(Exception):
 
 class InputError(EelsgpuError, ValueError):
     """A file or array that cannot be used: missing, corrupt, wrong shape, NaN values..."""
+
+
+class CorruptStoreError(InputError):
+    """A zarr store with a damaged chunk (truncated, emptied, overwritten), found before the
+    chunk is decompressed; the message names the store and the chunk."""
 
 
 class EnergyAxisError(InputError):

@@ -317,3 +317,177 @@ def test_srun_mode_runs_through_slurm_runner_on_localhost(tmp_path):
     assert "1 written" in logs[1]
     res = xr.open_zarr(out / "a.zarr", consolidated=False)
     np.testing.assert_allclose(res["total"].values, _truth(si)["total"], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- issue 12: no mixing
+def test_same_stems_get_their_own_outputs(tmp_path):
+    """Truth: day1/scan.zarr and day2/scan.zarr hold different cubes; each gets its own output
+    (day1-scan.zarr, day2-scan.zarr), equal to its own in-memory result (before: the second was
+    'skipped' and never computed)."""
+    a = _write_input(tmp_path / "day1" / "scan.zarr", seed=1)
+    b = _write_input(tmp_path / "day2" / "scan.zarr", seed=2)
+    _write_input(tmp_path / "day2" / "other.zarr", seed=3)
+    m = batch.load_manifest(_manifest(tmp_path, ["day*/*.zarr"], "slow-test"))
+    summary = batch.run_batch(m, tmp_path / "out", quiet=True)
+    assert summary.ok and [f.status for f in summary.files] == ["written"] * 3
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "batch-summary.json",
+        "day1-scan.zarr",
+        "day2-scan.zarr",
+        "other.zarr",
+    ]
+    for si, name in ((a, "day1-scan.zarr"), (b, "day2-scan.zarr")):
+        out = xr.open_zarr(tmp_path / "out" / name, consolidated=False)
+        np.testing.assert_allclose(out["total"].values, _truth(si)["total"], rtol=1e-5)
+    saved = json.loads((tmp_path / "out" / "batch-summary.json").read_text())
+    assert saved["path"] == str(tmp_path / "out" / "batch-summary.json")
+    assert sorted(Path(f["output"]).name for f in saved["files"]) == [
+        "day1-scan.zarr",
+        "day2-scan.zarr",
+        "other.zarr",
+    ]
+
+
+def test_other_parameters_neither_resume_nor_keep_a_store(tmp_path):
+    """Truth: a store made with scale 2 must stay scale 2 until --overwrite recomputes it with
+    scale 3 (before: a rerun with changed parameters silently kept the old results); the refusal
+    says what differs; a partial store of another job is discarded, not mixed in."""
+    si = _write_input(tmp_path / "in" / "a.zarr")
+    m2 = batch.load_manifest(_manifest(tmp_path, ["in/a.zarr"], "slow-test", {"scale": 2.0}))
+    assert batch.run_batch(m2, tmp_path / "out", quiet=True).ok
+    store = tmp_path / "out" / "a.zarr"
+    before = _arrays(store)
+    m3 = batch.load_manifest(_manifest(tmp_path, ["in/a.zarr"], "slow-test", {"scale": 3.0}))
+    s = batch.run_batch(m3, tmp_path / "out", quiet=True)
+    (f,) = s.files
+    assert f.status == "failed" and "parameters.scale 2.0 there, 3.0 here" in f.error
+    assert "--overwrite" in f.error and _arrays(store) == before
+    s = batch.run_batch(m3, tmp_path / "out", quiet=True, overwrite=True)
+    assert s.files[0].status == "written"
+    out = xr.open_zarr(store, consolidated=False)
+    np.testing.assert_allclose(out["total"].values, _truth(si, 3.0)["total"], rtol=1e-5)
+    assert out.attrs["eelsgpu_job"]["parameters"] == {"scale": 3.0}
+    # the same job again: skipped
+    assert batch.run_batch(m3, tmp_path / "out", quiet=True).files[0].status == "skipped"
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("../victim", "must stay inside OUTDIR"),
+        ("/tmp/victim.zarr", "relative path inside OUTDIR"),
+        ("{stem.__class__.__mro__}.zarr", r"unknown field \{stem\.__class__\.__mro__\}"),
+        ("{stem!r}.zarr", "takes no conversion"),
+        ("{user}.zarr", r"unknown field \{user\}"),
+        ("result.zarr", r"the same output result\.zarr; put \{stem\} or \{index\} in it"),
+    ],
+)
+def test_bad_layouts_are_refused_before_anything_runs(tmp_path, layout, message):
+    """Truth: a folder outside OUTDIR with a file in it must be intact and OUTDIR not made
+    (before: `../victim` with --overwrite deleted it; attribute access was evaluated)."""
+    _write_input(tmp_path / "in" / "a.zarr", shape=(4, 4, 32))
+    _write_input(tmp_path / "in2" / "a.zarr", shape=(4, 4, 32))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    m = batch.load_manifest(
+        _manifest(tmp_path, ["in/a.zarr", "in2/a.zarr"], "slow-test", output={"layout": layout})
+    )
+    with pytest.raises(InputError, match=message):
+        batch.run_batch(m, tmp_path / "out", quiet=True, overwrite=True)
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_inside_outdir_is_never_its_own_output(tmp_path):
+    """Truth: an input whose output would be itself is reported failed and stays intact, with and
+    without --overwrite (before: skipped, and deleted with --overwrite)."""
+    _write_input(tmp_path / "out" / "a.zarr", shape=(4, 4, 32))
+    before = _arrays(tmp_path / "out" / "a.zarr")
+    m = batch.load_manifest(_manifest(tmp_path, ["out/a.zarr"], "slow-test"))
+    for overwrite in (False, True):
+        (f,) = batch.run_batch(m, tmp_path / "out", quiet=True, overwrite=overwrite).files
+        assert f.status == "failed" and "is the input" in f.error
+    assert _arrays(tmp_path / "out" / "a.zarr") == before
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"pipeline": "thicknes"}, "unknown pipeline 'thicknes'"),
+        ({"parameters": {"scael": 2.0}}, "takes no parameter 'scael'; it takes delay_s, scale"),
+        ({"parameters": {"device": "cpu"}}, "top-level 'device:'"),
+        ({"inputs": []}, "'inputs:' must be a non-empty list"),
+        ({"inputs": ["nothing/*.zarr"]}, "no input file"),
+        ({"device": "tpu"}, "device must be one of auto, cpu, gpu"),
+        ({"output": {"codec": "gzip"}}, "codec must be one of lz4, zstd"),
+        ({"output": {"layuot": "x"}}, "unknown 'output:' key"),
+        ({"open": {"offset": 1}}, "unknown 'open:' option"),
+        ({"task_mib": 0}, "task_mib must be a positive number in MiB"),
+    ],
+)
+def test_manifest_mistakes_are_found_before_anything_starts(tmp_path, doc, message):
+    """Truth: each mistake in the manifest; the run stops with it before OUTDIR is made (before:
+    found once per file after start-up, or never)."""
+    import yaml
+
+    _write_input(tmp_path / "in" / "a.zarr", shape=(4, 4, 32))
+    full = {"pipeline": "test_batch:slow_pipeline", "inputs": ["in/a.zarr"], "device": "cpu"}
+    full.update(doc)
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(full))
+    with pytest.raises(InputError, match=message):
+        batch.run_batch(batch.load_manifest(p), tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="--array-size must be a whole number >= 1"):
+        batch.array_share(3, 0, 0)
+
+
+def test_concurrent_runs_on_one_outdir_are_refused(tmp_path):
+    """Truth: a second batch run on an OUTDIR that a run is using stops at once with one line and
+    exit 2; the first finishes and its stores equal the in-memory results (before: both reported
+    every file failed and left orphan partial stores). Job-array tasks share an OUTDIR."""
+    si = _write_input(tmp_path / "in" / "a.zarr", shape=(16, 16, 64), chunks=(4, 4))
+    mpath = _manifest(tmp_path, ["in/a.zarr"], params={"delay_s": 0.5}, task_mib=0.01)
+    cmd = [sys.executable, "-m", "eelsgpu", "batch", str(mpath), "-o", "out", "--quiet"]
+    first = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    done = tmp_path / "out" / ".a.zarr.eelsgpu-run" / "done"
+    deadline = time.time() + 60
+    while not (done.is_dir() and os.listdir(done)):
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()
+        time.sleep(0.02)
+    second = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True)
+    assert second.returncode == 2
+    assert second.stderr.strip().startswith("eelsgpu batch: error: out: another eelsgpu run")
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    out = xr.open_zarr(tmp_path / "out" / "a.zarr", consolidated=False)
+    np.testing.assert_allclose(out["total"].values, _truth(si)["total"], rtol=1e-5)
+    assert [p for p in os.listdir(tmp_path / "out") if p.startswith(".")] == []
+    m = batch.load_manifest(mpath)
+    m.parameters = {}
+    from eelsgpu.engine.outputs import OutputLock
+
+    with OutputLock(
+        tmp_path / "o2", shared=True, lock_file=tmp_path / "o2" / ".eelsgpu-batch.lock"
+    ):
+        s = batch.run_batch(m, tmp_path / "o2", array_index=0, array_size=2, quiet=True)
+        assert s.ok  # another array task holds the folder too: both go on
+        with pytest.raises(InputError, match="another eelsgpu run"):
+            batch.run_batch(m, tmp_path / "o2", quiet=True)
+
+
+def test_a_damaged_chunk_fails_its_file_and_the_batch_goes_on(tmp_path):
+    """Truth: a chunk file of one input cut in half (before: a segfault could kill the whole
+    batch, no summary); the file is reported with the chunk named, the others are written."""
+    _write_input(tmp_path / "in" / "a.zarr", shape=(8, 8, 64))
+    b = _write_input(tmp_path / "in" / "b.zarr", shape=(8, 8, 64), seed=4)
+    chunk = tmp_path / "in" / "a.zarr" / "signal" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    m = batch.load_manifest(_manifest(tmp_path, ["in/*.zarr"], "slow-test"))
+    s = batch.run_batch(m, tmp_path / "out", quiet=True)
+    by = {Path(f.input).name: f for f in s.files}
+    assert by["a.zarr"].status == "failed"
+    assert "a.zarr: chunk signal/c/1/0/0 is damaged" in by["a.zarr"].error
+    assert by["b.zarr"].status == "written"
+    out = xr.open_zarr(tmp_path / "out" / "b.zarr", consolidated=False)
+    np.testing.assert_allclose(out["total"].values, _truth(b)["total"], rtol=1e-5)

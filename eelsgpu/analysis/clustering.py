@@ -37,7 +37,8 @@ import xarray as xr
 from ..engine import apply_kernel
 from ..errors import InputError
 from ..kernels.clustering import ASSIGN_BLOCK, cluster_block_sums
-from ..model import spectrum_image
+from ..model import as_spectrum_image, spectrum_image
+from ._checks import positive_int
 
 __all__ = ["DIM", "cluster", "cluster_sums", "per_cluster"]
 
@@ -281,6 +282,17 @@ def _add_mean_spectra(ds: xr.Dataset, spectra: xr.DataArray, k: int) -> None:
     ds["energy"].attrs.update(spectra["energy"].attrs)
 
 
+def _energy_range(value: Any) -> tuple[float, float]:
+    """``(lo_eV, hi_eV)`` as two finite numbers with lo < hi."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"energy_range_eV must be (lo_eV, hi_eV), not {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise InputError(f"energy_range_eV must be (lo_eV, hi_eV) with lo < hi, not {value!r}")
+    return lo, hi
+
+
 def cluster(
     si: xr.DataArray | xr.Dataset,
     n_clusters: int = 3,
@@ -325,9 +337,18 @@ def cluster(
         features, ``cluster_centre_<name>`` (cluster_id; in the feature's unit). Clusters are numbered by
         increasing first coordinate of their centre (the first feature or principal component).
     """
-    k = int(n_clusters)
-    if k < 1:
-        raise ValueError("n_clusters must be at least 1")
+    k = positive_int("n_clusters", n_clusters, 1)
+    sample_size = positive_int("sample_size", sample_size, 2)
+    seed = positive_int("seed", seed, 0)
+    if n_components is not None:
+        n_components = positive_int("n_components", n_components, 1)
+    if energy_range_eV is not None:
+        lo, hi = _energy_range(energy_range_eV)
+        energy_range_eV = (lo, hi)
+    if isinstance(si, xr.DataArray):
+        si = as_spectrum_image(si, "cluster")
+    elif not isinstance(si, xr.Dataset):
+        as_spectrum_image(si, "cluster")  # the message for anything else
     spectra = _spectra_of(si)
     attrs_src = dict((spectra if spectra is not None else si).attrs)
     source = attrs_src.get("source", "")

@@ -39,6 +39,8 @@ import xarray as xr
 from ..engine import apply_kernel
 from ..errors import InputError
 from ..kernels.decomposition import PROJECT_BLOCK, nnls_loadings_block, reconstruct_block
+from ..model import as_spectrum_image
+from ._checks import positive_int
 
 __all__ = ["METHODS", "decompose", "denoise", "poisson_weights"]
 
@@ -237,9 +239,15 @@ def decompose(
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, not {method!r}")
+    si = as_spectrum_image(si, "decompose")
+    n_scree = positive_int("n_scree", n_scree, 1)
+    n_power_iter = positive_int("n_power_iter", n_power_iter, 0)
+    epochs = positive_int("epochs", epochs, 1)
+    nmf_iter = positive_int("nmf_iter", nmf_iter, 1)
+    seed = positive_int("seed", seed, 0)
     mat = _matrix(si)
     n_pix, n_e = mat.shape
-    k = int(n_components)
+    k = positive_int("n_components", n_components, 1)
     if not 1 <= k <= min(n_pix, n_e):
         raise InputError(f"n_components must be 1..{min(n_pix, n_e)}, not {n_components}")
     energy_coord = si["energy"]
@@ -283,8 +291,9 @@ def denoise(
     xarray.DataArray
         ``denoised`` (same dims as ``si``; counts per channel).
     """
+    si = as_spectrum_image(si, "denoise")
     k_all = decomposition.sizes["component"]
-    k = k_all if n_components is None else int(n_components)
+    k = k_all if n_components is None else positive_int("n_components", n_components, 1)
     if not 1 <= k <= k_all:
         raise InputError(f"n_components must be 1..{k_all} (the decomposition's), not {k}")
     loadings = decomposition["loadings"].isel(component=slice(0, k))

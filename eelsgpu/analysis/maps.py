@@ -30,6 +30,8 @@ from ..engine import apply_kernel
 from ..errors import InputError
 from ..kernels.sxes import HigherOrderLineWarning, higher_order_lines_in_window
 from ..kernels.windows import BACKGROUND_MODELS, window_block, window_spans
+from ..model import as_spectrum_image
+from ._checks import positive_int
 
 __all__ = ["window_maps"]
 
@@ -39,11 +41,18 @@ Range = tuple[float, float]
 # --------------------------------------------------------------------------- argument parsing
 def _as_ranges(value: Any, what: str) -> list[Range]:
     """(lo, hi) or a sequence of (lo, hi) -> list of float pairs."""
-    arr = np.asarray(value, dtype=float)
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{what} must be (lo_eV, hi_eV) or a list of them, not {value!r}"
+        ) from None
     if arr.ndim == 1 and arr.size == 2:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise InputError(f"{what} must be (lo_eV, hi_eV) or a list of them, not {value!r}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{what} must be finite energies in eV, not {value!r}")
     return [(float(lo), float(hi)) for lo, hi in arr]
 
 
@@ -99,8 +108,16 @@ def _parse_backgrounds(
         if name not in windows:
             raise InputError(f"background given for {name!r}, which is not a window")
         ranges = _as_ranges(rng, f"background {name}")
+        w_lo, w_hi = _as_ranges(windows[name], f"window {name}")[0]
         for lo, hi in ranges:
             _check_range(lo, hi, energy, f"background {name}", source)
+            if lo < w_hi and hi > w_lo:
+                # the fit would take the window's own signal for background and remove it
+                raise InputError(
+                    f"background {name} {lo:g}:{hi:g} eV overlaps its window {w_lo:g}:{w_hi:g} "
+                    "eV; a background is fitted where the window has no signal: put it before "
+                    "(or after) the window"
+                )
             if background_model == "power-law" and lo <= 0:
                 raise InputError(
                     f"a power-law background needs energies > 0; background {name} starts at {lo:g} eV"
@@ -177,7 +194,8 @@ def _parse_request(
     cen = _names(centroid, windows, "centroid")
     pk = _names(peak, windows, "peak")
     wd = _names(width, windows, "width")
-    if peak_channels < 3 or peak_channels % 2 == 0:
+    peak_channels = positive_int("peak_channels", peak_channels, 3)
+    if peak_channels % 2 == 0:
         raise InputError(f"peak_channels must be odd and >= 3, not {peak_channels}")
     return _WindowRequest(
         windows=tuple(win_list),
@@ -262,6 +280,8 @@ def window_maps(
     >>> ds = eelsgpu.window_maps(si, windows={"Cu": (931, 1000)},  # doctest: +SKIP
     ...                          background={"Cu": (850, 925)}, background_model="power-law")
     """
+    si = as_spectrum_image(si, "window_maps")
+    max_order = positive_int("max_order", max_order, 1)
     request = _parse_request(
         si,
         windows,

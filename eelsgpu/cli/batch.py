@@ -10,8 +10,17 @@ from ._common import add_quiet
 HELP = """\
 Run one pipeline (thickness, deconvolve, kk, maps, or package.module:function) over many files
 listed in a YAML or TOML manifest. Each output block is written once and recorded: run the same
-command again after an interruption and it finishes the rest (finished files are skipped). A
-file that fails is reported in OUTDIR/batch-summary.json and the others finish.
+command again after an interruption and it finishes the rest (finished files of the same job are
+skipped). A file that fails is reported in OUTDIR/batch-summary.json and the others finish.
+
+The manifest is checked whole before anything starts. Every input gets its own output inside
+OUTDIR (namesakes get their folder names in front: day1-scan.zarr, day2-scan.zarr). A store made
+with other parameters is neither resumed nor kept: the file is reported with what differs, and
+--overwrite recomputes it (only stores eelsgpu wrote are ever replaced). One batch run per OUTDIR
+at a time (job-array tasks share it).
+
+A manifest is code: `pipeline: package.module:function` imports that module and runs it. Run only
+manifests you would run as a Python script.
 
 Every scheduler and dashboard eelsgpu starts listens on 127.0.0.1 only, unless you name an
 interface (--interface) or address (--host, --dashboard-address).
@@ -36,7 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(overrides the manifest's scheduler.kind)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="overrides the manifest's")
-    p.add_argument("--overwrite", action="store_true", help="redo files whose output is finished")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute files whose output exists (finished, or made with other parameters)",
+    )
     g = p.add_argument_group("local and distributed schedulers")
     g.add_argument("--workers", type=int, help="worker processes (processes) or jobs' workers")
     g.add_argument("--threads-per-worker", type=int, dest="threads_per_worker")

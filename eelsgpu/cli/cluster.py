@@ -100,15 +100,19 @@ def run(args: argparse.Namespace) -> int:
                 data = ds_in.assign(signal=open_input(args))
         if args.spectra:
             data = data.assign(signal=open_input(args, args.spectra))
-    ds = cluster(
-        data,
-        n_clusters=args.n_clusters,
-        features=feats,
-        sample_size=args.sample_size,
-        seed=args.seed,
-        energy_range_eV=parse_window(args.energy_range),
-        device=args.device,
-    )
+    from ..io.chunks import reading_progress
+
+    # the eager steps read the data before anything is written: count the blocks they read
+    with reading_progress(args.input, f"reading {Path(args.input).name}", quiet=args.quiet):
+        ds = cluster(
+            data,
+            n_clusters=args.n_clusters,
+            features=feats,
+            sample_size=args.sample_size,
+            seed=args.seed,
+            energy_range_eV=parse_window(args.energy_range),
+            device=args.device,
+        )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
     if args.png:

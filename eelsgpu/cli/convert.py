@@ -23,6 +23,7 @@ from ._common import (
     add_output,
     add_quiet,
     open_kwargs,
+    output_path,
     parse_chunks,
 )
 
@@ -44,7 +45,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="lz4: Blosc-LZ4 + bit-shuffle, fast on CPUs (default); "
         "zstd: plain zstd, which a GPU can decode (nvCOMP)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is a store eelsgpu wrote (anything else is never replaced)",
+    )
     add_open_options(p)
     add_quiet(p)
     return p
@@ -58,17 +63,31 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..errors import EelsgpuError, InputError
 
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = output_path(args)  # never the input, never anything but an eelsgpu store replaced
     chunks = parse_chunks(args.chunks)
     kwargs = open_kwargs(args)
     # the value checks run in the same pass as the write (one read of the input), unless masking
     # needs their answer first
-    si = io.open(args.input, chunks=chunks or "auto", check=bool(args.mask_invalid), **kwargs)
+    si = io.open(
+        args.input,
+        chunks=chunks or "auto",
+        check=bool(args.mask_invalid),
+        progress=not args.quiet,
+        **kwargs,
+    )
+    if not args.mask_invalid:  # (done by io.open when it checks)
+        from ..model import check_energy_scale
+
+        check_energy_scale(si)
     try:
         io.write_store(
-            si, out, codec=args.codec, overwrite=args.overwrite, progress=not args.quiet, check=True
+            si,
+            out,
+            codec=args.codec,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            check=True,
+            inputs=[args.input],
         )
     except (EelsgpuError, KeyboardInterrupt):
         raise

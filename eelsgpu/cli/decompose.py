@@ -16,6 +16,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._common import (
     add_analysis_options,
@@ -75,17 +76,21 @@ def run(args: argparse.Namespace) -> int:
 
     out = output_path(args)
     si = open_input(args)
-    ds = decompose(
-        si,
-        args.method,
-        args.n_components,
-        poisson=not args.no_poisson,
-        n_scree=args.scree,
-        seed=args.seed,
-        device=args.device,
-    )
-    if args.denoise:
-        ds["denoised"] = denoise(si, ds, device=args.device)
+    from ..io.chunks import reading_progress
+
+    # the eager steps read the data before anything is written: count the blocks they read
+    with reading_progress(args.input, f"reading {Path(args.input).name}", quiet=args.quiet):
+        ds = decompose(
+            si,
+            args.method,
+            args.n_components,
+            poisson=not args.no_poisson,
+            n_scree=args.scree,
+            seed=args.seed,
+            device=args.device,
+        )
+        if args.denoise:
+            ds["denoised"] = denoise(si, ds, device=args.device)
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
     if args.png_dir:

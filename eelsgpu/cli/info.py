@@ -52,7 +52,8 @@ def describe(si: Any) -> list[str]:
     """The lines ``eelsgpu info`` prints for an opened spectrum image."""
     import numpy as np
 
-    from ..model import energy_axis
+    from ..errors import EelsgpuError
+    from ..model import check_energy_scale, energy_axis
 
     a = si.attrs
     stored = a.get("original_dtype")
@@ -69,6 +70,12 @@ def describe(si: Any) -> list[str]:
     kind = "uniform" if "dispersion_eV" in a else "NON-UNIFORM: the FFT-based analyses refuse it"
     lines.append(_row("energy", f"{e.size} channels, {e[0]:g} to {e[-1]:g} eV"))
     lines.append(_row("  offset, dispersion", f"{offset:g} eV, {step:.6g} eV/channel ({kind})"))
+    if a.get("energy_reversed"):
+        lines.append(_row("  order", "stored from high to low energy; read the right way round"))
+    try:
+        check_energy_scale(si)
+    except EelsgpuError as exc:  # meV or keV labelled eV: say it here, the analyses refuse it
+        lines.append(_row("  unit", f"WRONG? {exc}"))
     for dim in si.dims[:-1]:
         c = si[dim]
         units = c.attrs.get("units", "px")

@@ -39,10 +39,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    """The page may replace an earlier HTML page, never an input or any other file."""
+    from pathlib import Path
+
+    from ..engine.outputs import related
+    from ..errors import InputError
+    from ._common import check_writable, input_paths
+
+    out = Path(args.output)
+    for inp in input_paths(args):
+        if related(out, inp) is not None:
+            raise InputError(f"{out}: overlaps the input {inp}; choose another output")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"{out}: the report is an HTML page; give a name ending in .html")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give a file name such as report.html")
+    check_writable(out, "-o")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..report import parse_pixels, write_report
     from .bandgap import parse_window
 
+    _check_output(args)
     out = write_report(
         args.input,
         args.output,

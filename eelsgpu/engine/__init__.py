@@ -9,6 +9,8 @@ calls the kernel and writes the results. Like LiberTEM's executors, each concern
 :mod:`.device`            device choice (``auto``/``cpu``/``gpu``), the GPU probe, host <-> device
 :mod:`.transfer`          staging blocks in pinned memory and copying them to the device
 :mod:`.chunking`          task and storage chunk sizes
+:mod:`.outputs`           outputs that never destroy data: what may be replaced, one lock per
+                          output, leftovers of killed runs
 :mod:`.store`             the one store writer (:class:`StoreWriter`; :func:`run_to_store`,
                           resumable), codecs, provenance
 :mod:`.progress`          the one progress bar of a store run
@@ -21,6 +23,7 @@ from __future__ import annotations
 from ..kernels.declare import BlockKernel, Kernel, Output
 from .blocks import TILE_BYTES, apply_kernel, default_tile_pixels
 from .chunking import TASK_BYTES, align_tasks, storage_chunks, task_chunks
+from .outputs import OutputLock, check_output, is_eelsgpu_store
 from .schedulers import SchedulerInfo, scheduler_context
 from .store import (
     CODEC_PROFILES,
@@ -40,14 +43,17 @@ __all__ = [
     "BlockKernel",
     "Kernel",
     "Output",
+    "OutputLock",
     "RunResult",
     "SchedulerInfo",
     "StoreWriter",
     "align_tasks",
     "apply_kernel",
+    "check_output",
     "codecs",
     "default_tile_pixels",
     "is_complete",
+    "is_eelsgpu_store",
     "json_safe",
     "run_attrs",
     "run_to_store",

@@ -39,6 +39,7 @@ import numpy as np
 import xarray as xr
 
 from ..kernels.declare import BlockKernel, Kernel, Output
+from ..model import as_spectrum_image
 from . import device as backend
 from . import transfer as gpu
 
@@ -220,8 +221,8 @@ def apply_kernel(
     outputs = decl.outputs_for(params)
     if tile_pixels is None:
         tile_pixels = decl.tile_pixels
-    if "energy" not in si.dims or si.dims[-1] != "energy":
-        raise ValueError(f"the spectrum image must have 'energy' as its last dim, not {si.dims}")
+    # a DataArray with an 'energy' dim (wherever it is: moved last), real numbers, not empty
+    si = as_spectrum_image(si, "apply_kernel")
     device = backend.resolve_device(device)
     data = si.data if isinstance(si.data, da.Array) else da.from_array(np.asarray(si.data))
     if len(data.chunks[-1]) > 1:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace
 
+from ..errors import EelsgpuError
+
 __all__ = [
     "DeviceError",
     "GPUStatus",
@@ -44,8 +46,8 @@ __all__ = [
 DEVICES = ("auto", "cpu", "gpu")
 
 
-class DeviceError(RuntimeError):
-    """A device was asked for that cannot be used here."""
+class DeviceError(EelsgpuError, RuntimeError):
+    """A device was asked for that cannot be used here (the command line prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,9 @@ def resolve_device(device: str = "auto") -> str:
     usable GPU raises :class:`DeviceError` saying why.
     """
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+        from ..errors import InputError
+
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     if device == "cpu":
         return "cpu"
     status = gpu_status()

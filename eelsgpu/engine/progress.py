@@ -50,17 +50,22 @@ class BlockProgress:
             self.bar.set_postfix_str(f"{self.blocks}/{self.n_blocks} blocks", refresh=False)
             self.bar.update(n_spectra)
 
-    def callback(self, prefix: str) -> Any:
-        """A dask local-scheduler callback that ticks for each finished task named ``prefix...``."""
+    def callback(self, prefix: str, count: Any = int) -> Any:
+        """A dask local-scheduler callback that ticks for each finished task named ``prefix...``
+        (exactly ``prefix`` for a tuple key), ``count(result)`` spectra each (default: the task
+        returns its number of spectra)."""
         from dask.callbacks import Callback
 
         progress = self
 
         class _Tick(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
-                name = key if isinstance(key, str) else str(key[0] if key else "")
-                if name.startswith(prefix):
-                    progress.tick(int(result))
+                if isinstance(key, tuple):
+                    hit = bool(key) and key[0] == prefix
+                else:
+                    hit = str(key).startswith(prefix)
+                if hit:
+                    progress.tick(count(result))
 
         return _Tick()
 

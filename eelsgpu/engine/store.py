@@ -5,7 +5,11 @@ block once (atomically, recorded in a run log) and renames the store into place 
 It runs in named steps: :meth:`~StoreWriter.prepare` (normalise the Dataset, fingerprint the job),
 :meth:`~StoreWriter.start` (set the store up, or find the interrupted run of the same job),
 :meth:`~StoreWriter.write` (one task per pixel block, one progress bar) and
-:meth:`~StoreWriter.finish` (mark it complete, rename it into place). It has two modes:
+:meth:`~StoreWriter.finish` (mark it complete, rename it into place). It never destroys data
+(:mod:`.outputs`): the target may not be, contain or lie inside an input, an existing target is
+replaced only with ``overwrite`` and only when it is an eelsgpu result store, one writer holds
+the output's lock at a time, and the leftovers of killed runs are cleaned up (or resumed) by the
+next run on the same output. It has two modes:
 
 * resumable (:func:`run_to_store`: results of pipelines and batch runs): per-pixel variables are
   stored in pixel blocks with every other dim whole, other lazy variables (small: a mean spectrum,
@@ -14,7 +18,8 @@ It runs in named steps: :meth:`~StoreWriter.prepare` (normalise the Dataset, fin
 * one-shot (:func:`eelsgpu.io.write_store`: any Dataset): each variable is stored with its own
   chunks, lazy variables off the pixel-block grid (and lazy coordinates) are written alongside by
   xarray, more lazy reductions can be computed in the same pass (the value checks of
-  :mod:`eelsgpu.io.checks`), and a failure removes the partial store.
+  :mod:`eelsgpu.io.checks`), and a failure removes the partial store (a killed one's is removed
+  by the next run on the same output).
 
 :func:`codecs` gives the compression profiles; :func:`run_attrs` the provenance every result store
 carries.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -32,6 +38,7 @@ import xarray as xr
 
 from . import device as backend
 from .blocks import _Extract, packed_source
+from .outputs import OutputLock, check_output, clean_leftovers, remove_store
 from .progress import BlockProgress
 
 __all__ = [
@@ -52,16 +59,25 @@ def codecs(profile: str = "lz4") -> dict[str, Any]:
     """Zarr v3 compressor settings for a profile.
 
     ``"lz4"`` (default): Blosc-LZ4 with bit-shuffle, fast both ways on a CPU. ``"zstd"``: a plain
-    zstd codec, the profile a GPU can decode (nvCOMP reads zstd frames but not Blosc).
+    zstd codec, the profile a GPU can decode (nvCOMP reads zstd frames but not Blosc; a reader
+    strips the 4-byte checksum first).
+
+    Both end with zarr v3's ``crc32c`` codec: every chunk carries the CRC-32C of its compressed
+    bytes, which :mod:`eelsgpu.io` checks before anything is decompressed, so a truncated or
+    damaged chunk is an error naming the store and the chunk instead of a crash inside the
+    decompressor (Blosc segfaults on a truncated chunk) or silently wrong numbers.
     """
-    from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+    from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
     if profile == "lz4":
         return {
-            "compressors": (BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle),)
+            "compressors": (
+                BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle),
+                Crc32cCodec(),
+            )
         }
     if profile == "zstd":
-        return {"compressors": (ZstdCodec(level=3),)}
+        return {"compressors": (ZstdCodec(level=3), Crc32cCodec())}
     raise ValueError(f"codec profile must be one of {CODEC_PROFILES}, not {profile!r}")
 
 
@@ -108,18 +124,21 @@ class RunResult:
     blocks_computed: int = 0
     spectra: int = 0
     seconds: float = 0.0
+    note: str = ""  # e.g. an interrupted run of other parameters that was discarded
 
 
-def _state_paths(target: Any, unique: str = "") -> tuple[Any, Any]:
-    """The partial store and the run log beside ``target`` (``unique``: a one-shot run's own)."""
-    from pathlib import Path
-
+def _state_paths(target: Any) -> tuple[Any, Any]:
+    """The partial store and the run log beside ``target`` (one of each: the output's lock
+    allows one writer at a time)."""
     target = Path(target)
-    suffix = f"-{unique}" if unique else ""
     return (
-        target.with_name(f".{target.name}.partial{suffix}"),
-        target.with_name(f".{target.name}.eelsgpu-run{suffix}"),
+        target.with_name(f".{target.name}.partial"),
+        target.with_name(f".{target.name}.eelsgpu-run"),
     )
+
+
+#: The fingerprint a one-shot run records: never resumed.
+_ONE_SHOT = "one-shot"
 
 
 def is_complete(path: Any) -> bool:
@@ -271,7 +290,8 @@ class StoreWriter:
     path : path
         The store to create.
     overwrite : bool
-        Replace an existing finished store (it stays in place until the new one is complete).
+        Replace an existing eelsgpu result store (it stays in place until the new one is
+        complete); anything else is refused (:func:`~eelsgpu.engine.outputs.check_output`).
     codec : {"lz4", "zstd"}
         Compression profile (:func:`codecs`).
     resumable : bool
@@ -282,6 +302,11 @@ class StoreWriter:
         No progress bar.
     description : str, optional
         The progress bar's label (default: the store's name).
+    inputs : sequence of paths
+        What the data come from: the store may not be, contain or lie inside one of them.
+
+    The writer holds the output's lock from its creation to :meth:`finish`, :meth:`discard` or
+    :meth:`close` (use it as a context manager).
     """
 
     def __init__(
@@ -294,26 +319,43 @@ class StoreWriter:
         scheduler: Any = None,
         quiet: bool = True,
         description: str | None = None,
+        inputs: Sequence[Any] = (),
     ) -> None:
-        import uuid
         from pathlib import Path
 
-        from ..errors import InputError
-
         self.target = Path(path)
-        if self.target.exists() and not overwrite:
-            raise InputError(f"{self.target}: already exists (pass overwrite=True or --overwrite)")
+        self.inputs = [i for i in inputs if i is not None]
+        self.overwrite = overwrite
+        check_output(self.target, self.inputs, overwrite=overwrite)
+        codecs(codec)  # an unknown profile is refused before anything is made
         self.codec = codec
         self.resumable = resumable
         self.scheduler = scheduler
         self.quiet = quiet
         self.description = description or self.target.name
-        self.run_id = "" if resumable else uuid.uuid4().hex[:8]
-        self.partial, self.state = _state_paths(self.target, self.run_id)
+        self.partial, self.state = _state_paths(self.target)
         self.fresh = True
+        self.note = ""
         self.n_blocks = 0
         self.blocks_computed = 0
         self.spectra = 0
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        # one writer per output: a second run on the same target is refused until this one ends
+        # (a killed run's lock goes with its process)
+        self.lock: OutputLock | None = OutputLock(self.target)
+
+    def close(self) -> None:
+        """Release the output's lock (a writer that is done, or that failed)."""
+        _forget_arrays(str(self.partial))
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ step 1: normalise
     def prepare(
@@ -331,6 +373,9 @@ class StoreWriter:
         if attrs:
             ds = ds.assign_attrs({**ds.attrs, **attrs})
         ds = ds.assign_attrs(json_safe(dict(ds.attrs)))
+        sources = dataset_sources(ds)
+        if sources:  # the data's own file: never the output (nor its folder)
+            check_output(self.target, sources, overwrite=True)
         if self.resumable:
             return self._prepare_resumable(ds)
         return self._prepare_one_shot(ds, encoding or {})
@@ -392,29 +437,35 @@ class StoreWriter:
                 pixel_vars.append(k)
         rest = [k for k in lazy_vars if k not in pixel_vars]
         rest += [k for k, c in ds.coords.items() if isinstance(c.data, da.Array)]
-        return _Plan(ds, pixel_vars, nav_dims, enc, self.run_id, rest)
+        return _Plan(ds, pixel_vars, nav_dims, enc, _ONE_SHOT, rest)
 
     # ------------------------------------------------------------------ step 2: set up or resume
     def start(self, plan: _Plan, *, resume: bool = True) -> bool:
         """Set the store up (metadata, small variables) under its hidden name, or, with
         ``resume`` and a partial store of the same job (fingerprint), keep it and its run log.
-        Returns True when the store was set up afresh."""
+        Leftovers of earlier killed runs on the same output are removed (this writer holds the
+        output's lock, so no other run is using them). Returns True when the store was set up
+        afresh."""
         import json
         import os
         import shutil
 
         run_file = self.state / "run.json"
         fresh = True
-        if resume and self.resumable and self.partial.is_dir() and run_file.is_file():
+        if self.resumable and self.partial.is_dir() and run_file.is_file():
             try:
-                fresh = json.loads(run_file.read_text()).get("fingerprint") != plan.token
+                recorded = json.loads(run_file.read_text()).get("fingerprint")
             except ValueError:
-                fresh = True
+                recorded = None
+            fresh = not resume or recorded != plan.token
+            if fresh and recorded not in (None, _ONE_SHOT) and resume:
+                self.note = "an interrupted run with other parameters was discarded"
+        clean_leftovers(self.target, keep=() if fresh else (self.partial, self.state))
         if fresh:
             shutil.rmtree(self.partial, ignore_errors=True)
             shutil.rmtree(self.state, ignore_errors=True)
             (self.state / "done").mkdir(parents=True)
-            flags: dict[str, Any] = {"eelsgpu_complete": False}
+            flags: dict[str, Any] = {"eelsgpu_complete": False, "eelsgpu_writer": _writer()}
             if self.resumable:
                 flags["eelsgpu_fingerprint"] = plan.token
             plan.ds.assign_attrs(**flags).to_zarr(
@@ -545,9 +596,13 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ step 4: finish
     def finish(self, plan: _Plan) -> RunResult:
-        """Check that every block is recorded, mark the store complete and rename it into place."""
+        """Check that every block is recorded, mark the store complete and move it into place.
+
+        An existing target (allowed only with ``overwrite``, and only an eelsgpu store) is
+        checked again, moved aside, replaced and only then deleted; the lock is released."""
         import os
         import shutil
+        import uuid
 
         done = self.state / "done"
         missing = self.n_blocks - (len(os.listdir(done)) if done.is_dir() else 0)
@@ -557,25 +612,52 @@ class StoreWriter:
             )
         _forget_arrays(str(self.partial))
         _set_group_attrs(self.partial, {"eelsgpu_complete": True})
-        if self.target.exists():
-            shutil.rmtree(self.target) if self.target.is_dir() else self.target.unlink()
+        old = None
+        if self.target.exists() or self.target.is_symlink():
+            check_output(self.target, self.inputs, overwrite=self.overwrite)
+            old = self.target.with_name(f".{self.target.name}.replaced-{uuid.uuid4().hex[:8]}")
+            os.replace(self.target, old)
         os.replace(self.partial, self.target)
         shutil.rmtree(self.state, ignore_errors=True)
+        if old is not None:
+            remove_store(old)
+        self.close()
         return RunResult(
             path=self.target,
             status="written" if self.fresh or self.blocks_computed == self.n_blocks else "resumed",
             blocks_total=self.n_blocks,
             blocks_computed=self.blocks_computed,
             spectra=self.spectra,
+            note=self.note,
         )
 
     def discard(self) -> None:
-        """Remove the partial store and its run log (a one-shot run that failed)."""
+        """Remove the partial store and its run log (a one-shot run that failed); release the
+        lock."""
         import shutil
 
         _forget_arrays(str(self.partial))
         shutil.rmtree(self.partial, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
+        self.close()
+
+
+def dataset_sources(ds: xr.Dataset | xr.DataArray) -> list[str]:
+    """The existing files a Dataset (or its variables) says it comes from (attributes ``source``,
+    ``eelsgpu_input``)."""
+    keys = ("source", "eelsgpu_input")
+    values = [ds.attrs.get(k) for k in keys]
+    if isinstance(ds, xr.Dataset):
+        values += [v.attrs.get(k) for v in ds.data_vars.values() for k in keys]
+    found = [v for v in values if isinstance(v, str) and v and Path(v).exists()]
+    return list(dict.fromkeys(found))
+
+
+def _writer() -> str:
+    """The marker of a store eelsgpu wrote (see :mod:`eelsgpu.engine.outputs`)."""
+    from .._version import __version__
+
+    return f"eelsgpu {__version__}"
 
 
 def _nav_dims(var: xr.DataArray) -> list[str]:
@@ -633,6 +715,7 @@ def run_to_store(
     scheduler: Any = None,
     quiet: bool = True,
     description: str | None = None,
+    inputs: Sequence[Any] = (),
 ) -> RunResult:
     """Compute a lazy result Dataset block by block straight into a zarr store, resumably.
 
@@ -654,7 +737,8 @@ def run_to_store(
     path : path
         The store to create.
     overwrite : bool
-        Replace an existing finished store (it stays in place until the new one is complete).
+        Replace an existing eelsgpu result store (it stays in place until the new one is
+        complete); anything else at ``path`` is never replaced (:mod:`eelsgpu.engine.outputs`).
     resume : bool
         Continue an interrupted run of the same job (default); False starts afresh.
     codec : {"lz4", "zstd"}
@@ -665,26 +749,36 @@ def run_to_store(
         ``"threads"``, ``"processes"``, ``"synchronous"`` or a Client; default: dask's current one.
     quiet : bool
         No progress bar.
+    inputs : sequence of paths
+        The files the result comes from: ``path`` may not be, contain or lie inside one of them
+        (the Dataset's ``source`` attribute is checked too).
 
     Returns
     -------
     RunResult
+
+    Notes
+    -----
+    Only one run writes to ``path`` at a time: a second one is refused while the first holds
+    the output's lock (:class:`~eelsgpu.engine.outputs.OutputLock`), which a killed run does not
+    leave behind.
     """
     import time
 
     t0 = time.perf_counter()
-    writer = StoreWriter(
+    with StoreWriter(
         path,
         overwrite=overwrite,
         codec=codec,
         scheduler=scheduler,
         quiet=quiet,
         description=description,
-    )
-    plan = writer.prepare(ds, attrs=attrs)
-    writer.start(plan, resume=resume)
-    writer.write(plan)
-    result = writer.finish(plan)
+        inputs=[*inputs, *dataset_sources(ds)],
+    ) as writer:
+        plan = writer.prepare(ds, attrs=attrs)
+        writer.start(plan, resume=resume)
+        writer.write(plan)
+        result = writer.finish(plan)
     result.seconds = time.perf_counter() - t0
     return result
 

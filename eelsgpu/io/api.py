@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import InputError
+from ..errors import EnergyAxisError, InputError
+from ..model import check_energy_scale
 from .checks import check_values
 from .rsciio import list_file_signals, open_file
 from .store import is_store, list_store_signals, open_signal
@@ -46,6 +47,7 @@ def open(  # noqa: A001 - eelsgpu.open, like xarray.open_dataset / hyperspy.load
     mask_invalid: bool = False,
     signal_index: int | None = None,
     check: bool = True,
+    progress: bool = False,
 ) -> xr.DataArray:
     """Open a spectrum image (any format eelsgpu reads) as a lazy, calibrated DataArray.
 
@@ -73,7 +75,10 @@ def open(  # noqa: A001 - eelsgpu.open, like xarray.open_dataset / hyperspy.load
         that one and a file with several is an error that lists them.
     check : bool
         Run the value checks (one pass over the data, block by block, unless an eelsgpu store
-        already records them). ``False`` skips them, for a file you know to be clean.
+        already records them) and the energy-unit check (the first pixel block). ``False`` skips
+        them, for a file you know to be clean.
+    progress : bool
+        Show a progress bar (spectra and blocks) while the value checks read the data.
 
     Returns
     -------
@@ -87,7 +92,10 @@ def open(  # noqa: A001 - eelsgpu.open, like xarray.open_dataset / hyperspy.load
         Missing, truncated or corrupt file; NaN/inf values (without ``mask_invalid``); all zero;
         several signals and no ``signal_index``.
     EnergyAxisError
-        No energy axis, or one that is decreasing or not monotonic.
+        No energy axis, or one that is not monotonic (a decreasing one is turned round, with the
+        data: attribute ``energy_reversed``), or one in meV or keV labelled eV (judged from the
+        zero-loss peak's width and the plasmon energy, :func:`eelsgpu.model.check_energy_scale`;
+        the message gives the fix).
     MissingParameterError
         A ``.npy`` file without its energy calibration.
 
@@ -100,6 +108,8 @@ def open(  # noqa: A001 - eelsgpu.open, like xarray.open_dataset / hyperspy.load
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or directory")
+    if dispersion_eV is not None and not (np.isfinite(dispersion_eV) and dispersion_eV != 0):
+        raise EnergyAxisError(f"{p}: dispersion_eV must be a non-zero number, not {dispersion_eV}")
     calibration = {
         "beam_energy_keV": beam_energy_keV,
         "collection_angle_mrad": collection_angle_mrad,
@@ -112,4 +122,7 @@ def open(  # noqa: A001 - eelsgpu.open, like xarray.open_dataset / hyperspy.load
             raise InputError(f"{p}: a folder, but neither an eelsgpu store nor a .zspy file")
         si = open_file(p, chunks, energy_eV, offset_eV, dispersion_eV, calibration, signal_index)
         record = None
-    return check_values(si, record, mask_invalid, check)
+    si = check_values(si, record, mask_invalid, check, progress=progress)
+    if check:
+        check_energy_scale(si)
+    return si

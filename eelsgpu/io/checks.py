@@ -9,6 +9,7 @@ pass as the write), so opening it later costs no pass at all.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -49,12 +50,14 @@ def check_values(
     record: Mapping[str, Any] | None = None,
     mask_invalid: bool = False,
     check: bool = True,
+    progress: bool = False,
 ) -> xr.DataArray:
     """Refuse (or mask) non-finite pixels and refuse an all-zero image (see the module doc).
 
     One dask pass over the data, block by block, unless ``record`` (a store's recorded check)
-    already has the answer. Returns ``si``, or with ``mask_invalid`` a copy whose bad spectra are
-    NaN and which has the boolean coordinate ``valid``.
+    already has the answer (``progress``: with a bar counting spectra and blocks). Returns
+    ``si``, or with ``mask_invalid`` a copy whose bad spectra are NaN and which has the boolean
+    coordinate ``valid``.
     """
     source = si.attrs.get("source", "the data")
     nav_dims = si.dims[:-1]
@@ -65,7 +68,7 @@ def check_values(
     if record is None or mask_invalid:
         finite_g, nonzero_g = value_check_graph(si.data)
         try:
-            finite, nonzero = dask.compute(finite_g, nonzero_g)
+            finite, nonzero = _compute_with_progress(finite_g, nonzero_g, source, progress)
         except EelsgpuError:
             raise
         except Exception as exc:
@@ -100,6 +103,30 @@ def check_values(
         si = si.copy(data=data)
         si = si.assign_coords(valid=(nav_dims, valid, _VALID_ATTRS))
     return si
+
+
+def _compute_with_progress(
+    finite: da.Array, nonzero: da.Array, source: str, progress: bool
+) -> tuple[np.ndarray, Any]:
+    """``dask.compute(finite, nonzero)``, with a bar that counts the spectra of each finished
+    block of the per-pixel map (not dask tasks)."""
+    if not progress or finite.ndim == 0:
+        return dask.compute(finite, nonzero)
+    from ..engine.progress import BlockProgress
+
+    bar = BlockProgress(
+        f"checking {Path(source).name}",
+        n_blocks=int(np.prod(finite.numblocks)),
+        n_done=0,
+        total_spectra=int(finite.size),
+        done_spectra=0,
+        quiet=False,
+    )
+    try:
+        with bar.callback(finite.name, count=lambda block: int(np.size(block))):
+            return dask.compute(finite, nonzero)
+    finally:
+        bar.close()
 
 
 _VALID_ATTRS = {

@@ -453,4 +453,5 @@ def from_signal_dict(
         source=source,
         chunks=chunks,
         attrs={k: v for k, v in out_attrs.items() if v != ""},
+        reverse_decreasing=True,
     )

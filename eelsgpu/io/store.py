@@ -12,7 +12,7 @@ interrupted write never leaves a store that opens as if whole.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..engine.store import StoreWriter
-from ..errors import EnergyAxisError, InputError
+from ..engine.store import StoreWriter, dataset_sources
+from ..errors import EelsgpuError, EnergyAxisError, InputError
 from ..model import spectrum_image
 from .calibration import energy_override
 from .checks import check_record, check_values, value_check_graph
+from .chunks import CheckedStore
 
 __all__ = [
     "CHECK_ATTR",
@@ -51,7 +52,9 @@ def open_store(path: str | os.PathLike, chunks: Any = "auto") -> xr.Dataset:
     """Open an eelsgpu zarr store lazily as an :class:`xarray.Dataset` (every variable in it).
 
     Raises :class:`InputError` naming the store when it does not exist, cannot be read, or was not
-    completely written (an interrupted conversion).
+    completely written (an interrupted conversion). The store is read through
+    :class:`~eelsgpu.io.chunks.CheckedStore`: a damaged chunk is a
+    :class:`~eelsgpu.errors.CorruptStoreError` naming it, raised when it is read.
     """
     p = Path(path)
     if not p.exists():
@@ -59,7 +62,13 @@ def open_store(path: str | os.PathLike, chunks: Any = "auto") -> xr.Dataset:
     if p.is_dir() and not is_store(p):
         raise InputError(f"{p}: a folder but not a zarr store (no zarr.json in it)")
     try:
-        ds = xr.open_zarr(p, chunks={} if chunks == "auto" else chunks, consolidated=False)
+        ds = xr.open_zarr(
+            CheckedStore(p, read_only=True),
+            chunks={} if chunks == "auto" else chunks,
+            consolidated=False,
+        )
+    except EelsgpuError:
+        raise
     except Exception as exc:
         raise InputError(
             f"{p}: not a readable zarr store, it may be truncated or corrupt "
@@ -95,6 +104,7 @@ def write_store(
     progress: bool = False,
     encoding: Mapping[str, Any] | None = None,
     check: bool = False,
+    inputs: Sequence[Any] = (),
 ) -> Path:
     """Write a Dataset (lazy or not) to a zarr store, atomically.
 
@@ -107,7 +117,9 @@ def write_store(
     codec : {"lz4", "zstd"}
         Compression profile (see :func:`codecs`).
     overwrite : bool
-        Replace an existing store; without it an existing path is an error.
+        Replace an existing eelsgpu store; without it an existing path is an error, and with it
+        anything that is not a store eelsgpu wrote is still refused (a folder of other files, a
+        file, another program's store).
     progress : bool
         Show a progress bar while the blocks are written.
     encoding : mapping, optional
@@ -117,6 +129,9 @@ def write_store(
         ``signal`` with NaN/inf values in pixels not flagged by a ``valid`` coordinate, or one
         that is zero everywhere (the checks of :func:`open`, made in the same pass as the write,
         so ``eelsgpu convert`` reads its input once).
+    inputs : sequence of paths
+        The files the data come from: ``path`` may not be, contain or lie inside one of them
+        (the data's ``source`` attribute is checked as well).
 
     Returns
     -------
@@ -126,21 +141,13 @@ def write_store(
     Notes
     -----
     This is the engine's one store writer (:class:`eelsgpu.engine.store.StoreWriter`) in its
-    one-shot mode: every variable keeps its chunks, the store is written as
-    ``.NAME.partial-XXXX`` beside the target with the attribute ``eelsgpu_complete = False``,
-    flagged complete after the last chunk, and renamed into place; an error removes the partial
-    store. For a ``signal`` variable the value checks of :func:`open` (non-finite pixels, all
+    one-shot mode: every variable keeps its chunks, the store is written as ``.NAME.partial``
+    beside the target with the attribute ``eelsgpu_complete = False``, flagged complete after the
+    last chunk, and renamed into place; an error removes the partial store, and the next write
+    to the same path removes one that a killed run left. One writer per path at a time. For a ``signal`` variable the value checks of :func:`open` (non-finite pixels, all
     zero) are computed in the same pass and stored in its attributes.
     """
     target = Path(path)
-    writer = StoreWriter(
-        target,
-        overwrite=overwrite,
-        codec=codec,
-        resumable=False,
-        quiet=not progress,
-        description=f"writing {target.name}",
-    )
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name="signal")
     ds = ds.copy()
@@ -150,26 +157,34 @@ def write_store(
         sig_data = sig.data if isinstance(sig.data, da.Array) else da.from_array(sig.values)
         ds["signal"] = sig.copy(data=sig_data)
         ds["signal"].attrs.pop(CHECK_ATTR, None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        plan = writer.prepare(ds, encoding=encoding)
-        checks = value_check_graph(plan.ds["signal"].data) if checked else ()
-        writer.start(plan, resume=False)
-        results = writer.write(plan, also=checks)
-        if checked:
-            import zarr
+    with StoreWriter(
+        target,
+        overwrite=overwrite,
+        codec=codec,
+        resumable=False,
+        quiet=not progress,
+        description=f"writing {target.name}",
+        inputs=[*inputs, *dataset_sources(ds)],
+    ) as writer:
+        try:
+            plan = writer.prepare(ds, encoding=encoding)
+            checks = value_check_graph(plan.ds["signal"].data) if checked else ()
+            writer.start(plan, resume=False)
+            results = writer.write(plan, also=checks)
+            if checked:
+                import zarr
 
-            valid = plan.ds.coords["valid"].values if "valid" in plan.ds.coords else None
-            record = check_record(results[0], results[1], valid)
-            zarr.open_group(writer.partial, mode="r+", zarr_format=3)["signal"].attrs[
-                CHECK_ATTR
-            ] = record
-            if check:
-                check_values(plan.ds["signal"], record=record)
-        writer.finish(plan)
-    except BaseException:
-        writer.discard()
-        raise
+                valid = plan.ds.coords["valid"].values if "valid" in plan.ds.coords else None
+                record = check_record(results[0], results[1], valid)
+                zarr.open_group(writer.partial, mode="r+", zarr_format=3)["signal"].attrs[
+                    CHECK_ATTR
+                ] = record
+                if check:
+                    check_values(plan.ds["signal"], record=record)
+            writer.finish(plan)
+        except BaseException:
+            writer.discard()
+            raise
     return target
 
 
@@ -188,8 +203,13 @@ def open_signal(
             f"{', '.join(ds.data_vars) or 'nothing'}"
         )
     sig = ds["signal"]
-    if sig.dims[-1] != "energy" or "energy" not in ds.coords:
-        raise EnergyAxisError(f"{path}: the variable 'signal' has no energy axis (dims {sig.dims})")
+    if "energy" not in sig.dims or "energy" not in ds.coords:
+        raise EnergyAxisError(
+            f"{path}: the variable 'signal' has no energy axis (no dim 'energy' with a "
+            f"coordinate in eV; its dims are {sig.dims})"
+        )
+    if sig.dims[-1] != "energy":  # the energy axis is found by name, wherever it is
+        sig = sig.transpose(..., "energy")
     file_energy = np.asarray(ds["energy"].values, dtype=np.float64)
     energy = energy_override(
         sig.sizes["energy"], energy_eV, offset_eV, dispersion_eV, file_energy, path
@@ -220,7 +240,8 @@ def open_signal(
         source=str(path),
         chunks=chunks,
         attrs=attrs,
-        dtype=sig.dtype if sig.dtype.kind == "f" else np.float32,
+        dtype=sig.dtype if sig.dtype.kind in "fc" else np.float32,
+        reverse_decreasing=True,
     )
     if record and not record.get("nonfinite_pixels"):
         _check_chunks_present(path, sig)

@@ -202,3 +202,20 @@ def test_per_cluster_kramers_kronig_finds_each_plasmon():
         expect = np.sqrt(m.plasmon_energy_eV**2 - m.damping_eV**2 / 2)
         peak = e[np.nanargmax(res["loss_function"].values[k])]
         assert abs(peak - expect) < 0.3
+
+
+def test_numeric_arguments_are_range_checked(three_phase):
+    """Truth: k, the sample size, the seed and the energy range are checked with the argument
+    named (before: n_clusters=0 was a bare ValueError, a reversed energy range reached NumPy)."""
+    si = three_phase["signal"]
+    for kwargs, message in [
+        ({"n_clusters": 0}, "n_clusters must be a whole number >= 1"),
+        ({"sample_size": 1}, "sample_size must be a whole number >= 2"),
+        ({"seed": -3}, "seed must be a whole number >= 0"),
+        (
+            {"energy_range_eV": (20.0, 5.0)},
+            r"energy_range_eV must be \(lo_eV, hi_eV\) with lo < hi",
+        ),
+    ]:
+        with pytest.raises(InputError, match=message):
+            cluster(si, **{"n_clusters": 3, "device": "cpu", **kwargs})

@@ -90,3 +90,17 @@ def test_bad_input_is_a_clear_error(mixture):
         decompose(si, "pca", 0)
     with pytest.raises(InputError, match="energy"):
         decompose(si.isel(y=0, x=0), "pca", 1)
+
+
+def test_numeric_arguments_are_range_checked(mixture):
+    """Truth: counts of components, iterations and seeds are whole numbers >= their minimum;
+    each mistake names the argument (before: a negative n_scree or seed reached NumPy/sklearn)."""
+    si = mixture[0]
+    for kwargs, name in [
+        ({"n_scree": 0}, "n_scree"),
+        ({"seed": -1}, "seed"),
+        ({"n_components": 2.5}, "n_components"),
+        ({"method": "nmf", "epochs": 0}, "epochs"),
+    ]:
+        with pytest.raises(InputError, match=f"{name} must be a whole number"):
+            decompose(si, **{"device": "cpu", **kwargs})

@@ -66,3 +66,21 @@ def test_cuzn_maps_agree_with_hyperspy(shared_data):
         r_raw = np.corrcoef(raw[name].values.ravel(), peer.ravel())[0, 1]
         assert r >= 0.95, (name, r)
         assert r_raw < 0.5, (name, r_raw)
+
+
+def test_argument_checks_name_the_problem():
+    """Truth: a background range that overlaps its own window would fit the window's signal as
+    background and remove it (before: accepted); a NaN window edge and a bad peak_channels or
+    max_order are refused with the argument named."""
+    e = np.arange(100.0, 200.0, 0.5)
+    si = spectrum_image(np.exp(-0.5 * ((e - 150.0) / 2.0) ** 2) * np.ones((2, 2, 1)) + 1, e)
+    with pytest.raises(InputError, match=r"background w 140:150 eV overlaps its window 145:160 eV"):
+        window_maps(si, {"w": (145.0, 160.0)}, background={"w": (140.0, 150.0)}, device="cpu")
+    with pytest.raises(InputError, match="finite energies"):
+        window_maps(si, {"w": (float("nan"), 160.0)}, device="cpu")
+    with pytest.raises(InputError, match="peak_channels must be a whole number >= 3"):
+        window_maps(si, {"w": (145.0, 160.0)}, peak=["w"], peak_channels=1.5, device="cpu")
+    with pytest.raises(InputError, match="max_order must be a whole number >= 1"):
+        window_maps(si, {"w": (145.0, 160.0)}, elements=["B"], max_order=0, device="cpu")
+    ok = window_maps(si, {"w": (145.0, 160.0)}, background={"w": (120.0, 140.0)}, device="cpu")
+    assert np.isfinite(ok["w"].values).all()

@@ -88,3 +88,22 @@ def test_report_cli_with_clusters(tmp_path):
     alts = [im.get("alt", "") for im in page.imgs]
     assert any(a.startswith("map of cluster:") for a in alts)
     assert "cluster-mean spectra" in alts
+
+
+def test_report_never_replaces_an_input_or_another_file(tmp_path, capsys):
+    """Truth: the result store and a data file the test writes; a report aimed at either (or at
+    a name that is not .html) is refused with one line and both are byte for byte intact."""
+    import xarray as xr
+
+    store = io.write_store(xr.Dataset({"t": (("y", "x"), np.ones((2, 2)))}), tmp_path / "r.zarr")
+    data = tmp_path / "scan.dm4"
+    data.write_bytes(b"DM4 bytes")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out, message in [
+        (store, "overlaps the input"),
+        (store / "x.html", "overlaps the input"),
+        (data, "give a name ending in .html"),
+    ]:
+        assert main(["report", str(store), "-o", str(out), "-q"]) == 2
+        assert message in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -222,10 +222,19 @@ def test_no_energy_axis(tmp_path, write_hspy, hs):
 
 
 def test_reversed_energy_axis(tmp_path, write_hspy):
-    """Truth: a file whose energy axis decreases (negative dispersion)."""
-    p = write_hspy(tmp_path / "rev.hspy", _cube((2, 2, 30)), offset=10.0, scale=-0.5)
-    with pytest.raises(EnergyAxisError, match=r"rev\.hspy.*wrong way"):
-        eopen(p)
+    """Truth: a file whose energy axis decreases (negative dispersion) holds the same spectra as
+    the cube reversed along energy; it opens the right way round (data with it), flagged; an
+    in-memory array with such an axis is refused with the fix."""
+    cube = _cube((2, 2, 30))
+    p = write_hspy(tmp_path / "rev.hspy", cube, offset=10.0, scale=-0.5)
+    si = eopen(p)
+    np.testing.assert_allclose(si["energy"].values, 10.0 - 0.5 * np.arange(30)[::-1])
+    np.testing.assert_array_equal(si.values, cube[..., ::-1])
+    assert si.attrs["energy_reversed"] is True and si.attrs["dispersion_eV"] == 0.5
+    from eelsgpu.model import spectrum_image
+
+    with pytest.raises(EnergyAxisError, match=r"wrong way.*sortby"):
+        spectrum_image(cube, 10.0 - 0.5 * np.arange(30))
 
 
 def test_list_signals(shared_data):

@@ -1,0 +1,181 @@
+"""Every mistake on the command line is one line naming the file or option and the problem, exit
+status 2, with nothing written (issue 12, items 1, 7, 8 and 9); ``--debug`` shows the traceback.
+
+Truth: the options and files each case gives; each case checks that no output appeared and that
+the input's bytes are unchanged. Exit codes that matter run the command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eelsgpu.cli import main
+from eelsgpu.io import write_store
+from eelsgpu.model import spectrum_image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lowloss(tmp_path_factory):
+    """A small low-loss store: ZLP at 0 eV (0.5 eV wide), a plasmon at 15 eV, counts."""
+    path = tmp_path_factory.mktemp("in") / "scan.zarr"
+    e = np.arange(512) * 0.05 - 5.0
+    spec = 1e4 * np.exp(-0.5 * (e / 0.2) ** 2) + 300 * np.exp(-0.5 * ((e - 15) / 2) ** 2) + 5
+    data = np.broadcast_to(spec, (4, 4, e.size)).astype(np.float32)
+    si = spectrum_image(data, e, beam_energy_keV=200.0, collection_angle_mrad=10.0, chunks=(2, 2))
+    write_store(si, path)
+    return path
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+BAD_OPTIONS = [
+    (["thickness", "--density", "-2.7"], "--density: must be a positive number in g/cm3"),
+    (["thickness", "--density", "2.7", "--beam-energy", "0"], "--beam-energy: must be a positive"),
+    (["thickness", "--zeff", "-13"], "--zeff: must be a number (at least 1"),
+    (
+        ["thickness", "--mean-free-path", "-100"],
+        "--mean-free-path: must be a positive number in nm",
+    ),
+    (["thickness", "--mean-free-path", "0"], "--mean-free-path: must be a positive"),
+    (
+        ["thickness", "--collection-angle", "-10"],
+        "--collection-angle: must be a positive number in mrad",
+    ),
+    (["thickness", "--search", "nan", "5"], "--search: must be a number in eV"),
+    (["deconvolve", "--fwhm", "0"], "--fwhm: must be a positive number in eV"),
+    (["kk", "--metal", "--iterations", "-1"], "--iterations: must be a whole number (at least 0)"),
+    (["kk", "--metal", "--collection-angle", "0"], "--collection-angle: must be a positive"),
+    (["kk", "--metal", "--low-energy-cutoff", "-1"], "--low-energy-cutoff: must be a number in eV"),
+    (["maps", "--window", "a=1:2", "--peak-channels", "1"], "--peak-channels: must be a whole"),
+    (["cluster", "-k", "0"], "-k/--clusters: must be a whole number (at least 1)"),
+    (["decompose", "-n", "1.5"], "-n/--n-components: must be a whole number (at least 1)"),
+    (["thickness", "--dispersion", "abc"], "--dispersion: must be a number in eV, not 'abc'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_numbers_are_one_line_before_anything_runs(tmp_path, lowloss, capsys, argv, message):
+    """A number out of range (with its unit in the message) is refused while parsing: exit 2,
+    one line, no output."""
+    before = _tree(lowloss)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(SystemExit) as stop:
+        main([argv[0], str(lowloss), "-o", str(out), *argv[1:]])
+    assert stop.value.code == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"eelsgpu {argv[0]}: error: argument ") and message in line, line
+    assert not out.exists() and _tree(lowloss) == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--chunks", "0,0"], "--chunks must be one or two positive whole numbers"),
+        (["--chunks", "abc"], "--chunks must be one or two positive whole numbers"),
+        (["--device", "gpu"], "device='gpu' was asked for but no GPU is usable"),
+        (["--dispersion", "0"], "dispersion_eV must be a non-zero number"),
+        (["--png", "{file}/t.png"], "is a file, not a folder"),
+    ],
+)
+def test_runtime_mistakes_are_one_line(tmp_path, lowloss, capsys, extra, message):
+    """--chunks, a GPU that is not there, a PNG path that cannot be written: one line, exit 2,
+    found before the store is written."""
+    from eelsgpu.engine.device import gpu_status
+
+    if "gpu" in extra and gpu_status().usable:
+        pytest.skip("a GPU is usable here")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    extra = [e.replace("{file}", str(afile)) for e in extra]
+    out = tmp_path / "t.zarr"
+    rc = main(["thickness", str(lowloss), "-o", str(out), "--mean-free-path", "100", "-q", *extra])
+    assert rc == 2
+    line = _one_line(capsys)
+    assert line.startswith("eelsgpu thickness: error: ") and message in line, line
+    assert not out.exists()
+
+
+def test_output_that_would_destroy_data_is_refused(tmp_path, lowloss, capsys):
+    """--overwrite on a folder of other files, the input as output, the folder holding the input
+    (from inside it, as `-o ..`) and an output inside the input: refused, all bytes intact."""
+    project = tmp_path / "project"
+    (project / "run1").mkdir(parents=True)
+    src = project / "scan.zarr"
+    import shutil
+
+    shutil.copytree(lowloss, src)
+    (project / "notes.txt").write_text("precious")
+    before = _tree(tmp_path)
+    cases = [
+        (["thickness", str(src), "-o", str(project / "run1"), "--overwrite"], "not an eelsgpu"),
+        (["thickness", str(src), "-o", str(src), "--overwrite"], "is the input"),
+        (["thickness", "../scan.zarr", "-o", "..", "--overwrite"], "contains the input"),
+        (["thickness", str(src), "-o", str(src / "t.zarr")], "lies inside the input"),
+        (["convert", str(src), "-o", str(src), "--overwrite"], "is the input"),
+    ]
+    cwd = os.getcwd()
+    os.chdir(project / "run1")
+    try:
+        for argv, message in cases:
+            assert main([*argv, "-q"]) == 2
+            line = _one_line(capsys)
+            assert message in line, line
+    finally:
+        os.chdir(cwd)
+    assert _tree(tmp_path) == before
+
+
+def test_exit_code_and_debug_in_a_subprocess(tmp_path, lowloss):
+    """The real exit status: 2 and one line; with --debug the same line after the traceback."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    cmd = [sys.executable, "-m", "eelsgpu", "info", str(tmp_path / "missing.zarr")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip()
+        == f"eelsgpu info: error: {tmp_path / 'missing.zarr'}: no such file or directory"
+    )
+    res = subprocess.run([*cmd, "--debug"], env=env, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "Traceback (most recent call last)" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].endswith("no such file or directory")
+
+
+def test_an_unexpected_error_is_one_line_too(tmp_path, lowloss, capsys, monkeypatch):
+    """An error that is not eelsgpu's own (a bug, a library's failure) still ends in one line that
+    names the input and says --debug shows where."""
+    import eelsgpu.analysis.thickness as thickness_module
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(thickness_module, "thickness", broken)
+    rc = main(["thickness", str(lowloss), "-o", str(tmp_path / "t.zarr"), "-q"])
+    assert rc == 2
+    line = _one_line(capsys)
+    assert (
+        f"{lowloss}: ZeroDivisionError: float division by zero (unexpected: run again with --debug"
+        in line
+    )
