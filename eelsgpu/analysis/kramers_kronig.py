@@ -11,7 +11,7 @@ per pixel (kk-theory.md eqs. 26-36; Egerton 2011, section 4.2, his program KRAKR
   twice the loss window, so nothing wraps around) and eps1, eps2 by eq. 34;
 * the absolute thickness from the normalisation (eq. 26);
 * the surface-loss correction of eqs. 35-36 by safeguarded Newton steps (a Riemann-Hilbert
-  solve with FFTs, see :func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`), stopping per pixel;
+  solve with FFTs, see :func:`~eelsgpu.kernels.blocks_kk.kk_kernel`), stopping per pixel;
 * derived optical quantities: the absorption coefficient mu(E) = (E/hbar c) [2(|eps| - eps1)]^1/2
   in 1/nm (kk-theory.md after eq. 34; x 1e7 for 1/cm), n(E) and k(E) (n + ik = sqrt(eps)),
   n_eff(E) = (2 eps0 m0 / (pi hbar^2 e^2)) int_0^E E' eps2(E') dE' from the f-sum rule
@@ -48,7 +48,7 @@ Pixels whose loss function has not decayed at the end of the window are flagged
 Where it is computed
 --------------------
 This module parses the arguments of :func:`kramers_kronig` and runs the block kernel
-:func:`eelsgpu.kernels.blocks_lowloss.kk_kernel`; the equations have their homes in
+:func:`eelsgpu.kernels.blocks_kk.kk_kernel`; the equations have their homes in
 :mod:`eelsgpu.kernels.loss_grid` (grid, extrapolations), :mod:`eelsgpu.kernels.sum_rule`
 (eqs. 26-29, :func:`~eelsgpu.kernels.sum_rule.sum_rule_thickness_nm`),
 :mod:`eelsgpu.kernels.dielectric` (eqs. 31-34), :mod:`eelsgpu.kernels.surface` (eqs. 35-36)
@@ -78,7 +78,7 @@ import xarray as xr
 
 from .. import engine
 from ..errors import InputError, MissingParameterError
-from ..kernels.blocks_lowloss import DEFAULT_VARIABLES, kk_declaration
+from ..kernels.blocks_kk import DEFAULT_VARIABLES, kk_declaration
 from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss_grid
 from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
@@ -114,7 +114,7 @@ def kramers_kronig(
     """Kramers-Kronig analysis of every pixel: eps(E), thickness and optical quantities.
 
     kk-theory.md eqs. 26-36 (Egerton 2011 section 4.2), on array-API kernels
-    (:func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`) mapped over pixel blocks by
+    (:func:`~eelsgpu.kernels.blocks_kk.kk_kernel`) mapped over pixel blocks by
     :func:`eelsgpu.engine.apply_kernel`.
     Give exactly one normalisation: ``refractive_index`` n (insulator or semiconductor, eq. 28),
     ``metal=True`` (Re[1/eps(0)] = 0), or ``thickness_nm`` (a number or a map, nm; 0 or NaN
@@ -137,7 +137,7 @@ def kramers_kronig(
     iterations : int
         Maximum surface-correction iterations (eqs. 35-36; 0: none). One iteration is one
         Newton step plus one KK pass, about three single passes of FFT work
-        (:func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`);
+        (:func:`~eelsgpu.kernels.blocks_kk.kk_kernel`);
         films of 20-100 nm converge in 3-6, so 10-20 is a sensible limit.
     device : {"auto", "cpu", "gpu"}
     low_energy_cutoff_eV : float, optional
@@ -146,15 +146,15 @@ def kramers_kronig(
         1.5 eV.
     min_thickness_nm, thickness_tolerance, eps_tolerance
         Surface correction: thinner pixels are not corrected; convergence criteria on t and
-        eps (relative, see :func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`).
+        eps (relative, see :func:`~eelsgpu.kernels.blocks_kk.kk_kernel`).
     cerenkov_max_eV : float
         Low-energy range (eV) searched for the Cerenkov condition eps1 > (c/v)^2.
     atom_density_per_nm3 : float, optional
         Gives ``n_eff`` per atom (else electrons per nm^3).
     variables : sequence of str, optional
         Which outputs to compute (default: all of
-        :data:`~eelsgpu.kernels.blocks_lowloss.CUBE_OUTPUTS` and
-        :data:`~eelsgpu.kernels.blocks_lowloss.MAP_OUTPUTS`); e.g. ``("eps1", "eps2", "loss_function", "thickness_nm")``.
+        :data:`~eelsgpu.kernels.blocks_kk.CUBE_OUTPUTS` and
+        :data:`~eelsgpu.kernels.blocks_kk.MAP_OUTPUTS`); e.g. ``("eps1", "eps2", "loss_function", "thickness_nm")``.
 
     Returns
     -------
