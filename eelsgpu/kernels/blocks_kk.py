@@ -9,6 +9,22 @@ declaration                 kernel                              analysis
 The kernel composes the per-equation kernels (:mod:`.sum_rule`, :mod:`.dielectric`,
 :mod:`.surface`, :mod:`.optics`) and comes declared as a
 :class:`~eelsgpu.kernels.declare.BlockKernel` beside it.
+
+What makes a result trusted (the ``quality`` map, bits of :mod:`.quality`; ``valid`` = usable
+input and no fatal bit), with the thresholds and the measurements behind them in
+:func:`kk_kernel`:
+
+* the sign: Im[-1/eps] and eps2 are constrained >= 0 in the solve, and the share of channels the
+  constraint changed is a map (``eps2_negative_fraction``); above :data:`EPS2_NEGATIVE_LIMIT`
+  the pixel gets EPS2_NEGATIVE (fatal);
+* KK against log-ratio thickness, where both exist: beyond a factor :data:`THICKNESS_FACTOR`
+  either way, KK_THICKNESS_DISAGREES (a warning: the log-ratio side carries the mean free path's
+  own 10-20 % uncertainty);
+* surface losses: where eq. 36 says they make more than :data:`SURFACE_SHARE_LIMIT` of the
+  spectrum below the plasmon and the surface correction did not converge (not asked, too thin,
+  or failed), SURFACE_NOT_CORRECTED, and ``eps_trusted_from_eV`` moves up to the plasmon: eps
+  below it is not to be trusted;
+* the bits of the deconvolution the SSD came from (``upstream_quality``) are carried over.
 """
 
 from __future__ import annotations
@@ -18,7 +34,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from .._xp import array_namespace, axis_step
 from ..errors import MissingParameterError
+from . import quality as q
 from .declare import BlockKernel, Output
 from .dielectric import KKSetup, eps_from_inverse, kk_single_pass
 from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, tail_decayed
@@ -30,16 +48,35 @@ from .optics import (
     plasmon_energy_eV,
     refractive_index_nk,
 )
-from .sum_rule import ssd_on_loss_grid, sum_rule_normalisation
-from .surface import KKState, SurfaceSettings, solve_surface
+from .sum_rule import ssd_on_loss_grid, sum_rule_integral_rows, sum_rule_normalisation
+from .surface import KKState, SurfaceSettings, solve_surface, surface_loss_per_eV
+from .zlp import shift_kernel
 
 __all__ = [
     "CUBE_OUTPUTS",
     "DEFAULT_VARIABLES",
+    "EPS2_NEGATIVE_LIMIT",
     "MAP_OUTPUTS",
+    "SIGNAL_FRACTION",
+    "SURFACE_SHARE_LIMIT",
+    "THICKNESS_FACTOR",
     "kk_declaration",
     "kk_kernel",
 ]
+
+#: The sum-rule integral (eq. 33, the 1/E-weighted SSD) of the channels whose SSD, hence
+#: Im[-1/eps] and eps2, came out negative, over that of the positive channels, above which a
+#: pixel gets EPS2_NEGATIVE (fatal): the sign constraint then moves the normalisation and the
+#: thickness by more than this share (see :func:`kk_kernel`).
+EPS2_NEGATIVE_LIMIT: float = 0.1
+#: KK thickness / log-ratio thickness beyond this factor (either way): KK_THICKNESS_DISAGREES.
+THICKNESS_FACTOR: float = 1.5
+#: Surface-loss intensity (eq. 36) over the SSD between the cut-off and the plasmon above which a
+#: pixel whose surface correction did not converge gets SURFACE_NOT_CORRECTED.
+SURFACE_SHARE_LIMIT: float = 0.05
+#: The signal range: from the cut-off to where the SSD's running sum reaches this share of its
+#: sum (the noise beyond, e.g. 600 eV of background-subtracted counts, is not counted).
+SIGNAL_FRACTION: float = 0.95
 
 #: Map outputs of the kernel (one value per pixel) and their (units, long name, dtype).
 MAP_OUTPUTS: dict[str, tuple[str, str, str]] = {
@@ -58,13 +95,32 @@ MAP_OUTPUTS: dict[str, tuple[str, str, str]] = {
     ),
     "cerenkov": ("", "Cerenkov condition v > c/sqrt(eps1) met at low energy", "bool"),
     "tail_decayed": ("", "loss function decayed before the window ends", "bool"),
-    "valid": ("", "pixel analysed (N0, SSD and normalisation usable)", "bool"),
+    "low_energy_cutoff_eV": ("eV", "low-energy cut-off E_c (Im[-1/eps] ~ E below)", "float"),
+    "eps2_negative_fraction": (
+        "",
+        "share of signal-range channels with Im[-1/eps] < 0 before the sign constraint",
+        "float",
+    ),
+    "eps2_negative_weight": (
+        "",
+        "sum-rule integral (eq. 33) of the negative channels over that of the positive ones",
+        "float",
+    ),
+    "thickness_ratio": ("", "KK thickness / log-ratio thickness", "float"),
+    "surface_share": (
+        "",
+        "surface losses (eq. 36) / SSD from the cut-off to the plasmon, uncorrected",
+        "float",
+    ),
+    "eps_trusted_from_eV": ("eV", "eps is trusted from this energy up", "float"),
+    "quality": ("", "quality bitmask (eelsgpu.kernels.quality)", "uint32"),
+    "valid": ("", "pixel analysed and no fatal quality bit", "bool"),
 }
 #: Per-pixel spectra of the kernel, on the loss grid E_k = k dE, k >= 1.
 CUBE_OUTPUTS: dict[str, tuple[str, str]] = {
     "eps1": ("", "eps1 = Re[eps]"),
     "eps2": ("", "eps2 = Im[eps]"),
-    "loss_function": ("", "Im[-1/eps]"),
+    "loss_function": ("", "loss function Im[-1/eps]"),
     "surface_intensity": ("counts", "surface-loss intensity I_S per channel (eq. 36)"),
     "refractive_index": ("", "refractive index n(E)"),
     "extinction_coefficient": ("", "extinction coefficient k(E)"),
@@ -81,6 +137,10 @@ def kk_kernel(
     zlp_intensity=None,
     thickness_nm=None,
     valid=None,
+    zlp_centre_eV=None,
+    cutoff_eV=None,
+    log_ratio_thickness_nm=None,
+    upstream_quality=None,
     beam_energy_keV: float,
     collection_angle_mrad: float,
     refractive_index: float | None = None,
@@ -92,6 +152,10 @@ def kk_kernel(
     eps_tolerance: float = 1e-2,
     cerenkov_max_eV: float = 5.0,
     atom_density_per_nm3: float | None = None,
+    nonnegative: bool = True,
+    eps2_negative_limit: float = EPS2_NEGATIVE_LIMIT,
+    thickness_factor: float = THICKNESS_FACTOR,
+    surface_share_limit: float = SURFACE_SHARE_LIMIT,
     variables: Sequence[str] = DEFAULT_VARIABLES,
 ) -> dict[str, Any]:
     """Kramers-Kronig analysis of a block of SSDs (array-API kernel for
@@ -148,13 +212,27 @@ def kk_kernel(
     Parameters
     ----------
     block : array (n, n_E)
-        SSD, counts per channel, loss axis ``energy_eV`` (eV) holding 0 eV.
+        SSD, counts per channel, loss axis ``energy_eV`` (eV) holding 0 eV; or, with
+        ``zlp_centre_eV``, on the data's own axis with each pixel's zero loss at its centre.
     zlp_intensity : array (n,), optional
         N0 (counts); needed for the thickness, for ``thickness_nm`` and for the surface term.
     thickness_nm : array (n,), optional
         Known thickness (nm) to normalise by instead of n; t <= 0 or NaN (vacuum) is flagged.
     valid : array (n,), optional
         Pixels to analyse (others give NaN and ``valid`` False).
+    zlp_centre_eV : array (n,), optional
+        Each pixel's ZLP centre on the stored axis (eV): the rows are first shifted (linear
+        interpolation, counts kept) so that it sits at 0 eV. For an SSD left where the ZLP was
+        (``deconvolve(output="reconvolved-zlp")``); a NaN centre makes the pixel unusable.
+    cutoff_eV : array (n,), optional
+        Each pixel's low-energy cut-off E_c (eV), e.g. 3 x its measured ZLP FWHM; NaN or <= 0
+        falls back on ``low_energy_cutoff_eV``. A pixel whose cut-off leaves less than half the
+        window above its fit range [E_c, 2 E_c) is not usable.
+    log_ratio_thickness_nm : array (n,), optional
+        The log-ratio thickness (nm; t/lambda x the mean free path) to compare the KK thickness
+        with (``thickness_ratio``, KK_THICKNESS_DISAGREES).
+    upstream_quality : array (n,), optional
+        The ``quality`` bits of the deconvolution the SSD came from (carried over).
     beam_energy_keV, collection_angle_mrad : float
         E0 (keV), beta (mrad).
     refractive_index, metal
@@ -167,6 +245,11 @@ def kk_kernel(
         5 eV by default, where Cerenkov losses fall (kk-theory.md, relativistic contributions).
     atom_density_per_nm3 : float, optional
         Atoms per nm^3: ``n_eff`` is then per atom instead of per nm^3.
+    nonnegative : bool
+        The sign constraint Im[-1/eps] >= 0 in the solve (:func:`~.dielectric.kk_single_pass`).
+    eps2_negative_limit, thickness_factor, surface_share_limit : float
+        The thresholds of EPS2_NEGATIVE, KK_THICKNESS_DISAGREES and SURFACE_NOT_CORRECTED
+        (module constants by default).
     variables : sequence of str
         Outputs to return (all of :data:`CUBE_OUTPUTS` and :data:`MAP_OUTPUTS` by default).
 
@@ -179,7 +262,7 @@ def kk_kernel(
     The work is cut in three: :func:`_kk_inputs` (the SSD on the loss grid and the input
     masks), :func:`_kk_solve` (the pass of :func:`~.dielectric.kk_single_pass` and the
     surface correction of :func:`~.surface.solve_surface`) and :func:`_kk_derived` (the
-    outputs and the optical quantities of :mod:`.optics`).
+    outputs, the optical quantities of :mod:`.optics` and the quality bits).
     """
     inputs = _kk_inputs(
         block,
@@ -187,12 +270,15 @@ def kk_kernel(
         zlp_intensity=zlp_intensity,
         thickness_nm=thickness_nm,
         valid=valid,
+        zlp_centre_eV=zlp_centre_eV,
+        cutoff_eV=cutoff_eV,
         beam_energy_keV=beam_energy_keV,
         collection_angle_mrad=collection_angle_mrad,
         refractive_index=refractive_index,
         metal=metal,
         iterations=iterations,
         low_energy_cutoff_eV=low_energy_cutoff_eV,
+        nonnegative=nonnegative,
     )
     settings = SurfaceSettings(
         collection_angle_mrad=collection_angle_mrad,
@@ -202,22 +288,38 @@ def kk_kernel(
         eps_tolerance=eps_tolerance,
     )
     sol = _kk_solve(inputs, settings)
-    return _kk_derived(
+    out = _kk_derived(
         inputs,
         sol,
         variables=variables,
         cerenkov_max_eV=cerenkov_max_eV,
         atom_density_per_nm3=atom_density_per_nm3,
     )
+    flags = _kk_quality(
+        inputs,
+        sol,
+        out,
+        collection_angle_mrad=collection_angle_mrad,
+        log_ratio_thickness_nm=log_ratio_thickness_nm,
+        upstream_quality=upstream_quality,
+        eps2_negative_limit=eps2_negative_limit,
+        thickness_factor=thickness_factor,
+        surface_share_limit=surface_share_limit,
+    )
+    out.update(flags)
+    want = set(variables)
+    return {k: v for k, v in out.items() if k in want}
 
 
 class _KKInputs(NamedTuple):
-    """The block ready for the KK passes: ``setup`` (grid, N0, E0, normalisation), ``s0`` (n, K)
-    the SSD on the loss grid (unusable rows zeroed), ``ok_in`` (n,) the pixels to analyse."""
+    """The block ready for the KK passes: ``setup`` (grid, N0, E0, normalisation, each pixel's
+    cut-off channels), ``s0`` (n, K) the SSD on the loss grid (unusable rows zeroed), ``ok_in``
+    (n,) the pixels to analyse, ``cutoff_eV`` (n,) each pixel's E_c."""
 
     setup: KKSetup
     s0: Any
     ok_in: Any
+    cutoff_eV: Any
 
 
 def _kk_inputs(
@@ -227,23 +329,54 @@ def _kk_inputs(
     zlp_intensity: Any,
     thickness_nm: Any,
     valid: Any,
+    zlp_centre_eV: Any,
+    cutoff_eV: Any,
     beam_energy_keV: float,
     collection_angle_mrad: float,
     refractive_index: float | None,
     metal: bool,
     iterations: int,
     low_energy_cutoff_eV: float,
+    nonnegative: bool,
 ) -> _KKInputs:
-    """The SSD on the loss grid, N0, the normalisation and the input masks of :func:`kk_kernel`."""
-    xp, grid, kc, kf, s0, e, ang = ssd_on_loss_grid(
+    """The SSD on the loss grid, N0, the normalisation, each pixel's cut-off channels and the
+    input masks of :func:`kk_kernel`."""
+    xp = array_namespace(block)
+    n_pix = block.shape[0]
+    ok_in = xp.ones((n_pix,), dtype=xp.bool)
+    if valid is not None:
+        ok_in = xp.asarray(valid) > 0.5 if valid.dtype != xp.bool else valid
+    if zlp_centre_eV is not None:
+        # an SSD that sits where each pixel's ZLP sat: move every row so that zero loss is at
+        # 0 eV (counts kept; the channels shifted in from beyond the window are empty)
+        c = xp.astype(xp.asarray(zlp_centre_eV), block.dtype)
+        c_ok = xp.isfinite(c)
+        ok_in = ok_in & c_ok
+        d = axis_step(energy_eV)[1]
+        block = shift_kernel(
+            block, xp.where(c_ok, c, xp.zeros_like(c)), "linear", dispersion_eV=d, fill_value=0.0
+        )
+    xp, grid, kc0, _, s0, e, ang = ssd_on_loss_grid(
         block,
         energy_eV,
         beam_energy_keV=beam_energy_keV,
         collection_angle_mrad=collection_angle_mrad,
         low_energy_cutoff_eV=low_energy_cutoff_eV,
     )
-    n_pix = s0.shape[0]
     dtype = s0.dtype
+    de = grid.dispersion_eV
+    # each pixel's cut-off channel kc (>= 1) and the end kf of the fit of c over [kc, kf)
+    kc = xp.full((n_pix,), kc0, dtype=xp.int64)
+    if cutoff_eV is not None:
+        cut = xp.astype(xp.asarray(cutoff_eV), dtype)
+        use = xp.isfinite(cut) & (cut > 0)
+        k_cut = xp.round(xp.where(use, cut, xp.zeros_like(cut)) / de)
+        k_cut = xp.astype(xp.clip(k_cut, 1.0, float(grid.n)), xp.int64)
+        kc = xp.where(use, k_cut, kc)
+    kf = xp.maximum(2 * kc, kc + 3)
+    ok_in = ok_in & (kf <= grid.n // 2)
+    kc = xp.where(kf <= grid.n // 2, kc, xp.full_like(kc, kc0))
+    kf = xp.maximum(2 * kc, kc + 3)
     one_minus = 1.0
     t_given = None
     if thickness_nm is not None:
@@ -258,14 +391,10 @@ def _kk_inputs(
         n0 = xp.full((n_pix,), math.nan, dtype=dtype)
     else:
         n0 = xp.astype(xp.asarray(zlp_intensity), dtype)
-    ok_in = xp.ones((n_pix,), dtype=xp.bool)
-    if valid is not None:
-        ok_in = xp.asarray(valid) > 0.5 if valid.dtype != xp.bool else valid
     # any NaN in the SSD makes the pixel invalid; it is zeroed so it cannot poison the FFT
     finite = xp.all(xp.isfinite(s0), axis=-1)
     ok_in = ok_in & finite
-    if not bool(xp.all(ok_in)):
-        s0 = xp.where(ok_in[:, None], s0, xp.zeros_like(s0))
+    s0 = xp.where(ok_in[:, None], s0, xp.zeros_like(s0))
     setup = KKSetup(
         xp=xp,
         n0=n0,
@@ -277,8 +406,9 @@ def _kk_inputs(
         beam_energy_keV=beam_energy_keV,
         one_minus=one_minus,
         thickness_nm=t_given,
+        nonnegative=bool(nonnegative),
     )
-    return _KKInputs(setup, s0, ok_in)
+    return _KKInputs(setup, s0, ok_in, xp.astype(kc, dtype) * de)
 
 
 class _KKSolution(NamedTuple):
@@ -322,12 +452,13 @@ def _kk_derived(
     cerenkov_max_eV: float,
     atom_density_per_nm3: float | None,
 ) -> dict[str, Any]:
-    """The outputs of :func:`kk_kernel` asked for in ``variables``, on the output grid k >= 1."""
+    """The outputs of :func:`kk_kernel` asked for in ``variables`` (and the maps the quality
+    bits need), on the output grid k >= 1."""
     setup = inputs.setup
     xp, e, grid, kc = setup.xp, setup.e, setup.grid, setup.kc
     eps1, eps2, loss, _, t, re0 = sol.state
     ok = sol.ok
-    want = set(variables)
+    want = set(variables) | {"plasmon_energy_eV", "loss_peak_eV"}
     out: dict[str, Any] = {}
     sl = slice(1, grid.n)  # output grid: k >= 1 (eps is undefined at E = 0 for a metal)
     e_out = e[sl]
@@ -351,7 +482,7 @@ def _kk_derived(
     out["iterations"] = sol.iterations
     out["converged"] = sol.converged & ok
     out["surface_status"] = sol.status
-    out["valid"] = ok
+    out["low_energy_cutoff_eV"] = pmap(inputs.cutoff_eV)
     e1, e2 = out["eps1"], out["eps2"]  # NaN where not ok, so the derived cubes are too
     if want & {"refractive_index", "extinction_coefficient", "absorption_coefficient"}:
         n_e, k_e = refractive_index_nk(e1, e2)
@@ -362,20 +493,118 @@ def _kk_derived(
         out["n_eff"] = effective_electron_density(
             e2, e_out, grid.dispersion_eV, atom_density_per_nm3
         )
-    lo = xp.arange(grid.n - 1) >= (kc - 1)  # E >= E_c on the output grid
-    if "plasmon_energy_eV" in want:
-        out["plasmon_energy_eV"] = pmap(plasmon_energy_eV(xp, e1, loss[:, sl], e_out, lo))
-    if "loss_peak_eV" in want:
-        out["loss_peak_eV"] = pmap(loss_peak_eV(xp, loss[:, sl], e_out, lo))
+    lo = xp.arange(1, grid.n)[None, :] >= kc[:, None]  # E >= E_c on the output grid, per pixel
+    out["plasmon_energy_eV"] = pmap(plasmon_energy_eV(xp, e1, loss[:, sl], e_out, lo))
+    out["loss_peak_eV"] = pmap(loss_peak_eV(xp, loss[:, sl], e_out, lo))
     if "cerenkov" in want:
-        k0 = kc - 1
-        k1 = max(k0 + 1, min(grid.n - 1, int(math.floor(cerenkov_max_eV / grid.dispersion_eV))))
-        out["cerenkov"] = ok & cerenkov_condition(e1, k0, k1, setup.beam_energy_keV)
+        k1 = int(math.floor(cerenkov_max_eV / grid.dispersion_eV))
+        k1 = max(2, min(grid.n - 1, k1))
+        out["cerenkov"] = ok & cerenkov_condition(e1, kc - 1, k1, setup.beam_energy_keV)
     if "tail_decayed" in want:
         out["tail_decayed"] = ok & tail_decayed(
             xp, loss, lo, sol.tail_coefficient, sol.integral, grid
         )
-    return {k: v for k, v in out.items() if k in want}
+    return out
+
+
+def _kk_quality(
+    inputs: _KKInputs,
+    sol: _KKSolution,
+    out: Mapping[str, Any],
+    *,
+    collection_angle_mrad: float,
+    log_ratio_thickness_nm: Any,
+    upstream_quality: Any,
+    eps2_negative_limit: float,
+    thickness_factor: float,
+    surface_share_limit: float,
+) -> dict[str, Any]:
+    """The quality maps of :func:`kk_kernel`: ``eps2_negative_fraction`` and ``_weight``,
+    ``thickness_ratio``,
+    ``surface_share``, ``eps_trusted_from_eV``, ``quality`` and ``valid`` (see there)."""
+    setup, s0 = inputs.setup, inputs.s0
+    xp, grid, kc = setup.xp, setup.grid, setup.kc
+    ok = sol.ok
+    dtype = s0.dtype
+    nan = xp.full(ok.shape, math.nan, dtype=dtype)
+    k = xp.arange(grid.n)[None, :]
+    above = k >= kc[:, None]
+    # the signal range [E_c, E_hi]: E_hi where the SSD's running sum from E_c reaches
+    # SIGNAL_FRACTION of its sum (unconstrained SSD: noise beyond averages out)
+    s_above = xp.where(above, s0, xp.zeros_like(s0))
+    run = xp.cumulative_sum(s_above, axis=-1)
+    total = run[:, -1:]
+    reached = run >= SIGNAL_FRACTION * total
+    k_hi = xp.argmax(xp.astype(reached, xp.int32), axis=-1)
+    in_range = above & (k <= k_hi[:, None])
+    n_range = xp.sum(xp.astype(in_range, dtype), axis=-1)
+    n_neg = xp.sum(xp.astype(in_range & (s0 < 0), dtype), axis=-1)
+    # a sum that is not positive is noise or worse: every channel counts as affected
+    frac = xp.where(
+        (total[:, 0] > 0) & (n_range > 0), n_neg / xp.where(n_range > 0, n_range, 1.0), 1.0
+    )
+    frac = xp.where(ok, frac, nan)
+    # the same sum-rule integral as the solve's, of the negative and of the positive parts
+    zero = xp.zeros_like(s0)
+    j_neg = sum_rule_integral_rows(
+        xp, xp.where(s0 < 0, -s0, zero), setup.e, setup.ang, grid, kc, setup.kf
+    ).integral
+    j_pos = sum_rule_integral_rows(
+        xp, xp.where(s0 > 0, s0, zero), setup.e, setup.ang, grid, kc, setup.kf
+    ).integral
+    weight = xp.where(j_pos > 0, j_neg / xp.where(j_pos > 0, j_pos, 1.0), math.inf)
+    weight = xp.where(ok, weight, nan)
+
+    t = out["thickness_nm"]
+    if log_ratio_thickness_nm is not None:
+        t_lr = xp.astype(xp.asarray(log_ratio_thickness_nm), dtype)
+        both = ok & xp.isfinite(t) & (t > 0) & xp.isfinite(t_lr) & (t_lr > 0)
+        ratio = xp.where(both, t / xp.where(both, t_lr, 1.0), nan)
+        disagrees = both & ((ratio > thickness_factor) | (ratio < 1.0 / thickness_factor))
+    else:
+        ratio = nan
+        disagrees = xp.zeros(ok.shape, dtype=xp.bool)
+
+    # surface losses (eq. 36) of the uncorrected eps against the SSD, from E_c to the plasmon
+    # (the loss peak where eps1 does not cross 0): where they matter and the correction did
+    # not converge, eps below the plasmon is not to be trusted
+    e = setup.e
+    eps1, eps2 = sol.state.eps1, sol.state.eps2
+    n0 = setup.n0
+    n0_ok = xp.isfinite(n0) & (n0 > 0)
+    p_s = surface_loss_per_eV(eps1, eps2, e, setup.beam_energy_keV, collection_angle_mrad)
+    i_s = xp.where(n0_ok, n0, xp.zeros_like(n0))[:, None] * grid.dispersion_eV * p_s
+    e_p = out["loss_peak_eV"]
+    e_p_safe = xp.where(xp.isfinite(e_p), e_p, xp.zeros_like(e_p))
+    below_p = above & (e[None, :] < e_p_safe[:, None])
+    s_pos = xp.where(s0 > 0, s0, zero)
+    num = xp.sum(xp.where(below_p, i_s, zero), axis=-1)
+    den = xp.sum(xp.where(below_p, s_pos, zero), axis=-1)
+    share = xp.where(ok & n0_ok & (den > 0), num / xp.where(den > 0, den, 1.0), nan)
+    uncorrected = ~(sol.status == 1)
+    surface_flag = ok & (share > surface_share_limit) & uncorrected
+    trusted = xp.where(surface_flag & xp.isfinite(e_p), e_p, inputs.cutoff_eV)
+
+    quality = xp.zeros(ok.shape, dtype=xp.uint32)
+    if upstream_quality is not None:
+        uq = xp.asarray(upstream_quality)
+        if uq.dtype != xp.uint32:
+            uq = xp.where(xp.isfinite(uq), uq, xp.zeros_like(uq))
+            uq = xp.astype(uq, xp.uint32)
+        quality = uq
+    quality = q.set_bit(xp, quality, ok & (weight > eps2_negative_limit), q.EPS2_NEGATIVE)
+    quality = q.set_bit(xp, quality, disagrees, q.KK_THICKNESS_DISAGREES)
+    quality = q.set_bit(xp, quality, surface_flag, q.SURFACE_NOT_CORRECTED)
+    fatal = (quality & xp.asarray(q.FATAL, dtype=xp.uint32)) > 0
+    return {
+        "eps2_negative_fraction": frac,
+        "eps2_negative_weight": weight,
+        "thickness_ratio": ratio,
+        "surface_share": share,
+        "eps_trusted_from_eV": xp.where(ok, trusted, nan),
+        "quality": quality,
+        "valid": ok & ~fatal,
+    }
 
 
 def _kk_outputs(energy_out_eV: Any, params: Mapping[str, Any]) -> list[Output]:
@@ -392,7 +621,8 @@ def _kk_outputs(energy_out_eV: Any, params: Mapping[str, Any]) -> list[Output]:
             )
         else:
             units, long_name, dtype = MAP_OUTPUTS[name]
-            outputs.append(Output(name, units=units, long_name=long_name, dtype=dtype))
+            attrs = q.describe() if name == "quality" else {}
+            outputs.append(Output(name, units=units, long_name=long_name, dtype=dtype, attrs=attrs))
     return outputs
 
 

@@ -213,7 +213,7 @@ class SumRuleParts(NamedTuple):
 
 
 def sum_rule_integral_rows(
-    xp: Any, s: Any, e: Any, ang: Any, grid: LossGrid, kc: int, kf: int
+    xp: Any, s: Any, e: Any, ang: Any, grid: LossGrid, kc: Any, kf: Any
 ) -> SumRuleParts:
     """The sum-rule integral of SSD rows ``s`` (n, K) as matrix-vector products on ``s`` itself.
 
@@ -222,19 +222,34 @@ def sum_rule_integral_rows(
     replacing f below E_c by c E (c the mean of f/E over [E_c, 2 E_c)) and continuing it as A/E^3
     beyond the window (A by least squares over its last :data:`TAIL_FRACTION`; clamped >= 0):
     J = int_0^inf f/E dE = channels >= 1, half channel 0, plus A/(3 E_m^3). ``e`` (K,) is the grid in eV, ``ang`` (K,) :func:`angular_factor`.
+
+    ``kc`` and ``kf`` are channel numbers shared by the block (ints), or one per pixel (integer
+    arrays (n,), a cut-off that follows each pixel's ZLP width); then the sums are masked
+    products over the rows (one (n, K) temporary each).
     """
     de = grid.dispersion_eV
     inv = 1.0 / (de * ang)
     e_safe = xp.where(e > 0, e, xp.ones_like(e))
     w_e = inv / e_safe
-    n_fit = kf - kc
-    c = (s[:, kc:kf] @ w_e[kc:kf]) / n_fit
     kt = tail_start(grid.n)
     w3 = e_safe[kt:] ** (-3)
     a_tail = (s[:, kt:] @ (inv[kt:] * w3)) / xp.sum(w3 * w3)
     a_tail = xp.where(a_tail > 0, a_tail, xp.zeros_like(a_tail))
     e_m = (grid.n - 0.5) * de
-    j = (s[:, kc:] @ w_e[kc:]) * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
+    if isinstance(kc, int):
+        c = (s[:, kc:kf] @ w_e[kc:kf]) / (kf - kc)
+        above = s[:, kc:] @ w_e[kc:]
+    else:
+        k = xp.arange(grid.n)[None, :]
+        kcc, kfc = kc[:, None], kf[:, None]
+        sw = s * w_e[None, :]
+        zero = xp.zeros_like(sw)
+        c = xp.sum(xp.where((k >= kcc) & (k < kfc), sw, zero), axis=-1) / xp.astype(
+            kf - kc, s.dtype
+        )
+        above = xp.sum(xp.where(k >= kcc, sw, zero), axis=-1)
+        kc = xp.astype(kc, s.dtype)
+    j = above * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
     return SumRuleParts(j, c, a_tail, inv)
 
 

@@ -246,7 +246,8 @@ def solve_surface(
     thick = ok & n0_ok & (t >= min_thickness_nm)
     n0_safe = xp.where(n0_ok, n0, xp.zeros_like(n0))
     pref = loss_prefactor_nm_eV(beam_energy_keV)
-    band = (xp.arange(grid.n) >= kc)[None, :]
+    k_all = xp.arange(grid.n)[None, :]
+    band = k_all >= kc if isinstance(kc, int) else k_all >= kc[:, None]
     zero = xp.zeros_like(s0)
     # S: eq. 36's prefactor in counts per channel, P_S at eps = i (where 4/2 - 1 = 1)
     ones = xp.ones_like(e)

@@ -19,6 +19,7 @@ from kk_cases import image as _image
 from eelsgpu import synthetic
 from eelsgpu.analysis.kramers_kronig import KKWarning, kramers_kronig, warn_flagged
 from eelsgpu.errors import EnergyAxisError, InputError
+from eelsgpu.kernels import quality
 
 
 def _as_deconvolved(sim, valid=None):
@@ -78,14 +79,16 @@ def test_public_api_dataset_and_holes():
     assert not ds2["valid"].values[0, 3] and np.isnan(ds2["re_inverse_eps0"].values[0, 3])
     re0 = ds2["re_inverse_eps0"].values[tmap > 0]
     assert np.all(np.abs(re0) < 0.01)
-    assert set(ds2.data_vars) == {"eps1", "re_inverse_eps0", "valid"}
+    assert set(ds2.data_vars) == {"eps1", "re_inverse_eps0", "valid", "quality"}
 
 
 def test_bad_input():
     """Truth: the definitions of the outcomes. n < 1: InputError; no normalisation or two:
     ValueError; an energy range below 1 eV only: EnergyAxisError; an all-zero or net-negative
-    SSD: valid False and NaN; a negative region in an otherwise good SSD (over-subtracted
-    background) is analysed (finite); a spectrum that ends at 16 eV, before the Drude loss
+    SSD: valid False and NaN; a negative region at the plasmon in an otherwise good SSD (a
+    broken deconvolution) is analysed (finite, eps2 >= 0 by the sign constraint) but flagged
+    EPS2_NEGATIVE (its negative channels carry more than 10 % of the sum rule) and not valid;
+    a spectrum that ends at 16 eV, before the Drude loss
     function (Ep 15) has decayed, is flagged tail_decayed = False and warn_flagged warns."""
     sim = _image(synthetic.Drude(15.0, 1.0), [50.0, 50.0, 50.0, 50.0])
     ssd = sim["true_ssd"].copy()
@@ -107,13 +110,19 @@ def test_bad_input():
     with pytest.raises(EnergyAxisError, match="1 eV"):
         kramers_kronig(ssd.isel(energy=slice(0, 115)), metal=True, **kw)
     ds = kramers_kronig(ssd, metal=True, **kw).compute()
-    assert list(ds["valid"].values) == [True, False, False, True]
+    assert list(ds["valid"].values) == [True, False, False, False]
     assert np.all(np.isnan(ds["thickness_nm"].values[1:3]))
     assert np.all(np.isfinite(ds["eps1"].values[3])) and np.isfinite(ds["thickness_nm"][3])
+    assert np.all(ds["eps2"].values[3] >= 0) and ds["eps2_negative_weight"].values[3] > 0.1
+    assert "EPS2_NEGATIVE" in quality.names(int(ds["quality"].values[3]))
     short = kramers_kronig(sim["true_ssd"].isel(energy=slice(0, 420)), metal=True, **kw).compute()
     assert not short["tail_decayed"].values.any() and ds["tail_decayed"].values[0]
     with pytest.warns(KKWarning, match="not decayed"):
         warn_flagged(short)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # the good 50 nm pixel warns only that eq. 36's surface losses were not corrected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warn_flagged(ds.isel(x=[0]))
+    assert [str(w.message).split(": ")[1].split(" ")[0] for w in caught] == [
+        "SURFACE_NOT_CORRECTED"
+    ]
