@@ -304,8 +304,9 @@ def kramers_kronig(
     thickness_factor = chk.at_least("thickness_factor", thickness_factor, 1.0)
     eps2_negative_limit = chk.in_range("eps2_negative_limit", eps2_negative_limit, 0.0, 1.0)
     surface_share_limit = chk.positive("surface_share_limit", surface_share_limit)
-    energy = np.asarray(si["energy"].values, dtype=np.float64)
-    energy_axis(energy, require_uniform=True, source=source)
+    energy_axis(
+        np.asarray(si["energy"].values, dtype=np.float64), require_uniform=True, source=source
+    )
 
     n_norm = sum([refractive_index is not None, bool(metal), thickness_nm is not None])
     if n_norm != 1:
@@ -332,8 +333,19 @@ def kramers_kronig(
                 "Dataset deconvolve returned (it holds zlp_centre_eV), pass zlp_centre_eV=..., or "
                 "deconvolve with output='band-limited' (the default KK input)"
             )
-        extras["zlp_centre_eV"] = as_map(centre, si, "zlp_centre_eV")
-        on = "energy relative to each pixel's zlp_centre_eV (reconvolved-zlp)"
+        centre = as_map(centre, si, "zlp_centre_eV")
+        # the analysis axis is the stored one less a common origin (the ZLP centre of the first
+        # pixels that have one; one block of the centres is computed for it), and each row is
+        # moved by its own centre's distance from that origin: zero loss lands at 0 eV whatever
+        # the axis offset, even where the stored axis does not hold 0 eV at all
+        origin = _common_origin(centre)
+        si = si.assign_coords(energy=si["energy"].values - origin)
+        si["energy"].attrs.update(units="eV", long_name="energy loss")
+        extras["zlp_centre_eV"] = centre - origin
+        on = (
+            "energy relative to each pixel's zlp_centre_eV (reconvolved-zlp; common origin "
+            f"{origin:.6g} eV on the stored axis)"
+        )
     else:
         on = "the SSD's energy axis as energy loss" + (f" ({kind})" if kind else "")
 
@@ -362,7 +374,7 @@ def kramers_kronig(
                 KKWarning,
                 stacklevel=2,
             )
-    grid = loss_grid(energy, source=source)
+    grid = loss_grid(np.asarray(si["energy"].values, dtype=np.float64), source=source)
     cutoff_index(grid, cut_scalar)
 
     if zlp_intensity is None:
@@ -444,6 +456,22 @@ def kramers_kronig(
     if "energy" in ds.coords:
         ds["energy"].attrs.update({"units": "eV", "long_name": "energy loss"})
     return ds
+
+
+def _common_origin(centre: Any) -> float:
+    """The median ZLP centre (eV) of the first block of ``centre`` (a map, NumPy or dask) that
+    has one; 0 when none has (those pixels are not usable anyway)."""
+    data = centre.data if isinstance(centre, xr.DataArray) else centre
+    if hasattr(data, "blocks"):
+        for index in list(np.ndindex(*data.numblocks))[:8]:
+            values = np.asarray(data.blocks[index].compute(), dtype=np.float64)
+            values = values[np.isfinite(values)]
+            if values.size:
+                return float(np.median(values))
+        return 0.0
+    values = np.asarray(data, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else 0.0
 
 
 def _log_ratio_thickness(si, dataset, given, mfp, density, e0, beta) -> tuple[Any, str]:
