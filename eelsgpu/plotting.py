@@ -639,7 +639,10 @@ def plot_quality(
     img = np.stack([r[1] for r in rows])
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(6.4, 1.0 + 0.32 * len(rows)), dpi=120, layout="constrained")
+        width = 6.4 if values.ndim == 1 else 3.6
+        fig, ax = plt.subplots(
+            figsize=(width, 1.0 + 0.32 * len(rows)), dpi=120, layout="constrained"
+        )
     if values.ndim == 1:
         dim = da.dims[0]
         coord, unit = _coord(da, dim, flat.size)
