@@ -17,7 +17,7 @@ Examples::
     eelsgpu bandgap ssd.zarr -o gap.zarr --png gap.png
     eelsgpu bandgap ssd.zarr -o gap.zarr --window 0.8:4.0 --model indirect --background constant
     eelsgpu bandgap specimen.npy --offset -0.9275 --dispersion 0.005 --zlp vacuum.npy \
-        --search -0.5:0.5 --window 0.8:3.5 --background constant -o gap.zarr
+        --search=-0.5:0.5 --window 0.8:3.5 --background constant -o gap.zarr
 """
 
 from __future__ import annotations
