@@ -489,8 +489,8 @@ def zlp_residue(xp: Any, y: Any, energy_eV: Any, limit: float = RESIDUE_LIMIT) -
 
     ``y`` (n, m) are the window's channels (counts), ``energy_eV`` (m,) their energies. With
     ``s`` the spectrum averaged over ``h = max(2, m // 40)`` channels either side, ``floor`` its
-    minimum over the window and ``rise`` its maximum less the floor (the onset's height within
-    the window): ``residue_excess = (s[0] - floor) / rise``, the spectrum's height at the
+    minimum over the window and ``rise`` its maximum over the window's top third less the floor
+    (the onset's height within the window): ``residue_excess = (s[0] - floor) / rise``, the spectrum's height at the
     window's start above the floor in units of the onset's rise; and ``zlp_residue_end_eV``,
     the first energy of the window where ``s - floor <= limit x rise`` (where the residue has
     come down; NaN if nowhere). An excess above ``limit`` means the residue at the window's
@@ -505,7 +505,8 @@ def zlp_residue(xp: Any, y: Any, energy_eV: Any, limit: float = RESIDUE_LIMIT) -
     h = max(2, m // 40)
     s = moving_average(xp, y, h)
     floor = xp.min(s, axis=-1)
-    rise = xp.max(s, axis=-1) - floor
+    # the onset's rise: the top third of the window (where the onset has risen), over the floor
+    rise = xp.max(s[:, (2 * m) // 3 :], axis=-1) - floor
     rise_ok = rise > 0
     safe = xp.where(rise_ok, rise, xp.ones_like(rise))
     excess = xp.where(rise_ok, (s[:, 0] - floor) / safe, math.inf)
