@@ -88,6 +88,9 @@ FLAG_ADVICE: dict[str, str] = {
     "AXIS_OFFSET": "The ZLP sits far from 0 eV on the stored energy axis (an uncalibrated "
     "axis); every result is on energy relative to the ZLP. Calibrate the axis for other "
     "programs.",
+    "NO_ONSET": "The band-gap fit failed: no onset significant above the noise, the best Eg or "
+    "b at the edge of its search range, or a fit far worse than the image's median. Widen the "
+    "window or the Eg range, or choose another background model; look at the fits.",
 }
 
 _CSS = """

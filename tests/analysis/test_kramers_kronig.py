@@ -16,6 +16,7 @@ import xarray as xr
 from kk_cases import BETA, E0
 from kk_cases import image as _image
 
+import eelsgpu
 from eelsgpu import synthetic
 from eelsgpu.analysis.kramers_kronig import KKWarning, kramers_kronig, warn_flagged
 from eelsgpu.errors import EnergyAxisError, InputError
@@ -126,3 +127,92 @@ def test_bad_input():
     assert [str(w.message).split(": ")[1].split(" ")[0] for w in caught] == [
         "SURFACE_NOT_CORRECTED"
     ]
+
+
+def test_any_deconvolve_output_is_analysed_on_energy_loss():
+    """Truth: synthetic thickness of a 2 x 3 Drude image (Ep 15, width 1; Poisson, 1e7 counts)
+    whose ZLPs drift by -2.0 to +3.5 eV on the stored axis. deconvolve's default output (the SSD
+    reconvolved with the ZLP, left where each ZLP sat) is moved by each pixel's zlp_centre_eV:
+    thickness within 3 % and eps1 = 0 within 0.1 eV of 14.97 eV (sqrt(Ep^2 - Gamma^2)) in every
+    pixel, the same as the aligned reconvolved-gaussian output's to 1 %. The bare DataArray of
+    that output, without its centres, is refused with an error naming what to give; given the
+    centres it is the Dataset's result; 'residual' is refused."""
+    drift = np.array([[-2.0, 0.0, 1.0], [2.0, 3.5, -0.7]])
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0), t_over_lambda=0.8, shape=(2, 3), drift_eV=drift,
+        n_channels=1024, dispersion_eV=0.1, noise=True, total_counts=1e7, seed=4,
+    )  # fmt: skip
+    truth = sim["true_t_nm"].values
+    dec = eelsgpu.deconvolve(sim["signal"], zlp="fit", device="cpu")
+    assert dec.attrs["deconvolution_output"] == "reconvolved-zlp"
+    kw = dict(metal=True, device="cpu", zlp_fwhm_eV=0.5, variables=("thickness_nm",
+              "plasmon_energy_eV"))  # fmt: skip
+    a = kramers_kronig(dec, **kw).compute()
+    assert np.all(np.abs(a["thickness_nm"].values / truth - 1) < 0.03)
+    assert np.all(np.abs(a["plasmon_energy_eV"].values - np.sqrt(15.0**2 - 1.0)) < 0.1)
+    g = kramers_kronig(
+        eelsgpu.deconvolve(sim["signal"], zlp="fit", output="reconvolved-gaussian",
+                           fwhm_eV=0.5, device="cpu"), **kw
+    ).compute()  # fmt: skip
+    assert np.all(np.abs(a["thickness_nm"].values / g["thickness_nm"].values - 1) < 0.01)
+    bare = dec["ssd"].assign_attrs(beam_energy_keV=200.0, collection_angle_mrad=10.0)
+    with pytest.raises(InputError, match="zlp_centre_eV"):
+        kramers_kronig(bare, zlp_intensity=dec["zlp_intensity"], **kw)
+    b = kramers_kronig(
+        bare, zlp_intensity=dec["zlp_intensity"], zlp_centre_eV=dec["zlp_centre_eV"], **kw
+    ).compute()
+    assert np.allclose(b["thickness_nm"].values, a["thickness_nm"].values, rtol=1e-9)
+    res = eelsgpu.deconvolve(sim["signal"], zlp="fit", output="residual", device="cpu")
+    with pytest.raises(InputError, match="residual"):
+        kramers_kronig(res, **kw)
+
+
+def test_cutoff_follows_the_recorded_zlp_fwhm():
+    """Truth: the definition, E_c = 3 x each pixel's measured ZLP FWHM. A Dataset whose
+    zlp_fwhm_eV map holds 0.2 to 0.7 eV gives low_energy_cutoff_eV = 0.6 to 2.1 eV per pixel (to
+    half a channel) with no warning; low_energy_cutoff_eV= overrides it for every pixel; with no
+    FWHM known the cut-off is 1.5 eV and a KKWarning says so. The thickness of the exact SSD is
+    within 1 % of the truth at every cut-off (the small-E form is exact to O(E_c^2/Ep^2))."""
+    sim = _image(synthetic.Drude(15.0, 1.0), [[60.0, 90.0], [120.0, 150.0]])
+    ds = _as_deconvolved(sim)
+    fwhm = np.array([[0.2, 0.35], [0.5, 0.7]])
+    ds["zlp_fwhm_eV"] = (("y", "x"), fwhm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = kramers_kronig(ds, metal=True, device="cpu").compute()
+    assert np.all(np.abs(out["low_energy_cutoff_eV"].values - 3 * fwhm) <= 0.025 + 1e-9)
+    assert "3 x each pixel" in out.attrs["kk_low_energy_cutoff"]
+    assert np.all(np.abs(out["thickness_nm"].values / sim["true_t_nm"].values - 1) < 0.01)
+    fixed = kramers_kronig(ds, metal=True, low_energy_cutoff_eV=1.0, device="cpu").compute()
+    assert np.allclose(fixed["low_energy_cutoff_eV"].values, 1.0)
+    with pytest.warns(KKWarning, match="no ZLP FWHM"):
+        kramers_kronig(_as_deconvolved(sim), metal=True, device="cpu")
+
+
+def test_log_ratio_comparison_and_range_checks():
+    """Truth: synthetic thickness and mean free path (eelsgpu.synthetic's lambda): with the
+    deconvolution's t_over_lambda and the true mean free path, thickness_ratio is 1 within 2 %
+    and no KK_THICKNESS_DISAGREES; with a mean free path 2.5 times too long the ratio is 0.4 and
+    the bit is set (the pixel stays valid: a warning). Numbers out of range are one InputError
+    naming the argument and its unit."""
+    sim = _image(synthetic.Drude(15.0, 1.0), [80.0, 120.0])
+    ds = _as_deconvolved(sim)
+    ds["t_over_lambda"] = sim["true_t_over_lambda"]
+    lam = float(sim["true_mean_free_path_nm"].values.ravel()[0])
+    kw = dict(metal=True, low_energy_cutoff_eV=1.5, device="cpu")
+    good = kramers_kronig(ds, mean_free_path_nm=lam, **kw).compute()
+    assert np.all(np.abs(good["thickness_ratio"].values - 1) < 0.02)
+    assert not np.any(good["quality"].values & quality.KK_THICKNESS_DISAGREES)
+    off = kramers_kronig(ds, mean_free_path_nm=2.5 * lam, **kw).compute()
+    assert np.all(np.abs(off["thickness_ratio"].values - 0.4) < 0.01)
+    assert np.all(off["quality"].values & quality.KK_THICKNESS_DISAGREES)
+    assert np.all(off["valid"].values)
+    for bad, match in (
+        (dict(beam_energy_keV=-200.0), "beam_energy_keV.*keV"),
+        (dict(mean_free_path_nm=0.0), "mean_free_path_nm.*nm"),
+        (dict(eps2_negative_limit=2.0), "eps2_negative_limit"),
+        (dict(zlp_fwhm_eV=-0.5, low_energy_cutoff_eV=None), "zlp_fwhm_eV.*eV"),
+        (dict(iterations=1.5), "iterations"),
+    ):
+        with pytest.raises(InputError, match=match):
+            kramers_kronig(ds, **{**kw, **bad})
