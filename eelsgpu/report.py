@@ -67,7 +67,7 @@ FLAG_ADVICE: dict[str, str] = {
     "background under the spectrum). Acquire on axis or remove the background first.",
     "NEGATIVE_T_OVER_LAMBDA": "t/lambda < 0 (N0 above the total counts): the ZLP model "
     "over-subtracts. Try zlp='threshold'.",
-    "EPS2_NEGATIVE": "The SSD's negative channels carry more than 10 % of the Kramers-Kronig "
+    "EPS2_NEGATIVE": "The SSD's negative channels took more than 10 % of the Kramers-Kronig "
     "sum rule (eps2_negative_weight): the sign constraint Im[-1/eps] >= 0 changed the result by "
     "more than counting noise explains (noisy synthetic spectra: at most 1.5 %). eps and the "
     "thickness are not trusted; look at the SSD (a negative lobe, an over-subtracted ZLP).",

@@ -294,6 +294,7 @@ def bandgap(
         min_significance=float(min_significance),
         zlp_removed=bool(zlp_removed),
         residue_limit=residue_limit,
+        dispersion_eV=disp,
         **zparams,
     )
     if max_quality_ratio is not None and ds["valid"].ndim:

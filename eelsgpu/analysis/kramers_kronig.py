@@ -451,6 +451,7 @@ def kramers_kronig(
         eps2_negative_limit=float(eps2_negative_limit),
         thickness_factor=float(thickness_factor),
         surface_share_limit=float(surface_share_limit),
+        dispersion_eV=grid.dispersion_eV,
         variables=names,
     )
     if "energy" in ds.coords:

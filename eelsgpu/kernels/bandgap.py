@@ -538,6 +538,7 @@ def bandgap_block(
     search_eV: tuple[float, float] = SEARCH_EV,
     zlp_removed: bool = False,
     residue_limit: float | None = RESIDUE_LIMIT,
+    dispersion_eV: float | None = None,
 ) -> dict[str, Any]:
     """The band-gap fit of a block with the ZLP taken off first where asked, and its quality.
 
@@ -552,7 +553,8 @@ def bandgap_block(
     ZLP-removed spectrum, ``zlp_removed`` or ``zlp_method``, whose residue excess at the
     window's start is above ``residue_limit``; None: not checked), and ``upstream_quality``
     (the bits of the deconvolution an SSD came from). ``valid`` is a valid fit with no fatal
-    bit; pixels not valid get NaN results and ``gap_type`` -1.
+    bit; pixels not valid get NaN results and ``gap_type`` -1. ``dispersion_eV`` (the channel
+    width, a host number) spares reading it from the device.
 
     Returns
     -------
@@ -580,7 +582,7 @@ def bandgap_block(
         )
         zlp_ok = z["valid"]
         c = xp.where(zlp_ok, z["zlp_centre_eV"], xp.zeros_like(z["zlp_centre_eV"]))
-        d = axis_step(energy_eV)[1]
+        d = dispersion_eV if dispersion_eV is not None else axis_step(energy_eV)[1]
         model = xp.where(zlp_ok[:, None], z["zlp"], xp.zeros_like(block))
         y = shift_kernel(block - model, c, "linear", dispersion_eV=d, fill_value=0.0)
         if variance is None:
@@ -616,9 +618,9 @@ def bandgap_block(
     if residue_limit is not None and (zlp_removed or zlp_method is not None):
         # the window starts on the residue, or the onset found sits at the residue's foot:
         # less than FOOT_FRACTION of the window above where the residue has come down
-        e_lo = float(energy_eV[i0]) if hasattr(energy_eV, "shape") else energy_eV[i0]
+        e_lo = energy_eV[i0]  # 0-d arrays on the block's device: no host round trip
         start = xp.where(xp.isfinite(end), xp.maximum(end, e_lo), e_lo)
-        foot = FOOT_FRACTION * (float(energy_eV[i1 - 1]) - e_lo)
+        foot = FOOT_FRACTION * (energy_eV[i1 - 1] - e_lo)
         at_foot = xp.isfinite(out["bandgap_eV"]) & (out["bandgap_eV"] - start < foot)
         in_residue = data_ok & ((excess > limit) | at_foot)
         quality = q.set_bit(xp, quality, in_residue, q.WINDOW_IN_ZLP_RESIDUE)

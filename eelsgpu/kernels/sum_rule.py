@@ -224,8 +224,8 @@ def sum_rule_integral_rows(
     J = int_0^inf f/E dE = channels >= 1, half channel 0, plus A/(3 E_m^3). ``e`` (K,) is the grid in eV, ``ang`` (K,) :func:`angular_factor`.
 
     ``kc`` and ``kf`` are channel numbers shared by the block (ints), or one per pixel (integer
-    arrays (n,), a cut-off that follows each pixel's ZLP width); then the sums are masked
-    products over the rows (one (n, K) temporary each).
+    arrays (n,), a cut-off that follows each pixel's ZLP width, with kf <= K // 2); then the
+    low-energy sums are prefix sums over the first half of the grid, gathered per pixel.
     """
     de = grid.dispersion_eV
     inv = 1.0 / (de * ang)
@@ -240,14 +240,18 @@ def sum_rule_integral_rows(
         c = (s[:, kc:kf] @ w_e[kc:kf]) / (kf - kc)
         above = s[:, kc:] @ w_e[kc:]
     else:
-        k = xp.arange(grid.n)[None, :]
-        kcc, kfc = kc[:, None], kf[:, None]
-        sw = s * w_e[None, :]
-        zero = xp.zeros_like(sw)
-        c = xp.sum(xp.where((k >= kcc) & (k < kfc), sw, zero), axis=-1) / xp.astype(
-            kf - kc, s.dtype
-        )
-        above = xp.sum(xp.where(k >= kcc, sw, zero), axis=-1)
+        # per-pixel channels: prefix sums of s w_e over the first half of the grid (every kf is
+        # at most n // 2) gathered at kc - 1 and kf - 1, and the whole row as one matvec
+        half = min(grid.n, grid.n // 2 + 1)
+        prefix = xp.cumulative_sum(s[:, :half] * w_e[None, :half], axis=-1)
+
+        def at(k):
+            idx = xp.reshape(xp.clip(k - 1, 0, half - 1), (-1, 1))
+            return xp.take_along_axis(prefix, idx, axis=-1)[:, 0]
+
+        below_c = xp.where(kc > 0, at(kc), xp.zeros_like(prefix[:, 0]))
+        c = (at(kf) - below_c) / xp.astype(kf - kc, s.dtype)
+        above = s @ w_e - below_c
         kc = xp.astype(kc, s.dtype)
     j = above * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
     return SumRuleParts(j, c, a_tail, inv)
