@@ -13,8 +13,12 @@ A map picture is what a microscopist looks at first, so each one has
   colour-bar tick per label, named from ``flag_meanings`` when the variable has it.
 
 :func:`plot_spectra` overlays spectra; :func:`plot_decomposition` draws the scree plot and the
-components of :func:`eelsgpu.decompose`. Analyses never import this module; the CLI and the
-report do.
+components of :func:`eelsgpu.decompose`. :func:`plot_quality` draws a ``quality`` bitmask
+(:mod:`eelsgpu.kernels.quality`) as a picture of which bits are set where: a panel of the whole
+verdict (no bit, warnings only, fatal) and one panel per bit that is set anywhere, each with its
+pixel count; a line scan or a single spectrum becomes a grid of bits against position.
+:func:`plot_map` draws a quality map that way too, so every PNG of maps shows it.
+Analyses never import this module; the CLI and the report do.
 
 Examples
 --------
@@ -43,9 +47,13 @@ __all__ = [
     "map_variables",
     "nice_length",
     "plot_decomposition",
+    "is_quality",
     "plot_map",
     "plot_maps",
+    "plot_quality",
     "plot_spectra",
+    "quality_bits",
+    "quality_summary",
     "scale_bar_label",
 ]
 
@@ -221,6 +229,8 @@ def plot_map(
     -------
     matplotlib.figure.Figure
     """
+    if is_quality(da):
+        return plot_quality(da, path, title=title, ax=ax)
     plt = _pyplot()
     values = np.asarray(da.values, dtype=float)
     if values.ndim not in (1, 2):
@@ -465,6 +475,190 @@ def _finish(fig, path, own, plt):
         if own:
             plt.close(fig)
     return fig
+
+
+# --------------------------------------------------------------------------- quality bitmask
+#: Colours of the quality pictures: no bit set, a warning (non-fatal bit), a fatal bit.
+QUALITY_COLOURS = {"good": "#f2f2f2", "warning": "#f0a030", "fatal": "#c8202a"}
+
+
+def is_quality(da: xr.DataArray) -> bool:
+    """Whether ``da`` is a quality bitmask (named ``quality``, or an integer map whose attributes
+    hold the bit table of :func:`eelsgpu.kernels.quality.describe`)."""
+    if not (np.issubdtype(da.dtype, np.integer) or np.issubdtype(da.dtype, np.floating)):
+        return False
+    if da.name == "quality":
+        return True
+    return np.issubdtype(da.dtype, np.integer) and any(
+        isinstance(v, Mapping) and "bit" in v for v in da.attrs.values()
+    )
+
+
+def quality_bits(da: xr.DataArray) -> list[tuple[str, int, bool, str, int]]:
+    """The bits of a quality map: (name, bit value, fatal, meaning, pixels set), in bit order,
+    from the map's attributes (the table it was written with) or else
+    :data:`eelsgpu.kernels.quality.BITS`."""
+    from .kernels import quality
+
+    table = {
+        str(k): (int(v["bit"]), bool(v.get("fatal", False)), str(v.get("meaning", "")))
+        for k, v in da.attrs.items()
+        if isinstance(v, Mapping) and "bit" in v
+    } or {k: (bit, fatal, meaning) for k, (bit, fatal, meaning) in quality.BITS.items()}
+    values = _quality_values(da)
+    out = []
+    for name, (bit, fatal, meaning) in sorted(table.items(), key=lambda kv: kv[1][0]):
+        out.append((name, bit, fatal, meaning, int(np.sum((values & bit) > 0))))
+    return out
+
+
+def _quality_values(da: xr.DataArray) -> np.ndarray:
+    v = np.asarray(da.values)
+    if np.issubdtype(v.dtype, np.floating):
+        v = np.where(np.isfinite(v), v, 0)
+    return v.astype(np.uint64)
+
+
+def _fatal_mask(da: xr.DataArray) -> int:
+    return sum(bit for _, bit, fatal, _, _ in quality_bits(da) if fatal)
+
+
+def quality_summary(da: xr.DataArray) -> str:
+    """One line: how many pixels have no fatal bit, and each bit that is set with its count.
+
+    >>> import numpy as np, xarray as xr
+    >>> from eelsgpu.kernels import quality as q
+    >>> m = xr.DataArray(np.array([0, q.EPS2_NEGATIVE, q.SURFACE_NOT_CORRECTED], np.uint32),
+    ...                  dims="x", name="quality")
+    >>> quality_summary(m)
+    'quality: 2 of 3 pixels without a fatal bit; EPS2_NEGATIVE (fatal) 1 px, SURFACE_NOT_CORRECTED 1 px'
+    """
+    values = _quality_values(da)
+    fatal = (values & _fatal_mask(da)) > 0
+    parts = [
+        f"{name}{' (fatal)' if is_fatal else ''} {count} px"
+        for name, _, is_fatal, _, count in quality_bits(da)
+        if count
+    ]
+    head = f"quality: {int(values.size - fatal.sum())} of {values.size} pixels without a fatal bit"
+    return head + ("; " + ", ".join(parts) if parts else "; no bit set")
+
+
+def plot_quality(
+    da: xr.DataArray,
+    path: str | os.PathLike | None = None,
+    *,
+    title: str | None = None,
+    ax=None,
+):
+    """Draw a quality bitmask: which bits are set, and where.
+
+    A 2-D map gives one panel of the verdict per pixel (grey: no bit; orange: warnings only;
+    red: a fatal bit, not valid) and one panel per bit that is set anywhere (its pixels in red
+    for a fatal bit, orange for a warning), titled with the bit's name and pixel count; the
+    first panel has the scale bar. A line scan (1-D) or a single spectrum (0-D) is drawn as a
+    grid: one row per bit set anywhere (and the verdict), one column per pixel.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        The ``quality`` map (uint32 bits of :mod:`eelsgpu.kernels.quality`).
+    path : path, optional
+        Where to write the PNG.
+    title : str, optional
+    ax : matplotlib Axes, optional
+        Ignored for 2-D maps with bits set (they need several panels); used otherwise.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    values = _quality_values(da)
+    bits = [b for b in quality_bits(da) if b[4]]
+    fatal = (values & _fatal_mask(da)) > 0
+    verdict = np.where(fatal, 2, np.where(values > 0, 1, 0))
+    n_bad = int(fatal.sum())
+    head = title or (
+        f"quality: {values.size - n_bad} of {values.size} px without a fatal bit"
+        if values.size > 1
+        else "quality"
+    )
+    colours = [QUALITY_COLOURS["good"], QUALITY_COLOURS["warning"], QUALITY_COLOURS["fatal"]]
+    cmap = ListedColormap(colours)
+    if values.ndim == 2:
+        grid = _MapGrid.of(da, values.astype(float))
+        n_panels = 1 + len(bits)
+        ncols = min(4, n_panels)
+        nrows = -(-n_panels // ncols)
+        aspect = (grid.ny * abs(grid.step_y)) / max(grid.nx * abs(grid.step_x), 1e-12)
+        width = 3.0 * ncols
+        height = nrows * float(np.clip(3.0 * aspect, 1.2, 4.0)) + 0.9
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(width, height), dpi=120, layout="constrained", squeeze=False
+        )
+        panels = [("verdict", verdict, None)] + [
+            (f"{n}{' (fatal)' if f else ''}: {c} px", ((values & b) > 0) * (2 if f else 1), m)
+            for n, b, f, m, c in bits
+        ]
+        for i, a in enumerate(axes.flat):
+            if i >= len(panels):
+                a.set_visible(False)
+                continue
+            label, img, _ = panels[i]
+            a.imshow(
+                img, cmap=cmap, vmin=-0.5, vmax=2.5, extent=grid.extent, interpolation="nearest"
+            )
+            _bare_axes(a)
+            a.set_title(label, fontsize=8)
+            if i == 0:
+                _draw_calibration(a, grid)
+        from matplotlib.patches import Patch
+
+        fig.legend(
+            handles=[
+                Patch(color=colours[0], label="no bit"),
+                Patch(color=colours[1], label="warning"),
+                Patch(color=colours[2], label="fatal (not valid)"),
+            ],
+            loc="outside lower center",
+            ncol=3,
+            fontsize=8,
+        )
+        fig.suptitle(head, fontsize=11)
+        return _finish(fig, path, True, plt)
+    # 0-D or 1-D: bits against position
+    flat = values.reshape(-1)
+    rows = [("verdict", np.where((flat & _fatal_mask(da)) > 0, 2, np.where(flat > 0, 1, 0)))]
+    rows += [
+        (f"{n}{' (fatal)' if f else ''}", ((flat & b) > 0) * (2 if f else 1))
+        for n, b, f, _, _ in bits
+    ]
+    img = np.stack([r[1] for r in rows])
+    own = ax is None
+    if own:
+        width = 6.4 if values.ndim == 1 else 3.6
+        fig, ax = plt.subplots(
+            figsize=(width, 1.0 + 0.32 * len(rows)), dpi=120, layout="constrained"
+        )
+    if values.ndim == 1:
+        dim = da.dims[0]
+        coord, unit = _coord(da, dim, flat.size)
+        step = float(coord[1] - coord[0]) if coord.size > 1 else 1.0
+        extent = (coord[0] - step / 2, coord[-1] + step / 2, len(rows) - 0.5, -0.5)
+        ax.set_xlabel(f"{dim} ({unit})")
+    else:
+        extent = (-0.5, 0.5, len(rows) - 0.5, -0.5)
+        ax.set_xticks([])
+    ax.imshow(
+        img, cmap=cmap, vmin=-0.5, vmax=2.5, extent=extent, aspect="auto", interpolation="nearest"
+    )
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+    ax.set_title(head, fontsize=10)
+    return _finish(ax.figure, path, own, plt)
 
 
 def map_variables(ds: xr.Dataset) -> list[str]:

@@ -4,6 +4,11 @@ The page needs nothing beside itself: the pictures are PNGs embedded as base64 `
 the style is inline, and there are no scripts, links or network references, so it can be mailed,
 archived with the data or opened on a machine with no network.
 
+A ``quality`` bitmask (:mod:`eelsgpu.kernels.quality`) gets its own section: the picture of
+which bits are set where (:func:`eelsgpu.plotting.plot_quality`) and a table with, for every
+bit that is set, its pixel count, whether it is fatal, what it means and what to do about it
+(:data:`FLAG_ADVICE`).
+
 Examples
 --------
 >>> import numpy as np, xarray as xr
@@ -30,9 +35,63 @@ import xarray as xr
 
 from . import __version__
 from .errors import InputError
-from .plotting import _pyplot, map_variables, plot_map, plot_spectra
+from .plotting import (
+    _pyplot,
+    is_quality,
+    map_variables,
+    plot_map,
+    plot_quality,
+    plot_spectra,
+    quality_bits,
+    quality_summary,
+)
 
-__all__ = ["cube_variables", "parse_pixels", "report_html", "write_report"]
+__all__ = ["FLAG_ADVICE", "cube_variables", "parse_pixels", "report_html", "write_report"]
+
+#: What each quality bit means and what to do about it (the report's table, the README's list).
+FLAG_ADVICE: dict[str, str] = {
+    "NO_ZLP": "No usable zero-loss peak in this pixel (none in the search window, not "
+    "significant above the noise, saturated, cut by the window's edge, or NaN counts): the "
+    "pixel has no result. Check the search range (search_eV, --search) and the acquisition.",
+    "ZLP_MISMATCH": "The ZLP model does not fit this pixel (its N0 against truncation's, or an "
+    "excess over the data on the loss side beyond counting noise). Use zlp='threshold' for "
+    "monochromated or asymmetric ZLPs, or a measured vacuum reference.",
+    "NEGATIVE_TAIL": "The counts extrapolated beyond the window came out negative and were "
+    "dropped: t/lambda counts the window only. A longer energy window helps.",
+    "TAIL_UNTRUSTED": "The tail beyond the window is no larger than its own uncertainty: "
+    "t/lambda counts the window only (a lower bound). Record a longer energy window.",
+    "RINGING": "The raw SSD rings above 0.1 of its peak. Use the band-limited SSD (the default "
+    "Kramers-Kronig input) or another ZLP model.",
+    "NEGATIVE_LOBE": "The SSD has a negative lobe below -0.1 of its peak beyond 3 ZLP FWHM: "
+    "the spectrum breaks the Fourier-log model (off-axis or q-resolved acquisition, a "
+    "background under the spectrum). Acquire on axis or remove the background first.",
+    "NEGATIVE_T_OVER_LAMBDA": "t/lambda < 0 (N0 above the total counts): the ZLP model "
+    "over-subtracts. Try zlp='threshold'.",
+    "EPS2_NEGATIVE": "The SSD's negative channels took more than 10 % of the Kramers-Kronig "
+    "sum rule (eps2_negative_weight): the sign constraint Im[-1/eps] >= 0 changed the result by "
+    "more than counting noise explains (noisy synthetic spectra: at most 1.5 %). eps and the "
+    "thickness are not trusted; look at the SSD (a negative lobe, an over-subtracted ZLP).",
+    "KK_THICKNESS_DISAGREES": "The Kramers-Kronig thickness and the log-ratio thickness "
+    "(t/lambda x the mean free path) differ by more than a factor 1.5 (thickness_ratio). The "
+    "numbers are kept: check the normalisation (refractive index, or metal) and the density "
+    "behind the mean free path, then the SSD.",
+    "SURFACE_NOT_CORRECTED": "For a film this thin, surface losses (eq. 36) would make more "
+    "than 5 % of the SSD below the plasmon (surface_share), and the surface correction did not "
+    "converge (not asked, too thin, or failed: surface_status). eps below eps_trusted_from_eV "
+    "(the plasmon) is not to be trusted; use eps above it, or run with iterations=10-20.",
+    "UNPHYSICAL_BACKGROUND": "Counts far from the ZLP (below its gain side, or at the window's "
+    "high end) well above what the spectrum's E^-3 tail allows: a dark-current or background "
+    "offset, which t/lambda counts. Subtract a dark reference first.",
+    "WINDOW_IN_ZLP_RESIDUE": "The band-gap fit window starts where the zero-loss peak's residue "
+    "(what the ZLP subtraction or deconvolution left) still dominates the spectrum: the onset "
+    "found may be the residue's edge. Start the window above the residue (bandgap_residue_end_eV).",
+    "AXIS_OFFSET": "The ZLP sits far from 0 eV on the stored energy axis (an uncalibrated "
+    "axis); every result is on energy relative to the ZLP. Calibrate the axis for other "
+    "programs.",
+    "NO_ONSET": "The band-gap fit failed: no onset significant above the noise, the best Eg or "
+    "b at the edge of its search range, or a fit far worse than the image's median. Widen the "
+    "window or the Eg range, or choose another background model; look at the fits.",
+}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;
@@ -170,7 +229,8 @@ def report_html(
                 )
         ds = ds.assign({name: spectra.drop_vars([c for c in nav if c in spectra.coords])})
     sections = []
-    maps = sorted(map_variables(ds), key=_map_order)
+    qualities = [str(n) for n, v in ds.data_vars.items() if is_quality(v) and v.ndim <= 2]
+    maps = sorted((m for m in map_variables(ds) if m not in qualities), key=_map_order)
     figs = []
     for name in maps:
         da = ds[name]
@@ -184,6 +244,8 @@ def report_html(
         figs.append(_figure(_png(fig), f"map of {name}: {label}", caption))
     if figs:
         sections.append("<h2>Maps</h2><div class='grid'>" + "".join(figs) + "</div>")
+    for name in qualities:
+        sections.append(_quality_section(ds[name], name))
 
     cubes = cube_variables(ds)
     spec_figs = []
@@ -266,6 +328,33 @@ def report_html(
         f"<header><h1>{head_title}</h1><p>{sub}</p></header><main>"
         + "".join(sections)
         + "</main></body></html>"
+    )
+
+
+def _quality_section(da: xr.DataArray, name: str) -> str:
+    """The quality picture and the table of the bits set: count, fatal, meaning, what to do."""
+    fig = plot_quality(da)
+    caption = f"<b>{html.escape(name)}</b>: {html.escape(quality_summary(da))}"
+    rows = []
+    for bit_name, bit, fatal, meaning, count in quality_bits(da):
+        if not count:
+            continue
+        advice = FLAG_ADVICE.get(bit_name, meaning)
+        rows.append(
+            f"<tr><td><code>{html.escape(bit_name)}</code> (bit {bit.bit_length() - 1})</td>"
+            f"<td>{'fatal: not valid' if fatal else 'warning'}</td><td>{count}</td>"
+            f"<td>{html.escape(advice)}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>flag</th><th>kind</th><th>pixels</th><th>what it means, what to do"
+        f"</th></tr>{''.join(rows)}</table>"
+        if rows
+        else "<p>No quality bit is set: every pixel passed every check.</p>"
+    )
+    return (
+        f"<h2>Quality ({html.escape(name)})</h2><div class='grid'>"
+        + _figure(_png(fig), f"quality bits of {name}", caption)
+        + f"</div>{table}"
     )
 
 

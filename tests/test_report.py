@@ -82,7 +82,7 @@ def test_report_embeds_every_map_with_title_and_unit(gap_store):
     out = write_report(path, tmp / "report.html", pixels=[(3, 4), (0, 0)], spectra=si_path)
     page, text = _parse(out)
     ds = io.open_store(path)
-    names = map_variables(ds)
+    names = [n for n in map_variables(ds) if n != "quality"]  # its own section (test below)
     assert set(names) >= {"bandgap_eV", "gap_type", "valid", "fit_quality"}
     alts = [im.get("alt", "") for im in page.imgs]
     for name in names:
@@ -123,3 +123,75 @@ def test_report_refuses_what_it_cannot_draw(gap_store, tmp_path):
     with pytest.raises(InputError, match="cluster"):
         write_report(path, tmp_path / "c.html", clusters=True)
     assert not (tmp_path / "a.html").exists()
+
+
+def test_quality_section_draws_and_explains_every_bit_set(gap_store, tmp_path):
+    """Truth: the store's own quality map (bits of eelsgpu.kernels.quality) and the report's
+    advice table (FLAG_ADVICE). The report has a Quality section with the picture of which bits
+    are set where (one panel per bit set, titled with its pixel count, counted here from the
+    map) and a table row per bit set: its name, fatal or warning, its pixel count and what to
+    do; bits not set get no row. The gap store's no-onset block (2 x 2 px) is NO_ONSET."""
+    from eelsgpu.kernels import quality
+    from eelsgpu.report import FLAG_ADVICE
+
+    path, _, _ = gap_store
+    ds = io.open_store(path)
+    qmap = ds["quality"].values.astype(np.int64)
+    set_bits = {n: int(np.sum((qmap & b) > 0)) for n, (b, _, _) in quality.BITS.items()}
+    set_bits = {n: c for n, c in set_bits.items() if c}
+    assert set_bits.get("NO_ONSET", 0) >= 4
+    out = write_report(path, tmp_path / "q.html")
+    page, text = _parse(out)
+    assert "Quality (quality)" in text
+    assert any(im.get("alt") == "quality bits of quality" for im in page.imgs)
+    for name, count in set_bits.items():
+        assert name in page.cells and str(count) in page.cells
+        fatal = quality.BITS[name][1]
+        assert ("fatal: not valid" if fatal else "warning") in page.cells
+        assert FLAG_ADVICE[name] in page.cells
+    for name in set(quality.BITS) - set(set_bits):
+        assert name not in page.cells
+    assert set(FLAG_ADVICE) == set(quality.BITS)
+
+
+def test_quality_picture_panels_and_summary():
+    """Truth: a constructed quality map (3 x 4 px: EPS2_NEGATIVE on 2 px, SURFACE_NOT_CORRECTED
+    on 5, none elsewhere). The picture has the verdict panel and one panel per bit set, titled
+    with its name, fatal mark and count; the line-scan form has one row per bit and the verdict;
+    the summary counts the pixels without a fatal bit."""
+    import xarray as xr
+
+    from eelsgpu.kernels import quality
+    from eelsgpu.plotting import plot_map, plot_quality, quality_summary
+
+    qmap = np.zeros((3, 4), np.uint32)
+    qmap[0, :2] |= quality.EPS2_NEGATIVE
+    qmap[1:, 1:4] |= quality.SURFACE_NOT_CORRECTED
+    qmap[2, 3] = 0
+    da = xr.DataArray(qmap, dims=("y", "x"), name="quality", attrs=quality.describe())
+    fig = plot_quality(da)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["verdict", "EPS2_NEGATIVE (fatal): 2 px", "SURFACE_NOT_CORRECTED: 5 px"]
+    assert plot_map(da).axes[1].get_title() == "EPS2_NEGATIVE (fatal): 2 px"  # maps draw it so
+    line = plot_quality(da.isel(y=0))
+    labels = [t.get_text() for t in line.axes[0].get_yticklabels()]
+    assert labels == ["verdict", "EPS2_NEGATIVE (fatal)"]
+    assert quality_summary(da).startswith("quality: 10 of 12 pixels without a fatal bit")
+
+
+def test_readme_explains_every_quality_bit():
+    """Truth: the bit table of eelsgpu.kernels.quality. The README's "Real data" section has a
+    row for every bit, with the right fatal column, as the report's advice table has an entry
+    for every bit."""
+    from pathlib import Path
+
+    from eelsgpu.kernels import quality
+    from eelsgpu.report import FLAG_ADVICE
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Real data", 1)[1].split("\n## ", 1)[0]
+    for name, (_, fatal, _) in quality.BITS.items():
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{name}` |")), "")
+        assert row, name
+        assert row.split("|")[2].strip() == ("yes" if fatal else "no"), name
+    assert set(FLAG_ADVICE) == set(quality.BITS)

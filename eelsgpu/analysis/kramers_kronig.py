@@ -11,7 +11,7 @@ per pixel (kk-theory.md eqs. 26-36; Egerton 2011, section 4.2, his program KRAKR
   twice the loss window, so nothing wraps around) and eps1, eps2 by eq. 34;
 * the absolute thickness from the normalisation (eq. 26);
 * the surface-loss correction of eqs. 35-36 by safeguarded Newton steps (a Riemann-Hilbert
-  solve with FFTs, see :func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`), stopping per pixel;
+  solve with FFTs, see :func:`~eelsgpu.kernels.blocks_kk.kk_kernel`), stopping per pixel;
 * derived optical quantities: the absorption coefficient mu(E) = (E/hbar c) [2(|eps| - eps1)]^1/2
   in 1/nm (kk-theory.md after eq. 34; x 1e7 for 1/cm), n(E) and k(E) (n + ik = sqrt(eps)),
   n_eff(E) = (2 eps0 m0 / (pi hbar^2 e^2)) int_0^E E' eps2(E') dE' from the f-sum rule
@@ -28,13 +28,23 @@ explicitly (Im[-1/eps(0)] = 0; the odd extension puts -E_k beside E_k). When no 
 exactly at 0 eV the SSD is linearly interpolated onto that grid (a shift of less than a channel,
 the same for all pixels).
 
+*What goes in.* Any result of :func:`eelsgpu.deconvolve`, or a bare SSD. Outputs aligned at
+0 eV (``"band-limited"``, the default KK input; ``"ssd"``; ``"reconvolved-gaussian"``) are
+analysed on their energy axis as the energy loss. ``"reconvolved-zlp"`` sits where each pixel's
+ZLP sat on the data's axis: every row is first moved by its ``zlp_centre_eV`` (from the
+Dataset, or given) so that the analysis runs on energy relative to the ZLP centre, whatever the
+axis offset; without the centres it is refused with an error saying what to give. ``"residual"``
+is refused. A bare SSD DataArray with no ``output`` attribute is taken to be on a loss axis.
+
 *Low energies.* The sum rule weights the SSD by 1/E, so the residue of the zero-loss peak near
 0 eV in deconvolved, noisy data swings the thickness by tens of percent. Both metals and
 insulators have Im[-1/eps] proportional to E at small E (Drude: E Gamma/Ep^2; an insulator:
-eps2 / eps1(0)^2 with eps2 ~ E), so Im[-1/eps]/E is flat there. Below a cut-off
-``low_energy_cutoff_eV`` (default 1.5 eV, three times a typical 0.5 eV ZLP FWHM; the public
-function takes 3 FWHM where it knows the FWHM) the loss function is replaced by c E, with c the
-mean of Im[-1/eps]/E over [E_c, 2 E_c) of the same pixel. On exact data this changes the sum rule
+eps2 / eps1(0)^2 with eps2 ~ E), so Im[-1/eps]/E is flat there. Below a cut-off E_c the loss
+function is replaced by c E, with c the mean of Im[-1/eps]/E over [E_c, 2 E_c) of the same
+pixel. E_c is 3 x each pixel's measured ZLP FWHM (the deconvolution's ``zlp_fwhm_eV`` map, or
+``zlp_fwhm_eV=``), or ``low_energy_cutoff_eV`` for every pixel when given; with neither, 1.5 eV
+(three times a typical 0.5 eV ZLP FWHM) and a :class:`KKWarning`. The cut-off of every pixel
+is returned (``low_energy_cutoff_eV``). On exact data this changes the sum rule
 by O(E_c^2/Ep^2) of the part below E_c (< 0.05 % for the tested models); on noisy data it removes
 the 1/E amplification of the residue.
 
@@ -45,10 +55,17 @@ window. Its contributions to the sum rule (A/(3 E_m^3)) and to Re[1/eps] (closed
 Pixels whose loss function has not decayed at the end of the window are flagged
 (``tail_decayed`` False).
 
+*Sign and trust.* Im[-1/eps] and eps2 are constrained >= 0 in the solve; the ``quality`` map
+(bits of :mod:`eelsgpu.kernels.quality`) says where a result cannot be trusted, and ``valid`` is
+False where a fatal bit is set: EPS2_NEGATIVE (the constraint carried more than 10 % of the
+sum rule), KK_THICKNESS_DISAGREES (beside a log-ratio thickness, beyond a factor 1.5),
+SURFACE_NOT_CORRECTED (eps below ``eps_trusted_from_eV``, the plasmon, is not to be trusted),
+and the deconvolution's own bits. Why these numbers: :func:`eelsgpu.kernels.blocks_kk.kk_kernel`.
+
 Where it is computed
 --------------------
 This module parses the arguments of :func:`kramers_kronig` and runs the block kernel
-:func:`eelsgpu.kernels.blocks_lowloss.kk_kernel`; the equations have their homes in
+:func:`eelsgpu.kernels.blocks_kk.kk_kernel`; the equations have their homes in
 :mod:`eelsgpu.kernels.loss_grid` (grid, extrapolations), :mod:`eelsgpu.kernels.sum_rule`
 (eqs. 26-29, :func:`~eelsgpu.kernels.sum_rule.sum_rule_thickness_nm`),
 :mod:`eelsgpu.kernels.dielectric` (eqs. 31-34), :mod:`eelsgpu.kernels.surface` (eqs. 35-36)
@@ -65,6 +82,9 @@ Examples
 ...     variables=("thickness_nm",), device="cpu")
 >>> bool(abs(float(ds["thickness_nm"][0]) / float(sim["true_t_nm"]) - 1) < 0.01)
 True
+>>> from eelsgpu.kernels import quality
+>>> quality.names(int(ds["quality"][0])), bool(ds["valid"][0])  # a 74 nm film: eq. 36 matters
+(['SURFACE_NOT_CORRECTED'], True)
 """
 
 from __future__ import annotations
@@ -78,17 +98,42 @@ import xarray as xr
 
 from .. import engine
 from ..errors import InputError, MissingParameterError
-from ..kernels.blocks_lowloss import DEFAULT_VARIABLES, kk_declaration
+from ..kernels import quality as qbits
+from ..kernels.blocks_kk import (
+    DEFAULT_VARIABLES,
+    EPS2_NEGATIVE_LIMIT,
+    SURFACE_SHARE_LIMIT,
+    THICKNESS_FACTOR,
+    kk_declaration,
+)
 from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss_grid
 from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
-from ._lowloss import as_map
+from . import _checks as chk
+from ._lowloss import as_map, mean_free_path
 
-__all__ = ["KKWarning", "kramers_kronig", "warn_flagged"]
+__all__ = [
+    "ALIGNED_OUTPUTS",
+    "CUTOFF_FWHMS",
+    "KKWarning",
+    "kramers_kronig",
+    "warn_flagged",
+]
+
+#: Deconvolution outputs whose zero loss sits at 0 eV of their axis (analysed as they are).
+ALIGNED_OUTPUTS = ("band-limited", "ssd", "reconvolved-gaussian")
+#: The low-energy cut-off in ZLP FWHMs.
+CUTOFF_FWHMS = 3.0
 
 
 class KKWarning(UserWarning):
     """A Kramers-Kronig result that is computed but deserves care (flagged pixels)."""
+
+
+def _kind(attrs: dict[str, Any]) -> str | None:
+    """Which deconvolution output an SSD is (its ``deconvolution_output`` / ``output``)."""
+    kind = attrs.get("deconvolution_output", attrs.get("output"))
+    return None if kind is None else str(kind)
 
 
 def kramers_kronig(
@@ -103,18 +148,26 @@ def kramers_kronig(
     device: str = "auto",
     *,
     low_energy_cutoff_eV: float | None = None,
-    zlp_fwhm_eV: float | None = None,
+    zlp_fwhm_eV: Any = None,
+    zlp_centre_eV: Any = None,
+    log_ratio_thickness_nm: Any = None,
+    mean_free_path_nm: float | None = None,
+    density_g_cm3: float | None = None,
     min_thickness_nm: float = 20.0,
     thickness_tolerance: float = 1e-3,
     eps_tolerance: float = 1e-2,
     cerenkov_max_eV: float = 5.0,
     atom_density_per_nm3: float | None = None,
+    nonnegative: bool = True,
+    thickness_factor: float = THICKNESS_FACTOR,
+    eps2_negative_limit: float = EPS2_NEGATIVE_LIMIT,
+    surface_share_limit: float = SURFACE_SHARE_LIMIT,
     variables: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Kramers-Kronig analysis of every pixel: eps(E), thickness and optical quantities.
 
     kk-theory.md eqs. 26-36 (Egerton 2011 section 4.2), on array-API kernels
-    (:func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`) mapped over pixel blocks by
+    (:func:`~eelsgpu.kernels.blocks_kk.kk_kernel`) mapped over pixel blocks by
     :func:`eelsgpu.engine.apply_kernel`.
     Give exactly one normalisation: ``refractive_index`` n (insulator or semiconductor, eq. 28),
     ``metal=True`` (Re[1/eps(0)] = 0), or ``thickness_nm`` (a number or a map, nm; 0 or NaN
@@ -123,13 +176,16 @@ def kramers_kronig(
     Parameters
     ----------
     ssd : xarray.Dataset or DataArray
-        What :func:`eelsgpu.deconvolve` returns (variables ``ssd``, ``zlp_intensity``, ``valid``)
-        or an SSD DataArray (counts per channel, dims ``(..., "energy")``, energy loss in eV with
-        0 eV = zero loss). Use the raw SSD or one reconvolved with a ZLP narrower than the
-        features of interest.
+        What :func:`eelsgpu.deconvolve` returns, any ``output`` but ``"residual"`` (variables
+        ``ssd``, ``zlp_intensity``, ``valid``, and where present ``zlp_centre_eV``,
+        ``zlp_fwhm_eV``, ``quality``, ``t_over_lambda``, ``thickness_nm``), or an SSD DataArray
+        (counts per channel, dims ``(..., "energy")``, energy loss in eV with 0 eV = zero loss,
+        or with an ``output`` attribute naming the deconvolution output it is). The default
+        and best input is ``deconvolve(..., output="band-limited")``: the SSD band-limited by
+        a Gaussian of each pixel's measured ZLP FWHM (module docstring).
     zlp_intensity : map or number, optional
         N0 in counts (default: the Dataset's ``zlp_intensity``); needed for the thickness, for a
-        thickness normalisation and for the surface correction.
+        thickness normalisation, for the surface correction and its check.
     beam_energy_keV, collection_angle_mrad : float, optional
         E0 (keV) and beta (mrad); default: the data's attributes.
     refractive_index, metal, thickness_nm
@@ -137,24 +193,42 @@ def kramers_kronig(
     iterations : int
         Maximum surface-correction iterations (eqs. 35-36; 0: none). One iteration is one
         Newton step plus one KK pass, about three single passes of FFT work
-        (:func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`);
+        (:func:`~eelsgpu.kernels.blocks_kk.kk_kernel`);
         films of 20-100 nm converge in 3-6, so 10-20 is a sensible limit.
     device : {"auto", "cpu", "gpu"}
     low_energy_cutoff_eV : float, optional
-        E_c (eV) below which Im[-1/eps] is extrapolated linearly to 0 (module docstring);
-        default 3 ZLP FWHM (``zlp_fwhm_eV``, or the data's ``zlp_fwhm_eV`` attribute), else
-        1.5 eV.
+        E_c (eV) for every pixel, below which Im[-1/eps] is extrapolated linearly to 0 (module
+        docstring); default 3 x each pixel's ZLP FWHM (``zlp_fwhm_eV``), else 1.5 eV.
+    zlp_fwhm_eV : map or number, optional
+        The measured ZLP FWHM (eV) of each pixel; default the Dataset's ``zlp_fwhm_eV`` map (or
+        attribute).
+    zlp_centre_eV : map or number, optional
+        Each pixel's ZLP centre (eV) on the SSD's axis, for a ``"reconvolved-zlp"`` SSD given
+        as a DataArray (a Dataset brings its own).
+    log_ratio_thickness_nm : map or number, optional
+        The log-ratio thickness (nm) to compare with; default the Dataset's ``thickness_nm``
+        (deconvolve run with a mean free path), or its ``t_over_lambda`` x
+        ``mean_free_path_nm`` (or the Iakoubovskii mean free path of ``density_g_cm3``).
+    mean_free_path_nm, density_g_cm3 : float, optional
+        The inelastic mean free path (nm), or the density (g/cm3) to compute it (Iakoubovskii
+        2008), for the log-ratio thickness.
     min_thickness_nm, thickness_tolerance, eps_tolerance
         Surface correction: thinner pixels are not corrected; convergence criteria on t and
-        eps (relative, see :func:`~eelsgpu.kernels.blocks_lowloss.kk_kernel`).
+        eps (relative, see :func:`~eelsgpu.kernels.blocks_kk.kk_kernel`).
     cerenkov_max_eV : float
         Low-energy range (eV) searched for the Cerenkov condition eps1 > (c/v)^2.
     atom_density_per_nm3 : float, optional
         Gives ``n_eff`` per atom (else electrons per nm^3).
+    nonnegative : bool
+        Constrain Im[-1/eps] (and so eps2) >= 0 in the solve (default; False only to study the
+        unconstrained result).
+    thickness_factor, eps2_negative_limit, surface_share_limit : float
+        Thresholds of KK_THICKNESS_DISAGREES (a factor > 1), EPS2_NEGATIVE and
+        SURFACE_NOT_CORRECTED (shares, 0 to 1); defaults in :mod:`eelsgpu.kernels.blocks_kk`.
     variables : sequence of str, optional
         Which outputs to compute (default: all of
-        :data:`~eelsgpu.kernels.blocks_lowloss.CUBE_OUTPUTS` and
-        :data:`~eelsgpu.kernels.blocks_lowloss.MAP_OUTPUTS`); e.g. ``("eps1", "eps2", "loss_function", "thickness_nm")``.
+        :data:`~eelsgpu.kernels.blocks_kk.CUBE_OUTPUTS` and
+        :data:`~eelsgpu.kernels.blocks_kk.MAP_OUTPUTS`); ``quality`` and ``valid`` always.
 
     Returns
     -------
@@ -164,7 +238,16 @@ def kramers_kronig(
         ``refractive_index``, ``extinction_coefficient``, ``absorption_coefficient`` (1/nm),
         ``n_eff``; maps: ``thickness_nm``, ``re_inverse_eps0``, ``static_refractive_index``,
         ``plasmon_energy_eV``, ``loss_peak_eV``, ``iterations``, ``converged``,
-        ``surface_status``, ``cerenkov``, ``tail_decayed``, ``valid``. Units in ``attrs``.
+        ``surface_status``, ``cerenkov``, ``tail_decayed``, ``low_energy_cutoff_eV``,
+        ``eps2_negative_fraction``, ``eps2_negative_weight``, ``thickness_ratio``,
+        ``surface_share``, ``eps_trusted_from_eV``, ``quality`` (uint32 bitmask, the bit table
+        in its attributes) and ``valid`` (analysed and no fatal bit). Units in ``attrs``.
+
+    Raises
+    ------
+    InputError
+        A number out of range (naming it and its unit), a ``"residual"`` output, or a
+        ``"reconvolved-zlp"`` SSD without its ZLP centres.
 
     Examples
     --------
@@ -176,35 +259,54 @@ def kramers_kronig(
     >>> bool(abs(float(ds["thickness_nm"][0, 0]) / float(sim["true_t_nm"][0, 0]) - 1) < 0.01)
     True
     """
-    if isinstance(ssd, xr.Dataset):
-        if "ssd" not in ssd:
+    dataset = ssd if isinstance(ssd, xr.Dataset) else None
+    if dataset is not None:
+        if "ssd" not in dataset:
             raise InputError(
                 "the Dataset has no 'ssd' variable: give eelsgpu.deconvolve's result, an SSD "
                 "store, or the SSD as a DataArray"
             )
-        si = ssd["ssd"]
-        attrs = {**ssd.attrs, **si.attrs}
-        if zlp_intensity is None and "zlp_intensity" in ssd:
-            zlp_intensity = ssd["zlp_intensity"]
-        valid_in = ssd["valid"] if "valid" in ssd else None
-        if zlp_fwhm_eV is None:
-            zlp_fwhm_eV = attrs.get("zlp_fwhm_eV")
+        si = dataset["ssd"]
+        attrs = {**dataset.attrs, **si.attrs}
     elif isinstance(ssd, xr.DataArray):
-        si, attrs, valid_in = ssd, dict(ssd.attrs), None
-        if zlp_fwhm_eV is None:
-            zlp_fwhm_eV = attrs.get("zlp_fwhm_eV")
+        si, attrs = ssd, dict(ssd.attrs)
     else:
         raise InputError("kramers_kronig takes an xarray Dataset (eelsgpu.deconvolve) or DataArray")
+
+    def from_dataset(name: str) -> Any:
+        return dataset[name] if dataset is not None and name in dataset else None
+
     si = si.copy()
     si.attrs = {k: v for k, v in attrs.items() if k not in ("long_name", "units", "output")}
     source = attrs.get("source")
     where = f" ({source})" if source else ""
     if "energy" not in si.dims or si.dims[-1] != "energy":
         raise InputError(f"the SSD{where} must have 'energy' as its last dim, not {si.dims}")
-    e0 = require_param(si, "beam_energy_keV", beam_energy_keV)
-    beta = require_param(si, "collection_angle_mrad", collection_angle_mrad)
-    energy = np.asarray(si["energy"].values, dtype=np.float64)
-    energy_axis(energy, require_uniform=True, source=source)
+    e0 = chk.positive(
+        "beam_energy_keV", require_param(si, "beam_energy_keV", beam_energy_keV), "keV"
+    )
+    beta = chk.positive(
+        "collection_angle_mrad",
+        require_param(si, "collection_angle_mrad", collection_angle_mrad),
+        "mrad",
+    )
+    iterations = chk.positive_int("iterations", iterations, 0)
+    min_thickness_nm = chk.at_least("min_thickness_nm", min_thickness_nm, 0.0, "nm")
+    thickness_tolerance = chk.positive("thickness_tolerance", thickness_tolerance)
+    eps_tolerance = chk.positive("eps_tolerance", eps_tolerance)
+    cerenkov_max_eV = chk.positive("cerenkov_max_eV", cerenkov_max_eV, "eV")
+    atom_density_per_nm3 = chk.optional(
+        chk.positive, "atom_density_per_nm3", atom_density_per_nm3, "atoms/nm^3"
+    )
+    low_energy_cutoff_eV = chk.optional(
+        chk.positive, "low_energy_cutoff_eV", low_energy_cutoff_eV, "eV"
+    )
+    thickness_factor = chk.at_least("thickness_factor", thickness_factor, 1.0)
+    eps2_negative_limit = chk.in_range("eps2_negative_limit", eps2_negative_limit, 0.0, 1.0)
+    surface_share_limit = chk.positive("surface_share_limit", surface_share_limit)
+    energy_axis(
+        np.asarray(si["energy"].values, dtype=np.float64), require_uniform=True, source=source
+    )
 
     n_norm = sum([refractive_index is not None, bool(metal), thickness_nm is not None])
     if n_norm != 1:
@@ -213,17 +315,70 @@ def kramers_kronig(
         )
     if refractive_index is not None:
         sum_rule_normalisation(refractive_index, False)  # n < 1 -> InputError now, not per block
-    if low_energy_cutoff_eV is None:
-        if zlp_fwhm_eV is not None and float(zlp_fwhm_eV) > 0:
-            low_energy_cutoff_eV = 3.0 * float(zlp_fwhm_eV)
-        else:
-            low_energy_cutoff_eV = DEFAULT_LOW_ENERGY_CUTOFF_EV
-    grid = loss_grid(energy, source=source)
-    cutoff_index(grid, float(low_energy_cutoff_eV))
-    if iterations < 0:
-        raise ValueError("iterations must be >= 0")
 
     extras: dict[str, Any] = {}
+    # what the SSD is, and so on which energy it is analysed
+    kind = _kind(attrs)
+    if kind == "residual":
+        raise InputError(
+            f"the input{where} is deconvolve's 'residual' output (the plural scattering), not "
+            "an SSD: deconvolve with output='band-limited' for Kramers-Kronig analysis"
+        )
+    if kind == "reconvolved-zlp":
+        centre = zlp_centre_eV if zlp_centre_eV is not None else from_dataset("zlp_centre_eV")
+        if centre is None:
+            raise InputError(
+                f"the SSD{where} is deconvolve's 'reconvolved-zlp' output, which sits where each "
+                "pixel's ZLP sat on the data's axis, and its ZLP centres are not known: give the "
+                "Dataset deconvolve returned (it holds zlp_centre_eV), pass zlp_centre_eV=..., or "
+                "deconvolve with output='band-limited' (the default KK input)"
+            )
+        centre = as_map(centre, si, "zlp_centre_eV")
+        # the analysis axis is the stored one less a common origin (the ZLP centre of the first
+        # pixels that have one; one block of the centres is computed for it), and each row is
+        # moved by its own centre's distance from that origin: zero loss lands at 0 eV whatever
+        # the axis offset, even where the stored axis does not hold 0 eV at all
+        origin = _common_origin(centre)
+        si = si.assign_coords(energy=si["energy"].values - origin)
+        si["energy"].attrs.update(units="eV", long_name="energy loss")
+        extras["zlp_centre_eV"] = centre - origin
+        on = (
+            "energy relative to each pixel's zlp_centre_eV (reconvolved-zlp; common origin "
+            f"{origin:.6g} eV on the stored axis)"
+        )
+    else:
+        on = "the SSD's energy axis as energy loss" + (f" ({kind})" if kind else "")
+
+    # the low-energy cut-off: given, else 3 x each pixel's ZLP FWHM, else the default
+    if low_energy_cutoff_eV is not None:
+        cut_scalar = float(low_energy_cutoff_eV)
+        cut_how = f"{cut_scalar:g} eV (given)"
+    else:
+        cut_scalar = DEFAULT_LOW_ENERGY_CUTOFF_EV
+        fwhm = zlp_fwhm_eV
+        if fwhm is None:
+            fwhm = from_dataset("zlp_fwhm_eV")
+        if fwhm is None:
+            fwhm = attrs.get("zlp_fwhm_eV")
+        if fwhm is not None:
+            if np.ndim(fwhm) == 0 and not isinstance(fwhm, xr.DataArray):
+                chk.positive("zlp_fwhm_eV", fwhm, "eV")
+            extras["cutoff_eV"] = CUTOFF_FWHMS * as_map(fwhm, si, "zlp_fwhm_eV")
+            cut_how = f"{CUTOFF_FWHMS:g} x each pixel's measured ZLP FWHM (zlp_fwhm_eV)"
+        else:
+            cut_how = f"{cut_scalar:g} eV (default: no ZLP FWHM known)"
+            warnings.warn(
+                f"no ZLP FWHM is known for the SSD{where}: the low-energy cut-off is "
+                f"{cut_scalar:g} eV for every pixel; give zlp_fwhm_eV=... (or deconvolve's "
+                "Dataset) for 3 FWHM per pixel, or low_energy_cutoff_eV=...",
+                KKWarning,
+                stacklevel=2,
+            )
+    grid = loss_grid(np.asarray(si["energy"].values, dtype=np.float64), source=source)
+    cutoff_index(grid, cut_scalar)
+
+    if zlp_intensity is None:
+        zlp_intensity = from_dataset("zlp_intensity")
     if zlp_intensity is not None:
         extras["zlp_intensity"] = as_map(zlp_intensity, si, "zlp_intensity")
     elif thickness_nm is not None or iterations > 0:
@@ -233,13 +388,23 @@ def kramers_kronig(
         )
     if thickness_nm is not None:
         extras["thickness_nm"] = as_map(thickness_nm, si, "thickness_nm")
+    valid_in = from_dataset("valid")
     if valid_in is not None:
         extras["valid"] = as_map(valid_in.astype(np.float64), si, "valid")
+    upstream = from_dataset("quality")
+    if upstream is not None:
+        extras["upstream_quality"] = as_map(upstream.astype(np.float64), si, "quality")
+    t_lr, t_lr_how = _log_ratio_thickness(
+        si, dataset, log_ratio_thickness_nm, mean_free_path_nm, density_g_cm3, e0, beta
+    )
+    if t_lr is not None:
+        extras["log_ratio_thickness_nm"] = as_map(t_lr, si, "log_ratio_thickness_nm")
 
     names = tuple(variables) if variables is not None else DEFAULT_VARIABLES
     unknown = set(names) - set(DEFAULT_VARIABLES)
     if unknown:
         raise ValueError(f"unknown KK variables {sorted(unknown)}; known: {DEFAULT_VARIABLES}")
+    names = names + tuple(n for n in ("quality", "valid") if n not in names)
     e_out = grid.energy_eV[1:]
     if metal:
         normalisation = "metal: Re[1/eps(0)] = 0"
@@ -249,12 +414,19 @@ def kramers_kronig(
         normalisation = "known thickness"
     run_attrs = {
         "kk_normalisation": normalisation,
-        "kk_low_energy_cutoff_eV": float(low_energy_cutoff_eV),
+        "kk_input": on,
+        "kk_low_energy_cutoff": cut_how,
+        "kk_low_energy_cutoff_eV": cut_scalar,
         "kk_iterations_max": int(iterations),
         "kk_min_thickness_nm": float(min_thickness_nm),
         "kk_tail": "Im[-1/eps] ~ A/E^3 beyond the window, A fitted to its last 10 %",
         "kk_method": "eelsgpu.kramers_kronig (kk-theory.md eqs. 26-36)",
-        "kk_ssd_kind": str(attrs.get("output", "unknown")),
+        "kk_ssd_kind": kind or "unknown",
+        "kk_sign": "Im[-1/eps] >= 0 constrained in the solve" if nonnegative else "free",
+        "kk_eps2_negative_limit": float(eps2_negative_limit),
+        "kk_thickness_factor": float(thickness_factor),
+        "kk_log_ratio_thickness": t_lr_how,
+        "kk_surface_share_limit": float(surface_share_limit),
         "beam_energy_keV": e0,
         "collection_angle_mrad": beta,
     }
@@ -269,12 +441,17 @@ def kramers_kronig(
         refractive_index=None if refractive_index is None else float(refractive_index),
         metal=bool(metal),
         iterations=int(iterations),
-        low_energy_cutoff_eV=float(low_energy_cutoff_eV),
+        low_energy_cutoff_eV=cut_scalar,
         min_thickness_nm=float(min_thickness_nm),
         thickness_tolerance=float(thickness_tolerance),
         eps_tolerance=float(eps_tolerance),
         cerenkov_max_eV=float(cerenkov_max_eV),
-        atom_density_per_nm3=None if atom_density_per_nm3 is None else float(atom_density_per_nm3),
+        atom_density_per_nm3=atom_density_per_nm3,
+        nonnegative=bool(nonnegative),
+        eps2_negative_limit=float(eps2_negative_limit),
+        thickness_factor=float(thickness_factor),
+        surface_share_limit=float(surface_share_limit),
+        dispersion_eV=grid.dispersion_eV,
         variables=names,
     )
     if "energy" in ds.coords:
@@ -282,9 +459,44 @@ def kramers_kronig(
     return ds
 
 
+def _common_origin(centre: Any) -> float:
+    """The median ZLP centre (eV) of the first block of ``centre`` (a map, NumPy or dask) that
+    has one; 0 when none has (those pixels are not usable anyway)."""
+    data = centre.data if isinstance(centre, xr.DataArray) else centre
+    if hasattr(data, "blocks"):
+        for index in list(np.ndindex(*data.numblocks))[:8]:
+            values = np.asarray(data.blocks[index].compute(), dtype=np.float64)
+            values = values[np.isfinite(values)]
+            if values.size:
+                return float(np.median(values))
+        return 0.0
+    values = np.asarray(data, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else 0.0
+
+
+def _log_ratio_thickness(si, dataset, given, mfp, density, e0, beta) -> tuple[Any, str]:
+    """The log-ratio thickness (nm) to compare the KK thickness with, and where it came from."""
+    if mfp is not None:
+        chk.positive("mean_free_path_nm", mfp, "nm")
+    if density is not None:
+        chk.positive("density_g_cm3", density, "g/cm3")
+    if given is not None:
+        return given, "given"
+    if dataset is None:
+        return None, "none"
+    if mfp is None and density is None and "thickness_nm" in dataset:
+        how = dataset.attrs.get("mean_free_path_from", "the deconvolution's mean free path")
+        return dataset["thickness_nm"], f"deconvolve's thickness_nm ({how})"
+    if "t_over_lambda" in dataset and (mfp is not None or density is not None):
+        lam, how = mean_free_path(si, e0, beta, None, density, mfp, None)
+        return dataset["t_over_lambda"] * lam, f"t_over_lambda x {lam:.4g} nm ({how})"
+    return None, "none"
+
+
 def warn_flagged(ds: xr.Dataset) -> None:
-    """Warn (KKWarning) about pixels whose loss function had not decayed at the window's end, or
-    that meet the Cerenkov condition (computes those two maps)."""
+    """Warn (KKWarning) about pixels whose loss function had not decayed at the window's end, that
+    meet the Cerenkov condition, or that carry a quality bit (computes those maps)."""
     for name, text in (
         ("tail_decayed", "the loss function has not decayed at the end of the window"),
         ("cerenkov", "the Cerenkov condition holds (low-energy eps not to be trusted)"),
@@ -296,3 +508,15 @@ def warn_flagged(ds: xr.Dataset) -> None:
         count = int(np.sum(valid & (~flag if name == "tail_decayed" else flag)))
         if count:
             warnings.warn(f"{count} of {valid.size} pixels: {text}", KKWarning, stacklevel=2)
+    if "quality" in ds:
+        qual = np.asarray(ds["quality"].values).astype(np.uint32)
+        for bit_name in ("EPS2_NEGATIVE", "KK_THICKNESS_DISAGREES", "SURFACE_NOT_CORRECTED"):
+            bit, fatal, meaning = qbits.BITS[bit_name]
+            count = int(np.sum((qual & bit) > 0))
+            if count:
+                warnings.warn(
+                    f"{count} of {qual.size} pixels: {bit_name} ({meaning}"
+                    f"{'; not valid' if fatal else ''})",
+                    KKWarning,
+                    stacklevel=2,
+                )

@@ -1,15 +1,23 @@
 """``eelsgpu bandgap IN -o OUT.zarr``: band-gap energy, exponent and type of every pixel.
 
 Fits I(E) = A (E - Eg)^b + background (Rafferty & Brown 1998) over an energy window, per pixel:
-IN is a single-scattering distribution (a store from ``eelsgpu deconvolve``, variable ``ssd``)
-or a ZLP-subtracted spectrum image. The store holds ``bandgap_eV``, ``bandgap_error_eV``,
-``exponent_b``, ``exponent_error``, ``gap_type`` (0 direct, 1 indirect, -1 flagged),
-``fit_quality`` (reduced chi^2), ``r_squared``, ``onset_significance`` and ``valid``.
+IN is a single-scattering distribution (a store from ``eelsgpu deconvolve``, variable ``ssd``),
+a ZLP-subtracted spectrum image (say ``--zlp-removed``), or a raw low-loss spectrum image with
+``--zlp VACUUM`` (the reference-ZLP route: a measured vacuum spectrum, .npy on the data's
+channels or any file eelsgpu.open reads, is shifted and scaled to each pixel's ZLP, found in
+``--search LO:HI`` eV, and subtracted; energies are then relative to each ZLP centre). The store
+holds ``bandgap_eV``, ``bandgap_error_eV``, ``exponent_b``, ``exponent_error``, ``gap_type`` (0
+direct, 1 indirect, -1 flagged), ``fit_quality`` (reduced chi^2), ``r_squared``,
+``onset_significance``, ``residue_excess``, ``zlp_residue_end_eV``, the ``quality`` bitmask
+(WINDOW_IN_ZLP_RESIDUE where the window starts on what the ZLP left, NO_ONSET where the fit
+fails) and ``valid``.
 
 Examples::
 
     eelsgpu bandgap ssd.zarr -o gap.zarr --png gap.png
     eelsgpu bandgap ssd.zarr -o gap.zarr --window 0.8:4.0 --model indirect --background constant
+    eelsgpu bandgap specimen.npy --offset -0.9275 --dispersion 0.005 --zlp vacuum.npy \
+        --search=-0.5:0.5 --window 0.8:3.5 --background constant -o gap.zarr
 """
 
 from __future__ import annotations
@@ -78,6 +86,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="flag pixels whose onset is less significant than this (default 5)",
     )
     p.add_argument(
+        "--zlp",
+        metavar="FILE|METHOD",
+        help="raw input: the ZLP to subtract first, a measured vacuum spectrum (file) or a "
+        "model (threshold, mirror, fit)",
+    )
+    p.add_argument(
+        "--search",
+        type=parse_window,
+        metavar="LO:HI",
+        help="with --zlp: where the ZLP maximum is looked for, eV (default -5:5)",
+    )
+    p.add_argument(
+        "--zlp-removed",
+        action="store_true",
+        dest="zlp_removed",
+        help="the input had its ZLP taken off (check the window against the ZLP residue)",
+    )
+    p.add_argument(
         "--variable",
         metavar="NAME",
         help="the store variable to fit (default: ssd if present, else signal)",
@@ -122,9 +148,10 @@ def write_pngs(ds, png: str, names: list[str]) -> list[Path]:
     return written
 
 
-def write_fit_png(spectra, res, png: str) -> Path | None:
+def write_fit_png(spectra, res, png: str, zlp: Any = None, search_eV=(-5.0, 5.0)) -> Path | None:
     """``<stem>_fit.png``: the spectra and onset fits of the pixels at the 10th, 50th and 90th
-    percentile of Eg, over the fit window (the first look at whether the fits are sound)."""
+    percentile of Eg, over the fit window (the first look at whether the fits are sound); with
+    ``zlp`` (the reference-ZLP route) the spectra less their ZLP model, as fitted."""
     import numpy as np
 
     from ..analysis.bandgap import fit_curves
@@ -142,6 +169,10 @@ def write_fit_png(spectra, res, png: str) -> Path | None:
     for k, i in enumerate(picks):
         sel = dict(zip(nav, np.unravel_index(i, eg.shape), strict=True)) if nav else {}
         spec = spectra.isel(sel).compute()
+        if zlp is not None:
+            from ..analysis.bandgap import zlp_subtracted
+
+            spec = zlp_subtracted(spec, zlp, search_eV)
         where = ", ".join(f"{d}={int(v)}" for d, v in sel.items())
         data_label = f"pixel {where}" if where else "spectrum"
         fit_label = f"fit, Eg = {flat[i]:.3f} eV"
@@ -168,23 +199,34 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import io
     from ..analysis.bandgap import bandgap
+    from ..plotting import quality_summary
     from ._common import open_kwargs
 
     out = output_path(args)
     spectra = load_spectra(args.input, parse_chunks(args.chunks), args.variable, open_kwargs(args))
+    zlp = None
+    if args.zlp is not None:
+        from .deconvolve import _zlp_argument
+
+        zlp = _zlp_argument(args.zlp, spectra)
     ds = bandgap(
         spectra,
         window_eV=args.window,
         model=args.model,
         background=args.background,
         min_significance=args.min_significance,
+        zlp=zlp,
+        search_eV=args.search or (-5.0, 5.0),
+        zlp_removed=True if args.zlp_removed else None,
         device=args.device,
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
     if args.png:
-        write_pngs(res, args.png, ["bandgap_eV", "gap_type", "exponent_b", "bandgap_error_eV"])
-        write_fit_png(spectra, res, args.png)
+        write_pngs(
+            res, args.png, ["bandgap_eV", "gap_type", "exponent_b", "bandgap_error_eV", "quality"]
+        )
+        write_fit_png(spectra, res, args.png, zlp, args.search or (-5.0, 5.0))
     if not args.quiet:
         valid = np.asarray(res["valid"].values)
         eg = np.asarray(res["bandgap_eV"].values)[valid]
@@ -201,4 +243,5 @@ def run(args: argparse.Namespace) -> int:
             f"pixels fitted ({valid.size - int(valid.sum())} flagged); {summary}; "
             f"{int((gt == 0).sum())} direct, {int((gt == 1).sum())} indirect"
         )
+        print(quality_summary(res["quality"]))
     return 0

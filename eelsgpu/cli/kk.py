@@ -1,20 +1,27 @@
 """``eelsgpu kk IN -o OUT.zarr``: Kramers-Kronig analysis, the dielectric function of every pixel.
 
 IN is either a raw low-loss spectrum image (any file ``eelsgpu.open`` reads; the zero-loss peak
-is modelled with ``--zlp`` and the single-scattering distribution found by Fourier-log first,
-as ``eelsgpu deconvolve`` does) or an SSD store written by ``eelsgpu deconvolve`` (it has a
-variable ``ssd``). Give one normalisation: ``--refractive-index N`` (insulator or
-semiconductor), ``--metal``, or ``--thickness NM`` (a number, or a store/.npy map in nm).
+is modelled with ``--zlp``, looked for in ``--search LO:HI`` eV, and the single-scattering
+distribution found by Fourier-log first, as ``eelsgpu deconvolve --kind band-limited`` does: the
+SSD band-limited by a Gaussian of each pixel's measured ZLP FWHM) or an SSD store written by
+``eelsgpu deconvolve`` (it has a variable ``ssd``; any kind but ``residual``: a
+``reconvolved-zlp`` SSD is analysed on energy relative to each pixel's ZLP centre). Give one
+normalisation: ``--refractive-index N`` (insulator or semiconductor), ``--metal``, or
+``--thickness NM`` (a number, or a store/.npy map in nm). ``--density`` or
+``--mean-free-path`` add the log-ratio thickness to compare with (KK_THICKNESS_DISAGREES).
 
 The store holds eps1, eps2, the loss function, thickness_nm, the surface intensity, iterations,
-converged and the derived quantities (see ``eelsgpu.kramers_kronig``). ``--png PATH`` draws eps1,
-eps2 and the loss function of one pixel (``--pixel Y,X``) or the mean of a region
-(``--pixel Y0:Y1,X0:X1``) at PATH, and the thickness and plasmon-energy maps beside it
-(PATH_thickness.png, PATH_plasmon.png).
+converged, the derived quantities and the ``quality`` bitmask with ``valid`` (see
+``eelsgpu.kramers_kronig``; ``eelsgpu report`` draws and explains it). The low-energy cut-off is
+3 x each pixel's measured ZLP FWHM unless ``--low-energy-cutoff`` is given. ``--png PATH`` draws
+eps1, eps2 and the loss function of one pixel (``--pixel Y,X``) or the mean of a region
+(``--pixel Y0:Y1,X0:X1``) at PATH, and the thickness, plasmon-energy and quality maps beside it
+(PATH_thickness.png, PATH_plasmon.png, PATH_quality.png).
 
 Examples::
 
     eelsgpu kk lowloss.zarr -o kk.zarr --beam-energy 200 --collection-angle 10 --metal
+    eelsgpu kk lowloss.dm3 -o kk.zarr --zlp threshold --search 10:30 --refractive-index 1.46
     eelsgpu kk ssd.zarr -o kk.zarr --refractive-index 3.42 --iterations 10 --png kk.png
 """
 
@@ -73,11 +80,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="raw input only: zero-loss peak model (mirror, fit, threshold) or file",
     )
     p.add_argument(
+        "--search",
+        type=_search_range,
+        metavar="LO:HI",
+        help="raw input only: where the ZLP maximum is looked for, eV on the stored axis "
+        "(default -5:5)",
+    )
+    p.add_argument(
         "--kind",
         dest="deconv_output",
-        default="reconvolved-zlp",
-        choices=("reconvolved-zlp", "ssd", "reconvolved-gaussian"),
-        help="raw input only: which SSD to analyse (default reconvolved-zlp)",
+        default="band-limited",
+        choices=("band-limited", "ssd", "reconvolved-gaussian", "reconvolved-zlp"),
+        help="raw input only: which SSD to analyse (default band-limited: the SSD with a "
+        "Gaussian of each pixel's measured ZLP FWHM)",
     )
     p.add_argument(
         "--fwhm",
@@ -93,6 +108,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
         dest="low_energy_cutoff_eV",
         help="below it Im[-1/eps] is extrapolated linearly to 0 (default: 3 ZLP FWHM, "
         "measured on raw input, else 1.5 eV)",
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        metavar="g/cm3",
+        dest="density_g_cm3",
+        help="density for the log-ratio thickness to compare with (Iakoubovskii mean free path)",
+    )
+    p.add_argument(
+        "--mean-free-path",
+        type=float,
+        metavar="nm",
+        dest="mean_free_path_nm",
+        help="a known inelastic mean free path (nm), for the log-ratio thickness to compare with",
     )
     p.add_argument(
         "--min-thickness",
@@ -144,9 +173,30 @@ def _selection(text: str | None, shape: tuple[int, ...]) -> dict[str, Any]:
     return out
 
 
-def _zlp_fwhm_eV(si) -> float | None:
+def _search_range(text: str) -> tuple[float, float]:
+    """``"LO:HI"`` in eV -> (lo, hi), lo < hi."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--search takes LO:HI in eV, e.g. -5:5 or 10:30, not {text!r}"
+        ) from None
+    if not hi > lo:
+        raise argparse.ArgumentTypeError(f"--search {text!r}: HI must be above LO")
+    return lo, hi
+
+
+def _band_limited_available() -> bool:
+    """Whether ``eelsgpu.deconvolve`` offers ``output="band-limited"`` (issue 11's interface)."""
+    from ..analysis.deconvolution import OUTPUTS
+
+    return "band-limited" in OUTPUTS
+
+
+def _zlp_fwhm_eV(si, search_eV: tuple[float, float] = (-5.0, 5.0)) -> float | None:
     """Median ZLP FWHM (eV) of up to 16 pixels spread over the image (half-maximum crossings,
-    linear interpolation); None when no peak is found."""
+    linear interpolation), the maximum looked for in ``search_eV``; None when no peak is
+    found."""
     import numpy as np
 
     nav = si.shape[:-1]
@@ -155,7 +205,7 @@ def _zlp_fwhm_eV(si) -> float | None:
     idx = np.unique(np.linspace(0, n - 1, min(16, n)).astype(int))
     spectra = np.asarray(flat[idx].compute() if hasattr(flat, "compute") else flat[idx], float)
     e = np.asarray(si["energy"].values, float)
-    near = np.abs(e) <= 5.0
+    near = (e >= search_eV[0]) & (e <= search_eV[1])
     widths = []
     for s in spectra:
         if not np.all(np.isfinite(s)) or not near.any():
@@ -206,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..analysis.kramers_kronig import kramers_kronig, warn_flagged
     from ..errors import InputError
+    from ..plotting import quality_summary
     from ._common import calibration_kwargs
 
     out = output_path(args)
@@ -220,16 +271,27 @@ def run(args: argparse.Namespace) -> int:
         if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
             raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
         si = open_input(args)
-        fwhm = _zlp_fwhm_eV(si)
+        search = args.search or (-5.0, 5.0)
+        kind, gauss = args.deconv_output, args.fwhm_eV
+        if kind == "band-limited" and not _band_limited_available():
+            # until deconvolve has output="band-limited": the same Gaussian band limit with the
+            # image's median measured ZLP FWHM (one width for every pixel)
+            fwhm = _zlp_fwhm_eV(si, search)
+            if fwhm is None:
+                raise InputError(f"{args.input}: no zero-loss peak found in {search} eV")
+            kind, gauss = "reconvolved-gaussian", fwhm
+        elif kind != "band-limited":
+            fwhm = _zlp_fwhm_eV(si, search)
         ssd = deconvolve(
             si,
             zlp=_zlp_argument(args.zlp, si),
-            output=args.deconv_output,
-            fwhm_eV=args.fwhm_eV,
+            output=kind,
+            fwhm_eV=gauss,
+            search_eV=search,
             device=args.device,
         )
-        if args.deconv_output == "reconvolved-gaussian":
-            fwhm = max(fwhm or 0.0, args.fwhm_eV)
+        if "zlp_fwhm_eV" in ssd:
+            fwhm = None  # the deconvolution's own per-pixel map
         for key in ("beam_energy_keV", "collection_angle_mrad"):
             if key in si.attrs:
                 ssd.attrs.setdefault(key, si.attrs[key])
@@ -245,9 +307,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         low_energy_cutoff_eV=args.low_energy_cutoff_eV,
         zlp_fwhm_eV=fwhm,
+        density_g_cm3=args.density_g_cm3,
+        mean_free_path_nm=args.mean_free_path_nm,
         min_thickness_nm=args.min_thickness_nm,
     )
-    ds.attrs["kk_input"] = str(args.input)
+    ds.attrs["kk_input_path"] = str(args.input)
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
     warn_flagged(res)
@@ -257,12 +321,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         t = np.asarray(res["thickness_nm"].values)
         good = valid & np.isfinite(t)
-        msg = f"wrote {out}: eps for {int(valid.sum())} of {valid.size} pixels"
+        msg = f"wrote {out}: eps valid for {int(valid.sum())} of {valid.size} pixels"
         if good.any():
             msg += f", thickness {np.median(t[good]):.1f} nm median"
         if args.iterations:
             msg += f", surface correction converged in {int(np.sum(res['converged'].values))}"
         print(msg)
+        print(quality_summary(res["quality"]))
     return 0
 
 
@@ -299,3 +364,5 @@ def _pictures(res, path: Path, pixel: str | None) -> None:
         stem = path.with_suffix("")
         plotting.plot_map(res["thickness_nm"], f"{stem}_thickness.png")
         plotting.plot_map(res["plasmon_energy_eV"], f"{stem}_plasmon.png")
+        if "quality" in res:
+            plotting.plot_quality(res["quality"], f"{stem}_quality.png")

@@ -31,6 +31,7 @@ Low-loss kernels, bottom up (each imports only those above it in this list):
 :mod:`.surface`           surface losses and the surface-corrected solve (eqs. 35-36)
 :mod:`.optics`            n, k, mu, n_eff, plasmon energy, loss peak, Cerenkov test
 :mod:`.blocks_lowloss`    the composite per-block kernels of the low-loss analyses, declared
+:mod:`.blocks_kk`         the Kramers-Kronig block kernel, declared
 ========================  ========================================================================
 
 Equations of ``shared/docs/kk-theory.md`` and the one function that computes each

@@ -27,12 +27,30 @@ Energies are in eV, spectra in counts per channel.
 A pixel is flagged (``valid`` False, NaN results, ``gap_type`` -1) when the onset is not
 significant (the onset term improves chi^2 by less than ``min_significance``^2), when the best
 Eg or b sits at the edge of its search range, when the chi^2 curvature is not positive, or when
-its reduced chi^2 is far above the image's median (the model does not describe that pixel).
+its reduced chi^2 is far above the image's median (the model does not describe that pixel):
+bit NO_ONSET of the ``quality`` map (:mod:`.quality`).
+
+The zero-loss peak's residue. Where a ZLP was taken off the spectrum (a measured vacuum ZLP
+subtracted, or the SSD of a deconvolution), what the subtraction left decays from 0 eV towards
+the pre-onset floor; a window that starts on that decay asks the onset term to tell the
+residue's foot from the gap, and on the real WS2 spectra it does not (EELSfitter Specimen 3,
+the vacuum reference subtracted: 2 of 10 spectra give 0.69 and 0.71 eV, at the residue's foot,
+against 1.6-1.7 for the rest). :func:`zlp_residue` measures, per pixel, how far the spectrum at
+the window's start stands above the window's floor, in units of the onset's own rise within
+the window (``residue_excess``), and where that falls below :data:`RESIDUE_LIMIT`
+(``zlp_residue_end_eV``, where a window may start). A ZLP-removed pixel whose excess is above
+the limit gets WINDOW_IN_ZLP_RESIDUE (fatal), and so does one whose fitted onset lies less than
+:data:`FOOT_FRACTION` of the window above ``zlp_residue_end_eV`` (the window then holds no
+pre-onset floor: on WS2 with a power-law background the onset latches onto the residue's foot at
+0.70-0.77 eV even from a window that starts where the residue has come down). A raw spectrum's
+ZLP tail is not a residue: the power-law background models it, and is not flagged.
 
 :func:`bandgap_kernel` fits a block (array API, NumPy/CuPy/array-api-strict);
-:data:`BANDGAP_BLOCK` declares it for the engine; :func:`auto_window` finds a fit window on the
-host from the mean spectrum. The xarray-facing function is :func:`eelsgpu.bandgap`
-(:mod:`eelsgpu.analysis.bandgap`).
+:func:`bandgap_block` subtracts a ZLP model first where asked (the reference-ZLP route: each
+pixel's ZLP centre moved to 0 eV, the fit weighted by the raw counts), checks the residue and
+sets the quality bits; :data:`BANDGAP_BLOCK` declares it for the engine; :func:`auto_window`
+finds a fit window on the host from the mean spectrum. The xarray-facing function is
+:func:`eelsgpu.bandgap` (:mod:`eelsgpu.analysis.bandgap`).
 
 Examples
 --------
@@ -54,9 +72,11 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import array_namespace, moving_average
+from .._xp import array_namespace, axis_step, moving_average
 from ..errors import InputError
+from . import quality as q
 from .declare import BlockKernel, Output
+from .zlp import SEARCH_EV, shift_kernel, zlp_kernel
 
 __all__ = [
     "BACKGROUNDS",
@@ -66,10 +86,14 @@ __all__ = [
     "B_FREE",
     "B_INDIRECT",
     "MODELS",
+    "FOOT_FRACTION",
+    "RESIDUE_LIMIT",
     "TAIL_EXPONENTS",
     "TILE_PIXELS",
     "auto_window",
+    "bandgap_block",
     "bandgap_kernel",
+    "zlp_residue",
 ]
 
 MODELS = ("direct", "indirect", "free")
@@ -81,6 +105,12 @@ B_FREE = tuple(round(0.3 + 0.1 * i, 10) for i in range(18))  # 0.3 .. 2.0
 #: Decay exponents r of the power-law background tried per pixel.
 TAIL_EXPONENTS = tuple(0.5 * i for i in range(2, 13))  # 1 .. 6
 _SMOOTH = 5  # channels in the moving average that estimates the Poisson variance
+#: The largest ZLP residue at the window's start, in units of the onset's rise within the window
+#: (:func:`zlp_residue`), for a ZLP-removed spectrum not to get WINDOW_IN_ZLP_RESIDUE.
+RESIDUE_LIMIT: float = 0.5
+#: An onset found less than this share of the window above where the residue has come down sits
+#: at the residue's foot (WINDOW_IN_ZLP_RESIDUE): the window holds no pre-onset floor below it.
+FOOT_FRACTION: float = 0.1
 
 
 def _stencil(xp, prof, idx):
@@ -394,7 +424,9 @@ def _smooth_host(y: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(y, np.ones(n) / n, mode="same")
 
 
-def auto_window(energy_eV: np.ndarray, mean_spectrum: np.ndarray) -> tuple[float, float]:
+def auto_window(
+    energy_eV: np.ndarray, mean_spectrum: np.ndarray, *, after_residue: bool = False
+) -> tuple[float, float]:
     """A fit window for the onset, found from the mean spectrum (eV).
 
     The floor is the smallest magnitude of the smoothed spectrum between 0 and 12 eV (between
@@ -403,6 +435,11 @@ def auto_window(energy_eV: np.ndarray, mean_spectrum: np.ndarray) -> tuple[float
     magnitude first falls to 2 % of its largest height above the floor (past most of the tail,
     or the first channels of an SSD); the high end is where the spectrum has risen to half of its
     next maximum (within 8 eV of the floor) above the floor.
+
+    With ``after_residue`` (a spectrum whose ZLP was taken off: its residue is no background
+    to fit), the low end is moreover no lower than where the mean spectrum has come down to
+    within a quarter of the window's rise above the floor (:data:`RESIDUE_LIMIT` / 2: half-way
+    to what :func:`zlp_residue` flags, a margin for the single pixels' noise).
 
     A heuristic: it suits ZLP-subtracted spectra and SSDs whose loss rises steadily after the
     gap. On raw spectra (the ZLP tail still there) or where the loss flattens soon after a
@@ -435,9 +472,173 @@ def auto_window(energy_eV: np.ndarray, mean_spectrum: np.ndarray) -> tuple[float
     half = floor + 0.5 * (top - floor)
     rise = np.nonzero(sp[i_min : top_end + 1] >= half)[0]
     hi_i = i_min + int(rise[0])
+    if after_residue:
+        # the rise the residue check will see in the window [lo, hi]: up to the half-rise point
+        rise_w = float(np.max(sp[i_min : hi_i + 1])) - floor
+        # after the last point above that level on the way down to the floor
+        above = np.nonzero(sp[: i_min + 1] - floor > 0.5 * RESIDUE_LIMIT * rise_w)[0]
+        lo_i = max(lo_i, min(int(above[-1]) + 1, i_min) if above.size else 0)
     lo, hi = float(e[pos[lo_i]]), float(e[pos[hi_i]])
     hi = max(hi, lo + 40 * disp)
     return lo, hi
+
+
+# --------------------------------------------------------------------------- ZLP residue
+def zlp_residue(xp: Any, y: Any, energy_eV: Any, limit: float = RESIDUE_LIMIT) -> tuple[Any, Any]:
+    """How much of the zero-loss peak's residue is left at the start of a fit window.
+
+    ``y`` (n, m) are the window's channels (counts), ``energy_eV`` (m,) their energies. With
+    ``s`` the spectrum averaged over ``h = max(2, m // 40)`` channels either side, ``floor`` its
+    minimum over the window and ``rise`` its maximum over the window's top third less the floor
+    (the onset's height within the window): ``residue_excess = (s[0] - floor) / rise``, the spectrum's height at the
+    window's start above the floor in units of the onset's rise; and ``zlp_residue_end_eV``,
+    the first energy of the window where ``s - floor <= limit x rise`` (where the residue has
+    come down; NaN if nowhere). An excess above ``limit`` means the residue at the window's
+    start is more than ``limit`` times the onset the fit is after.
+
+    Returns
+    -------
+    (excess, end) : arrays (n,)
+        Dimensionless and eV; +inf excess where the window shows no rise at all.
+    """
+    m = y.shape[-1]
+    h = max(2, m // 40)
+    s = moving_average(xp, y, h)
+    floor = xp.min(s, axis=-1)
+    # the onset's rise: the top third of the window (where the onset has risen), over the floor
+    rise = xp.max(s[:, (2 * m) // 3 :], axis=-1) - floor
+    rise_ok = rise > 0
+    safe = xp.where(rise_ok, rise, xp.ones_like(rise))
+    excess = xp.where(rise_ok, (s[:, 0] - floor) / safe, math.inf)
+    # the end: after the last channel above the limit on the way down to the floor
+    k = xp.arange(m)
+    at_floor = xp.argmin(s, axis=-1)
+    up = ((s - floor[:, None]) > limit * safe[:, None]) & (k[None, :] <= at_floor[:, None])
+    first = xp.max(xp.where(up, k[None, :], -1), axis=-1) + 1
+    first = xp.minimum(first, at_floor)
+    end = xp.where(rise_ok, xp.take(energy_eV, first), math.nan)
+    return excess, end
+
+
+def bandgap_block(
+    block: Any,
+    energy_eV: Any,
+    *,
+    window: tuple[int, int],
+    eg_grid_eV: Any,
+    b_values: Sequence[float] = (B_DIRECT,),
+    background: str = "power-law",
+    tail_exponents: Sequence[float] = TAIL_EXPONENTS,
+    min_significance: float = 5.0,
+    variance: Any = None,
+    upstream_quality: Any = None,
+    zlp_method: str | None = None,
+    reference: Any = None,
+    zlp_cube: Any = None,
+    search_eV: tuple[float, float] = SEARCH_EV,
+    zlp_removed: bool = False,
+    residue_limit: float | None = RESIDUE_LIMIT,
+    dispersion_eV: float | None = None,
+) -> dict[str, Any]:
+    """The band-gap fit of a block with the ZLP taken off first where asked, and its quality.
+
+    With ``zlp_method`` (the reference-ZLP route: ``"reference"`` with a measured vacuum
+    spectrum ``reference`` (n_E,), or any model of :func:`~.zlp.zlp_kernel`), each pixel's ZLP
+    model is subtracted (eq. 13: I_inel = I - N0 R), the rest moved so that the pixel's ZLP
+    centre sits at 0 eV (linear interpolation, counts kept) and fitted on energy relative to
+    the ZLP, weighted by the raw counts (Poisson variance of the measured spectrum, not of the
+    difference) unless ``variance`` is given. Then :func:`bandgap_kernel`, :func:`zlp_residue`
+    on the window, and the ``quality`` bits (:mod:`.quality`): NO_ZLP (no usable ZLP where one
+    was to be subtracted), NO_ONSET (the fit is not valid), WINDOW_IN_ZLP_RESIDUE (a
+    ZLP-removed spectrum, ``zlp_removed`` or ``zlp_method``, whose residue excess at the
+    window's start is above ``residue_limit``; None: not checked), and ``upstream_quality``
+    (the bits of the deconvolution an SSD came from). ``valid`` is a valid fit with no fatal
+    bit; pixels not valid get NaN results and ``gap_type`` -1. ``dispersion_eV`` (the channel
+    width, a host number) spares reading it from the device.
+
+    Returns
+    -------
+    dict
+        :func:`bandgap_kernel`'s maps and ``residue_excess``, ``zlp_residue_end_eV`` (eV),
+        ``quality`` (uint32); with ``zlp_method`` also ``zlp_intensity`` (counts) and
+        ``zlp_centre_eV`` (eV, on the stored axis).
+    """
+    xp = array_namespace(block)
+    extra: dict[str, Any] = {}
+    quality = xp.zeros((block.shape[0],), dtype=xp.uint32)
+    if upstream_quality is not None:
+        uq = xp.where(xp.isfinite(upstream_quality), upstream_quality, 0.0)
+        quality = xp.astype(uq, xp.uint32)
+    y = block
+    zlp_ok = None
+    if zlp_method is not None:
+        z = zlp_kernel(
+            block,
+            energy_eV,
+            method=zlp_method,
+            reference=reference,
+            zlp_cube=zlp_cube,
+            search_eV=search_eV,
+        )
+        zlp_ok = z["valid"]
+        c = xp.where(zlp_ok, z["zlp_centre_eV"], xp.zeros_like(z["zlp_centre_eV"]))
+        d = dispersion_eV if dispersion_eV is not None else axis_step(energy_eV)[1]
+        model = xp.where(zlp_ok[:, None], z["zlp"], xp.zeros_like(block))
+        y = shift_kernel(block - model, c, "linear", dispersion_eV=d, fill_value=0.0)
+        if variance is None:
+            raw = shift_kernel(block, c, "linear", dispersion_eV=d, fill_value=0.0)
+            variance = xp.clip(xp.abs(moving_average(xp, raw, _SMOOTH // 2)), 1.0, None)
+        y = xp.where(zlp_ok[:, None], y, xp.full_like(y, math.nan))
+        quality = q.set_bit(xp, quality, ~zlp_ok, q.NO_ZLP)
+        extra["zlp_intensity"] = xp.where(zlp_ok, z["zlp_intensity"], math.nan)
+        extra["zlp_centre_eV"] = xp.where(zlp_ok, z["zlp_centre_eV"], math.nan)
+    out = bandgap_kernel(
+        y,
+        energy_eV,
+        window=window,
+        eg_grid_eV=eg_grid_eV,
+        b_values=b_values,
+        background=background,
+        tail_exponents=tail_exponents,
+        min_significance=min_significance,
+        variance=variance,
+    )
+    i0, i1 = int(window[0]), int(window[1])
+    yw = y[:, i0:i1]
+    finite = xp.all(xp.isfinite(yw), axis=-1)
+    yw = xp.where(finite[:, None], yw, xp.zeros_like(yw))
+    limit = RESIDUE_LIMIT if residue_limit is None else float(residue_limit)
+    excess, end = zlp_residue(xp, yw, energy_eV[i0:i1], limit)
+    nan = math.nan
+    excess = xp.where(finite, excess, nan)
+    end = xp.where(finite, end, nan)
+    fit_ok = out["valid"]
+    data_ok = finite if zlp_ok is None else finite & zlp_ok
+    quality = q.set_bit(xp, quality, data_ok & ~fit_ok, q.NO_ONSET)
+    if residue_limit is not None and (zlp_removed or zlp_method is not None):
+        # the window starts on the residue, or the onset found sits at the residue's foot:
+        # less than FOOT_FRACTION of the window above where the residue has come down
+        e_lo = energy_eV[i0]  # 0-d arrays on the block's device: no host round trip
+        start = xp.where(xp.isfinite(end), xp.maximum(end, e_lo), e_lo)
+        foot = FOOT_FRACTION * (energy_eV[i1 - 1] - e_lo)
+        at_foot = xp.isfinite(out["bandgap_eV"]) & (out["bandgap_eV"] - start < foot)
+        in_residue = data_ok & ((excess > limit) | at_foot)
+        quality = q.set_bit(xp, quality, in_residue, q.WINDOW_IN_ZLP_RESIDUE)
+    fatal = (quality & xp.asarray(q.FATAL, dtype=xp.uint32)) > 0
+    valid = fit_ok & ~fatal
+    result = {}
+    for name, value in out.items():
+        if name == "valid" or name == "onset_significance":
+            result[name] = value
+        elif name == "gap_type":
+            result[name] = xp.where(valid, value, xp.asarray(-1, dtype=xp.int32))
+        else:
+            result[name] = xp.where(valid, value, nan)
+    result["valid"] = valid
+    result["residue_excess"] = excess
+    result["zlp_residue_end_eV"] = end
+    result["quality"] = quality
+    return result | extra
 
 
 # --------------------------------------------------------------------------- declaration
@@ -461,15 +662,38 @@ BANDGAP_OUTPUTS: tuple[Output, ...] = (
     Output("fit_quality", "", "reduced chi-squared of the onset fit"),
     Output("r_squared", "", "weighted R^2 of the onset fit"),
     Output("onset_significance", "sigma", "onset significance"),
-    Output("valid", "", "fit is meaningful", dtype="bool"),
+    Output("valid", "", "fit is meaningful and no fatal quality bit", dtype="bool"),
 )
 
-#: :func:`bandgap_kernel` declared for the engine; the per-channel ``variance`` cube (counts^2)
-#: is an optional extra (Poisson from the smoothed counts without it).
+#: What :func:`bandgap_block` adds: the residue check and the quality bits.
+BLOCK_OUTPUTS: tuple[Output, ...] = (
+    Output("residue_excess", "", "ZLP residue at the window's start / onset rise"),
+    Output("zlp_residue_end_eV", "eV", "where the ZLP residue has come down (window start)"),
+    Output("quality", "", "quality bitmask (eelsgpu.kernels.quality)", dtype="uint32"),
+)
+#: With the reference-ZLP route (``zlp_method``) also the ZLP's intensity and centre.
+ZLP_OUTPUTS: tuple[Output, ...] = (
+    Output("zlp_intensity", "counts", "zero-loss intensity N0"),
+    Output("zlp_centre_eV", "eV", "zero-loss peak centre"),
+)
+
+
+def _block_outputs(params: Any) -> tuple[Output, ...]:
+    outs = BANDGAP_OUTPUTS + tuple(
+        Output(o.name, o.units, o.long_name, dtype=o.dtype, attrs=q.describe())
+        if o.name == "quality"
+        else o
+        for o in BLOCK_OUTPUTS
+    )
+    return outs + (ZLP_OUTPUTS if params.get("zlp_method") is not None else ())
+
+
+#: :func:`bandgap_block` declared for the engine; the per-channel ``variance`` cube (counts^2),
+#: a ZLP cube and the deconvolution's ``upstream_quality`` map are optional extras.
 BANDGAP_BLOCK = BlockKernel(
-    bandgap_kernel,
-    outputs=BANDGAP_OUTPUTS,
+    bandgap_block,
+    outputs=_block_outputs,
     tile_pixels=TILE_PIXELS,
-    extras=("variance",),
+    extras=("variance", "zlp_cube", "upstream_quality"),
     name="bandgap",
 )

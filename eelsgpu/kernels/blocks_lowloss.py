@@ -1,9 +1,8 @@
 """The composite per-block kernels of the low-loss analyses, each with its declaration.
 
-Each analysis of :mod:`eelsgpu.analysis` (ZLP alignment, deconvolution, thickness, Kramers-Kronig)
-runs one block kernel here through :func:`eelsgpu.engine.apply_kernel`; the kernel composes the
-per-equation kernels (:mod:`.zlp`, :mod:`.fourier_log`, :mod:`.log_ratio`, :mod:`.sum_rule`,
-:mod:`.dielectric`, :mod:`.surface`, :mod:`.optics`) and comes declared as a
+Each analysis of :mod:`eelsgpu.analysis` (ZLP alignment, deconvolution, thickness) runs one block
+kernel here through :func:`eelsgpu.engine.apply_kernel`; the kernel composes the per-equation
+kernels (:mod:`.zlp`, :mod:`.fourier_log`, :mod:`.log_ratio`, :mod:`.sum_rule`) and comes declared as a
 :class:`~eelsgpu.kernels.declare.BlockKernel` beside it: its outputs (name, units, long name,
 dtype) and the tile size it runs best at on a CPU (measured; see each declaration).
 
@@ -15,47 +14,30 @@ declaration                 kernel                              analysis
 :data:`DECONVOLVE`          :func:`deconvolve_block`            ``deconvolve``
 :data:`LOG_RATIO`           :func:`log_ratio_block`             ``thickness`` (log-ratio)
 :data:`KK_THICKNESS`        :func:`kk_thickness_kernel`         ``thickness`` (kk)
-:func:`kk_declaration`      :func:`kk_kernel`                   ``kramers_kronig``
 ==========================  ==================================  ===========================
 
 The outputs several analyses share are declared once (:data:`ZLP_INTENSITY`,
-:data:`ZLP_CENTRE`).
+:data:`ZLP_CENTRE`). The Kramers-Kronig block kernel lives in :mod:`.blocks_kk`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 from .._xp import array_namespace, axis_step
-from ..errors import MissingParameterError
 from .declare import BlockKernel, Output
-from .dielectric import KKSetup, eps_from_inverse, kk_single_pass
 from .fourier_log import fourier_log_kernel
 from .log_ratio import log_ratio_kernel, log_ratio_with_ssd_tail, ssd_t_over_lambda
-from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, tail_decayed
-from .optics import (
-    absorption_coefficient_per_nm,
-    cerenkov_condition,
-    effective_electron_density,
-    loss_peak_eV,
-    plasmon_energy_eV,
-    refractive_index_nk,
-)
-from .sum_rule import kk_sum_rule_integral, ssd_on_loss_grid, sum_rule_normalisation
-from .surface import KKState, SurfaceSettings, solve_surface
+from .sum_rule import kk_sum_rule_integral
 from .tails import TAIL_FIT_FRACTION
 from .zlp import SEARCH_EV, centre_kernel, shift_kernel, zlp_kernel
 
 __all__ = [
-    "CUBE_OUTPUTS",
     "DECONVOLVE",
-    "DEFAULT_VARIABLES",
     "KK_THICKNESS",
     "LOG_RATIO",
-    "MAP_OUTPUTS",
     "ZLP_CENTRE",
     "ZLP_CENTRES",
     "ZLP_INTENSITY",
@@ -63,8 +45,6 @@ __all__ = [
     "align_declaration",
     "centres_block",
     "deconvolve_block",
-    "kk_declaration",
-    "kk_kernel",
     "kk_thickness_kernel",
     "log_ratio_block",
 ]
@@ -354,366 +334,3 @@ KK_THICKNESS = BlockKernel(
         _thickness_output("valid", "bool"),
     ),
 )
-
-
-# --------------------------------------------------------------------------- Kramers-Kronig
-#: Map outputs of the kernel (one value per pixel) and their (units, long name, dtype).
-MAP_OUTPUTS: dict[str, tuple[str, str, str]] = {
-    "thickness_nm": ("nm", "thickness (Kramers-Kronig sum rule)", "float"),
-    "re_inverse_eps0": ("", "Re[1/eps(0)]", "float"),
-    "static_refractive_index": ("", "static refractive index n = Re[1/eps(0)]^-1/2", "float"),
-    "plasmon_energy_eV": ("eV", "eps1 = 0 crossing with positive slope", "float"),
-    "loss_peak_eV": ("eV", "energy of the loss-function maximum", "float"),
-    "iterations": ("", "surface-correction iterations done", "int32"),
-    "converged": ("", "surface correction converged (and applied)", "bool"),
-    "surface_status": (
-        "",
-        "surface correction: 0 not asked, 1 converged, 2 too thin (uncorrected), "
-        "3 did not converge (uncorrected)",
-        "int32",
-    ),
-    "cerenkov": ("", "Cerenkov condition v > c/sqrt(eps1) met at low energy", "bool"),
-    "tail_decayed": ("", "loss function decayed before the window ends", "bool"),
-    "valid": ("", "pixel analysed (N0, SSD and normalisation usable)", "bool"),
-}
-#: Per-pixel spectra of the kernel, on the loss grid E_k = k dE, k >= 1.
-CUBE_OUTPUTS: dict[str, tuple[str, str]] = {
-    "eps1": ("", "eps1 = Re[eps]"),
-    "eps2": ("", "eps2 = Im[eps]"),
-    "loss_function": ("", "Im[-1/eps]"),
-    "surface_intensity": ("counts", "surface-loss intensity I_S per channel (eq. 36)"),
-    "refractive_index": ("", "refractive index n(E)"),
-    "extinction_coefficient": ("", "extinction coefficient k(E)"),
-    "absorption_coefficient": ("1/nm", "optical absorption coefficient mu(E)"),
-    "n_eff": ("electrons/nm^3", "effective electron density n_eff(E) (f-sum rule)"),
-}
-DEFAULT_VARIABLES: tuple[str, ...] = tuple(CUBE_OUTPUTS) + tuple(MAP_OUTPUTS)
-
-
-def kk_kernel(
-    block,
-    energy_eV,
-    *,
-    zlp_intensity=None,
-    thickness_nm=None,
-    valid=None,
-    beam_energy_keV: float,
-    collection_angle_mrad: float,
-    refractive_index: float | None = None,
-    metal: bool = False,
-    iterations: int = 0,
-    low_energy_cutoff_eV: float = DEFAULT_LOW_ENERGY_CUTOFF_EV,
-    min_thickness_nm: float = 20.0,
-    thickness_tolerance: float = 1e-3,
-    eps_tolerance: float = 1e-2,
-    cerenkov_max_eV: float = 5.0,
-    atom_density_per_nm3: float | None = None,
-    variables: Sequence[str] = DEFAULT_VARIABLES,
-) -> dict[str, Any]:
-    """Kramers-Kronig analysis of a block of SSDs (array-API kernel for
-    :func:`eelsgpu.engine.apply_kernel`).
-
-    Implements kk-theory.md eqs. 26, 28, 31-36 (Egerton 2011 section 4.2): the loss function from
-    the SSD (eq. 31), normalised by the sum rule (eq. 33) from n, as a metal, or from a known
-    thickness; Re[1/eps] by eq. 32 (:func:`~.dielectric.re_inverse_eps`); eps by eq. 34; the
-    thickness by
-    eq. 26; and, with ``iterations`` > 0, the surface correction of eqs. 35-36.
-
-    Surface correction (eqs. 35-36): find the bulk SSD b with b + I_S(eps(b)) = SSD, where
-    eps(b) is the KK analysis of b (eps, t by the single pass above) and
-    I_S = N0 dE P_S(eps) (eq. 36, :func:`~.surface.surface_loss_per_eV`); start: b = SSD
-    (I_S = 0, the uncorrected result). The plain fixed point b <- SSD - I_S(eps(b)) diverges for
-    thin films (measured: 30 nm and below for a Si-like film; the eigenvalues of its Jacobian
-    reach -2.2 at 20 nm and one has a real part above 1, so no damping can cure it), so each
-    iteration is an approximate Newton step on the residual F(b) = b + I_S - SSD (channels
-    >= E_c): with w = 1/eps (analytic, Re w = Hilbert transform of Im w, eq. 32) the linearised
-    equation is a Riemann-Hilbert problem Im[M dw] = F, M = 1/Kp - S g'(w) (Kp the SSD-to-loss
-    factor of eq. 31, S eq. 36's prefactor, g(w) = w - 4w/(1 + w)), solved exactly by two
-    Hilbert transforms (:func:`~.surface.newton_step`). The neglected parts (the sum-rule factor's
-    variation, the extrapolations below E_c and beyond the window, discretisation) make the
-    convergence linear (||F|| falls by a factor 0.1-0.5 per step, measured on 20-100 nm films).
-    Safeguard: a step is accepted only if ||F|| decreases; otherwise that pixel's step length is
-    halved (after a success it doubles again, up to 1) and the pixel fails when it would drop
-    below 1/8.
-
-    One iteration = one Newton step (2 Hilbert transforms) + one KK single pass of the trial b,
-    i.e. about three single passes of FFT work; ``iterations`` is the maximum number of
-    iterations (steps, accepted or not). Converged films of 20-100 nm take 3-6 (9-18 passes).
-
-    Convergence criterion, per pixel, after an accepted step i: |t^(i) - t^(i-1)| <=
-    ``thickness_tolerance`` t^(i) and max_E |eps^(i) - eps^(i-1)| <= ``eps_tolerance``
-    max_E |eps^(i)| (E from E_c to the window end); the pixel then stops iterating (a per-pixel
-    active mask). Pixels thinner than ``min_thickness_nm`` (from the uncorrected analysis) are
-    not corrected (status 2); pixels that do not converge within ``iterations``, whose step
-    length falls below 1/8, whose thickness or eps stop being finite and positive, or whose M
-    winds around 0 keep the uncorrected result exactly (status 3); ``converged`` is True only
-    for corrected pixels.
-
-    When it fails, and why: M winds around 0 (the Riemann-Hilbert problem has a nonzero index)
-    where the surface-plasmon term 4 S |eps|^2/|eps + 1|^2 outweighs the bulk weight 1/Kp near
-    eps1 = -1, i.e. where surface losses dominate a sharp surface plasmon. With index 1 the
-    continuous linearised problem loses two conditions: the inversion itself is ill-posed, not
-    only the iteration (measured for a sharp Drude film, 15 eV, width 0.5 eV, at 100 nm: the
-    Jacobian of F has two singular values 5e-3 and 6e-4, all others >= 0.95; two combinations
-    of the spectrum are almost undetermined). Measured at the true eps (200 kV, 10 mrad): a
-    Si-like Lorentz film (width 3.7 eV) winds at 15 nm but not at 20 nm; a broad Drude metal
-    (16.7 eV, width 3.7 eV) at 20 nm but not at 25 nm (its 20 nm film is flagged when the step
-    length collapses); the sharp Drude film at every thickness up to 400 nm (the plain fixed
-    point diverges there too). Pixels whose M winds get status 3 at once, without iterating.
-
-    Parameters
-    ----------
-    block : array (n, n_E)
-        SSD, counts per channel, loss axis ``energy_eV`` (eV) holding 0 eV.
-    zlp_intensity : array (n,), optional
-        N0 (counts); needed for the thickness, for ``thickness_nm`` and for the surface term.
-    thickness_nm : array (n,), optional
-        Known thickness (nm) to normalise by instead of n; t <= 0 or NaN (vacuum) is flagged.
-    valid : array (n,), optional
-        Pixels to analyse (others give NaN and ``valid`` False).
-    beam_energy_keV, collection_angle_mrad : float
-        E0 (keV), beta (mrad).
-    refractive_index, metal
-        Normalisation by eq. 28 when no thickness is given.
-    low_energy_cutoff_eV : float
-        E_c (eV): Im[-1/eps] below it is extrapolated linearly to 0 (module docstring).
-    cerenkov_max_eV : float
-        Upper end (eV) of the low-energy range [E_c, cerenkov_max_eV] where the Cerenkov
-        condition eps1 > (c/v)^2 is tested (on the median of eps1 there, robust to noise);
-        5 eV by default, where Cerenkov losses fall (kk-theory.md, relativistic contributions).
-    atom_density_per_nm3 : float, optional
-        Atoms per nm^3: ``n_eff`` is then per atom instead of per nm^3.
-    variables : sequence of str
-        Outputs to return (all of :data:`CUBE_OUTPUTS` and :data:`MAP_OUTPUTS` by default).
-
-    Returns
-    -------
-    dict
-        Maps (n,) and cubes (n, K - 1) on E_k = k dE, k = 1..K-1 (units in :data:`MAP_OUTPUTS`
-        and :data:`CUBE_OUTPUTS`).
-
-    The work is cut in three: :func:`_kk_inputs` (the SSD on the loss grid and the input
-    masks), :func:`_kk_solve` (the pass of :func:`~.dielectric.kk_single_pass` and the
-    surface correction of :func:`~.surface.solve_surface`) and :func:`_kk_derived` (the
-    outputs and the optical quantities of :mod:`.optics`).
-    """
-    inputs = _kk_inputs(
-        block,
-        energy_eV,
-        zlp_intensity=zlp_intensity,
-        thickness_nm=thickness_nm,
-        valid=valid,
-        beam_energy_keV=beam_energy_keV,
-        collection_angle_mrad=collection_angle_mrad,
-        refractive_index=refractive_index,
-        metal=metal,
-        iterations=iterations,
-        low_energy_cutoff_eV=low_energy_cutoff_eV,
-    )
-    settings = SurfaceSettings(
-        collection_angle_mrad=collection_angle_mrad,
-        iterations=int(iterations),
-        min_thickness_nm=min_thickness_nm,
-        thickness_tolerance=thickness_tolerance,
-        eps_tolerance=eps_tolerance,
-    )
-    sol = _kk_solve(inputs, settings)
-    return _kk_derived(
-        inputs,
-        sol,
-        variables=variables,
-        cerenkov_max_eV=cerenkov_max_eV,
-        atom_density_per_nm3=atom_density_per_nm3,
-    )
-
-
-class _KKInputs(NamedTuple):
-    """The block ready for the KK passes: ``setup`` (grid, N0, E0, normalisation), ``s0`` (n, K)
-    the SSD on the loss grid (unusable rows zeroed), ``ok_in`` (n,) the pixels to analyse."""
-
-    setup: KKSetup
-    s0: Any
-    ok_in: Any
-
-
-def _kk_inputs(
-    block: Any,
-    energy_eV: Any,
-    *,
-    zlp_intensity: Any,
-    thickness_nm: Any,
-    valid: Any,
-    beam_energy_keV: float,
-    collection_angle_mrad: float,
-    refractive_index: float | None,
-    metal: bool,
-    iterations: int,
-    low_energy_cutoff_eV: float,
-) -> _KKInputs:
-    """The SSD on the loss grid, N0, the normalisation and the input masks of :func:`kk_kernel`."""
-    xp, grid, kc, kf, s0, e, ang = ssd_on_loss_grid(
-        block,
-        energy_eV,
-        beam_energy_keV=beam_energy_keV,
-        collection_angle_mrad=collection_angle_mrad,
-        low_energy_cutoff_eV=low_energy_cutoff_eV,
-    )
-    n_pix = s0.shape[0]
-    dtype = s0.dtype
-    one_minus = 1.0
-    t_given = None
-    if thickness_nm is not None:
-        t_given = xp.astype(xp.asarray(thickness_nm), dtype)
-    else:
-        one_minus = sum_rule_normalisation(refractive_index, metal)
-    if zlp_intensity is None:
-        if t_given is not None or iterations > 0:
-            raise MissingParameterError(
-                "zlp_intensity (N0) is needed to normalise by thickness and for the surface term"
-            )
-        n0 = xp.full((n_pix,), math.nan, dtype=dtype)
-    else:
-        n0 = xp.astype(xp.asarray(zlp_intensity), dtype)
-    ok_in = xp.ones((n_pix,), dtype=xp.bool)
-    if valid is not None:
-        ok_in = xp.asarray(valid) > 0.5 if valid.dtype != xp.bool else valid
-    # any NaN in the SSD makes the pixel invalid; it is zeroed so it cannot poison the FFT
-    finite = xp.all(xp.isfinite(s0), axis=-1)
-    ok_in = ok_in & finite
-    if not bool(xp.all(ok_in)):
-        s0 = xp.where(ok_in[:, None], s0, xp.zeros_like(s0))
-    setup = KKSetup(
-        xp=xp,
-        n0=n0,
-        e=e,
-        ang=ang,
-        grid=grid,
-        kc=kc,
-        kf=kf,
-        beam_energy_keV=beam_energy_keV,
-        one_minus=one_minus,
-        thickness_nm=t_given,
-    )
-    return _KKInputs(setup, s0, ok_in)
-
-
-class _KKSolution(NamedTuple):
-    """The solved block: ``state`` (eps, loss function, Re[1/eps], t, Re[1/eps(0)]), ``ok`` (n,),
-    the surface correction's ``surface`` (n, K), ``iterations``, ``status``, ``converged`` (n,),
-    and the uncorrected pass's ``tail_coefficient`` and ``integral`` (n,)."""
-
-    state: KKState
-    ok: Any
-    surface: Any
-    iterations: Any
-    status: Any
-    converged: Any
-    tail_coefficient: Any
-    integral: Any
-
-
-def _kk_solve(inputs: _KKInputs, settings: SurfaceSettings) -> _KKSolution:
-    """One KK pass of the block, then the surface correction when ``settings.iterations`` > 0."""
-    setup, s0 = inputs.setup, inputs.s0
-    xp = setup.xp
-    n_pix = s0.shape[0]
-    loss, re_inv, t, re0, ok, a_tail, j = kk_single_pass(setup, s0)
-    ok = ok & inputs.ok_in
-    eps1, eps2 = eps_from_inverse(re_inv, loss)
-    state = KKState(eps1, eps2, loss, re_inv, t, re0)
-    surface = xp.zeros_like(s0)
-    n_iter = xp.zeros((n_pix,), dtype=xp.int32)
-    status = xp.zeros((n_pix,), dtype=xp.int32)
-    converged = xp.zeros((n_pix,), dtype=xp.bool)
-    if settings.iterations > 0:
-        state, surface, n_iter, status, converged = solve_surface(setup, s0, state, ok, settings)
-    return _KKSolution(state, ok, surface, n_iter, status, converged, a_tail, j)
-
-
-def _kk_derived(
-    inputs: _KKInputs,
-    sol: _KKSolution,
-    *,
-    variables: Sequence[str],
-    cerenkov_max_eV: float,
-    atom_density_per_nm3: float | None,
-) -> dict[str, Any]:
-    """The outputs of :func:`kk_kernel` asked for in ``variables``, on the output grid k >= 1."""
-    setup = inputs.setup
-    xp, e, grid, kc = setup.xp, setup.e, setup.grid, setup.kc
-    eps1, eps2, loss, _, t, re0 = sol.state
-    ok = sol.ok
-    want = set(variables)
-    out: dict[str, Any] = {}
-    sl = slice(1, grid.n)  # output grid: k >= 1 (eps is undefined at E = 0 for a metal)
-    e_out = e[sl]
-    all_ok = bool(xp.all(ok))  # skips the NaN masking passes in the usual case
-
-    def cube(x):
-        x = x[:, sl]
-        return x if all_ok else xp.where(ok[:, None], x, xp.full_like(x, math.nan))
-
-    def pmap(x):
-        return xp.where(ok, x, xp.full_like(x, math.nan))
-
-    out["eps1"] = cube(eps1)
-    out["eps2"] = cube(eps2)
-    out["loss_function"] = cube(loss)
-    out["surface_intensity"] = cube(sol.surface)
-    out["thickness_nm"] = pmap(t)
-    out["re_inverse_eps0"] = pmap(re0)
-    re0_safe = xp.where(re0 > 0, re0, xp.full_like(re0, math.nan))
-    out["static_refractive_index"] = pmap(1.0 / xp.sqrt(re0_safe))
-    out["iterations"] = sol.iterations
-    out["converged"] = sol.converged & ok
-    out["surface_status"] = sol.status
-    out["valid"] = ok
-    e1, e2 = out["eps1"], out["eps2"]  # NaN where not ok, so the derived cubes are too
-    if want & {"refractive_index", "extinction_coefficient", "absorption_coefficient"}:
-        n_e, k_e = refractive_index_nk(e1, e2)
-        out["refractive_index"] = n_e
-        out["extinction_coefficient"] = k_e
-        out["absorption_coefficient"] = absorption_coefficient_per_nm(k_e, e_out)
-    if "n_eff" in want:
-        out["n_eff"] = effective_electron_density(
-            e2, e_out, grid.dispersion_eV, atom_density_per_nm3
-        )
-    lo = xp.arange(grid.n - 1) >= (kc - 1)  # E >= E_c on the output grid
-    if "plasmon_energy_eV" in want:
-        out["plasmon_energy_eV"] = pmap(plasmon_energy_eV(xp, e1, loss[:, sl], e_out, lo))
-    if "loss_peak_eV" in want:
-        out["loss_peak_eV"] = pmap(loss_peak_eV(xp, loss[:, sl], e_out, lo))
-    if "cerenkov" in want:
-        k0 = kc - 1
-        k1 = max(k0 + 1, min(grid.n - 1, int(math.floor(cerenkov_max_eV / grid.dispersion_eV))))
-        out["cerenkov"] = ok & cerenkov_condition(e1, k0, k1, setup.beam_energy_keV)
-    if "tail_decayed" in want:
-        out["tail_decayed"] = ok & tail_decayed(
-            xp, loss, lo, sol.tail_coefficient, sol.integral, grid
-        )
-    return {k: v for k, v in out.items() if k in want}
-
-
-def _kk_outputs(energy_out_eV: Any, params: Mapping[str, Any]) -> list[Output]:
-    names = params.get("variables", DEFAULT_VARIABLES)
-    atom_density = params.get("atom_density_per_nm3")
-    outputs = []
-    for name in names:
-        if name in CUBE_OUTPUTS:
-            units, long_name = CUBE_OUTPUTS[name]
-            if name == "n_eff" and atom_density is not None:
-                units = "electrons/atom"
-            outputs.append(
-                Output(name, units=units, long_name=long_name, axis="energy", coord=energy_out_eV)
-            )
-        else:
-            units, long_name, dtype = MAP_OUTPUTS[name]
-            outputs.append(Output(name, units=units, long_name=long_name, dtype=dtype))
-    return outputs
-
-
-def kk_declaration(energy_out_eV: Any) -> BlockKernel:
-    """The declaration of :func:`kk_kernel` whose cubes lie on ``energy_out_eV`` (the loss grid
-    k dE, k >= 1, eV: ``loss_grid(energy).energy_eV[1:]``); the outputs are the ``variables``
-    parameter's (with ``n_eff`` per atom given ``atom_density_per_nm3``). Engine's default tile."""
-    return BlockKernel(kk_kernel, outputs=functools.partial(_kk_outputs, energy_out_eV))

@@ -285,9 +285,10 @@ class KKSetup:
 
     ``n0`` (n,) N0 in counts (NaN where unknown); ``e`` (K,) the loss grid in eV and ``ang`` (K,)
     its angular factor (:func:`~eelsgpu.kernels.sum_rule.ssd_on_loss_grid`); ``grid``, ``kc`` and
-    ``kf`` the grid and its low-energy channels; ``beam_energy_keV`` E0; ``one_minus``
-    1 - Re[1/eps(0)] (eq. 28) when no thickness is known; ``thickness_nm`` (n,) the known
-    thickness (nm) or None.
+    ``kf`` the grid and its low-energy channels (ints shared by the block, or integer arrays (n,)
+    of each pixel's); ``beam_energy_keV`` E0; ``one_minus`` 1 - Re[1/eps(0)] (eq. 28) when no
+    thickness is known; ``thickness_nm`` (n,) the known thickness (nm) or None; ``nonnegative``
+    the sign constraint Im[-1/eps] >= 0 of :func:`kk_single_pass`.
     """
 
     xp: Any
@@ -300,6 +301,7 @@ class KKSetup:
     beam_energy_keV: float
     one_minus: float = 1.0
     thickness_nm: Any = None
+    nonnegative: bool = False
 
 
 class KKPass(NamedTuple):
@@ -326,10 +328,20 @@ def kk_single_pass(setup: KKSetup, s: Any) -> KKPass:
     :func:`~eelsgpu.kernels.sum_rule.thickness_from_integral_nm`) or from a known thickness (kappa = pi a0 m0 v^2 / (N0 t), and Re[1/eps(0)]
     from eq. 33); below E_c the loss function is kappa c E (0 at E = 0); Re[1/eps] by eq. 32
     with the A/E^3 tail. See :class:`KKPass` for what it returns.
+
+    With ``setup.nonnegative`` the rows are first projected onto s >= 0 (the SSD, hence
+    Im[-1/eps] = kappa s / (dE ln(1 + beta^2/theta_E^2)) and eps2 = Im[-1/eps] |eps|^2, cannot be
+    negative: a loss is a loss); the normalisation (eq. 33), Re[1/eps] (eq. 32) and the
+    thickness (eq. 26) are then those of the projected loss function, so eps1 and eps2 stay a
+    Kramers-Kronig pair. Negative SSD channels are counting noise where the loss is near zero
+    (below a gap, far beyond the plasmon), or an artefact of the deconvolution; how many there
+    were is for the caller to measure and flag (:func:`eelsgpu.kernels.blocks_kk.kk_kernel`).
     """
     xp, n0, e, grid, kc = setup.xp, setup.n0, setup.e, setup.grid, setup.kc
     thickness_nm = setup.thickness_nm
     de = grid.dispersion_eV
+    if setup.nonnegative:
+        s = xp.where(s > 0, s, xp.zeros_like(s))
     # f = s / (dE ang) is proportional to Im[-1/eps]; the reductions are matrix-vector products
     # on s itself (one pass each, no temporaries)
     j, c, a_tail, inv = sum_rule_integral_rows(xp, s, e, setup.ang, grid, kc, setup.kf)
@@ -352,7 +364,9 @@ def kk_single_pass(setup: KKSetup, s: Any) -> KKPass:
         kappa = pref / (n0_safe * xp.where(t_ok, thickness_nm, xp.ones_like(thickness_nm)))
         re0 = 1.0 - (2.0 / math.pi) * kappa * j
     # Im[-1/eps] = kappa f above E_c, kappa c E below (0 at E = 0)
-    low = xp.arange(grid.n) < kc
+    low = (
+        xp.arange(grid.n) < kc if isinstance(kc, int) else xp.arange(grid.n)[None, :] < kc[:, None]
+    )
     loss = loss_function_from_ssd(s, inv, kappa)
     loss = xp.where(low, (kappa * c)[:, None] * e, loss)
     a_loss = kappa * a_tail

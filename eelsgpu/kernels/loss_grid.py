@@ -170,8 +170,8 @@ def tail_decayed(
     ----------
     loss : array (n, K)
         Im[-1/eps] on the loss grid (dimensionless).
-    above : array (K - 1,) bool
-        Channels k >= 1 at or above E_c.
+    above : array (K - 1,) or (n, K - 1) bool
+        Channels k >= 1 at or above E_c (per pixel where the cut-off is).
     tail_coefficient : array (n,)
         A of the A/E^3 tail of the SSD's f (see :func:`eelsgpu.kernels.sum_rule.sum_rule_integral_rows`).
     integral : array (n,)
@@ -179,7 +179,8 @@ def tail_decayed(
     """
     sl = slice(1, grid.n)
     f_tail = xp.mean(loss[:, tail_start(grid.n) :], axis=-1)
-    f_max = xp.max(xp.where(above[None, :], loss[:, sl], xp.zeros_like(loss[:, sl])), axis=-1)
+    above2 = above if above.ndim == 2 else above[None, :]
+    f_max = xp.max(xp.where(above2, loss[:, sl], xp.zeros_like(loss[:, sl])), axis=-1)
     tail_part = (tail_coefficient / (3.0 * ((grid.n - 0.5) * grid.dispersion_eV) ** 3)) / xp.where(
         integral > 0, integral, xp.ones_like(integral)
     )

@@ -88,11 +88,12 @@ def plasmon_energy_eV(xp: Any, e1: Any, loss: Any, e: Any, lo: Any) -> Any:
     """Energy (eV) where eps1 crosses 0 upwards; of several crossings, the one where the loss
     function is largest (the bulk plasmon); NaN when there is none.
 
-    ``e1`` and ``loss`` (n, K) on the uniform grid ``e`` (K,) in eV; ``lo`` (K,) bool, the
-    channels searched (E >= E_c). The crossing is interpolated linearly between channels.
+    ``e1`` and ``loss`` (n, K) on the uniform grid ``e`` (K,) in eV; ``lo`` (K,) or (n, K) bool,
+    the channels searched (E >= E_c). The crossing is interpolated linearly between channels.
     """
     a, b = e1[:, :-1], e1[:, 1:]
-    cross = (a < 0) & (b >= 0) & lo[None, :-1]
+    lo2 = lo if lo.ndim == 2 else lo[None, :]
+    cross = (a < 0) & (b >= 0) & lo2[:, :-1]
     score = xp.where(cross, loss[:, :-1], xp.full_like(a, -1.0))
     idx = xp.argmax(score, axis=-1)[:, None]
     has = xp.max(score, axis=-1) >= 0
@@ -108,9 +109,10 @@ def plasmon_energy_eV(xp: Any, e1: Any, loss: Any, e: Any, lo: Any) -> Any:
 def loss_peak_eV(xp: Any, loss: Any, e: Any, lo: Any) -> Any:
     """Energy (eV) of the loss-function maximum above E_c, refined by a parabola through 3 points.
 
-    ``loss`` (n, K) on the uniform grid ``e`` (K,) in eV; ``lo`` (K,) bool, the channels searched.
+    ``loss`` (n, K) on the uniform grid ``e`` (K,) in eV; ``lo`` (K,) or (n, K) bool, the channels
+    searched.
     """
-    masked = xp.where(lo[None, :], loss, xp.full_like(loss, -math.inf))
+    masked = xp.where(lo if lo.ndim == 2 else lo[None, :], loss, xp.full_like(loss, -math.inf))
     n = loss.shape[-1]
     idx = xp.argmax(masked, axis=-1)
     idx = xp.clip(idx, 1, n - 2)
@@ -127,13 +129,24 @@ def loss_peak_eV(xp: Any, loss: Any, e: Any, lo: Any) -> Any:
     return xp.take(e, idx) + shift * de
 
 
-def cerenkov_condition(eps1: Any, k0: int, k1: int, beam_energy_keV: float) -> Any:
+def cerenkov_condition(eps1: Any, k0: Any, k1: int, beam_energy_keV: float) -> Any:
     """Per pixel: the Cerenkov condition v > c / sqrt(eps1), i.e. eps1 > (c/v)^2, on the median of
     eps1 over channels [k0, k1) (the low-energy range where Cerenkov losses fall; a single noisy
     channel where Re[1/eps] passes near 0 -- eps1 -> +-inf, common for metals at low energy --
-    must not flag a pixel). ``eps1`` (n, K); E0 in keV."""
+    must not flag a pixel). ``eps1`` (n, K); ``k0`` an int or an integer array (n,) (each
+    pixel's first channel above its cut-off); E0 in keV. False where the range is empty."""
     xp = array_namespace(eps1)
     beta_v = physics.speed_ratio_v_over_c(beam_energy_keV)
-    low = xp.sort(eps1[:, k0:k1], axis=-1)
-    median = low[:, (k1 - k0) // 2]
-    return median > 1.0 / beta_v**2
+    if isinstance(k0, int):
+        low = xp.sort(eps1[:, k0:k1], axis=-1)
+        median = low[:, (k1 - k0) // 2]
+        return median > 1.0 / beta_v**2
+    # per-pixel ranges: channels outside [k0, k1) sort to the end as +inf; the median of the
+    # m_i channels inside is the (m_i // 2)-th
+    seg = eps1[:, :k1]
+    inside = xp.arange(k1)[None, :] >= k0[:, None]
+    srt = xp.sort(xp.where(inside, seg, xp.full_like(seg, math.inf)), axis=-1)
+    m = xp.sum(xp.astype(inside, xp.int64), axis=-1)
+    idx = xp.clip(m // 2, 0, k1 - 1)
+    median = xp.take_along_axis(srt, idx[:, None], axis=-1)[:, 0]
+    return (m > 0) & (median > 1.0 / beta_v**2)

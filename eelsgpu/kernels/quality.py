@@ -40,6 +40,9 @@ bit    name                        fatal  meaning, and what to do about it
 12     AXIS_OFFSET                 no     the ZLP sits far from 0 eV on the stored axis (the
                                           axis was not calibrated); results are on energy
                                           relative to the ZLP
+13     NO_ONSET                    yes    (band gap) the onset fit failed: not significant above
+                                          the noise, its Eg or b at the edge of the search
+                                          range, or far worse than the image's median fit
 =====  ==========================  =====  ======================================================
 
 Examples
@@ -65,6 +68,7 @@ __all__ = [
     "NEGATIVE_LOBE",
     "NEGATIVE_TAIL",
     "NEGATIVE_T_OVER_LAMBDA",
+    "NO_ONSET",
     "NO_ZLP",
     "RINGING",
     "SURFACE_NOT_CORRECTED",
@@ -90,6 +94,7 @@ SURFACE_NOT_CORRECTED = 1 << 9
 UNPHYSICAL_BACKGROUND = 1 << 10
 WINDOW_IN_ZLP_RESIDUE = 1 << 11
 AXIS_OFFSET = 1 << 12
+NO_ONSET = 1 << 13
 
 #: name -> (bit value, fatal, one-line meaning), in bit order.
 BITS: dict[str, tuple[int, bool, str]] = {
@@ -114,6 +119,7 @@ BITS: dict[str, tuple[int, bool, str]] = {
     "UNPHYSICAL_BACKGROUND": (UNPHYSICAL_BACKGROUND, False, "background offset under the data"),
     "WINDOW_IN_ZLP_RESIDUE": (WINDOW_IN_ZLP_RESIDUE, True, "fit window inside the ZLP residue"),
     "AXIS_OFFSET": (AXIS_OFFSET, False, "ZLP far from 0 eV on the stored axis"),
+    "NO_ONSET": (NO_ONSET, True, "no significant band-gap onset, or a fit at its range's edge"),
 }
 
 #: The bits that make a pixel not valid.

@@ -213,7 +213,7 @@ class SumRuleParts(NamedTuple):
 
 
 def sum_rule_integral_rows(
-    xp: Any, s: Any, e: Any, ang: Any, grid: LossGrid, kc: int, kf: int
+    xp: Any, s: Any, e: Any, ang: Any, grid: LossGrid, kc: Any, kf: Any
 ) -> SumRuleParts:
     """The sum-rule integral of SSD rows ``s`` (n, K) as matrix-vector products on ``s`` itself.
 
@@ -222,19 +222,38 @@ def sum_rule_integral_rows(
     replacing f below E_c by c E (c the mean of f/E over [E_c, 2 E_c)) and continuing it as A/E^3
     beyond the window (A by least squares over its last :data:`TAIL_FRACTION`; clamped >= 0):
     J = int_0^inf f/E dE = channels >= 1, half channel 0, plus A/(3 E_m^3). ``e`` (K,) is the grid in eV, ``ang`` (K,) :func:`angular_factor`.
+
+    ``kc`` and ``kf`` are channel numbers shared by the block (ints), or one per pixel (integer
+    arrays (n,), a cut-off that follows each pixel's ZLP width, with kf <= K // 2); then the
+    low-energy sums are prefix sums over the first half of the grid, gathered per pixel.
     """
     de = grid.dispersion_eV
     inv = 1.0 / (de * ang)
     e_safe = xp.where(e > 0, e, xp.ones_like(e))
     w_e = inv / e_safe
-    n_fit = kf - kc
-    c = (s[:, kc:kf] @ w_e[kc:kf]) / n_fit
     kt = tail_start(grid.n)
     w3 = e_safe[kt:] ** (-3)
     a_tail = (s[:, kt:] @ (inv[kt:] * w3)) / xp.sum(w3 * w3)
     a_tail = xp.where(a_tail > 0, a_tail, xp.zeros_like(a_tail))
     e_m = (grid.n - 0.5) * de
-    j = (s[:, kc:] @ w_e[kc:]) * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
+    if isinstance(kc, int):
+        c = (s[:, kc:kf] @ w_e[kc:kf]) / (kf - kc)
+        above = s[:, kc:] @ w_e[kc:]
+    else:
+        # per-pixel channels: prefix sums of s w_e over the first half of the grid (every kf is
+        # at most n // 2) gathered at kc - 1 and kf - 1, and the whole row as one matvec
+        half = min(grid.n, grid.n // 2 + 1)
+        prefix = xp.cumulative_sum(s[:, :half] * w_e[None, :half], axis=-1)
+
+        def at(k):
+            idx = xp.reshape(xp.clip(k - 1, 0, half - 1), (-1, 1))
+            return xp.take_along_axis(prefix, idx, axis=-1)[:, 0]
+
+        below_c = xp.where(kc > 0, at(kc), xp.zeros_like(prefix[:, 0]))
+        c = (at(kf) - below_c) / xp.astype(kf - kc, s.dtype)
+        above = s @ w_e - below_c
+        kc = xp.astype(kc, s.dtype)
+    j = above * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
     return SumRuleParts(j, c, a_tail, inv)
 
 

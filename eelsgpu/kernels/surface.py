@@ -7,7 +7,7 @@ part. :func:`solve_surface` finds the bulk SSD b with b + I_S(eps(b)) = SSD by s
 approximate Newton steps (:func:`newton_step`, a Riemann-Hilbert solve with two Hilbert
 transforms), per pixel, each followed by one Kramers-Kronig pass
 (:func:`eelsgpu.kernels.dielectric.kk_single_pass`). Why Newton and not the fixed point of the
-textbook, and when it fails: see :func:`eelsgpu.kernels.blocks_lowloss.kk_kernel`.
+textbook, and when it fails: see :func:`eelsgpu.kernels.blocks_kk.kk_kernel`.
 
 Units: energies in eV, SSD and I_S in counts per channel, N0 in counts, thickness in nm, E0 in
 keV, beta in mrad; eps dimensionless.
@@ -180,7 +180,7 @@ class SurfaceSettings:
     """How :func:`solve_surface` iterates: ``collection_angle_mrad`` beta (mrad, for eq. 36);
     ``iterations`` the most Newton steps; ``min_thickness_nm`` thinner pixels are not corrected;
     ``thickness_tolerance`` and ``eps_tolerance`` the relative convergence criteria on t and eps
-    (see :func:`eelsgpu.kernels.blocks_lowloss.kk_kernel`)."""
+    (see :func:`eelsgpu.kernels.blocks_kk.kk_kernel`)."""
 
     collection_angle_mrad: float
     iterations: int
@@ -209,7 +209,7 @@ def solve_surface(
     """Surface-loss correction (eqs. 35-36) by safeguarded Riemann-Hilbert Newton steps.
 
     Solves b + I_S(eps(b)) = SSD for the bulk SSD b (see :func:`newton_step` and
-    :func:`eelsgpu.kernels.blocks_lowloss.kk_kernel`),
+    :func:`eelsgpu.kernels.blocks_kk.kk_kernel`),
     per pixel, starting from b = SSD (I_S = 0). One iteration: a Newton step (two Hilbert
     transforms), then one KK single pass of the trial b. The step is accepted only if the
     residual norm ||F|| (channels >= E_c) decreases; otherwise the pixel's step length is halved
@@ -246,7 +246,8 @@ def solve_surface(
     thick = ok & n0_ok & (t >= min_thickness_nm)
     n0_safe = xp.where(n0_ok, n0, xp.zeros_like(n0))
     pref = loss_prefactor_nm_eV(beam_energy_keV)
-    band = (xp.arange(grid.n) >= kc)[None, :]
+    k_all = xp.arange(grid.n)[None, :]
+    band = k_all >= kc if isinstance(kc, int) else k_all >= kc[:, None]
     zero = xp.zeros_like(s0)
     # S: eq. 36's prefactor in counts per channel, P_S at eps = i (where 4/2 - 1 = 1)
     ones = xp.ones_like(e)

@@ -16,9 +16,11 @@ import xarray as xr
 from kk_cases import BETA, E0
 from kk_cases import image as _image
 
+import eelsgpu
 from eelsgpu import synthetic
 from eelsgpu.analysis.kramers_kronig import KKWarning, kramers_kronig, warn_flagged
 from eelsgpu.errors import EnergyAxisError, InputError
+from eelsgpu.kernels import quality
 
 
 def _as_deconvolved(sim, valid=None):
@@ -78,14 +80,16 @@ def test_public_api_dataset_and_holes():
     assert not ds2["valid"].values[0, 3] and np.isnan(ds2["re_inverse_eps0"].values[0, 3])
     re0 = ds2["re_inverse_eps0"].values[tmap > 0]
     assert np.all(np.abs(re0) < 0.01)
-    assert set(ds2.data_vars) == {"eps1", "re_inverse_eps0", "valid"}
+    assert set(ds2.data_vars) == {"eps1", "re_inverse_eps0", "valid", "quality"}
 
 
 def test_bad_input():
     """Truth: the definitions of the outcomes. n < 1: InputError; no normalisation or two:
     ValueError; an energy range below 1 eV only: EnergyAxisError; an all-zero or net-negative
-    SSD: valid False and NaN; a negative region in an otherwise good SSD (over-subtracted
-    background) is analysed (finite); a spectrum that ends at 16 eV, before the Drude loss
+    SSD: valid False and NaN; a negative region at the plasmon in an otherwise good SSD (a
+    broken deconvolution) is analysed (finite, eps2 >= 0 by the sign constraint) but flagged
+    EPS2_NEGATIVE (its negative channels carry more than 10 % of the sum rule) and not valid;
+    a spectrum that ends at 16 eV, before the Drude loss
     function (Ep 15) has decayed, is flagged tail_decayed = False and warn_flagged warns."""
     sim = _image(synthetic.Drude(15.0, 1.0), [50.0, 50.0, 50.0, 50.0])
     ssd = sim["true_ssd"].copy()
@@ -107,13 +111,108 @@ def test_bad_input():
     with pytest.raises(EnergyAxisError, match="1 eV"):
         kramers_kronig(ssd.isel(energy=slice(0, 115)), metal=True, **kw)
     ds = kramers_kronig(ssd, metal=True, **kw).compute()
-    assert list(ds["valid"].values) == [True, False, False, True]
+    assert list(ds["valid"].values) == [True, False, False, False]
     assert np.all(np.isnan(ds["thickness_nm"].values[1:3]))
     assert np.all(np.isfinite(ds["eps1"].values[3])) and np.isfinite(ds["thickness_nm"][3])
+    assert np.all(ds["eps2"].values[3] >= 0) and ds["eps2_negative_weight"].values[3] > 0.1
+    assert "EPS2_NEGATIVE" in quality.names(int(ds["quality"].values[3]))
     short = kramers_kronig(sim["true_ssd"].isel(energy=slice(0, 420)), metal=True, **kw).compute()
     assert not short["tail_decayed"].values.any() and ds["tail_decayed"].values[0]
     with pytest.warns(KKWarning, match="not decayed"):
         warn_flagged(short)
+    # the good 50 nm pixel warns only that eq. 36's surface losses were not corrected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_flagged(ds.isel(x=[0]))
+    assert [str(w.message).split(": ")[1].split(" ")[0] for w in caught] == [
+        "SURFACE_NOT_CORRECTED"
+    ]
+
+
+def test_any_deconvolve_output_is_analysed_on_energy_loss():
+    """Truth: synthetic thickness of a 2 x 3 Drude image (Ep 15, width 1; Poisson, 1e7 counts)
+    whose ZLPs drift by -2.0 to +3.5 eV on the stored axis. deconvolve's default output (the SSD
+    reconvolved with the ZLP, left where each ZLP sat) is moved by each pixel's zlp_centre_eV:
+    thickness within 3 % and eps1 = 0 within 0.1 eV of 14.97 eV (sqrt(Ep^2 - Gamma^2)) in every
+    pixel, the same as the aligned reconvolved-gaussian output's to 1 %. The bare DataArray of
+    that output, without its centres, is refused with an error naming what to give; given the
+    centres it is the Dataset's result; 'residual' is refused."""
+    drift = np.array([[-2.0, 0.0, 1.0], [2.0, 3.5, -0.7]])
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0), t_over_lambda=0.8, shape=(2, 3), drift_eV=drift,
+        n_channels=1024, dispersion_eV=0.1, noise=True, total_counts=1e7, seed=4,
+    )  # fmt: skip
+    truth = sim["true_t_nm"].values
+    dec = eelsgpu.deconvolve(sim["signal"], zlp="fit", device="cpu")
+    assert dec.attrs["deconvolution_output"] == "reconvolved-zlp"
+    kw = dict(metal=True, device="cpu", zlp_fwhm_eV=0.5, variables=("thickness_nm",
+              "plasmon_energy_eV"))  # fmt: skip
+    a = kramers_kronig(dec, **kw).compute()
+    assert np.all(np.abs(a["thickness_nm"].values / truth - 1) < 0.03)
+    assert np.all(np.abs(a["plasmon_energy_eV"].values - np.sqrt(15.0**2 - 1.0)) < 0.1)
+    g = kramers_kronig(
+        eelsgpu.deconvolve(sim["signal"], zlp="fit", output="reconvolved-gaussian",
+                           fwhm_eV=0.5, device="cpu"), **kw
+    ).compute()  # fmt: skip
+    assert np.all(np.abs(a["thickness_nm"].values / g["thickness_nm"].values - 1) < 0.01)
+    bare = dec["ssd"].assign_attrs(beam_energy_keV=200.0, collection_angle_mrad=10.0)
+    with pytest.raises(InputError, match="zlp_centre_eV"):
+        kramers_kronig(bare, zlp_intensity=dec["zlp_intensity"], **kw)
+    b = kramers_kronig(
+        bare, zlp_intensity=dec["zlp_intensity"], zlp_centre_eV=dec["zlp_centre_eV"], **kw
+    ).compute()
+    assert np.allclose(b["thickness_nm"].values, a["thickness_nm"].values, rtol=1e-9)
+    res = eelsgpu.deconvolve(sim["signal"], zlp="fit", output="residual", device="cpu")
+    with pytest.raises(InputError, match="residual"):
+        kramers_kronig(res, **kw)
+
+
+def test_cutoff_follows_the_recorded_zlp_fwhm():
+    """Truth: the definition, E_c = 3 x each pixel's measured ZLP FWHM. A Dataset whose
+    zlp_fwhm_eV map holds 0.2 to 0.7 eV gives low_energy_cutoff_eV = 0.6 to 2.1 eV per pixel (to
+    half a channel) with no warning; low_energy_cutoff_eV= overrides it for every pixel; with no
+    FWHM known the cut-off is 1.5 eV and a KKWarning says so. The thickness of the exact SSD is
+    within 1 % of the truth at every cut-off (the small-E form is exact to O(E_c^2/Ep^2))."""
+    sim = _image(synthetic.Drude(15.0, 1.0), [[60.0, 90.0], [120.0, 150.0]])
+    ds = _as_deconvolved(sim)
+    fwhm = np.array([[0.2, 0.35], [0.5, 0.7]])
+    ds["zlp_fwhm_eV"] = (("y", "x"), fwhm)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_flagged(ds.isel(x=[0]))
+        out = kramers_kronig(ds, metal=True, device="cpu").compute()
+    assert np.all(np.abs(out["low_energy_cutoff_eV"].values - 3 * fwhm) <= 0.025 + 1e-9)
+    assert "3 x each pixel" in out.attrs["kk_low_energy_cutoff"]
+    assert np.all(np.abs(out["thickness_nm"].values / sim["true_t_nm"].values - 1) < 0.01)
+    fixed = kramers_kronig(ds, metal=True, low_energy_cutoff_eV=1.0, device="cpu").compute()
+    assert np.allclose(fixed["low_energy_cutoff_eV"].values, 1.0)
+    with pytest.warns(KKWarning, match="no ZLP FWHM"):
+        kramers_kronig(_as_deconvolved(sim), metal=True, device="cpu")
+
+
+def test_log_ratio_comparison_and_range_checks():
+    """Truth: synthetic thickness and mean free path (eelsgpu.synthetic's lambda): with the
+    deconvolution's t_over_lambda and the true mean free path, thickness_ratio is 1 within 2 %
+    and no KK_THICKNESS_DISAGREES; with a mean free path 2.5 times too long the ratio is 0.4 and
+    the bit is set (the pixel stays valid: a warning). Numbers out of range are one InputError
+    naming the argument and its unit."""
+    sim = _image(synthetic.Drude(15.0, 1.0), [80.0, 120.0])
+    ds = _as_deconvolved(sim)
+    ds["t_over_lambda"] = sim["true_t_over_lambda"]
+    lam = float(sim["true_mean_free_path_nm"].values.ravel()[0])
+    kw = dict(metal=True, low_energy_cutoff_eV=1.5, device="cpu")
+    good = kramers_kronig(ds, mean_free_path_nm=lam, **kw).compute()
+    assert np.all(np.abs(good["thickness_ratio"].values - 1) < 0.02)
+    assert not np.any(good["quality"].values & quality.KK_THICKNESS_DISAGREES)
+    off = kramers_kronig(ds, mean_free_path_nm=2.5 * lam, **kw).compute()
+    assert np.all(np.abs(off["thickness_ratio"].values - 0.4) < 0.01)
+    assert np.all(off["quality"].values & quality.KK_THICKNESS_DISAGREES)
+    assert np.all(off["valid"].values)
+    for bad, match in (
+        (dict(beam_energy_keV=-200.0), "beam_energy_keV.*keV"),
+        (dict(mean_free_path_nm=0.0), "mean_free_path_nm.*nm"),
+        (dict(eps2_negative_limit=2.0), "eps2_negative_limit"),
+        (dict(zlp_fwhm_eV=-0.5, low_energy_cutoff_eV=None), "zlp_fwhm_eV.*eV"),
+        (dict(iterations=1.5), "iterations"),
+    ):
+        with pytest.raises(InputError, match=match):
+            kramers_kronig(ds, **{**kw, **bad})

@@ -101,3 +101,36 @@ def test_cli_kk_on_ssd_store_and_raw_image(tmp_path):
         ]
     )
     assert rc == 2
+
+
+def test_cli_kk_raw_input_band_limited_with_search(tmp_path, capsys):
+    """Truth: synthetic thickness of a 3 x 4 Drude image (Ep 15, width 1; Poisson, 1e7 counts)
+    whose ZLPs sit at +7 eV on the stored axis (outside the default -5:5 eV search). With
+    --search 4:10 the raw image is deconvolved band-limited (the default --kind) and analysed on
+    energy loss: thickness within 5 %, each pixel's cut-off 3 x its ZLP FWHM (0.5 eV: 1.5 eV),
+    the quality map in the store (the bit table in its attributes) and drawn beside --png; the
+    summary line names the bits set."""
+    from eelsgpu import io
+    from eelsgpu.cli import main
+
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0), t_over_lambda=np.linspace(0.4, 1.2, 12).reshape(3, 4),
+        shape=(3, 4), n_channels=1024, dispersion_eV=0.1, drift_eV=7.0, noise=True,
+        total_counts=1e7, seed=5,
+    )  # fmt: skip
+    io.write_store(sim["signal"], tmp_path / "raw.zarr")
+    base = ["kk", str(tmp_path / "raw.zarr"), "--metal", "--device", "cpu"]
+    base += ["--beam-energy", "200", "--collection-angle", "10"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KKWarning)
+        rc = main(
+            base + ["-o", str(tmp_path / "k.zarr"), "--search", "4:10", "--png",
+                    str(tmp_path / "k.png")]
+        )  # fmt: skip
+    assert rc == 0
+    k = io.open_store(tmp_path / "k.zarr")
+    assert np.all(np.abs(k["thickness_nm"].values / sim["true_t_nm"].values - 1) < 0.05)
+    assert np.all(np.abs(k["low_energy_cutoff_eV"].values - 1.5) < 0.2)
+    assert k["quality"].dtype == np.uint32 and "EPS2_NEGATIVE" in k["quality"].attrs
+    assert (tmp_path / "k_quality.png").stat().st_size > 1000
+    assert "quality:" in capsys.readouterr().out

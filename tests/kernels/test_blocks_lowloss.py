@@ -22,7 +22,8 @@ from kk_cases import image as _image
 from kk_cases import norm as _norm
 
 from eelsgpu import synthetic
-from eelsgpu.kernels.blocks_lowloss import deconvolve_block, kk_kernel
+from eelsgpu.kernels.blocks_kk import kk_kernel
+from eelsgpu.kernels.blocks_lowloss import deconvolve_block
 from eelsgpu.kernels.surface import surface_loss_per_eV
 
 
