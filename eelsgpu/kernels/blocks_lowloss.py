@@ -91,6 +91,9 @@ QUALITY = Output(
 #: The SSD's deepest negative lobe beyond 3 ZLP FWHM, over its peak, above which the spectrum
 #: breaks the Fourier-log model (the NEGATIVE_LOBE bit; :func:`~.fourier_log.ssd_metrics`).
 NEGATIVE_LOBE_LIMIT = 0.1
+#: Below this window log-ratio a pixel is vacuum: its SSD is noise around zero and is not judged
+#: for ringing or negative lobes (the WS2 vacuum spectra of shared/data: 0.002).
+VACUUM_T_OVER_LAMBDA = 0.01
 
 
 # --------------------------------------------------------------------------- ZLP alignment
@@ -248,10 +251,22 @@ def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dic
     if maps is not None:
         q = quality.set_bit(xp, q, ok & maps["negative_tail"], quality.NEGATIVE_TAIL)
         q = quality.set_bit(xp, q, ok & maps["tail_untrusted"], quality.TAIL_UNTRUSTED)
-        q = quality.set_bit(xp, q, ok & (maps["t_over_lambda"] < 0), quality.NEGATIVE_T_OVER_LAMBDA)
+        q = quality.set_bit(
+            xp, q, ok & maps["negative_t_over_lambda"], quality.NEGATIVE_T_OVER_LAMBDA
+        )
     for bit, condition in extra.items():
         q = quality.set_bit(xp, q, ok & condition, bit)
     return q
+
+
+def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
+    """Pixels with an SSD to judge (ringing, negative lobes): a window log-ratio of at least
+    :data:`VACUUM_T_OVER_LAMBDA`; a vacuum pixel's SSD is noise around zero, with no peak to
+    measure it against."""
+    window = xp.sum(xp.where(xp.isfinite(block), block, xp.zeros_like(block)), axis=-1)
+    n0 = xp.where(z["valid"], z["zlp_intensity"], xp.ones_like(window))
+    ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, xp.ones_like(window))
+    return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
 
 
 def _valid(xp: Any, q: Any) -> Any:
@@ -338,9 +353,10 @@ def deconvolve_block(
             }
 
         maps = log_ratio_maps(xp, block, zz.e, z, tail="auto", fourier_log=fourier_log)
+    judged = _has_ssd(xp, y, z)
     extra = {
-        quality.RINGING: raw["ringing"] > RINGING_LIMIT,
-        quality.NEGATIVE_LOBE: raw["negative_lobe"] > NEGATIVE_LOBE_LIMIT,
+        quality.RINGING: judged & (raw["ringing"] > RINGING_LIMIT),
+        quality.NEGATIVE_LOBE: judged & (raw["negative_lobe"] > NEGATIVE_LOBE_LIMIT),
     }
     q = _quality(xp, zz, ok, maps, extra)
     valid = ok & _valid(xp, q)
@@ -453,9 +469,8 @@ def log_ratio_block(
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
     )
     ok = z["valid"]
-    extra = {
-        quality.NEGATIVE_LOBE: maps["ssd_made"] & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)
-    }
+    judged = maps["ssd_made"] & _has_ssd(xp, block, z)
+    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
     q = _quality(xp, zz, ok, maps, extra)
     nan = float("nan")
     return {
@@ -586,9 +601,8 @@ def kk_thickness_kernel(
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
     )
     ok = ok & bl["valid"]
-    extra = {
-        quality.NEGATIVE_LOBE: maps["ssd_made"] & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)
-    }
+    judged = maps["ssd_made"] & _has_ssd(xp, block, z)
+    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
     q = _quality(xp, zz, ok, maps, extra)
     q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)
     nan = xp.full_like(n0, math.nan)

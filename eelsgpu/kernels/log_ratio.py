@@ -54,7 +54,7 @@ import numpy as np
 from .._xp import array_namespace, axis_step, moving_average
 from .fourier_log import fourier_log_kernel
 from .tails import TAIL_FIT_FRACTION, fit_range, tail_counts
-from .zlp import centre_kernel, zlp_kernel
+from .zlp import centre_kernel, channel_variance, zlp_kernel
 
 __all__ = [
     "TAILS",
@@ -224,6 +224,19 @@ def _on_subset(xp, select, fn, *arrays):
     return back
 
 
+def _t_over_lambda_sd(xp: Any, y: Any, e: Any, c: Any, w: Any, n0: Any, window: Any) -> Any:
+    """The standard deviation of the window's ln(I_w / N0) from the channels' measured noise
+    (:func:`eelsgpu.kernels.zlp.channel_variance`): with N0 the counts within 3 FWHM of the
+    ZLP and M the rest, ``var = var(M)/I^2 + var(N0) (1/N0 - 1/I)^2`` (counting statistics of
+    two independent sums, in the data's own units)."""
+    var = channel_variance(xp, y, e, c, w)
+    x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
+    core = xp.astype(x <= 3.0, y.dtype)
+    var_n0 = xp.sum(var * core, axis=-1)
+    var_m = xp.sum(var, axis=-1) - var_n0
+    return xp.sqrt(var_m / window**2 + var_n0 * (1.0 / n0 - 1.0 / window) ** 2)
+
+
 def log_ratio_maps(
     xp: Any,
     block: Any,
@@ -251,12 +264,18 @@ def log_ratio_maps(
     (NEGATIVE_TAIL), one within its uncertainty too (TAIL_UNTRUSTED); t/lambda then counts the
     window only.
 
+    t/lambda below 0 is unphysical: within 3 standard deviations of its counting noise
+    (:func:`_t_over_lambda_sd`, doubled for a model made from the gain side) it is a vacuum
+    pixel's 0 and is returned as 0; below that the ZLP model fails and it is kept, with
+    ``negative_t_over_lambda`` (the NEGATIVE_T_OVER_LAMBDA bit, fatal).
+
     Returns
     -------
     dict of (n,) arrays
-        ``t_over_lambda``, ``total_intensity``, ``tail_fraction`` (NaN where no tail was
-        added), ``tail_trusted``, ``negative_tail``, ``tail_untrusted``, ``negative_lobe``
-        (the SSD's deepest negative lobe over its peak where an SSD was made, else 0), ``ssd_made``.
+        ``t_over_lambda``, ``t_over_lambda_sd``, ``negative_t_over_lambda``,
+        ``total_intensity``, ``tail_fraction`` (NaN where no tail was added), ``tail_trusted``,
+        ``negative_tail``, ``tail_untrusted``, ``negative_lobe`` (the SSD's deepest negative
+        lobe over its peak where an SSD was made, else 0), ``ssd_made``.
     """
     n = block.shape[0]
     valid = z["valid"]
@@ -291,9 +310,18 @@ def log_ratio_maps(
             made = redo
     total = window + extra
     tl = xp.log(total / n0)
+    # t/lambda < 0 is unphysical: within 3 standard deviations of its noise it is a vacuum
+    # pixel's 0, below that the ZLP model fails (the NEGATIVE_T_OVER_LAMBDA bit)
+    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window)
+    if z.get("method", "threshold") != "threshold":
+        sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
+    negative_tl = valid & (tl < -3.0 * sd_tl)
+    tl = xp.where(negative_tl, tl, xp.maximum(tl, 0.0))
     nan = xp.full((n,), math.nan, dtype=block.dtype)
     return {
         "t_over_lambda": xp.where(valid, tl, nan),
+        "negative_t_over_lambda": negative_tl,
+        "t_over_lambda_sd": xp.where(valid, sd_tl, nan),
         "total_intensity": xp.where(valid, total, nan),
         "tail_fraction": xp.where(valid & trusted, extra / total, nan),
         "tail_trusted": valid & trusted,

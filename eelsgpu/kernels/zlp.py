@@ -966,7 +966,7 @@ def zlp_kernel(
         ``N0 R(E)`` in counts per channel on the block's own (unaligned) grid; ``valid`` (n,) bool;
         ``fwhm_eV`` (n,); ``axis_offset`` and ``zlp_snr`` (n,) from :func:`centre_kernel`;
         ``cut_index`` (n,) int, the truncation's first channel above the ZLP (``"threshold"``;
-        else None). Invalid pixels are NaN everywhere.
+        else None); ``method``. Invalid pixels are NaN everywhere.
 
     Examples
     --------
@@ -1008,6 +1008,7 @@ def zlp_kernel(
         "axis_offset": valid & cen["axis_offset"],
         "zlp_snr": cen["zlp_snr"],
         "cut_index": cut,
+        "method": method,
     }
 
 

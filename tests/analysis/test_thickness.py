@@ -15,7 +15,9 @@ import pytest
 
 from eelsgpu import synthetic
 from eelsgpu.analysis.thickness import calibrate_kk_constant, thickness
+from eelsgpu.analysis._lowloss import AxisOffsetWarning
 from eelsgpu.errors import EnergyAxisError, InputError, MissingParameterError, NoZeroLossPeakError
+from eelsgpu.kernels.quality import AXIS_OFFSET
 from eelsgpu.kernels.log_ratio import log_ratio_kernel
 from eelsgpu.kernels.mean_free_path import mean_free_path_iakoubovskii_nm
 from eelsgpu.model import spectrum_image
@@ -120,9 +122,10 @@ def test_kk_thickness_composed_and_calibrated():
 def test_bad_input_outcomes():
     """Truth: by construction (synthetic t/lambda = 0.5). A NaN pixel is flagged and NaN, the
     others right; negative counts after dark subtraction still give the right t/lambda; a window
-    starting above 0 eV is NoZeroLossPeakError naming the file; a ZLP 20 eV off is flagged unless
-    the search window is moved, then right; a one-pixel cube works; a reversed axis is an
-    EnergyAxisError."""
+    starting above 0 eV is NoZeroLossPeakError naming the file (its plasmon is no ZLP); a ZLP
+    20 eV off is found (an AxisOffsetWarning naming the file, the AXIS_OFFSET bit) and its
+    t/lambda right, or refused when the search is held to -5..5 eV; a one-pixel cube works; a
+    reversed axis is an EnergyAxisError."""
     sim = synthetic.low_loss_image(
         MATERIALS["drude"],
         t_over_lambda=0.5,
@@ -148,10 +151,13 @@ def test_bad_input_outcomes():
         thickness(high, device="cpu")
     off = spectrum_image(sim["signal"].values, e + 20.0, source="off.msa")  # ZLP at +20 eV
     with pytest.raises(NoZeroLossPeakError, match="off.msa"):
-        thickness(off, device="cpu")
-    moved = thickness(off, search_eV=(15.0, 25.0), device="cpu").compute()
-    assert abs(float(moved["zlp_centre_eV"][0, 0]) - 20.0) < 1e-3
-    assert abs(float(moved["t_over_lambda"][0, 0]) - 0.5) < 1e-3
+        thickness(off, search_eV=(-5.0, 5.0), device="cpu")
+    for search in (None, (15.0, 25.0)):
+        with pytest.warns(AxisOffsetWarning, match="off.msa"):
+            moved = thickness(off, search_eV=search, device="cpu").compute()
+        assert abs(float(moved["zlp_centre_eV"][0, 0]) - 20.0) < 1e-3
+        assert abs(float(moved["t_over_lambda"][0, 0]) - 0.5) < 1e-3
+        assert moved["quality"].values[0, 0] & AXIS_OFFSET and bool(moved["valid"][0, 0])
     one = spectrum_image(sim["signal"].values[:, :1], e)
     assert abs(float(thickness(one, device="cpu")["t_over_lambda"][0, 0]) - 0.5) < 1e-3
     with pytest.raises(EnergyAxisError):
