@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from eelsgpu import synthetic
-from eelsgpu.analysis.thickness import calibrate_kk_constant, thickness
 from eelsgpu.analysis._lowloss import AxisOffsetWarning
+from eelsgpu.analysis.thickness import calibrate_kk_constant, thickness
 from eelsgpu.errors import EnergyAxisError, InputError, MissingParameterError, NoZeroLossPeakError
-from eelsgpu.kernels.quality import AXIS_OFFSET
 from eelsgpu.kernels.log_ratio import log_ratio_kernel
 from eelsgpu.kernels.mean_free_path import mean_free_path_iakoubovskii_nm
+from eelsgpu.kernels.quality import AXIS_OFFSET
 from eelsgpu.model import spectrum_image
 
 MATERIALS = {"drude": synthetic.Drude(15.0, 1.0), "lorentz": synthetic.Lorentz(16.6, 5.07, 3.7)}
