@@ -105,10 +105,12 @@ def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
     1024) are the whole image and none has one. A larger image is checked block by block as it
     is computed: its pixels get the NO_ZLP bit and ``valid`` False.
 
-    Where the surveyed ZLPs sit beyond :data:`~eelsgpu.kernels.zlp.SEARCH_EV` on the stored
-    axis (an axis that was never calibrated), an :class:`AxisOffsetWarning` says so, and the
-    shift returned is their median centre rounded to whole channels: every kernel then works
-    on energy relative to the ZLP, and the aligned outputs lie on the stored axis minus it."""
+    The shift returned is the surveyed ZLPs' median centre rounded to whole channels: every
+    kernel works on the stored axis minus it, so energies are losses from the ZLP (to half a
+    channel) whatever the stored axis says, and the aligned outputs lie on that axis (their
+    window covers the losses the data cover). Where the ZLPs sit beyond
+    :data:`~eelsgpu.kernels.zlp.SEARCH_EV` (an axis that was never calibrated), an
+    :class:`AxisOffsetWarning` says so."""
     e = np.asarray(si["energy"].values, dtype=np.float64)
     if search_eV is not None and not ((e >= search_eV[0]) & (e <= search_eV[1])).any():
         check_any_valid(np.zeros(1, bool), si, search_eV)
@@ -120,10 +122,10 @@ def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
     if not valid.any():
         return 0.0
     c = float(np.median(np.asarray(cen["zlp_centre_eV"])[valid]))
-    if SEARCH_EV[0] <= c <= SEARCH_EV[1]:
-        return 0.0
     d = float((e[-1] - e[0]) / (e.size - 1))
-    shift = round(c / d) * d
+    shift = round(c / d) * d  # whole channels: the shifted axis runs parallel to the stored one
+    if SEARCH_EV[0] <= c <= SEARCH_EV[1]:
+        return shift
     warnings.warn(
         f"{source_name(si)}: the zero-loss peak sits at {c:.3g} eV on the stored energy axis "
         f"(not 0 eV): the axis was not calibrated. Every result is on energy relative to each "

@@ -469,7 +469,7 @@ def log_ratio_block(
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
     )
     ok = z["valid"]
-    judged = maps["ssd_made"] & _has_ssd(xp, block, z)
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
     extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
     q = _quality(xp, zz, ok, maps, extra)
     nan = float("nan")
@@ -601,7 +601,7 @@ def kk_thickness_kernel(
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
     )
     ok = ok & bl["valid"]
-    judged = maps["ssd_made"] & _has_ssd(xp, block, z)
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
     extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
     q = _quality(xp, zz, ok, maps, extra)
     q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)

@@ -659,11 +659,20 @@ def _raw_and_metrics(
         raw = _roll_window(xp, full, plan["origin"], n_e) * factor
     else:
         raw = _aligned(xp, fft, spec, plan, n_e) * factor
-    g = _gaussian_weight(xp, plan["nu"], fw / _FWHM_PER_SIGMA, alpha)
-    smooth = _aligned(xp, fft, spec * g, plan, n_e) * factor
-    metrics = ssd_metrics(xp, raw, smooth, plan["e_win"][0, :], fw)
+    metrics = ssd_metrics(xp, raw, _window_smooth(xp, fft, raw, fw, plan), plan["e_win"][0, :], fw)
     metrics["period_sum"] = period_sum
     return raw, metrics
+
+
+def _window_smooth(xp: Any, fft: Any, ssd: Any, fw: Any, plan: dict[str, Any]) -> Any:
+    """The window's SSD (zero outside it) convolved with a unit-area Gaussian of each row's
+    FWHM ``fw`` (eV): the smoothing of the ringing metric (:func:`ssd_metrics`)."""
+    n_e, p = plan["n_e"], plan["p"]
+    sig = fw / _FWHM_PER_SIGMA
+    nu = plan["nu"]  # frequencies of a length-p transform (1/eV)
+    g = xp.exp(-(2.0 * math.pi**2) * (sig * sig)[:, None] * nu * nu)
+    f = fft.rfft(xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd)), n=p, axis=-1)
+    return fft.irfft(f * complex_from(xp, g, xp.zeros_like(g)), n=p, axis=-1)[:, :n_e]
 
 
 def _aligned(xp: Any, fft: Any, spec: Any, plan: dict[str, Any], n_e: int) -> Any:
@@ -855,8 +864,8 @@ def _adaptive_weight(
 def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[str, Any]:
     """Figures of merit of raw SSDs (n, n_E) with zero loss at 0 eV of ``e`` (n_E,) (eV).
 
-    ``smooth`` is the SSD convolved with a unit-area Gaussian of each pixel's ZLP FWHM
-    ``fwhm_eV`` (n,) (eV). ``peak`` is the largest value of ``smooth`` at or beyond 3 FWHM (the
+    ``smooth`` is the SSD (zero outside the window) convolved with a unit-area Gaussian of each
+    pixel's ZLP FWHM ``fwhm_eV`` (n,) (eV): the metric of /work/proto/issue11/REPORT.md. ``peak`` is the largest value of ``smooth`` at or beyond 3 FWHM (the
     main loss peak; a zero-loss spike cannot set it); ``ringing`` the rms of ``ssd - smooth``
     from 0 eV to the window's end over ``peak`` (the RINGING bit above 0.1: what oscillates
     faster than the ZLP's resolution); ``negative_lobe`` the deepest value of ``ssd`` at or

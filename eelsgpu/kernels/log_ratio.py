@@ -275,7 +275,8 @@ def log_ratio_maps(
         ``t_over_lambda``, ``t_over_lambda_sd``, ``negative_t_over_lambda``,
         ``total_intensity``, ``tail_fraction`` (NaN where no tail was added), ``tail_trusted``,
         ``negative_tail``, ``tail_untrusted``, ``negative_lobe`` (the SSD's deepest negative
-        lobe over its peak where an SSD was made, else 0), ``ssd_made``.
+        lobe over its peak where an SSD was made, else 0), ``ssd_made``, ``fourier_log_used``
+        (the tail counted came from the SSD).
     """
     n = block.shape[0]
     valid = z["valid"]
@@ -329,6 +330,7 @@ def log_ratio_maps(
         "tail_untrusted": valid & untrusted,
         "negative_lobe": lobe,
         "ssd_made": made,
+        "fourier_log_used": made & trusted,
     }
 
 

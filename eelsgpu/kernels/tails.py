@@ -103,7 +103,7 @@ def tail_counts(
     fit_fraction: float,
     stop: float = 1.0,
     y_first: int = 0,
-    zero_loss_eV: float | None = None,
+    zero_loss_eV: float = 0.0,
 ) -> tuple[Any, Any, Any]:
     """Counts beyond the window from ``A L^-r`` (L = E - centre) matched to the end of the window.
 
@@ -129,9 +129,11 @@ def tail_counts(
         Dispersion (eV per channel).
     fit_fraction, stop : float
         The fit range: the last ``fit_fraction`` of the loss range, ending at ``stop`` of it.
-    zero_loss_eV : float, optional
-        Where zero loss sits for the block as a whole (eV; default the largest of ``c``): the
-        start of the loss range that ``fit_fraction`` is a share of.
+    zero_loss_eV : float
+        Where zero loss sits for the block as a whole (eV; 0 on a calibrated axis, which the
+        analyses make by shifting an uncalibrated one): the start of the loss range that
+        ``fit_fraction`` is a share of. A fixed number, so that a pixel's result does not
+        depend on the block it is computed in.
 
     Returns
     -------
@@ -142,10 +144,6 @@ def tail_counts(
     """
     n_e = e.shape[0]
     e_last = float(e[n_e - 1])
-    if zero_loss_eV is None:
-        zero_loss_eV = (
-            float(xp.max(xp.where(xp.isfinite(c), c, xp.zeros_like(c)))) if c.shape[0] else 0.0
-        )
     i_start, i_stop = fit_range(e, d, fit_fraction, stop, zero_loss_eV)
     third = max(1, (i_stop - i_start) // 3)
     i1, i2, i3 = i_start + third, i_start + 2 * third, i_start + 3 * third
