@@ -352,7 +352,15 @@ def deconvolve_block(
                 "negative_lobe": xp.where(select, raw["negative_lobe"], zero),
             }
 
-        maps = log_ratio_maps(xp, block, zz.e, z, tail="auto", fourier_log=fourier_log)
+        maps = log_ratio_maps(
+            xp,
+            block,
+            zz.e,
+            z,
+            tail="auto",
+            fourier_log=fourier_log,
+            variance=zz.checks["variance"],
+        )
     judged = _has_ssd(xp, y, z)
     extra = {
         quality.RINGING: judged & (raw["ringing"] > RINGING_LIMIT),
@@ -467,6 +475,7 @@ def log_ratio_block(
         tail=tail,
         fit_fraction=tail_fit_fraction,
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
+        variance=zz.checks["variance"],
     )
     ok = z["valid"]
     judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
@@ -599,6 +608,7 @@ def kk_thickness_kernel(
         tail="auto",
         fit_fraction=tail_fit_fraction,
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
+        variance=zz.checks["variance"],
     )
     ok = ok & bl["valid"]
     judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)

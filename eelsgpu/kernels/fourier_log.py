@@ -236,8 +236,9 @@ def tail_continuation(
     g = xp.sum(seg * x[None, :], axis=-1) / (float(w * (w * w - 1)) / 12.0) / dispersion_eV
     v = mean + g * (dispersion_eV * (w - 1) / 2.0)
     ok = v > 0
-    # ln v (-inf where the data end at or below 0: no tail)
-    log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -math.inf)
+    # ln v (-1e30 where the data end at or below 0: no tail; not -inf, which the matrix
+    # product below would turn into NaN)
+    log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -1e30)
     # logarithmic slope -d ln J / dE at the window's end (>= 0: the tail only falls)
     # (minimum/maximum, not clip: array-api-compat's clip costs ~50 us a call)
     rate = xp.minimum(xp.maximum(-g / xp.where(ok, v, 1.0), 0.0), 50.0 / dispersion_eV)

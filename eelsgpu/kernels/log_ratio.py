@@ -224,12 +224,15 @@ def _on_subset(xp, select, fn, *arrays):
     return back
 
 
-def _t_over_lambda_sd(xp: Any, y: Any, e: Any, c: Any, w: Any, n0: Any, window: Any) -> Any:
+def _t_over_lambda_sd(
+    xp: Any, y: Any, e: Any, c: Any, w: Any, n0: Any, window: Any, var: Any = None
+) -> Any:
     """The standard deviation of the window's ln(I_w / N0) from the channels' measured noise
     (:func:`eelsgpu.kernels.zlp.channel_variance`): with N0 the counts within 3 FWHM of the
     ZLP and M the rest, ``var = var(M)/I^2 + var(N0) (1/N0 - 1/I)^2`` (counting statistics of
     two independent sums, in the data's own units)."""
-    var = channel_variance(xp, y, e, c, w)
+    if var is None:
+        var = channel_variance(xp, y, e, c, w)
     x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
     core = xp.astype(x <= 3.0, y.dtype)
     var_n0 = xp.sum(var * core, axis=-1)
@@ -246,6 +249,7 @@ def log_ratio_maps(
     tail: str = "auto",
     fit_fraction: float = TAIL_FIT_FRACTION,
     fourier_log: Any = None,
+    variance: Any = None,
 ) -> dict[str, Any]:
     """t/lambda = ln(I_t / N0) (eq. 16) with N0 of the ZLP model ``z`` and the tail's rules.
 
@@ -253,7 +257,8 @@ def log_ratio_maps(
     ``deconvolve``, so the same ``zlp=`` gives the same t/lambda in both. ``z`` is
     :func:`eelsgpu.kernels.zlp.zlp_kernel`'s result; ``fourier_log(select)`` returns, for the
     rows where ``select`` (n,) holds, ``{"beyond", "sd", "negative_lobe"}`` from their raw SSD
-    (:func:`fourier_log_tail`), each (n,) (0 elsewhere).
+    (:func:`fourier_log_tail`), each (n,) (0 elsewhere); ``variance`` (n, n_E), the channels'
+    variance when already measured (:func:`eelsgpu.kernels.zlp.channel_variance`).
 
     The counts beyond the window (``tail``): ``"none"`` nothing; ``"power-law"`` the spectrum's
     power law (:func:`eelsgpu.kernels.tails.tail_counts`) where its fit holds and it exceeds its
@@ -313,7 +318,7 @@ def log_ratio_maps(
     tl = xp.log(total / n0)
     # t/lambda < 0 is unphysical: within 3 standard deviations of its noise it is a vacuum
     # pixel's 0, below that the ZLP model fails (the NEGATIVE_T_OVER_LAMBDA bit)
-    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window)
+    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window, variance)
     if z.get("method", "threshold") != "threshold":
         sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
     negative_tl = valid & (tl < -3.0 * sd_tl)

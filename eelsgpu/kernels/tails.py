@@ -60,6 +60,9 @@ def solve_exponents(xp: Any, ratio: Any, a1: Any, b1: Any, a2: Any, b2: Any) -> 
     many small array operations, whose cost is their number."""
     lo = xp.full_like(ratio, 1.05)
     hi = xp.full_like(ratio, 20.0)
+    # the ratio does not change when every edge is divided by a1: with the edges near 1, L^-r
+    # cannot underflow (float32 at L = 400 eV and r = 20 does)
+    a1, b1, a2, b2 = 1.0, b1 / a1, a2 / a1, b2 / a1
     for _ in range(36):
         mid = 0.5 * (lo + hi)
         f = power_integral(xp, mid, a1, b1) / power_integral(xp, mid, a2, b2)
@@ -179,6 +182,7 @@ def tail_counts(
 
     # standard error of r from the noise of the sums: d ln(ratio) / dr, numerically
     def slope(rr, lo1, hi1, lo2, hi2):
+        lo1, hi1, lo2, hi2 = 1.0, hi1 / lo1, lo2 / lo1, hi2 / lo1  # (no underflow: as above)
         h = 0.01
         f1 = power_integral(xp, rr + h, lo1, hi1) / power_integral(xp, rr + h, lo2, hi2)
         f0 = power_integral(xp, rr, lo1, hi1) / power_integral(xp, rr, lo2, hi2)
@@ -199,7 +203,9 @@ def tail_counts(
 
     def beyond(rr):  # the counts of the matched power law beyond the window
         rr = xp.where(trusted, rr, xp.full_like(rr, 3.0))
-        return total * l_end ** (1.0 - rr) / ((rr - 1.0) * power_integral(xp, rr, a, b))
+        # (edges over a: no underflow, the same value)
+        ratio = (l_end / a) ** (1.0 - rr) / power_integral(xp, rr, 1.0, b / a)
+        return total * ratio / (rr - 1.0)
 
     tail = beyond(r)
     lo_r = xp.maximum(r - sd_r, 1.05)

@@ -1037,8 +1037,11 @@ def channel_variance(xp: Any, y: Any, e: Any, c: Any, w: Any) -> Any:
     d4 = y[:, :-4] - 4.0 * y[:, 1:-3] + 6.0 * y[:, 2:-2] - 4.0 * y[:, 3:-1] + y[:, 4:]
     v = d4 * d4 / 70.0
     m = out[:, 2:-2] & xp.isfinite(v)
-    count = xp.sum(xp.astype(m, xp.int64), axis=-1)
-    srt = xp.sort(xp.where(m, v, xp.full_like(v, math.inf)), axis=-1)
+    # the median on every 4th channel (a sort is most of this function's time; neighbouring
+    # fourth differences share their samples anyway)
+    vs, ms = v[:, ::4], m[:, ::4]
+    count = xp.sum(xp.astype(ms, xp.int64), axis=-1)
+    srt = xp.sort(xp.where(ms, vs, xp.full_like(vs, math.inf)), axis=-1)
     mid = xp.maximum((count - 1) // 2, 0)
     med = xp.take_along_axis(srt, mid[:, None], axis=-1)[:, 0] / 0.4549  # chi2(1): median->mean
     med = xp.where(count > 0, med, xp.zeros_like(med))
@@ -1084,7 +1087,8 @@ def zlp_model_checks(
     -------
     dict of (n,) arrays
         ``rel_dtl``, ``rel_excess``, ``residue``, ``trunc`` (NaN unless ``method ==
-        "threshold"``), ``mismatch`` (bool; False where the pixel has no ZLP).
+        "threshold"``), ``mismatch`` (bool; False where the pixel has no ZLP); and
+        ``variance`` (n, n_E), the channels' variance (:func:`channel_variance`).
 
     Examples
     --------
@@ -1119,9 +1123,8 @@ def zlp_model_checks(
     window = xp.sum(y, axis=-1)
     tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, one))
     scale = xp.maximum(tl_thr, 0.01)
-    var = channel_variance(xp, y, e, c, w)
-    if method == "mirror":
-        var = 2.0 * var
+    base_var = channel_variance(xp, y, e, c, w)
+    var = 2.0 * base_var if method == "mirror" else base_var
     x = (e[None, :] - c[:, None]) / w[:, None]  # energy from the centre in FWHM
     # t/lambda of the model against the truncation's; its noise: the ZLP's channels' variance
     rel_dtl = xp.log(n0_thr / n0) / scale
@@ -1158,6 +1161,7 @@ def zlp_model_checks(
         "residue": xp.where(ok, residue, nan),
         "trunc": xp.where(ok, trunc, nan),
         "mismatch": ok & mismatch,
+        "variance": base_var,
     }
 
 

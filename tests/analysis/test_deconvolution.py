@@ -19,7 +19,9 @@ from fourier_log_cases import inside as _inside
 from eelsgpu import synthetic
 from eelsgpu.analysis.deconvolution import deconvolve
 from eelsgpu.analysis.thickness import thickness
-from eelsgpu.errors import EnergyAxisError, NoZeroLossPeakError
+from eelsgpu.analysis._lowloss import AxisOffsetWarning
+from eelsgpu.errors import EnergyAxisError, InputError, NoZeroLossPeakError
+from eelsgpu.kernels.quality import AXIS_OFFSET, FATAL
 from eelsgpu.kernels.fourier_log import fourier_log_kernel
 from eelsgpu.model import spectrum_image
 
@@ -179,3 +181,81 @@ def test_non_uniform_axis_raises():
     si = spectrum_image(j[None], bent, source="bent.msa", dtype=np.float64)
     with pytest.raises(EnergyAxisError, match="bent.msa"):
         deconvolve(si, zlp="fit", device="cpu")
+
+
+def test_interface_outputs_and_band_limited():
+    """The interface H11b's Kramers-Kronig builds on (phase2.md), on the synthetic image (truth:
+    true_ssd and the synthetic ZLP's 0.5 eV FWHM): deconvolve returns ``zlp_fwhm_eV`` (the
+    measured FWHM, to 2 %), ``resolution_eV`` (the band-limited output's is the ZLP FWHM; the
+    ZLP-reconvolved one's too; the Gaussian's its own), ``quality`` (uint32 with the bit table in
+    its attributes; valid = no fatal bit) and the ``deconvolution_output`` attribute;
+    ``output="band-limited"`` is the true SSD convolved with a unit-area Gaussian of the
+    measured FWHM, zero loss at 0 eV, to 1e-3 of its peak (the model's misfit counted)."""
+    sim = _image()
+    e = sim["energy"].values
+    ds = deconvolve(sim["signal"], zlp="mirror", output="band-limited", device="cpu").compute()
+    assert ds.attrs["deconvolution_output"] == "band-limited"
+    assert ds["quality"].dtype == np.uint32 and "flag_bits" in ds["quality"].attrs
+    assert ds["quality"].attrs["flag_bits"]["ZLP_MISMATCH"]["fatal"] is True
+    np.testing.assert_array_equal(ds["valid"].values, (ds["quality"].values & FATAL) == 0)
+    w = ds["zlp_fwhm_eV"].values
+    np.testing.assert_allclose(w, 0.5, rtol=0.02)
+    np.testing.assert_allclose(ds["resolution_eV"].values, w)
+    true = sim["true_ssd"].values.reshape(-1, e.size)
+    got = ds["ssd"].values.reshape(-1, e.size)
+    x = np.arange(-100, 101)
+    for i, wi in enumerate(w.ravel()):
+        sigma = wi / (2 * np.sqrt(2 * np.log(2))) / 0.1
+        g = np.exp(-0.5 * (x / sigma) ** 2)
+        want = np.convolve(true[i], g / g.sum())[100 : 100 + e.size]
+        assert _err(got[i], want, _inside(e)) < 1e-3, i
+    rec = deconvolve(sim["signal"], zlp="mirror", device="cpu").compute()
+    np.testing.assert_allclose(rec["resolution_eV"].values, w, rtol=1e-6)
+    gau = deconvolve(sim["signal"], output="reconvolved-gaussian", fwhm_eV=0.8, device="cpu")
+    np.testing.assert_allclose(gau["resolution_eV"].values, 0.8)
+
+
+def test_numbers_out_of_range_are_input_errors():
+    """Truth: by construction. fwhm_eV <= 0, pad_to below 2, an inverted search range, a
+    negative mean free path or density: one InputError naming the argument and its unit, before
+    anything runs."""
+    sim = _image()
+    si = sim["signal"]
+    for kw, match in (
+        ({"output": "reconvolved-gaussian", "fwhm_eV": 0.0}, "fwhm_eV.*eV"),
+        ({"output": "reconvolved-gaussian", "fwhm_eV": -0.3}, "fwhm_eV"),
+        ({"pad_to": 0}, "pad_to"),
+        ({"search_eV": (5.0, -5.0)}, "search_eV"),
+        ({"mean_free_path_nm": -100.0}, "mean_free_path_nm.*nm"),
+        ({"density_g_cm3": -2.7}, "density_g_cm3.*g/cm3"),
+    ):
+        with pytest.raises(InputError, match=match):
+            deconvolve(si, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("shift", [20.0, 30.0, 100.0])
+def test_zlp_off_axis_right_or_refused(shift):
+    """Issue 12 items 5 and 6, truth: the synthetic t/lambda (0.2 to 3) and true SSD. The image
+    on an axis offset by +20, +30, +100 eV: deconvolve finds every ZLP (AxisOffsetWarning, the
+    AXIS_OFFSET bit, not fatal), its t/lambda map within 0.2 % of the truth, its raw SSD on the
+    stored axis minus the ZLP's offset (the attribute axis_shift_eV), equal to the true SSD to
+    1e-3 of its peak; thickness gives the same t/lambda; with search_eV=(-5, 5) both refuse."""
+    sim = _image()
+    e = sim["energy"].values
+    si = spectrum_image(sim["signal"].values, e + shift, source="offset.dm4", dtype=np.float64)
+    with pytest.warns(AxisOffsetWarning, match="offset.dm4"):
+        ds = deconvolve(si, zlp="mirror", output="ssd", device="cpu").compute()
+    assert ds.attrs["axis_shift_eV"] == pytest.approx(shift)
+    np.testing.assert_allclose(ds["energy"].values, e, atol=1e-9)
+    assert bool(ds["valid"].all()) and (ds["quality"].values & AXIS_OFFSET).all()
+    np.testing.assert_allclose(ds["t_over_lambda"], sim["true_t_over_lambda"], rtol=2e-3)
+    true = sim["true_ssd"].values.reshape(-1, e.size)
+    got = ds["ssd"].values.reshape(-1, e.size)
+    for i in range(got.shape[0]):
+        assert _err(got[i], true[i], _inside(e)) < 1e-3, i
+    with pytest.warns(AxisOffsetWarning):
+        th = thickness(si, zlp="mirror", device="cpu").compute()
+    np.testing.assert_allclose(th["t_over_lambda"], ds["t_over_lambda"], rtol=1e-6)
+    for run in (deconvolve, thickness):
+        with pytest.raises(NoZeroLossPeakError, match="offset.dm4"):
+            run(si, search_eV=(-5.0, 5.0), device="cpu")
