@@ -17,12 +17,12 @@ from fourier_log_cases import image as _image
 from fourier_log_cases import inside as _inside
 
 from eelsgpu import synthetic
+from eelsgpu.analysis._lowloss import AxisOffsetWarning
 from eelsgpu.analysis.deconvolution import deconvolve
 from eelsgpu.analysis.thickness import thickness
-from eelsgpu.analysis._lowloss import AxisOffsetWarning
 from eelsgpu.errors import EnergyAxisError, InputError, NoZeroLossPeakError
-from eelsgpu.kernels.quality import AXIS_OFFSET, FATAL
 from eelsgpu.kernels.fourier_log import fourier_log_kernel
+from eelsgpu.kernels.quality import AXIS_OFFSET, FATAL
 from eelsgpu.model import spectrum_image
 
 

@@ -127,7 +127,6 @@ def results(shared_data):
             def flat(ds, key, n=y.shape[0], nav=si.ndim - 1):
                 return np.asarray(ds[key].values).reshape(n, *ds[key].shape[nav:])
 
-
             out[name, model] = {
                 "y": y,
                 "e": e,
