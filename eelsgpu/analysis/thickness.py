@@ -114,7 +114,7 @@ def thickness(
         ``t_over_lambda``, ``thickness_nm`` (when absolute is possible), ``zlp_intensity``,
         ``zlp_centre_eV`` (on the stored axis), ``zlp_fwhm_eV``, ``quality`` (uint32 bitmask,
         :mod:`eelsgpu.kernels.quality`: NO_ZLP, ZLP_MISMATCH, NEGATIVE_TAIL, TAIL_UNTRUSTED,
-        NEGATIVE_LOBE where a Fourier-log SSD was made, NEGATIVE_T_OVER_LAMBDA,
+        NEGATIVE_LOBE where the tail came from a Fourier-log SSD, NEGATIVE_T_OVER_LAMBDA,
         UNPHYSICAL_BACKGROUND, AXIS_OFFSET), ``valid`` (no fatal bit; pixels with a fatal bit
         keep their numbers, those without a ZLP are NaN), and ``total_intensity``,
         ``tail_fraction``, ``tail_trusted`` for log-ratio, ``kk_integral`` for kk; the run's

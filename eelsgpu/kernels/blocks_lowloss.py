@@ -230,7 +230,7 @@ def _zlp_for_block(
         checks = zlp_model_checks(block, e, z, thr, method)
     else:  # (the truncation's own check needs no model)
         checks = zlp_model_checks(block, e, thr, thr, "threshold")
-    background = background_check(block, e, z["zlp_centre_eV"], z["fwhm_eV"])
+    background = background_check(block, e, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"])
     # the ZLP is off a calibrated axis where its centre on the stored axis is
     c_stored = z["zlp_centre_eV"] + axis_shift_eV
     z = dict(z)
@@ -359,7 +359,7 @@ def deconvolve_block(
             z,
             tail="auto",
             fourier_log=fourier_log,
-            variance=zz.checks["variance"],
+            noise=zz.checks["noise"],
         )
     judged = _has_ssd(xp, y, z)
     extra = {
@@ -475,7 +475,7 @@ def log_ratio_block(
         tail=tail,
         fit_fraction=tail_fit_fraction,
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
-        variance=zz.checks["variance"],
+        noise=zz.checks["noise"],
     )
     ok = z["valid"]
     judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
@@ -608,7 +608,7 @@ def kk_thickness_kernel(
         tail="auto",
         fit_fraction=tail_fit_fraction,
         fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
-        variance=zz.checks["variance"],
+        noise=zz.checks["noise"],
     )
     ok = ok & bl["valid"]
     judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)

@@ -49,11 +49,12 @@ twice the smoothed ``sigma^2`` (the error reaches the signal), or the minimum of
 ``|ln(J~/Z~)|^2`` if that comes first (the signal's transform decays and every error grows with
 frequency, so past the minimum the log is mostly error, whatever made it: the truncation's step,
 the mirror's loss side). Below it a monotone Wiener weight ``S^2 / (S^2 + sigma^2)`` is applied,
-normalised so that its point-spread has unit area after un-weighting. Where the cut-off would
-leave the SSD sharper than allowed... the other way round: where the error reaches the signal
-inside the ZLP's own band (``nu_c`` below the band of a Gaussian of ``max_resolution_fwhm`` x the
-pixel's ZLP FWHM, and what is cut is not negligible), the pixel gets that Gaussian instead
-(``floored``). Both weights are exactly 1 at zero frequency, so the SSD's integral is
+normalised so that its point-spread has unit area after un-weighting. Where the error reaches
+the signal inside the ZLP's own band (``nu_c`` below the band of a Gaussian of
+``max_resolution_fwhm`` x the pixel's ZLP FWHM, and what is cut is not negligible), the pixel
+gets that Gaussian instead (``floored``); where that Gaussian's SSD still rings above
+:data:`RINGING_LIMIT` of its peak (a misfit finer than the ZLP), one of
+:data:`COARSER_RESOLUTION_FWHM` times its width. Both weights are exactly 1 at zero frequency, so the SSD's integral is
 ``N0 ln(I/N0)`` as eq. 22 requires (with the exponential weight, to the aliasing of the weighted
 transform; exactly with ``damping=1``).
 

@@ -161,8 +161,9 @@ def fourier_log_tail(
 
     Its uncertainty is the SSD's own continuation: the difference between the SSD's power-law
     tails fitted to the last ``fit_fraction`` and the last half of that (half the tail where only
-    one of the two fits holds), plus a tenth of the tail itself (a power law of the SSD is a
-    model), plus the rounding of the sums in the data's precision.
+    one of the two fits holds; where neither holds, the counts an E^-3 continuation of the SSD's
+    level at 85 to 95 % of the loss range, and its noise, would add), plus a tenth of the tail itself
+    (a power law of the SSD is a model), plus the rounding of the sums in the data's precision.
 
     Parameters
     ----------
@@ -195,8 +196,24 @@ def fourier_log_tail(
         ssd, energy_eV, zlp_intensity, fit_fraction=0.5 * fit_fraction
     )
     beyond = tl - xp.log(window / zlp_intensity)
-    # the two fits' difference where both hold; half the tail where only one does
-    spread = xp.where(fits & fits_half, xp.abs(tail - tail_half), 0.5 * xp.abs(tail + tail_half))
+    # the two fits' difference where both hold; half the tail where only one does; where
+    # neither holds, what an E^-3 continuation of the SSD's level where its tail is fitted (85 to
+    # 95 % of the loss range: short of the end, which follows the window's extrapolation) would
+    # add, with the noise of that level: the SSD's end is then not known to fall as a power law
+    e = xp.astype(energy_eV, ssd.dtype)
+    n_e = e.shape[0]
+    d = axis_step(energy_eV)[1]
+    i0, i1 = fit_range(e, d, 0.1, 0.95)
+    seg = ssd[:, i0:i1]
+    end = xp.where(xp.isfinite(seg), seg, xp.zeros_like(seg))
+    level = xp.abs(xp.mean(end, axis=-1)) + xp.std(end, axis=-1) / math.sqrt(max(1, i1 - i0))
+    l_end = max(float(e[n_e - 1]), d)
+    unknown = level * l_end / (2.0 * d)
+    spread = xp.where(
+        fits & fits_half,
+        xp.abs(tail - tail_half),
+        xp.where(fits | fits_half, 0.5 * xp.abs(tail + tail_half), unknown),
+    )
     # and the rounding of the sums in the data's precision (sqrt(n) ulps of t/lambda, x10)
     eps = float(np.finfo(np.dtype(str(ssd.dtype).split(".")[-1])).eps)
     rounding = 10.0 * math.sqrt(ssd.shape[-1]) * eps * xp.maximum(xp.abs(tl), 1.0)
@@ -225,17 +242,16 @@ def _on_subset(xp, select, fn, *arrays):
 
 
 def _t_over_lambda_sd(
-    xp: Any, y: Any, e: Any, c: Any, w: Any, n0: Any, window: Any, var: Any = None
+    xp: Any, y: Any, e: Any, c: Any, w: Any, n0: Any, window: Any, noise: Any = None
 ) -> Any:
     """The standard deviation of the window's ln(I_w / N0) from the channels' measured noise
-    (:func:`eelsgpu.kernels.zlp.channel_variance`): with N0 the counts within 3 FWHM of the
-    ZLP and M the rest, ``var = var(M)/I^2 + var(N0) (1/N0 - 1/I)^2`` (counting statistics of
-    two independent sums, in the data's own units)."""
-    if var is None:
-        var = channel_variance(xp, y, e, c, w)
+    (:func:`eelsgpu.kernels.zlp.channel_variance`, with ``noise`` when already measured): with
+    N0 the counts within 3 FWHM of the ZLP and M the rest,
+    ``var = var(M)/I^2 + var(N0) (1/N0 - 1/I)^2`` (counting statistics of two independent sums,
+    in the data's own units)."""
+    var = channel_variance(xp, y, e, c, w, noise)
     x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
-    core = xp.astype(x <= 3.0, y.dtype)
-    var_n0 = xp.sum(var * core, axis=-1)
+    var_n0 = xp.sum(xp.where(x <= 3.0, var, 0.0), axis=-1)
     var_m = xp.sum(var, axis=-1) - var_n0
     return xp.sqrt(var_m / window**2 + var_n0 * (1.0 / n0 - 1.0 / window) ** 2)
 
@@ -249,7 +265,7 @@ def log_ratio_maps(
     tail: str = "auto",
     fit_fraction: float = TAIL_FIT_FRACTION,
     fourier_log: Any = None,
-    variance: Any = None,
+    noise: Any = None,
 ) -> dict[str, Any]:
     """t/lambda = ln(I_t / N0) (eq. 16) with N0 of the ZLP model ``z`` and the tail's rules.
 
@@ -257,8 +273,8 @@ def log_ratio_maps(
     ``deconvolve``, so the same ``zlp=`` gives the same t/lambda in both. ``z`` is
     :func:`eelsgpu.kernels.zlp.zlp_kernel`'s result; ``fourier_log(select)`` returns, for the
     rows where ``select`` (n,) holds, ``{"beyond", "sd", "negative_lobe"}`` from their raw SSD
-    (:func:`fourier_log_tail`), each (n,) (0 elsewhere); ``variance`` (n, n_E), the channels'
-    variance when already measured (:func:`eelsgpu.kernels.zlp.channel_variance`).
+    (:func:`fourier_log_tail`), each (n,) (0 elsewhere); ``noise`` the channels' noise when
+    already measured (:func:`eelsgpu.kernels.zlp.channel_noise`).
 
     The counts beyond the window (``tail``): ``"none"`` nothing; ``"power-law"`` the spectrum's
     power law (:func:`eelsgpu.kernels.tails.tail_counts`) where its fit holds and it exceeds its
@@ -318,7 +334,7 @@ def log_ratio_maps(
     tl = xp.log(total / n0)
     # t/lambda < 0 is unphysical: within 3 standard deviations of its noise it is a vacuum
     # pixel's 0, below that the ZLP model fails (the NEGATIVE_T_OVER_LAMBDA bit)
-    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window, variance)
+    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window, noise)
     if z.get("method", "threshold") != "threshold":
         sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
     negative_tl = valid & (tl < -3.0 * sd_tl)

@@ -71,6 +71,7 @@ __all__ = [
     "shift_kernel",
     "threshold_model",
     "background_check",
+    "channel_noise",
     "channel_variance",
     "zlp_kernel",
     "zlp_model_checks",
@@ -104,18 +105,6 @@ OFF_AXIS_GAIN_SIDE_SHARE = 0.005
 #: noise-only test spectrum scores 1.3, real ZLPs 2e3 to 6e5, a synthetic 1e5-count ZLP at
 #: t/lambda = 3 about 60.
 MIN_ZLP_SNR = 10.0
-
-
-def _fourth_difference_variance(xp: Any, y: Any, mask: Any) -> Any:
-    """Per row, the mean of ``d4^2 / 70`` over the channels where ``mask`` (n, n_E) holds: the
-    variance of white channel noise (a fourth difference of white noise of variance v has variance
-    70 v; a smooth spectrum's curvature adds little at this order). 0 where no channel counts."""
-    d4 = y[:, :-4] - 4.0 * y[:, 1:-3] + 6.0 * y[:, 2:-2] - 4.0 * y[:, 3:-1] + y[:, 4:]
-    m = mask[:, 2:-2] & xp.isfinite(d4)
-    mf = xp.astype(m, y.dtype)
-    count = xp.sum(mf, axis=-1)
-    v = xp.sum(xp.where(m, d4 * d4, xp.zeros_like(d4)), axis=-1) / 70.0
-    return v / xp.maximum(count, 1.0)
 
 
 def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
@@ -241,7 +230,8 @@ def _plausible(
     gain_share = xp.where(xp.any(gain, axis=-1), gain_max / xp.where(h > 0, h, 1.0), 0.0)
     room = -x[:, 0]
     away = (x < -3.0) | (x > 3.0)
-    sigma = xp.sqrt(_fourth_difference_variance(xp, y, away))
+    noise = channel_noise(xp, y, e[0, :], c, w)
+    sigma = xp.sqrt(noise[0])
     af = xp.astype(away, dt)
     level = xp.sum(y * af, axis=-1) / xp.maximum(xp.sum(af, axis=-1), 1.0)
     # (a noise-free spectrum has no noise: its floor is the rounding of float32 data)
@@ -256,6 +246,7 @@ def _plausible(
     out["valid"] = cen["valid"] & ok
     out["zlp_snr"] = snr
     out["gain_share"] = gain_share
+    out["noise"] = noise
     return out
 
 
@@ -312,7 +303,9 @@ def centre_kernel(
         (height over the channel noise), and for the other kernels ``peak_index`` (n,) int (the
         arg-max channel), ``fwhm_eV`` (n,) the FWHM from the half-maximum crossings (eV),
         ``half_left`` / ``half_right`` (n,) int, the last channel left of the peak and the first
-        right of it below half maximum.
+        right of it below half maximum, and ``noise``, :func:`channel_noise` of each spectrum
+        about its peak (the channels' white-noise variance and mean level more than 3 FWHM
+        away), which the checks of the ZLP model reuse.
 
     Notes
     -----
@@ -356,7 +349,11 @@ def centre_kernel(
             cen = far
         else:  # the pixels with a ZLP near 0 eV keep it
             keep = cen["valid"]
-            cen = {k: xp.where(keep, cen[k], far[k]) for k in cen}
+            merged = {k: xp.where(keep, cen[k], far[k]) for k in cen if k != "noise"}
+            merged["noise"] = tuple(
+                xp.where(keep, a, b) for a, b in zip(cen["noise"], far["noise"], strict=True)
+            )
+            cen = merged
     if cen is None:
         zi = xp.zeros((n,), dtype=xp.int64)
         nan = xp.full((n,), math.nan, dtype=dt)
@@ -370,6 +367,7 @@ def centre_kernel(
             "fwhm_eV": nan,
             "half_left": zi - 1,
             "half_right": zi + n_e,
+            "noise": (xp.zeros((n,), dtype=dt), xp.ones((n,), dtype=dt)),
         }
     valid = cen["valid"]
     nan = xp.full((n,), math.nan, dtype=dt)
@@ -383,6 +381,7 @@ def centre_kernel(
         "fwhm_eV": xp.where(valid, cen["fwhm_eV"], nan),
         "half_left": cen["half_left"],
         "half_right": cen["half_right"],
+        "noise": cen["noise"],
     }
 
 
@@ -1009,6 +1008,7 @@ def zlp_kernel(
         "zlp_snr": cen["zlp_snr"],
         "cut_index": cut,
         "method": method,
+        "noise": cen.get("noise"),
     }
 
 
@@ -1025,34 +1025,62 @@ CHECK_LIMITS = {"rel_dtl": 0.10, "rel_excess": 0.05, "residue": 0.20, "trunc": 0
 _EXCESS_BINS = 8
 
 
-def channel_variance(xp: Any, y: Any, e: Any, c: Any, w: Any) -> Any:
-    """Per-channel variance (n, n_E) of the spectra ``y``: the white-noise variance ``v_out`` of
-    the channels more than 3 FWHM ``w`` from the ZLP centre ``c`` (fourth differences, each
-    clipped at 25 times the median against edges and spikes), scaled as counts
-    ``v_out max(y, y_out) / y_out`` (Poisson-like, never below the level far from the peak;
-    ``y_out`` the mean count there). In the data's own units, whatever their gain."""
+def channel_noise(xp: Any, y: Any, e: Any, c: Any, w: Any) -> tuple[Any, Any]:
+    """Per row, ``(v_out, y_out)``: the white-noise variance of one channel of the spectra ``y``
+    (n, n_E) more than 3 FWHM ``w`` from the ZLP centre ``c`` (fourth differences, each clipped
+    at 25 times their median against edges and spikes), and the mean positive count there. In
+    the data's own units, whatever their gain.
+
+    Written for speed (it runs on every block several times): the sums over the channels away
+    from the ZLP are the whole row's minus a slab of channels around the centres (two host
+    numbers per block); the median is taken on every 4th channel of the whole row (the ZLP's
+    few channels do not move a median)."""
     dt = y.dtype
-    x = (e[None, :] - c[:, None]) / w[:, None]
-    out = (x < -3.0) | (x > 3.0)
-    d4 = y[:, :-4] - 4.0 * y[:, 1:-3] + 6.0 * y[:, 2:-2] - 4.0 * y[:, 3:-1] + y[:, 4:]
-    v = d4 * d4 / 70.0
-    m = out[:, 2:-2] & xp.isfinite(v)
-    # the median on every 4th channel (a sort is most of this function's time; neighbouring
-    # fourth differences share their samples anyway)
-    vs, ms = v[:, ::4], m[:, ::4]
-    count = xp.sum(xp.astype(ms, xp.int64), axis=-1)
-    srt = xp.sort(xp.where(ms, vs, xp.full_like(vs, math.inf)), axis=-1)
-    mid = xp.maximum((count - 1) // 2, 0)
-    med = xp.take_along_axis(srt, mid[:, None], axis=-1)[:, 0] / 0.4549  # chi2(1): median->mean
-    med = xp.where(count > 0, med, xp.zeros_like(med))
+    n, n_e = y.shape
+    y = xp.where(xp.isfinite(y), y, 0.0)
+    d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
+    v = d4 * d4
+    srt = xp.sort(v[:, ::4], axis=-1)
+    m4 = srt.shape[-1]
+    med = 0.5 * (srt[:, (m4 - 1) // 2] + srt[:, m4 // 2]) / 0.4549  # chi2(1): median -> mean
     v = xp.minimum(v, 25.0 * med[:, None])
-    mf = xp.astype(m, dt)
-    v_out = xp.sum(xp.where(m, v, xp.zeros_like(v)), axis=-1) / xp.maximum(xp.sum(mf, axis=-1), 1.0)
-    yp = xp.maximum(xp.where(xp.isfinite(y), y, xp.zeros_like(y)), 0.0)
-    of = xp.astype(out, dt)
-    y_out = xp.sum(yp * of, axis=-1) / xp.maximum(xp.sum(of, axis=-1), 1.0)
-    y_out = xp.maximum(y_out, tiny(str(dt)))
-    return v_out[:, None] * xp.maximum(yp, y_out[:, None]) / y_out[:, None]
+    yp = xp.maximum(y, 0.0)
+    v_sum, y_sum = xp.sum(v, axis=-1), xp.sum(yp, axis=-1)
+    n_v, n_y = float(n_e - 4), float(n_e)
+    # the slab holding every row's core (|E - c| <= 3 W), taken off the sums
+    d = float(e[1] - e[0]) if n_e > 1 else 1.0
+    e0 = float(e[0])
+    lo = float(xp.min(c - 3.0 * w)) if n else 0.0
+    hi = float(xp.max(c + 3.0 * w)) if n else 0.0
+    a = min(n_e, max(0, math.floor((lo - e0) / d)))
+    b = min(n_e, max(a, math.ceil((hi - e0) / d) + 1))
+    core = xp.abs(e[None, a:b] - c[:, None]) <= 3.0 * w[:, None]
+    y_core = xp.sum(xp.where(core, yp[:, a:b], 0.0), axis=-1)
+    n_ycore = xp.sum(xp.astype(core, dt), axis=-1)
+    # fourth difference j covers channels j..j+4, centred on j + 2
+    av, bv = max(0, a - 2), max(0, min(n_e - 4, b - 2))
+    if bv > av:
+        core_v = xp.abs(e[None, av + 2 : bv + 2] - c[:, None]) <= 3.0 * w[:, None]
+        v_core = xp.sum(xp.where(core_v, v[:, av:bv], 0.0), axis=-1)
+        n_vcore = xp.sum(xp.astype(core_v, dt), axis=-1)
+    else:
+        v_core = n_vcore = xp.zeros((n,), dtype=dt)
+    v_out = (v_sum - v_core) / 70.0 / xp.maximum(n_v - n_vcore, 1.0)
+    y_out = (y_sum - y_core) / xp.maximum(n_y - n_ycore, 1.0)
+    return xp.maximum(v_out, 0.0), xp.maximum(y_out, tiny(str(dt)))
+
+
+def channel_variance(
+    xp: Any, y: Any, e: Any, c: Any, w: Any, noise: tuple[Any, Any] | None = None
+) -> Any:
+    """Per-channel variance (n, n_E) of the spectra ``y``: the white-noise variance ``v_out`` of
+    the channels more than 3 FWHM ``w`` from the ZLP centre ``c`` (:func:`channel_noise`, or
+    ``noise`` when already measured), scaled as counts ``v_out max(y, y_out) / y_out``
+    (Poisson-like, never below the level far from the peak; ``y_out`` the mean count there).
+    In the data's own units, whatever their gain."""
+    v_out, y_out = channel_noise(xp, y, e, c, w) if noise is None else noise
+    yp = xp.maximum(xp.where(xp.isfinite(y), y, 0.0), 0.0)
+    return (v_out / y_out)[:, None] * xp.maximum(yp, y_out[:, None])
 
 
 def zlp_model_checks(
@@ -1087,8 +1115,8 @@ def zlp_model_checks(
     -------
     dict of (n,) arrays
         ``rel_dtl``, ``rel_excess``, ``residue``, ``trunc`` (NaN unless ``method ==
-        "threshold"``), ``mismatch`` (bool; False where the pixel has no ZLP); and
-        ``variance`` (n, n_E), the channels' variance (:func:`channel_variance`).
+        "threshold"``), ``mismatch`` (bool; False where the pixel has no ZLP); and ``noise``,
+        the channels' noise (:func:`channel_noise`).
 
     Examples
     --------
@@ -1112,8 +1140,6 @@ def zlp_model_checks(
     e = xp.astype(energy_eV, dt)
     ok = z["valid"] & thr["valid"]
     y = xp.where(ok[:, None] & xp.isfinite(block), block, xp.zeros_like(block))
-    model = z["zlp"]
-    model = xp.where(ok[:, None] & xp.isfinite(model), model, xp.zeros_like(block))
     one = xp.ones((n,), dtype=dt)
     c = xp.where(ok, z["zlp_centre_eV"], 0.0 * one)
     w = xp.where(ok, z["fwhm_eV"], one)
@@ -1123,20 +1149,33 @@ def zlp_model_checks(
     window = xp.sum(y, axis=-1)
     tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, one))
     scale = xp.maximum(tl_thr, 0.01)
-    base_var = channel_variance(xp, y, e, c, w)
-    var = 2.0 * base_var if method == "mirror" else base_var
-    x = (e[None, :] - c[:, None]) / w[:, None]  # energy from the centre in FWHM
+    noise = z.get("noise") or channel_noise(xp, y, e, c, w)
+    # everything below lies within 4 FWHM of a centre: a slab of channels shared by the block
+    # (its bounds are two host numbers), not the whole window
+    lo_e = float(xp.min(xp.where(ok, c - 4.5 * w, xp.full_like(c, math.inf)))) if n else 0.0
+    hi_e = float(xp.max(xp.where(ok, c + 4.5 * w, xp.full_like(c, -math.inf)))) if n else 0.0
+    e0 = float(energy_eV[0])
+    a = max(0, math.floor((lo_e - e0) / d) - 1) if math.isfinite(lo_e) else 0
+    b = min(n_e, math.ceil((hi_e - e0) / d) + 2) if math.isfinite(hi_e) else 1
+    b = max(b, a + 1)
+    ys = y[:, a:b]
+    var = channel_variance(xp, ys, e[a:b], c, w, noise)
+    if method == "mirror":
+        var = 2.0 * var
+    model = z["zlp"][:, a:b]
+    model = xp.where(ok[:, None] & xp.isfinite(model), model, xp.zeros_like(ys))
+    x = (e[None, a:b] - c[:, None]) / w[:, None]  # energy from the centre in FWHM
     # t/lambda of the model against the truncation's; its noise: the ZLP's channels' variance
     rel_dtl = xp.log(n0_thr / n0) / scale
     core = xp.astype((x >= -2.0) & (x <= 2.0), dt)
     sd_dtl = xp.sqrt(2.0 * xp.sum(var * core, axis=-1)) / n0 / scale
     # over-subtraction on the loss side, in bins of half a FWHM from the centre up
-    diff = model - y
+    diff = model - ys
     excess = xp.zeros((n,), dtype=dt)
     for k in range(_EXCESS_BINS):
-        b = xp.astype((x > 0.5 * k) & (x <= 0.5 * (k + 1)), dt)
-        dk = xp.sum(diff * b, axis=-1)
-        sk = xp.sqrt(xp.sum(var * b, axis=-1))
+        bk = xp.astype((x > 0.5 * k) & (x <= 0.5 * (k + 1)), dt)
+        dk = xp.sum(diff * bk, axis=-1)
+        sk = xp.sqrt(xp.sum(var * bk, axis=-1))
         excess = excess + xp.maximum(dk - 3.0 * sk, 0.0)
     rel_excess = excess / (n0 * scale)
     near = xp.astype((x > 0.0) & (x <= 2.0), dt)
@@ -1161,7 +1200,7 @@ def zlp_model_checks(
         "residue": xp.where(ok, residue, nan),
         "trunc": xp.where(ok, trunc, nan),
         "mismatch": ok & mismatch,
-        "variance": base_var,
+        "noise": noise,
     }
 
 
@@ -1171,7 +1210,9 @@ def zlp_model_checks(
 BACKGROUND_LIMITS = {"significance": 5.0, "share": 0.02}
 
 
-def background_check(block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any) -> dict[str, Any]:
+def background_check(
+    block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any, noise: Any = None
+) -> dict[str, Any]:
     """A constant offset under the spectrum (dark current, a badly subtracted background).
 
     No electron gains energy, so far below the ZLP (more than max(10 FWHM, 3 eV) below its
@@ -1187,7 +1228,8 @@ def background_check(block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any) -
     -------
     dict of (n,) arrays
         ``offset`` (counts per channel; NaN where the gain side is too short to tell),
-        ``offset_share`` and ``unphysical`` (bool).
+        ``offset_share`` and ``unphysical`` (bool). ``noise``: :func:`channel_noise` of the block
+    when already measured.
 
     Examples
     --------
@@ -1211,7 +1253,9 @@ def background_check(block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any) -
     ff = xp.astype(far, dt)
     n_far = xp.sum(ff, axis=-1)
     b = xp.sum(y * ff, axis=-1) / xp.maximum(n_far, 1.0)
-    se = xp.sqrt(_fourth_difference_variance(xp, y, far) / xp.maximum(n_far, 1.0))
+    if noise is None:
+        noise = channel_noise(xp, y, e, c, w)
+    se = xp.sqrt(noise[0] / xp.maximum(n_far, 1.0))
     gain = xp.astype(rel < 0.0, dt)
     loss_channels = xp.sum(1.0 - gain, axis=-1)
     window = xp.sum(y, axis=-1)

@@ -22,7 +22,7 @@ from eelsgpu.analysis.deconvolution import deconvolve
 from eelsgpu.analysis.thickness import thickness
 from eelsgpu.errors import EnergyAxisError, InputError, NoZeroLossPeakError
 from eelsgpu.kernels.fourier_log import fourier_log_kernel
-from eelsgpu.kernels.quality import AXIS_OFFSET, FATAL
+from eelsgpu.kernels.quality import AXIS_OFFSET, FATAL, TAIL_UNTRUSTED
 from eelsgpu.model import spectrum_image
 
 
@@ -134,7 +134,10 @@ def test_raw_ssd_from_noisy_mirror_model():
         ("threshold", 0.02, 0.01),
     ):
         ds = deconvolve(sim["signal"], zlp=method, output="ssd", device="cpu").compute()
-        assert bool(ds["valid"].all()) and not ds["quality"].values.any()
+        # (the tail beyond the 97 eV window, 1e-4 of the counts, is within its uncertainty in
+        # some pixels: TAIL_UNTRUSTED, not fatal, the only bit)
+        others = ds["quality"].values.astype(np.int64) & ~TAIL_UNTRUSTED
+        assert bool(ds["valid"].all()) and not others.any()
         np.testing.assert_allclose(ds["resolution_eV"], ds["zlp_fwhm_eV"], rtol=1e-5)
         np.testing.assert_allclose(ds["zlp_fwhm_eV"], 0.5, rtol=0.05)  # measured: noisy
         n0 = ds["zlp_intensity"]
