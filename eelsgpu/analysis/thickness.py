@@ -265,6 +265,7 @@ def calibrate_kk_constant(result: xr.Dataset, thickness_nm: float, where: Any = 
     a boolean map of the region (default: every valid pixel). Pass the result as
     ``thickness(..., kk_constant_nm_eV=A)`` to map the thickness elsewhere.
     """
+    thickness_nm = positive("thickness_nm", thickness_nm, "nm")
     k = result["kk_integral"]
     mask = (
         result["valid"] if where is None else (result["valid"] & xr.DataArray(where, dims=k.dims))
