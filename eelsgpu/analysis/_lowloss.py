@@ -2,13 +2,17 @@
 
 * :func:`source_name`: the file a spectrum image came from, for messages;
 * :func:`check_any_valid` and :func:`precheck`: :class:`~eelsgpu.errors.NoZeroLossPeakError`
-  naming the file when no pixel has a usable zero-loss peak (cheaply, before the run);
+  naming the file when no pixel has a usable zero-loss peak (cheaply, before the run), and the
+  axis shift (with an :class:`AxisOffsetWarning`) where the ZLP sits far from 0 eV;
+* :func:`search_range`: the ``search_eV`` argument checked;
 * :func:`mean_free_path` and :func:`with_thickness_nm`: the absolute thickness from t/lambda;
 * :func:`as_map`: a per-pixel map argument as an array of the navigation shape.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +23,15 @@ from ..errors import InputError, NoZeroLossPeakError
 from ..kernels.mean_free_path import mean_free_path_iakoubovskii_nm, mean_free_path_malis_nm
 from ..kernels.zlp import SEARCH_EV, centre_kernel
 from ..model import require_param
+from ._checks import at_least, positive
 
 __all__ = [
+    "AxisOffsetWarning",
     "as_map",
     "check_any_valid",
     "mean_free_path",
     "precheck",
+    "search_range",
     "source_name",
     "with_thickness_nm",
 ]
@@ -35,33 +42,99 @@ def source_name(si: Any) -> str:
     return str(getattr(si, "attrs", {}).get("source") or "the data")
 
 
-def check_any_valid(valid: Any, si: Any, search_eV: tuple[float, float] = SEARCH_EV) -> None:
+class AxisOffsetWarning(UserWarning):
+    """The zero-loss peak sits far from 0 eV on the stored energy axis (not calibrated)."""
+
+
+def search_range(search_eV: Any) -> tuple[float, float] | None:
+    """``search_eV`` checked: None (near 0 eV, else anywhere) or two finite energies lo < hi
+    (eV), else :class:`InputError`."""
+    if search_eV is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in search_eV)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"search_eV must be two energies (lo, hi) in eV, not {search_eV!r}"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"search_eV must be two finite energies lo < hi in eV, not {search_eV!r}")
+    return (lo, hi)
+
+
+def check_any_valid(valid: Any, si: Any, search_eV: tuple[float, float] | None = None) -> None:
     """Raise :class:`NoZeroLossPeakError` (naming the file) when no pixel has a usable ZLP."""
     v = np.asarray(valid)
     if v.size and not v.any():
         e = np.asarray(si["energy"].values)
+        where = (
+            f"between {search_eV[0]:g} and {search_eV[1]:g} eV"
+            if search_eV is not None
+            else "near 0 eV or anywhere else in the window"
+        )
         raise NoZeroLossPeakError(
-            f"{source_name(si)}: no pixel has a usable zero-loss peak between {search_eV[0]:g} "
-            f"and {search_eV[1]:g} eV (the window runs from {e[0]:g} to {e[-1]:g} eV). A window "
-            "that starts above 0 eV has no ZLP; a ZLP far off zero needs search_eV=(lo, hi); "
-            "saturated or NaN spectra cannot be used"
+            f"{source_name(si)}: no pixel has a usable zero-loss peak {where} (the window runs "
+            f"from {e[0]:g} to {e[-1]:g} eV). A ZLP must be the spectrum's first peak, with its "
+            "gain side inside the window, nothing but noise below it, and stand out of the noise: "
+            "a window that starts above the ZLP has none; saturated or NaN spectra cannot be used"
         )
 
 
-def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> None:
-    """Raise NoZeroLossPeakError early, and cheaply, when no pixel can have a ZLP: the window does
-    not reach the search range, or the image is one block of pixels and none of them has one.
-    (A larger image is checked block by block as it is computed: its pixels get valid=False.)"""
-    e = np.asarray(si["energy"].values)
-    if not ((e >= search_eV[0]) & (e <= search_eV[1])).any():
-        check_any_valid(np.zeros(1, bool), si, search_eV)
+def _sample(si: xr.DataArray, max_pixels: int = 1024) -> tuple[np.ndarray, bool]:
+    """Up to ``max_pixels`` spectra of the first block of pixels as (n, n_E) float64, and
+    whether they are the whole image."""
     data = si.data
+    n_e = si.shape[-1]
     if hasattr(data, "blocks"):
-        if data.npartitions > 1:
-            return
-        data = data.compute()
-    sample = np.asarray(data, dtype=np.float64).reshape(-1, si.shape[-1])
-    check_any_valid(centre_kernel(sample, e, search_eV=tuple(search_eV))["valid"], si, search_eV)
+        whole = data.npartitions == 1 or data.numblocks[:-1] == (1,) * (data.ndim - 1)
+        first = data.blocks[(0,) * data.ndim] if data.ndim > 1 else data
+        arr = np.asarray(first.compute() if hasattr(first, "compute") else first)
+    else:
+        arr, whole = np.asarray(data), True
+    flat = np.asarray(arr, dtype=np.float64).reshape(-1, n_e)
+    if flat.shape[0] > max_pixels:
+        flat, whole = flat[:max_pixels], False
+    return flat, whole
+
+
+def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
+    """The ZLP survey before a run; returns the axis shift (eV) the kernels work on.
+
+    Raises NoZeroLossPeakError early, and cheaply, when no pixel can have a ZLP: the window
+    does not reach an explicit search range, or the pixels surveyed (the first block's, up to
+    1024) are the whole image and none has one. A larger image is checked block by block as it
+    is computed: its pixels get the NO_ZLP bit and ``valid`` False.
+
+    The shift returned is the surveyed ZLPs' median centre rounded to whole channels: every
+    kernel works on the stored axis minus it, so energies are losses from the ZLP (to half a
+    channel) whatever the stored axis says, and the aligned outputs lie on that axis (their
+    window covers the losses the data cover). Where the ZLPs sit beyond
+    :data:`~eelsgpu.kernels.zlp.SEARCH_EV` (an axis that was never calibrated), an
+    :class:`AxisOffsetWarning` says so."""
+    e = np.asarray(si["energy"].values, dtype=np.float64)
+    if search_eV is not None and not ((e >= search_eV[0]) & (e <= search_eV[1])).any():
+        check_any_valid(np.zeros(1, bool), si, search_eV)
+    sample, whole = _sample(si)
+    cen = centre_kernel(sample, e, search_eV=None if search_eV is None else tuple(search_eV))
+    valid = np.asarray(cen["valid"])
+    if whole:
+        check_any_valid(valid, si, search_eV)
+    if not valid.any():
+        return 0.0
+    c = float(np.median(np.asarray(cen["zlp_centre_eV"])[valid]))
+    d = float((e[-1] - e[0]) / (e.size - 1))
+    shift = round(c / d) * d  # whole channels: the shifted axis runs parallel to the stored one
+    if SEARCH_EV[0] <= c <= SEARCH_EV[1]:
+        return shift
+    warnings.warn(
+        f"{source_name(si)}: the zero-loss peak sits at {c:.3g} eV on the stored energy axis "
+        f"(not 0 eV): the axis was not calibrated. Every result is on energy relative to each "
+        f"pixel's ZLP; aligned outputs lie on the stored axis minus {shift:.6g} eV, and "
+        "zlp_centre_eV is on the stored axis (quality bit AXIS_OFFSET)",
+        AxisOffsetWarning,
+        stacklevel=3,
+    )
+    return shift
 
 
 def with_thickness_nm(ds: xr.Dataset, mean_free_path_nm: float, how: str) -> xr.Dataset:
@@ -81,20 +154,32 @@ def with_thickness_nm(ds: xr.Dataset, mean_free_path_nm: float, how: str) -> xr.
 def mean_free_path(si, e0, beta, alpha, density, mfp, zeff) -> tuple[float | None, str]:
     """The mean free path (nm) and how it was found: given (``mfp``), from the density
     (Iakoubovskii 2008, with the angular correction), from Zeff (Malis 1988), or ``(None, "")``.
-    E0 (keV), beta and alpha (mrad) default to ``si``'s calibration where needed."""
+    E0 (keV), beta and alpha (mrad) default to ``si``'s calibration where needed; every number
+    used is range-checked (:mod:`eelsgpu.analysis._checks`)."""
     if mfp is not None:
-        return float(mfp), "given"
+        return positive("mean_free_path_nm", mfp, "nm"), "given"
     if density is not None:
-        e0 = require_param(si, "beam_energy_keV", e0)
-        beta = require_param(si, "collection_angle_mrad", beta)
-        alpha = require_param(si, "convergence_angle_mrad", alpha)
+        density = positive("density_g_cm3", density, "g/cm3")
+        e0 = positive("beam_energy_keV", require_param(si, "beam_energy_keV", e0), "keV")
+        beta = positive(
+            "collection_angle_mrad", require_param(si, "collection_angle_mrad", beta), "mrad"
+        )
+        alpha = at_least(
+            "convergence_angle_mrad",
+            require_param(si, "convergence_angle_mrad", alpha),
+            0.0,
+            "mrad",
+        )
         return (
             mean_free_path_iakoubovskii_nm(density, e0, beta, alpha),
             f"Iakoubovskii 2008, density {density:g} g/cm3, angular correction",
         )
     if zeff is not None:
-        e0 = require_param(si, "beam_energy_keV", e0)
-        beta = require_param(si, "collection_angle_mrad", beta)
+        zeff = positive("zeff", zeff)
+        e0 = positive("beam_energy_keV", require_param(si, "beam_energy_keV", e0), "keV")
+        beta = positive(
+            "collection_angle_mrad", require_param(si, "collection_angle_mrad", beta), "mrad"
+        )
         return mean_free_path_malis_nm(e0, beta, zeff=zeff), f"Malis 1988, Zeff {zeff:g}"
     return None, ""
 

@@ -40,9 +40,9 @@ from ..errors import InputError
 from ..kernels.blocks_lowloss import KK_THICKNESS, LOG_RATIO
 from ..kernels.log_ratio import TAILS
 from ..kernels.sum_rule import sum_rule_prefactor_nm_eV
-from ..kernels.zlp import SEARCH_EV
 from ..model import energy_axis, require_param
-from ._lowloss import mean_free_path, precheck, with_thickness_nm
+from ._checks import positive
+from ._lowloss import mean_free_path, precheck, search_range, with_thickness_nm
 from .zlp import resolve_zlp
 
 __all__ = ["TAILS", "calibrate_kk_constant", "thickness"]
@@ -63,7 +63,7 @@ def thickness(
     metal: bool = False,
     kk_constant_nm_eV: float | None = None,
     tail: str = "auto",
-    search_eV: tuple[float, float] = SEARCH_EV,
+    search_eV: tuple[float, float] | None = None,
     device: str = "auto",
 ) -> xr.Dataset:
     """Thickness maps of a low-loss spectrum image (lazy; ``.compute()`` or write it).
@@ -81,8 +81,10 @@ def thickness(
         Zero-loss model: ``"threshold"`` (default: truncation at the first minimum, robust to
         any ZLP shape, exspy's and Egerton's log-ratio recipe), ``"mirror"`` (for a symmetric
         ZLP), ``"fit"``, a reference spectrum, or a per-pixel ZLP cube (see
-        :func:`eelsgpu.analysis.zlp.resolve_zlp`). ``method="kk"`` deconvolves with R, so there
-        ``"threshold"`` (no ZLP shape) stands for ``"mirror"``.
+        :func:`eelsgpu.analysis.zlp.resolve_zlp`; which model fits which ZLP:
+        :func:`eelsgpu.kernels.zlp.zlp_kernel`). N0 is the model's, in both methods and in
+        :func:`eelsgpu.deconvolve`: the same ``zlp=`` gives the same t/lambda there. Each
+        pixel's model is checked against the data (ZLP_MISMATCH where it does not fit).
     beam_energy_keV, collection_angle_mrad, convergence_angle_mrad : float, optional
         Override the file's calibration (keV, mrad); required only where used.
     density_g_cm3 : float, optional
@@ -97,17 +99,26 @@ def thickness(
         KK: A of eq. 29 from :func:`calibrate_kk_constant` (replaces n / metal).
     tail : {"auto", "power-law", "fourier-log", "none"}
         Log-ratio: how scattering beyond the window is counted
-        (:func:`eelsgpu.kernels.log_ratio.log_ratio_kernel`).
-    search_eV : (float, float)
-        Where the ZLP maximum may be (eV on the stored axis).
+        (:func:`eelsgpu.kernels.log_ratio.log_ratio_maps`): never negative, never below the
+        window alone, and only where it exceeds its own uncertainty.
+    search_eV : (float, float), optional
+        Where the ZLP maximum may be (eV on the stored axis). Default: near 0 eV, else the
+        spectrum's first dominant peak anywhere in the window (an uncalibrated axis is found,
+        with an :class:`~eelsgpu.analysis._lowloss.AxisOffsetWarning`); energies are relative
+        to each pixel's ZLP either way.
     device : {"auto", "cpu", "gpu"}
 
     Returns
     -------
     xarray.Dataset
         ``t_over_lambda``, ``thickness_nm`` (when absolute is possible), ``zlp_intensity``,
-        ``zlp_centre_eV``, ``valid`` (and ``total_intensity``, ``tail_fraction``, ``tail_trusted``
-        for log-ratio, ``kk_integral`` for kk); the run's parameters in ``attrs``.
+        ``zlp_centre_eV`` (on the stored axis), ``zlp_fwhm_eV``, ``quality`` (uint32 bitmask,
+        :mod:`eelsgpu.kernels.quality`: NO_ZLP, ZLP_MISMATCH, NEGATIVE_TAIL, TAIL_UNTRUSTED,
+        NEGATIVE_LOBE where the tail came from a Fourier-log SSD, NEGATIVE_T_OVER_LAMBDA,
+        UNPHYSICAL_BACKGROUND, AXIS_OFFSET), ``valid`` (no fatal bit; pixels with a fatal bit
+        keep their numbers, those without a ZLP are NaN), and ``total_intensity``,
+        ``tail_fraction``, ``tail_trusted`` for log-ratio, ``kk_integral`` for kk; the run's
+        parameters in ``attrs``.
 
     Raises
     ------
@@ -115,18 +126,24 @@ def thickness(
         When no pixel has a zero-loss peak (checked on the first block of pixels, cheaply).
     MissingParameterError
         A calibration value that is needed and neither given nor in the file.
+    InputError
+        A number out of range (density, mean free path, angles...), naming it and its unit.
     """
     if method not in ("log-ratio", "kk"):
         raise ValueError(f"method must be 'log-ratio' or 'kk', not {method!r}")
+    search = search_range(search_eV)
     energy_axis(si["energy"].values, require_uniform=True, source=si.attrs.get("source"))
     zparams, extras = resolve_zlp(si, zlp)
-    params: dict[str, Any] = {**zparams, "search_eV": tuple(search_eV)}
+    params: dict[str, Any] = {**zparams, "search_eV": search}
     attrs: dict[str, Any] = {
         "thickness_method": method,
         "zlp_method": zparams["method"],
-        "zlp_search_eV": list(search_eV),
+        "zlp_search_eV": "near 0 eV, else anywhere" if search is None else list(search),
     }
-    precheck(si, zparams, search_eV)
+    shift = precheck(si, zparams, search)
+    params["axis_shift_eV"] = float(shift)
+    if shift:
+        attrs["axis_shift_eV"] = float(shift)
     if method == "log-ratio":
         return _thickness_log_ratio(
             si,
@@ -209,18 +226,20 @@ def _thickness_kk(
     """``method="kk"`` of :func:`thickness`: the maps of
     :data:`~eelsgpu.kernels.blocks_lowloss.KK_THICKNESS` with A of eq. 29 from a calibration, a
     metal or the refractive index (eq. 28)."""
-    if params["method"] == "threshold":
-        attrs["zlp_method"] = "mirror (the threshold model is no resolution function)"
-    e0 = require_param(si, "beam_energy_keV", beam_energy_keV)
-    beta = require_param(si, "collection_angle_mrad", collection_angle_mrad)
+    e0 = positive("beam_energy_keV", require_param(si, "beam_energy_keV", beam_energy_keV), "keV")
+    beta = positive(
+        "collection_angle_mrad",
+        require_param(si, "collection_angle_mrad", collection_angle_mrad),
+        "mrad",
+    )
     if kk_constant_nm_eV is not None:
-        a_const = float(kk_constant_nm_eV)
+        a_const = positive("kk_constant_nm_eV", kk_constant_nm_eV, "nm eV")
         attrs["kk_normalisation"] = "calibrated A"
     elif metal:
         a_const = sum_rule_prefactor_nm_eV(e0)
         attrs["kk_normalisation"] = "metal (Re[1/eps(0)] = 0)"
     elif refractive_index is not None:
-        n = float(refractive_index)
+        n = positive("refractive_index", refractive_index)
         if not n > 1:
             raise InputError(f"refractive_index must be above 1, not {refractive_index!r}")
         a_const = sum_rule_prefactor_nm_eV(e0) / (1.0 - 1.0 / n**2)
@@ -246,6 +265,7 @@ def calibrate_kk_constant(result: xr.Dataset, thickness_nm: float, where: Any = 
     a boolean map of the region (default: every valid pixel). Pass the result as
     ``thickness(..., kk_constant_nm_eV=A)`` to map the thickness elsewhere.
     """
+    thickness_nm = positive("thickness_nm", thickness_nm, "nm")
     k = result["kk_integral"]
     mask = (
         result["valid"] if where is None else (result["valid"] & xr.DataArray(where, dims=k.dims))

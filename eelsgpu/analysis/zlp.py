@@ -20,9 +20,8 @@ import xarray as xr
 from .. import engine
 from ..errors import InputError
 from ..kernels.blocks_lowloss import ZLP_CENTRES, align_declaration
-from ..kernels.zlp import SEARCH_EV
 from ..model import energy_axis
-from ._lowloss import check_any_valid, source_name
+from ._lowloss import check_any_valid, search_range, source_name
 
 __all__ = ["align_zlp", "resolve_zlp"]
 
@@ -104,7 +103,7 @@ def align_zlp(
     si: xr.DataArray,
     method: str = "fourier",
     *,
-    search_eV: tuple[float, float] = SEARCH_EV,
+    search_eV: tuple[float, float] | None = None,
     crop: bool = True,
     fill_value: float = math.nan,
     device: str = "auto",
@@ -121,8 +120,10 @@ def align_zlp(
         Spectrum image (..., energy), uniform increasing energy axis in eV.
     method : {"fourier", "linear"}
         Sub-channel shift by a Fourier phase ramp or by linear interpolation.
-    search_eV : (float, float)
-        Where the ZLP maximum may be on the stored axis (eV).
+    search_eV : (float, float), optional
+        Where the ZLP maximum may be on the stored axis (eV). Default: near 0 eV, else the
+        spectrum's first dominant peak anywhere in the window
+        (:func:`~eelsgpu.kernels.zlp.centre_kernel`).
     crop : bool
         Crop the energy axis to the channels every valid pixel has data for (one extra pass over
         the data to find the shifts first); else keep the axis and set the channels that have no
@@ -155,6 +156,7 @@ def align_zlp(
     if method not in ("fourier", "linear"):
         raise ValueError(f"method must be 'fourier' or 'linear', not {method!r}")
     d = _check_axis(si)
+    search_eV = search_range(search_eV)
     n_e = si.sizes["energy"]
     energy = np.asarray(si["energy"].values)
     lo, hi = 0, n_e
@@ -174,11 +176,14 @@ def align_zlp(
         si,
         device=device,
         method=method,
-        search_eV=tuple(search_eV),
+        search_eV=search_eV,
         lo=lo,
         hi=hi,
         fill_value=float(fill_value),
-        attrs={"zlp_alignment": method, "zlp_search_eV": list(search_eV)},
+        attrs={
+            "zlp_alignment": method,
+            "zlp_search_eV": "near 0 eV, else anywhere" if search_eV is None else list(search_eV),
+        },
     )
     if crop:
         ds["energy"].attrs.update(si["energy"].attrs)

@@ -2,8 +2,10 @@
 
 Every pixel's zero-loss peak is modelled (``--zlp``), then removed together with the plural
 scattering by the Fourier-log deconvolution (kk-theory.md eq. 22, phase unwrapped, tail
-extrapolated). The store holds ``ssd`` (counts per channel on the input's energy axis),
-``zlp_intensity``, ``zlp_centre_eV``, ``valid`` and the relative thickness ``t_over_lambda``
+extrapolated, the raw SSD's roll-off following the measured error of each pixel). The store
+holds ``ssd`` (counts per channel), ``zlp_intensity``, ``zlp_centre_eV``, ``zlp_fwhm_eV``,
+``resolution_eV`` (the FWHM of the point-spread the SSD carries), the per-pixel ``quality``
+bitmask, ``valid`` (no fatal bit) and the relative thickness ``t_over_lambda``
 (log-ratio; the scattering beyond the window from the spectrum's power-law tail, or from the
 SSD where that fails); with ``--density``, ``--zeff`` or ``--mean-free-path`` also
 ``thickness_nm``. The whole low-loss job (ZLP, aligned SSD, both thickness maps) in one pass
@@ -15,6 +17,7 @@ Examples::
 
     eelsgpu deconvolve lowloss.zarr -o ssd.zarr
     eelsgpu deconvolve lowloss.zarr -o ssd.zarr --zlp fit --kind ssd
+    eelsgpu deconvolve lowloss.zarr -o ssd.zarr --kind band-limited --search 15 25
     eelsgpu deconvolve lowloss.zarr -o ssd.zarr --zlp vacuum.msa --kind reconvolved-gaussian --fwhm 0.3
 """
 
@@ -34,7 +37,38 @@ from ._common import (
     output_path,
 )
 
-OUTPUT_CHOICES = ("reconvolved-zlp", "ssd", "reconvolved-gaussian", "residual")
+OUTPUT_CHOICES = ("reconvolved-zlp", "ssd", "band-limited", "reconvolved-gaussian", "residual")
+
+
+def add_search_option(p: argparse.ArgumentParser) -> None:
+    """``--search LO HI``: where the ZLP maximum may be (default: near 0 eV, else anywhere)."""
+    p.add_argument(
+        "--search",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="energy range (eV, stored axis) where the ZLP maximum may be (default: near 0 eV, "
+        "else the spectrum's first dominant peak anywhere in the window)",
+    )
+
+
+def report_quality(res: Any) -> None:
+    """Print how many pixels carry each quality bit (one line), if any."""
+    import numpy as np
+
+    from ..kernels import quality
+
+    if "quality" not in res:
+        return
+    q = np.asarray(res["quality"].values).astype(np.uint32)
+    counts = [
+        f"{name} {int(np.count_nonzero(q & bit))}"
+        for name, (bit, _, _) in quality.BITS.items()
+        if np.count_nonzero(q & bit)
+    ]
+    if counts:
+        print("quality flags (pixels): " + ", ".join(counts))
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -60,7 +94,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         choices=OUTPUT_CHOICES,
         default="reconvolved-zlp",
         help="what to write: the SSD reconvolved with the ZLP (default), the raw SSD, the SSD "
-        "reconvolved with a Gaussian (--fwhm), or the plural-scattering residual",
+        "band-limited by a Gaussian of each pixel's ZLP FWHM, the SSD reconvolved with a "
+        "Gaussian (--fwhm), or the plural-scattering residual",
     )
     p.add_argument(
         "--fwhm",
@@ -75,6 +110,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="power-law",
         help="how the spectrum is continued beyond the window (default power-law)",
     )
+    add_search_option(p)
     add_mean_free_path_options(p)
     add_analysis_options(p)
     return p
@@ -113,16 +149,19 @@ def run(args: argparse.Namespace) -> int:
         output=args.deconv_output,
         fwhm_eV=args.fwhm_eV,
         extrapolation=args.extrapolation,
+        search_eV=None if args.search is None else tuple(args.search),
         device=args.device,
         **mean_free_path_kwargs(args),
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     import numpy as np
 
-    valid = np.asarray(io.open_store(out)["valid"].values)
+    res = io.open_store(out)
+    valid = np.asarray(res["valid"].values)
     if not args.quiet:
         print(
             f"wrote {out}: ssd ({args.deconv_output}) for {int(valid.sum())} of {valid.size} "
             f"pixels ({valid.size - int(valid.sum())} flagged invalid)"
         )
+        report_quality(res)
     return 0

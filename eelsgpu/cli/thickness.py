@@ -7,7 +7,9 @@ window included (``--tail``); with ``--density`` (Iakoubovskii 2008, angular cor
 single-scattering distribution (kk-theory.md eq. 26): give ``--refractive-index N`` for an
 insulator or semiconductor, ``--metal`` for a metal, or ``--kk-constant A`` (eq. 29) calibrated on
 a region of known thickness. The store holds ``t_over_lambda``, ``thickness_nm`` (when absolute),
-``zlp_intensity``, ``zlp_centre_eV`` and ``valid``.
+``zlp_intensity``, ``zlp_centre_eV``, ``zlp_fwhm_eV``, the per-pixel ``quality`` bitmask and
+``valid`` (no fatal bit). The ZLP is found near 0 eV, else anywhere in the window (a warning says
+when the axis is off); ``--search LO HI`` restricts it.
 
 Examples::
 
@@ -29,7 +31,7 @@ from ._common import (
     open_input,
     output_path,
 )
-from .deconvolve import _zlp_argument
+from .deconvolve import _zlp_argument, add_search_option, report_quality
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -77,14 +79,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         dest="kk_constant_nm_eV",
         help="kk: A of eq. 29, calibrated on a region of known thickness",
     )
-    p.add_argument(
-        "--search",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        default=(-5.0, 5.0),
-        help="energy range (eV) where the ZLP maximum may be (default -5 5)",
-    )
+    add_search_option(p)
     add_png(p)
     add_analysis_options(p)
     return p
@@ -114,14 +109,15 @@ def run(args: argparse.Namespace) -> int:
         metal=args.metal,
         kk_constant_nm_eV=args.kk_constant_nm_eV,
         tail=args.tail,
-        search_eV=tuple(args.search),
+        search_eV=None if args.search is None else tuple(args.search),
         device=args.device,
         **calib,
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
     valid = np.asarray(res["valid"].values)
-    check_any_valid(valid, si, tuple(args.search))
+    if not np.asarray(res["zlp_intensity"].notnull().values).any():
+        check_any_valid(np.zeros(1, bool), si, None if args.search is None else args.search)
     name = "thickness_nm" if "thickness_nm" in res else "t_over_lambda"
     if args.png:
         if res[name].ndim == 2:
@@ -133,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         vals = np.asarray(res[name].values)[valid]
         unit = res[name].attrs.get("units", "")
+        median = f"median {np.median(vals):.4g} {unit}" if vals.size else "no valid pixel"
         print(
-            f"wrote {out}: {name} median {np.median(vals):.4g} {unit} over {int(valid.sum())} of "
+            f"wrote {out}: {name} {median} over {int(valid.sum())} of "
             f"{valid.size} pixels ({valid.size - int(valid.sum())} flagged invalid)"
         )
+        report_quality(res)
     return 0

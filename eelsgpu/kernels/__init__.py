@@ -44,8 +44,11 @@ eq.        what                                                   computed by
                                                                   models of :data:`.zlp.MODELS`)
 15, 17     N_1 = N0 t/lambda: t/lambda as the SSD's integral      :func:`.log_ratio.t_over_lambda_from_ssd`
 16         t/lambda = ln(I_t / N0), the log-ratio [5.11]          :func:`.log_ratio.log_ratio_kernel`
+16         its tail beyond the window, never negative             :func:`.log_ratio.log_ratio_maps`
+14         the ZLP model checked against the data                 :func:`.zlp.zlp_model_checks`
 18, 22     SSD = N0 F^-1[ln(F[J] / F[Z])], the Fourier-log        :func:`.fourier_log.fourier_log_kernel`
-           core ln(J~/Z~), phase unwrapped                        :func:`.fourier_log.log_spectrum_ratio`
+22         the measured error of ln(J~/Z~): the roll-off          :func:`.fourier_log.error_power`
+           core ln(J~/Z~), fixed roll-off (the fused CUDA twin)   :func:`.fourier_log.log_spectrum_ratio`
 23-25      discrete transforms, the energy origin's phase         :func:`.fourier_log.fourier_log_kernel`
 26         t = 4 a0 F E0 J / (N0 (1 - Re[1/eps(0)]))             :func:`.sum_rule.thickness_from_integral_nm`
                                                                   (from an SSD:

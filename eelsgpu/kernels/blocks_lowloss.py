@@ -24,15 +24,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._xp import array_namespace, axis_step
+from . import quality
 from .declare import BlockKernel, Output
-from .fourier_log import fourier_log_kernel
-from .log_ratio import log_ratio_kernel, log_ratio_with_ssd_tail, ssd_t_over_lambda
+from .fourier_log import RINGING_LIMIT, fourier_log_kernel
+from .log_ratio import TAILS, _on_subset, fourier_log_tail, log_ratio_maps, ssd_for_tail
+from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV
 from .sum_rule import kk_sum_rule_integral
 from .tails import TAIL_FIT_FRACTION
-from .zlp import SEARCH_EV, centre_kernel, shift_kernel, zlp_kernel
+from .zlp import (
+    SEARCH_EV,
+    background_check,
+    centre_kernel,
+    shift_kernel,
+    zlp_kernel,
+    zlp_model_checks,
+)
 
 __all__ = [
     "DECONVOLVE",
@@ -49,13 +58,29 @@ __all__ = [
     "log_ratio_block",
 ]
 
-#: N0 and the ZLP centre, as every low-loss analysis returns them.
+#: N0, the ZLP centre and FWHM, and the quality bitmask, as every low-loss analysis returns them.
 ZLP_INTENSITY = Output("zlp_intensity", units="counts", long_name="zero-loss intensity N0")
 ZLP_CENTRE = Output("zlp_centre_eV", units="eV", long_name="zero-loss peak centre")
+ZLP_FWHM = Output("zlp_fwhm_eV", units="eV", long_name="measured FWHM of the zero-loss peak")
+QUALITY = Output(
+    "quality",
+    units="",
+    long_name="quality bitmask (eelsgpu.kernels.quality)",
+    dtype="uint32",
+    attrs={"flag_bits": quality.describe()},
+)
+#: The SSD's deepest negative lobe beyond 3 ZLP FWHM, over its peak, above which the spectrum
+#: breaks the Fourier-log model (the NEGATIVE_LOBE bit; :func:`~.fourier_log.ssd_metrics`).
+NEGATIVE_LOBE_LIMIT = 0.1
+#: Below this window log-ratio a pixel is vacuum: its SSD is noise around zero and is not judged
+#: for ringing or negative lobes (the WS2 vacuum spectra of shared/data: 0.002).
+VACUUM_T_OVER_LAMBDA = 0.01
 
 
 # --------------------------------------------------------------------------- ZLP alignment
-def centres_block(block: Any, energy_eV: Any, *, search_eV: tuple[float, float]) -> dict[str, Any]:
+def centres_block(
+    block: Any, energy_eV: Any, *, search_eV: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """The ZLP centre (eV) and ``valid`` of each spectrum (:func:`~.zlp.centre_kernel`)."""
     cen = centre_kernel(block, energy_eV, search_eV=search_eV)
     return {"zlp_centre_eV": cen["zlp_centre_eV"], "valid": cen["valid"]}
@@ -78,7 +103,7 @@ def align_block(
     energy_eV: Any,
     *,
     method: str,
-    search_eV: tuple[float, float],
+    search_eV: tuple[float, float] | None,
     lo: int,
     hi: int,
     fill_value: float,
@@ -125,10 +150,109 @@ def align_declaration(coord: Any = None) -> BlockKernel:
 #: Long names of the deconvolution's ``ssd`` output, by ``output``.
 DECONVOLVE_LONG_NAMES = {
     "ssd": "single-scattering distribution",
+    "band-limited": "single-scattering distribution reconvolved with a Gaussian of the ZLP FWHM",
     "reconvolved-zlp": "single-scattering distribution reconvolved with the ZLP",
     "reconvolved-gaussian": "single-scattering distribution reconvolved with a Gaussian",
     "residual": "plural-scattering residual (data - ZLP - SSD reconvolved with the ZLP)",
 }
+#: The outputs of :func:`deconvolve_block` aligned at 0 eV (zero loss): they go on the axis
+#: shifted by ``axis_shift_eV``; the others stay where the ZLP sits in the data.
+ALIGNED_OUTPUTS = ("ssd", "band-limited", "reconvolved-gaussian")
+
+
+class _Zlp(NamedTuple):
+    """A block's ZLP on the kernel's axis: the axis ``e`` (stored axis minus the shift), the
+    centre, the model ``z``, the truncation ``thr``, its checks and the background test."""
+
+    e: Any
+    centre: dict[str, Any]
+    z: dict[str, Any]
+    thr: dict[str, Any]
+    checks: dict[str, Any]
+    background: dict[str, Any]
+
+
+def _zlp_for_block(
+    block: Any,
+    energy_eV: Any,
+    *,
+    method: str,
+    reference: Any,
+    zlp_cube: Any,
+    search_eV: tuple[float, float] | None,
+    axis_shift_eV: float,
+    return_model: bool = True,
+) -> _Zlp:
+    """The ZLP of every pixel on the axis shifted by ``axis_shift_eV`` (so zero loss sits near
+    0 eV even where the stored axis is off), with its per-pixel checks
+    (:func:`~.zlp.zlp_model_checks`, :func:`~.zlp.background_check`). ``search_eV`` is on the
+    stored axis."""
+    e = energy_eV - axis_shift_eV if axis_shift_eV else energy_eV
+    search = None
+    if search_eV is not None:
+        search = (float(search_eV[0]) - axis_shift_eV, float(search_eV[1]) - axis_shift_eV)
+    centre = centre_kernel(block, e, search_eV=search)
+    z = zlp_kernel(
+        block,
+        e,
+        method=method,
+        reference=reference,
+        zlp_cube=zlp_cube,
+        search_eV=search,
+        return_model=return_model,
+        centre=centre,
+    )
+    thr = z
+    if method != "threshold":
+        thr = zlp_kernel(
+            block, e, method="threshold", search_eV=search, return_model=False, centre=centre
+        )
+    if return_model:
+        checks = zlp_model_checks(block, e, z, thr, method)
+    else:  # (the truncation's own check needs no model)
+        checks = zlp_model_checks(block, e, thr, thr, "threshold")
+    background = background_check(block, e, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"])
+    # the ZLP is off a calibrated axis where its centre on the stored axis is
+    c_stored = z["zlp_centre_eV"] + axis_shift_eV
+    z = dict(z)
+    z["axis_offset"] = z["valid"] & ((c_stored < SEARCH_EV[0]) | (c_stored > SEARCH_EV[1]))
+    return _Zlp(e, centre, z, thr, checks, background)
+
+
+def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dict[str, Any]) -> Any:
+    """The per-pixel quality bitmask (:mod:`.quality`) of a thickness or deconvolution block:
+    ``ok`` (n,) where the computation itself succeeded (else NO_ZLP), ``maps`` the log-ratio's
+    tail flags (:func:`~.log_ratio.log_ratio_maps`), ``extra`` more conditions by bit."""
+    n = ok.shape[0]
+    q = xp.zeros((n,), dtype=xp.uint32)
+    q = quality.set_bit(xp, q, ~ok, quality.NO_ZLP)
+    q = quality.set_bit(xp, q, ok & zz.checks["mismatch"], quality.ZLP_MISMATCH)
+    q = quality.set_bit(xp, q, ok & zz.background["unphysical"], quality.UNPHYSICAL_BACKGROUND)
+    q = quality.set_bit(xp, q, ok & zz.z["axis_offset"], quality.AXIS_OFFSET)
+    if maps is not None:
+        q = quality.set_bit(xp, q, ok & maps["negative_tail"], quality.NEGATIVE_TAIL)
+        q = quality.set_bit(xp, q, ok & maps["tail_untrusted"], quality.TAIL_UNTRUSTED)
+        q = quality.set_bit(
+            xp, q, ok & maps["negative_t_over_lambda"], quality.NEGATIVE_T_OVER_LAMBDA
+        )
+    for bit, condition in extra.items():
+        q = quality.set_bit(xp, q, ok & condition, bit)
+    return q
+
+
+def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
+    """Pixels with an SSD to judge (ringing, negative lobes): a window log-ratio of at least
+    :data:`VACUUM_T_OVER_LAMBDA`; a vacuum pixel's SSD is noise around zero, with no peak to
+    measure it against."""
+    window = xp.sum(xp.where(xp.isfinite(block), block, xp.zeros_like(block)), axis=-1)
+    n0 = xp.where(z["valid"], z["zlp_intensity"], xp.ones_like(window))
+    ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, xp.ones_like(window))
+    return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
+
+
+def _valid(xp: Any, q: Any) -> Any:
+    """No fatal bit set (:data:`.quality.FATAL`)."""
+    return (q & quality.FATAL) == 0
 
 
 def deconvolve_block(
@@ -138,80 +262,132 @@ def deconvolve_block(
     zlp_cube: Any = None,
     method: str = "mirror",
     reference: Any = None,
-    search_eV: tuple[float, float] = (-5.0, 5.0),
+    search_eV: tuple[float, float] | None = None,
     output: str = "reconvolved-zlp",
     fwhm_eV: float | None = None,
     extrapolation: str = "power-law",
     pad_to: int | None = None,
+    axis_shift_eV: float = 0.0,
+    energy_coord_eV: Any = None,
 ) -> dict[str, Any]:
-    """One pass per block: the ZLP model (:func:`~.zlp.zlp_kernel`), then eq. 22
-    (:func:`~.fourier_log.fourier_log_kernel`), and beside it the log-ratio t/lambda (eq. 16,
-    :func:`~.log_ratio.log_ratio_with_ssd_tail`) but for ``output="residual"``.
+    """One pass per block: the ZLP model and its checks, then eq. 22
+    (:func:`~.fourier_log.fourier_log_kernel`) with the raw SSD's figures of merit, and beside
+    it the log-ratio t/lambda (eq. 16) of the same ZLP model with its tail from that raw SSD
+    (:func:`~.log_ratio.log_ratio_maps`, exactly what ``thickness`` computes) but for
+    ``output="residual"``.
+
+    Energies are on the stored axis minus ``axis_shift_eV`` (a whole number of channels, chosen
+    by the analysis so that zero loss sits near 0 eV where the stored axis is off); the aligned
+    outputs (:data:`ALIGNED_OUTPUTS`) lie on that axis, ``zlp_centre_eV`` on the stored one;
+    ``energy_coord_eV`` is that shifted axis for the declaration (the kernel does not use it).
 
     Counts per channel in; ``ssd`` (n, n_E) in counts per channel, ``zlp_intensity`` (counts),
-    ``zlp_centre_eV`` (eV), ``valid``, ``t_over_lambda`` (n,).
+    ``zlp_centre_eV``, ``zlp_fwhm_eV``, ``resolution_eV`` (eV), ``valid``, ``quality`` (uint32,
+    :mod:`.quality`), ``t_over_lambda`` (n,).
     """
     xp = array_namespace(block)
-    centre = centre_kernel(block, energy_eV, search_eV=search_eV)
-    z = zlp_kernel(
+    zz = _zlp_for_block(
         block,
         energy_eV,
         method=method,
         reference=reference,
         zlp_cube=zlp_cube,
         search_eV=search_eV,
-        centre=centre,
+        axis_shift_eV=axis_shift_eV,
     )
+    z = zz.z
+    nan = float("nan")
+    y = xp.where(z["valid"][:, None], block, xp.zeros_like(block))
+    c, w = z["zlp_centre_eV"], z["fwhm_eV"]
+    zf = xp.where(xp.isfinite(z["zlp"]), z["zlp"], xp.zeros_like(y))
+    tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
+    # the raw SSD exactly as thickness makes it for its tail (ssd_for_tail); the requested output
+    # from the same pass where the options allow
+    same = extrapolation == "power-law" and pad_to is None
     fl = fourier_log_kernel(
-        block,
-        energy_eV,
-        z["zlp"],
+        y,
+        zz.e,
+        zf,
         output=output,
         fwhm_eV=fwhm_eV,
         extrapolation=extrapolation,
         pad_to=pad_to,
+        zlp_centre_eV=c,
+        zlp_fwhm_eV=w,
+        misfit=method != "cube",
+        tied=tied,
+        metrics=same,
     )
-    valid = z["valid"] & fl["valid"]
-    nan = float("nan")
+    raw = fl if same else ssd_for_tail(xp, y, zz.e, zf, c, w, method)
+    raw_ssd = raw["ssd"] if output == "ssd" and same else raw.get("raw_ssd", raw["ssd"])
+    ok = z["valid"] & fl["valid"] & raw["valid"]
+    maps = None
+    if output != "residual":
+
+        def fourier_log(select):
+            beyond, sd = fourier_log_tail(raw_ssd, zz.e, raw["zlp_intensity"], xp.sum(y, axis=-1))
+            zero = xp.zeros_like(beyond)
+            return {
+                "beyond": xp.where(select, beyond, zero),
+                "sd": xp.where(select, sd, zero),
+                "negative_lobe": xp.where(select, raw["negative_lobe"], zero),
+            }
+
+        maps = log_ratio_maps(
+            xp,
+            block,
+            zz.e,
+            z,
+            tail="auto",
+            fourier_log=fourier_log,
+            noise=zz.checks["noise"],
+        )
+    judged = _has_ssd(xp, y, z)
+    extra = {
+        quality.RINGING: judged & (raw["ringing"] > RINGING_LIMIT),
+        quality.NEGATIVE_LOBE: judged & (raw["negative_lobe"] > NEGATIVE_LOBE_LIMIT),
+    }
+    q = _quality(xp, zz, ok, maps, extra)
+    valid = ok & _valid(xp, q)
     out = {
         "ssd": fl["ssd"],
-        "zlp_intensity": xp.where(valid, z["zlp_intensity"], nan),
-        "zlp_centre_eV": xp.where(valid, z["zlp_centre_eV"], nan),
+        "zlp_intensity": xp.where(ok, z["zlp_intensity"], nan),
+        "zlp_centre_eV": xp.where(ok, c + axis_shift_eV, nan),
+        "zlp_fwhm_eV": xp.where(ok, w, nan),
+        "resolution_eV": xp.where(ok, fl["resolution_eV"], nan),
         "valid": valid,
+        "quality": q,
     }
-    if output != "residual":
-        # N0 by truncation for the log-ratio: the model itself when it is the truncation
-        thr = z
-        if method != "threshold":
-            thr = zlp_kernel(
-                block,
-                energy_eV,
-                method="threshold",
-                search_eV=search_eV,
-                return_model=False,
-                centre=centre,
-            )
-        out["t_over_lambda"] = xp.where(
-            valid,
-            log_ratio_with_ssd_tail(block, energy_eV, z, thr, fl["ssd"], output),
-            nan,
-        )
+    if maps is not None:
+        out["t_over_lambda"] = xp.where(ok, maps["t_over_lambda"], nan)
     return out
 
 
 def _deconvolve_outputs(params: Mapping[str, Any]) -> list[Output]:
     output = params.get("output", "reconvolved-zlp")
+    shift = float(params.get("axis_shift_eV", 0.0) or 0.0)
+    coord = None
+    if shift and output in ALIGNED_OUTPUTS:
+        coord = params["energy_coord_eV"]
     outputs = [
         Output(
             "ssd",
             units="counts",
             long_name=DECONVOLVE_LONG_NAMES[output],
             axis="energy",
+            coord=coord,
             attrs={"output": output},
         ),
         ZLP_INTENSITY,
         ZLP_CENTRE,
-        Output("valid", units="", long_name="usable pixel", dtype="bool"),
+        ZLP_FWHM,
+        Output(
+            "resolution_eV",
+            units="eV",
+            long_name="FWHM of the point-spread the SSD carries",
+        ),
+        Output("valid", units="", long_name="usable pixel (no fatal quality bit)", dtype="bool"),
+        QUALITY,
     ]
     if output != "residual":
         outputs.append(Output("t_over_lambda", units="", long_name="relative thickness t/lambda"))
@@ -243,11 +419,84 @@ def _thickness_output(name: str, dtype: str = "float") -> Output:
     return Output(name, units=units, long_name=long_name, dtype=dtype)
 
 
-def log_ratio_block(block: Any, energy_eV: Any, *, zlp_cube: Any = None, **params: Any) -> dict:
-    """:func:`~.log_ratio.log_ratio_kernel` without its ZLP model (the maps only)."""
-    out = log_ratio_kernel(block, energy_eV, zlp_cube=zlp_cube, **params)
-    out.pop("zlp")
-    return out
+def log_ratio_block(
+    block: Any,
+    energy_eV: Any,
+    *,
+    zlp_cube: Any = None,
+    method: str = "threshold",
+    reference: Any = None,
+    search_eV: tuple[float, float] | None = None,
+    tail: str = "auto",
+    tail_fit_fraction: float = TAIL_FIT_FRACTION,
+    axis_shift_eV: float = 0.0,
+) -> dict:
+    """The log-ratio thickness maps of a block (eq. 16): the ZLP model and its checks
+    (:func:`_zlp_for_block`), the maps of :func:`~.log_ratio.log_ratio_maps` with the
+    Fourier-log tail from :func:`~.log_ratio.ssd_for_tail` on the pixels that need it, and the
+    quality bitmask. Energies as in :func:`deconvolve_block`."""
+    xp = array_namespace(block)
+    if tail not in TAILS:
+        raise ValueError(f"tail must be one of {TAILS}, not {tail!r}")
+    zz = _zlp_for_block(
+        block,
+        energy_eV,
+        method=method,
+        reference=reference,
+        zlp_cube=zlp_cube,
+        search_eV=search_eV,
+        axis_shift_eV=axis_shift_eV,
+    )
+    z = zz.z
+    maps = log_ratio_maps(
+        xp,
+        block,
+        zz.e,
+        z,
+        tail=tail,
+        fit_fraction=tail_fit_fraction,
+        fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
+        noise=zz.checks["noise"],
+    )
+    ok = z["valid"]
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
+    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
+    q = _quality(xp, zz, ok, maps, extra)
+    nan = float("nan")
+    return {
+        "t_over_lambda": maps["t_over_lambda"],
+        "zlp_intensity": z["zlp_intensity"],
+        "zlp_centre_eV": xp.where(ok, z["zlp_centre_eV"] + axis_shift_eV, nan),
+        "zlp_fwhm_eV": z["fwhm_eV"],
+        "valid": ok & _valid(xp, q),
+        "quality": q,
+        "total_intensity": maps["total_intensity"],
+        "tail_fraction": maps["tail_fraction"],
+        "tail_trusted": maps["tail_trusted"],
+    }
+
+
+def _tail_from_ssd(xp: Any, block: Any, zz: _Zlp, method: str, fit_fraction: float) -> Any:
+    """The ``fourier_log(select)`` of :func:`~.log_ratio.log_ratio_maps`: the raw SSD of the
+    selected pixels only (:func:`~.log_ratio.ssd_for_tail`) and its tail."""
+    z = zz.z
+
+    def fourier_log(select):
+        def run(y, model, c, w):
+            ssd = ssd_for_tail(xp, y, zz.e, model, c, w, method)
+            beyond, sd = fourier_log_tail(
+                ssd["ssd"],
+                zz.e,
+                ssd["zlp_intensity"],
+                xp.sum(y, axis=-1),
+                fit_fraction=fit_fraction,
+            )
+            return {"beyond": beyond, "sd": sd, "negative_lobe": ssd["negative_lobe"]}
+
+        y = xp.where(z["valid"][:, None], block, xp.zeros_like(block))
+        return _on_subset(xp, select, run, y, z["zlp"], z["zlp_centre_eV"], z["fwhm_eV"])
+
+    return fourier_log
 
 
 #: The log-ratio thickness maps of a block. 4096 spectra per call on a CPU (whole blocks): the
@@ -259,7 +508,9 @@ LOG_RATIO = BlockKernel(
         _thickness_output("t_over_lambda"),
         ZLP_INTENSITY,
         ZLP_CENTRE,
-        _thickness_output("valid", "bool"),
+        ZLP_FWHM,
+        Output("valid", units="", long_name="usable pixel (no fatal quality bit)", dtype="bool"),
+        QUALITY,
         _thickness_output("total_intensity"),
         _thickness_output("tail_fraction"),
         Output("tail_trusted", long_name="tail extrapolation trusted", dtype="bool"),
@@ -275,50 +526,86 @@ def kk_thickness_kernel(
     beam_energy_keV: float,
     collection_angle_mrad: float,
     kk_constant_nm_eV: float,
-    method: str = "mirror",
+    method: str = "threshold",
     reference: Any = None,
     zlp_cube: Any = None,
-    search_eV: tuple[float, float] = SEARCH_EV,
+    search_eV: tuple[float, float] | None = None,
     tail_fit_fraction: float = TAIL_FIT_FRACTION,
+    axis_shift_eV: float = 0.0,
 ) -> dict[str, Any]:
     """Absolute thickness from the Kramers-Kronig sum rule, zero-loss model -> Fourier-log SSD ->
     eq. 29, in one kernel: ``t = A / N0 * sum SSD(E) / (E ln(1 + beta^2/theta_E^2))``.
 
     ``kk_constant_nm_eV`` is A of eq. 29 (nm eV): ``4 a0 F E0 / (1 - Re[1/eps(0)])`` with
     Re[1/eps(0)] = 1/n^2 (eq. 28) or 0 for a metal, or calibrated on a region of known thickness
-    (:func:`eelsgpu.analysis.thickness.calibrate_kk_constant`). Also returns the log-ratio quantities and ``kk_integral``
-    (the sum over N0, 1/eV), which the calibrations use. The SSD needs a resolution function:
-    with ``method="threshold"`` (a truncated spectrum, not a ZLP shape) the mirror model is used.
+    (:func:`eelsgpu.analysis.thickness.calibrate_kk_constant`). Also returns the log-ratio
+    quantities of the same ZLP model (:func:`log_ratio_block`'s rules, tail ``"auto"``) and
+    ``kk_integral`` (the sum over N0, 1/eV), which the calibrations use.
+
+    The SSD is the band-limited one (zero loss at 0 eV, convolved with a Gaussian of each
+    pixel's ZLP FWHM: no noise above the ZLP's band, and the integral kept), so the result does
+    not depend on where the stored axis puts the ZLP; below a low-energy cut-off of 3 times the
+    largest ZLP FWHM of the block (at least 1.5 eV) the loss function takes its small-E form
+    (:func:`~.sum_rule.kk_sum_rule_integral`), so the zero-loss residue is not amplified by 1/E.
     """
     xp = array_namespace(block)
-    # the truncation model is no resolution function: the mirror stands in for it here
-    z = zlp_kernel(
+    zz = _zlp_for_block(
         block,
         energy_eV,
-        method="mirror" if method == "threshold" else method,
+        method=method,
         reference=reference,
         zlp_cube=zlp_cube,
         search_eV=search_eV,
+        axis_shift_eV=axis_shift_eV,
     )
-    valid = z["valid"]
+    z = zz.z
+    ok = z["valid"]
     n0 = z["zlp_intensity"]
-    y = xp.where(valid[:, None], block, xp.zeros_like(block))
-    zf = xp.where(valid[:, None], z["zlp"], xp.zeros_like(y))
-    tl, _, _, _ = ssd_t_over_lambda(xp, y, energy_eV, zf, n0, tail_fit_fraction)
-    # the SSD reconvolved with the ZLP (Egerton's choice for noisy data): the raw SSD's
-    # high-frequency noise would swing the 1/E-weighted integral by tens of percent
-    ssd = fourier_log_kernel(y, energy_eV, zf, output="reconvolved-zlp")["ssd"]
-    ssd = xp.astype(ssd, y.dtype)
-    integral = kk_sum_rule_integral(ssd, energy_eV, beam_energy_keV, collection_angle_mrad)
+    y = xp.where(ok[:, None], block, xp.zeros_like(block))
+    zf = xp.where(ok[:, None] & xp.isfinite(z["zlp"]), z["zlp"], xp.zeros_like(y))
+    c, w = z["zlp_centre_eV"], z["fwhm_eV"]
+    tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
+    bl = fourier_log_kernel(
+        y,
+        zz.e,
+        zf,
+        output="band-limited",
+        zlp_centre_eV=c,
+        zlp_fwhm_eV=w,
+        misfit=method != "cube",
+        tied=tied,
+    )
+    w_max = float(xp.max(xp.where(ok, w, xp.zeros_like(w)))) if ok.shape[0] else 0.0
+    cutoff = max(DEFAULT_LOW_ENERGY_CUTOFF_EV, 3.0 * w_max)
+    integral = kk_sum_rule_integral(
+        xp.astype(bl["ssd"], y.dtype), zz.e, beam_energy_keV, collection_angle_mrad, cutoff
+    )
     ratio = integral / n0
+    maps = log_ratio_maps(
+        xp,
+        block,
+        zz.e,
+        z,
+        tail="auto",
+        fit_fraction=tail_fit_fraction,
+        fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
+        noise=zz.checks["noise"],
+    )
+    ok = ok & bl["valid"]
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
+    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
+    q = _quality(xp, zz, ok, maps, extra)
+    q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)
     nan = xp.full_like(n0, math.nan)
     return {
-        "thickness_nm": xp.where(valid, kk_constant_nm_eV * ratio, nan),
-        "kk_integral": xp.where(valid, ratio, nan),
-        "t_over_lambda": xp.where(valid, tl, nan),
-        "zlp_intensity": n0,
-        "zlp_centre_eV": z["zlp_centre_eV"],
-        "valid": valid,
+        "thickness_nm": xp.where(ok, kk_constant_nm_eV * ratio, nan),
+        "kk_integral": xp.where(ok, ratio, nan),
+        "t_over_lambda": xp.where(ok, maps["t_over_lambda"], nan),
+        "zlp_intensity": xp.where(ok, n0, nan),
+        "zlp_centre_eV": xp.where(ok, c + axis_shift_eV, nan),
+        "zlp_fwhm_eV": xp.where(ok, w, nan),
+        "valid": ok & _valid(xp, q),
+        "quality": q,
     }
 
 
@@ -331,6 +618,8 @@ KK_THICKNESS = BlockKernel(
         _thickness_output("kk_integral"),
         ZLP_INTENSITY,
         ZLP_CENTRE,
-        _thickness_output("valid", "bool"),
+        ZLP_FWHM,
+        Output("valid", units="", long_name="usable pixel (no fatal quality bit)", dtype="bool"),
+        QUALITY,
     ),
 )

@@ -6,45 +6,87 @@ scatterings (kk-theory.md eq. 18); its Fourier transform is ``J~ = Z~ exp(S~/N0)
     S(E) = N0 F^-1[ ln( F[J] / F[Z] ) ]                                   (eq. 22)
 
 with ``Z = N0 R`` the zero-loss peak in counts (Egerton 2011, section 4.1.2). This module
-(:func:`fourier_log_kernel`) evaluates eq. 22 on real, zero-padded discrete transforms (eqs. 23-24) and puts the energy origin
-where eq. 25 says: the inverse transform returns the SSD in *kernel coordinates* (index 0 is zero
-loss); a phase factor ``exp(-2 pi i k a / P)`` (``a`` = the channel of 0 eV, possibly fractional;
-a plain roll when it is whole) maps it onto the spectrum's own energy axis.
+(:func:`fourier_log_kernel`) evaluates eq. 22 on real, zero-padded discrete transforms (eqs. 23-24)
+and puts the energy origin where eq. 25 says: the inverse transform returns the SSD in *kernel
+coordinates* (index 0 is zero loss); a phase factor ``exp(-2 pi i k a / P)`` (``a`` = the channel
+of 0 eV, possibly fractional; a plain roll when it is whole) maps it onto the spectrum's own
+energy axis.
 
 What makes it exact where the textbook recipe is not:
 
 * the complex log in split form, ``ln|J~/Z~| + i arg(J~/Z~)``, with the phase **unwrapped** along
   frequency (``arg`` can pass +-pi many times for t/lambda above about 2; the principal-branch
-  log then adds 2 pi jumps that turn into large oscillations of the SSD);
-* the spectrum's tail beyond the window is continued by a power law (or an exponential) fitted
-  to the last channels and brought smoothly to zero with a half-cosine, and the transform is
-  padded to a fast length of at least twice the window, so the periodic wrap of the discrete
-  transform leaves no step and no overlap;
+  log then adds 2 pi jumps that turn into large oscillations of the SSD), up to the first
+  frequency where the measured error of the log (below) reaches 1 rad;
+* the spectrum's tail beyond the window is continued by a power law of the energy loss (or an
+  exponential) fitted to the last channels and brought smoothly to zero with a half-cosine, and
+  the transform is padded to a fast length of at least twice the window, so the periodic wrap of
+  the discrete transform leaves no step and no overlap;
 * J and Z are multiplied by an exponential weight ``exp(-alpha E)`` before the transforms and the
   SSD by ``exp(+alpha E)`` after: the weighted functions obey eq. 18 exactly (a convolution of
   weighted functions is the weighted convolution), with a thinner effective t/lambda, so the log
   is well conditioned and what lies beyond the window barely matters; alpha grows with the
   pixel's t/lambda (a weight at the window's end of 1/10 at t/lambda = 1, 1/100 at 4);
-* no taper of the low-energy end: a window that starts just below the ZLP (-1 eV) is fine;
-* the raw SSD keeps the frequencies where the ZLP's transform stands above 1e-3 of its peak and
-  rolls off smoothly above it (a Wiener-like weight), so noise divided by a vanishing ``Z~`` does
-  not flood it (the resolution limit of any deconvolution); the phase is unwrapped only where
-  ``Z~`` stands above the rounding floor of the data's precision.
+* no taper of the low-energy end: a window that starts just below the ZLP (-1 eV) is fine.
 
-Accuracy (noise-free synthetic Drude and Lorentz spectra, 2048 channels of 0.05 eV from -5 eV,
-true ZLP as R, t/lambda 0.1 to 4): the raw SSD equals the true one to 6e-4 of its peak in float64
-and 6e-4 in float32 but in the last 3 eV of the window, which depend on the extrapolated tail; the
-SSD reconvolved with R to 7e-4 over the whole window. Speed: about 65 us per spectrum and core on
-NumPy for 2048 channels (three float32 FFTs of 4096 points take about 20 of them; the rest is about
-35 element-wise passes over the transforms: see benchmarks/_bench_fourier_log.py).
+**The raw SSD's roll-off follows the measured error of ln(J~/Z~)**, per pixel (issue 11; the
+research is /work/proto/issue11/REPORT.md). To first order ``ln(J~/Z~) = S~/N0 + eps`` with
+``eps = dJ~/J~ - dZ~/Z~``, and the error power per frequency is
 
-The core ``ln(J~/Z~)`` (:func:`log_spectrum_ratio`) has three forms with the same arithmetic: the
-array-API twin (:func:`log_spectrum_ratio_twin`, every namespace), a NumPy fast path with fewer
-passes over memory (:func:`log_spectrum_ratio_numpy`), and the fused CUDA kernel
-``kernels/fourier_log.cu``, which the engine registers in :mod:`eelsgpu.kernels._fused`
-(:mod:`eelsgpu.engine.cuda`) and which is used for complex64 CuPy arrays when it passed its
-first-use check. The user-facing :func:`eelsgpu.deconvolve` is in
-:mod:`eelsgpu.analysis.deconvolution`.
+    sigma^2(nu) = |r~|^2 / |Z~|^2 + N_J / |J~|^2 + N_Z / |Z~|^2             (:func:`error_power`)
+
+* ``r`` the ZLP model's measured misfit: the data minus the model on the gain side within 3 FWHM
+  of the centre, counted twice (a symmetric model misfits the loss side as much; the loss side
+  itself holds the specimen's losses and cannot be used);
+* ``N_J`` the white noise power of J~ not shared with the model (the truncation model's channels
+  are the data themselves: their noise cancels in J/Z): measured on the top quarter of
+  frequencies where the ZLP's transform has died (counting and rounding noise alike), else from
+  fourth differences of the channels (coarse dispersion: the ZLP is still there at Nyquist);
+* ``N_Z`` the model's own white floor (the mirror's copied noise, a smooth model's rounding).
+
+The cut-off ``nu_c`` is the first frequency where the smoothed ``|ln(J~/Z~)|^2`` is no more than
+twice the smoothed ``sigma^2`` (the error reaches the signal), or the minimum of the smoothed
+``|ln(J~/Z~)|^2`` if that comes first (the signal's transform decays and every error grows with
+frequency, so past the minimum the log is mostly error, whatever made it: the truncation's step,
+the mirror's loss side). Below it a monotone Wiener weight ``S^2 / (S^2 + sigma^2)`` is applied,
+normalised so that its point-spread has unit area after un-weighting. Where the error reaches
+the signal inside the ZLP's own band (``nu_c`` below the band of a Gaussian of
+``max_resolution_fwhm`` x the pixel's ZLP FWHM, and what is cut is not negligible), the pixel
+gets that Gaussian instead (``floored``); where that Gaussian's SSD still rings above
+:data:`RINGING_LIMIT` of its peak (a misfit finer than the ZLP), one of
+:data:`COARSER_RESOLUTION_FWHM` times its width. Both weights are exactly 1 at zero frequency, so the SSD's integral is
+``N0 ln(I/N0)`` as eq. 22 requires (with the exponential weight, to the aliasing of the weighted
+transform; exactly with ``damping=1``).
+
+**Resolution of the raw SSD.** It is the single-scattering distribution convolved with a
+unit-area, centred point-spread whose FWHM is returned per pixel as ``resolution_eV``: its
+frequencies are kept up to where the measured error of ln(J~/Z~) reaches the signal. On every
+measured spectrum in shared/data that happens inside the ZLP's own band, so there the point-spread
+is a Gaussian of the measured ZLP FWHM (times ``max_resolution_fwhm``, default 1): the raw SSD is
+band-limited to the ZLP's resolution, which is all the data support. ``limit_eV`` is the
+resolution the error criterion alone would give. On noise-free synthetic spectra the cut-off lies
+where rounding meets the signal, and the raw SSD is exact (below).
+
+Other outputs: ``"band-limited"`` is the SSD convolved with a unit-area Gaussian of each pixel's
+measured ZLP FWHM (zero loss at 0 eV; what Kramers-Kronig analysis takes by default);
+``"reconvolved-gaussian"`` the same with a Gaussian of a given FWHM; ``"reconvolved-zlp"`` the SSD
+convolved with the ZLP model where it sits in the data (Egerton's advice for noisy data; the
+counting noise of J~ is Wiener-weighted, weight 1 at zero frequency); ``"residual"`` the data
+minus the ZLP minus that, the plural scattering.
+
+Accuracy, measured against eelsgpu.synthetic's true SSD (2048 channels of 0.05 eV from -5 eV,
+Gaussian ZLP of 0.5 eV, float64; tests/kernels/test_fourier_log.py): noise-free with the true ZLP
+as R, t/lambda 0.1 to 4, the raw SSD is within 1e-3 of its peak but in the last 3 eV of the window
+(before issue 11: 6e-4; the Wiener weight trims the last frequencies where rounding meets the
+signal). With Poisson noise of 1e5 counts in the ZLP, the old roll-off (|Z~| above 1e-3 of
+Z~(0)) left the raw SSD 0.3 to 17 times its peak off; now it is the truth convolved with a
+Gaussian of the ZLP FWHM, within a few per cent of the peak (the noise left at that resolution).
+Speed: see benchmarks/_bench_fourier_log.py.
+
+The xarray-facing :func:`eelsgpu.deconvolve` is in :mod:`eelsgpu.analysis.deconvolution`.
+:func:`log_spectrum_ratio` and its twins (the core before issue 11, with a fixed roll-off at
+1e-3 of Z~(0)) remain for the fused CUDA kernel ``kernels/fourier_log.cu`` that the engine checks
+against them; :func:`fourier_log_kernel` no longer calls them.
 
 Examples
 --------
@@ -54,7 +96,7 @@ Examples
 ...                                   dtype=np.float64)
 >>> e = sim["energy"].values
 >>> zlp = (sim["true_zlp_shape"] * sim["true_zlp_intensity"]).values
->>> out = fourier_log_kernel(sim["signal"].values[None], e, zlp[None])
+>>> out = fourier_log_kernel(sim["signal"].values[None], e, zlp[None], misfit=False)
 >>> ssd, true = out["ssd"][0], sim["true_ssd"].values
 >>> inside = e < e[-1] - 3.0  # the last eV depend on the tail's extrapolation
 >>> bool(np.abs(ssd - true)[inside].max() < 1e-3 * true.max())
@@ -76,37 +118,65 @@ from .._xp import (
     fft_module,
     is_numpy,
     itemsize,
+    moving_average,
     tiny,
 )
 from ..errors import InputError
 from . import _fused
+from .zlp import centre_kernel, channel_variance
 
 __all__ = [
     "EXTRAPOLATIONS",
     "FUSED_NAME",
+    "COARSER_RESOLUTION_FWHM",
+    "KAPPA",
+    "MAX_RESOLUTION_FWHM",
     "OUTPUTS",
     "PHASE_FLOOR",
+    "RINGING_LIMIT",
     "ROLLOFF",
     "SNR2",
+    "error_power",
     "fourier_log_kernel",
     "log_spectrum_ratio",
     "log_spectrum_ratio_numpy",
     "log_spectrum_ratio_twin",
     "noise_power",
     "probe_spectra",
+    "ssd_metrics",
     "tail_continuation",
 ]
 
-OUTPUTS = ("ssd", "reconvolved-zlp", "reconvolved-gaussian", "residual")
+OUTPUTS = ("ssd", "band-limited", "reconvolved-zlp", "reconvolved-gaussian", "residual")
 EXTRAPOLATIONS = ("power-law", "exponential", "none")
 
-# Relative floor |Z~(nu)| / Z~(0) below which the phase is not unwrapped: a few times the relative
-# rounding error of a transform in the data's precision (by itemsize).
+# Relative floor |Z~(nu)| / Z~(0) below which the legacy core does not unwrap the phase: a few
+# times the relative rounding error of a transform in the data's precision (by itemsize).
 PHASE_FLOOR = {4: 3e-6, 8: 1e-11}
-# |Z~(nu)| / Z~(0) where the raw SSD's frequencies are rolled off (resolution limit)
+# |Z~(nu)| / Z~(0) where the legacy core rolls the raw SSD's frequencies off
 ROLLOFF = 1e-3
-# |J~|^2 / (noise power) above which the phase is unwrapped (signal-to-noise 2)
+# |J~|^2 / (noise power) above which the legacy core unwraps the phase (signal-to-noise 2)
 SNR2 = 4.0
+#: The coarsest raw SSD, in ZLP FWHM: a pixel whose measured error reaches the signal inside
+#: this band gets a Gaussian point-spread of this many ZLP FWHM (the "floored" pixels).
+MAX_RESOLUTION_FWHM = 1.0
+#: A raw SSD whose rms departure from itself smoothed to the ZLP's resolution exceeds this share of
+#: its peak rings (:func:`ssd_metrics`; the RINGING bit of :mod:`eelsgpu.kernels.quality`).
+RINGING_LIMIT = 0.1
+#: A pixel band-limited to its ZLP's band that still rings above RINGING_LIMIT gets a Gaussian
+#: point-spread this many times wider (measured on shared/data: it brings every such pixel whose
+#: ZLP model passes the checks below 0.04; they are a mirror at 2 channels per FWHM and the
+#: truncation step of a monochromated ZLP).
+COARSER_RESOLUTION_FWHM = 1.5
+#: FWHM of the point-spread (eV) times the cut-off frequency (1/eV) of the Gaussian weight that is
+#: 1/10 at the cut-off: 2 sqrt(2 ln 2) sqrt(2 ln 10) / (2 pi).
+KAPPA = 2.0 * math.sqrt(2.0 * math.log(2.0)) * math.sqrt(2.0 * math.log(10.0)) / (2.0 * math.pi)
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+# The cut-off is where the smoothed |ln(J~/Z~)|^2 falls to (1 + _SNR_MIN) times the smoothed error
+# power (signal power = error power: Wiener's crossing); a cut whose smoothed power is below
+# _NEGLIGIBLE^2 |ln(J~/Z~)(0)|^2 removes less than 1e-3 of the peak and does not floor the pixel.
+_SNR_MIN = 1.0
+_NEGLIGIBLE = 1e-3
 # -ln(exponential weight at the window's end) per unit t/lambda: 1 at 0, 1/10 at t/lambda = 1,
 # 1/100 at t/lambda = 4 (more weight conditions thick areas and short windows better; less keeps
 # float32 rounding, which the weight scales up at the end, below 1e-3 of thin areas' SSD)
@@ -129,19 +199,20 @@ def tail_continuation(
 ) -> Any:
     """Continuation of each spectrum beyond the window, ending at zero, times ``exp(-alpha E)``.
 
-    Power law ``A E^-r`` (Egerton 2011, section 4.2.1) or exponential ``A exp(-E/tau)``, both
-    with the value and slope of a least-squares line through the last 1/128th of the window (at
-    least 8 channels), so the join is smooth to first order, times a half-cosine from 1 to 0 so
-    that the periodic transform sees no step. ``plan["log_taper"]``, ``plan["tail_log"]``
-    (ln(E/E_end)) and ``plan["e_ext"]`` (E, eV) are shared by all pixels; ``alpha`` (n, 1) is
-    each pixel's weight (1/eV). Amplitude, shape, taper and weight are one exponential.
+    Power law ``A L^-r`` of the energy loss L (Egerton 2011, section 4.2.1) or exponential
+    ``A exp(-E/tau)``, both with the value and slope of a least-squares line through the last
+    1/128th of the window (at least 8 channels), so the join is smooth to first order, times a
+    half-cosine from 1 to 0 so that the periodic transform sees no step. ``plan["log_taper"]``,
+    ``plan["tail_log"]`` (ln(L/L_end)) and ``plan["e_ext"]`` (E, eV) are shared by all pixels;
+    ``alpha`` (n, 1) is each pixel's weight (1/eV). Amplitude, shape, taper and weight are one
+    exponential.
 
     Parameters
     ----------
     block : array, shape (n, n_E)
         Spectra in counts per channel.
     e_end_eV, dispersion_eV : float
-        The energy of the window's last channel and the channel width (eV).
+        The energy loss of the window's last channel and the channel width (eV).
     plan : dict
         The shared vectors of :func:`fourier_log_kernel`'s plan (see above).
     extrapolation : {"power-law", "exponential", "none"}
@@ -166,13 +237,14 @@ def tail_continuation(
     g = xp.sum(seg * x[None, :], axis=-1) / (float(w * (w * w - 1)) / 12.0) / dispersion_eV
     v = mean + g * (dispersion_eV * (w - 1) / 2.0)
     ok = v > 0
-    # ln v (-inf where the data end at or below 0: no tail)
-    log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -math.inf)
+    # ln v (-1e30 where the data end at or below 0: no tail; not -inf, which the matrix
+    # product below would turn into NaN)
+    log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -1e30)
     # logarithmic slope -d ln J / dE at the window's end (>= 0: the tail only falls)
     # (minimum/maximum, not clip: array-api-compat's clip costs ~50 us a call)
     rate = xp.minimum(xp.maximum(-g / xp.where(ok, v, 1.0), 0.0), 50.0 / dispersion_eV)
     if extrapolation == "power-law" and e_end_eV > 0:
-        # A (E / E_end)^-r with r = rate E_end: same value and slope as the data at the end
+        # A (L / L_end)^-r with r = rate L_end: same value and slope as the data at the end
         coef, shape = -(rate * e_end_eV), plan["tail_log"]
     else:
         coef, shape = -rate, plan["tail_de"]
@@ -193,10 +265,19 @@ def fourier_log_kernel(
     extrapolation: str = "power-law",
     pad_to: int | None = None,
     unwrap: bool = True,
-    rolloff: float | None = None,
     damping: float | None = None,
+    zlp_centre_eV: Any = None,
+    zlp_fwhm_eV: Any = None,
+    misfit: bool = True,
+    tied: Any = None,
+    max_resolution_fwhm: float = MAX_RESOLUTION_FWHM,
+    zero_loss_eV: float = 0.0,
+    metrics: bool = False,
 ) -> dict[str, Any]:
     """Fourier-log deconvolution of a block of spectra (kk-theory.md eqs. 22 and 25).
+
+    The raw SSD's roll-off follows the measured error of ln(J~/Z~) per pixel (module docstring);
+    its weight is 1 at zero frequency, so its integral is ``N0 ln(I/N0)`` (eq. 22).
 
     Parameters
     ----------
@@ -204,16 +285,18 @@ def fourier_log_kernel(
         Spectra in counts per channel on a uniform, increasing energy axis (float32 or float64;
         the work is done in that precision).
     energy_eV : array, shape (n_E,)
-        The energy axis in eV; the channel at 0 eV (possibly between channels) is zero loss.
+        The energy axis in eV; the channel at 0 eV (possibly between channels) is where the
+        aligned outputs put zero loss.
     zlp : array, shape (n, n_E)
         The zero-loss peak of each spectrum in counts, ``I_ZLP = N0 R`` (eq. 14), on the same
         grid, where it sits in the data (e.g. ``zlp`` of :func:`eelsgpu.kernels.zlp.zlp_kernel`).
-    output : {"ssd", "reconvolved-zlp", "reconvolved-gaussian", "residual"}
-        ``"ssd"``: the SSD itself, counts per channel on the input's axis (0 eV = zero loss),
-        integral N0 t/lambda. ``"reconvolved-zlp"``: the SSD convolved with R where the ZLP sits
-        in the data (Egerton's choice for noisy data; no noise amplification).
+    output : {"ssd", "band-limited", "reconvolved-zlp", "reconvolved-gaussian", "residual"}
+        ``"ssd"``: the raw SSD, counts per channel on the input's axis (0 eV = zero loss),
+        integral N0 t/lambda, resolution ``resolution_eV``. ``"band-limited"``: the SSD convolved
+        with a unit-area Gaussian of each pixel's ZLP FWHM (0 eV = zero loss).
+        ``"reconvolved-zlp"``: the SSD convolved with R where the ZLP sits in the data.
         ``"reconvolved-gaussian"``: the SSD convolved with a unit-area Gaussian of ``fwhm_eV``.
-        ``"residual"``: data - ZLP - (SSD reconvolved with R), the plural scattering (diagnostic).
+        ``"residual"``: data - ZLP - (SSD reconvolved with R), the plural scattering.
     fwhm_eV : float
         FWHM of the Gaussian in eV (``"reconvolved-gaussian"`` only).
     extrapolation : {"power-law", "exponential", "none"}
@@ -223,20 +306,42 @@ def fourier_log_kernel(
     unwrap : bool
         Unwrap the phase (default). ``False`` gives the principal-branch log, wrong for thick
         areas; it exists to show that.
-    rolloff : float, optional
-        Relative level of |Z~| (to Z~(0)) where the raw SSD's frequencies are rolled off, for
-        ``"ssd"`` and ``"reconvolved-gaussian"`` (default 1e-3).
     damping : float, optional
         The exponential weight at the window's end, the same for every pixel (0 < damping <= 1;
-        1 is no weight). Default: per pixel from its t/lambda (1/10 at t/lambda = 1, 1/100 at 4).
+        1 is no weight, and makes eq. 22's zero frequency exact). Default: per pixel from its
+        t/lambda (1/10 at t/lambda = 1, 1/100 at 4).
+    zlp_centre_eV, zlp_fwhm_eV : array (n,), optional
+        Each pixel's ZLP centre and FWHM (eV; :func:`eelsgpu.kernels.zlp.centre_kernel` of the
+        data). Default: measured on ``zlp``.
+    misfit : bool
+        Count the model's misfit on the gain side as error (default; right for a model made from
+        the data). False: the ZLP is taken as exact (a true ZLP of synthetic data).
+    tied : array (n, n_E) of bool, optional
+        Channels where the model is the data itself (the truncation model below its cut): their
+        noise cancels in J/Z and is not counted.
+    max_resolution_fwhm : float
+        The coarsest raw SSD, in ZLP FWHM (see the module docstring).
+    zero_loss_eV : float
+        Where zero loss sits on ``energy_eV`` for the block (eV): the origin of the power-law
+        tail and of the exponential weight's span (0 for a calibrated axis).
+    metrics : bool
+        Also return the raw SSD's figures of merit (:func:`ssd_metrics`): ``ringing``,
+        ``negative_lobe``, ``ssd_peak``, ``sum_error`` (the raw SSD summed over the transform
+        period, over N0, minus ln(I_ext / N0) with I_ext the window and its continuation: the
+        closure of eq. 22 at zero frequency, which the exponential weight's aliasing leaves) and
+        ``raw_ssd`` when ``output`` is not ``"ssd"``.
 
     Returns
     -------
     dict
         ``ssd`` (n, n_E): the requested output in counts per channel; ``zlp_intensity`` (n,):
         N0 = sum of ``zlp`` (counts); ``t_over_lambda`` (n,): ln(sum J / N0) over the window
-        (the log-ratio; no tail); ``valid`` (n,): False where N0 <= 0, the data are not
-        finite, or the log is undefined (these get NaN).
+        (the log-ratio; no tail); ``valid`` (n,): False where N0 <= 0, the data are not finite,
+        or the log is undefined (these get NaN); ``resolution_eV`` (n,): the FWHM of the
+        point-spread the returned SSD carries (the ZLP's FWHM for ``"reconvolved-zlp"``, NaN for
+        ``"residual"``); ``limit_eV`` (n,): the resolution the measured error alone supports;
+        ``floored`` (n,) bool: the raw SSD was band-limited to the ZLP's band; ``zlp_fwhm_eV``
+        (n,).
 
     Examples
     --------
@@ -248,6 +353,8 @@ def fourier_log_kernel(
     >>> out = fourier_log_kernel(j[None], e, z[None])
     >>> round(float(out["t_over_lambda"][0]), 2)  # ... ln(1 + 0.3) exactly
     0.26
+    >>> round(float(out["ssd"][0].sum() / 1e4), 3)  # the SSD's integral is N0 ln(I/N0): eq. 22
+    0.262
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
@@ -255,6 +362,8 @@ def fourier_log_kernel(
         raise ValueError(f"extrapolation must be one of {EXTRAPOLATIONS}, not {extrapolation!r}")
     if output == "reconvolved-gaussian" and not (fwhm_eV is not None and fwhm_eV > 0):
         raise ValueError("output='reconvolved-gaussian' needs fwhm_eV > 0 (eV)")
+    if not max_resolution_fwhm > 0:
+        raise ValueError(f"max_resolution_fwhm must be positive, not {max_resolution_fwhm}")
     xp = array_namespace(block)
     dt = block.dtype
     n, n_e = block.shape
@@ -266,19 +375,49 @@ def fourier_log_kernel(
         raise ValueError(f"pad_to={p} is too short for {n_e} channels")
     if damping is not None and not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1], not {damping}")
-    plan = _plan(xp, dt, energy_eV, offset, disp, n_e, p, output, fwhm_eV, damping, rolloff)
     zlp = xp.astype(zlp, dt)
-    # Rows are done a few at a time so that the ~20 temporaries of a row stay in the cache.
+    if zlp_centre_eV is None or zlp_fwhm_eV is None:
+        c_in, w_in = _model_centre(xp, zlp, energy_eV, disp)
+        zlp_centre_eV = c_in if zlp_centre_eV is None else zlp_centre_eV
+        zlp_fwhm_eV = w_in if zlp_fwhm_eV is None else zlp_fwhm_eV
+    cen = xp.astype(xp.asarray(zlp_centre_eV), dt)
+    fw = xp.astype(xp.asarray(zlp_fwhm_eV), dt)
+    plan = _plan(xp, dt, energy_eV, offset, disp, n_e, p, output, fwhm_eV, damping, zero_loss_eV)
+    plan.update(misfit=bool(misfit), max_res=float(max_resolution_fwhm), metrics=bool(metrics))
+    # Rows are done a few at a time so that the ~30 temporaries of a row stay in the cache.
     rows = max(1, _ROW_BYTES // (p * itemsize(dt)))
     parts = []
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         parts.append(
-            _rows(xp, block[start:stop, :], zlp[start:stop, :], plan, output, extrapolation, unwrap)
+            _rows(
+                xp,
+                block[start:stop, :],
+                zlp[start:stop, :],
+                cen[start:stop],
+                fw[start:stop],
+                None if tied is None else tied[start:stop, :],
+                plan,
+                output,
+                extrapolation,
+                unwrap,
+            )
         )
     if len(parts) == 1:
         return parts[0]
     return {key: xp.concat([part[key] for part in parts], axis=0) for key in parts[0]}
+
+
+def _model_centre(xp: Any, zlp: Any, energy_eV: Any, disp: float) -> tuple[Any, Any]:
+    """Centre and FWHM (eV) of each ZLP model (its own peak; the arg-max channel and 4 channels
+    where it has none)."""
+    z = xp.where(xp.isfinite(zlp), zlp, xp.zeros_like(zlp))
+    cen = centre_kernel(z, energy_eV, search_eV=(float(energy_eV[0]), float(energy_eV[-1])))
+    e = xp.astype(energy_eV, zlp.dtype)
+    arg = xp.take(e, xp.argmax(z, axis=-1))
+    c = xp.where(xp.isfinite(cen["zlp_centre_eV"]), cen["zlp_centre_eV"], arg)
+    w = xp.where(xp.isfinite(cen["fwhm_eV"]), cen["fwhm_eV"], xp.full_like(c, 4.0 * disp))
+    return c, w
 
 
 def _plan(
@@ -292,40 +431,49 @@ def _plan(
     output: str,
     fwhm_eV: float | None,
     damping: float | None,
-    rolloff: float | None,
+    zero_loss_eV: float,
 ) -> dict[str, Any]:
-    """The vectors every pixel shares: weights, tail shape, Gaussian, origin phase."""
+    """The vectors every pixel shares: weights, tail shape, frequencies, origin phase."""
     n_ext = p - n_e
     e_end = offset + disp * (n_e - 1)
+    loss_end = e_end - float(zero_loss_eV)  # the window's end in energy loss
     e_win = xp.astype(energy_eV[:n_e], xp.float64)
     i = xp.arange(1, n_ext + 1, dtype=xp.float64)
     e_ext = e_end + disp * i
     taper = 0.5 + 0.5 * xp.cos(i * (math.pi / (n_ext + 1)))
     k = xp.arange(p // 2 + 1, dtype=xp.float64)
+    # signed position in the period of each sample of an irfft (kernel coordinates, eV)
+    j = xp.arange(p, dtype=xp.float64)
+    x_period = xp.where(j < p // 2, j, j - p) * disp
+    # ... and of the SSD over the period: the window's gain side (its channels below 0 eV) wraps
+    # to the period's end, everything else is loss
+    gain = max(0, math.ceil(-offset / disp - 1e-9))
+    x_sum = xp.where(j < p - gain, j, j - p) * disp
     plan: dict[str, Any] = {
         "p": p,
         "n_e": n_e,
         "disp": disp,
         "e_end": e_end,
-        "e_span": max(e_end, disp),
+        "loss_end": loss_end,
+        "e_span": max(loss_end, disp),
         "damping": damping,
         "e_win": xp.astype(e_win, dt)[None, :],
         "e_ext": xp.astype(e_ext, dt),
         "log_taper": xp.astype(xp.log(taper), dt),
         "tail_de": xp.astype(disp * i, dt),
-        "tail_log": xp.astype(xp.log1p((disp / e_end) * i), dt) if e_end > 0 else None,
-        "gate": PHASE_FLOOR[itemsize(dt)] ** 2,
-        "rolloff": (rolloff if rolloff is not None else ROLLOFF) ** 2,
+        "tail_log": xp.astype(xp.log1p((disp / loss_end) * i), dt) if loss_end > 0 else None,
         "tiny": tiny(str(dt)),
+        "nu": xp.astype(k / (p * disp), dt)[None, :],
+        "x_period": xp.astype(x_period, dt)[None, :],
+        "x_sum": xp.astype(x_sum, dt)[None, :],
         "sigma": None,
     }
     if output == "reconvolved-gaussian":
-        plan["sigma"] = fwhm_eV / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-        plan["nu"] = xp.astype(k / (p * disp), dt)[None, :]
+        plan["sigma"] = fwhm_eV / _FWHM_PER_SIGMA
     filt_r = filt_i = None
     origin = -offset / disp  # channel of 0 eV: where zero loss goes (eq. 25)
     whole = round(origin)
-    if output in ("ssd", "reconvolved-gaussian") and abs(origin - whole) > 1e-6:
+    if abs(origin - whole) > 1e-6:
         # sub-channel origin: the phase factor of eq. 25, exp(-2 pi i k a / P)
         theta = (-2.0 * math.pi * origin / p) * k
         filt_r, filt_i = xp.cos(theta), xp.sin(theta)
@@ -341,6 +489,9 @@ def _rows(
     xp: Any,
     block: Any,
     zlp: Any,
+    cen: Any,
+    fw: Any,
+    tied: Any,
     plan: dict[str, Any],
     output: str,
     extrapolation: str,
@@ -350,11 +501,15 @@ def _rows(
     fft = fft_module(xp)
     dt = block.dtype
     p, n_e = plan["p"], plan["n_e"]
+    nan = float("nan")
     # A NaN or inf anywhere makes the row's sum non-finite: one pass each for validity, N0
     # (sum of the ZLP) and the log-ratio's total.
     n0 = xp.sum(zlp, axis=-1)
     total = xp.sum(block, axis=-1)
     valid = xp.isfinite(total) & xp.isfinite(n0) & (n0 > 0)
+    ok_cw = xp.isfinite(cen) & xp.isfinite(fw) & (fw > 0)
+    cen = xp.where(ok_cw, cen, xp.zeros_like(cen))
+    fw = xp.where(ok_cw, fw, xp.full_like(fw, 4.0 * plan["disp"]))
     # Invalid pixels are swapped for a harmless spectrum (J = Z = a delta at channel 0) so that
     # nothing below warns or spreads NaN; they get NaN at the end.
     if not bool(xp.all(valid)):
@@ -381,40 +536,360 @@ def _rows(
         alpha = xp.full((j.shape[0],), -math.log(plan["damping"]) / plan["e_span"], dtype=dt)
     alpha = xp.astype(alpha, dt)[:, None]
     wgt = xp.exp(-alpha * plan["e_win"])  # (rows, n_E); the tail's weight is in the tail
-    tail = tail_continuation(j, plan["e_end"], plan["disp"], plan, extrapolation, alpha)
-    jf = fft.rfft(xp.concat([j * wgt, tail], axis=-1), axis=-1)
+    tail = tail_continuation(j, plan["loss_end"], plan["disp"], plan, extrapolation, alpha)
+    jw = j * wgt
+    jf = fft.rfft(xp.concat([jw, tail], axis=-1), axis=-1)
     zf = fft.rfft(z * wgt, n=p, axis=-1)
-
     log_defined = xp.real(jf[:, 0]) * xp.real(zf[:, 0]) > 0  # J~(0) / Z~(0) > 0
-    mode = "zlp" if output in ("reconvolved-zlp", "residual") else "rolloff"
-    ell = _log_ratio(xp, jf, zf, mode, plan["gate"], plan["rolloff"], unwrap)
 
-    if mode == "zlp":
-        # Z_w~ ln(J_w~/Z_w~) = N0 F[(R (x) S)_w] with R where it sits: already on the data's axis
-        res = fft.irfft(ell, n=p, axis=-1)[:, :n_e]
-        scale = xp.ones_like(n0)
+    # the measured error of ln(J~/Z~), and the log with its phase unwrapped where it is trusted
+    err = error_power(
+        xp,
+        jf,
+        zf,
+        jw,
+        z * wgt,
+        plan["e_win"][0, :],
+        cen,
+        fw,
+        plan,
+        misfit=plan["misfit"],
+        tied=tied,
+    )
+    sigma2 = err["sigma2"]
+    k_all = sigma2.shape[-1]
+    big = sigma2 > 1.0  # an error of 1 rad: a step of the phase there is random
+    stop = xp.where(xp.any(big, axis=-1), xp.argmax(xp.astype(big, xp.int8), axis=-1), k_all)
+    ell = _split_log(xp, jf, zf, stop if unwrap else None)
+
+    want_raw = output == "ssd" or plan["metrics"]
+    weight = res = limit = floored = raw = metrics = None
+    if want_raw:
+        weight, res, limit, floored = _adaptive_weight(xp, ell, sigma2, stop, fw, alpha, plan)
+        factor = n0[:, None] / wgt
+        raw, metrics = _raw_and_metrics(xp, fft, ell, weight, fw, alpha, plan, factor)
+        # a pixel band-limited to its ZLP's band whose SSD still rings above RINGING_LIMIT (a
+        # misfit finer than the ZLP: the mirror at 2 channels per FWHM, a truncation step) gets
+        # the coarser band of COARSER_RESOLUTION_FWHM ZLP FWHM where that rings less
+        redo = floored & (metrics["ringing"] > RINGING_LIMIT) & valid
+        if bool(xp.any(redo)):
+            sig2 = COARSER_RESOLUTION_FWHM * plan["max_res"] * fw / _FWHM_PER_SIGMA
+            w2 = _gaussian_weight(xp, plan["nu"], sig2, alpha)
+            raw2, m2 = _raw_and_metrics(xp, fft, ell, w2, fw, alpha, plan, factor)
+            take = redo & (m2["ringing"] < metrics["ringing"])
+            weight = xp.where(take[:, None], w2, weight)
+            raw = xp.where(take[:, None], raw2, raw)
+            res = xp.where(take, sig2 * _FWHM_PER_SIGMA, res)
+            metrics = {k: xp.where(take, m2[k], v) for k, v in metrics.items()}
+    if output in ("reconvolved-zlp", "residual"):
+        # Z_w~ ln(J_w~/Z_w~) = N0 F[(R (x) S)_w] with R where it sits: already on the data's axis;
+        # J~'s counting noise Wiener-weighted (weight 1 at nu = 0: the integral is kept)
+        jj = xp.real(jf) ** 2 + xp.imag(jf) ** 2
+        wj = jj / (jj + err["n_j"][:, None])
+        wj = xp.concat([xp.ones_like(wj[:, :1]), wj[:, 1:]], axis=-1)
+        spec = ell * complex_from(xp, wj, xp.zeros_like(wj)) * zf
+        out = fft.irfft(spec, n=p, axis=-1)[:, :n_e]
+        scale = 1.0
+        res_out = fw if output == "reconvolved-zlp" else xp.full_like(fw, nan)
     else:
-        if plan["sigma"] is not None:
-            # the weighted unit-area Gaussian: F[G exp(-alpha E)] = G~(nu - i alpha / 2 pi)
-            sig2, nu = plan["sigma"] ** 2, plan["nu"]
-            amp = xp.exp(0.5 * sig2 * alpha * alpha - (2.0 * math.pi**2 * sig2) * nu * nu)
-            arg = (2.0 * math.pi * sig2) * alpha * nu
-            ell = ell * complex_from(xp, amp * xp.cos(arg), amp * xp.sin(arg))
-        if plan["filter"] is not None:
-            ell = ell * complex_from(xp, *plan["filter"])
-        res = _roll_window(xp, fft.irfft(ell, n=p, axis=-1), plan["origin"], n_e)
-        scale = n0
-    ok = valid & log_defined & xp.all(xp.isfinite(res), axis=-1)
-    nan = float("nan")
-    # un-weighting, N0 and the NaN of unusable rows in one pass: res * (N0 or NaN) / wgt
-    res = res * (xp.where(ok, scale, nan)[:, None] / wgt)
+        if output == "ssd":
+            out, res_out = raw, res
+        else:
+            if output == "band-limited":
+                sig, res_out = fw / _FWHM_PER_SIGMA, fw
+            else:  # reconvolved-gaussian
+                sig = xp.full_like(fw, plan["sigma"])
+                res_out = sig * _FWHM_PER_SIGMA
+            wout = _gaussian_weight(xp, plan["nu"], sig, alpha)
+            out = _aligned(xp, fft, ell * wout, plan, n_e) * (n0[:, None] / wgt)
+        scale = None
+    ok = valid & log_defined & xp.all(xp.isfinite(out), axis=-1)
+    if scale is not None:  # un-weighting of the ZLP-reconvolved outputs
+        out = out / wgt
+    if not bool(xp.all(ok)):
+        out = xp.where(ok[:, None], out, xp.full_like(out, nan))
     if output == "residual":
-        res = j - z - res
-    return {
-        "ssd": res,
+        out = j - z - out
+    if limit is None:
+        limit = xp.full_like(fw, nan)
+        floored = xp.zeros(fw.shape, dtype=xp.bool)
+    else:
+        # eq. 22 at zero frequency: sum(SSD) over the period / N0 against ln(I_ext / N0)
+        ext = total + xp.sum(tail * xp.exp(alpha * plan["e_ext"][None, :]), axis=-1)
+        sum_error = metrics["period_sum"] - xp.log(xp.where(ext > 0, ext / n0, nan))
+    result = {
+        "ssd": out,
         "zlp_intensity": xp.where(valid, n0, nan),
         "t_over_lambda": xp.where(ok, t_over_lambda, nan),
         "valid": ok,
+        "resolution_eV": xp.where(ok, res_out, nan),
+        "limit_eV": xp.where(ok, limit, nan),
+        "floored": ok & floored,
+        "zlp_fwhm_eV": xp.where(ok, fw, nan),
+    }
+    if plan["metrics"]:
+        result.update(
+            sum_error=xp.where(ok, sum_error, nan),
+            ringing=xp.where(ok, metrics["ringing"], nan),
+            negative_lobe=xp.where(ok, metrics["negative_lobe"], nan),
+            ssd_peak=xp.where(ok, metrics["peak"], nan),
+        )
+        if output != "ssd":
+            result["raw_ssd"] = xp.where(ok[:, None], raw, xp.full_like(raw, nan))
+    return result
+
+
+def _raw_and_metrics(
+    xp: Any,
+    fft: Any,
+    ell: Any,
+    weight: Any,
+    fw: Any,
+    alpha: Any,
+    plan: dict[str, Any],
+    factor: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The raw SSD for ``weight`` (aligned, un-weighted, times N0: ``factor`` = N0 / weight), its
+    :func:`ssd_metrics` against itself convolved with a Gaussian of the ZLP FWHM, and
+    ``period_sum``: the SSD summed over the whole transform period (un-weighted) over N0, which
+    eq. 22 at zero frequency makes ln(I_ext / N0) (I_ext: the window and its continuation)."""
+    n_e, p = plan["n_e"], plan["p"]
+    spec = ell * weight
+    full = fft.irfft(spec, n=p, axis=-1)  # kernel coordinates: zero loss at index 0
+    period_sum = xp.sum(full * xp.exp(alpha * plan["x_sum"]), axis=-1)
+    if plan["filter"] is None:
+        raw = _roll_window(xp, full, plan["origin"], n_e) * factor
+    else:
+        raw = _aligned(xp, fft, spec, plan, n_e) * factor
+    metrics = ssd_metrics(xp, raw, _window_smooth(xp, fft, raw, fw, plan), plan["e_win"][0, :], fw)
+    metrics["period_sum"] = period_sum
+    return raw, metrics
+
+
+def _window_smooth(xp: Any, fft: Any, ssd: Any, fw: Any, plan: dict[str, Any]) -> Any:
+    """The window's SSD (zero outside it) convolved with a unit-area Gaussian of each row's
+    FWHM ``fw`` (eV): the smoothing of the ringing metric (:func:`ssd_metrics`)."""
+    n_e, p = plan["n_e"], plan["p"]
+    sig = fw / _FWHM_PER_SIGMA
+    nu = plan["nu"]  # frequencies of a length-p transform (1/eV)
+    g = xp.exp(-(2.0 * math.pi**2) * (sig * sig)[:, None] * nu * nu)
+    f = fft.rfft(xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd)), n=p, axis=-1)
+    return fft.irfft(f * complex_from(xp, g, xp.zeros_like(g)), n=p, axis=-1)[:, :n_e]
+
+
+def _aligned(xp: Any, fft: Any, spec: Any, plan: dict[str, Any], n_e: int) -> Any:
+    """The window's channels of ``irfft(spec)`` with zero loss at 0 eV of the axis (eq. 25)."""
+    p = plan["p"]
+    if plan["filter"] is not None:
+        spec = spec * complex_from(xp, *plan["filter"])
+    return _roll_window(xp, fft.irfft(spec, n=p, axis=-1), plan["origin"], n_e)
+
+
+def _gaussian_weight(xp: Any, nu: Any, sigma: Any, alpha: Any) -> Any:
+    """The weighted unit-area Gaussian ``F[G exp(-alpha E)] = G~(nu - i alpha / 2 pi)``, (n, K)
+    complex, for each row's sigma (n,) (eV) and weight alpha (n, 1): applied to the weighted
+    ln(J~/Z~) it leaves, after un-weighting, exactly ``G (x) S`` (unit area, centred)."""
+    s2 = (sigma * sigma)[:, None]
+    amp = xp.exp(0.5 * s2 * alpha * alpha - (2.0 * math.pi**2) * s2 * nu * nu)
+    arg = (2.0 * math.pi) * s2 * alpha * nu
+    return complex_from(xp, amp * xp.cos(arg), amp * xp.sin(arg))
+
+
+def _split_log(xp: Any, jf: Any, zf: Any, stop: Any) -> Any:
+    """``ln(J~/Z~)`` in split form, ``ln|J~/Z~| + i arg(J~ conj(Z~))``, the phase unwrapped from
+    nu = 0 up to the index ``stop`` (n,) (whole turns between neighbours removed) and kept on its
+    branch above it (no further turns removed); ``stop=None``: the principal branch."""
+    dt = xp.real(jf).dtype
+    floor = tiny(str(dt))
+    jr, ji = xp.real(jf), xp.imag(jf)
+    zr, zi = xp.real(zf), xp.imag(zf)
+    jj = jr * jr + ji * ji
+    zz = zr * zr + zi * zi
+    # |J~|^2 and |Z~|^2 held above 1e-24 of their zero frequency (where the weights make the
+    # value irrelevant) so that the ratio cannot overflow where a transform vanishes
+    jj = xp.maximum(jj, 1e-24 * jj[:, :1] + floor)
+    zz = xp.maximum(zz, 1e-24 * zz[:, :1] + floor)
+    log_mod = 0.5 * xp.log(jj / zz)
+    phase = xp.atan2(ji * zr - jr * zi, jr * zr + ji * zi)
+    if stop is not None:
+        k = phase.shape[-1]
+        step = phase[:, 1:] - phase[:, :-1]
+        turns = xp.astype(xp.round(step * (0.5 / math.pi)), xp.int32)
+        inside = xp.arange(k - 1)[None, :] < (stop[:, None] - 1)
+        turns = xp.where(inside, turns, xp.zeros_like(turns))
+        # most blocks (t/lambda below ~3 after the weight) have no whole turn where it counts
+        if bool(xp.any(turns != 0)):
+            acc = xp.cumulative_sum(turns, axis=-1, dtype=xp.int32, include_initial=True)
+            phase = phase - (2.0 * math.pi) * xp.astype(acc, dt)
+    return complex_from(xp, log_mod, phase)
+
+
+def _median_rows(xp: Any, a: Any) -> Any:
+    """The median of each row of ``a`` (n, m) (the array API has no median: a sort)."""
+    m = a.shape[-1]
+    s = xp.sort(a, axis=-1)
+    return 0.5 * (s[:, (m - 1) // 2] + s[:, m // 2])
+
+
+def error_power(
+    xp: Any,
+    jf: Any,
+    zf: Any,
+    jw: Any,
+    zw: Any,
+    e: Any,
+    c: Any,
+    w: Any,
+    plan: dict[str, Any],
+    *,
+    misfit: bool = True,
+    tied: Any = None,
+) -> dict[str, Any]:
+    """The measured error power ``sigma^2(nu)`` (n, K) of ln(J~/Z~) and its parts (module
+    docstring), in the kernel's weighted domain.
+
+    ``jf``, ``zf`` the transforms of the weighted, padded spectra and models; ``jw``, ``zw``
+    (n, n_E) the weighted spectra and models in the window; ``e`` (n_E,) the axis (eV); ``c``,
+    ``w`` (n,) the ZLP centres and FWHM (eV); ``tied`` (n, n_E) channels where the model is the
+    data. Returns ``sigma2``, ``n_j`` and ``n_z`` (n,) the white noise powers of J~ and Z~, and
+    ``dead`` (n,) where the ZLP's transform has died at the top frequencies.
+    """
+    fft = fft_module(xp)
+    dt = jw.dtype
+    p = plan["p"]
+    floor = tiny(str(dt))
+    jj = xp.real(jf) ** 2 + xp.imag(jf) ** 2
+    zz = xp.real(zf) ** 2 + xp.imag(zf) ** 2
+    k_all = jj.shape[-1]
+    top = slice(k_all - max(1, k_all // 4), k_all)
+    # the floors of the divisions below: 1e-24 of the zero frequency (a true ZLP's transform
+    # underflows to 0 at high frequency; the error there is then huge, not infinite)
+    jj_floor = xp.maximum(jj, 1e-24 * jj[:, :1] + floor)
+    zz_floor = xp.maximum(zz, 1e-24 * zz[:, :1] + floor)
+    jj_top, zz_top = jj[:, top], zz[:, top]
+    # white noise has exponentially distributed power: its mean is the median / ln 2
+    f_j = _median_rows(xp, jj_top) / math.log(2.0)
+    f_z = _median_rows(xp, zz_top) / math.log(2.0)
+    dead = _median_rows(xp, zz_top) < 1e-6 * zz[:, 0]
+    jp = xp.maximum(jw, 0.0)
+    untied = jp if tied is None else xp.where(tied, xp.zeros_like(jp), jp)
+    share = xp.sum(untied, axis=-1) / xp.maximum(xp.sum(jp, axis=-1), floor)
+    n_j = f_j * share
+    if not bool(xp.all(dead)):
+        # coarse dispersion (the ZLP is still there at Nyquist): the channels' variance from
+        # fourth differences away from the ZLP, scaled as counts, summed over the untied channels
+        var = channel_variance(xp, jw, xp.astype(e, dt), c, w)
+        if tied is not None:
+            var = xp.where(tied, xp.zeros_like(var), var)
+        n_j = xp.where(dead, n_j, xp.sum(var, axis=-1))
+    n_z = xp.where(dead, f_z, xp.zeros_like(f_z))
+    sigma2 = n_j[:, None] / jj_floor + n_z[:, None] / zz_floor
+    if misfit:
+        # the model's misfit on the gain side within 3 FWHM (1 to 1.5 FWHM, raised cosine to 0
+        # at 3), counted twice: a symmetric model misfits the loss side as much
+        x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
+        ramp = xp.minimum(xp.maximum((3.0 - x) / 1.5, 0.0), 1.0)
+        zone = (0.5 - 0.5 * xp.cos(math.pi * ramp)) * xp.astype(e[None, :] < c[:, None], dt)
+        rf = fft.rfft((jw - zw) * zone, n=p, axis=-1)
+        rr = 2.0 * (xp.real(rf) ** 2 + xp.imag(rf) ** 2)
+        sigma2 = sigma2 + rr / zz_floor
+    return {"sigma2": sigma2, "n_j": n_j, "n_z": n_z, "dead": dead}
+
+
+def _cumulative_min(xp: Any, a: Any) -> Any:
+    """Running minimum along the last axis (log2(m) passes; the array API has no cummin)."""
+    m = a.shape[-1]
+    s = 1
+    while s < m:
+        a = xp.concat([a[:, :s], xp.minimum(a[:, s:], a[:, :-s])], axis=-1)
+        s *= 2
+    return a
+
+
+def _adaptive_weight(
+    xp: Any, ell: Any, sigma2: Any, stop: Any, fw: Any, alpha: Any, plan: dict[str, Any]
+) -> tuple[Any, Any, Any, Any]:
+    """The raw SSD's weight (n, K) complex, its point-spread's FWHM (n,) (eV), the error-limited
+    resolution (n,) (eV) and ``floored`` (n,) (module docstring)."""
+    fft = fft_module(xp)
+    dt = sigma2.dtype
+    p, nu = plan["p"], plan["nu"]
+    k_all = sigma2.shape[-1]
+    b = max(8, k_all // 64)
+    power = moving_average(xp, xp.real(ell) ** 2 + xp.imag(ell) ** 2, b)
+    err = moving_average(xp, sigma2, b)
+    idx = xp.arange(k_all)[None, :]
+    bad = (power <= (1.0 + _SNR_MIN) * err) & (idx >= 1)
+    k_est = xp.where(xp.any(bad, axis=-1), xp.argmax(xp.astype(bad, xp.int8), axis=-1), k_all)
+    k_min = 1 + xp.argmin(power[:, 1:], axis=-1)
+    k_min = xp.where(k_min >= k_all - b - 1, k_all, k_min)  # no minimum: the error never rose
+    first = xp.minimum(xp.minimum(k_est, k_min), stop)
+    at = xp.minimum(first, k_all - 1)
+    nu_c = xp.take(nu[0, :], at)
+    limit = KAPPA / xp.maximum(nu_c, nu[0, 1])
+    nu_floor = KAPPA / (plan["max_res"] * fw)
+    cut_power = xp.take_along_axis(power, at[:, None], axis=-1)[:, 0]
+    ell0 = xp.real(ell[:, 0]) ** 2 + xp.imag(ell[:, 0]) ** 2
+    # the error reaches the signal inside the ZLP's band, and what is cut is not negligible
+    floored = (first < k_all) & (nu_c < nu_floor) & (cut_power > _NEGLIGIBLE**2 * ell0)
+    sig_g = 1.0 / (2.0 * math.pi * (nu_floor / math.sqrt(2.0 * math.log(10.0))))
+    w_gauss = _gaussian_weight(xp, nu, sig_g, alpha)
+    res_gauss = _FWHM_PER_SIGMA * sig_g
+    if bool(xp.all(floored)):
+        return w_gauss, res_gauss, limit, floored
+    # the monotone Wiener weight below the cut-off, smoothed, and normalised so that its
+    # point-spread has unit area after un-weighting (its integral, eq. 22, is kept)
+    s2 = xp.maximum(power - err, 0.0)
+    w = s2 / xp.maximum(s2 + err, tiny(str(dt)))
+    w = xp.where(idx == 0, xp.ones_like(w), w)
+    w = _cumulative_min(xp, w)
+    w = xp.where(idx < first[:, None], w, xp.zeros_like(w))
+    w = moving_average(xp, w, b)
+    w = w / w[:, :1]
+    psf = fft.irfft(complex_from(xp, w, xp.zeros_like(w)), n=p, axis=-1)
+    mass = xp.sum(psf * xp.exp(alpha * plan["x_period"]), axis=-1)
+    w = w / mass[:, None]
+    # FWHM of the (symmetric) point-spread: its first fall below half its centre value
+    h = psf[:, : p // 4]
+    half = 0.5 * h[:, :1]
+    below = h < half
+    i = xp.where(xp.any(below, axis=-1), xp.argmax(xp.astype(below, xp.int8), axis=-1), p // 4 - 1)
+    i = xp.maximum(i, 1)
+    y0 = xp.take_along_axis(h, (i - 1)[:, None], axis=-1)[:, 0]
+    y1 = xp.take_along_axis(h, i[:, None], axis=-1)[:, 0]
+    frac = (y0 - half[:, 0]) / xp.where(y0 != y1, y0 - y1, xp.ones_like(y0))
+    res_w = 2.0 * (xp.astype(i, dt) - 1.0 + frac) * plan["disp"]
+    weight = xp.where(floored[:, None], w_gauss, complex_from(xp, w, xp.zeros_like(w)))
+    return weight, xp.where(floored, res_gauss, res_w), limit, floored
+
+
+def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[str, Any]:
+    """Figures of merit of raw SSDs (n, n_E) with zero loss at 0 eV of ``e`` (n_E,) (eV).
+
+    ``smooth`` is the SSD (zero outside the window) convolved with a unit-area Gaussian of each
+    pixel's ZLP FWHM ``fwhm_eV`` (n,) (eV): the metric of /work/proto/issue11/REPORT.md. ``peak`` is the largest value of ``smooth`` at or beyond 3 FWHM (the
+    main loss peak; a zero-loss spike cannot set it); ``ringing`` the rms of ``ssd - smooth``
+    from 0 eV to the window's end over ``peak`` (the RINGING bit above 0.1: what oscillates
+    faster than the ZLP's resolution); ``negative_lobe`` the deepest value of ``ssd`` at or
+    beyond 3 FWHM, below zero, over ``peak`` (the NEGATIVE_LOBE bit above 0.1: the spectrum
+    breaks the Fourier-log model). A pixel whose SSD has no positive peak scores infinity.
+    """
+    dt = ssd.dtype
+    e = xp.astype(e, dt)[None, :]
+    loss = e >= 0.0
+    beyond = e >= 3.0 * fwhm_eV[:, None]
+    peak = xp.max(xp.where(beyond, smooth, xp.full_like(smooth, -math.inf)), axis=-1)
+    diff = xp.where(loss, ssd - smooth, xp.zeros_like(ssd))
+    count = xp.maximum(xp.sum(xp.astype(loss, dt), axis=-1), 1.0)
+    rms = xp.sqrt(xp.sum(diff * diff, axis=-1) / count)
+    low = xp.min(xp.where(beyond, ssd, xp.full_like(ssd, math.inf)), axis=-1)
+    good = peak > 0
+    safe = xp.where(good, peak, xp.ones_like(peak))
+    inf = xp.full_like(peak, math.inf)
+    return {
+        "ringing": xp.where(good, rms / safe, inf),
+        "negative_lobe": xp.where(good, xp.maximum(-low, 0.0) / safe, inf),
+        "peak": peak,
     }
 
 

@@ -4,15 +4,22 @@
 the electrons, including those scattered beyond the end of the recorded window (eq. 16:
 ``N_inel = N0 (exp(t/lambda) - 1)``). exspy counts only the window and is low by about 1.4 % at
 t/lambda = 3 in a 100 eV window (11 % at t/lambda = 2 in a 46 eV window); here the spectrum's
-tail is continued by a power law ``A E^-r`` fitted to the end of the window where that fit holds
-(:mod:`eelsgpu.kernels.tails`), and where it does not (a window that ends inside the
-plural-scattering humps) the counts beyond the window come from the Fourier-log single-scattering
-distribution (:mod:`eelsgpu.kernels.fourier_log`), which is exact inside the window whatever lies
-beyond it and whose own tail is small.
+tail is continued by a power law ``A L^-r`` of the energy loss fitted to the end of the window
+where that fit holds (:mod:`eelsgpu.kernels.tails`), and where it does not (a window that ends
+inside the plural-scattering humps) the counts beyond the window come from the Fourier-log
+single-scattering distribution (:mod:`eelsgpu.kernels.fourier_log`), which is exact inside the
+window whatever lies beyond it and whose own tail is small.
 
-* :func:`log_ratio_kernel`: the log-ratio map of a block (eq. 16), with the tail options;
+The physics a tail must obey: it is never negative and never makes t/lambda lower than the window
+alone (a negative Fourier-log tail means the spectrum breaks the Fourier-log model: it is dropped
+and flagged), and it counts only where it exceeds its own uncertainty (else the window alone, and
+a flag). Energies are losses from each pixel's ZLP centre, wherever the axis puts it.
+
+* :func:`log_ratio_kernel`: the log-ratio maps of a block (eq. 16), with the tail options;
+* :func:`log_ratio_maps`: the rules above on a ZLP model (shared with ``deconvolve``'s map);
 * :func:`t_over_lambda_from_ssd`: t/lambda as the SSD's integral over N0 (eqs. 14, 15, 17);
-* :func:`log_ratio_with_ssd_tail`: the log-ratio beside a deconvolution, from the SSD it made.
+* :func:`fourier_log_tail`: ln(I_t / I_w) from a raw SSD, and its uncertainty;
+* :func:`ssd_for_tail`: the raw SSD both thickness and deconvolve take that tail from.
 
 Counting statistics (Poisson counts, N0 part of I_t): with the ZLP counted directly
 (``"threshold"``), N0 and M = I_t - N0 are independent Poisson counts and
@@ -42,41 +49,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .._xp import array_namespace, axis_step, moving_average
 from .fourier_log import fourier_log_kernel
 from .tails import TAIL_FIT_FRACTION, fit_range, tail_counts
-from .zlp import SEARCH_EV, zlp_kernel
+from .zlp import centre_kernel, channel_variance, zlp_kernel
 
 __all__ = [
     "TAILS",
+    "fourier_log_tail",
     "log_ratio_kernel",
-    "log_ratio_with_ssd_tail",
-    "ssd_t_over_lambda",
+    "log_ratio_maps",
+    "ssd_for_tail",
     "t_over_lambda_from_ssd",
 ]
 
 #: How :func:`log_ratio_kernel` counts the electrons scattered beyond the window.
 TAILS = ("auto", "power-law", "fourier-log", "none")
-
-
-def ssd_t_over_lambda(xp, block, energy_eV, zlp, n0, fit_fraction, fwhm_eV=None):
-    """t/lambda = (sum of the Fourier-log SSD over the window + its power-law tail) / N0.
-
-    ``block`` and ``zlp`` (n, n_E) counts per channel (non-finite ZLP values count as 0), ``n0``
-    (n,) counts; the SSD raw, or reconvolved with a unit-area Gaussian of ``fwhm_eV`` (eV).
-    Returns ``(t_over_lambda, tail_trusted, tail_counts, ssd)``
-    (:func:`t_over_lambda_from_ssd`).
-    """
-    zf = xp.where(xp.isfinite(zlp), zlp, xp.zeros_like(zlp))
-    if fwhm_eV is None:
-        out = fourier_log_kernel(block, energy_eV, zf, output="ssd")
-    else:
-        out = fourier_log_kernel(
-            block, energy_eV, zf, output="reconvolved-gaussian", fwhm_eV=fwhm_eV
-        )
-    ssd = out["ssd"]
-    tl, trusted, tail = t_over_lambda_from_ssd(ssd, energy_eV, n0, fit_fraction=fit_fraction)
-    return tl, trusted, tail, ssd
 
 
 def t_over_lambda_from_ssd(
@@ -129,18 +119,21 @@ def t_over_lambda_from_ssd(
     d = axis_step(energy_eV)[1]
     c = xp.zeros((n,), dtype=ssd.dtype) if zero_loss_eV is None else zero_loss_eV
     c = xp.where(xp.isfinite(c), xp.astype(c, ssd.dtype), xp.zeros_like(c, dtype=ssd.dtype))
+    zero_loss = float(xp.max(c)) if n else 0.0
     finite = xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd))
     # fitted short of the end, where the deconvolution's own tail treatment shows, and on the
     # SSD averaged over 1 eV, which takes out the ringing of an imperfect ZLP model; only the
     # channels of the fit range (and k before them) are smoothed: the first k of the slice are
     # averaged over fewer channels, but they lie before the fit range
     k = max(1, int(round(0.5 / d)))
-    base = max(0, fit_range(e, d, fit_fraction, 0.95)[0] - k)
+    base = max(0, fit_range(e, d, fit_fraction, 0.95, zero_loss)[0] - k)
     part = finite[:, base:]
     # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
     part = xp.where(e[None, base:] > c[:, None], part, xp.zeros_like(part))
     smooth = moving_average(xp, part, k)
-    tail, trusted = tail_counts(xp, smooth, e, c, d, fit_fraction, stop=0.95, y_first=base)
+    tail, trusted, _ = tail_counts(
+        xp, smooth, e, c, d, fit_fraction, stop=0.95, y_first=base, zero_loss_eV=zero_loss
+    )
     # the SSD's tail beyond a window that reaches past the plasmon is a small correction (about
     # 0.1 %); a larger "tail" comes from ringing of an imperfect ZLP model, not from physics
     total = xp.sum(finite, axis=-1)
@@ -149,25 +142,88 @@ def t_over_lambda_from_ssd(
     return (total + tail) / zlp_intensity, trusted, tail
 
 
-def _ssd_missing_counts(xp, y, energy_eV, window, fit_fraction, *, method, **zlp_args):
-    """Counts beyond the window, ``N0 exp(t/lambda) - window`` with t/lambda from the Fourier-log
-    SSD (its integral over N0, plus its power-law tail). The truncation model (``"threshold"``)
-    is no resolution function, so the mirror model stands in for it there.
+def fourier_log_tail(
+    ssd: Any,
+    energy_eV: Any,
+    zlp_intensity: Any,
+    window: Any,
+    *,
+    fit_fraction: float = TAIL_FIT_FRACTION,
+) -> tuple[Any, Any]:
+    """``ln(I_t / I_w)`` from a raw SSD: what lies beyond the window, as the Fourier-log sees it.
 
-    The SSD is taken reconvolved with a Gaussian of 0.5 eV (at least 4 channels) FWHM: that keeps
-    its integral and takes out the high frequencies where counting noise, divided by a vanishing
-    ZLP transform, makes the raw SSD unstable (measured at 2e5 counts, t/lambda 2 to 3, window
-    to 46 eV: worst error 2 % against tens of per cent raw; noise-free: 0.2 %)."""
-    z = zlp_kernel(y, energy_eV, method="mirror" if method == "threshold" else method, **zlp_args)
-    n0 = z["zlp_intensity"]
-    fwhm = max(0.5, 4.0 * axis_step(energy_eV)[1])
-    # (the NaN rows of the model are zeroed there)
-    tl, _, _, _ = ssd_t_over_lambda(xp, y, energy_eV, z["zlp"], n0, fit_fraction, fwhm_eV=fwhm)
-    return n0 * xp.exp(xp.astype(tl, y.dtype)) - window
+    With t/lambda_SSD the SSD's integral over N0 (its window and its own power-law tail,
+    :func:`t_over_lambda_from_ssd`; eqs. 14, 15, 17) and the window's log-ratio
+    ``ln(I_w / N0)`` (eq. 16), ``ln(I_t / I_w) = t/lambda_SSD - ln(I_w / N0)``: the plural
+    scattering beyond the window is what the SSD inside it predicts. N0 cancels from the
+    difference to first order (the SSD's integral is ``N0 ln(I/N0)``, eq. 22), so a ZLP model's
+    error in N0 does not bias it.
+
+    Its uncertainty is the SSD's own continuation: the difference between the SSD's power-law
+    tails fitted to the last ``fit_fraction`` and the last half of that (half the tail where only
+    one of the two fits holds; where neither holds, the counts an E^-3 continuation of the SSD's
+    level at 85 to 95 % of the loss range, and its noise, would add), plus a tenth of the tail itself
+    (a power law of the SSD is a model), plus the rounding of the sums in the data's precision.
+
+    Parameters
+    ----------
+    ssd : array (n, n_E)
+        Raw SSDs in counts per channel, zero loss at 0 eV of ``energy_eV`` (eV).
+    zlp_intensity, window : array (n,)
+        N0 and the window's counts I_w.
+
+    Returns
+    -------
+    (beyond, sd) : arrays (n,)
+        ``ln(I_t / I_w)`` (negative where the SSD says less than the window holds: the spectrum
+        breaks the Fourier-log model) and its standard deviation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-100, 1948) * 0.05
+    >>> ssd = np.where(e > 1, np.exp(-0.5 * ((e - 15) / 3) ** 2), 0.0)[None]
+    >>> n0 = np.array([ssd.sum() / 0.5])  # t/lambda = 0.5 inside the window
+    >>> beyond, sd = fourier_log_tail(ssd, e, n0, n0 * np.exp(0.49))
+    >>> round(float(beyond[0]), 3), bool(sd[0] < 1e-3)
+    (0.01, True)
+    """
+    xp = array_namespace(ssd)
+    tl, fits, tail = t_over_lambda_from_ssd(
+        ssd, energy_eV, zlp_intensity, fit_fraction=fit_fraction
+    )
+    _, fits_half, tail_half = t_over_lambda_from_ssd(
+        ssd, energy_eV, zlp_intensity, fit_fraction=0.5 * fit_fraction
+    )
+    beyond = tl - xp.log(window / zlp_intensity)
+    # the two fits' difference where both hold; half the tail where only one does; where
+    # neither holds, what an E^-3 continuation of the SSD's level where its tail is fitted (85 to
+    # 95 % of the loss range: short of the end, which follows the window's extrapolation) would
+    # add, with the noise of that level: the SSD's end is then not known to fall as a power law
+    e = xp.astype(energy_eV, ssd.dtype)
+    n_e = e.shape[0]
+    d = axis_step(energy_eV)[1]
+    i0, i1 = fit_range(e, d, 0.1, 0.95)
+    seg = ssd[:, i0:i1]
+    end = xp.where(xp.isfinite(seg), seg, xp.zeros_like(seg))
+    level = xp.abs(xp.mean(end, axis=-1)) + xp.std(end, axis=-1) / math.sqrt(max(1, i1 - i0))
+    l_end = max(float(e[n_e - 1]), d)
+    unknown = level * l_end / (2.0 * d)
+    spread = xp.where(
+        fits & fits_half,
+        xp.abs(tail - tail_half),
+        xp.where(fits | fits_half, 0.5 * xp.abs(tail + tail_half), unknown),
+    )
+    # and the rounding of the sums in the data's precision (sqrt(n) ulps of t/lambda, x10)
+    eps = float(np.finfo(np.dtype(str(ssd.dtype).split(".")[-1])).eps)
+    rounding = 10.0 * math.sqrt(ssd.shape[-1]) * eps * xp.maximum(xp.abs(tl), 1.0)
+    sd = (spread + 0.1 * xp.abs(tail)) / zlp_intensity + rounding
+    return beyond, sd
 
 
-def _on_subset(xp, select, fn, *arrays, **kwargs):
-    """``fn(*rows)`` on the rows where ``select`` is True only, scattered back (0 elsewhere).
+def _on_subset(xp, select, fn, *arrays):
+    """``fn(*rows)`` (a dict of (k,) arrays) on the rows where ``select`` is True only, scattered
+    back (0 elsewhere).
 
     The rows are gathered with a stable argsort and ``take`` (no boolean indexing), so a costly
     step runs on the few pixels that need it, not on the whole block."""
@@ -175,22 +231,142 @@ def _on_subset(xp, select, fn, *arrays, **kwargs):
     k = int(xp.sum(xp.astype(select, xp.int32)))
     order = xp.argsort(xp.astype(~select, xp.int32), stable=True)  # selected rows first
     sel = order[:k]
-    out = fn(*[None if a is None else xp.take(a, sel, axis=0) for a in arrays], **kwargs)
-    padded = xp.concat([out, xp.zeros((n - k,), dtype=out.dtype)])
-    back = xp.take(padded, xp.argsort(order, stable=True))
-    return xp.where(select, back, xp.zeros_like(back))
+    out = fn(*[None if a is None else xp.take(a, sel, axis=0) for a in arrays])
+    inverse = xp.argsort(order, stable=True)
+    back = {}
+    for key, value in out.items():
+        padded = xp.concat([value, xp.zeros((n - k,), dtype=value.dtype)])
+        v = xp.take(padded, inverse)
+        back[key] = xp.where(select, v, xp.zeros_like(v))
+    return back
+
+
+def _t_over_lambda_sd(
+    xp: Any, y: Any, e: Any, c: Any, w: Any, n0: Any, window: Any, noise: Any = None
+) -> Any:
+    """The standard deviation of the window's ln(I_w / N0) from the channels' measured noise
+    (:func:`eelsgpu.kernels.zlp.channel_variance`, with ``noise`` when already measured): with
+    N0 the counts within 3 FWHM of the ZLP and M the rest,
+    ``var = var(M)/I^2 + var(N0) (1/N0 - 1/I)^2`` (counting statistics of two independent sums,
+    in the data's own units)."""
+    var = channel_variance(xp, y, e, c, w, noise)
+    x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
+    var_n0 = xp.sum(xp.where(x <= 3.0, var, 0.0), axis=-1)
+    var_m = xp.sum(var, axis=-1) - var_n0
+    return xp.sqrt(var_m / window**2 + var_n0 * (1.0 / n0 - 1.0 / window) ** 2)
+
+
+def log_ratio_maps(
+    xp: Any,
+    block: Any,
+    energy_eV: Any,
+    z: dict[str, Any],
+    *,
+    tail: str = "auto",
+    fit_fraction: float = TAIL_FIT_FRACTION,
+    fourier_log: Any = None,
+    noise: Any = None,
+) -> dict[str, Any]:
+    """t/lambda = ln(I_t / N0) (eq. 16) with N0 of the ZLP model ``z`` and the tail's rules.
+
+    The one implementation behind :func:`log_ratio_kernel` (``thickness``) and the map of
+    ``deconvolve``, so the same ``zlp=`` gives the same t/lambda in both. ``z`` is
+    :func:`eelsgpu.kernels.zlp.zlp_kernel`'s result; ``fourier_log(select)`` returns, for the
+    rows where ``select`` (n,) holds, ``{"beyond", "sd", "negative_lobe"}`` from their raw SSD
+    (:func:`fourier_log_tail`), each (n,) (0 elsewhere); ``noise`` the channels' noise when
+    already measured (:func:`eelsgpu.kernels.zlp.channel_noise`).
+
+    The counts beyond the window (``tail``): ``"none"`` nothing; ``"power-law"`` the spectrum's
+    power law (:func:`eelsgpu.kernels.tails.tail_counts`) where its fit holds and it exceeds its
+    own standard deviation; ``"fourier-log"`` ``I_w (exp(beyond) - 1)`` from the SSD where
+    ``beyond`` is positive and exceeds its standard deviation; ``"auto"`` the power law where it
+    is trusted, else the Fourier-log. A tail is never negative and never makes t/lambda lower
+    than the window alone: a Fourier-log tail below minus its own uncertainty is dropped
+    (NEGATIVE_TAIL), one within its uncertainty too (TAIL_UNTRUSTED); t/lambda then counts the
+    window only.
+
+    t/lambda below 0 is unphysical: within 3 standard deviations of its counting noise
+    (:func:`_t_over_lambda_sd`, doubled for a model made from the gain side) it is a vacuum
+    pixel's 0 and is returned as 0; below that the ZLP model fails and it is kept, with
+    ``negative_t_over_lambda`` (the NEGATIVE_T_OVER_LAMBDA bit, fatal).
+
+    Returns
+    -------
+    dict of (n,) arrays
+        ``t_over_lambda``, ``t_over_lambda_sd``, ``negative_t_over_lambda``,
+        ``total_intensity``, ``tail_fraction`` (NaN where no tail was added), ``tail_trusted``,
+        ``negative_tail``, ``tail_untrusted``, ``negative_lobe`` (the SSD's deepest negative
+        lobe over its peak where an SSD was made, else 0), ``ssd_made``, ``fourier_log_used``
+        (the tail counted came from the SSD).
+    """
+    n = block.shape[0]
+    valid = z["valid"]
+    one = xp.ones((n,), dtype=block.dtype)
+    n0 = xp.where(valid, z["zlp_intensity"], one)
+    c = xp.where(valid, z["zlp_centre_eV"], 0.0 * one)
+    y = xp.where(valid[:, None], block, xp.zeros_like(block))
+    window = xp.sum(y, axis=-1)
+    window = xp.where(valid & (window > 0), window, one)
+    e = xp.astype(energy_eV, block.dtype)
+    d = axis_step(energy_eV)[1]
+    no = xp.zeros((n,), dtype=xp.bool)
+    zero = xp.zeros_like(one)
+    extra, trusted, negative, untrusted, lobe, made = zero, no, no, no, zero, no
+    if tail in ("power-law", "auto"):
+        pl, fits, sd = tail_counts(xp, y, e, c, d, fit_fraction)
+        trusted = valid & fits & (pl > sd)
+        extra = xp.where(trusted, pl, zero)
+        untrusted = valid & ~trusted
+    if tail in ("fourier-log", "auto"):
+        redo = valid & ~trusted
+        if bool(xp.any(redo)):
+            fl = fourier_log(redo)
+            beyond, sd = fl["beyond"], fl["sd"]
+            # a significant negative tail: the spectrum breaks the Fourier-log model
+            negative = redo & (beyond < -sd)
+            good = redo & (beyond > 0) & (beyond > sd)
+            extra = xp.where(good, window * xp.expm1(xp.where(good, beyond, zero)), extra)
+            trusted = trusted | good
+            untrusted = redo & ~good & ~negative
+            lobe = xp.where(redo, fl["negative_lobe"], zero)
+            made = redo
+    total = window + extra
+    tl = xp.log(total / n0)
+    # t/lambda < 0 is unphysical: within 3 standard deviations of its noise it is a vacuum
+    # pixel's 0, below that the ZLP model fails (the NEGATIVE_T_OVER_LAMBDA bit)
+    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window, noise)
+    if z.get("method", "threshold") != "threshold":
+        sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
+    negative_tl = valid & (tl < -3.0 * sd_tl)
+    tl = xp.where(negative_tl, tl, xp.maximum(tl, 0.0))
+    nan = xp.full((n,), math.nan, dtype=block.dtype)
+    return {
+        "t_over_lambda": xp.where(valid, tl, nan),
+        "negative_t_over_lambda": negative_tl,
+        "t_over_lambda_sd": xp.where(valid, sd_tl, nan),
+        "total_intensity": xp.where(valid, total, nan),
+        "tail_fraction": xp.where(valid & trusted, extra / total, nan),
+        "tail_trusted": valid & trusted,
+        "negative_tail": valid & negative,
+        "tail_untrusted": valid & untrusted,
+        "negative_lobe": lobe,
+        "ssd_made": made,
+        "fourier_log_used": made & trusted,
+    }
 
 
 def log_ratio_kernel(
     block: Any,
     energy_eV: Any,
     *,
-    method: str = "mirror",
+    method: str = "threshold",
     reference: Any = None,
     zlp_cube: Any = None,
-    search_eV: tuple[float, float] = SEARCH_EV,
+    search_eV: tuple[float, float] | None = None,
     tail: str = "auto",
     tail_fit_fraction: float = TAIL_FIT_FRACTION,
+    centre: dict[str, Any] | None = None,
+    zero_loss_eV: float = 0.0,
 ) -> dict[str, Any]:
     """Log-ratio relative thickness ``t/lambda = ln(I_t / N0)`` (kk-theory.md eq. 16; Egerton 2011,
     eq. 5.11).
@@ -204,30 +380,30 @@ def log_ratio_kernel(
     method, reference, zlp_cube, search_eV
         The zero-loss model, see :func:`eelsgpu.kernels.zlp.zlp_kernel`.
     tail : {"auto", "power-law", "fourier-log", "none"}
-        How the electrons scattered beyond the window are counted. ``"auto"`` (default): the
-        power law where it is trusted, the Fourier-log SSD elsewhere. ``"power-law"``: ``A E^-r``
-        (E from the ZLP centre) fitted to the last ``tail_fit_fraction`` of the window and
-        integrated to infinity; used where trusted (r between 2 and 15, the same in both halves
-        of the fit range), else nothing is added and ``tail_trusted`` is False (a window that
-        ends inside plural-scattering humps: use ``"fourier-log"`` or a longer window).
-        ``"fourier-log"``: t/lambda is the integral of the single-scattering distribution over
-        N0 (:func:`eelsgpu.kernels.fourier_log.fourier_log_kernel`), whose part beyond the window is a
-        clean power law even for thick specimens. ``"none"``: the window only (as exspy).
+        How the electrons scattered beyond the window are counted (:func:`log_ratio_maps`).
+        ``"auto"`` (default): the power law ``A L^-r`` of the spectrum (L the energy loss)
+        fitted to the last ``tail_fit_fraction`` of the window where it holds and exceeds its
+        own uncertainty, the Fourier-log SSD elsewhere (its part beyond the window is a clean
+        power law even for thick specimens). ``"none"``: the window only (as exspy).
     tail_fit_fraction : float
         Fraction of the loss range, at its end, that the power law is fitted to.
+    centre : dict, optional
+        :func:`eelsgpu.kernels.zlp.centre_kernel` of this block, when already made.
+    zero_loss_eV : float
+        Where zero loss sits on the axis for the block (eV; 0 for a calibrated axis): the
+        origin the Fourier-log SSD is aligned to (its raw SSD has zero loss there).
 
     Returns
     -------
     dict
-        ``t_over_lambda``, ``zlp_intensity`` (N0, counts), ``zlp_centre_eV``, ``valid``,
-        ``total_intensity`` (I_t with the tail, counts), ``tail_fraction`` (share of I_t beyond the
-        window; NaN where no tail could be trusted), ``tail_trusted`` (bool), ``zlp`` (n, n_E).
+        The maps of :func:`log_ratio_maps`, and ``zlp_intensity`` (N0, counts),
+        ``zlp_centre_eV``, ``valid`` (a usable ZLP), ``zlp`` (n, n_E; None unless the
+        Fourier-log tail needed it), ``zlp_fwhm_eV``, ``axis_offset``.
     """
     if tail not in TAILS:
         raise ValueError(f"tail must be one of {TAILS}, not {tail!r}")
     xp = array_namespace(block)
-    n, n_e = block.shape
-    d = axis_step(energy_eV)[1]
+    cen = centre_kernel(block, energy_eV, search_eV=search_eV) if centre is None else centre
     z = zlp_kernel(
         block,
         energy_eV,
@@ -235,116 +411,58 @@ def log_ratio_kernel(
         reference=reference,
         zlp_cube=zlp_cube,
         search_eV=search_eV,
-        return_model=tail == "fourier-log",
+        return_model=tail in ("auto", "fourier-log"),
+        centre=cen,
     )
-    valid = z["valid"]
-    n0 = z["zlp_intensity"]
-    c = xp.where(valid, z["zlp_centre_eV"], xp.zeros_like(n0))
-    y = block  # NaN pixels are invalid already; their NaN stays in their row
-    window = xp.sum(y, axis=-1)
-    e = xp.astype(energy_eV, y.dtype)
-    nan = xp.full_like(n0, math.nan)
-    if tail == "none":
-        extra = xp.zeros_like(window)
-        trusted = xp.ones(n, dtype=xp.bool)
-        tl = xp.log(window / n0)
-    elif tail in ("power-law", "auto"):
-        extra, trusted = tail_counts(xp, y, e, c, d, tail_fit_fraction)
-        tl = xp.log((window + extra) / n0)
-        redo = valid & ~trusted
-        if tail == "auto" and bool(xp.any(redo)):
-            # the window ends inside plural scattering: count what lies beyond it from the SSD,
-            # on those pixels only
-            extra_f = _on_subset(
-                xp,
-                redo,
-                lambda yy, ww, cube: _ssd_missing_counts(
-                    xp,
-                    yy,
-                    energy_eV,
-                    ww,
-                    tail_fit_fraction,
-                    method=method,
-                    reference=reference,
-                    zlp_cube=cube,
-                    search_eV=search_eV,
-                ),
-                y,
-                window,
-                zlp_cube,
+
+    def fourier_log(select):
+        def run(y, model, c, w):
+            ssd = ssd_for_tail(xp, y, energy_eV - zero_loss_eV, model, c - zero_loss_eV, w, method)
+            beyond, sd = fourier_log_tail(
+                ssd["ssd"],
+                energy_eV - zero_loss_eV,
+                ssd["zlp_intensity"],
+                xp.sum(y, axis=-1),
+                fit_fraction=tail_fit_fraction,
             )
-            extra = xp.where(redo, extra_f, extra)
-            tl = xp.log((window + extra) / n0)
-            trusted = trusted | (redo & xp.isfinite(extra_f))
-    else:
-        extra = _ssd_missing_counts(
-            xp,
-            y,
-            energy_eV,
-            window,
-            tail_fit_fraction,
-            method=method,
-            reference=reference,
-            zlp_cube=zlp_cube,
-            search_eV=search_eV,
-        )
-        trusted = xp.isfinite(extra)
-        tl = xp.log((window + extra) / n0)
-    total = window + extra
-    tail_frac = xp.where(trusted, extra / total, nan)
-    return {
-        "t_over_lambda": xp.where(valid, tl, nan),
-        "zlp_intensity": n0,
-        "zlp_centre_eV": z["zlp_centre_eV"],
-        "valid": valid,
-        "total_intensity": xp.where(valid, total, nan),
-        "tail_fraction": xp.where(valid, tail_frac, nan),
-        "tail_trusted": valid & trusted,
-        "zlp": z["zlp"],
-    }
+            return {"beyond": beyond, "sd": sd, "negative_lobe": ssd["negative_lobe"]}
 
+        return _on_subset(xp, select, run, block, z["zlp"], z["zlp_centre_eV"], z["fwhm_eV"])
 
-def log_ratio_with_ssd_tail(
-    block: Any,
-    energy_eV: Any,
-    z: dict[str, Any],
-    thr: dict[str, Any],
-    ssd: Any,
-    output: str,
-) -> Any:
-    """t/lambda = ln(I_t / N0) (Egerton 2011, 5.1.1; kk-theory.md eq. 16) beside the deconvolution.
-
-    The log-ratio of :func:`log_ratio_kernel` (``tail="auto"``), with what that
-    computes twice taken from this pass: N0 by truncation at the first minimum after the ZLP (a
-    sum of counts, the log-ratio's robust choice), I_t the window's counts plus the power-law
-    tail of the spectrum beyond it where that fit holds (:func:`eelsgpu.kernels.tails.tail_counts`;
-    the same numbers as ``thickness``), and elsewhere (a window that ends inside the plural
-    scattering) ``ln(I_t / I_w) = t/lambda_SSD - ln(I_w / N0_model)`` from the SSD just made: its
-    integral with its own power-law tail (:func:`t_over_lambda_from_ssd`) is
-    ``ln(I_t / N0_model)``, and the model's N0, which moves with the fitted centre of a mirrored
-    or fitted model, cancels from the difference. ``z`` is the deconvolution's ZLP model and
-    ``thr`` the truncation model (:func:`eelsgpu.kernels.zlp.zlp_kernel` results)."""
-    xp = array_namespace(block)
-    valid = z["valid"]
-    window = xp.sum(block, axis=-1)
-    ok = valid & thr["valid"] & (window > 0)
-    n0 = xp.where(ok, thr["zlp_intensity"], 1.0)
-    window = xp.where(ok, window, 1.0)
-    c = xp.where(ok, thr["zlp_centre_eV"], 0.0)
-    extra, trusted = tail_counts(
-        xp,
-        block,
-        xp.astype(energy_eV, block.dtype),
-        c,
-        axis_step(energy_eV)[1],
-        TAIL_FIT_FRACTION,
+    out = log_ratio_maps(
+        xp, block, energy_eV, z, tail=tail, fit_fraction=tail_fit_fraction, fourier_log=fourier_log
     )
-    log_ratio = xp.log((window + extra) / n0)
-    if not bool(xp.all(trusted | ~ok)):
-        n0_model = xp.where(valid, z["zlp_intensity"], 1.0)
-        # the SSD reconvolved with the ZLP sits where the ZLP sits, the raw one at 0 eV
-        zero_loss = z["zlp_centre_eV"] if output == "reconvolved-zlp" else None
-        tl_ssd, _, _ = t_over_lambda_from_ssd(ssd, energy_eV, n0_model, zero_loss_eV=zero_loss)
-        beyond = tl_ssd - xp.log(window / n0_model)  # ln(I_t / I_w)
-        log_ratio = xp.where(trusted, log_ratio, xp.log(window / n0) + beyond)
-    return xp.where(ok, log_ratio, float("nan"))
+    out.update(
+        zlp_intensity=z["zlp_intensity"],
+        zlp_centre_eV=z["zlp_centre_eV"],
+        zlp_fwhm_eV=z["fwhm_eV"],
+        valid=z["valid"],
+        axis_offset=z["axis_offset"],
+        zlp=z["zlp"],
+    )
+    return out
+
+
+def ssd_for_tail(
+    xp: Any, y: Any, energy_eV: Any, model: Any, c: Any, w: Any, method: str
+) -> dict[str, Any]:
+    """The raw SSD the log-ratio's Fourier-log tail is made from: the measured-error Fourier-log
+    (:func:`eelsgpu.kernels.fourier_log.fourier_log_kernel`, ``output="ssd"``, its metrics) of the
+    spectra ``y`` with their ZLP ``model`` (the truncation's channels are the data: tied; a
+    per-pixel ``"cube"`` made elsewhere is taken as exact, every other model's misfit on the gain
+    side counts as error), on the axis ``energy_eV`` whose 0 eV is zero loss; ``c``, ``w`` the
+    ZLP centres and FWHM (eV).
+    ``deconvolve`` makes its raw SSD with exactly this call, so both see the same tail."""
+    zf = xp.where(xp.isfinite(model), model, xp.zeros_like(model))
+    tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
+    return fourier_log_kernel(
+        y,
+        energy_eV,
+        zf,
+        output="ssd",
+        zlp_centre_eV=c,
+        zlp_fwhm_eV=w,
+        misfit=method != "cube",
+        tied=tied,
+        metrics=True,
+    )

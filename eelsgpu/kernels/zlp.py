@@ -47,11 +47,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._xp import array_namespace, axis_step, erf, fft_module, take_rows
+from .._xp import array_namespace, axis_step, erf, fft_module, take_rows, tiny
 from ..errors import InputError, NoZeroLossPeakError
 
 __all__ = [
+    "BACKGROUND_LIMITS",
+    "CHECK_LIMITS",
+    "GAIN_SIDE_MAX_SHARE",
+    "GAIN_SIDE_MIN_FWHM",
     "METHODS",
+    "MIN_ZLP_SNR",
+    "OFF_AXIS_GAIN_SIDE_FWHM",
+    "OFF_AXIS_GAIN_SIDE_SHARE",
     "MODELS",
     "SEARCH_EV",
     "ZlpInput",
@@ -63,7 +70,11 @@ __all__ = [
     "reference_model",
     "shift_kernel",
     "threshold_model",
+    "background_check",
+    "channel_noise",
+    "channel_variance",
     "zlp_kernel",
+    "zlp_model_checks",
 ]
 
 #: Default energy window (eV, on the stored axis) in which the ZLP maximum is looked for.
@@ -71,74 +82,67 @@ SEARCH_EV = (-5.0, 5.0)
 
 
 # --------------------------------------------------------------------------- centre
-def centre_kernel(
-    block: Any, energy_eV: Any, *, search_eV: tuple[float, float] = SEARCH_EV
-) -> dict[str, Any]:
-    """Centre of the zero-loss peak of each spectrum, to a fraction of a channel.
+#: A ZLP candidate is refused when the window starts less than this many FWHM below its centre
+#: (the gain side is cut: no ZLP model can be made, and a window that starts on the loss flank of
+#: a ZLP makes its falling tail look like a peak's).
+GAIN_SIDE_MIN_FWHM = 1.5
+#: ... or when anything on its gain side, more than 3 FWHM below the centre, reaches this share
+#: of its height: nobody gains energy, so below a true ZLP there is only dark noise (measured on
+#: every real file of shared/data: at most 0.026, the WS2 monochromated ZLP's Lorentzian tail);
+#: a loss peak (a plasmon in a window that starts above the ZLP) has the ZLP's tail below it.
+GAIN_SIDE_MAX_SHARE = 0.1
+#: A ZLP found away from 0 eV (an uncalibrated axis, or a window that starts above the ZLP and
+#: holds a loss peak instead) must be clearly one: the window must hold at least this many FWHM
+#: below it ...
+OFF_AXIS_GAIN_SIDE_FWHM = 5.0
+#: ... and nothing there, beyond 5 FWHM below it, may reach this share of its height (measured on
+#: every real file: at most 8.6e-3 for the WS2 monochromated ZLPs with their long tails, 2.6e-3
+#: for the others; a Drude metal's plasmon in a window that starts above the ZLP has its own
+#: low-energy losses there, a few per cent of its height).
+OFF_AXIS_GAIN_SIDE_SHARE = 0.005
+#: ... or when its height over the spectrum's mean level is below this many standard deviations of
+#: the channel noise (the noise from fourth differences away from the peak): rosettasciio's
+#: noise-only test spectrum scores 1.3, real ZLPs 2e3 to 6e5, a synthetic 1e5-count ZLP at
+#: t/lambda = 3 about 60.
+MIN_ZLP_SNR = 10.0
 
-    The maximum is looked for inside ``search_eV`` on the stored axis; the centre is the vertex of
-    a parabola fitted to ln(counts) of the top channels (3 channels when the peak's FWHM spans
-    fewer than 8 channels, a least-squares fit to 5 otherwise). The logarithm makes the fit
-    exact for a Gaussian top (Egerton 2011, section 4.1.1, fits the ZLP top the same way);
-    the arg-max channel alone is quantised to whole channels.
 
-    Parameters
-    ----------
-    block : array, shape (n, n_E)
-        Spectra (counts per channel), any array-API namespace.
-    energy_eV : array, shape (n_E,)
-        Uniform, increasing energy axis (eV).
-    search_eV : (float, float)
-        Where the ZLP maximum may be (eV on the stored axis).
+def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
+    """The arg-max channel of each row among channels i0..i1 (non-finite values never win)."""
+    win = block[:, i0 : i1 + 1]
+    return xp.argmax(xp.where(xp.isfinite(win), win, xp.full_like(win, -math.inf)), axis=-1) + i0
 
-    Returns
-    -------
-    dict
-        ``zlp_centre_eV`` (n,) in eV (NaN where not valid), ``valid`` (n,) bool, and for the other
-        kernels ``peak_index`` (n,) int (the arg-max channel), ``fwhm_eV`` (n,) the FWHM from the
-        half-maximum crossings (eV), ``half_left`` / ``half_right`` (n,) int, the last channel
-        left of the peak and the first right of it below half maximum.
 
-    Notes
-    -----
-    ``valid`` is False for a pixel with NaN counts, no positive maximum, a maximum at the edge of
-    the search window that is not a local maximum (no peak inside it), a flat top of three equal
-    channels (a saturated detector), or a peak that does not fall below half maximum on both
-    sides inside the spectrum (cut by the window).
+def _first_dominant_peak(xp: Any, block: Any) -> Any:
+    """The ZLP candidate of a spectrum whose axis may be anywhere: the highest channel of the
+    first run of channels at or above half the spectrum's maximum. The ZLP is the first peak of
+    a spectrum (nothing lies below it); a thick specimen's plasmon may be higher than its ZLP,
+    but the ZLP then still reaches half the maximum first."""
+    n, n_e = block.shape
+    y = xp.where(xp.isfinite(block), block, xp.full_like(block, -math.inf))
+    top = xp.max(y, axis=-1)
+    above = y >= 0.5 * top[:, None]
+    idx = xp.arange(n_e)[None, :]
+    a = xp.argmax(xp.astype(above, xp.int8), axis=-1)  # first channel of the run
+    after = (~above) & (idx > a[:, None])
+    b = xp.where(xp.any(after, axis=-1), xp.argmax(xp.astype(after, xp.int8), axis=-1), n_e)
+    run = (idx >= a[:, None]) & (idx < b[:, None])
+    return xp.argmax(xp.where(run, y, xp.full_like(y, -math.inf)), axis=-1)
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> e = np.arange(-50, 150) * 0.05
-    >>> y = np.exp(-0.5 * ((e - 0.0123) / 0.2) ** 2)[None]
-    >>> round(float(centre_kernel(y, e)["zlp_centre_eV"][0]), 4)
-    0.0123
-    """
-    xp = array_namespace(block)
+
+def _centre_at(xp: Any, block: Any, energy_eV: Any, p: Any, span: int) -> dict[str, Any]:
+    """Everything :func:`centre_kernel` returns, for the peak channels ``p`` (n,): sub-channel
+    centre, FWHM, the half-maximum crossings, and ``valid`` by shape alone (finite, positive, a
+    local maximum, not saturated, both half-maximum crossings inside the window). ``span``: how
+    far (channels) from its peak a pixel's half-maximum crossings are looked for."""
     n, n_e = block.shape
     d = axis_step(energy_eV)[1]
     dt = block.dtype
     e_first = float(energy_eV[0])
-    lo, hi = float(search_eV[0]), float(search_eV[1])
-    i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
-    i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
-    nan = xp.full((n,), math.nan, dtype=dt)
-    if i1 < i0:  # the search range is outside the window: nothing to find
-        zi = xp.zeros((n,), dtype=xp.int64)
-        return {
-            "zlp_centre_eV": nan,
-            "valid": xp.zeros((n,), dtype=xp.bool),
-            "peak_index": zi,
-            "fwhm_eV": nan,
-            "half_left": zi - 1,
-            "half_right": zi + n_e,
-        }
     finite = xp.isfinite(xp.sum(block, axis=-1))  # one pass: a NaN or inf makes the sum so
-    win = block[:, i0 : i1 + 1]
-    p = xp.argmax(xp.where(xp.isfinite(win), win, xp.full_like(win, -math.inf)), axis=-1) + i0
     # everything else on a fixed slice of channels around the peaks (shared by the block: no
     # per-pixel gather), within hw channels of each pixel's own peak
-    hw = max(32, i1 - i0 + 1)
+    hw = max(32, span)
     a = max(0, int(xp.min(p)) - hw) if n else 0
     b = min(n_e, int(xp.max(p)) + hw + 1) if n else 1
     offs = xp.arange(a, b)[None, :] - p[:, None]
@@ -173,12 +177,12 @@ def centre_kernel(
     valid = finite & (ymax > 0) & local_max & ~saturated & (left > -big) & (right < big)
 
     # parabola vertex on log(counts): 3 points, or a 5-point least-squares fit for wide peaks
-    tiny = xp.asarray(float(np.finfo(np.float32).tiny), dtype=dt)
+    floor = xp.asarray(float(np.finfo(np.float32).tiny), dtype=dt)
     pos3 = (y_l1 > 0) & (y_r1 > 0) & (ymax > 0)
     pos5 = pos3 & (y_l2 > 0) & (y_r2 > 0) & (p >= 2) & (p <= n_e - 3)
 
     def ln(v):
-        return xp.log(xp.maximum(v, tiny))
+        return xp.log(xp.maximum(v, floor))
 
     ll2, ll1, l0, lr1, lr2 = ln(y_l2), ln(y_l1), ln(ymax), ln(y_r1), ln(y_r2)
     # 3 points (on log where all positive, else on the counts themselves)
@@ -195,12 +199,189 @@ def centre_kernel(
     delta = xp.minimum(xp.maximum(xp.where(use5, delta5, delta3), -1.0), 1.0)
     centre = e_first + (xp.astype(p, dt) + delta) * d
     return {
-        "zlp_centre_eV": xp.where(valid, centre, nan),
+        "zlp_centre_eV": centre,
         "valid": valid,
         "peak_index": p,
-        "fwhm_eV": xp.where(valid, fwhm_ch * d, nan),
+        "fwhm_eV": fwhm_ch * d,
         "half_left": p + left,
         "half_right": p + right,
+        "height": ymax,
+    }
+
+
+def _plausible(
+    xp: Any, block: Any, energy_eV: Any, cen: dict[str, Any], off_axis: bool = False
+) -> dict[str, Any]:
+    """``cen`` with ``valid`` narrowed to peaks that can be a ZLP (see :func:`centre_kernel`) and
+    the evidence: ``zlp_snr`` (height over the channel noise) and ``gain_share`` (the largest
+    count more than 3 FWHM below the centre over the height). ``off_axis``: the stricter tests
+    of a ZLP found away from 0 eV."""
+    dt = block.dtype
+    e = xp.astype(energy_eV, dt)[None, :]
+    c = cen["zlp_centre_eV"]
+    w = xp.where(cen["valid"], cen["fwhm_eV"], xp.ones_like(c))
+    w = xp.where(w > 0, w, xp.ones_like(w))
+    c = xp.where(cen["valid"], c, xp.zeros_like(c))
+    y = xp.where(xp.isfinite(block), block, xp.zeros_like(block))
+    x = (e - c[:, None]) / w[:, None]  # energy from the centre, in FWHM
+    h = cen["height"]
+    gain = x < -3.0
+    gain_max = xp.max(xp.where(gain, y, xp.full_like(y, -math.inf)), axis=-1)
+    gain_share = xp.where(xp.any(gain, axis=-1), gain_max / xp.where(h > 0, h, 1.0), 0.0)
+    room = -x[:, 0]
+    away = (x < -3.0) | (x > 3.0)
+    noise = channel_noise(xp, y, e[0, :], c, w)
+    sigma = xp.sqrt(noise[0])
+    af = xp.astype(away, dt)
+    level = xp.sum(y * af, axis=-1) / xp.maximum(xp.sum(af, axis=-1), 1.0)
+    # (a noise-free spectrum has no noise: its floor is the rounding of float32 data)
+    snr = (h - level) / xp.maximum(sigma, 1e-7 * xp.abs(h) + tiny(str(dt)))
+    ok = (room >= GAIN_SIDE_MIN_FWHM) & (gain_share <= GAIN_SIDE_MAX_SHARE) & (snr >= MIN_ZLP_SNR)
+    if off_axis:
+        far = x < -5.0
+        far_max = xp.max(xp.where(far, y, xp.full_like(y, -math.inf)), axis=-1)
+        far_share = xp.where(xp.any(far, axis=-1), far_max / xp.where(h > 0, h, 1.0), 0.0)
+        ok = ok & (room >= OFF_AXIS_GAIN_SIDE_FWHM) & (far_share <= OFF_AXIS_GAIN_SIDE_SHARE)
+    out = dict(cen)
+    out["valid"] = cen["valid"] & ok
+    out["zlp_snr"] = snr
+    out["gain_share"] = gain_share
+    out["noise"] = noise
+    return out
+
+
+def centre_kernel(
+    block: Any, energy_eV: Any, *, search_eV: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """Centre of the zero-loss peak of each spectrum, to a fraction of a channel.
+
+    Where the ZLP is looked for (``search_eV``):
+
+    * ``None`` (default): first within :data:`SEARCH_EV` (-5..5 eV, a calibrated axis); a pixel
+      with no ZLP there is searched over the whole window, where its ZLP is the spectrum's
+      dominant narrow peak: the highest channel of the first run of channels at or above half
+      the spectrum's maximum (the ZLP is the first peak of a spectrum; a thick specimen's plasmon
+      may be higher, but the ZLP reaches half of it first). A centre beyond :data:`SEARCH_EV` is
+      reported as ``axis_offset`` (the axis was not calibrated);
+    * ``(lo, hi)``: only there (eV on the stored axis).
+
+    The centre is the vertex of a parabola fitted to ln(counts) of the top channels (3 channels
+    when the peak's FWHM spans fewer than 8 channels, a least-squares fit to 5 otherwise). The
+    logarithm makes the fit exact for a Gaussian top (Egerton 2011, section 4.1.1, fits the ZLP
+    top the same way); the arg-max channel alone is quantised to whole channels.
+
+    A candidate is a ZLP only if it is a clean, local, unsaturated maximum whose half-maximum
+    crossings lie inside the window, and
+
+    * the window starts at least :data:`GAIN_SIDE_MIN_FWHM` FWHM below it (a window that starts
+      on or above the ZLP has none: its pixels are refused, not given a loss peak as "ZLP");
+    * nothing more than 3 FWHM below it reaches :data:`GAIN_SIDE_MAX_SHARE` of its height (no
+      electron gains energy: below a ZLP there is only dark noise);
+    * found away from 0 eV (the whole-window search), it must be clearly a ZLP: at least
+      :data:`OFF_AXIS_GAIN_SIDE_FWHM` FWHM of gain side in the window, and nothing beyond
+      5 FWHM below it reaching :data:`OFF_AXIS_GAIN_SIDE_SHARE` of its height (a loss peak of a
+      window that starts above the ZLP, a sharp metal plasmon say, has its own low losses
+      there);
+    * its height over the spectrum's mean level away from it is at least :data:`MIN_ZLP_SNR`
+      times the channel noise (from fourth differences more than 3 FWHM from it): a
+      significance test that refuses noise-only spectra.
+
+    Parameters
+    ----------
+    block : array, shape (n, n_E)
+        Spectra (counts per channel), any array-API namespace.
+    energy_eV : array, shape (n_E,)
+        Uniform, increasing energy axis (eV).
+    search_eV : (float, float) or None
+        Where the ZLP maximum may be (eV on the stored axis); None: see above.
+
+    Returns
+    -------
+    dict
+        ``zlp_centre_eV`` (n,) in eV (NaN where not valid), ``valid`` (n,) bool,
+        ``axis_offset`` (n,) bool (a valid centre outside :data:`SEARCH_EV`), ``zlp_snr`` (n,)
+        (height over the channel noise), and for the other kernels ``peak_index`` (n,) int (the
+        arg-max channel), ``fwhm_eV`` (n,) the FWHM from the half-maximum crossings (eV),
+        ``half_left`` / ``half_right`` (n,) int, the last channel left of the peak and the first
+        right of it below half maximum, and ``noise``, :func:`channel_noise` of each spectrum
+        about its peak (the channels' white-noise variance and mean level more than 3 FWHM
+        away), which the checks of the ZLP model reuse.
+
+    Notes
+    -----
+    ``valid`` is also False for a pixel with NaN counts, no positive maximum, a maximum at the
+    edge of the search window that is not a local maximum (no peak inside it), or a flat top of
+    three equal channels (a saturated detector).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-50, 150) * 0.05
+    >>> y = np.exp(-0.5 * ((e - 0.0123) / 0.2) ** 2)[None]
+    >>> round(float(centre_kernel(y, e)["zlp_centre_eV"][0]), 4)
+    0.0123
+    >>> far = np.exp(-0.5 * ((e - 6.0) / 0.2) ** 2)[None]
+    >>> out = centre_kernel(far, e)  # 6 eV off a calibrated axis: found, and said so
+    >>> round(float(out["zlp_centre_eV"][0]), 3), bool(out["axis_offset"][0])
+    (6.0, True)
+    """
+    xp = array_namespace(block)
+    n, n_e = block.shape
+    d = axis_step(energy_eV)[1]
+    dt = block.dtype
+    e_first = float(energy_eV[0])
+    lo, hi = SEARCH_EV if search_eV is None else (float(search_eV[0]), float(search_eV[1]))
+    i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
+    i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
+    if i1 >= i0:
+        p = _peak_in(xp, block, i0, i1)
+        cen = _plausible(xp, block, energy_eV, _centre_at(xp, block, energy_eV, p, i1 - i0 + 1))
+    else:  # the search range is outside the window: nothing found there
+        cen = None
+    if search_eV is None and (cen is None or not bool(xp.all(cen["valid"]))):
+        # the pixels without a ZLP near 0 eV: the whole window's first dominant peak
+        p2 = _first_dominant_peak(xp, block)
+        span = min(n_e, max(64, round(10.0 / d)))
+        far = _plausible(
+            xp, block, energy_eV, _centre_at(xp, block, energy_eV, p2, span), off_axis=True
+        )
+        if cen is None:
+            cen = far
+        else:  # the pixels with a ZLP near 0 eV keep it
+            keep = cen["valid"]
+            merged = {k: xp.where(keep, cen[k], far[k]) for k in cen if k != "noise"}
+            merged["noise"] = tuple(
+                xp.where(keep, a, b) for a, b in zip(cen["noise"], far["noise"], strict=True)
+            )
+            cen = merged
+    if cen is None:
+        zi = xp.zeros((n,), dtype=xp.int64)
+        nan = xp.full((n,), math.nan, dtype=dt)
+        no = xp.zeros((n,), dtype=xp.bool)
+        return {
+            "zlp_centre_eV": nan,
+            "valid": no,
+            "axis_offset": no,
+            "zlp_snr": xp.zeros((n,), dtype=dt),
+            "peak_index": zi,
+            "fwhm_eV": nan,
+            "half_left": zi - 1,
+            "half_right": zi + n_e,
+            "noise": (xp.zeros((n,), dtype=dt), xp.ones((n,), dtype=dt)),
+        }
+    valid = cen["valid"]
+    nan = xp.full((n,), math.nan, dtype=dt)
+    c = cen["zlp_centre_eV"]
+    return {
+        "zlp_centre_eV": xp.where(valid, c, nan),
+        "valid": valid,
+        "axis_offset": valid & ((c < SEARCH_EV[0]) | (c > SEARCH_EV[1])),
+        "zlp_snr": cen["zlp_snr"],
+        "peak_index": cen["peak_index"],
+        "fwhm_eV": xp.where(valid, cen["fwhm_eV"], nan),
+        "half_left": cen["half_left"],
+        "half_right": cen["half_right"],
+        "noise": cen["noise"],
     }
 
 
@@ -531,7 +712,8 @@ class ZlpInput:
     ``y`` (n, n_E) counts per channel; ``e`` (n_E,) the energy axis (eV) in the block's dtype;
     ``energy_eV`` the axis as given (float64 on the device); ``d`` the dispersion (eV); ``c`` (n,)
     the centres (eV) with 0 standing in for invalid pixels; ``valid``, ``fwhm_eV`` and
-    ``peak_index`` (n,) from the centre; ``search_eV`` where the ZLP maximum may be (eV).
+    ``peak_index`` (n,) from the centre; ``search_eV`` where the ZLP maximum may be (eV; None:
+    anywhere, see :func:`centre_kernel`).
     """
 
     xp: Any
@@ -543,17 +725,19 @@ class ZlpInput:
     valid: Any
     fwhm_eV: Any
     peak_index: Any
-    search_eV: tuple[float, float]
+    search_eV: tuple[float, float] | None
 
 
 class ZlpModel(NamedTuple):
     """What a ZLP model returns: ``model`` (n, n_E) ``N0 R(E)`` in counts per channel, or None
     when not asked for; ``n0`` (n,) N0 in counts; ``usable`` (n,) bool, pixels the model itself
-    rules out (None: no extra condition)."""
+    rules out (None: no extra condition); ``cut`` (n,) int, the truncation's first channel above
+    the ZLP (``"threshold"`` only, else None)."""
 
     model: Any
     n0: Any
     usable: Any = None
+    cut: Any = None
 
 
 def mirror_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpModel:
@@ -565,9 +749,10 @@ def mirror_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpMode
     """
     xp, y, e, c, d = z.xp, z.y, z.e, z.c, z.d
     n, n_e = y.shape
-    # no centre lies beyond the search range: channels up to its end (+ margin) hold the gain side
-    w_head = min(n_e, math.floor((float(z.search_eV[1]) - float(z.energy_eV[0])) / d) + 4)
-    w_head = max(w_head, 4)
+    # channels up to the highest centre of the block (+ margin) hold every gain side
+    c_max = float(xp.max(xp.where(z.valid, c, xp.full_like(c, -math.inf)))) if n else 0.0
+    c_max = c_max if math.isfinite(c_max) else float(z.energy_eV[0])
+    w_head = min(n_e, max(math.floor((c_max - float(z.energy_eV[0])) / d) + 4, 4))
     # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups
     head = y[:, :w_head]
     cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
@@ -598,7 +783,7 @@ def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpM
     model = None
     if return_model:
         model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, xp.zeros_like(y))
-    return ZlpModel(model, n0)
+    return ZlpModel(model, n0, None, t)
 
 
 def fit_model(z: ZlpInput, **_: Any) -> ZlpModel:
@@ -696,7 +881,7 @@ def zlp_kernel(
     method: str = "mirror",
     reference: Any = None,
     zlp_cube: Any = None,
-    search_eV: tuple[float, float] = SEARCH_EV,
+    search_eV: tuple[float, float] | None = None,
     return_model: bool = True,
     centre: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -707,25 +892,29 @@ def zlp_kernel(
 
     ``"mirror"``
         The gain side (E below the centre) is taken as measured and mirrored about the centre to
-        give the loss side; N0 is the model's sum. Right for a symmetric ZLP (a monochromated or
-        cold-FEG source in a well-tuned spectrometer) and a specimen with no loss in the first
-        half-width of the peak. Wrong for an asymmetric ZLP (a Schottky source's loss-side tail is
-        missed, N0 low) and where the gain side holds something else (energy-gain peaks, a
-        detector artefact); sensitive to the centre, so to noise in it.
+        give the loss side; N0 is the model's sum. Right for a symmetric ZLP (a cold-FEG source
+        in a well-tuned spectrometer) sampled by at least 4 channels per FWHM, and a specimen
+        with no loss in the first half-width of the peak. Wrong for an asymmetric ZLP (a
+        Schottky source's or a monochromator's loss-side tail is missed: N0 low, a zero-loss
+        residue in the SSD) and where the gain side holds something else (energy-gain peaks, a
+        detector artefact); at 2 channels per FWHM its sub-channel interpolation leaves a
+        misfit that rings; sensitive to the centre, so to noise in it.
     ``"fit"``
         A pseudo-Voigt (Gaussian + Lorentzian of one FWHM, symmetric) fitted by least squares to
-        the gain side and the top; its integral is N0. Right for a symmetric ZLP with Lorentzian
-        wings (cold FEG) and for noisy data (the fit averages many channels). Wrong for an
-        asymmetric ZLP, and where the shape is neither Gaussian nor Lorentzian.
+        the gain side and the top; its integral is N0. Right for a symmetric Gaussian or
+        cold-FEG ZLP with Lorentzian wings, and for noisy data (the fit averages many channels).
+        Wrong for an asymmetric ZLP, and where the shape is neither Gaussian nor Lorentzian: the
+        Lorentzian wings overshoot the steep gain side of a monochromated ZLP.
     ``"threshold"``
         Truncation at the first minimum after the peak (of the spectrum smoothed over about half
         the FWHM): N0 is the sum of all channels below it, the model is the measured spectrum
-        there and zero above. Right for a thick-enough specimen with a clear minimum between the
-        ZLP and the first losses, and robust to any ZLP shape (it is what exspy's
+        there and zero above. Right for a specimen with a clear minimum between the ZLP and the
+        first losses, and robust to any ZLP shape (it is what exspy's
         ``estimate_thickness(threshold=...)`` does). Wrong where losses start under the ZLP (a
         small gap, phonons at low energy, a thin metal's low-energy tail: N0 too high) or the ZLP
-        tail reaches past the minimum (N0 too low); the model's loss side is cut, so it is a poor
-        R for deconvolution.
+        tail reaches past the minimum (N0 too low); as a resolution function for the
+        Fourier-log its loss side ends in a step, which the measured-error roll-off of
+        :func:`eelsgpu.kernels.fourier_log.fourier_log_kernel` band-limits.
     ``"reference"``
         A measured vacuum spectrum (1-D, on the same energy grid) shifted to each pixel's centre
         and scaled by least squares on the gain side and top. Right when the reference was taken
@@ -735,6 +924,18 @@ def zlp_kernel(
     ``"cube"``
         A per-pixel ZLP cube made elsewhere (a fitted or machine-learned model) given as
         ``zlp_cube`` (n, n_E), used as is; N0 is its sum. As right as the model that made it.
+
+    Which model for which ZLP (measured on every real spectrum of shared/data, with the checks
+    of :func:`zlp_model_checks` that flag a model that does not fit a pixel):
+
+    * **monochromated** (narrow, steep gain side, a long loss-side shoulder: the WS2 and h-BN
+      spectra, the Al film): ``"threshold"`` for thickness and deconvolution, or a vacuum
+      ``"reference"`` taken under the same conditions; ``"mirror"`` and ``"fit"`` miss the
+      shoulder (thickness of a vacuum spectrum 0.2 instead of 0.002) and are flagged;
+    * **asymmetric** (a Schottky or thermionic source's loss-side tail): ``"threshold"`` or a
+      ``"reference"``; never ``"mirror"`` or ``"fit"``;
+    * **Lorentzian-tailed, symmetric** (a cold FEG): ``"fit"``, or ``"mirror"`` when the FWHM
+      spans at least 4 channels; ``"threshold"`` for the log-ratio thickness.
 
     Parameters
     ----------
@@ -747,8 +948,9 @@ def zlp_kernel(
         The vacuum spectrum for ``method="reference"``.
     zlp_cube : array, shape (n, n_E), optional
         The per-pixel ZLP for ``method="cube"`` (counts per channel).
-    search_eV : (float, float)
-        Where the ZLP maximum may be (eV on the stored axis).
+    search_eV : (float, float) or None
+        Where the ZLP maximum may be (eV on the stored axis); None: near 0 eV, else anywhere in
+        the window (:func:`centre_kernel`).
     return_model : bool
         Build the (n, n_E) model; without it (what the log-ratio needs) ``"mirror"`` and
         ``"threshold"`` cost little more than one cumulative sum, and ``zlp`` is None.
@@ -761,7 +963,9 @@ def zlp_kernel(
     dict
         ``zlp_centre_eV`` (n,) eV; ``zlp_intensity`` (n,) N0 in counts; ``zlp`` (n, n_E) the model
         ``N0 R(E)`` in counts per channel on the block's own (unaligned) grid; ``valid`` (n,) bool;
-        ``fwhm_eV`` (n,). Invalid pixels are NaN everywhere.
+        ``fwhm_eV`` (n,); ``axis_offset`` and ``zlp_snr`` (n,) from :func:`centre_kernel`;
+        ``cut_index`` (n,) int, the truncation's first channel above the ZLP (``"threshold"``;
+        else None); ``method``. Invalid pixels are NaN everywhere.
 
     Examples
     --------
@@ -784,7 +988,7 @@ def zlp_kernel(
     c = xp.where(valid, c0, xp.zeros_like(c0))  # finite stand-in for the invalid pixels
     fwhm = cen["fwhm_eV"]
     z = ZlpInput(xp, y, e, energy_eV, d, c, valid, fwhm, cen["peak_index"], search_eV)
-    model, n0, usable = MODELS[method](
+    model, n0, usable, cut = MODELS[method](
         z, return_model=return_model, reference=reference, zlp_cube=zlp_cube
     )
     if usable is not None:
@@ -800,4 +1004,272 @@ def zlp_kernel(
         "zlp": model,
         "valid": valid,
         "fwhm_eV": xp.where(valid, fwhm, nan),
+        "axis_offset": valid & cen["axis_offset"],
+        "zlp_snr": cen["zlp_snr"],
+        "cut_index": cut,
+        "method": method,
+        "noise": cen.get("noise"),
+    }
+
+
+# --------------------------------------------------------------------------- model checks
+#: Limits of :func:`zlp_model_checks` (each beyond its counting-noise allowance): the model's
+#: t/lambda against the truncation's, relative (``rel_dtl``); significant over-subtraction on
+#: the loss side as a share of the SSD's integral (``rel_excess``); the share of the SSD's
+#: integral within 2 FWHM of zero loss (``residue``); for the truncation itself, the counts at
+#: its cut that could belong to either side (``trunc``). Set on every real spectrum of
+#: shared/data (no flag on a good file; every case issue 11 lists flagged) and on 240 Poisson
+#: synthetic spectra (no false flag with a symmetric ZLP).
+CHECK_LIMITS = {"rel_dtl": 0.10, "rel_excess": 0.05, "residue": 0.20, "trunc": 0.10}
+#: The loss side the excess is measured on (FWHM above the centre), in bins of half a FWHM.
+_EXCESS_BINS = 8
+
+
+def channel_noise(xp: Any, y: Any, e: Any, c: Any, w: Any) -> tuple[Any, Any]:
+    """Per row, ``(v_out, y_out)``: the white-noise variance of one channel of the spectra ``y``
+    (n, n_E) more than 3 FWHM ``w`` from the ZLP centre ``c`` (fourth differences, each clipped
+    at 25 times their median against edges and spikes), and the mean positive count there. In
+    the data's own units, whatever their gain.
+
+    Written for speed (it runs on every block several times): the sums over the channels away
+    from the ZLP are the whole row's minus a slab of channels around the centres (two host
+    numbers per block); the median is taken on every 4th channel of the whole row (the ZLP's
+    few channels do not move a median)."""
+    dt = y.dtype
+    n, n_e = y.shape
+    y = xp.where(xp.isfinite(y), y, 0.0)
+    d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
+    v = d4 * d4
+    srt = xp.sort(v[:, ::4], axis=-1)
+    m4 = srt.shape[-1]
+    med = 0.5 * (srt[:, (m4 - 1) // 2] + srt[:, m4 // 2]) / 0.4549  # chi2(1): median -> mean
+    v = xp.minimum(v, 25.0 * med[:, None])
+    yp = xp.maximum(y, 0.0)
+    v_sum, y_sum = xp.sum(v, axis=-1), xp.sum(yp, axis=-1)
+    n_v, n_y = float(n_e - 4), float(n_e)
+    # the slab holding every row's core (|E - c| <= 3 W), taken off the sums
+    d = float(e[1] - e[0]) if n_e > 1 else 1.0
+    e0 = float(e[0])
+    lo = float(xp.min(c - 3.0 * w)) if n else 0.0
+    hi = float(xp.max(c + 3.0 * w)) if n else 0.0
+    a = min(n_e, max(0, math.floor((lo - e0) / d)))
+    b = min(n_e, max(a, math.ceil((hi - e0) / d) + 1))
+    core = xp.abs(e[None, a:b] - c[:, None]) <= 3.0 * w[:, None]
+    y_core = xp.sum(xp.where(core, yp[:, a:b], 0.0), axis=-1)
+    n_ycore = xp.sum(xp.astype(core, dt), axis=-1)
+    # fourth difference j covers channels j..j+4, centred on j + 2
+    av, bv = max(0, a - 2), max(0, min(n_e - 4, b - 2))
+    if bv > av:
+        core_v = xp.abs(e[None, av + 2 : bv + 2] - c[:, None]) <= 3.0 * w[:, None]
+        v_core = xp.sum(xp.where(core_v, v[:, av:bv], 0.0), axis=-1)
+        n_vcore = xp.sum(xp.astype(core_v, dt), axis=-1)
+    else:
+        v_core = n_vcore = xp.zeros((n,), dtype=dt)
+    v_out = (v_sum - v_core) / 70.0 / xp.maximum(n_v - n_vcore, 1.0)
+    y_out = (y_sum - y_core) / xp.maximum(n_y - n_ycore, 1.0)
+    return xp.maximum(v_out, 0.0), xp.maximum(y_out, tiny(str(dt)))
+
+
+def channel_variance(
+    xp: Any, y: Any, e: Any, c: Any, w: Any, noise: tuple[Any, Any] | None = None
+) -> Any:
+    """Per-channel variance (n, n_E) of the spectra ``y``: the white-noise variance ``v_out`` of
+    the channels more than 3 FWHM ``w`` from the ZLP centre ``c`` (:func:`channel_noise`, or
+    ``noise`` when already measured), scaled as counts ``v_out max(y, y_out) / y_out``
+    (Poisson-like, never below the level far from the peak; ``y_out`` the mean count there).
+    In the data's own units, whatever their gain."""
+    v_out, y_out = channel_noise(xp, y, e, c, w) if noise is None else noise
+    yp = xp.maximum(xp.where(xp.isfinite(y), y, 0.0), 0.0)
+    return (v_out / y_out)[:, None] * xp.maximum(yp, y_out[:, None])
+
+
+def zlp_model_checks(
+    block: Any, energy_eV: Any, z: dict[str, Any], thr: dict[str, Any], method: str
+) -> dict[str, Any]:
+    """Does the ZLP model fit each pixel? Statistics against the truncation and counting noise.
+
+    ``z`` is the model (:func:`zlp_kernel` with ``return_model=True``), ``thr`` the truncation
+    model of the same block (``method="threshold"``; it may be ``z`` itself). With
+    ``scale = max(ln(I_w / N0_thr), 0.01)`` (the log-ratio of the window by truncation, I_w the
+    window's counts) and the per-channel variance ``v`` of :func:`channel_variance` (doubled for
+    the mirror, whose loss side copies the gain side's noise):
+
+    * ``rel_dtl = ln(N0_thr / N0_model) / scale``: the model's t/lambda minus the truncation's,
+      relative (eq. 16);
+    * ``rel_excess``: on the loss side (0 to 4 FWHM above the centre, in bins of half a FWHM),
+      the model's excess over the data beyond 3 standard deviations of the counting noise,
+      summed, over ``N0 scale``: the loss the model removes that the data do not have (a
+      pseudo-Voigt's wings over a monochromated gain side);
+    * ``residue``: the data minus the model within 2 FWHM above the centre, over ``N0 scale``:
+      the share of the SSD's integral the model leaves at zero loss (a mirror of an asymmetric
+      ZLP);
+    * ``trunc`` (truncation only): the counts at the cut times 2 FWHM of channels, over
+      ``N0 scale``: what could belong to either side.
+
+    ``mismatch`` is True where one of them exceeds :data:`CHECK_LIMITS` by more than 4 standard
+    deviations of its own counting noise (``rel_dtl``, ``residue``; the excess has its noise in
+    it): the ZLP_MISMATCH bit of :mod:`eelsgpu.kernels.quality`. The truncation is judged by
+    ``trunc`` alone (it is the reference of the others).
+
+    Returns
+    -------
+    dict of (n,) arrays
+        ``rel_dtl``, ``rel_excess``, ``residue``, ``trunc`` (NaN unless ``method ==
+        "threshold"``), ``mismatch`` (bool; False where the pixel has no ZLP); and ``noise``,
+        the channels' noise (:func:`channel_noise`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-200, 1800) * 0.05
+    >>> zlp = 1e5 * np.exp(-0.5 * (e / 0.25) ** 2)
+    >>> loss = np.where(e > 1, 2e3 * np.exp(-0.5 * ((e - 15) / 3) ** 2), 0.0)
+    >>> shoulder = 3e4 * np.exp(-0.5 * ((e - 0.5) / 0.3) ** 2) * (e > 0)  # loss side only
+    >>> y = (zlp + loss + shoulder)[None]
+    >>> thr = zlp_kernel(y, e, method="threshold")
+    >>> checks = zlp_model_checks(y, e, zlp_kernel(y, e, method="mirror"), thr, "mirror")
+    >>> bool(checks["mismatch"][0]), round(float(checks["residue"][0]), 1)
+    (True, 0.7)
+    >>> bool(zlp_model_checks(y, e, thr, thr, "threshold")["mismatch"][0])
+    False
+    """
+    xp = array_namespace(block)
+    dt = block.dtype
+    n, n_e = block.shape
+    d = axis_step(energy_eV)[1]
+    e = xp.astype(energy_eV, dt)
+    ok = z["valid"] & thr["valid"]
+    y = xp.where(ok[:, None] & xp.isfinite(block), block, xp.zeros_like(block))
+    one = xp.ones((n,), dtype=dt)
+    c = xp.where(ok, z["zlp_centre_eV"], 0.0 * one)
+    w = xp.where(ok, z["fwhm_eV"], one)
+    w = xp.where(w > 0, w, one)
+    n0 = xp.where(ok, z["zlp_intensity"], one)
+    n0_thr = xp.where(ok, thr["zlp_intensity"], one)
+    window = xp.sum(y, axis=-1)
+    tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, one))
+    scale = xp.maximum(tl_thr, 0.01)
+    noise = z.get("noise") or channel_noise(xp, y, e, c, w)
+    # everything below lies within 4 FWHM of a centre: a slab of channels shared by the block
+    # (its bounds are two host numbers), not the whole window
+    lo_e = float(xp.min(xp.where(ok, c - 4.5 * w, xp.full_like(c, math.inf)))) if n else 0.0
+    hi_e = float(xp.max(xp.where(ok, c + 4.5 * w, xp.full_like(c, -math.inf)))) if n else 0.0
+    e0 = float(energy_eV[0])
+    a = max(0, math.floor((lo_e - e0) / d) - 1) if math.isfinite(lo_e) else 0
+    b = min(n_e, math.ceil((hi_e - e0) / d) + 2) if math.isfinite(hi_e) else 1
+    b = max(b, a + 1)
+    ys = y[:, a:b]
+    var = channel_variance(xp, ys, e[a:b], c, w, noise)
+    if method == "mirror":
+        var = 2.0 * var
+    model = z["zlp"][:, a:b]
+    model = xp.where(ok[:, None] & xp.isfinite(model), model, xp.zeros_like(ys))
+    x = (e[None, a:b] - c[:, None]) / w[:, None]  # energy from the centre in FWHM
+    # t/lambda of the model against the truncation's; its noise: the ZLP's channels' variance
+    rel_dtl = xp.log(n0_thr / n0) / scale
+    core = xp.astype((x >= -2.0) & (x <= 2.0), dt)
+    sd_dtl = xp.sqrt(2.0 * xp.sum(var * core, axis=-1)) / n0 / scale
+    # over-subtraction on the loss side, in bins of half a FWHM from the centre up
+    diff = model - ys
+    excess = xp.zeros((n,), dtype=dt)
+    for k in range(_EXCESS_BINS):
+        bk = xp.astype((x > 0.5 * k) & (x <= 0.5 * (k + 1)), dt)
+        dk = xp.sum(diff * bk, axis=-1)
+        sk = xp.sqrt(xp.sum(var * bk, axis=-1))
+        excess = excess + xp.maximum(dk - 3.0 * sk, 0.0)
+    rel_excess = excess / (n0 * scale)
+    near = xp.astype((x > 0.0) & (x <= 2.0), dt)
+    residue = -xp.sum(diff * near, axis=-1) / (n0 * scale)
+    sd_res = xp.sqrt(xp.sum(var * near, axis=-1)) / (n0 * scale)
+    nan = xp.full((n,), math.nan, dtype=dt)
+    if method == "threshold":
+        cut = z["cut_index"] if z.get("cut_index") is not None else thr["cut_index"]
+        at_cut = take_rows(xp, y, cut)
+        trunc = xp.where(cut < n_e, at_cut * (2.0 * w / d) / (n0_thr * scale), 0.0 * one)
+        mismatch = trunc > CHECK_LIMITS["trunc"]
+    else:
+        trunc = nan
+        mismatch = (
+            (xp.abs(rel_dtl) > CHECK_LIMITS["rel_dtl"] + 4.0 * sd_dtl)
+            | (rel_excess > CHECK_LIMITS["rel_excess"])
+            | (xp.abs(residue) > CHECK_LIMITS["residue"] + 4.0 * sd_res)
+        )
+    return {
+        "rel_dtl": xp.where(ok, rel_dtl, nan),
+        "rel_excess": xp.where(ok, rel_excess, nan),
+        "residue": xp.where(ok, residue, nan),
+        "trunc": xp.where(ok, trunc, nan),
+        "mismatch": ok & mismatch,
+        "noise": noise,
+    }
+
+
+#: Limits of :func:`background_check`: an offset on the gain side far below the ZLP counts when
+#: it is significant (this many standard errors of its mean) and makes up more than
+#: ``share`` of the counts the log-ratio calls inelastic.
+BACKGROUND_LIMITS = {"significance": 5.0, "share": 0.02}
+
+
+def background_check(
+    block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any, noise: Any = None
+) -> dict[str, Any]:
+    """A constant offset under the spectrum (dark current, a badly subtracted background).
+
+    No electron gains energy, so far below the ZLP (more than max(10 FWHM, 3 eV) below its
+    centre, at least 8 channels there) a spectrum holds only noise around zero. Its mean
+    level ``b`` there is an offset that also sits under every loss channel, where the
+    log-ratio (eq. 16) counts it as inelastic scattering: ``b`` times the loss channels, over
+    the counts above the ZLP (``I_w - 2 x`` the gain side's counts), is the share of "inelastic"
+    counts that are offset. ``unphysical`` is True where ``|b|`` exceeds
+    ``BACKGROUND_LIMITS["significance"]`` standard errors (noise from fourth differences) and
+    that share exceeds ``BACKGROUND_LIMITS["share"]`` (the UNPHYSICAL_BACKGROUND bit).
+
+    Returns
+    -------
+    dict of (n,) arrays
+        ``offset`` (counts per channel; NaN where the gain side is too short to tell),
+        ``offset_share`` and ``unphysical`` (bool). ``noise``: :func:`channel_noise` of the block
+    when already measured.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = np.arange(-400, 1600) * 0.05
+    >>> y = 1e5 * np.exp(-0.5 * (e / 0.2) ** 2) + np.where(e > 1, 3e3 / np.maximum(e, 1), 0)
+    >>> out = background_check(np.stack([y, y + 30.0]), e, np.zeros(2), np.full(2, 0.47))
+    >>> out["unphysical"].tolist()
+    [False, True]
+    """
+    xp = array_namespace(block)
+    dt = block.dtype
+    n, n_e = block.shape
+    e = xp.astype(energy_eV, dt)
+    ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
+    c = xp.where(ok, xp.astype(centre_eV, dt), xp.zeros((n,), dtype=dt))
+    w = xp.where(ok, xp.astype(fwhm_eV, dt), xp.ones((n,), dtype=dt))
+    y = xp.where(xp.isfinite(block), block, xp.zeros_like(block))
+    rel = e[None, :] - c[:, None]
+    far = rel < -xp.maximum(10.0 * w, 3.0)[:, None]
+    ff = xp.astype(far, dt)
+    n_far = xp.sum(ff, axis=-1)
+    b = xp.sum(y * ff, axis=-1) / xp.maximum(n_far, 1.0)
+    if noise is None:
+        noise = channel_noise(xp, y, e, c, w)
+    se = xp.sqrt(noise[0] / xp.maximum(n_far, 1.0))
+    gain = xp.astype(rel < 0.0, dt)
+    loss_channels = xp.sum(1.0 - gain, axis=-1)
+    window = xp.sum(y, axis=-1)
+    above = window - 2.0 * xp.sum(y * gain, axis=-1)  # the window minus the ZLP (mirror) ...
+    share = b * loss_channels / xp.where(above > 0, above, xp.ones_like(above))
+    told = ok & (n_far >= 8.0)
+    unphysical = (
+        told
+        & (xp.abs(b) > BACKGROUND_LIMITS["significance"] * se)
+        & (xp.abs(share) > BACKGROUND_LIMITS["share"])
+    )
+    nan = xp.full((n,), math.nan, dtype=dt)
+    return {
+        "offset": xp.where(told, b, nan),
+        "offset_share": xp.where(told, share, nan),
+        "unphysical": unphysical,
     }

@@ -8,9 +8,6 @@ tests/fourier_log_cases.py).
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import numpy as np
 import pytest
 from fourier_log_cases import MATERIALS
@@ -20,9 +17,12 @@ from fourier_log_cases import image as _image
 from fourier_log_cases import inside as _inside
 
 from eelsgpu import synthetic
+from eelsgpu.analysis._lowloss import AxisOffsetWarning
 from eelsgpu.analysis.deconvolution import deconvolve
-from eelsgpu.errors import EnergyAxisError, NoZeroLossPeakError
+from eelsgpu.analysis.thickness import thickness
+from eelsgpu.errors import EnergyAxisError, InputError, NoZeroLossPeakError
 from eelsgpu.kernels.fourier_log import fourier_log_kernel
+from eelsgpu.kernels.quality import AXIS_OFFSET, FATAL, TAIL_UNTRUSTED
 from eelsgpu.model import spectrum_image
 
 
@@ -105,14 +105,16 @@ def test_deconvolve_thickness_maps_equal_truth():
 
 def test_raw_ssd_from_noisy_mirror_model():
     """Truth: the synthetic t/lambda = 1 of a noisy image (1e5 counts per spectrum, ZLP drifting
-    by +-0.4 eV, 64 pixels). A model ZLP made from the data (mirrored gain side, truncation)
-    carries the counting noise, so its transform never dies away; the phase is trusted only
-    above the noise floors of J~ and Z~. Before they were estimated for such models, the raw
-    SSD of 6 of the first 16 pixels summed to t/lambda 1.2-1.7 with the mirror model (0.2-0.7
-    above ln(I/N0)). Now the SSD holds what it must: its sum over the model's N0 equals
-    ln(I/N0) of that N0 (eq. 16; the window misses 1e-4 of I at t/lambda 1) to 0.01 in every
-    pixel. The t_over_lambda map (log-ratio with N0 by truncation, the tail from the SSD) is
-    within 2 % of the truth, scatter under 1 %, whatever the model."""
+    by +-0.4 eV, 64 pixels). A model ZLP made from the data (mirrored gain side, fit,
+    truncation) carries the counting noise; the roll-off follows the measured error, so every
+    pixel's raw SSD is band-limited to its ZLP's FWHM (resolution_eV 0.5 eV) and holds what it
+    must: its sum over the model's N0 equals ln(I/N0) of that N0 (eq. 22 with the weight 1 at
+    zero frequency; the window misses 1e-4 of I at t/lambda 1) to 0.01 in every pixel (before
+    issue 11, 0.2-0.7 above it in 6 of 16 pixels with the mirror). The t_over_lambda map takes
+    N0 from the model, so it equals thickness(zlp=<the same model>) exactly; with the
+    truncation it is within 2 % of the truth (scatter under 1 %); the mirror's and the fit's N0
+    move with the centre's jitter at this count (2 rho(c) dc / N0, eelsgpu.kernels.log_ratio),
+    measured up to 6 % (scatter 2 %), below the 10 % at which ZLP_MISMATCH flags a model."""
     drift = np.random.default_rng(1).uniform(-0.4, 0.4, (4, 16))
     sim = synthetic.low_loss_image(
         MATERIALS["drude"],
@@ -126,52 +128,25 @@ def test_raw_ssd_from_noisy_mirror_model():
         drift_eV=drift,
         dtype=np.float32,
     )
-    for method in ("mirror", "fit", "threshold"):
-        ds = deconvolve(sim["signal"], zlp=method, output="ssd", device="cpu")
-        assert bool(ds["valid"].all())
-        if method != "threshold":  # (the truncated model is no R: its SSD rings, see zlp)
-            n0 = ds["zlp_intensity"]
-            gap = ds["ssd"].sum("energy") / n0 - np.log(sim["signal"].sum("energy") / n0)
-            assert float(np.abs(gap).max()) < 0.01, (method, float(np.abs(gap).max()))
+    for method, limit, scatter in (
+        ("mirror", 0.08, 0.03),
+        ("fit", 0.08, 0.03),
+        ("threshold", 0.02, 0.01),
+    ):
+        ds = deconvolve(sim["signal"], zlp=method, output="ssd", device="cpu").compute()
+        # (the tail beyond the 97 eV window, 1e-4 of the counts, is within its uncertainty in
+        # some pixels: TAIL_UNTRUSTED, not fatal, the only bit)
+        others = ds["quality"].values.astype(np.int64) & ~TAIL_UNTRUSTED
+        assert bool(ds["valid"].all()) and not others.any()
+        np.testing.assert_allclose(ds["resolution_eV"], ds["zlp_fwhm_eV"], rtol=1e-5)
+        np.testing.assert_allclose(ds["zlp_fwhm_eV"], 0.5, rtol=0.05)  # measured: noisy
+        n0 = ds["zlp_intensity"]
+        gap = ds["ssd"].sum("energy") / n0 - np.log(sim["signal"].sum("energy") / n0)
+        assert float(np.abs(gap).max()) < 0.01, (method, float(np.abs(gap).max()))
+        peer = thickness(sim["signal"], zlp=method, device="cpu").compute()
+        np.testing.assert_array_equal(ds["t_over_lambda"].values, peer["t_over_lambda"].values)
         err = ds["t_over_lambda"].values - 1.0
-        assert np.abs(err).max() < 0.02 and err.std() < 0.01, (method, err)
-
-
-REAL_LOW_LOSS = [
-    "pytemlib/AL-DFoffset0.00.dm3",
-    "gduscher/6-SiO2.dm3",
-    "gduscher/6-SiC.dm3",
-    "gduscher/1EELS Acquire (low-loss).dm3",
-    "pyeelsmodel/ll.msa",
-    "exspy_demos/LSMO_STO_linescan_low_loss.hspy",
-    "exspy_demos/LSMO_linescan_low_loss.hspy",
-]
-
-
-@pytest.mark.parametrize("name", REAL_LOW_LOSS)
-def test_deconvolve_thickness_map_on_real_spectra(shared_data, name):
-    """Real measured spectra (shared/data). Peer: eelsgpu.thickness (log-ratio, tail "auto"),
-    itself checked against exspy's estimate_thickness to 1 % in test_thickness. The map that
-    deconvolve makes in the same pass shares its N0 and, where the spectrum's power-law tail
-    holds, its tail (measured: equal to 1e-5 on ll.msa). Where the tail comes from an SSD (a
-    window that ends inside plural scattering or edges), deconvolve's raw SSD and thickness's
-    Gaussian-reconvolved one differ: measured 0-2.3 % (4.6 % at t/lambda 0.02), asserted 5 % or
-    0.002.
-    Every pixel is valid and its ZLP found, also where it sits off 0 eV."""
-
-    import eelsgpu
-
-    logging.getLogger("rsciio").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        si = eelsgpu.open(shared_data / name, beam_energy_keV=200.0, collection_angle_mrad=10.0)
-    peer = eelsgpu.thickness(si, device="cpu").compute()
-    for method in ("mirror", "fit"):
-        ds = deconvolve(si, zlp=method, output="ssd", device="cpu").compute()
-        assert bool(ds["valid"].all())
-        ours, ref = ds["t_over_lambda"].values, peer["t_over_lambda"].values
-        np.testing.assert_allclose(ours, ref, rtol=0.05, atol=0.002)
-        np.testing.assert_allclose(ds["zlp_centre_eV"], peer["zlp_centre_eV"], atol=1e-6)
+        assert np.abs(err).max() < limit and err.std() < scatter, (method, err)
 
 
 def test_deconvolve_nan_pixel_run_finishes():
@@ -209,3 +184,81 @@ def test_non_uniform_axis_raises():
     si = spectrum_image(j[None], bent, source="bent.msa", dtype=np.float64)
     with pytest.raises(EnergyAxisError, match="bent.msa"):
         deconvolve(si, zlp="fit", device="cpu")
+
+
+def test_interface_outputs_and_band_limited():
+    """The interface H11b's Kramers-Kronig builds on (phase2.md), on the synthetic image (truth:
+    true_ssd and the synthetic ZLP's 0.5 eV FWHM): deconvolve returns ``zlp_fwhm_eV`` (the
+    measured FWHM, to 2 %), ``resolution_eV`` (the band-limited output's is the ZLP FWHM; the
+    ZLP-reconvolved one's too; the Gaussian's its own), ``quality`` (uint32 with the bit table in
+    its attributes; valid = no fatal bit) and the ``deconvolution_output`` attribute;
+    ``output="band-limited"`` is the true SSD convolved with a unit-area Gaussian of the
+    measured FWHM, zero loss at 0 eV, to 1e-3 of its peak (the model's misfit counted)."""
+    sim = _image()
+    e = sim["energy"].values
+    ds = deconvolve(sim["signal"], zlp="mirror", output="band-limited", device="cpu").compute()
+    assert ds.attrs["deconvolution_output"] == "band-limited"
+    assert ds["quality"].dtype == np.uint32 and "flag_bits" in ds["quality"].attrs
+    assert ds["quality"].attrs["flag_bits"]["ZLP_MISMATCH"]["fatal"] is True
+    np.testing.assert_array_equal(ds["valid"].values, (ds["quality"].values & FATAL) == 0)
+    w = ds["zlp_fwhm_eV"].values
+    np.testing.assert_allclose(w, 0.5, rtol=0.02)
+    np.testing.assert_allclose(ds["resolution_eV"].values, w)
+    true = sim["true_ssd"].values.reshape(-1, e.size)
+    got = ds["ssd"].values.reshape(-1, e.size)
+    x = np.arange(-100, 101)
+    for i, wi in enumerate(w.ravel()):
+        sigma = wi / (2 * np.sqrt(2 * np.log(2))) / 0.1
+        g = np.exp(-0.5 * (x / sigma) ** 2)
+        want = np.convolve(true[i], g / g.sum())[100 : 100 + e.size]
+        assert _err(got[i], want, _inside(e)) < 1e-3, i
+    rec = deconvolve(sim["signal"], zlp="mirror", device="cpu").compute()
+    np.testing.assert_allclose(rec["resolution_eV"].values, w, rtol=1e-6)
+    gau = deconvolve(sim["signal"], output="reconvolved-gaussian", fwhm_eV=0.8, device="cpu")
+    np.testing.assert_allclose(gau["resolution_eV"].values, 0.8)
+
+
+def test_numbers_out_of_range_are_input_errors():
+    """Truth: by construction. fwhm_eV <= 0, pad_to below 2, an inverted search range, a
+    negative mean free path or density: one InputError naming the argument and its unit, before
+    anything runs."""
+    sim = _image()
+    si = sim["signal"]
+    for kw, match in (
+        ({"output": "reconvolved-gaussian", "fwhm_eV": 0.0}, "fwhm_eV.*eV"),
+        ({"output": "reconvolved-gaussian", "fwhm_eV": -0.3}, "fwhm_eV"),
+        ({"pad_to": 0}, "pad_to"),
+        ({"search_eV": (5.0, -5.0)}, "search_eV"),
+        ({"mean_free_path_nm": -100.0}, "mean_free_path_nm.*nm"),
+        ({"density_g_cm3": -2.7}, "density_g_cm3.*g/cm3"),
+    ):
+        with pytest.raises(InputError, match=match):
+            deconvolve(si, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("shift", [20.0, 30.0, 100.0])
+def test_zlp_off_axis_right_or_refused(shift):
+    """Issue 12 items 5 and 6, truth: the synthetic t/lambda (0.2 to 3) and true SSD. The image
+    on an axis offset by +20, +30, +100 eV: deconvolve finds every ZLP (AxisOffsetWarning, the
+    AXIS_OFFSET bit, not fatal), its t/lambda map within 0.2 % of the truth, its raw SSD on the
+    stored axis minus the ZLP's offset (the attribute axis_shift_eV), equal to the true SSD to
+    1e-3 of its peak; thickness gives the same t/lambda; with search_eV=(-5, 5) both refuse."""
+    sim = _image()
+    e = sim["energy"].values
+    si = spectrum_image(sim["signal"].values, e + shift, source="offset.dm4", dtype=np.float64)
+    with pytest.warns(AxisOffsetWarning, match="offset.dm4"):
+        ds = deconvolve(si, zlp="mirror", output="ssd", device="cpu").compute()
+    assert ds.attrs["axis_shift_eV"] == pytest.approx(shift)
+    np.testing.assert_allclose(ds["energy"].values, e, atol=1e-9)
+    assert bool(ds["valid"].all()) and (ds["quality"].values & AXIS_OFFSET).all()
+    np.testing.assert_allclose(ds["t_over_lambda"], sim["true_t_over_lambda"], rtol=2e-3)
+    true = sim["true_ssd"].values.reshape(-1, e.size)
+    got = ds["ssd"].values.reshape(-1, e.size)
+    for i in range(got.shape[0]):
+        assert _err(got[i], true[i], _inside(e)) < 1e-3, i
+    with pytest.warns(AxisOffsetWarning):
+        th = thickness(si, zlp="mirror", device="cpu").compute()
+    np.testing.assert_allclose(th["t_over_lambda"], ds["t_over_lambda"], rtol=1e-6)
+    for run in (deconvolve, thickness):
+        with pytest.raises(NoZeroLossPeakError, match="offset.dm4"):
+            run(si, search_eV=(-5.0, 5.0), device="cpu")

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from eelsgpu import synthetic
+from eelsgpu.analysis._lowloss import AxisOffsetWarning
 from eelsgpu.analysis.thickness import calibrate_kk_constant, thickness
 from eelsgpu.errors import EnergyAxisError, InputError, MissingParameterError, NoZeroLossPeakError
 from eelsgpu.kernels.log_ratio import log_ratio_kernel
 from eelsgpu.kernels.mean_free_path import mean_free_path_iakoubovskii_nm
+from eelsgpu.kernels.quality import AXIS_OFFSET
 from eelsgpu.model import spectrum_image
 
 MATERIALS = {"drude": synthetic.Drude(15.0, 1.0), "lorentz": synthetic.Lorentz(16.6, 5.07, 3.7)}
@@ -120,9 +122,10 @@ def test_kk_thickness_composed_and_calibrated():
 def test_bad_input_outcomes():
     """Truth: by construction (synthetic t/lambda = 0.5). A NaN pixel is flagged and NaN, the
     others right; negative counts after dark subtraction still give the right t/lambda; a window
-    starting above 0 eV is NoZeroLossPeakError naming the file; a ZLP 20 eV off is flagged unless
-    the search window is moved, then right; a one-pixel cube works; a reversed axis is an
-    EnergyAxisError."""
+    starting above 0 eV is NoZeroLossPeakError naming the file (its plasmon is no ZLP); a ZLP
+    20 eV off is found (an AxisOffsetWarning naming the file, the AXIS_OFFSET bit) and its
+    t/lambda right, or refused when the search is held to -5..5 eV; a one-pixel cube works; a
+    reversed axis is an EnergyAxisError."""
     sim = synthetic.low_loss_image(
         MATERIALS["drude"],
         t_over_lambda=0.5,
@@ -148,10 +151,13 @@ def test_bad_input_outcomes():
         thickness(high, device="cpu")
     off = spectrum_image(sim["signal"].values, e + 20.0, source="off.msa")  # ZLP at +20 eV
     with pytest.raises(NoZeroLossPeakError, match="off.msa"):
-        thickness(off, device="cpu")
-    moved = thickness(off, search_eV=(15.0, 25.0), device="cpu").compute()
-    assert abs(float(moved["zlp_centre_eV"][0, 0]) - 20.0) < 1e-3
-    assert abs(float(moved["t_over_lambda"][0, 0]) - 0.5) < 1e-3
+        thickness(off, search_eV=(-5.0, 5.0), device="cpu")
+    for search in (None, (15.0, 25.0)):
+        with pytest.warns(AxisOffsetWarning, match="off.msa"):
+            moved = thickness(off, search_eV=search, device="cpu").compute()
+        assert abs(float(moved["zlp_centre_eV"][0, 0]) - 20.0) < 1e-3
+        assert abs(float(moved["t_over_lambda"][0, 0]) - 0.5) < 1e-3
+        assert moved["quality"].values[0, 0] & AXIS_OFFSET and bool(moved["valid"][0, 0])
     one = spectrum_image(sim["signal"].values[:, :1], e)
     assert abs(float(thickness(one, device="cpu")["t_over_lambda"][0, 0]) - 0.5) < 1e-3
     with pytest.raises(EnergyAxisError):
@@ -188,3 +194,57 @@ def test_kk_thickness_on_noisy_image_matches_truth():
     ).compute()
     assert ds["valid"].values.all()
     np.testing.assert_allclose(ds["thickness_nm"].values, sim["true_t_nm"].values, rtol=0.02)
+
+
+def test_kk_thickness_independent_of_the_axis_offset():
+    """Truth: the synthetic thickness (nm) of a Drude metal, t/lambda 0.5 to 1.5. The KK sum-rule
+    thickness integrates the band-limited SSD on energy loss (zero loss at 0 eV whatever the
+    stored axis says; issue 11 measured x5.2 changes on re-zeroing before): within 1 % of the
+    truth, and the same to 1e-4 on the axis offset by +20 eV and by +0.35 eV (7 channels)."""
+    tl = np.array([0.5, 1.0, 1.5])
+    sim = synthetic.low_loss_image(
+        MATERIALS["drude"],
+        t_over_lambda=tl,
+        shape=(tl.size,),
+        n_channels=2048,
+        dispersion_eV=0.05,
+        beam_energy_keV=300.0,
+        dtype=np.float64,
+        return_ssd=False,
+    )
+    e = sim["energy"].values
+    base = thickness(sim["signal"], method="kk", metal=True, device="cpu").compute()
+    np.testing.assert_allclose(base["thickness_nm"].values, sim["true_t_nm"].values, rtol=1e-2)
+    for shift in (20.0, 0.35):
+        si = spectrum_image(
+            sim["signal"].values, e + shift, beam_energy_keV=300.0, collection_angle_mrad=10.0
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AxisOffsetWarning)
+            moved = thickness(si, method="kk", metal=True, device="cpu").compute()
+        np.testing.assert_allclose(
+            moved["thickness_nm"].values, base["thickness_nm"].values, rtol=1e-4
+        )
+
+
+def test_range_checks():
+    """Truth: by construction. Numbers out of range are one InputError naming the argument and
+    its unit: a negative mean free path, density or Zeff, a zero beam energy, a refractive index
+    of 1 or less, an inverted search range, a calibration thickness of 0."""
+    sim = synthetic.low_loss_image(
+        MATERIALS["drude"], t_over_lambda=0.5, shape=(1, 2), n_channels=512, return_ssd=False
+    )
+    si = sim["signal"]
+    for kw, match in (
+        ({"mean_free_path_nm": -100.0}, "mean_free_path_nm.*nm"),
+        ({"density_g_cm3": 0.0}, "density_g_cm3.*g/cm3"),
+        ({"zeff": -13.0, "beam_energy_keV": 200.0}, "zeff"),
+        ({"density_g_cm3": 2.7, "beam_energy_keV": 0.0}, "beam_energy_keV.*keV"),
+        ({"method": "kk", "refractive_index": 0.9}, "refractive_index"),
+        ({"search_eV": (3.0, -3.0)}, "search_eV"),
+    ):
+        with pytest.raises(InputError, match=match):
+            thickness(si, device="cpu", **kw)
+    ds = thickness(si, method="kk", metal=True, device="cpu")
+    with pytest.raises(InputError, match="thickness_nm.*nm"):
+        calibrate_kk_constant(ds, 0.0)

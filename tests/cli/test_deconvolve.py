@@ -27,3 +27,35 @@ def test_cli_deconvolve(tmp_path):
     np.testing.assert_allclose(t, true, rtol=0.02, atol=0.01)
     np.testing.assert_allclose(ds["t_over_lambda"], sim["true_t_over_lambda"], rtol=0.02)
     np.testing.assert_allclose(ds["thickness_nm"], 120.0 * ds["t_over_lambda"], rtol=1e-6)
+
+
+def test_cli_deconvolve_search_and_band_limited(tmp_path, capsys):
+    """`eelsgpu deconvolve --kind band-limited --search LO HI` on the synthetic image with its
+    axis offset by +20 eV (truth: the synthetic t/lambda): written with the measured ZLP FWHM
+    as resolution_eV and the quality map, t/lambda to 0.2 %; a search range that misses the
+    ZLP is one line naming the file, exit 2."""
+    from eelsgpu import io
+    from eelsgpu.cli import main
+    from eelsgpu.model import spectrum_image
+
+    sim = _image()
+    si = spectrum_image(
+        sim["signal"].values, sim["energy"].values + 20.0, source="off.zarr", dtype=np.float64
+    )
+    src = tmp_path / "in.zarr"
+    io.write_store(si, src)
+    out = tmp_path / "out.zarr"
+    args = ["deconvolve", str(src), "-o", str(out), "--kind", "band-limited", "--device", "cpu"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*args, "--search", "15", "25"]) == 0
+    ds = io.open_store(out)
+    assert ds.attrs["deconvolution_output"] == "band-limited"
+    np.testing.assert_allclose(ds["resolution_eV"], ds["zlp_fwhm_eV"], rtol=1e-6)
+    np.testing.assert_allclose(ds["t_over_lambda"], sim["true_t_over_lambda"], rtol=2e-3)
+    assert "quality flags (pixels): AXIS_OFFSET 12" in capsys.readouterr().out
+    rc = main([*args[:3], str(tmp_path / "o2.zarr"), "--search", "-5", "5", "-q"])
+    assert rc == 2
+    assert "no pixel has a usable zero-loss peak" in capsys.readouterr().err

@@ -51,10 +51,15 @@ def test_fast_length_is_smallest_5_smooth():
 @pytest.mark.parametrize("material", ["drude", "lorentz"])
 @pytest.mark.parametrize("t_over_lambda", [0.1, 0.5, 1.0, 2.0, 3.0, 4.0])
 def test_ssd_equals_true_ssd(xp, material, t_over_lambda):
-    """Raw SSD = synthetic true_ssd to 1e-3 of its peak, true ZLP as R, t/lambda 0.1 to 4
-    (float64, NumPy and array-api-strict); all but the last 3 eV of the window."""
+    """Raw SSD = synthetic true_ssd to 1e-3 of its peak, true ZLP as R (exact: no misfit
+    counted), t/lambda 0.1 to 4 (float64, NumPy and array-api-strict); all but the last 3 eV of
+    the window. Measured with the measured-error roll-off: 2e-5 to 6e-4 (before issue 11's
+    roll-off: 1e-4 to 6e-4); with the misfit counted as for a model made from the data, 2e-4
+    to 9e-4."""
     e, j, zlp, true = _case(material, t_over_lambda)
-    out = fourier_log_kernel(asarray(xp, j[None]), asarray(xp, e), asarray(xp, zlp[None]))
+    out = fourier_log_kernel(
+        asarray(xp, j[None]), asarray(xp, e), asarray(xp, zlp[None]), misfit=False
+    )
     ssd = to_numpy(out["ssd"])[0]
     assert bool(to_numpy(out["valid"])[0])
     assert _err(ssd, true, _inside(e)) < 1e-3
@@ -65,13 +70,17 @@ def test_ssd_equals_true_ssd(xp, material, t_over_lambda):
 @pytest.mark.parametrize("material", ["drude", "lorentz"])
 @pytest.mark.parametrize("t_over_lambda", [0.1, 1.0, 3.0, 4.0])
 def test_ssd_float32(material, t_over_lambda):
-    """float32 input (all the work in float32): raw SSD = true_ssd to 1e-3 of its peak (measured
-    worst 7e-4, at t/lambda 4) but in the last 3 eV; reconvolved with R to 1e-3 on the whole
-    window."""
+    """float32 input (all the work in float32), true ZLP: raw SSD = true_ssd to 1.2e-3 of its
+    peak but in the last 3 eV (measured worst 9.9e-4, Drude at t/lambda 4, at the plasmon peak:
+    float32's rounding is the noise that limits the raw SSD to a 0.27 eV point-spread there, and
+    the 1 eV plasmon is blurred by it; before issue 11's roll-off: 7e-4); reconvolved with R to
+    1e-3 on the whole window."""
     e, j, zlp, true = _case(material, t_over_lambda)
-    out = fourier_log_kernel(j[None].astype(np.float32), e, zlp[None].astype(np.float32))
+    out = fourier_log_kernel(
+        j[None].astype(np.float32), e, zlp[None].astype(np.float32), misfit=False
+    )
     assert out["ssd"].dtype == np.float32
-    assert _err(out["ssd"][0], true, _inside(e)) < 1e-3
+    assert _err(out["ssd"][0], true, _inside(e)) < 1.2e-3
     rec = fourier_log_kernel(
         j[None].astype(np.float32), e, zlp[None].astype(np.float32), output="reconvolved-zlp"
     )
@@ -83,7 +92,9 @@ def test_ssd_float32(material, t_over_lambda):
 def test_thickness_conservation(xp, t_over_lambda):
     """sum(SSD)/N0 = t/lambda of the window (sum(true_ssd)/N0) to 1e-3, and N0 = sum(ZLP)."""
     e, j, zlp, true = _case("drude", t_over_lambda)
-    out = fourier_log_kernel(asarray(xp, j[None]), asarray(xp, e), asarray(xp, zlp[None]))
+    out = fourier_log_kernel(
+        asarray(xp, j[None]), asarray(xp, e), asarray(xp, zlp[None]), misfit=False
+    )
     n0 = float(to_numpy(out["zlp_intensity"])[0])
     assert n0 == pytest.approx(zlp.sum(), rel=1e-12)
     got = float(to_numpy(out["ssd"])[0].sum()) / n0
@@ -117,10 +128,12 @@ def test_principal_branch_log_fails_where_unwrapping_does_not():
     phase gives it to 1e-3."""
     for t in (4.0, 5.0):
         e, j, zlp, true = _case("drude", t, dispersion_eV=0.2)
-        good = fourier_log_kernel(j[None], e, zlp[None])["ssd"][0]
+        good = fourier_log_kernel(j[None], e, zlp[None], misfit=False)["ssd"][0]
         assert _err(good, true, _inside(e)) < 1e-3
         for damping in (1.0, 1e-2):
-            bad = fourier_log_kernel(j[None], e, zlp[None], unwrap=False, damping=damping)
+            bad = fourier_log_kernel(
+                j[None], e, zlp[None], unwrap=False, damping=damping, misfit=False
+            )
             assert _err(bad["ssd"][0], true, _inside(e)) > 0.05
 
 
@@ -128,7 +141,9 @@ def test_window_from_minus_1_eV(xp):
     """A window starting at -1 eV (exspy's Hann taper wrecks this case, 92-104 % error): ours
     still equals true_ssd to 1e-3 of its peak (no taper at the low end)."""
     e, j, zlp, true = _case("drude", 1.0, offset_eV=-1.0)
-    out = fourier_log_kernel(asarray(xp, j[None]), asarray(xp, e), asarray(xp, zlp[None]))
+    out = fourier_log_kernel(
+        asarray(xp, j[None]), asarray(xp, e), asarray(xp, zlp[None]), misfit=False
+    )
     assert _err(to_numpy(out["ssd"])[0], true, _inside(e)) < 1e-3
 
 
@@ -136,8 +151,8 @@ def test_sub_channel_origin_is_a_fourier_shift():
     """eq. 25 with the 0 eV point between channels: relabelling the axis by half a channel shifts
     the SSD by half a channel (against the whole-channel result, spline-interpolated), not zero."""
     e, j, zlp, _ = _case("drude", 1.0)
-    a = fourier_log_kernel(j[None], e, zlp[None])["ssd"][0]
-    b = fourier_log_kernel(j[None], e - 0.025, zlp[None])["ssd"][0]  # 0 eV half a channel up
+    a = fourier_log_kernel(j[None], e, zlp[None], misfit=False)["ssd"][0]
+    b = fourier_log_kernel(j[None], e - 0.025, zlp[None], misfit=False)["ssd"][0]  # 0 eV +1/2 ch
     from scipy.interpolate import CubicSpline
 
     want = CubicSpline(e, a)(e - 0.025)  # S at the losses of b's channels, from a
@@ -156,7 +171,7 @@ def test_exspy_thick_case(exspy_cases):
     ours = fourier_log_kernel(j[None], e, zlp[None], output="reconvolved-zlp")["ssd"][0]
     assert _err(ours, truth) < 1e-3
     assert _err(d["exspy_fld"], truth) > 0.05
-    raw = fourier_log_kernel(j[None], e, zlp[None])["ssd"][0]
+    raw = fourier_log_kernel(j[None], e, zlp[None], misfit=False)["ssd"][0]
     assert _err(raw, d["in_ssd_true"], _inside(e)) < 1e-3
 
 
@@ -208,7 +223,7 @@ def test_nan_and_zero_zlp_pixels_are_flagged(xp):
     block = np.stack([j, j, j])
     block[1, 500] = np.nan
     z = np.stack([zlp, zlp, np.zeros_like(zlp)])
-    out = fourier_log_kernel(asarray(xp, block), asarray(xp, e), asarray(xp, z))
+    out = fourier_log_kernel(asarray(xp, block), asarray(xp, e), asarray(xp, z), misfit=False)
     valid = to_numpy(out["valid"])
     assert valid.tolist() == [True, False, False]
     ssd = to_numpy(out["ssd"])
@@ -291,8 +306,11 @@ def test_numpy_fast_path_equals_twin(dtype):
 def test_poisson_noise_ssd_integral_at_counting_limit(t_over_lambda):
     """Poisson noise, 1e5 counts in the ZLP, true ZLP as R: sum(SSD)/N0 scatters over 40 pixels
     as counting statistics predict for ln(N_total/N0) with N0 known, sd = 1/sqrt(N_total)
-    (within 1.5x; truth: synthetic true_ssd), unbiased, and the raw SSD stays within 20 % rms of
-    its peak (the noise weight keeps noise divided by a vanishing Z~ out)."""
+    (within 1.5x; truth: synthetic true_ssd), unbiased; the measured error reaches the signal
+    inside the ZLP's band, so every pixel is band-limited to a Gaussian of the ZLP FWHM
+    (``floored``, ``resolution_eV`` 0.5 eV) and the raw SSD equals the true SSD convolved with
+    that Gaussian to 3 % rms of its peak (measured 0.8 %; before issue 11's roll-off the raw SSD
+    was off the truth by 20 % rms, 0.3 to 17 times its peak at single channels)."""
     n0 = 1e5
     sim = synthetic.low_loss_image(
         MATERIALS["drude"],
@@ -305,12 +323,90 @@ def test_poisson_noise_ssd_integral_at_counting_limit(t_over_lambda):
     )
     e = sim["energy"].values
     zlp = sim["true_zlp_shape"].values[None, :] * sim["true_zlp_intensity"].values[0][:, None]
-    out = fourier_log_kernel(sim["signal"].values[0], e, zlp)
+    out = fourier_log_kernel(sim["signal"].values[0], e, zlp, misfit=False, metrics=True)
     true = sim["true_ssd"].values[0]
-    assert out["valid"].all()
+    assert out["valid"].all() and out["floored"].all()
+    np.testing.assert_allclose(out["resolution_eV"], out["zlp_fwhm_eV"], rtol=1e-9)
+    np.testing.assert_allclose(out["zlp_fwhm_eV"], 0.5, rtol=0.02)
     dev = out["ssd"].sum(-1) / n0 - true.sum(-1) / n0
     sd_counting = 1.0 / math.sqrt(n0 * math.exp(t_over_lambda))
     assert dev.std() < 1.5 * sd_counting
     assert abs(dev.mean()) < 3 * sd_counting / math.sqrt(40) + 1e-3
-    rms = np.sqrt(((out["ssd"] - true) ** 2).mean()) / true.max()
-    assert rms < 0.2
+    sigma = 0.5 / (2 * math.sqrt(2 * math.log(2)) * 0.05)  # channels
+    x = np.arange(-100, 101)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    blurred = np.array([np.convolve(t, g / g.sum())[100 : 100 + t.size] for t in true])
+    rms = np.sqrt(((out["ssd"] - blurred) ** 2).mean()) / true.max()
+    assert rms < 0.03
+    assert (out["ringing"] < 0.1).all() and (out["negative_lobe"] < 0.1).all()
+
+
+def test_weight_is_one_at_zero_frequency(xp):
+    """Truth: eq. 22 at zero frequency, sum(SSD) = N0 ln(I_ext/N0) (I_ext the window and the
+    continuation the transform sees). With the exponential weight off (damping=1) the raw SSD
+    summed over the transform period meets it to rounding, on a noise-free spectrum (Wiener
+    weight) and a noisy one (band-limited Gaussian), NumPy and array-api-strict: the roll-off
+    never acts at zero frequency (the old noise weight scaled it by 0.93 on the LSMO 80 kV
+    scan)."""
+    e, j, zlp, _ = _case("lorentz", 1.0)
+    rng = np.random.default_rng(5)
+    noisy = rng.poisson(np.maximum(j * 1e5 / zlp.sum(), 0)).astype(np.float64)
+    for y, z in ((j, zlp), (noisy, zlp * 1e5 / zlp.sum())):
+        out = fourier_log_kernel(
+            asarray(xp, y[None]), asarray(xp, e), asarray(xp, z[None]), damping=1.0, metrics=True
+        )
+        assert abs(float(to_numpy(out["sum_error"])[0])) < 1e-9
+
+
+def test_band_limited_and_gaussian_outputs(xp):
+    """Truth: the synthetic true_ssd convolved with a unit-area Gaussian. ``band-limited`` is
+    the SSD convolved with a Gaussian of the ZLP's measured FWHM (0.5 eV here) and zero loss at
+    0 eV, to 1e-3 of its peak on the whole window, on a noise-free Lorentz spectrum at
+    t/lambda 2 (the mirror model made from the data, its misfit counted); its resolution_eV
+    is that FWHM; ``reconvolved-gaussian`` records its own FWHM."""
+    e, j, zlp, true = _case("lorentz", 2.0)
+    from eelsgpu.kernels.zlp import zlp_kernel
+
+    model = zlp_kernel(j[None], e, method="mirror")["zlp"]
+    out = fourier_log_kernel(
+        asarray(xp, j[None]), asarray(xp, e), asarray(xp, model), output="band-limited"
+    )
+    w = float(to_numpy(out["zlp_fwhm_eV"])[0])
+    assert abs(w - 0.5) < 0.01
+    assert float(to_numpy(out["resolution_eV"])[0]) == pytest.approx(w)
+    sigma = w / (2 * math.sqrt(2 * math.log(2))) / 0.05
+    x = np.arange(-200, 201)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    want = np.convolve(true, g / g.sum())[200 : 200 + N_E]
+    assert _err(to_numpy(out["ssd"])[0], want) < 1e-3
+    gau = fourier_log_kernel(
+        asarray(xp, j[None]),
+        asarray(xp, e),
+        asarray(xp, model),
+        output="reconvolved-gaussian",
+        fwhm_eV=0.8,
+    )
+    assert float(to_numpy(gau["resolution_eV"])[0]) == pytest.approx(0.8)
+
+
+def test_models_from_noise_free_data(xp):
+    """Truth: true_ssd. With a ZLP model made from the data (its misfit on the gain side counted
+    as error), noise-free Drude and Lorentz spectra at t/lambda 1: the mirror gives the raw SSD
+    to 1e-3 of its peak (measured 5e-4 and 8e-4; before: 8e-4 and 7e-3), the truncation to 5e-3
+    (measured 1.6e-3 and 3.6e-3; before, with the fixed roll-off: 2e-2 and 0.28: its step at the
+    cut rang through the whole SSD)."""
+    from eelsgpu.kernels.zlp import zlp_kernel
+
+    for material, tol_mirror in (("drude", 1e-3), ("lorentz", 1e-3)):
+        e, j, _, true = _case(material, 1.0)
+        for method, tol in (("mirror", tol_mirror), ("threshold", 5e-3)):
+            z = zlp_kernel(j[None], e, method=method)
+            model = np.nan_to_num(z["zlp"])
+            tied = (model == j[None]) & (model != 0) if method == "threshold" else None
+            out = fourier_log_kernel(
+                asarray(xp, j[None]),
+                asarray(xp, e),
+                asarray(xp, model),
+                tied=None if tied is None else asarray(xp, tied, bool),
+            )
+            assert _err(to_numpy(out["ssd"])[0], true, _inside(e)) < tol, (material, method)
