@@ -64,6 +64,31 @@ def _float_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
+#: Peak device bytes per spectrum of the library's block kernels at 2048 float32 channels, measured
+#: with the counting stand-in (benchmarks/bench_gpu_budget.py prints them; a test checks they still
+#: hold), for declarations that do not carry
+#: :attr:`~eelsgpu.kernels.declare.BlockKernel.peak_bytes_per_spectrum` yet. Scaled linearly with
+#: the channel count. The kernel phase of issue 13 moves them into the declarations.
+MEASURED_PEAK_BYTES: dict[str, int] = {}
+
+#: For a kernel with no measured peak: this many times its input spectrum (a Fourier-log kernel
+#: holds about 30 block-sized float32/complex64 temporaries at once).
+DEFAULT_PEAK_FACTOR = 64
+
+#: The channel count the peaks are given at.
+PEAK_CHANNELS = 2048
+
+
+def peak_bytes_per_spectrum(decl: BlockKernel, n_energy: int, itemsize: int = 4) -> int:
+    """Device bytes one spectrum of ``decl``'s kernel holds at its peak, for ``n_energy`` channels
+    of ``itemsize`` bytes: the declaration's measured hint, else :data:`MEASURED_PEAK_BYTES`, else
+    :data:`DEFAULT_PEAK_FACTOR` times the input spectrum."""
+    hint = getattr(decl, "peak_bytes_per_spectrum", None) or MEASURED_PEAK_BYTES.get(decl.label)
+    if hint:
+        return int(hint * (n_energy / PEAK_CHANNELS) * (itemsize / 4)) + 1
+    return DEFAULT_PEAK_FACTOR * n_energy * itemsize
+
+
 def _run_block(
     block: np.ndarray,
     *extras: np.ndarray,
@@ -76,30 +101,55 @@ def _run_block(
     pack_dtype: np.dtype,
     params: Mapping[str, Any],
     tile_pixels: int | None = None,
+    peak_bytes: int = 0,
 ) -> np.ndarray:
     nav_shape = block.shape[:-1]
     n_e = block.shape[-1]
     flat = block.reshape(-1, n_e)
     n_pix = flat.shape[0]
-    mover = gpu.mover_for(device)
-    dev_energy = backend.to_device(energy, device)
     flat_extras = [
         arr.reshape(-1) if is_map else arr.reshape(-1, arr.shape[-1])
         for arr, is_map in zip(extras, extra_is_map, strict=True)
     ]
     widths = [out.width(n_e) for out in outputs]
+    # The device is decided HERE, in the process that runs the block (a dask worker), never on
+    # the client that built the graph: `auto` on a login node without a GPU still uses the GPUs
+    # of the compute nodes.
+    resolved = backend.from_spec(device)
+    if resolved != "cpu":
+        # The GPU path (CuPy, or an array-API namespace standing in for it): the block goes over
+        # whole (in passes only where device memory asks for it), results packed on the device
+        # and copied back once (eelsgpu.engine.transfer).
+        pool = gpu.pool_for(gpu.device_for(resolved))
+        try:
+            packed = pool.run(
+                flat,
+                kernel,
+                energy=energy,
+                widths=widths,
+                names=[o.name for o in outputs],
+                dtype=pack_dtype,
+                peak_per_spectrum=peak_bytes or DEFAULT_PEAK_FACTOR * n_e * 4,
+                params=params,
+                extras=dict(zip(extra_names, flat_extras, strict=True)),
+            )
+        except KeyError as exc:
+            raise KeyError(
+                f"kernel {getattr(kernel, '__name__', kernel)} did not return {exc.args[0]!r}"
+            ) from None
+        return packed.reshape(*nav_shape, packed.shape[-1])
+
+    mover = gpu.mover_for("cpu")
     packed = np.empty((n_pix, int(sum(widths))), dtype=pack_dtype)
     # On a CPU the block is cut into tiles of a few MB so that the kernel's intermediates (an rfft
-    # of the tile, its log...) stay in cache; on a GPU the block goes over in one copy and the
-    # kernel sees it whole (the device wants large batches).
-    tile = None if device == "gpu" else tile_pixels
-    for rows in gpu.iter_tiles(n_pix, tile):
+    # of the tile, its log...) stay in cache.
+    for rows in gpu.iter_tiles(n_pix, tile_pixels):
 
         def call(dev_block: Any, rows: slice = rows) -> Mapping[str, Any]:
             kwargs = dict(params)
             for name, arr in zip(extra_names, flat_extras, strict=True):
-                kwargs[name] = backend.to_device(arr[rows], device)
-            return kernel(dev_block, dev_energy, **kwargs)
+                kwargs[name] = arr[rows]
+            return kernel(dev_block, energy, **kwargs)
 
         result = mover.run(flat[rows], call, dtype=pack_dtype)
         start = 0
@@ -118,6 +168,31 @@ def _run_block(
 def default_tile_pixels(n_energy: int, itemsize: int = 4) -> int:
     """Spectra per CPU tile: about :data:`TILE_BYTES` of input (see benchmarks/bench_engine.py)."""
     return max(16, TILE_BYTES // max(1, n_energy * itemsize))
+
+
+def _pixel_blocks(data: Any) -> da.Array:
+    """``data`` as a dask array of whole spectra in pixel blocks.
+
+    An array in memory (NumPy, a DataArray without chunks) or a single dask chunk would be one
+    task, so one core: it is cut into blocks of about ``TASK_BYTES["local"]`` of float32 input,
+    and at least two per core where the image is large enough (a block keeps >= 256 spectra). A
+    dask array with several chunks keeps them (they follow its storage)."""
+    import os
+
+    from .chunking import TASK_BYTES, task_chunks
+
+    arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
+    if arr.ndim > 1 and arr.npartitions == 1:
+        n_e = arr.shape[-1]
+        n_pix = int(np.prod(arr.shape[:-1]))
+        per_spectrum = n_e * 4  # the kernels' float32
+        by_cores = n_pix * per_spectrum // (2 * (os.cpu_count() or 1))
+        target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
+        ones = (1,) * (arr.ndim - 1) + (n_e,)
+        arr = arr.rechunk(task_chunks(arr.shape, ones, 4, target))
+    if len(arr.chunks[-1]) > 1:
+        arr = arr.rechunk({arr.ndim - 1: -1})  # a kernel needs whole spectra
+    return arr
 
 
 @dataclass(frozen=True)
@@ -191,9 +266,15 @@ def apply_kernel(
     decl : BlockKernel
         The kernel, its outputs and its preferred tile size (:mod:`eelsgpu.kernels.declare`).
     si : xarray.DataArray
-        The spectrum image (dims ``(..., "energy")``), dask-backed or not.
-    device : {"auto", "cpu", "gpu"}
-        Where the kernel runs (see :mod:`eelsgpu.engine.device`).
+        The spectrum image (dims ``(..., "energy")``), dask-backed or not. One held in memory
+        (NumPy, or a single dask chunk) is cut into pixel blocks of about
+        :data:`~eelsgpu.engine.chunking.TASK_BYTES` ``["local"]`` (at least two per core where it
+        is large enough), so that every core works on it.
+    device : {"auto", "cpu", "gpu"} or array-API namespace module
+        Where the kernel runs (see :mod:`eelsgpu.engine.device`), decided in the process that
+        runs each block (a dask worker), not here. A namespace module (``array_api_strict``, the
+        counting stand-in :data:`eelsgpu.engine.counting.xp`) runs the GPU code path with that
+        namespace standing in for CuPy.
     extras : mapping, optional
         Per-pixel arrays the kernel needs beside the block, each either a map with the image's
         navigation shape or a cube with the image's shape (a per-pixel ZLP, a thickness map).
@@ -223,10 +304,8 @@ def apply_kernel(
         tile_pixels = decl.tile_pixels
     # a DataArray with an 'energy' dim (wherever it is: moved last), real numbers, not empty
     si = as_spectrum_image(si, "apply_kernel")
-    device = backend.resolve_device(device)
-    data = si.data if isinstance(si.data, da.Array) else da.from_array(np.asarray(si.data))
-    if len(data.chunks[-1]) > 1:
-        data = data.rechunk({data.ndim - 1: -1})  # a kernel needs whole spectra
+    device = backend.check_device(device)  # validated; decided on the workers
+    data = _pixel_blocks(si.data)
     nav_dims = si.dims[:-1]
     n_e = si.sizes["energy"]
     energy = np.asarray(si["energy"].values, dtype=np.float64)
@@ -249,10 +328,9 @@ def apply_kernel(
 
     widths = [o.width(n_e) for o in outputs]
     total = int(sum(widths))
-    host_params = {
-        k: (backend.to_device(v, device) if isinstance(v, np.ndarray) else v)
-        for k, v in params.items()
-    }
+    # parameter arrays stay NumPy here: each worker copies them to its device (once per device
+    # thread, on the stream its kernels run on)
+    host_params = dict(params)
     if tile_pixels is None:
         tile_pixels = default_tile_pixels(n_e, np.dtype(pack_dtype).itemsize)
     block_fn = _BlockFunction(
@@ -261,10 +339,11 @@ def apply_kernel(
         outputs=tuple(outputs),
         extra_names=tuple(extra_names),
         extra_is_map=tuple(extra_is_map),
-        device=device,
+        device=backend.device_spec(device),
         pack_dtype=pack_dtype,
         params=host_params,
         tile_pixels=int(tile_pixels) or None,
+        peak_bytes=peak_bytes_per_spectrum(decl, n_e, np.dtype(pack_dtype).itemsize),
     )
     data_ind = tuple(range(data.ndim))
     nav_ind = data_ind[:-1]
@@ -331,6 +410,7 @@ class _BlockFunction:
     pack_dtype: np.dtype
     params: Mapping[str, Any]
     tile_pixels: int | None = None
+    peak_bytes: int = 0
 
     def __call__(self, block: np.ndarray, *extras: np.ndarray) -> np.ndarray:
         return _run_block(
@@ -345,4 +425,5 @@ class _BlockFunction:
             pack_dtype=self.pack_dtype,
             params=self.params,
             tile_pixels=self.tile_pixels,
+            peak_bytes=self.peak_bytes,
         )

@@ -8,7 +8,12 @@ only place that knows about devices. It
   trusting that ``import cupy`` works, because CuPy installs break in many ways (driver too old,
   wrong CUDA wheel, no device visible in a container);
 * resolves ``device="auto" | "cpu" | "gpu"`` to a concrete device, with a clear error when a GPU is
-  asked for and none is usable;
+  asked for and none is usable -- in the process that runs the blocks (a dask worker), never on
+  the client that builds the graph (:func:`check_device` is the client's side: it validates and,
+  for a local run, fails early, but decides nothing);
+* accepts an array-API namespace module (``array_api_strict``, the counting stand-in
+  :data:`eelsgpu.engine.counting.xp`) as the device: the GPU code path then runs with that
+  namespace standing in for CuPy (:func:`eelsgpu.engine.transfer.namespace_device`);
 * moves blocks to the device and results back to the host.
 
 Examples
@@ -34,10 +39,14 @@ from ..errors import EelsgpuError
 
 __all__ = [
     "DeviceError",
+    "check_device",
+    "device_spec",
+    "is_namespace",
     "GPUStatus",
     "array_namespace",
     "gpu_status",
     "namespace",
+    "from_spec",
     "resolve_device",
     "to_device",
     "to_host",
@@ -84,16 +93,33 @@ def gpu_status() -> GPUStatus:
     return GPUStatus(True, "ok", name)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """Turn ``"auto" | "cpu" | "gpu"`` into ``"cpu"`` or ``"gpu"``.
+def is_namespace(device: Any) -> bool:
+    """True for an array-API namespace given as the device (a module with ``asarray``)."""
+    return (
+        not isinstance(device, str) and hasattr(device, "asarray") and hasattr(device, "__name__")
+    )
+
+
+def _bad_device(device: Any) -> None:
+    from ..errors import InputError
+
+    raise InputError(
+        f"device must be one of {', '.join(DEVICES)} or an array-API namespace module "
+        f"(e.g. array_api_strict, standing in for CuPy), not {device!r}"
+    )
+
+
+def resolve_device(device: Any = "auto") -> Any:
+    """Turn ``"auto" | "cpu" | "gpu"`` into ``"cpu"`` or ``"gpu"``, here (call it in the process
+    that runs the blocks); an array-API namespace module is returned as it is.
 
     ``auto`` takes the GPU when the probe says it is usable, else the CPU. ``gpu`` without a
     usable GPU raises :class:`DeviceError` saying why.
     """
+    if is_namespace(device):
+        return device
     if device not in DEVICES:
-        from ..errors import InputError
-
-        raise InputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+        _bad_device(device)
     if device == "cpu":
         return "cpu"
     status = gpu_status()
@@ -106,8 +132,67 @@ def resolve_device(device: str = "auto") -> str:
     return "gpu" if status.usable else "cpu"
 
 
-def namespace(device: str = "cpu") -> Any:
-    """The array namespace for a resolved device: NumPy's or CuPy's (array-API compatible)."""
+def _distributed_client() -> Any:
+    """The dask.distributed client the graph will run on, if one is active (not imported here
+    unless the caller already did)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ValueError, ImportError):
+        return None
+
+
+def check_device(device: Any = "auto") -> Any:
+    """The client's side of the device choice: validate ``device`` and return it UNRESOLVED.
+
+    The device is decided where the blocks run (:func:`resolve_device` on each worker), so that
+    ``auto`` on a login node without a GPU still uses the GPUs of the compute nodes. Only
+    ``"gpu"`` asked for in a local run (no dask.distributed client active) with no usable GPU here
+    fails now, with the reason, rather than in the first block.
+    """
+    if is_namespace(device):
+        return device
+    if device not in DEVICES:
+        _bad_device(device)
+    if device == "gpu" and _distributed_client() is None:
+        resolve_device("gpu")  # raises DeviceError here, saying why
+    return device
+
+
+def device_spec(device: Any) -> str:
+    """A picklable name of an unresolved device: ``auto``/``cpu``/``gpu``, or ``ns:<ref>`` for a
+    namespace (its ``__eelsgpu_ref__`` ``module:attribute``, else its module name)."""
+    if is_namespace(device):
+        return "ns:" + str(getattr(device, "__eelsgpu_ref__", device.__name__))
+    return str(device)
+
+
+@functools.cache
+def _import_ref(ref: str) -> Any:
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
+
+
+def from_spec(spec: str) -> Any:
+    """The device a :func:`device_spec` names, resolved in this process (a namespace imported)."""
+    if spec.startswith("ns:"):
+        return _import_ref(spec[3:])
+    return resolve_device(spec)
+
+
+def namespace(device: Any = "cpu") -> Any:
+    """The array namespace for a device: NumPy's, CuPy's (array-API compatible), or the
+    namespace module given as the device."""
+    if is_namespace(device):
+        return device
     if resolve_device(device) == "gpu":
         import cupy
 
@@ -115,8 +200,10 @@ def namespace(device: str = "cpu") -> Any:
     return array_namespace(np.empty(0))
 
 
-def to_device(array: Any, device: str) -> Any:
+def to_device(array: Any, device: Any) -> Any:
     """Copy a host array to ``device`` (no copy for the CPU)."""
+    if is_namespace(device):
+        return device.asarray(np.asarray(array))
     if resolve_device(device) == "gpu":
         import cupy
 

@@ -96,6 +96,12 @@ class BlockKernel:
         Names of per-pixel arrays (maps or cubes) the kernel takes beside the block.
     name : str
         For messages; default the kernel function's name.
+    peak_bytes_per_spectrum : int or None
+        The most device memory (bytes) the kernel holds at once per spectrum of 2048 float32
+        channels, measured with the counting stand-in (:mod:`eelsgpu.engine.counting`;
+        benchmarks/bench_gpu_budget.py prints it). On a GPU the engine sizes its passes and
+        bounds the blocks in flight with it (scaled with the channel count); ``None``: the
+        engine's measured table, else a conservative default.
     """
 
     kernel: Kernel
@@ -103,6 +109,7 @@ class BlockKernel:
     tile_pixels: int | None = None
     extras: tuple[str, ...] = ()
     name: str = ""
+    peak_bytes_per_spectrum: int | None = None
 
     def outputs_for(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
         """The outputs for these kernel parameters."""
