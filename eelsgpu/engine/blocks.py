@@ -173,23 +173,27 @@ def default_tile_pixels(n_energy: int, itemsize: int = 4) -> int:
 def _pixel_blocks(data: Any) -> da.Array:
     """``data`` as a dask array of whole spectra in pixel blocks.
 
-    An array in memory (NumPy, a DataArray without chunks) or a single dask chunk would be one
-    task, so one core: it is cut into blocks of about ``TASK_BYTES["local"]`` of float32 input,
-    and at least two per core where the image is large enough (a block keeps >= 256 spectra). A
-    dask array with several chunks keeps them (they follow its storage)."""
+    An array in memory (NumPy, a DataArray without chunks) would be one task, so one core: it is
+    cut into blocks of about ``TASK_BYTES["local"]`` of float32 input, and at least two per core
+    where the image is large enough (a block keeps >= 256 spectra). A dask array keeps its
+    chunks (they follow its storage, or what the caller asked for)."""
     import os
 
     from .chunking import TASK_BYTES, task_chunks
 
-    arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
-    if arr.ndim > 1 and arr.npartitions == 1:
-        n_e = arr.shape[-1]
-        n_pix = int(np.prod(arr.shape[:-1]))
-        per_spectrum = n_e * 4  # the kernels' float32
-        by_cores = n_pix * per_spectrum // (2 * (os.cpu_count() or 1))
-        target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
-        ones = (1,) * (arr.ndim - 1) + (n_e,)
-        arr = arr.rechunk(task_chunks(arr.shape, ones, 4, target))
+    if isinstance(data, da.Array):
+        arr = data
+    else:
+        host = np.asarray(data)
+        chunks: Any = -1
+        if host.ndim > 1:
+            n_e = host.shape[-1]
+            per_spectrum = n_e * 4  # the kernels' float32
+            by_cores = host.size * 4 // (2 * (os.cpu_count() or 1))
+            target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
+            ones = (1,) * (host.ndim - 1) + (n_e,)
+            chunks = task_chunks(host.shape, ones, 4, target)
+        arr = da.from_array(host, chunks=chunks)
     if len(arr.chunks[-1]) > 1:
         arr = arr.rechunk({arr.ndim - 1: -1})  # a kernel needs whole spectra
     return arr

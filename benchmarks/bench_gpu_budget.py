@@ -1,0 +1,231 @@
+"""What the GPU path would cost on an H100, counted on a CPU with the counting stand-in.
+
+Every job runs the engine's GPU code path (block staging, the copies, the kernels, the results
+packed on the device and copied back) with :data:`eelsgpu.engine.counting.xp` (array-api-strict,
+counted) standing in for CuPy, on a synthetic float32 block of ``pixels`` x 2048 channels (ONE
+block: the image is a single dask chunk). Nothing here runs on a GPU. Printed per job:
+
+* array operations (each at least one kernel launch on CuPy), host synchronisations, float64
+  arrays made from float32 input (count and the largest, in elements per spectrum), MiB read and
+  written per spectrum (operands + results of every operation), the peak device bytes per
+  spectrum (the engine's :data:`~eelsgpu.engine.blocks.MEASURED_PEAK_BYTES`);
+* whether the counts grow with the block's pixel count (the same job at ``--small`` pixels);
+* the H100 throughput they imply, from three limits per block of N spectra:
+  launch-bound ``t_launch = (ops + syncs) x 10 us`` (each operation costs about 10 us of launch
+  and driver time; after a host sync the GPU idles for about one more launch before work
+  arrives again), memory-bound ``t_hbm = bytes / 3.35 TB/s``, and the bus
+  ``t_pcie = (input + output bytes) / 50 GB/s`` (pinned, PCIe Gen5 x16). With two streams
+  copies overlap compute, so the implied rate is ``N / max(t_launch, t_hbm, t_pcie)``; the PCIe
+  limit alone is ``N / t_pcie``.
+* the top call sites (file:line and function) of operations and syncs at the larger size.
+
+Run::
+
+    python benchmarks/bench_gpu_budget.py [--pixels 4096] [--small 1024] [--jobs deconvolve-mirror,...]
+        [--json out.json]
+
+The budgets of issue 13 (tests/engine/test_gpu_budget.py holds them): deconvolve and thickness
+<= 1,000 operations and 8 syncs per block; KK <= 300 and 4 (10 surface iterations: 2,500 and
+20); none growing with the pixel count; no block-sized float64 from float32 input on the low-loss
+path; deconvolve <= 0.6 MiB read and written per spectrum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+N_CHANNELS = 2048
+LAUNCH_S = 10e-6
+HBM_BPS = 3.35e12
+PCIE_BPS = 50e9
+MiB = 2.0**20
+
+
+def low_loss_block(pixels: int, seed: int = 0):
+    """A noisy Al-like Drude image of ``pixels`` spectra x 2048 channels (0.05 eV from -5 eV),
+    t/lambda 0.3-1.5 across it, as ONE dask chunk (so one block)."""
+    from eelsgpu import synthetic
+
+    nx = 64 if pixels >= 64 else pixels
+    ny = pixels // nx
+    tl = synthetic.thickness_map((ny, nx), "gradient", (0.3, 1.5))
+    return synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=tl,
+        shape=(ny, nx),
+        n_channels=N_CHANNELS,
+        dispersion_eV=0.05,
+        noise=True,
+        seed=seed,
+        dtype=np.float32,
+        chunks=(ny, nx),
+    )["signal"]
+
+
+def onset_block(pixels: int, seed: int = 0):
+    """Band-gap onsets I = 1000 (E - Eg)^1.5 + a ZLP-like tail, Poisson noise, 2048 channels."""
+    from eelsgpu.model import spectrum_image
+
+    e = 0.1 + np.arange(N_CHANNELS) * 0.003
+    eg = np.linspace(1.5, 3.0, pixels)[:, None]
+    lam = 1000 * np.clip(e - eg, 0, None) ** 1.5 + 2e4 * (e / 0.5) ** -2.5 + 20
+    y = np.random.default_rng(seed).poisson(lam).astype(np.float32)
+    nx = 64 if pixels >= 64 else pixels
+    return spectrum_image(y.reshape(pixels // nx, nx, -1), e, chunks=(pixels // nx, nx))
+
+
+def _ssd_block(pixels: int):
+    """The band-limited deconvolution of :func:`low_loss_block` (computed on the CPU, outside the
+    counts), as one block: what kramers_kronig takes."""
+    import eelsgpu
+
+    si = low_loss_block(pixels)
+    ds = eelsgpu.deconvolve(si, zlp="mirror", output="band-limited", device="cpu").compute()
+    return ds.chunk({d: -1 for d in ds.dims})
+
+
+def jobs() -> dict[str, tuple[Callable[[int], Any], Callable[[Any, Any], Any]]]:
+    """name -> (input maker(pixels), run(input, device) -> lazy Dataset)."""
+    import eelsgpu
+
+    return {
+        "deconvolve-mirror": (
+            low_loss_block,
+            lambda si, dev: eelsgpu.deconvolve(si, zlp="mirror", device=dev),
+        ),
+        "deconvolve-band-limited": (
+            low_loss_block,
+            lambda si, dev: eelsgpu.deconvolve(si, zlp="mirror", output="band-limited", device=dev),
+        ),
+        "thickness-log-ratio": (
+            low_loss_block,
+            lambda si, dev: eelsgpu.thickness(si, zlp="threshold", tail="auto", device=dev),
+        ),
+        "thickness-kk": (
+            low_loss_block,
+            lambda si, dev: eelsgpu.thickness(
+                si, method="kk", zlp="mirror", metal=True, device=dev
+            ),
+        ),
+        "kk-0": (_ssd_block, lambda ssd, dev: eelsgpu.kramers_kronig(ssd, metal=True, device=dev)),
+        "kk-10": (
+            _ssd_block,
+            lambda ssd, dev: eelsgpu.kramers_kronig(ssd, metal=True, iterations=10, device=dev),
+        ),
+        "bandgap": (
+            onset_block,
+            lambda si, dev: eelsgpu.bandgap(si, window_eV=(0.8, 5.0), model="free", device=dev),
+        ),
+    }
+
+
+def measure(name: str, pixels: int) -> dict[str, Any]:
+    """Run job ``name`` on a ``pixels``-spectrum block through the counting stand-in."""
+    from eelsgpu.engine import counting
+
+    make, run = jobs()[name]
+    data = make(pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        with counting.count() as c:
+            ds = run(data, counting.xp).compute(scheduler="synchronous")
+        wall = time.perf_counter() - t0
+    blocks = [b for b in c.blocks if b.n_pixels == pixels]
+    if len(blocks) != 1:
+        raise RuntimeError(f"{name}: expected one block of {pixels} spectra, got {c.blocks}")
+    b = blocks[0]
+    out_cols = sum(
+        int(np.prod(ds[v].shape)) // max(1, pixels) for v in ds.data_vars if ds[v].ndim >= 1
+    )
+    h2d_per_spectrum = b.h2d_bytes / pixels  # the block, extras and constants copied in
+    out_per_spectrum = out_cols * 4
+    t_launch = (b.ops + b.syncs) * LAUNCH_S
+    t_hbm = b.bytes / HBM_BPS
+    t_pcie = pixels * (h2d_per_spectrum + out_per_spectrum) / PCIE_BPS
+    return {
+        "job": name,
+        "pixels": pixels,
+        "ops": b.ops,
+        "syncs": b.syncs,
+        "promotions": b.promotions,
+        "largest_promotion_per_spectrum": b.largest_promotion / pixels,
+        "promoted_MiB_per_spectrum": b.promoted_bytes / pixels / MiB,
+        "MiB_per_spectrum": b.bytes / pixels / MiB,
+        "h2d_bytes_per_spectrum": h2d_per_spectrum,
+        "out_bytes_per_spectrum": out_per_spectrum,
+        "peak_bytes_per_spectrum": b.peak_bytes / pixels,
+        "t_launch_s": t_launch,
+        "t_hbm_s": t_hbm,
+        "t_pcie_s": t_pcie,
+        "implied_spectra_per_s": pixels / max(t_launch, t_hbm, t_pcie),
+        "pcie_limit_spectra_per_s": pixels / t_pcie,
+        "cpu_wall_s": wall,
+        "top_ops": [(str(s), k) for s, k in c.top("ops", 8)],
+        "top_syncs": [(str(s), k) for s, k in c.top("syncs", 8)],
+        "top_promotions": [(str(s), k) for s, k in c.top("promotions", 4)],
+        "top_functions": c.by_function("ops", 6),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pixels", type=int, default=4096)
+    ap.add_argument("--small", type=int, default=1024)
+    ap.add_argument("--jobs", default=",".join(jobs()))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--sites", action="store_true", help="print the top call sites of each job")
+    a = ap.parse_args(argv)
+    names = [n for n in a.jobs.split(",") if n]
+    rows = []
+    for name in names:
+        big = measure(name, a.pixels)
+        small = measure(name, a.small) if a.small else None
+        big["grows"] = {
+            k: (small[k], big[k]) for k in ("ops", "syncs") if small and small[k] != big[k]
+        }
+        rows.append(big)
+        print(f"# {name}: {a.pixels} spectra counted in {big['cpu_wall_s']:.1f} s", file=sys.stderr)
+    print(
+        f"GPU path through the counting stand-in (array-api-strict; nothing ran on a GPU), one "
+        f"block of {a.pixels} x {N_CHANNELS} float32"
+    )
+    print(
+        f"{'job':<26}{'ops':>7}{'syncs':>7}{'f64':>5}{'MiB/sp':>8}{'peak KiB/sp':>12}"
+        f"{'H100 sp/s':>11}{'PCIe sp/s':>11}  grows with pixels ({a.small} -> {a.pixels})"
+    )
+    for r in rows:
+        grows = ", ".join(f"{k} {s}->{b}" for k, (s, b) in r["grows"].items()) or "no"
+        print(
+            f"{r['job']:<26}{r['ops']:>7}{r['syncs']:>7}{r['promotions']:>5}"
+            f"{r['MiB_per_spectrum']:>8.2f}{r['peak_bytes_per_spectrum'] / 1024:>12.1f}"
+            f"{r['implied_spectra_per_s']:>11.3g}{r['pcie_limit_spectra_per_s']:>11.3g}  {grows}"
+        )
+    print(
+        "H100 sp/s = N / max((ops + syncs) x 10 us, bytes / 3.35 TB/s, (in + out bytes) / 50 GB/s)"
+        " per block of N spectra; PCIe sp/s = N / ((in + out bytes) / 50 GB/s)"
+    )
+    print("\nmeasured peaks (bytes per spectrum at 2048 float32 channels):")
+    print({r["job"]: int(r["peak_bytes_per_spectrum"]) for r in rows})
+    if a.sites:
+        for r in rows:
+            print(f"\n{r['job']}: top call sites")
+            for what in ("top_ops", "top_syncs", "top_promotions"):
+                for site, k in r[what]:
+                    print(f"  {what[4:]:<11}{k:>7}  {site}")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
