@@ -69,7 +69,14 @@ def _float_dtype(dtype: np.dtype) -> np.dtype:
 #: hold), for declarations that do not carry
 #: :attr:`~eelsgpu.kernels.declare.BlockKernel.peak_bytes_per_spectrum` yet. Scaled linearly with
 #: the channel count. The kernel phase of issue 13 moves them into the declarations.
-MEASURED_PEAK_BYTES: dict[str, int] = {}
+MEASURED_PEAK_BYTES: dict[str, int] = {
+    # measured on one 4096 x 2048 float32 block (bench_gpu_budget.py), plus 10 %
+    "deconvolve_block": 93_000,  # mirror ZLP, reconvolved-zlp and band-limited: 84 kB
+    "log_ratio_block": 71_000,  # threshold ZLP, auto tail: 64 kB
+    "kk_thickness_kernel": 84_000,  # 76 kB
+    "kk_kernel": 270_000,  # 133 kB without the surface correction, 245 kB with 10 iterations
+    "bandgap": 343_000,  # 311 kB (float64 inside)
+}
 
 #: For a kernel with no measured peak: this many times its input spectrum (a Fourier-log kernel
 #: holds about 30 block-sized float32/complex64 temporaries at once).

@@ -314,6 +314,12 @@ def _inputs(args: Any, out: list[Any]) -> list[Any]:
     return out
 
 
+def _basic(key: Any) -> bool:
+    """True for a basic index (ints, slices, None, Ellipsis): a view, never a gather."""
+    keys = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in keys)
+
+
 def _shares(a: Any, b: Any) -> bool:
     na, nb = _numpy_of(a), _numpy_of(b)
     if na is None or nb is None:
@@ -412,6 +418,8 @@ class CountingArray:
 
     # -- indexing
     def __getitem__(self, key: Any) -> Any:
+        if _basic(key):  # ints, slices, None, ...: a view on CuPy (0-d too), no launch
+            return CountingArray(self._a[key], self._ns)
         return self._ns._call("getitem", lambda: self._a[_unwrap(key)], (self, key))
 
     def __setitem__(self, key: Any, value: Any) -> None:

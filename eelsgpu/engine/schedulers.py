@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import InputError
 from .chunking import TASK_BYTES
 from .device import DeviceError, gpu_status
+from .gpu_worker import ENV_GPUS, pin
 
 __all__ = [
     "LOCALHOST",
@@ -89,6 +90,11 @@ def _jobqueue_cluster(kind: str, opts: Mapping[str, Any]) -> Any:
         kw["queue"] = str(opts["queue"])
     if opts.get("account"):
         kw["account"] = str(opts["account"])
+    if gpus > 1:
+        # one worker process per GPU, each pinned to its own (eelsgpu.engine.gpu_worker): without
+        # it every process of the job would use GPU 0
+        kw["worker_extra_args"] = ["--preload", "eelsgpu.engine.gpu_worker"]
+        kw["job_script_prologue"] = [f"export {ENV_GPUS}={gpus}"]
     if kind == "slurm":
         extra = [f"--gres=gpu:{gpus}"] if gpus else []
         return dask_jobqueue.SLURMCluster(job_extra_directives=extra, **kw)
@@ -112,9 +118,12 @@ def _slurm_runner(opts: Mapping[str, Any], outdir: Path) -> Any:
         worker_options["interface"] = opts["interface"]
     elif not multi_node:
         worker_options["host"] = LOCALHOST
-    if int(opts.get("gpus") or 0) and "SLURM_LOCALID" in os.environ:
-        # one worker per GPU: each srun task sees the GPU of its local rank
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ["SLURM_LOCALID"])
+    gpus = int(opts.get("gpus") or 0)
+    if gpus and "SLURM_LOCALID" in os.environ:
+        # one worker per GPU: each srun task takes the GPU of its local rank among the node's
+        # (round robin over what SLURM made visible; ranks 0 and 1, the scheduler and the
+        # client, never compute)
+        pin(int(os.environ["SLURM_LOCALID"]), gpus)
     return SLURMRunner(
         scheduler_file=str(outdir / ".dask-scheduler-{job_id}.json"),
         scheduler_options=scheduler_options,

@@ -175,10 +175,18 @@ def cuda_device() -> Device:
     import cupyx
     from array_api_compat import array_namespace
 
+    from ..kernels import _device_cache
     from .cuda import register_fused_kernels  # the fused kernels' providers (compiled on use)
 
     register_fused_kernels()
     dev_id = cupy.cuda.Device().id
+    # the kernels' device constants (the Hilbert kernels) are kept per CUDA device, and made
+    # visible to every stream before first use
+    _device_cache.register_device(
+        "cupy",
+        lambda: cupy.cuda.Device().id,
+        lambda: cupy.cuda.get_current_stream().synchronize(),
+    )
 
     def stream() -> Any:
         return cupy.cuda.Stream(non_blocking=True)

@@ -46,6 +46,7 @@ import numpy as np
 
 from .. import physics
 from .._xp import array_namespace, fast_length, fft_module
+from ._device_cache import cached
 from .loss_grid import LossGrid
 from .sum_rule import angular_factor, sum_rule_integral_rows, thickness_from_integral_nm
 
@@ -241,8 +242,11 @@ def _re_inverse(xp, loss0, dispersion_eV: float, tail_coefficient):
     m = fast_length(2 * n_k - 1)  # the Hilbert transform's FFT length: linear, no wrap
     ah, bh = _hilbert_spectra(n_k, m)
     cdtype = xp.complex64 if loss0.dtype == xp.float32 else xp.complex128
-    ah = xp.asarray(ah, dtype=cdtype)
-    bh = xp.asarray(bh, dtype=cdtype)
+    ah, bh = cached(  # on the device once per grid and dtype, not copied every block
+        xp,
+        ("hilbert", n_k, m, str(cdtype)),
+        lambda: (xp.asarray(ah, dtype=cdtype), xp.asarray(bh, dtype=cdtype)),
+    )
     fft = fft_module(xp)
     lh = fft.rfft(loss0, n=m, axis=-1)
     # lh ah + conj(lh) bh with in-place updates (no large temporaries: they cost page faults)

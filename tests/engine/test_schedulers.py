@@ -61,3 +61,45 @@ def test_local_cuda_without_dask_cuda_names_the_extra():
     with pytest.raises(DeviceError, match=r"eelsgpu\[gpu\]"):
         with schedulers.scheduler_context("local-cuda"):
             pass
+
+
+def test_each_worker_of_a_multi_gpu_job_gets_its_own_gpu(monkeypatch):
+    """slurm/pbs with gpus=2: the job script exports the GPU count and preloads the pinning
+    module; each worker process (named name-0, name-1 by dask) then sees one GPU, from the list
+    the batch system gave the job (or 0..n-1). Truth: the job script dask-jobqueue writes and
+    the environment the preload sets."""
+    pytest.importorskip("dask_jobqueue")
+    from types import SimpleNamespace
+
+    from eelsgpu.engine import gpu_worker
+
+    cluster = schedulers._jobqueue_cluster(
+        "slurm", {"queue": "gpu", "cores": 8, "gpus": 2, "host": "127.0.0.1"}
+    )
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "--preload eelsgpu.engine.gpu_worker" in script
+    assert f"export {gpu_worker.ENV_GPUS}=2" in script and "--nworkers 2" in script
+    monkeypatch.setenv(gpu_worker.ENV_GPUS, "2")
+    for name, visible, want in [
+        ("SLURMCluster-3-0", "4,5", "4"),
+        ("SLURMCluster-3-1", "4,5", "5"),
+        ("PBSCluster-0-1", None, "1"),
+    ]:
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        gpu_worker.dask_setup(SimpleNamespace(name=name))
+        import os
+
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == want
+    # one GPU per job: nothing to pin (the batch system's own list stays)
+    monkeypatch.setenv(gpu_worker.ENV_GPUS, "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    gpu_worker.dask_setup(SimpleNamespace(name="SLURMCluster-3"))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+    # srun (SLURMRunner): worker ranks 2 and 3 on a node with 2 GPUs take different ones
+    assert {gpu_worker.gpu_for_worker(r, "0,1") for r in (2, 3)} == {"0", "1"}
