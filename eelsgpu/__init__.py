@@ -56,12 +56,50 @@ _SUBMODULES = {
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
+#: The analyses: their first argument may be a HyperSpy signal, taken as it is.
+_ANALYSES = {
+    "align_zlp",
+    "deconvolve",
+    "thickness",
+    "kramers_kronig",
+    "window_maps",
+    "bandgap",
+    "cluster",
+    "decompose",
+}
+
+
+def _takes_signals(fn: Any) -> Any:
+    """``fn`` with a HyperSpy signal as its data argument converted first
+    (:func:`eelsgpu.interop.as_input`, the one place that converts signals)."""
+    import functools
+    import inspect
+
+    first = next(iter(inspect.signature(fn).parameters))
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .interop import as_input
+
+        if args:
+            args = (as_input(args[0]), *args[1:])
+        elif first in kwargs:
+            kwargs[first] = as_input(kwargs[first])
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def __getattr__(name: str) -> Any:
     # where a name is both a submodule and a public function, the submodule wins
     if name in _SUBMODULES:
         return importlib.import_module(f"eelsgpu.{name}")
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        obj = getattr(importlib.import_module(_LAZY[name]), name)
+        if name in _ANALYSES:
+            obj = _takes_signals(obj)
+        globals()[name] = obj  # once
+        return obj
     raise AttributeError(f"module 'eelsgpu' has no attribute {name!r}")
 
 

@@ -37,7 +37,7 @@ import xarray as xr
 from .errors import InputError
 from .io import check_values, from_signal_dict
 
-__all__ = ["from_hyperspy", "to_hyperspy"]
+__all__ = ["as_input", "from_hyperspy", "is_signal", "to_hyperspy"]
 
 _INSTALL = "pip install eelsgpu[hyperspy]"
 
@@ -222,3 +222,36 @@ def from_hyperspy(
         convergence_angle_mrad=convergence_angle_mrad,
     )
     return check_values(si, mask_invalid=mask_invalid)
+
+
+def is_signal(obj: Any) -> bool:
+    """True for a HyperSpy signal (Signal1D, exspy's EELSSpectrum, lazy or not), found without
+    importing HyperSpy."""
+    return (
+        not isinstance(obj, (xr.DataArray, xr.Dataset))
+        and hasattr(obj, "axes_manager")
+        and hasattr(obj, "data")
+        and hasattr(obj, "metadata")
+    )
+
+
+def as_input(obj: Any) -> Any:
+    """What every public analysis does with its data argument: a HyperSpy signal becomes an
+    eelsgpu spectrum image (:func:`from_hyperspy`: calibration and metadata kept, in pixel
+    blocks so that every core works on it); anything else is returned unchanged.
+
+    The one place signals are converted: :func:`eelsgpu.model.as_spectrum_image` calls it (it is
+    registered there when this module is imported), and so do the public names of ``eelsgpu``
+    (``eelsgpu.deconvolve(signal)``...).
+    """
+    return from_hyperspy(obj) if is_signal(obj) else obj
+
+
+def _register() -> None:
+    from . import model
+
+    if not model._SIGNAL_CONVERTER:
+        model._SIGNAL_CONVERTER.append(as_input)
+
+
+_register()

@@ -385,6 +385,11 @@ def _check_values_type(arr: Any, source: str | None) -> None:
         raise InputError(f"{where}the data are empty (shape {tuple(arr.shape)})")
 
 
+#: The converter of HyperSpy signals, registered by :mod:`eelsgpu.interop` when it is imported
+#: (the model layer cannot import it): :func:`as_spectrum_image` takes a signal as it is.
+_SIGNAL_CONVERTER: list[Any] = []
+
+
 def as_spectrum_image(si: Any, what: str = "this analysis") -> xr.DataArray:
     """Check the spectrum image a public function was given and return it with energy last.
 
@@ -400,6 +405,8 @@ def as_spectrum_image(si: Any, what: str = "this analysis") -> xr.DataArray:
     ...
     eelsgpu.errors.InputError: this analysis needs a spectrum image: an xarray.DataArray with an 'energy' dim (eV), not a numpy.ndarray; wrap an array with eelsgpu.spectrum_image(data, energy_eV=...) or open a file with eelsgpu.open(path)
     """
+    if not isinstance(si, xr.DataArray) and _SIGNAL_CONVERTER and hasattr(si, "axes_manager"):
+        si = _SIGNAL_CONVERTER[0](si)  # a HyperSpy signal, taken as it is (eelsgpu.interop)
     if not isinstance(si, xr.DataArray):
         kind = f"{type(si).__module__.split('.')[0]}.{type(si).__name__}"
         raise InputError(

@@ -131,3 +131,55 @@ def test_missing_hyperspy_message(monkeypatch, image):
         eelsgpu.to_hyperspy(image)
     with pytest.raises(ImportError, match=r"pip install eelsgpu\[hyperspy\]"):
         eelsgpu.from_hyperspy(object())
+
+
+def test_every_analysis_takes_a_hyperspy_signal_as_it_is(image):
+    """A HyperSpy (exspy) signal passed to a public analysis is converted in one place
+    (eelsgpu.interop.as_input) and gives the results of the DataArray it came from (truth:
+    the same analysis on the DataArray); the engine's own check takes it too."""
+    s = eelsgpu.to_hyperspy(image, lazy=False)
+    for name, kw in [
+        ("thickness", {}),
+        ("deconvolve", {"zlp": "mirror"}),
+        ("align_zlp", {}),
+    ]:
+        fn = getattr(eelsgpu, name)
+        got = fn(s, device="cpu", **kw).compute()
+        want = fn(image, device="cpu", **kw).compute()
+        key = "t_over_lambda" if name != "align_zlp" else next(iter(want.data_vars))
+        np.testing.assert_allclose(got[key].values, want[key].values, rtol=1e-6)
+    got = eelsgpu.thickness(si=s, device="cpu").compute()  # by keyword too
+    assert got["t_over_lambda"].shape == image.shape[:-1]
+    from eelsgpu.model import as_spectrum_image
+
+    assert as_spectrum_image(s).dims == image.dims
+
+
+def test_hspy_files_need_h5py_not_hyperspy(tmp_path):
+    """`pip install .` reads .hspy: h5py is one of eelsgpu's own dependencies (RosettaSciIO does
+    not require it), and eelsgpu.open reads a .hspy file with HyperSpy made unimportable.
+    Truth: the values HyperSpy wrote."""
+    import subprocess
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("h5py") for d in deps)
+    data = np.arange(3 * 64, dtype=np.float32).reshape(3, 64) + 1.0
+    sig = hs.signals.Signal1D(data)
+    ax = sig.axes_manager.signal_axes[0]
+    ax.offset, ax.scale, ax.units = -1.0, 0.1, "eV"
+    path = tmp_path / "line.hspy"
+    sig.save(path)
+    code = (
+        "import sys; sys.modules['hyperspy'] = None; sys.modules['exspy'] = None\n"
+        "import eelsgpu, numpy as np\n"
+        f"si = eelsgpu.open({str(path)!r})\n"
+        "print(float(np.asarray(si.values).sum()), si.shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    total, shape = out.stdout.strip().split(" ", 1)
+    assert float(total) == float(data.sum()) and shape == "(3, 64)"

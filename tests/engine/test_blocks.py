@@ -50,3 +50,22 @@ def test_outputs_link_to_the_packed_array_only_while_untouched(tmp_path, stand_i
     ds.to_zarr(tmp_path / "plain.zarr", zarr_format=3, consolidated=False)
     back = xr.open_zarr(tmp_path / "plain.zarr", consolidated=False)
     np.testing.assert_array_equal(back["total"].values, ds["total"].values)
+
+
+def test_in_memory_input_runs_in_pixel_blocks(stand_in, monkeypatch):
+    """An image held in memory (a DataArray over a NumPy array, no dask chunks) is cut into
+    pixel blocks -- at least two per core where it is large enough -- so every core works on it,
+    and the result is the whole-cube NumPy result (truth). A dask array keeps its own chunks."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    si = stand_in.image(shape=(40, 32, 256), chunks=(40, 32))
+    mem = xr.DataArray(np.asarray(si.values), dims=si.dims, coords=si.coords, attrs=si.attrs)
+    ds = engine.apply_kernel(stand_in.decl, mem, device="cpu")
+    packed = ds["total"].data
+    assert packed.npartitions >= 5  # 1280 spectra of 1 KiB: blocks of 256 spectra
+    truth = stand_in.truth(si)
+    for k, v in truth.items():
+        np.testing.assert_allclose(ds[k].values, v, rtol=1e-5, atol=1e-4)
+    one = engine.apply_kernel(stand_in.decl, si, device="cpu")  # dask, one chunk: kept
+    assert one["total"].data.npartitions == 1
