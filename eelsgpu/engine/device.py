@@ -126,8 +126,8 @@ def resolve_device(device: Any = "auto") -> Any:
     if device == "gpu" and not status.usable:
         raise DeviceError(
             f"device='gpu' was asked for but no GPU is usable: {status.reason}. "
-            "Install the extra with `pip install eelsgpu[gpu]` on a machine with a CUDA GPU, "
-            "or use device='cpu'."
+            "Install the extra with `pip install eelsgpu[gpu]` (CUDA 12 drivers; "
+            "eelsgpu[gpu-cuda13] for CUDA 13) on a machine with a CUDA GPU, or use device='cpu'."
         )
     return "gpu" if status.usable else "cpu"
 
