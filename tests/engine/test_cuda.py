@@ -121,3 +121,26 @@ def test_gpu_deconvolve_equals_cpu():
     if fused is not None:
         xc = array_namespace(cupy.empty(0))
         assert cuda.verified(xc, fused, *probe_spectra(xc))
+
+
+@pytest.mark.skipif(
+    __import__("shutil").which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed"
+)
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_sources_compile_for_the_data_centre_gpus(tmp_path, arch):
+    """Every kernels/*.cu compiles with nvcc for the A100 (sm_80) and H100/H200 (sm_90) with
+    every warning an error, and the object holds the kernel the engine launches by name."""
+    import subprocess
+    from pathlib import Path
+
+    sources = sorted((Path(__file__).resolve().parents[2] / "kernels").glob("*.cu"))
+    assert sources
+    for src in sources:
+        obj = tmp_path / f"{src.stem}-{arch}.o"
+        proc = subprocess.run(
+            ["nvcc", f"-arch={arch}", "-c", str(src), "-o", str(obj), "-Werror", "all-warnings"],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert b"fourier_log_ratio" in obj.read_bytes() or src.stem != "fourier_log"
