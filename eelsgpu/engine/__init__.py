@@ -6,8 +6,12 @@ calls the kernel and writes the results. Like LiberTEM's executors, each concern
 
 ========================  ====================================================================
 :mod:`.blocks`            :func:`apply_kernel`: a BlockKernel over the pixel blocks (lazy, dask)
-:mod:`.device`            device choice (``auto``/``cpu``/``gpu``), the GPU probe, host <-> device
-:mod:`.transfer`          staging blocks in pinned memory and copying them to the device
+:mod:`.device`            device choice (``auto``/``cpu``/``gpu`` or an array-API namespace standing
+                          in for CuPy), made where the blocks run; the GPU probe; host <-> device
+:mod:`.transfer`          the GPU path: device pools (memory gate, passes), slots (streams, double
+                          pinned staging and result buffers), packing and the one copy back
+:mod:`.counting`          the counting stand-in for CuPy (launches, syncs, float64, bytes per block)
+:mod:`.gpu_worker`        one GPU per worker process of a multi-GPU job (a dask preload)
 :mod:`.chunking`          task and storage chunk sizes
 :mod:`.outputs`           outputs that never destroy data: what may be replaced, one lock per
                           output, leftovers of killed runs
