@@ -284,9 +284,8 @@ def time_in_device_memory(run, si, device, xp, rows: int = 16384) -> dict[str, A
         )
         for s in range(0, flat.shape[0], rows)
     ]
-    decl.kernel(
-        blocks[0][0][:64], energy, **dev_params, **{k: v[:64] for k, v in blocks[0][1].items()}
-    )  # warm-up: plans, compilation
+    warm = {k: v[:64, ...] for k, v in blocks[0][1].items()}
+    decl.kernel(blocks[0][0][:64, ...], energy, **dev_params, **warm)  # plans, compilation
     _sync(xp)
     t = time.perf_counter()
     for b, ex in blocks:
