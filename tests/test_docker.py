@@ -75,7 +75,10 @@ def test_dockerfile_installs_declared_extras_and_runs_the_cli(name, needed):
 def test_gpu_extra_has_what_the_cuda_image_needs():
     """The gpu extra the CUDA image installs brings CuPy and dask-cuda; the CUDA base image's
     major version matches CuPy's wheel (cupy-cuda12x on CUDA 12)."""
-    gpu = " ".join(_pyproject()["project"]["optional-dependencies"]["gpu"])
+    extras = _pyproject()["project"]["optional-dependencies"]
+    gpu = " ".join(extras["gpu"])
+    for name, reqs in extras.items():  # `gpu` is an alias (eelsgpu[gpu-cuda12]): follow it
+        gpu = gpu.replace(f"eelsgpu[{name}]", " ".join(reqs))
     assert "cupy-cuda12x" in gpu and "dask-cuda" in gpu
     base = [arg for op, arg in _instructions(DOCKER / "Dockerfile.gpu") if op == "FROM"][0]
     assert re.search(r"nvidia/cuda:12\.", base), base
