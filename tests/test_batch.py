@@ -448,7 +448,7 @@ def test_concurrent_runs_on_one_outdir_are_refused(tmp_path):
     exit 2; the first finishes and its stores equal the in-memory results (before: both reported
     every file failed and left orphan partial stores). Job-array tasks share an OUTDIR."""
     si = _write_input(tmp_path / "in" / "a.zarr", shape=(16, 16, 64), chunks=(4, 4))
-    mpath = _manifest(tmp_path, ["in/a.zarr"], params={"delay_s": 0.5}, task_mib=0.01)
+    mpath = _manifest(tmp_path, ["in/a.zarr"], params={"delay_s": 1.0}, task_mib=0.01)
     cmd = [sys.executable, "-m", "eelsgpu", "batch", str(mpath), "-o", "out", "--quiet"]
     first = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     done = tmp_path / "out" / ".a.zarr.eelsgpu-run" / "done"
