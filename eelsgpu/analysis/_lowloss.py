@@ -105,10 +105,11 @@ def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
     1024) are the whole image and none has one. A larger image is checked block by block as it
     is computed: its pixels get the NO_ZLP bit and ``valid`` False.
 
-    The shift returned is the surveyed ZLPs' median centre rounded to whole channels: every
-    kernel works on the stored axis minus it, so energies are losses from the ZLP (to half a
-    channel) whatever the stored axis says, and the aligned outputs lie on that axis (their
-    window covers the losses the data cover). Where the ZLPs sit beyond
+    The shift returned is the stored energy of the channel nearest the surveyed ZLPs' median
+    centre: every kernel works on the stored axis minus it, so energies are losses from the ZLP
+    (to half a channel) with a channel at exactly 0 eV, the same whatever offset the stored axis
+    has (results do not depend on it), and the aligned outputs lie on that axis (their window
+    covers the losses the data cover). Where the ZLPs sit beyond
     :data:`~eelsgpu.kernels.zlp.SEARCH_EV` (an axis that was never calibrated), an
     :class:`AxisOffsetWarning` says so."""
     e = np.asarray(si["energy"].values, dtype=np.float64)
@@ -123,7 +124,15 @@ def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
         return 0.0
     c = float(np.median(np.asarray(cen["zlp_centre_eV"])[valid]))
     d = float((e[-1] - e[0]) / (e.size - 1))
-    shift = round(c / d) * d  # whole channels: the shifted axis runs parallel to the stored one
+    # the stored energy of the channel nearest the ZLPs' median centre: the kernels' axis then
+    # has a channel exactly at 0 eV (the Fourier-log puts zero loss there with a plain roll, no
+    # sub-channel resampling) and is the same whatever the stored axis' offset, also one that is
+    # not a whole number of channels (rounding c to whole channels of the stored axis made the
+    # raw SSD's sampling, and so borderline flags, depend on the offset modulo the step)
+    k0 = min(max(round((c - float(e[0])) / d), 0), e.size - 1)
+    shift = float(e[k0])
+    if abs(shift) <= 1e-6 * d:  # the stored axis already has its channel at 0 eV there
+        shift = 0.0
     if SEARCH_EV[0] <= c <= SEARCH_EV[1]:
         return shift
     warnings.warn(

@@ -102,9 +102,10 @@ def deconvolve(
         ``ssd`` (..., energy): the requested output in counts per channel (integral N0 t/lambda
         for the aligned outputs; the ``output`` attribute and the dataset's
         ``deconvolution_output`` say which); aligned outputs lie on the stored axis minus
-        ``axis_shift_eV`` (an attribute where not 0): the ZLPs' median centre in whole
-        channels, so that their window covers the losses the data cover, wherever the stored
-        axis puts the ZLP.
+        ``axis_shift_eV`` (an attribute where not 0): the stored energy of the channel
+        nearest the ZLPs' median centre, so that a channel sits at exactly 0 eV loss and their
+        window covers the losses the data cover, wherever the stored axis puts the ZLP (the
+        result does not depend on the axis offset).
         Maps: ``zlp_intensity`` (N0 of the model, counts), ``zlp_centre_eV`` (on the stored
         axis, eV), ``zlp_fwhm_eV`` (the measured ZLP FWHM, eV), ``resolution_eV`` (FWHM of the
         point-spread the returned ``ssd`` carries: the adaptive one for ``"ssd"``, the ZLP FWHM
