@@ -106,6 +106,7 @@ from ..kernels.blocks_kk import (
     THICKNESS_FACTOR,
     kk_declaration,
 )
+from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS  # zero loss at 0 eV: analysed as they are
 from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss_grid
 from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
@@ -120,8 +121,6 @@ __all__ = [
     "warn_flagged",
 ]
 
-#: Deconvolution outputs whose zero loss sits at 0 eV of their axis (analysed as they are).
-ALIGNED_OUTPUTS = ("band-limited", "ssd", "reconvolved-gaussian")
 #: The low-energy cut-off in ZLP FWHMs.
 CUTOFF_FWHMS = 3.0
 
