@@ -212,8 +212,9 @@ def bandgap(
     ------
     InputError
         A number or energy range out of range (naming it and its unit), an empty or too short
-        window, not a spectrum image (a NumPy array, empty or complex data, no energy axis); on
-        the reference-ZLP route also an axis in meV or keV labelled eV and a negative baseline.
+        window, not a spectrum image (a NumPy array, empty or complex data, no energy axis), a
+        negative baseline (but in a deconvolution's result); on the reference-ZLP route also an
+        axis in meV or keV labelled eV.
 
     Examples
     --------
@@ -234,17 +235,18 @@ def bandgap(
     if window_eV is not None:
         window_eV = energy_range("window_eV", window_eV)
     # a DataArray with an energy axis (moved last), real, not empty; raw spectra (the
-    # reference-ZLP route) have their energy scale and baseline checked
+    # reference-ZLP route) have their energy scale checked, and every input but a
+    # deconvolution's result its baseline (counts negative under most channels)
     spectra = spectrum_input(_spectra(si_or_ssd), "bandgap", raw=zlp is not None)
-    if zlp is not None:
+    deconvolved = isinstance(si_or_ssd, xr.Dataset) and (
+        "ssd" in si_or_ssd.data_vars or "deconvolution_output" in si_or_ssd.attrs
+    )
+    if not deconvolved:
         survey_counts(spectra)
     source = spectra.attrs.get("source") or getattr(si_or_ssd, "attrs", {}).get("source", "")
     where = f"{source}: " if source else ""
     energy = np.asarray(spectra["energy"].values, float)
     disp = float(np.mean(np.diff(energy)))
-    deconvolved = isinstance(si_or_ssd, xr.Dataset) and (
-        "ssd" in si_or_ssd.data_vars or "deconvolution_output" in si_or_ssd.attrs
-    )
     zparams: dict[str, Any] = {}
     extras: dict[str, Any] = {} if variance is None else {"variance": variance}
     if zlp is not None:

@@ -210,7 +210,7 @@ def test_kk_pixel_checked_before_anything_is_written(tmp_path, lowloss, capsys, 
     assert not out.exists() and not (tmp_path / "k.png").exists()
 
 
-@pytest.mark.parametrize("command", ["thickness", "deconvolve", "kk"])
+@pytest.mark.parametrize("command", ["thickness", "deconvolve", "kk", "bandgap"])
 def test_negative_baseline_is_one_line_and_writes_nothing(tmp_path, capsys, command):
     """Issue 12 item 9: spectra 100 counts below zero (a dark reference subtracted twice) give one
     line that says 'negative counts' with the baseline, exit 2, and no store (they used to leave
