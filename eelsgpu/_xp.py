@@ -172,13 +172,29 @@ def complex_from(xp: Any, re: Any, im: Any) -> Any:
     return re + im * 1j
 
 
+#: An axis is uniform when every channel lies within this fraction of a channel of the straight
+#: line through its ends (:func:`axis_step` and :func:`eelsgpu.model.is_uniform`): values read
+#: from a text file with 6 decimals (channel widths 0.049999 to 0.050001 eV) pass, a grating
+#: spectrometer's axis (widths changing by percents) does not.
+UNIFORM_TOLERANCE = 0.01
+
+
 def axis_step(energy_eV: Any, *, uniform: bool = False, what: str = "") -> tuple[float, float]:
     """``(first_eV, step_eV)`` of an increasing energy vector on any device.
 
-    ``step`` is (last - first) / (n - 1). With ``uniform=True`` every channel width must equal it
-    to 1e-6 of a channel (what the FFT-based kernels need). Raises :class:`EnergyAxisError`
-    (``what`` names the analysis that needs it) for fewer than 2 channels, a decreasing axis, or
-    a non-uniform one when asked.
+    ``step`` is (last - first) / (n - 1). With ``uniform=True`` every channel must lie within
+    :data:`UNIFORM_TOLERANCE` of a step of the straight line through the ends (judged relative
+    to the step, as :func:`eelsgpu.model.is_uniform` does: an axis rounded in a text file is
+    uniform; what the FFT-based kernels need). Raises :class:`EnergyAxisError` (``what`` names
+    the analysis that needs it) for fewer than 2 channels, a decreasing axis, or a non-uniform
+    one when asked.
+
+    >>> import numpy as np
+    >>> e = np.round(np.arange(1000) * 0.05 - 5.0 + 1e-7, 6)
+    >>> e[1::3] += 1e-6  # channel widths 0.049999 to 0.050001 eV
+    >>> first, step = axis_step(e, uniform=True)
+    >>> round(first, 6), round(step, 9)
+    (-5.0, 0.05)
     """
     n = energy_eV.shape[0]
     if n < 2:
@@ -189,10 +205,12 @@ def axis_step(energy_eV: Any, *, uniform: bool = False, what: str = "") -> tuple
         raise EnergyAxisError(
             "the energy axis runs the wrong way (decreasing); reverse the data along energy first"
         )
-    if uniform:
+    if uniform and n > 2:
         xp = array_namespace(energy_eV)
-        d = energy_eV[1:] - energy_eV[:-1]
-        if not float(xp.max(xp.abs(d - step))) <= 1e-6 * step + 1e-9:
+        e = xp.astype(energy_eV, xp.float64)
+        line = first + step * xp.arange(n, dtype=xp.float64)
+        if not float(xp.max(xp.abs(e - line))) <= UNIFORM_TOLERANCE * step:
+            d = energy_eV[1:] - energy_eV[:-1]
             needs = f"{what} needs" if what else "this analysis needs"
             raise EnergyAxisError(
                 f"{needs} a uniform, increasing energy axis (channel widths from "

@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._xp import UNIFORM_TOLERANCE as _UNIFORM_TOLERANCE
 from .errors import EelsgpuError, EnergyAxisError, InputError, MissingParameterError
 
 __all__ = [
@@ -88,9 +89,8 @@ def pixel_chunks(
 
 
 #: An axis is uniform when every channel lies within this fraction of a channel of the straight
-#: line through its ends: values read from a text file with 6 decimals (channel widths 0.049999
-#: to 0.050001 eV) pass, a grating spectrometer's axis (widths changing by percents) does not.
-UNIFORM_TOLERANCE = 0.01
+#: line through its ends (the same rule as the kernels' :func:`eelsgpu._xp.axis_step`).
+UNIFORM_TOLERANCE = _UNIFORM_TOLERANCE
 
 
 def is_uniform(energy_eV: Any, tolerance: float = UNIFORM_TOLERANCE) -> bool:

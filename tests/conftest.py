@@ -145,3 +145,61 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=f"no usable GPU: {status.reason}")
         for it in gpu_items:
             it.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- shared images
+# (built from tests/_data.py, once per session, for the modules that share them)
+@pytest.fixture(scope="session")
+def three_phase():
+    """16 x 16 Poisson image of three materials in known regions (t/lambda 0.4 to 0.6):
+    _data.CLUSTER_MATERIALS in _data.cluster_regions()."""
+    from _data import CLUSTER_MATERIALS, cluster_regions
+
+    from eelsgpu import synthetic
+
+    tl = 0.4 + 0.2 * np.linspace(0, 1, 16)[None, :] * np.ones((16, 1))
+    return synthetic.low_loss_image(
+        CLUSTER_MATERIALS,
+        regions=cluster_regions(),
+        shape=(16, 16),
+        t_over_lambda=tl,
+        n_channels=512,
+        dispersion_eV=0.1,
+        offset_eV=-5.0,
+        total_counts=2e5,
+        noise=True,
+        seed=2,
+        chunks=(8, 8),
+    )
+
+
+@pytest.fixture(scope="session")
+def mixture_image():
+    """The three-spectrum mixture of _data.mixture() as a spectrum image: ``(si, spectra, maps,
+    truth, noisy)``."""
+    from _data import mixture
+
+    from eelsgpu.model import spectrum_image
+
+    e, spectra, maps, truth, noisy = mixture()
+    si = spectrum_image(noisy, e, chunks=(16, 16), source="mixture")
+    return si, spectra, maps, truth, noisy
+
+
+@pytest.fixture(scope="session")
+def drifted():
+    """Drude t/lambda = 0.5, Gaussian ZLP 0.5 eV, drift at sub-channel positions
+    (_data.DRIFTS), 0.05 eV/ch."""
+    from _data import DRIFTS
+
+    from eelsgpu import synthetic
+
+    return synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=0.5,
+        shape=(DRIFTS.size,),
+        n_channels=1024,
+        dispersion_eV=0.05,
+        drift_eV=DRIFTS,
+        dtype=np.float64,
+    )

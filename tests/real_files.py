@@ -102,31 +102,12 @@ def open_real(root: Path, f: RealFile) -> xr.DataArray:
 
 def band_limited(si: xr.DataArray, zlp: str, search_eV=(-5.0, 5.0), **kw) -> xr.Dataset:
     """``deconvolve(si, zlp=..., output="band-limited")``: the SSD band-limited by a Gaussian of
-    each pixel's measured ZLP FWHM, with ``zlp_fwhm_eV``. Until deconvolve offers that output
-    (issue 11's interface, the Fourier-log side), the same by hand: the SSD reconvolved with a
-    Gaussian of the median measured FWHM and the per-pixel FWHM map of the ZLP's centre kernel."""
+    each pixel's measured ZLP FWHM, zero loss at 0 eV, with ``zlp_fwhm_eV`` and ``quality``."""
     import eelsgpu
-    from eelsgpu.analysis.deconvolution import OUTPUTS
-    from eelsgpu.kernels.zlp import centre_kernel
 
-    if "band-limited" in OUTPUTS:
-        return eelsgpu.deconvolve(
-            si, zlp=zlp, output="band-limited", search_eV=search_eV, device="cpu", **kw
-        )
-    e = np.asarray(si["energy"].values, np.float64)
-    flat = np.asarray(si.values, np.float64).reshape(-1, e.size)
-    w = np.asarray(centre_kernel(flat, e, search_eV=tuple(search_eV))["fwhm_eV"])
-    ds = eelsgpu.deconvolve(
-        si,
-        zlp=zlp,
-        output="reconvolved-gaussian",
-        fwhm_eV=float(np.nanmedian(w)),
-        search_eV=search_eV,
-        device="cpu",
-        **kw,
+    return eelsgpu.deconvolve(
+        si, zlp=zlp, output="band-limited", search_eV=search_eV, device="cpu", **kw
     )
-    ds["zlp_fwhm_eV"] = (si.dims[:-1], w.reshape(si.shape[:-1]))
-    return ds
 
 
 def kk_chain(si: xr.DataArray, f: RealFile, zlp: str, **kw) -> tuple[xr.Dataset, xr.Dataset]:

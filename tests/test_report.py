@@ -4,10 +4,10 @@ run's parameters. Checked by parsing the page (html.parser) and decoding its pic
 from __future__ import annotations
 
 import base64
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from _data import parse_page
 
 from eelsgpu import io
 from eelsgpu.analysis.bandgap import bandgap
@@ -15,35 +15,6 @@ from eelsgpu.errors import InputError
 from eelsgpu.model import spectrum_image
 from eelsgpu.plotting import map_variables
 from eelsgpu.report import write_report
-
-
-class _Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags, self.imgs, self.attrs, self.captions, self.cells = [], [], [], [], []
-        self._in_caption = self._in_td = False
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs.extend(attrs)
-        if tag == "img":
-            self.imgs.append(dict(attrs))
-        self._in_caption = self._in_caption or tag == "figcaption"
-        self._in_td = self._in_td or tag == "td"
-        if tag == "figcaption":
-            self.captions.append("")
-
-    def handle_endtag(self, tag):
-        if tag == "figcaption":
-            self._in_caption = False
-        if tag == "td":
-            self._in_td = False
-
-    def handle_data(self, data):
-        if self._in_caption:
-            self.captions[-1] += data
-        if self._in_td:
-            self.cells.append(data)
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +37,13 @@ def gap_store(tmp_path_factory):
     return path, si_path, tmp
 
 
-def _parse(path):
-    page = _Page()
-    text = path.read_text(encoding="utf-8")
-    page.feed(text)
-    page.close()
-    return page, text
-
-
 def test_report_embeds_every_map_with_title_and_unit(gap_store):
     """Truth: the store's own map variables and their units/long names; every one must be an
     embedded PNG (valid PNG bytes) captioned with its quantity and unit, with no external
     reference (every src is a data: URI, no href/script/link), plus the parameter table."""
     path, si_path, tmp = gap_store
     out = write_report(path, tmp / "report.html", pixels=[(3, 4), (0, 0)], spectra=si_path)
-    page, text = _parse(out)
+    page, text = parse_page(out)
     ds = io.open_store(path)
     names = [n for n in map_variables(ds) if n != "quality"]  # its own section (test below)
     assert set(names) >= {"bandgap_eV", "gap_type", "valid", "fit_quality"}
@@ -141,7 +104,7 @@ def test_quality_section_draws_and_explains_every_bit_set(gap_store, tmp_path):
     set_bits = {n: c for n, c in set_bits.items() if c}
     assert set_bits.get("NO_ONSET", 0) >= 4
     out = write_report(path, tmp_path / "q.html")
-    page, text = _parse(out)
+    page, text = parse_page(out)
     assert "Quality (quality)" in text
     assert any(im.get("alt") == "quality bits of quality" for im in page.imgs)
     for name, count in set_bits.items():

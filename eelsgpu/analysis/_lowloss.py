@@ -4,7 +4,13 @@
 * :func:`check_any_valid` and :func:`precheck`: :class:`~eelsgpu.errors.NoZeroLossPeakError`
   naming the file when no pixel has a usable zero-loss peak (cheaply, before the run), and the
   axis shift (with an :class:`AxisOffsetWarning`) where the ZLP sits far from 0 eV;
-* :func:`search_range`: the ``search_eV`` argument checked;
+* :func:`spectrum_input`: the spectrum image a public analysis was given, checked (an
+  ``xarray.DataArray`` with an energy axis, real, not empty; energy moved last; its energy
+  scale where the data are in memory);
+* :func:`check_negative_counts`: a negative baseline refused, naming the file (issue 12 item 9);
+* :func:`check_calibration`: the calibration and mean-free-path numbers range-checked;
+* :func:`search_range`, :func:`energy_range`: energy ranges (``search_eV``...) checked;
+* :func:`survey_counts`: :func:`check_negative_counts` on the first block's spectra;
 * :func:`mean_free_path` and :func:`with_thickness_nm`: the absolute thickness from t/lambda;
 * :func:`as_map`: a per-pixel map argument as an array of the navigation shape.
 """
@@ -22,17 +28,22 @@ import xarray as xr
 from ..errors import InputError, NoZeroLossPeakError
 from ..kernels.mean_free_path import mean_free_path_iakoubovskii_nm, mean_free_path_malis_nm
 from ..kernels.zlp import SEARCH_EV, centre_kernel
-from ..model import require_param
-from ._checks import at_least, positive
+from ..model import as_spectrum_image, check_energy_scale, require_param
+from ._checks import at_least, optional, positive
 
 __all__ = [
     "AxisOffsetWarning",
     "as_map",
     "check_any_valid",
+    "check_calibration",
+    "check_negative_counts",
+    "energy_range",
     "mean_free_path",
     "precheck",
     "search_range",
     "source_name",
+    "spectrum_input",
+    "survey_counts",
     "with_thickness_nm",
 ]
 
@@ -46,20 +57,94 @@ class AxisOffsetWarning(UserWarning):
     """The zero-loss peak sits far from 0 eV on the stored energy axis (not calibrated)."""
 
 
+def spectrum_input(si: Any, what: str, *, raw: bool = True) -> xr.DataArray:
+    """The spectrum image given to the public analysis ``what``, checked and with energy last
+    (:func:`eelsgpu.model.as_spectrum_image`: an :class:`InputError` saying what to do for a
+    NumPy array, empty or complex data, no energy axis). Where the data are in memory and
+    ``raw`` (spectra with their ZLP), their energy scale is checked too
+    (:func:`eelsgpu.model.check_energy_scale`: an axis in meV or keV labelled eV, judged from the
+    ZLP's width; ``eelsgpu.open`` checks files as it opens them, so lazy data are not read again
+    here). An SSD has no ZLP to judge the scale by (a broad loss peak near 0 eV would pass for
+    a ZLP 25 "eV" wide): ``raw=False``."""
+    si = as_spectrum_image(si, what)
+    if raw and not hasattr(si.data, "dask"):
+        check_energy_scale(si)
+    return si
+
+
+def check_calibration(**values: Any) -> None:
+    """Range-check the calibration and mean-free-path numbers a public analysis was given
+    (None: not given), whether or not this run uses them: ``beam_energy_keV`` (keV),
+    ``collection_angle_mrad`` (mrad), ``convergence_angle_mrad`` (mrad, 0 allowed),
+    ``density_g_cm3``, ``mean_free_path_nm``, ``zeff``, ``kk_constant_nm_eV`` (positive),
+    ``refractive_index`` (above 1)."""
+    units = {
+        "beam_energy_keV": "keV",
+        "collection_angle_mrad": "mrad",
+        "density_g_cm3": "g/cm3",
+        "mean_free_path_nm": "nm",
+        "zeff": "",
+        "kk_constant_nm_eV": "nm eV",
+    }
+    for name, value in values.items():
+        if name in units:
+            optional(positive, name, value, units[name])
+        elif name == "convergence_angle_mrad":
+            optional(at_least, name, value, 0.0, "mrad")
+        elif name == "refractive_index" and value is not None:
+            n = positive(name, value)
+            if not n > 1:
+                raise InputError(f"refractive_index must be above 1 (n^2 = eps(0)), not {value!r}")
+        elif name not in ("refractive_index",):
+            raise TypeError(f"check_calibration: unknown number {name!r}")
+
+
+def check_negative_counts(si: Any, sample: np.ndarray) -> None:
+    """Refuse spectra whose baseline is negative under most channels (a dark reference or
+    background subtracted too much), naming the file, before anything runs (issue 12 item 9:
+    such data ran to flagged maps of nonsense, or to a store of NaN, with a message that did not
+    say why).
+
+    Counts cannot be negative beyond their noise, and in a low-loss spectrum most channels hold
+    losses: where the median channel of most of the surveyed spectra ``sample`` (n, n_E) is
+    below zero by more than 3 of its standard errors (the channels' noise from first
+    differences, robustly), the baseline is negative. A smaller negative offset, under the gain
+    side only, is a per-pixel flag (UNPHYSICAL_BACKGROUND, :func:`~eelsgpu.kernels.zlp.
+    background_check`; the gduscher SiO2 file has one) and the analysis runs."""
+    finite = np.all(np.isfinite(sample), axis=-1)
+    if not finite.any():
+        return
+    rows = sample[finite]
+    med = np.median(rows, axis=-1)
+    sigma = np.median(np.abs(np.diff(rows, axis=-1)), axis=-1) / (0.6745 * math.sqrt(2.0))
+    se = 1.2533 * sigma / math.sqrt(rows.shape[-1])
+    if not float(np.mean(med < -3.0 * se - 1e-12)) > 0.5:
+        return
+    level = float(np.median(med))
+    raise InputError(
+        f"{source_name(si)}: the spectra have negative counts: a baseline of about {level:.3g} "
+        "counts per channel (the median channel), where counts cannot be below zero beyond "
+        "their noise. A dark reference or background was subtracted too much: add the offset "
+        f"back (e.g. si + {-level:.3g}) or subtract a correct dark reference, then run again"
+    )
+
+
+def energy_range(name: str, value: Any) -> tuple[float, float]:
+    """``value`` as two finite energies ``lo < hi`` (eV), else :class:`InputError` naming
+    ``name``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be two energies (lo, hi) in eV, not {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"{name} must be two finite energies lo < hi in eV, not {value!r}")
+    return (lo, hi)
+
+
 def search_range(search_eV: Any) -> tuple[float, float] | None:
     """``search_eV`` checked: None (near 0 eV, else anywhere) or two finite energies lo < hi
     (eV), else :class:`InputError`."""
-    if search_eV is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in search_eV)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"search_eV must be two energies (lo, hi) in eV, not {search_eV!r}"
-        ) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise InputError(f"search_eV must be two finite energies lo < hi in eV, not {search_eV!r}")
-    return (lo, hi)
+    return None if search_eV is None else energy_range("search_eV", search_eV)
 
 
 def check_any_valid(valid: Any, si: Any, search_eV: tuple[float, float] | None = None) -> None:
@@ -97,18 +182,25 @@ def _sample(si: xr.DataArray, max_pixels: int = 1024) -> tuple[np.ndarray, bool]
     return flat, whole
 
 
+def survey_counts(si: xr.DataArray) -> None:
+    """:func:`check_negative_counts` on the first block's spectra (up to 1024)."""
+    check_negative_counts(si, _sample(si)[0])
+
+
 def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
     """The ZLP survey before a run; returns the axis shift (eV) the kernels work on.
 
-    Raises NoZeroLossPeakError early, and cheaply, when no pixel can have a ZLP: the window
+    Raises :class:`InputError` for a negative baseline (:func:`check_negative_counts`), and
+    NoZeroLossPeakError early, and cheaply, when no pixel can have a ZLP: the window
     does not reach an explicit search range, or the pixels surveyed (the first block's, up to
     1024) are the whole image and none has one. A larger image is checked block by block as it
     is computed: its pixels get the NO_ZLP bit and ``valid`` False.
 
-    The shift returned is the surveyed ZLPs' median centre rounded to whole channels: every
-    kernel works on the stored axis minus it, so energies are losses from the ZLP (to half a
-    channel) whatever the stored axis says, and the aligned outputs lie on that axis (their
-    window covers the losses the data cover). Where the ZLPs sit beyond
+    The shift returned is the stored energy of the channel nearest the surveyed ZLPs' median
+    centre: every kernel works on the stored axis minus it, so energies are losses from the ZLP
+    (to half a channel) with a channel at exactly 0 eV, the same whatever offset the stored axis
+    has (results do not depend on it), and the aligned outputs lie on that axis (their window
+    covers the losses the data cover). Where the ZLPs sit beyond
     :data:`~eelsgpu.kernels.zlp.SEARCH_EV` (an axis that was never calibrated), an
     :class:`AxisOffsetWarning` says so."""
     e = np.asarray(si["energy"].values, dtype=np.float64)
@@ -116,6 +208,7 @@ def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
         check_any_valid(np.zeros(1, bool), si, search_eV)
     sample, whole = _sample(si)
     cen = centre_kernel(sample, e, search_eV=None if search_eV is None else tuple(search_eV))
+    check_negative_counts(si, sample)
     valid = np.asarray(cen["valid"])
     if whole:
         check_any_valid(valid, si, search_eV)
@@ -123,7 +216,15 @@ def precheck(si: xr.DataArray, zparams: Mapping[str, Any], search_eV) -> float:
         return 0.0
     c = float(np.median(np.asarray(cen["zlp_centre_eV"])[valid]))
     d = float((e[-1] - e[0]) / (e.size - 1))
-    shift = round(c / d) * d  # whole channels: the shifted axis runs parallel to the stored one
+    # the stored energy of the channel nearest the ZLPs' median centre: the kernels' axis then
+    # has a channel exactly at 0 eV (the Fourier-log puts zero loss there with a plain roll, no
+    # sub-channel resampling) and is the same whatever the stored axis' offset, also one that is
+    # not a whole number of channels (rounding c to whole channels of the stored axis made the
+    # raw SSD's sampling, and so borderline flags, depend on the offset modulo the step)
+    k0 = min(max(round((c - float(e[0])) / d), 0), e.size - 1)
+    shift = float(e[k0])
+    if abs(shift) <= 1e-6 * d:  # the stored axis already has its channel at 0 eV there
+        shift = 0.0
     if SEARCH_EV[0] <= c <= SEARCH_EV[1]:
         return shift
     warnings.warn(

@@ -64,6 +64,7 @@ from ..kernels.bandgap import (
 )
 from ..kernels.zlp import SEARCH_EV, shift_kernel, zlp_kernel
 from . import _checks as chk
+from ._lowloss import energy_range, spectrum_input, survey_counts
 
 __all__ = ["bandgap", "fit_curves", "zlp_subtracted"]
 
@@ -210,7 +211,10 @@ def bandgap(
     Raises
     ------
     InputError
-        A number out of range (naming it and its unit), an empty or too short window.
+        A number or energy range out of range (naming it and its unit), an empty or too short
+        window, not a spectrum image (a NumPy array, empty or complex data, no energy axis), a
+        negative baseline (but in a deconvolution's result); on the reference-ZLP route also an
+        axis in meV or keV labelled eV.
 
     Examples
     --------
@@ -225,14 +229,24 @@ def bandgap(
     max_quality_ratio = chk.optional(chk.positive, "max_quality_ratio", max_quality_ratio)
     eg_step_eV = chk.optional(chk.positive, "eg_step_eV", eg_step_eV, "eV")
     residue_limit = chk.optional(chk.positive, "residue_limit", residue_limit)
-    spectra = _spectra(si_or_ssd)
+    search_eV = energy_range("search_eV", search_eV)
+    if eg_range_eV is not None:
+        eg_range_eV = energy_range("eg_range_eV", eg_range_eV)
+    if window_eV is not None:
+        window_eV = energy_range("window_eV", window_eV)
+    # a DataArray with an energy axis (moved last), real, not empty; raw spectra (the
+    # reference-ZLP route) have their energy scale checked, and every input but a
+    # deconvolution's result its baseline (counts negative under most channels)
+    spectra = spectrum_input(_spectra(si_or_ssd), "bandgap", raw=zlp is not None)
+    deconvolved = isinstance(si_or_ssd, xr.Dataset) and (
+        "ssd" in si_or_ssd.data_vars or "deconvolution_output" in si_or_ssd.attrs
+    )
+    if not deconvolved:
+        survey_counts(spectra)
     source = spectra.attrs.get("source") or getattr(si_or_ssd, "attrs", {}).get("source", "")
     where = f"{source}: " if source else ""
     energy = np.asarray(spectra["energy"].values, float)
     disp = float(np.mean(np.diff(energy)))
-    deconvolved = isinstance(si_or_ssd, xr.Dataset) and (
-        "ssd" in si_or_ssd.data_vars or "deconvolution_output" in si_or_ssd.attrs
-    )
     zparams: dict[str, Any] = {}
     extras: dict[str, Any] = {} if variance is None else {"variance": variance}
     if zlp is not None:

@@ -19,7 +19,14 @@ from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS, DECONVOLVE
 from ..kernels.fourier_log import EXTRAPOLATIONS, OUTPUTS
 from ..model import energy_axis
 from ._checks import optional, positive, positive_int
-from ._lowloss import mean_free_path, precheck, search_range, with_thickness_nm
+from ._lowloss import (
+    check_calibration,
+    mean_free_path,
+    precheck,
+    search_range,
+    spectrum_input,
+    with_thickness_nm,
+)
 from .zlp import resolve_zlp
 
 __all__ = ["EXTRAPOLATIONS", "OUTPUTS", "deconvolve"]
@@ -102,9 +109,10 @@ def deconvolve(
         ``ssd`` (..., energy): the requested output in counts per channel (integral N0 t/lambda
         for the aligned outputs; the ``output`` attribute and the dataset's
         ``deconvolution_output`` say which); aligned outputs lie on the stored axis minus
-        ``axis_shift_eV`` (an attribute where not 0): the ZLPs' median centre in whole
-        channels, so that their window covers the losses the data cover, wherever the stored
-        axis puts the ZLP.
+        ``axis_shift_eV`` (an attribute where not 0): the stored energy of the channel
+        nearest the ZLPs' median centre, so that a channel sits at exactly 0 eV loss and their
+        window covers the losses the data cover, wherever the stored axis puts the ZLP (the
+        result does not depend on the axis offset).
         Maps: ``zlp_intensity`` (N0 of the model, counts), ``zlp_centre_eV`` (on the stored
         axis, eV), ``zlp_fwhm_eV`` (the measured ZLP FWHM, eV), ``resolution_eV`` (FWHM of the
         point-spread the returned ``ssd`` carries: the adaptive one for ``"ssd"``, the ZLP FWHM
@@ -127,7 +135,9 @@ def deconvolve(
         No pixel can have a zero-loss peak (the window does not reach ``search_eV``, or a
         one-block image has none), naming the file.
     InputError
-        A number out of range (``fwhm_eV``, ``pad_to``, the mean free path's inputs), naming it.
+        A number out of range (``fwhm_eV``, ``pad_to``, the calibration and the mean free
+        path's inputs), naming it; not a spectrum image (a NumPy array, empty or complex data,
+        no energy axis); an axis in meV or keV labelled eV; a negative baseline.
 
     Warns
     -----
@@ -145,6 +155,7 @@ def deconvolve(
     >>> bool(np.allclose(t, 1.0, atol=0.02)), bool(ds["valid"].all())
     (True, True)
     """
+    si = spectrum_input(si, "deconvolve")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
     if extrapolation not in EXTRAPOLATIONS:
@@ -153,6 +164,14 @@ def deconvolve(
         raise ValueError("output='reconvolved-gaussian' needs fwhm_eV > 0 (eV)")
     fwhm_eV = optional(positive, "fwhm_eV", fwhm_eV, "eV")
     pad_to = optional(positive_int, "pad_to", pad_to, 2)
+    check_calibration(
+        beam_energy_keV=beam_energy_keV,
+        collection_angle_mrad=collection_angle_mrad,
+        convergence_angle_mrad=convergence_angle_mrad,
+        density_g_cm3=density_g_cm3,
+        mean_free_path_nm=mean_free_path_nm,
+        zeff=zeff,
+    )
     search = search_range(search_eV)
     source = si.attrs.get("source")
     energy_axis(si["energy"].values, require_uniform=True, source=source)

@@ -106,11 +106,12 @@ from ..kernels.blocks_kk import (
     THICKNESS_FACTOR,
     kk_declaration,
 )
+from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS  # zero loss at 0 eV: analysed as they are
 from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss_grid
 from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
 from . import _checks as chk
-from ._lowloss import as_map, mean_free_path
+from ._lowloss import as_map, check_calibration, mean_free_path, spectrum_input
 
 __all__ = [
     "ALIGNED_OUTPUTS",
@@ -120,8 +121,6 @@ __all__ = [
     "warn_flagged",
 ]
 
-#: Deconvolution outputs whose zero loss sits at 0 eV of their axis (analysed as they are).
-ALIGNED_OUTPUTS = ("band-limited", "ssd", "reconvolved-gaussian")
 #: The low-energy cut-off in ZLP FWHMs.
 CUTOFF_FWHMS = 3.0
 
@@ -246,8 +245,10 @@ def kramers_kronig(
     Raises
     ------
     InputError
-        A number out of range (naming it and its unit), a ``"residual"`` output, or a
-        ``"reconvolved-zlp"`` SSD without its ZLP centres.
+        A number out of range (naming it and its unit; ``thickness_nm`` a positive number, or
+        a map of positive, 0 or NaN values), a ``"residual"`` output, a ``"reconvolved-zlp"``
+        SSD without its ZLP centres, or an SSD that is not a DataArray with an energy axis
+        (a NumPy array, empty or complex data).
 
     Examples
     --------
@@ -271,7 +272,14 @@ def kramers_kronig(
     elif isinstance(ssd, xr.DataArray):
         si, attrs = ssd, dict(ssd.attrs)
     else:
-        raise InputError("kramers_kronig takes an xarray Dataset (eelsgpu.deconvolve) or DataArray")
+        raise InputError(
+            "kramers_kronig takes the xarray Dataset eelsgpu.deconvolve returns or an SSD as an "
+            f"xarray DataArray with an 'energy' dim (eV), not a {type(ssd).__name__}; wrap an "
+            "array with eelsgpu.spectrum_image(data, energy_eV=...)"
+        )
+    # a DataArray with an energy axis (moved last), real numbers, not empty (an SSD: no ZLP to
+    # judge its energy scale by)
+    si = spectrum_input(si, "kramers_kronig", raw=False)
 
     def from_dataset(name: str) -> Any:
         return dataset[name] if dataset is not None and name in dataset else None
@@ -280,8 +288,6 @@ def kramers_kronig(
     si.attrs = {k: v for k, v in attrs.items() if k not in ("long_name", "units", "output")}
     source = attrs.get("source")
     where = f" ({source})" if source else ""
-    if "energy" not in si.dims or si.dims[-1] != "energy":
-        raise InputError(f"the SSD{where} must have 'energy' as its last dim, not {si.dims}")
     e0 = chk.positive(
         "beam_energy_keV", require_param(si, "beam_energy_keV", beam_energy_keV), "keV"
     )
@@ -304,6 +310,13 @@ def kramers_kronig(
     thickness_factor = chk.at_least("thickness_factor", thickness_factor, 1.0)
     eps2_negative_limit = chk.in_range("eps2_negative_limit", eps2_negative_limit, 0.0, 1.0)
     surface_share_limit = chk.positive("surface_share_limit", surface_share_limit)
+    check_calibration(mean_free_path_nm=mean_free_path_nm, density_g_cm3=density_g_cm3)
+    _check_map("thickness_nm", thickness_nm, "nm", zero_ok=True)
+    _check_map("zlp_intensity", zlp_intensity, "counts")
+    _check_map("zlp_fwhm_eV", zlp_fwhm_eV, "eV")
+    _check_map("log_ratio_thickness_nm", log_ratio_thickness_nm, "nm", zero_ok=True)
+    if zlp_centre_eV is not None and np.ndim(zlp_centre_eV) == 0:
+        chk.in_range("zlp_centre_eV", zlp_centre_eV, -1e6, 1e6, "eV")
     energy_axis(
         np.asarray(si["energy"].values, dtype=np.float64), require_uniform=True, source=source
     )
@@ -361,8 +374,6 @@ def kramers_kronig(
         if fwhm is None:
             fwhm = attrs.get("zlp_fwhm_eV")
         if fwhm is not None:
-            if np.ndim(fwhm) == 0 and not isinstance(fwhm, xr.DataArray):
-                chk.positive("zlp_fwhm_eV", fwhm, "eV")
             extras["cutoff_eV"] = CUTOFF_FWHMS * as_map(fwhm, si, "zlp_fwhm_eV")
             cut_how = f"{CUTOFF_FWHMS:g} x each pixel's measured ZLP FWHM (zlp_fwhm_eV)"
         else:
@@ -459,6 +470,33 @@ def kramers_kronig(
     return ds
 
 
+def _check_map(name: str, value: Any, unit: str, zero_ok: bool = False) -> None:
+    """Range-check a per-pixel argument of :func:`kramers_kronig`: a number must be positive
+    (an :class:`InputError` naming it and its unit); a map in memory may hold NaN (pixels to
+    leave out) and, with ``zero_ok``, 0 (vacuum), but no negative or infinite value. A lazy
+    (dask) map is not read here."""
+    if value is None:
+        return
+    if np.ndim(value) == 0 and not hasattr(getattr(value, "data", None), "dask"):
+        chk.positive(name, value.item() if hasattr(value, "item") else value, unit)
+        return
+    data = value.data if isinstance(value, xr.DataArray) else value
+    if hasattr(data, "dask"):
+        return
+    try:
+        arr = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be numbers in {unit}, not {type(value).__name__}") from None
+    bad = np.isinf(arr) | (arr < 0 if zero_ok else arr <= 0)
+    if bad.any():
+        first = arr[bad].flat[0]
+        allowed = "0 (vacuum), NaN (left out) or positive" if zero_ok else "positive or NaN"
+        raise InputError(
+            f"{name} must be {allowed} in {unit} in every pixel; {int(bad.sum())} pixel(s) "
+            f"are not (e.g. {first:g})"
+        )
+
+
 def _common_origin(centre: Any) -> float:
     """The median ZLP centre (eV) of the first block of ``centre`` (a map, NumPy or dask) that
     has one; 0 when none has (those pixels are not usable anyway)."""
@@ -477,10 +515,6 @@ def _common_origin(centre: Any) -> float:
 
 def _log_ratio_thickness(si, dataset, given, mfp, density, e0, beta) -> tuple[Any, str]:
     """The log-ratio thickness (nm) to compare the KK thickness with, and where it came from."""
-    if mfp is not None:
-        chk.positive("mean_free_path_nm", mfp, "nm")
-    if density is not None:
-        chk.positive("density_g_cm3", density, "g/cm3")
     if given is not None:
         return given, "given"
     if dataset is None:

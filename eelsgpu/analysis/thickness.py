@@ -42,7 +42,14 @@ from ..kernels.log_ratio import TAILS
 from ..kernels.sum_rule import sum_rule_prefactor_nm_eV
 from ..model import energy_axis, require_param
 from ._checks import positive
-from ._lowloss import mean_free_path, precheck, search_range, with_thickness_nm
+from ._lowloss import (
+    check_calibration,
+    mean_free_path,
+    precheck,
+    search_range,
+    spectrum_input,
+    with_thickness_nm,
+)
 from .zlp import resolve_zlp
 
 __all__ = ["TAILS", "calibrate_kk_constant", "thickness"]
@@ -127,10 +134,23 @@ def thickness(
     MissingParameterError
         A calibration value that is needed and neither given nor in the file.
     InputError
-        A number out of range (density, mean free path, angles...), naming it and its unit.
+        A number out of range (density, mean free path, angles...), naming it and its unit;
+        not a spectrum image (a NumPy array, empty or complex data, no energy axis); an axis in
+        meV or keV labelled eV; a negative baseline.
     """
+    si = spectrum_input(si, "thickness")
     if method not in ("log-ratio", "kk"):
         raise ValueError(f"method must be 'log-ratio' or 'kk', not {method!r}")
+    check_calibration(
+        beam_energy_keV=beam_energy_keV,
+        collection_angle_mrad=collection_angle_mrad,
+        convergence_angle_mrad=convergence_angle_mrad,
+        density_g_cm3=density_g_cm3,
+        mean_free_path_nm=mean_free_path_nm,
+        zeff=zeff,
+        refractive_index=refractive_index,
+        kk_constant_nm_eV=kk_constant_nm_eV,
+    )
     search = search_range(search_eV)
     energy_axis(si["energy"].values, require_uniform=True, source=si.attrs.get("source"))
     zparams, extras = resolve_zlp(si, zlp)

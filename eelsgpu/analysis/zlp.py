@@ -21,7 +21,7 @@ from .. import engine
 from ..errors import InputError
 from ..kernels.blocks_lowloss import ZLP_CENTRES, align_declaration
 from ..model import energy_axis
-from ._lowloss import check_any_valid, search_range, source_name
+from ._lowloss import check_any_valid, search_range, source_name, spectrum_input
 
 __all__ = ["align_zlp", "resolve_zlp"]
 
@@ -142,6 +142,9 @@ def align_zlp(
     ------
     NoZeroLossPeakError
         No pixel has a ZLP (with ``crop=True``, where it is found before the alignment).
+    InputError
+        Not a spectrum image (a NumPy array, empty or complex data, no energy axis), an axis in
+        meV or keV labelled eV, a non-uniform axis, a bad ``search_eV`` or ``fill_value``.
 
     Examples
     --------
@@ -153,8 +156,13 @@ def align_zlp(
     >>> round(float(out["zlp_centre_eV"][0, 0]), 2), out.sizes["energy"]
     (0.8, 504)
     """
+    si = spectrum_input(si, "align_zlp")
     if method not in ("fourier", "linear"):
         raise ValueError(f"method must be 'fourier' or 'linear', not {method!r}")
+    try:
+        fill_value = float(fill_value)
+    except (TypeError, ValueError):
+        raise InputError(f"fill_value must be a number (NaN allowed), not {fill_value!r}") from None
     d = _check_axis(si)
     search_eV = search_range(search_eV)
     n_e = si.sizes["energy"]

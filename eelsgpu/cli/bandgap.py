@@ -5,7 +5,7 @@ IN is a single-scattering distribution (a store from ``eelsgpu deconvolve``, var
 a ZLP-subtracted spectrum image (say ``--zlp-removed``), or a raw low-loss spectrum image with
 ``--zlp VACUUM`` (the reference-ZLP route: a measured vacuum spectrum, .npy on the data's
 channels or any file eelsgpu.open reads, is shifted and scaled to each pixel's ZLP, found in
-``--search LO:HI`` eV, and subtracted; energies are then relative to each ZLP centre). The store
+``--search LO HI`` or ``LO:HI`` eV, and subtracted; energies are then relative to each ZLP centre). The store
 holds ``bandgap_eV``, ``bandgap_error_eV``, ``exponent_b``, ``exponent_error``, ``gap_type`` (0
 direct, 1 indirect, -1 flagged), ``fit_quality`` (reduced chi^2), ``r_squared``,
 ``onset_significance``, ``residue_excess``, ``zlp_residue_end_eV``, the ``quality`` bitmask
@@ -34,6 +34,7 @@ from ._common import (
     output_path,
     parse_chunks,
 )
+from .deconvolve import add_search_option, search_value
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
@@ -91,12 +92,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="raw input: the ZLP to subtract first, a measured vacuum spectrum (file) or a "
         "model (threshold, mirror, fit)",
     )
-    p.add_argument(
-        "--search",
-        type=parse_window,
-        metavar="LO:HI",
-        help="with --zlp: where the ZLP maximum is looked for, eV (default -5:5)",
-    )
+    add_search_option(p, default="-5 5; with --zlp only")
     p.add_argument(
         "--zlp-removed",
         action="store_true",
@@ -216,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         background=args.background,
         min_significance=args.min_significance,
         zlp=zlp,
-        search_eV=args.search or (-5.0, 5.0),
+        search_eV=search_value(args) or (-5.0, 5.0),
         zlp_removed=True if args.zlp_removed else None,
         device=args.device,
     )
@@ -226,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         write_pngs(
             res, args.png, ["bandgap_eV", "gap_type", "exponent_b", "bandgap_error_eV", "quality"]
         )
-        write_fit_png(spectra, res, args.png, zlp, args.search or (-5.0, 5.0))
+        write_fit_png(spectra, res, args.png, zlp, search_value(args) or (-5.0, 5.0))
     if not args.quiet:
         valid = np.asarray(res["valid"].values)
         eg = np.asarray(res["bandgap_eV"].values)[valid]

@@ -40,17 +40,56 @@ from ._common import (
 OUTPUT_CHOICES = ("reconvolved-zlp", "ssd", "band-limited", "reconvolved-gaussian", "residual")
 
 
-def add_search_option(p: argparse.ArgumentParser) -> None:
-    """``--search LO HI``: where the ZLP maximum may be (default: near 0 eV, else anywhere)."""
+def _search_token(text: str) -> float | tuple[float, float]:
+    """One ``--search`` token: a number of eV, or ``LO:HI`` (argparse reports the error)."""
+    from ._common import OPTION_RANGES
+
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"takes LO HI or LO:HI in eV, not {text!r}")
+        lo, hi = (OPTION_RANGES["--search"].check(v) for v in parts)
+        return (float(lo), float(hi))
+    return float(OPTION_RANGES["--search"].check(text))
+
+
+def add_search_option(p: argparse.ArgumentParser, default: str = "") -> None:
+    """``--search LO HI`` (or ``LO:HI``): where the ZLP maximum may be, eV on the stored axis;
+    every command that looks for a ZLP spells it the same way (:func:`search_value` reads it).
+    ``default`` describes the default (else: near 0 eV, else anywhere)."""
     p.add_argument(
         "--search",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
+        type=_search_token,
+        nargs="+",
+        metavar="LO HI",
         default=None,
-        help="energy range (eV, stored axis) where the ZLP maximum may be (default: near 0 eV, "
-        "else the spectrum's first dominant peak anywhere in the window)",
+        help="energy range (eV, stored axis) where the ZLP maximum may be, as LO HI or LO:HI "
+        + (
+            f"(default {default})"
+            if default
+            else "(default: near 0 eV, else the spectrum's first dominant peak anywhere in the "
+            "window)"
+        ),
     )
+
+
+def search_value(args: argparse.Namespace) -> tuple[float, float] | None:
+    """The ``--search`` range as (lo, hi) eV, or None when not given; an
+    :class:`~eelsgpu.errors.InputError` for anything but LO HI or LO:HI with LO < HI."""
+    from ..errors import InputError
+
+    tokens = getattr(args, "search", None)
+    if tokens is None:
+        return None
+    if len(tokens) == 1 and isinstance(tokens[0], tuple):
+        lo, hi = tokens[0]
+    elif len(tokens) == 2 and not any(isinstance(t, tuple) for t in tokens):
+        lo, hi = tokens
+    else:
+        raise InputError("--search takes LO HI or LO:HI in eV, e.g. -5 5 or 10:30")
+    if not hi > lo:
+        raise InputError(f"--search {lo:g} {hi:g}: HI must be above LO")
+    return (float(lo), float(hi))
 
 
 def report_quality(res: Any) -> None:
@@ -149,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.deconv_output,
         fwhm_eV=args.fwhm_eV,
         extrapolation=args.extrapolation,
-        search_eV=None if args.search is None else tuple(args.search),
+        search_eV=search_value(args),
         device=args.device,
         **mean_free_path_kwargs(args),
     )

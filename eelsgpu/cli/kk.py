@@ -1,7 +1,8 @@
 """``eelsgpu kk IN -o OUT.zarr``: Kramers-Kronig analysis, the dielectric function of every pixel.
 
 IN is either a raw low-loss spectrum image (any file ``eelsgpu.open`` reads; the zero-loss peak
-is modelled with ``--zlp``, looked for in ``--search LO:HI`` eV, and the single-scattering
+is modelled with ``--zlp``, looked for near 0 eV, else anywhere (``--search LO HI`` eV restricts
+it), and the single-scattering
 distribution found by Fourier-log first, as ``eelsgpu deconvolve --kind band-limited`` does: the
 SSD band-limited by a Gaussian of each pixel's measured ZLP FWHM) or an SSD store written by
 ``eelsgpu deconvolve`` (it has a variable ``ssd``; any kind but ``residual``: a
@@ -39,6 +40,7 @@ from ._common import (
     output_path,
     parse_chunks,
 )
+from .deconvolve import add_search_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -79,13 +81,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="METHOD|FILE",
         help="raw input only: zero-loss peak model (mirror, fit, threshold) or file",
     )
-    p.add_argument(
-        "--search",
-        type=_search_range,
-        metavar="LO:HI",
-        help="raw input only: where the ZLP maximum is looked for, eV on the stored axis "
-        "(default -5:5)",
-    )
+    add_search_option(p)
     p.add_argument(
         "--kind",
         dest="deconv_output",
@@ -144,7 +140,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _selection(text: str | None, shape: tuple[int, ...]) -> dict[str, Any]:
-    """--pixel as an isel dict over the navigation dims (a region is averaged later)."""
+    """--pixel as an isel dict over the navigation dims (a region is averaged later); an index
+    outside the image or an empty region is an :class:`~eelsgpu.errors.InputError`."""
     from ..errors import InputError
 
     dims = ("y", "x")[2 - len(shape) :]
@@ -160,81 +157,34 @@ def _selection(text: str | None, shape: tuple[int, ...]) -> dict[str, Any]:
         try:
             if ":" in part:
                 a, b = (int(v) if v else None for v in part.split(":"))
-                out[d] = slice(a, b)
+                value: Any = slice(a, b)
             else:
-                i = int(part)
-                if not -n <= i < n:
-                    raise InputError(f"--pixel {text!r}: {d} index {i} outside 0..{n - 1}")
-                out[d] = i
+                value = int(part)
         except ValueError:
             raise InputError(
                 f"--pixel {text!r}: not integers or ranges like 10,20 or 0:8,4:12"
             ) from None
+        if isinstance(value, slice):
+            if not range(n)[value]:
+                raise InputError(
+                    f"--pixel {text!r}: the {d} range {part} holds no pixel of 0..{n - 1}"
+                )
+        elif not -n <= value < n:
+            raise InputError(f"--pixel {text!r}: {d} index {value} outside 0..{n - 1}")
+        out[d] = value
     return out
 
 
-def _search_range(text: str) -> tuple[float, float]:
-    """``"LO:HI"`` in eV -> (lo, hi), lo < hi."""
-    try:
-        lo, hi = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--search takes LO:HI in eV, e.g. -5:5 or 10:30, not {text!r}"
-        ) from None
-    if not hi > lo:
-        raise argparse.ArgumentTypeError(f"--search {text!r}: HI must be above LO")
-    return lo, hi
-
-
-def _band_limited_available() -> bool:
-    """Whether ``eelsgpu.deconvolve`` offers ``output="band-limited"`` (issue 11's interface)."""
-    from ..analysis.deconvolution import OUTPUTS
-
-    return "band-limited" in OUTPUTS
-
-
-def _zlp_fwhm_eV(si, search_eV: tuple[float, float] = (-5.0, 5.0)) -> float | None:
-    """Median ZLP FWHM (eV) of up to 16 pixels spread over the image (half-maximum crossings,
-    linear interpolation), the maximum looked for in ``search_eV``; None when no peak is
-    found."""
-    import numpy as np
-
-    nav = si.shape[:-1]
-    flat = si.data.reshape(-1, si.shape[-1]) if nav else si.data[None]
-    n = flat.shape[0]
-    idx = np.unique(np.linspace(0, n - 1, min(16, n)).astype(int))
-    spectra = np.asarray(flat[idx].compute() if hasattr(flat, "compute") else flat[idx], float)
-    e = np.asarray(si["energy"].values, float)
-    near = (e >= search_eV[0]) & (e <= search_eV[1])
-    widths = []
-    for s in spectra:
-        if not np.all(np.isfinite(s)) or not near.any():
-            continue
-        i = int(np.flatnonzero(near)[np.argmax(s[near])])
-        half = s[i] / 2.0
-        if half <= 0:
-            continue
-        lo = i
-        while lo > 0 and s[lo] > half:
-            lo -= 1
-        hi = i
-        while hi < s.size - 1 and s[hi] > half:
-            hi += 1
-        if s[lo] > half or s[hi] > half:
-            continue
-        el = e[lo] + (half - s[lo]) / (s[lo + 1] - s[lo]) * (e[lo + 1] - e[lo])
-        eh = e[hi - 1] + (s[hi - 1] - half) / (s[hi - 1] - s[hi]) * (e[hi] - e[hi - 1])
-        widths.append(eh - el)
-    return float(np.median(widths)) if widths else None
-
-
 def _thickness_argument(text: str):
+    from ..analysis._checks import positive
     from ..errors import InputError
 
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
+        value = None
+    if value is not None:  # a number of nm: the same thickness for every pixel
+        return positive("--thickness", value, "nm")
     path = Path(text)
     if not path.exists():
         raise InputError(f"--thickness {text!r}: not a number of nm and no such file")
@@ -261,37 +211,26 @@ def run(args: argparse.Namespace) -> int:
 
     out = output_path(args)
     chunks = parse_chunks(args.chunks)
-    fwhm = None
+    # a number of nm is checked before the input is read
+    thickness = None if args.thickness is None else _thickness_argument(args.thickness)
     if io.is_store(args.input) and "ssd" in io.open_store(args.input):
         ssd = io.open_store(args.input, chunks=chunks or "auto")
     else:
         from ..analysis.deconvolution import deconvolve
-        from .deconvolve import _zlp_argument
+        from .deconvolve import _zlp_argument, search_value
 
         if args.deconv_output == "reconvolved-gaussian" and args.fwhm_eV is None:
             raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
         si = open_input(args)
-        search = args.search or (-5.0, 5.0)
         kind, gauss = args.deconv_output, args.fwhm_eV
-        if kind == "band-limited" and not _band_limited_available():
-            # until deconvolve has output="band-limited": the same Gaussian band limit with the
-            # image's median measured ZLP FWHM (one width for every pixel)
-            fwhm = _zlp_fwhm_eV(si, search)
-            if fwhm is None:
-                raise InputError(f"{args.input}: no zero-loss peak found in {search} eV")
-            kind, gauss = "reconvolved-gaussian", fwhm
-        elif kind != "band-limited":
-            fwhm = _zlp_fwhm_eV(si, search)
         ssd = deconvolve(
             si,
             zlp=_zlp_argument(args.zlp, si),
             output=kind,
             fwhm_eV=gauss,
-            search_eV=search,
+            search_eV=search_value(args),
             device=args.device,
         )
-        if "zlp_fwhm_eV" in ssd:
-            fwhm = None  # the deconvolution's own per-pixel map
         for key in ("beam_energy_keV", "collection_angle_mrad"):
             if key in si.attrs:
                 ssd.attrs.setdefault(key, si.attrs[key])
@@ -302,16 +241,17 @@ def run(args: argparse.Namespace) -> int:
         collection_angle_mrad=cal.get("collection_angle_mrad"),
         refractive_index=args.refractive_index,
         metal=args.metal,
-        thickness_nm=None if args.thickness is None else _thickness_argument(args.thickness),
+        thickness_nm=thickness,
         iterations=args.iterations,
         device=args.device,
         low_energy_cutoff_eV=args.low_energy_cutoff_eV,
-        zlp_fwhm_eV=fwhm,
         density_g_cm3=args.density_g_cm3,
         mean_free_path_nm=args.mean_free_path_nm,
         min_thickness_nm=args.min_thickness_nm,
     )
     ds.attrs["kk_input_path"] = str(args.input)
+    if args.pixel is not None:  # a bad --pixel is an error before anything is written
+        _selection(args.pixel, tuple(ds["valid"].shape))
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
     warn_flagged(res)

@@ -31,7 +31,7 @@ from ._common import (
     open_input,
     output_path,
 )
-from .deconvolve import _zlp_argument, add_search_option, report_quality
+from .deconvolve import _zlp_argument, add_search_option, report_quality, search_value
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         metal=args.metal,
         kk_constant_nm_eV=args.kk_constant_nm_eV,
         tail=args.tail,
-        search_eV=None if args.search is None else tuple(args.search),
+        search_eV=search_value(args),
         device=args.device,
         **calib,
     )
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     res = io.open_store(out)
     valid = np.asarray(res["valid"].values)
     if not np.asarray(res["zlp_intensity"].notnull().values).any():
-        check_any_valid(np.zeros(1, bool), si, None if args.search is None else args.search)
+        check_any_valid(np.zeros(1, bool), si, search_value(args))
     name = "thickness_nm" if "thickness_nm" in res else "t_over_lambda"
     if args.png:
         if res[name].ndim == 2:

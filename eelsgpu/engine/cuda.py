@@ -9,6 +9,14 @@ CUDA device is set up). Today it holds one kernel:
   deconvolution (kk-theory.md eq. 22) in one pass, for complex64 CuPy arrays; its array-API twin
   is :func:`eelsgpu.kernels.fourier_log.log_spectrum_ratio_twin`.
 
+  **Not used by the analyses until it is ported (issue 13).** It computes the roll-off of
+  before issue 11 (fixed at 1e-3 of ``Z~(0)``); the deconvolution now weights each pixel's log
+  by its measured misfit and noise (:func:`eelsgpu.kernels.fourier_log.fourier_log_kernel`) and
+  no longer calls :func:`~eelsgpu.kernels.fourier_log.log_spectrum_ratio`, the only function
+  that looks this kernel up. It is registered, compiled and checked as before, so the port has
+  its loader, probe check and fallback ready; on a GPU today ``deconvolve``, ``thickness`` and
+  ``kk`` run the array-API path.
+
 A fused kernel is compiled with ``cupy.RawKernel`` on its first use (not at registration), then
 compared with its twin on a probe block (:func:`verified`, kernels/README.md); any failure
 (compiler, driver, file missing, a result that differs) is logged once as a ``RuntimeWarning``
@@ -154,7 +162,9 @@ def fused_fourier_log_ratio(xp: Any) -> Any:
 
 def register_fused_kernels() -> None:
     """Register the providers of the fused CUDA kernels in :mod:`eelsgpu.kernels._fused`
-    (cheap: nothing is compiled until a kernel first asks for one)."""
+    (cheap: nothing is compiled until a kernel first asks for one). ``fourier_log_ratio`` is
+    asked for only by the pre-issue-11 core ``log_spectrum_ratio``, which no analysis calls
+    until issue 13 ports the kernel (module docstring)."""
     _fused.register(FUSED_NAME, fused_fourier_log_ratio)
 
 

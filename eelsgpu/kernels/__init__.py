@@ -48,7 +48,7 @@ eq.        what                                                   computed by
 14         the ZLP model checked against the data                 :func:`.zlp.zlp_model_checks`
 18, 22     SSD = N0 F^-1[ln(F[J] / F[Z])], the Fourier-log        :func:`.fourier_log.fourier_log_kernel`
 22         the measured error of ln(J~/Z~): the roll-off          :func:`.fourier_log.error_power`
-           core ln(J~/Z~), fixed roll-off (the fused CUDA twin)   :func:`.fourier_log.log_spectrum_ratio`
+           pre-issue-11 core, fixed roll-off (fused CUDA, unused) :func:`.fourier_log.log_spectrum_ratio`
 23-25      discrete transforms, the energy origin's phase         :func:`.fourier_log.fourier_log_kernel`
 26         t = 4 a0 F E0 J / (N0 (1 - Re[1/eps(0)]))             :func:`.sum_rule.thickness_from_integral_nm`
                                                                   (from an SSD:

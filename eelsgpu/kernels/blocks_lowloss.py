@@ -250,6 +250,56 @@ def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
     return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
 
 
+def _fourier_log_of_block(
+    xp: Any, block: Any, zz: _Zlp, method: str, **options: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Eq. 22 (:func:`~.fourier_log.fourier_log_kernel`) of a block with its ZLP model ``zz``:
+    the spectra with a ZLP (others zeroed), the model (non-finite channels zeroed), and the
+    kernel's result for ``options`` (``output=``...); the measured misfit weights every model
+    but a given cube, and the truncation's channels that are the data themselves are tied."""
+    z = zz.z
+    y = xp.where(z["valid"][:, None], block, xp.zeros_like(block))
+    zf = xp.where(z["valid"][:, None] & xp.isfinite(z["zlp"]), z["zlp"], xp.zeros_like(y))
+    tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
+    fl = fourier_log_kernel(
+        y,
+        zz.e,
+        zf,
+        zlp_centre_eV=z["zlp_centre_eV"],
+        zlp_fwhm_eV=z["fwhm_eV"],
+        misfit=method != "cube",
+        tied=tied,
+        **options,
+    )
+    return y, zf, fl
+
+
+def _log_ratio_of_block(
+    xp: Any, block: Any, zz: _Zlp, method: str, tail: str, fit_fraction: float
+) -> dict[str, Any]:
+    """The log-ratio maps (eq. 16, :func:`~.log_ratio.log_ratio_maps`) of a block with its ZLP
+    model ``zz``, the tail beyond the window from the power law or the Fourier-log SSD of the
+    pixels that need it (:func:`_tail_from_ssd`)."""
+    return log_ratio_maps(
+        xp,
+        block,
+        zz.e,
+        zz.z,
+        tail=tail,
+        fit_fraction=fit_fraction,
+        fourier_log=_tail_from_ssd(xp, block, zz, method, fit_fraction),
+        noise=zz.checks["noise"],
+    )
+
+
+def _thickness_quality(xp: Any, block: Any, zz: _Zlp, ok: Any, maps: dict[str, Any]) -> Any:
+    """The quality bitmask of a thickness block (:func:`_quality`), with NEGATIVE_LOBE where the
+    tail came from a Fourier-log SSD whose lobe exceeds :data:`NEGATIVE_LOBE_LIMIT`."""
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, zz.z)
+    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
+    return _quality(xp, zz, ok, maps, extra)
+
+
 def _valid(xp: Any, q: Any) -> Any:
     """No fatal bit set (:data:`.quality.FATAL`)."""
     return (q & quality.FATAL) == 0
@@ -297,25 +347,19 @@ def deconvolve_block(
     )
     z = zz.z
     nan = float("nan")
-    y = xp.where(z["valid"][:, None], block, xp.zeros_like(block))
     c, w = z["zlp_centre_eV"], z["fwhm_eV"]
-    zf = xp.where(xp.isfinite(z["zlp"]), z["zlp"], xp.zeros_like(y))
-    tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
     # the raw SSD exactly as thickness makes it for its tail (ssd_for_tail); the requested output
     # from the same pass where the options allow
     same = extrapolation == "power-law" and pad_to is None
-    fl = fourier_log_kernel(
-        y,
-        zz.e,
-        zf,
+    y, zf, fl = _fourier_log_of_block(
+        xp,
+        block,
+        zz,
+        method,
         output=output,
         fwhm_eV=fwhm_eV,
         extrapolation=extrapolation,
         pad_to=pad_to,
-        zlp_centre_eV=c,
-        zlp_fwhm_eV=w,
-        misfit=method != "cube",
-        tied=tied,
         metrics=same,
     )
     raw = fl if same else ssd_for_tail(xp, y, zz.e, zf, c, w, method)
@@ -448,20 +492,9 @@ def log_ratio_block(
         axis_shift_eV=axis_shift_eV,
     )
     z = zz.z
-    maps = log_ratio_maps(
-        xp,
-        block,
-        zz.e,
-        z,
-        tail=tail,
-        fit_fraction=tail_fit_fraction,
-        fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
-        noise=zz.checks["noise"],
-    )
+    maps = _log_ratio_of_block(xp, block, zz, method, tail, tail_fit_fraction)
     ok = z["valid"]
-    judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
-    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
-    q = _quality(xp, zz, ok, maps, extra)
+    q = _thickness_quality(xp, block, zz, ok, maps)
     nan = float("nan")
     return {
         "t_over_lambda": maps["t_over_lambda"],
@@ -561,40 +594,17 @@ def kk_thickness_kernel(
     z = zz.z
     ok = z["valid"]
     n0 = z["zlp_intensity"]
-    y = xp.where(ok[:, None], block, xp.zeros_like(block))
-    zf = xp.where(ok[:, None] & xp.isfinite(z["zlp"]), z["zlp"], xp.zeros_like(y))
     c, w = z["zlp_centre_eV"], z["fwhm_eV"]
-    tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
-    bl = fourier_log_kernel(
-        y,
-        zz.e,
-        zf,
-        output="band-limited",
-        zlp_centre_eV=c,
-        zlp_fwhm_eV=w,
-        misfit=method != "cube",
-        tied=tied,
-    )
+    y, _, bl = _fourier_log_of_block(xp, block, zz, method, output="band-limited")
     w_max = float(xp.max(xp.where(ok, w, xp.zeros_like(w)))) if ok.shape[0] else 0.0
     cutoff = max(DEFAULT_LOW_ENERGY_CUTOFF_EV, 3.0 * w_max)
     integral = kk_sum_rule_integral(
         xp.astype(bl["ssd"], y.dtype), zz.e, beam_energy_keV, collection_angle_mrad, cutoff
     )
     ratio = integral / n0
-    maps = log_ratio_maps(
-        xp,
-        block,
-        zz.e,
-        z,
-        tail="auto",
-        fit_fraction=tail_fit_fraction,
-        fourier_log=_tail_from_ssd(xp, block, zz, method, tail_fit_fraction),
-        noise=zz.checks["noise"],
-    )
+    maps = _log_ratio_of_block(xp, block, zz, method, "auto", tail_fit_fraction)
     ok = ok & bl["valid"]
-    judged = maps["fourier_log_used"] & _has_ssd(xp, block, z)
-    extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
-    q = _quality(xp, zz, ok, maps, extra)
+    q = _thickness_quality(xp, block, zz, ok, maps)
     q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)
     nan = xp.full_like(n0, math.nan)
     return {

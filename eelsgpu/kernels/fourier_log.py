@@ -904,9 +904,11 @@ def log_spectrum_ratio(
 ) -> Any:
     """``ln(J~/Z~)`` per frequency in split form, phase unwrapped, ready for the inverse transform.
 
-    The core of eq. 22 (kk-theory.md; not the log-ratio thickness of eq. 16, which is
-    :func:`eelsgpu.kernels.log_ratio.log_ratio_kernel`), and what ``kernels/fourier_log.cu``
-    computes on a GPU:
+    The core of eq. 22 as it was before issue 11 (kk-theory.md; not the log-ratio thickness of
+    eq. 16, which is :func:`eelsgpu.kernels.log_ratio.log_ratio_kernel`), and what
+    ``kernels/fourier_log.cu`` computes on a GPU. :func:`fourier_log_kernel` no longer calls it
+    (its roll-off follows each pixel's measured error), so neither it nor the fused kernel runs
+    in any analysis until issue 13 ports the fused kernel:
 
     * ``ln|J~/Z~| = (ln |J~|^2 - ln |Z~|^2) / 2`` and ``arg = atan2(Im q, Re q)`` with
       ``q = J~ conj(Z~)`` (two real logs and one atan2 instead of a complex log);

@@ -13,41 +13,6 @@ from eelsgpu.analysis.clustering import cluster, cluster_sums, per_cluster
 from eelsgpu.engine import BlockKernel, Output, apply_kernel
 from eelsgpu.errors import InputError
 
-MATERIALS = [
-    synthetic.Drude(15.0, 1.0),  # Al-like metal
-    synthetic.Lorentz(16.6, 5.07, 3.7),  # Si-like insulator
-    synthetic.Drude(22.0, 4.0),  # a broader, higher plasmon
-]
-
-
-def _regions(shape=(16, 16)):
-    ny, nx = shape
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    reg = np.zeros(shape, int)
-    reg[:, nx // 2 :] = 1
-    reg[(yy - ny // 2) ** 2 + (xx - nx // 4) ** 2 <= (ny // 5) ** 2] = 2  # a particle
-    return reg
-
-
-@pytest.fixture(scope="module")
-def three_phase():
-    """16 x 16 Poisson image of three materials in known regions (t/lambda 0.4 to 0.6)."""
-    reg = _regions()
-    tl = 0.4 + 0.2 * np.linspace(0, 1, 16)[None, :] * np.ones((16, 1))
-    return synthetic.low_loss_image(
-        MATERIALS,
-        regions=reg,
-        shape=(16, 16),
-        t_over_lambda=tl,
-        n_channels=512,
-        dispersion_eV=0.1,
-        offset_eV=-5.0,
-        total_counts=2e5,
-        noise=True,
-        seed=2,
-        chunks=(8, 8),
-    )
-
 
 def test_spectrum_clustering_recovers_regions(three_phase):
     """Truth: the region map the synthetic image was built from (3 dielectric models).

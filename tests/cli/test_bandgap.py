@@ -3,23 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from _data import onset_spectra
 
 from eelsgpu.model import spectrum_image
-
-DISP = 0.02  # eV per channel of the synthetic onsets
-
-
-def onset_spectra(eg_eV, b, n_pix, *, amplitude=1000.0, tail=2e4, floor=20.0, seed=0):
-    """Poisson spectra of A (E - Eg)^b + a ZLP tail tail*(E/0.5)^-2.5 + a flat floor.
-
-    The noise level: A = 1000 counts per channel at 1 eV above the gap, a tail of 2e4 counts at
-    0.5 eV (about 700 at 2 eV), 20 counts of floor; channels of 0.02 eV from 0.1 to 9 eV. The
-    tail exponent 2.5 is not on the fit's grid of power-law exponents (1, 2, 3, 4, 6).
-    """
-    e = np.arange(0.1, 9.0, DISP)
-    lam = amplitude * np.clip(e - eg_eV, 0, None) ** b + tail * (e / 0.5) ** -2.5 + floor
-    rng = np.random.default_rng(seed)
-    return e, rng.poisson(np.broadcast_to(lam, (n_pix, e.size))).astype(np.float64)
 
 
 def test_bandgap_cli_writes_store_and_pictures(tmp_path):

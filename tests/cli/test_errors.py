@@ -8,6 +8,7 @@ the input's bytes are unchanged. Exit codes that matter run the command in a sub
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,73 @@ def test_an_unexpected_error_is_one_line_too(tmp_path, lowloss, capsys, monkeypa
         f"{lowloss}: ZeroDivisionError: float division by zero (unexpected: run again with --debug"
         in line
     )
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_kk_thickness_number_out_of_range(tmp_path, lowloss, capsys, value):
+    """`eelsgpu kk --thickness -5` (0, nan, inf) used to write an all-NaN store with exit 0: now
+    one line naming --thickness and nm, exit 2, before the input is read; nothing written."""
+    before = _tree(lowloss)
+    out = tmp_path / "k.zarr"
+    rc = main(["kk", str(lowloss), "-o", str(out), f"--thickness={value}", "-q"])
+    assert rc == 2
+    line = _one_line(capsys)
+    assert "--thickness must be a" in line and "in nm" in line, line
+    assert not out.exists() and _tree(lowloss) == before
+
+
+@pytest.mark.parametrize(
+    "pixel, message", [("9,1", "y index 9 outside 0..3"), ("3:1,0", "holds no pixel")]
+)
+def test_kk_pixel_checked_before_anything_is_written(tmp_path, lowloss, capsys, pixel, message):
+    """An out-of-range --pixel (or an empty region) is one line before the store is written (it
+    used to say 'not integers' after writing it)."""
+    out = tmp_path / "k.zarr"
+    argv = ["kk", str(lowloss), "-o", str(out), "--metal", "--pixel", pixel]
+    rc = main([*argv, "--png", str(tmp_path / "k.png"), "-q"])
+    assert rc == 2
+    line = _one_line(capsys)
+    assert message in line, line
+    assert not out.exists() and not (tmp_path / "k.png").exists()
+
+
+@pytest.mark.parametrize("command", ["thickness", "deconvolve", "kk", "bandgap"])
+def test_negative_baseline_is_one_line_and_writes_nothing(tmp_path, capsys, command):
+    """Issue 12 item 9: spectra 100 counts below zero (a dark reference subtracted twice) give one
+    line that says 'negative counts' with the baseline, exit 2, and no store (they used to leave
+    a complete all-NaN store, or maps of nonsense); the .npy is unchanged."""
+    e = np.arange(512) * 0.05 - 5.0
+    spec = 1e4 * np.exp(-0.5 * (e / 0.2) ** 2) + 300 * np.exp(-0.5 * ((e - 15) / 2) ** 2) + 5
+    path = tmp_path / "dark.npy"
+    np.save(path, np.broadcast_to(spec - 100.0, (3, 3, e.size)))
+    before = path.read_bytes()
+    out = tmp_path / "o.zarr"
+    argv = [command, str(path), "-o", str(out), "--offset", "-5", "--dispersion", "0.05", "-q"]
+    if command == "kk":
+        argv += ["--metal", "--beam-energy", "200", "--collection-angle", "10"]
+    assert main(argv) == 2
+    line = _one_line(capsys)
+    assert "dark.npy: the spectra have negative counts" in line, line
+    assert re.search(r"a baseline of about -\d+(\.\d+)? counts per channel", line), line
+    assert not out.exists() and path.read_bytes() == before
+
+
+def test_search_is_spelled_the_same_everywhere(tmp_path, lowloss, capsys):
+    """`--search LO HI` and `--search LO:HI` mean the same for every command that looks for a
+    ZLP (thickness, deconvolve, kk and bandgap used to take one form each): the same t/lambda;
+    HI <= LO is one line."""
+    from eelsgpu import io
+
+    outs = []
+    for i, form in enumerate((["--search", "-1", "1"], ["--search=-1:1"])):
+        out = tmp_path / f"t{i}.zarr"
+        assert main(["thickness", str(lowloss), "-o", str(out), *form, "-q"]) == 0
+        outs.append(io.open_store(out)["t_over_lambda"].values)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert main(["kk", str(lowloss), "-o", str(tmp_path / "k.zarr"), "--metal", "--search=-1:1",
+                 "-q"]) == 0  # fmt: skip
+    capsys.readouterr()
+    rc = main(["deconvolve", str(lowloss), "-o", str(tmp_path / "d.zarr"), "--search", "1", "-1"])
+    assert rc == 2
+    assert "HI must be above LO" in _one_line(capsys)
+    assert not (tmp_path / "d.zarr").exists()

@@ -2,49 +2,11 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import numpy as np
+from _data import parse_page
 
 from eelsgpu import io, synthetic
 from eelsgpu.cli import main
-
-
-class _Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags, self.imgs, self.attrs, self.captions, self.cells = [], [], [], [], []
-        self._in_caption = self._in_td = False
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs.extend(attrs)
-        if tag == "img":
-            self.imgs.append(dict(attrs))
-        self._in_caption = self._in_caption or tag == "figcaption"
-        self._in_td = self._in_td or tag == "td"
-        if tag == "figcaption":
-            self.captions.append("")
-
-    def handle_endtag(self, tag):
-        if tag == "figcaption":
-            self._in_caption = False
-        if tag == "td":
-            self._in_td = False
-
-    def handle_data(self, data):
-        if self._in_caption:
-            self.captions[-1] += data
-        if self._in_td:
-            self.cells.append(data)
-
-
-def _parse(path):
-    page = _Page()
-    text = path.read_text(encoding="utf-8")
-    page.feed(text)
-    page.close()
-    return page, text
 
 
 def test_report_cli_with_clusters(tmp_path):
@@ -84,7 +46,7 @@ def test_report_cli_with_clusters(tmp_path):
     assert (
         main(["report", str(tmp_path / "cl.zarr"), "-o", str(html_path), "--clusters", "-q"]) == 0
     )
-    page, _ = _parse(html_path)
+    page, _ = parse_page(html_path)
     alts = [im.get("alt", "") for im in page.imgs]
     assert any(a.startswith("map of cluster:") for a in alts)
     assert "cluster-mean spectra" in alts

@@ -8,26 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _data import DRIFTS
 from conftest import asarray, to_numpy
 
 from eelsgpu import synthetic
 from eelsgpu.kernels.zlp import centre_kernel, shift_kernel, zlp_kernel
-
-DRIFTS = np.array([-0.371, -0.2, -0.0123, 0.0, 0.013, 0.025, 0.1666, 0.333, 0.4])
-
-
-@pytest.fixture(scope="module")
-def drifted():
-    """Drude t/lambda = 0.5, Gaussian ZLP 0.5 eV, drift at sub-channel positions, 0.05 eV/ch."""
-    return synthetic.low_loss_image(
-        synthetic.Drude(15.0, 1.0),
-        t_over_lambda=0.5,
-        shape=(DRIFTS.size,),
-        n_channels=1024,
-        dispersion_eV=0.05,
-        drift_eV=DRIFTS,
-        dtype=np.float64,
-    )
 
 
 def true_zlp(sim) -> np.ndarray:

@@ -7,10 +7,9 @@ density and README check values). These are measurements with no exact answer: e
 physical properties and says which truth it uses. The WS2 band gaps use EELSfitter's spectra
 (Roest et al., Ultramicroscopy 222, 113202 (2021): about 1.6 eV).
 
-Until the deconvolution checks its ZLP models per pixel (its ``quality`` map, the Fourier-log
-side of issue 11), a ZLP model that does not fit (mirror or fit on h-BN, the Al film) is not
-flagged upstream; the tests that need that check run on the threshold model only until the
-deconvolution returns ``quality``, and on every model after.
+The deconvolution checks its ZLP model per pixel (its ``quality`` map): a model that does not
+fit (mirror or fit on h-BN, the Al film) is flagged upstream and not valid, so every test runs
+on every ZLP model.
 """
 
 from __future__ import annotations
@@ -50,11 +49,6 @@ def _flat(kk: xr.Dataset, name: str) -> np.ndarray:
     return v.reshape(-1, v.shape[-1]) if kk[name].dims[-1:] == ("energy",) else v.reshape(-1)
 
 
-def _models_checked(dec: xr.Dataset) -> tuple[str, ...]:
-    """Every ZLP model once the deconvolution flags misfitting models, else threshold only."""
-    return ZLP_MODELS if "quality" in dec else ("threshold",)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_eps2_and_loss_function_not_negative_where_valid(results, name):
     """Truth: physics, a passive medium absorbs: Im[-1/eps] >= 0 and eps2 >= 0 at every energy
@@ -77,21 +71,36 @@ def test_eps2_and_loss_function_not_negative_where_valid(results, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_kk_and_log_ratio_thickness_agree(results, name):
     """Truth: agreement between methods, the KK sum-rule thickness (eq. 26) against the
-    log-ratio thickness t/lambda x the Iakoubovskii mean free path of the density. Where valid
-    and the film is thick enough for its surface losses not to matter (no
-    SURFACE_NOT_CORRECTED), they agree within the stated factor (1.5); KK_THICKNESS_DISAGREES
-    is set exactly where the ratio is beyond it. Measured (threshold): 0.60 (LSMO 80 kV) to
-    1.55 (h-BN, 3 nm thick, whose surface losses the flag names)."""
+    log-ratio thickness t/lambda x the Iakoubovskii mean free path of the density, with the
+    t/lambda of truncation (zlp="threshold", equal to exspy's estimate_thickness to 0.002 and
+    the shared README's check values). Where valid and the film is thick enough for its surface
+    losses not to matter (no SURFACE_NOT_CORRECTED), every ZLP model's KK thickness agrees with
+    it within the stated factor (1.5). KK_THICKNESS_DISAGREES is set exactly where the ratio to
+    the log-ratio thickness of the same ZLP model (``thickness_ratio``) is beyond it. Measured
+    (threshold): 0.60 (LSMO 80 kV) to 1.55 (h-BN, 3 nm thick, whose surface losses the flag
+    names); against truncation, mirror and fit give 0.69 (SiC fit) to 1.13 (SrTiO3 mirror).
+
+    Why truncation's t/lambda for the agreement: this test was written when deconvolve's
+    ``t_over_lambda`` came from truncation whatever ``zlp=`` said. Since deconvolve takes N0
+    from the ZLP model (as thickness does; issue 11 item 4), the same-model log-ratio moves by
+    -10 % to +7 % with the model (SiC fit: t/lambda 0.803 against 0.774), and SiC's fit ratio
+    (0.660, at 100 kV, an E0 its README calls unresolved against 60 kV) falls 1 % past 1/1.5:
+    correctly flagged KK_THICKNESS_DISAGREES, a warning (not fatal) because the mean free path
+    itself is uncertain by 10-20 %."""
+    tl_thr = _flat(results[name, "threshold"][0], "t_over_lambda")
     for m in ZLP_MODELS:
-        _, kk = results[name, m]
+        dec, kk = results[name, m]
         ratio = _flat(kk, "thickness_ratio")
         qual = _flat(kk, "quality").astype(np.int64)
         valid = _flat(kk, "valid")
         both = np.isfinite(ratio)
         outside = both & ((ratio > THICKNESS_FACTOR) | (ratio < 1 / THICKNESS_FACTOR))
         assert np.array_equal(outside, (qual & q.KK_THICKNESS_DISAGREES) > 0), m
+        to_thr = ratio * _flat(dec, "t_over_lambda") / tl_thr
         thick = valid & both & ((qual & q.SURFACE_NOT_CORRECTED) == 0)
-        assert not np.any(outside[thick]), (m, ratio[thick])
+        assert np.all(np.isfinite(to_thr[thick])), m
+        far = (to_thr > THICKNESS_FACTOR) | (to_thr < 1 / THICKNESS_FACTOR)
+        assert not np.any(far[thick]), (m, to_thr[thick])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -102,7 +111,7 @@ def test_loss_peaks_at_the_readme_energies(results, name):
     valid pixel lies within 0.5 eV of it (of the range, for the median of a line scan)."""
     f = _file(name)
     lo, hi = f.peak_eV
-    for m in _models_checked(results[name, "threshold"][0]):
+    for m in ZLP_MODELS:
         _, kk = results[name, m]
         peak = _flat(kk, "loss_peak_eV")[_flat(kk, "valid")]
         if not peak.size:
@@ -145,56 +154,72 @@ def test_al_plasmon_and_the_surface_flag(results, shared_data, name):
 def test_spectra_that_break_the_model_are_not_valid(results):
     """Truth: the off-axis (q-resolved) Al series gduscher AL-DFoffset0.22-0.30 breaks the
     Fourier-log model: its SSD has negative lobes of -35 / -59 / -93 % of the peak at the
-    double plasmon (issue 11, item 7). No ZLP model gives a valid KK result there
-    (EPS2_NEGATIVE: the lobes take 25-73 % of the sum rule), while the on-axis spectrum of the
-    same film is valid. (AL-DFoffset0.19, with smaller lobes, sits at the limit: 10-26 %.)"""
+    double plasmon (issue 11, item 7). No ZLP model gives a valid KK result there, while the
+    on-axis spectrum of the same film is valid. Two independent checks say so: the
+    deconvolution's NEGATIVE_LOBE (the raw SSD's lobe beyond 0.1 of its peak; fatal, carried
+    into the KK quality map, and KK then analyses no such pixel), and KK's own EPS2_NEGATIVE
+    when it is given the same band-limited SSD without the deconvolution's verdict (the lobes
+    take 25-74 % of the sum rule). (Before the merge the test's input was a stand-in without
+    the deconvolution's quality map, so it asked for EPS2_NEGATIVE in the KK result itself.)"""
     for name in ("Al 0.22[0]", "Al 0.25[0]", "Al 0.30[0]"):
         for m in ZLP_MODELS:
-            _, kk = results[name, m]
+            dec, kk = results[name, m]
             assert not bool(kk["valid"]), (name, m)
-            assert int(kk["quality"]) & q.EPS2_NEGATIVE, (name, m)
+            assert int(dec["quality"]) & q.NEGATIVE_LOBE, (name, m)
+            assert int(kk["quality"]) & q.NEGATIVE_LOBE, (name, m)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                alone = eelsgpu.kramers_kronig(
+                    dec.drop_vars(["valid", "quality"]), metal=True,
+                    variables=("eps2_negative_weight",), device="cpu",
+                ).compute()  # fmt: skip
+            assert int(alone["quality"]) & q.EPS2_NEGATIVE, (name, m)
+            assert not bool(alone["valid"]), (name, m)
     assert bool(results["Al film 0.00", "threshold"][1]["valid"])
 
 
-@pytest.mark.parametrize("name", ["SiO2", "h-BN", "SrTiO3", "MnOx", "LSMO/STO", "LSMO 80kV"])
+@pytest.mark.parametrize(
+    "name", ["Al film 0.00", "SiO2", "h-BN", "SrTiO3", "MnOx", "LSMO/STO", "LSMO 80kV"]
+)
 def test_kk_thickness_does_not_depend_on_the_axis_offset(shared_data, name):
     """Truth: invariance, energy loss is measured from the ZLP, wherever the stored axis puts
-    it. Each file is re-zeroed (its ZLP moved to 0, -3, +2.7 eV, and +20 eV where the window
-    then no longer holds 0 eV) and run through deconvolve with the default output
-    (reconvolved-zlp, on the data's axis) and band-limited: the KK thickness of every pixel
-    stays within 1 % of the same output's at the stored axis and the loss peak within 0.1 eV
-    (reconvolved-zlp) or, for the median over the pixels, one channel (band-limited: the
-    aligned SSD is resampled at the new channels' positions, and a flat-topped plasmon of the
-    LSMO scan has two near-equal maxima 1.5 eV apart); issue 11 measured x5.2 for h-BN, -44 %
-    for LSMO 80 kV, a SrTiO3 peak at 26.7 instead of 31.0 eV)."""
+    it. Each file is re-zeroed (its ZLP moved to 0, -3, +2.7 eV, +0.37 eV, and +20 eV where the
+    window then no longer holds 0 eV; 2.7 and 0.37 eV are not whole channels) and run through
+    deconvolve with the default output (reconvolved-zlp, on the data's axis) and band-limited:
+    the KK thickness of every pixel stays within 1 % of the same output's at the stored axis
+    (issue 11's figure), the loss peak within 0.1 eV and ``valid`` the same. Issue 11 measured
+    x5.2 for h-BN, -44 % for LSMO 80 kV, a SrTiO3 peak at 26.7 instead of 31.0 eV; after the
+    merge an offset that was not a whole number of channels resampled the raw SSD by a
+    fraction of a channel and turned h-BN's borderline NEGATIVE_LOBE (0.097-0.104 of the peak
+    against 0.1) on and off, so its KK thickness went NaN at +2.7 eV."""
     f = _file(name)
     si = open_real(shared_data, f)
     c0 = float(np.nanmedian(band_limited(si, "threshold")["zlp_centre_eV"].values))
-    for kind, offsets in (("reconvolved-zlp", (0.0, -c0, -3.0, 2.7, 20.0)),
-                          ("band-limited", (0.0, -c0, -3.0, 2.7))):  # fmt: skip
+    fwhm = band_limited(si, "threshold")["zlp_fwhm_eV"]
+    for kind in ("reconvolved-zlp", "band-limited"):
         base = None
-        for off in offsets:
+        for off in (0.0, -c0, -3.0, 2.7, 0.37, 20.0):
             moved = si.assign_coords(energy=si["energy"].values + off)
             search = (c0 + off - 5.0, c0 + off + 5.0)
-            if kind == "band-limited":
-                dec = band_limited(moved, "threshold", search)
-            else:
-                dec = eelsgpu.deconvolve(moved, zlp="threshold", search_eV=search, device="cpu")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                if kind == "band-limited":
+                    dec = band_limited(moved, "threshold", search)
+                else:
+                    dec = eelsgpu.deconvolve(moved, zlp="threshold", search_eV=search, device="cpu")
                 kk = eelsgpu.kramers_kronig(
-                    dec, zlp_fwhm_eV=band_limited(si, "threshold")["zlp_fwhm_eV"],
-                    variables=("thickness_nm", "loss_peak_eV"), device="cpu", **f.norm,
+                    dec, zlp_fwhm_eV=fwhm, variables=("thickness_nm", "loss_peak_eV"),
+                    device="cpu", **f.norm,
                 ).compute()  # fmt: skip
-            t, peak = _flat(kk, "thickness_nm"), _flat(kk, "loss_peak_eV")
+            t, peak, valid = (_flat(kk, v) for v in ("thickness_nm", "loss_peak_eV", "valid"))
             if base is None:
-                base = (t, peak)
-            assert np.all(np.abs(t / base[0] - 1) < 0.01), (kind, off, t / base[0])
-            d = float(si["energy"][1] - si["energy"][0])
-            if kind == "reconvolved-zlp":
-                assert np.all(np.abs(peak - base[1]) <= 0.1), (kind, off)
-            else:
-                assert abs(np.median(peak) - np.median(base[1])) <= d, (kind, off)
+                base = (t, peak, valid)
+                assert np.isfinite(t).any(), kind
+            assert np.array_equal(valid, base[2]), (kind, off)
+            ok = np.isfinite(base[0])
+            assert np.array_equal(np.isfinite(t), ok), (kind, off)
+            assert np.all(np.abs(t[ok] / base[0][ok] - 1) < 0.01), (kind, off, t / base[0])
+            assert np.all(np.abs(peak[ok] - base[1][ok]) <= 0.1), (kind, off)
 
 
 # --------------------------------------------------------------------------- WS2 band gap

@@ -323,7 +323,7 @@ def test_uncalibrated_axis(results, shift):
         th = eelsgpu.thickness(si, device="cpu").compute()
     with pytest.warns(AxisOffsetWarning):
         dec = eelsgpu.deconvolve(si, zlp="threshold", output="ssd", device="cpu").compute()
-    # (the offsets are not whole channels of 0.3 eV: the same to sub-channel effects)
+    # (the offsets are not whole channels of 0.3 eV; the kernels' axis is the same anyway)
     np.testing.assert_allclose(th["t_over_lambda"].values.ravel(), r["t"], rtol=1e-4)
     np.testing.assert_allclose(dec["t_over_lambda"].values.ravel(), r["t"], rtol=1e-4)
     assert _has(th["quality"].values, quality.AXIS_OFFSET).all()
