@@ -208,10 +208,31 @@ class _Model:
 
 
 def _fit_model(
-    sample: np.ndarray, k: int, seed: int, use_spectrum: bool, n_components: int | None
+    sample: np.ndarray,
+    k: int,
+    seed: int,
+    use_spectrum: bool,
+    n_components: int | None,
+    *,
+    progress: bool = False,
 ) -> _Model:
     """z-score the sample (one scale for spectra, one per map), PCA for spectra, k-means; the
-    centres numbered by increasing first coordinate."""
+    centres numbered by increasing first coordinate. ``progress``: a bar over the two steps (the
+    fit has no blocks to count), shown as soon as it starts."""
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=2,
+            desc=f"fitting the model to {sample.shape[0]:,} spectra",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        bar.set_postfix_str("PCA" if use_spectrum and n_components else "scaling")
     mean = sample.mean(axis=0)
     if use_spectrum:
         scale = np.full(sample.shape[1], float(np.std(sample - mean)) or 1.0)
@@ -227,7 +248,13 @@ def _fit_model(
         pca = PCA(n_components=n_comp, random_state=seed).fit(z)
         components = pca.components_
         z = z @ components.T
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(f"k-means, k = {k}")
     km = _kmeans(z, k, seed)
+    if bar is not None:
+        bar.update(1)
+        bar.close()
     centres = km.cluster_centers_
     order = np.argsort(centres[:, 0], kind="stable")
     return _Model(mean, scale, components, km, centres[order])
@@ -303,6 +330,7 @@ def cluster(
     energy_range_eV: tuple[float, float] | None = None,
     n_components: int | None = 8,
     device: str = "auto",
+    progress: bool = False,
 ) -> xr.Dataset:
     """Group the pixels of a spectrum image (or of result maps) into ``n_clusters`` by k-means.
 
@@ -327,6 +355,9 @@ def cluster(
     n_components : int or None
         PCA dimensions for ``"spectrum"`` (None: no PCA).
     device : {"auto", "cpu", "gpu"}
+    progress : bool
+        Show a bar (stderr) through the model's fit (PCA, then k-means on the sample): it holds
+        no blocks to count, and takes seconds on a large sample.
 
     Returns
     -------
@@ -363,7 +394,7 @@ def cluster(
 
     sample, n_take = _draw_sample(feats.work, sample_size, seed)
     sample = _usable_sample(sample, feats, k, source)
-    model = _fit_model(sample, k, seed, feats.use_spectrum, n_components)
+    model = _fit_model(sample, k, seed, feats.use_spectrum, n_components, progress=progress)
 
     labelled = apply_kernel(
         ASSIGN_BLOCK,

@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             energy_range_eV=parse_window(args.energy_range),
             device=args.device,
+            progress=not args.quiet,
         )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
