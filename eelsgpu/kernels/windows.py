@@ -49,12 +49,21 @@ import numpy as np
 
 from .._xp import array_namespace
 from .declare import BlockKernel, Output
+from .uncertainty import (
+    REPLICA_BATCH_ELEMENTS,
+    draw_replicas,
+    linear_sigma,
+    poisson_variance,
+    ratio_sigma,
+    replica_moments,
+)
 
 __all__ = [
     "BACKGROUND_MODELS",
     "TILE_PIXELS",
     "channel_edges",
     "fit_background",
+    "sigma_targets",
     "window_block",
     "window_kernel",
     "window_outputs",
@@ -229,8 +238,14 @@ def _gather(a: Any, idx: Any) -> Any:
     return xp.take_along_axis(a, idx, axis=-1)
 
 
-def _peak_fit(s: Any, e: Any, in_win: Any, half: int) -> Any:
-    """Vertex of a least-squares parabola to ln s over 2*half+1 channels around the maximum."""
+def _peak_fit(s: Any, e: Any, in_win: Any, half: int, sensitivity: bool = False) -> Any:
+    """Vertex of a least-squares parabola to ln s over 2*half+1 channels around the maximum.
+
+    With ``sensitivity``, also ``q = d vertex / d s_i`` (n_pix, n_E), its linearisation in the
+    net density: ``c = A^-1 V^T ln s`` (A the 3x3 normal matrix, its inverse by cofactors),
+    ``vertex = -c1 / (2 c2)``, so ``d vertex = -(dc1 + 2 vertex dc2) / (2 c2)`` and
+    ``d ln s_k = ds_k / s_k``.
+    """
     xp = array_namespace(s)
     n = e.shape[0]
     idxs = xp.arange(n)
@@ -274,7 +289,21 @@ def _peak_fit(s: Any, e: Any, in_win: Any, half: int) -> Any:
         & (d != 0)
         & (xp.abs(vertex) <= span)
     )
-    return xp.where(ok, e0 + vertex, xp.nan)
+    peak = xp.where(ok, e0 + vertex, xp.nan)
+    if not sensitivity:
+        return peak
+    # rows 1 and 2 of the symmetric inverse (cofactors / d)
+    c01, c11, c12 = -(m1 * m4 - m3 * m2), m0 * m4 - m2 * m2, -(m0 * m3 - m2 * m1)
+    c02, c22 = m1 * m3 - m2 * m2, m0 * m2 - m1 * m1
+    dc1 = (c01[:, None] + c11[:, None] * u + c12[:, None] * u * u) / safe_d[:, None]
+    dc2 = (c02[:, None] + c12[:, None] * u + c22[:, None] * u * u) / safe_d[:, None]
+    safe_vals = xp.where(vals > 0, vals, 1.0)
+    q_k = -(dc1 + 2 * vertex[:, None] * dc2) / (2 * safe_c2[:, None] * safe_vals)
+    q = xp.zeros_like(s)
+    for j in range(2 * half + 1):  # scatter the 2h+1 sensitivities onto the channel axis
+        hit = idx[:, j : j + 1] == idxs[None, :]
+        q = q + xp.where(hit, q_k[:, j : j + 1], 0.0)
+    return peak, q
 
 
 def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
@@ -305,6 +334,65 @@ def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
     return xp.where(ok, width, xp.nan)
 
 
+def _fit_linearisation(
+    x: Any, e: Any, chan_width: Any, range_w: Any, model: str, bg_density: Any
+) -> dict[str, Any]:
+    """What the linearised background fit needs (see :func:`_alpha`).
+
+    The fit ``y = a + b u`` gives ``d(a, b) = M^-1 sum_j U_j h_j dx_j`` with
+    ``M = sum w_j U_j U_j^T`` and ``U_j = (1, u_j)``. Power law: ``u = ln E``, ``w = usable x``
+    (the counts weights; a change of the weights moves the estimate only at second order, as
+    the residuals are noise) and ``y = ln(x / width)``, so ``h_j = usable_j``; linear: ``u = E``,
+    ``w = usable`` and ``y = x / width``, so ``h_j = usable_j / width_j``. The fitted density
+    moves by ``dD_i = D'_i (da + u_i db)`` with ``D' = D`` (power law) or 1 (linear).
+    """
+    xp = array_namespace(x)
+    if model == "power-law":
+        usable = xp.where(x > 0, range_w, 0.0)
+        fit_w = usable * xp.where(x > 0, x, 0.0)
+        u = xp.log(e)
+        h = usable
+        dd = bg_density
+    else:
+        usable = range_w * xp.ones_like(x)
+        fit_w = usable
+        u = e
+        h = usable / chan_width
+        dd = xp.ones_like(x)
+    s0 = xp.sum(fit_w, axis=-1)
+    su = xp.sum(fit_w * u, axis=-1)
+    suu = xp.sum(fit_w * u * u, axis=-1)
+    det = s0 * suu - su * su
+    return {
+        "u": u,
+        "h": h,
+        "dd": dd,
+        "s0": s0,
+        "su": su,
+        "suu": suu,
+        "det": xp.where(det > 0, det, 1.0),
+    }
+
+
+def _alpha(q: Any, chan_width: Any, lin: dict[str, Any] | None) -> Any:
+    """Sensitivities ``a_j = dQ/dx_j`` of an estimator with density sensitivities ``q_i = dQ/ds_i``.
+
+    ``s_i = x_i / width_i - D_i`` is the net (background-subtracted) density, so
+    ``a_j = q_j / width_j - h_j G^T M^-1 U_j`` with ``G = sum_i q_i D'_i (1, u_i)`` (the fit's
+    terms of :func:`_fit_linearisation`; none without a background).
+    """
+    xp = array_namespace(q)
+    direct = q / chan_width
+    if lin is None:
+        return direct
+    u, dd = lin["u"], lin["dd"]
+    g0 = xp.sum(q * dd, axis=-1)[:, None]
+    g1 = xp.sum(q * dd * u, axis=-1)[:, None]
+    s0, su, suu = lin["s0"][:, None], lin["su"][:, None], lin["suu"][:, None]
+    k = (g0 * (suu - su * u) + g1 * (s0 * u - su)) / lin["det"][:, None]
+    return direct - lin["h"] * k
+
+
 def window_kernel(
     block: Any,
     energy_eV: Any,
@@ -318,12 +406,19 @@ def window_kernel(
     ratios: Sequence[tuple[str, str]] = (),
     peak_channels: int = 3,
     spans: Mapping[str, tuple[int, int]] | None = None,
+    uncertainty: str | None = None,
+    gain: float = 1.0,
+    n_replicas: int = 100,
+    seed: int = 0,
+    variance: Any = None,
+    pixel_index: Any = None,
 ) -> dict[str, Any]:
     """Window maps of a block of spectra (pure array-API kernel; see the module docstring).
 
     Window integrals on bin edges, backgrounds by :func:`fit_background` (power law: Egerton,
     *EELS in the Electron Microscope*, 3rd ed., sec. 4.4.2), centroid, Gaussian peak position
-    (least-squares parabola on ``ln s``) and FWHM of the background-subtracted density.
+    (least-squares parabola on ``ln s``) and FWHM of the background-subtracted density, and
+    (``uncertainty``) the counting sigma of the intensities, centroids, peaks and ratios.
 
     Parameters
     ----------
@@ -345,13 +440,38 @@ def window_kernel(
     spans : mapping name -> (i0, i1), optional
         Channel slice holding the window and its background ranges with a margin of at least
         two channels (work is then done on that slice only); the whole axis by default.
+    uncertainty : {None, "analytic", "replicas"}
+        ``"analytic"``: every estimator linearised about the data (:func:`_alpha`, the peak's
+        :func:`_peak_fit` sensitivity), ``sigma^2 = sum_j a_j^2 var(x_j)``, ratios with the
+        covariance of their windows (:func:`eelsgpu.kernels.uncertainty.ratio_sigma`);
+        ``"replicas"``: ``n_replicas`` noise replicas per pixel
+        (:func:`eelsgpu.kernels.uncertainty.draw_replicas`) run through this same kernel as one
+        larger batch (in batches of bounded memory) and reduced to their standard deviation.
+        The FWHM gets no sigma.
+    gain : float
+        Data units per counted electron: ``var(x) = gain x`` (Poisson).
+    n_replicas, seed : int
+        Replicas per pixel and the seed (replicas only).
+    variance : array (n_pix, n_E), optional
+        A measured per-channel variance (data units^2) replacing ``gain x``.
+    pixel_index : array (n_pix,), optional
+        Global pixel index of each spectrum (replica seeding; default 0..n_pix-1).
 
     Returns
     -------
     dict
         ``name`` (counts), ``name_background`` (counts), ``name_valid`` (bool) per window, and
         the requested extras (``_centroid_eV``, ``_peak_eV``, ``_fwhm_eV`` in eV, ratios ``a_over_b``
-        dimensionless), each ``(n_pix,)``.
+        dimensionless), each ``(n_pix,)``; with ``uncertainty`` also ``<output>_sigma`` (same
+        units) for every intensity, centroid, peak and ratio.
+
+    Examples
+    --------
+    >>> e = np.arange(100.0, 200.0, 0.5)
+    >>> block = 1e4 * np.exp(-0.5 * ((e - 150.0) / 2.0) ** 2) * np.ones((1, 1))
+    >>> out = window_kernel(block, e, windows=(("b", 140.0, 160.0),), uncertainty="analytic")
+    >>> bool(np.isclose(out["b_sigma"][0], np.sqrt(out["b"][0])))
+    True
     """
     xp = array_namespace(block)
     e_all = xp.astype(energy_eV, xp.float64)
@@ -360,7 +480,12 @@ def window_kernel(
     backgrounds = backgrounds or {}
     spans = spans or {}
     half = max(1, int(peak_channels) // 2)
+    analytic = uncertainty == "analytic"
+    if uncertainty not in (None, "analytic", "replicas"):
+        raise ValueError(f"uncertainty must be None, 'analytic' or 'replicas', not {uncertainty!r}")
     out: dict[str, Any] = {}
+    # per window: its channel slice, its intensity sensitivities and the slice's variance
+    lin_terms: dict[str, tuple[int, Any, Any]] = {}
     for name, lo, hi in windows:
         i0, i1 = spans.get(name, (0, e_all.shape[0]))
         x = xp.astype(block[:, i0:i1], xp.float64)
@@ -370,12 +495,16 @@ def window_kernel(
         f = window_weights(e, lo, hi)
         raw = xp.sum(x * f, axis=-1)
         ranges = backgrounds.get(name)
+        lin = None
         if ranges:
+            range_w = _range_weights(e, ranges)
             bg_density, ok = fit_background(
-                x, e, _range_weights(e, ranges), background_model, channel_width_eV=chan_width
+                x, e, range_w, background_model, channel_width_eV=chan_width
             )
             bg = xp.sum(bg_density * chan_width * f, axis=-1)
             net_density = density - bg_density
+            if analytic:
+                lin = _fit_linearisation(x, e, chan_width, range_w, background_model, bg_density)
         else:
             bg = xp.zeros_like(raw)
             ok = xp.ones(raw.shape, dtype=xp.bool)
@@ -386,14 +515,32 @@ def window_kernel(
         out[f"{name}_background"] = xp.where(ok, bg, xp.nan)
         out[f"{name}_valid"] = ok
         net = net_density * chan_width * f
+        if analytic:
+            if variance is None:
+                var = poisson_variance(x, gain)
+            else:
+                var = xp.astype(variance[:, i0:i1], xp.float64)
+            a_int = _alpha(chan_width * f * xp.ones_like(x), chan_width, lin)
+            lin_terms[name] = (i0, a_int, var)
+            out[f"{name}_sigma"] = xp.where(ok, linear_sigma(a_int, var), xp.nan)
         if name in centroid:
             total = xp.sum(net, axis=-1)
             good = ok & (total > 0)
-            c = xp.sum(net * e, axis=-1) / xp.where(good, total, 1.0)
+            safe_total = xp.where(good, total, 1.0)
+            c = xp.sum(net * e, axis=-1) / safe_total
             out[f"{name}_centroid_eV"] = xp.where(good, c, xp.nan)
+            if analytic:
+                q = (e[None, :] - c[:, None]) * chan_width * f / safe_total[:, None]
+                sig = linear_sigma(_alpha(q, chan_width, lin), var)
+                out[f"{name}_centroid_eV_sigma"] = xp.where(good, sig, xp.nan)
         in_win = f >= 0.5
         if name in peak:
-            p = _peak_fit(net_density, e, in_win, half)
+            if analytic:
+                p, q = _peak_fit(net_density, e, in_win, half, sensitivity=True)
+                sig = linear_sigma(_alpha(q, chan_width, lin), var)
+                out[f"{name}_peak_eV_sigma"] = xp.where(ok & xp.isfinite(p), sig, xp.nan)
+            else:
+                p = _peak_fit(net_density, e, in_win, half)
             out[f"{name}_peak_eV"] = xp.where(ok, p, xp.nan)
         if name in width:
             w = _fwhm(net_density, e, in_win)
@@ -402,6 +549,122 @@ def window_kernel(
         den = out[b]
         good = xp.isfinite(den) & (den > 0) & xp.isfinite(out[a])
         out[f"{a}_over_{b}"] = xp.where(good, out[a] / xp.where(good, den, 1.0), xp.nan)
+        if analytic:
+            cov = _covariance(lin_terms[a], lin_terms[b])
+            va = out[f"{a}_sigma"] ** 2
+            vb = out[f"{b}_sigma"] ** 2
+            out[f"{a}_over_{b}_sigma"] = ratio_sigma(out[a], den, va, vb, cov)
+    if uncertainty == "replicas":
+        out.update(
+            _replica_sigmas(
+                block,
+                e_all,
+                out,
+                windows=windows,
+                backgrounds=backgrounds,
+                background_model=background_model,
+                centroid=centroid,
+                peak=peak,
+                ratios=ratios,
+                peak_channels=peak_channels,
+                spans=spans,
+                gain=gain,
+                n_replicas=n_replicas,
+                seed=seed,
+                variance=variance,
+                pixel_index=pixel_index,
+            )
+        )
+    return out
+
+
+def _covariance(ta: tuple[int, Any, Any], tb: tuple[int, Any, Any]) -> Any:
+    """``sum_j a_j b_j var(x_j)`` over the channels two windows' slices share."""
+    (ia, aa, va), (ib, ab, _) = ta, tb
+    xp = array_namespace(aa)
+    lo, hi = max(ia, ib), min(ia + aa.shape[-1], ib + ab.shape[-1])
+    if hi <= lo:
+        return xp.zeros(aa.shape[:1], dtype=aa.dtype)
+    sa, sb = aa[:, lo - ia : hi - ia], ab[:, lo - ib : hi - ib]
+    return xp.sum(sa * sb * va[:, lo - ia : hi - ia], axis=-1)
+
+
+def sigma_targets(
+    windows: Sequence[tuple[str, float, float]],
+    centroid: Sequence[str] = (),
+    peak: Sequence[str] = (),
+    ratios: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """The outputs of :func:`window_kernel` that get a ``_sigma`` (intensities, centroids, peaks,
+    ratios), in output order.
+
+    Examples
+    --------
+    >>> sigma_targets((("a", 1.0, 2.0), ("b", 3.0, 4.0)), peak=("a",), ratios=(("a", "b"),))
+    ['a', 'a_peak_eV', 'b', 'a_over_b']
+    """
+    names: list[str] = []
+    for name, _, _ in windows:
+        names.append(name)
+        if name in centroid:
+            names.append(f"{name}_centroid_eV")
+        if name in peak:
+            names.append(f"{name}_peak_eV")
+    names += [f"{a}_over_{b}" for a, b in ratios]
+    return names
+
+
+def _replica_sigmas(
+    block: Any,
+    e_all: Any,
+    values: Mapping[str, Any],
+    *,
+    windows: Sequence[tuple[str, float, float]],
+    spans: Mapping[str, tuple[int, int]],
+    n_replicas: int,
+    seed: int,
+    gain: float,
+    variance: Any,
+    pixel_index: Any,
+    **params: Any,
+) -> dict[str, Any]:
+    """``<output>_sigma`` from replicas run through :func:`window_kernel` as a larger batch.
+
+    Only the channels the windows use are drawn; pixels go in batches of at most
+    :data:`~eelsgpu.kernels.uncertainty.REPLICA_BATCH_ELEMENTS` values, each reduced to the
+    replicas' standard deviation at once, so no ``K``-fold cube is ever held.
+    """
+    xp = array_namespace(block)
+    n_pix, n_e = block.shape[0], e_all.shape[0]
+    k = int(n_replicas)
+    sl = {name: spans.get(name, (0, n_e)) for name, _, _ in windows}
+    lo = min(i0 for i0, _ in sl.values())
+    hi = max(i1 for _, i1 in sl.values())
+    sub_spans = {name: (i0 - lo, i1 - lo) for name, (i0, i1) in sl.items()}
+    if pixel_index is None:
+        pixel_index = np.arange(n_pix)
+    targets = sigma_targets(
+        windows, params.get("centroid", ()), params.get("peak", ()), params.get("ratios", ())
+    )
+    per = max(1, REPLICA_BATCH_ELEMENTS // (k * max(1, hi - lo)))
+    pieces: dict[str, list[Any]] = {t: [] for t in targets}
+    for p0 in range(0, n_pix, per):
+        p1 = min(n_pix, p0 + per)
+        reps = draw_replicas(
+            block[p0:p1, lo:hi],
+            k,
+            pixel_index=pixel_index[p0:p1],
+            seed=seed,
+            gain=gain,
+            variance=None if variance is None else variance[p0:p1, lo:hi],
+        )
+        res = window_kernel(reps, e_all[lo:hi], windows=windows, spans=sub_spans, **params)
+        for t in targets:
+            pieces[t].append(replica_moments(res[t], k)[1])
+    out = {}
+    for t in targets:
+        sig = xp.concat(pieces[t]) if len(pieces[t]) > 1 else pieces[t][0]
+        out[f"{t}_sigma"] = xp.where(xp.isfinite(values[t]), sig, xp.nan)
     return out
 
 
@@ -441,7 +704,8 @@ def window_outputs(params: Mapping[str, Any], units: str = "counts") -> list[Out
 
     Per window ``<name>`` (in ``units``, the unit of the input counts), ``<name>_background``
     (``units``) and ``<name>_valid`` (bool); the requested ``_centroid_eV``, ``_peak_eV`` and
-    ``_fwhm_eV`` (eV); per ratio ``<a>_over_<b>`` (1).
+    ``_fwhm_eV`` (eV); per ratio ``<a>_over_<b>`` (1); with ``uncertainty`` a ``<output>_sigma``
+    (same units) for every output of :func:`sigma_targets`.
     """
     bgs = params.get("backgrounds") or {}
     background_model = params.get("background_model", "power-law")
@@ -473,6 +737,20 @@ def window_outputs(params: Mapping[str, Any], units: str = "counts") -> list[Out
             outputs.append(Output(f"{name}_fwhm_eV", "eV", f"{name} FWHM"))
     for a, b in params.get("ratios", ()):
         outputs.append(Output(f"{a}_over_{b}", "1", f"{a} / {b} intensity ratio"))
+    method = params.get("uncertainty")
+    if method:
+        label = "analytic" if method == "analytic" else f"replicas:{int(params['n_replicas'])}"
+        by_name = {o.name: o for o in outputs}
+        for t in sigma_targets(params["windows"], cen, pk, params.get("ratios", ())):
+            o = by_name[t]
+            outputs.append(
+                Output(
+                    f"{t}_sigma",
+                    o.units,
+                    f"sigma of {o.long_name} (counting)",
+                    attrs={"sigma_of": t, "uncertainty": label, "part": "counting"},
+                )
+            )
     return outputs
 
 
