@@ -1,0 +1,320 @@
+"""The uncertainty options every analysis shares: parsing, the noise model, names (issue 14).
+
+What the user gives
+-------------------
+* ``uncertainty=None`` (default: no sigma; ``"analytic"`` costs up to about 2x the analysis of
+  window maps, replicas K times it, so neither is on by default), ``"analytic"`` (counting noise
+  propagated by the linearisation of each estimator, closed forms where they exist), or
+  ``"replicas"`` with ``n_replicas=K`` (``K`` noise replicas of every spectrum through the same
+  kernels; ``"replicas:K"`` is the same). The CLI's ``--uncertainty analytic|replicas:K``.
+* The noise model (:mod:`eelsgpu.kernels.uncertainty`): ``gain=g``, the detector's data units
+  per counted electron (``x = g N``, so the electrons are ``x / g`` and ``var(x) = g x``; ``g = 1``
+  for data in electron counts), **or** ``noise_variance=``, a measured variance in data units
+  squared (a DataArray whose dims are among the image's and include ``energy``: per channel, or
+  per pixel and channel) for data that are not counts times a gain; replicas are then Gaussian.
+  Given neither, the gain is **estimated** from the data's own channel-to-channel noise
+  (:func:`eelsgpu.kernels.uncertainty.estimate_gain` on up to 1024 pixels spread over the image),
+  and the result says so in its attrs (``noise_model``, ``gain_source``).
+* ``seed`` (replicas): each pixel draws from ``(seed, its flat pixel index)``, so a rerun gives the
+  same sigmas whatever the chunking.
+
+What the result holds
+---------------------
+* ``<name>_sigma`` beside every output ``<name>`` that has one: one standard deviation of the
+  **counting noise** (the statistical part), same dims and ``units``; attrs ``sigma_of``,
+  ``uncertainty`` (``analytic`` or ``replicas:K``), ``part = "counting"``.
+* ``<name>_sigma_systematic`` where systematic parts apply (the mean-free-path formula, a ZLP
+  model's spread, a tail beyond the window, a user's known thickness or refractive index): their
+  quadrature sum, same units, reported apart because they do not average out over pixels; its
+  attrs ``parts`` is the table ``{part: description}`` (:func:`add_systematic`). The total is
+  ``sqrt(sigma^2 + sigma_systematic^2)``.
+* Dataset attrs: ``uncertainty``, ``noise_model`` (one line), ``gain_per_electron``,
+  ``gain_source`` (``given``, ``estimated from the data's channel noise (n triples)`` or
+  ``noise_variance``).
+
+Examples
+--------
+>>> parse_uncertainty_option("replicas:50")
+('replicas', 50)
+>>> sigma_name("thickness_nm"), systematic_name("thickness_nm")
+('thickness_nm_sigma', 'thickness_nm_sigma_systematic')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import InputError
+from ..kernels.uncertainty import estimate_gain
+from ._checks import positive, positive_int
+
+__all__ = [
+    "DEFAULT_REPLICAS",
+    "METHODS",
+    "UncertaintyRequest",
+    "add_systematic",
+    "estimate_image_gain",
+    "parse_uncertainty",
+    "parse_uncertainty_option",
+    "sigma_name",
+    "systematic_name",
+]
+
+METHODS = ("analytic", "replicas")
+#: Replicas per pixel when the user asks for replicas without saying how many.
+DEFAULT_REPLICAS = 100
+#: Pixels the gain estimate reads (spread over the image).
+GAIN_SAMPLE_PIXELS = 1024
+
+
+def sigma_name(name: str) -> str:
+    """The counting sigma of output ``name``: ``<name>_sigma``."""
+    return f"{name}_sigma"
+
+
+def systematic_name(name: str) -> str:
+    """The systematic sigma of output ``name``: ``<name>_sigma_systematic``."""
+    return f"{name}_sigma_systematic"
+
+
+def parse_uncertainty_option(text: str | None) -> tuple[str | None, int | None]:
+    """``"analytic"``, ``"replicas"`` or ``"replicas:K"`` (the CLI's ``--uncertainty``) -> (method, K).
+
+    Examples
+    --------
+    >>> parse_uncertainty_option("analytic"), parse_uncertainty_option(None)
+    (('analytic', None), (None, None))
+    """
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return None, None
+    method, _, k = str(text).strip().partition(":")
+    method = method.strip().lower()
+    if method not in METHODS or (k and method != "replicas"):
+        raise InputError(
+            f"uncertainty must be 'analytic', 'replicas' or 'replicas:K' (K replicas per pixel), "
+            f"not {text!r}"
+        )
+    if not k:
+        return method, None
+    try:
+        return method, int(k)
+    except ValueError:
+        raise InputError(f"uncertainty {text!r}: K must be a whole number of replicas") from None
+
+
+def estimate_image_gain(
+    si: xr.DataArray, max_pixels: int = GAIN_SAMPLE_PIXELS
+) -> tuple[float, int]:
+    """The detector gain (data units per electron) from the channel noise of up to ``max_pixels``
+    pixels spread over ``si`` (:func:`eelsgpu.kernels.uncertainty.estimate_gain`).
+
+    Returns
+    -------
+    gain : float
+    n_used : int
+        Channel triples the median used.
+    """
+    nav = [d for d in si.dims if d != "energy"]
+    if nav:
+        flat = si.stack(_pix=nav).transpose("_pix", "energy")
+        n = flat.sizes["_pix"]
+        idx = np.unique(np.linspace(0, n - 1, min(n, int(max_pixels))).round().astype(int))
+        sample = np.asarray(flat.isel(_pix=idx).values, dtype=np.float64)
+    else:
+        sample = np.asarray(si.values, dtype=np.float64)[None, :]
+    gain, n_used = estimate_gain(sample)
+    return float(gain), int(n_used)
+
+
+@dataclass(frozen=True)
+class UncertaintyRequest:
+    """The checked uncertainty options of one analysis call."""
+
+    method: str | None = None
+    n_replicas: int = DEFAULT_REPLICAS
+    seed: int = 0
+    gain: float = 1.0
+    gain_source: str = "given"
+    noise_variance: xr.DataArray | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        """``none``, ``analytic`` or ``replicas:K``."""
+        if self.method is None:
+            return "none"
+        return "analytic" if self.method == "analytic" else f"replicas:{self.n_replicas}"
+
+    def kernel_params(self) -> dict[str, Any]:
+        """The block kernel's uncertainty parameters (none when no uncertainty is asked)."""
+        if self.method is None:
+            return {}
+        return {
+            "uncertainty": self.method,
+            "gain": self.gain,
+            "n_replicas": self.n_replicas,
+            "seed": self.seed,
+        }
+
+    def extras(self, si: xr.DataArray) -> dict[str, Any]:
+        """Per-pixel arrays the kernel needs: ``variance`` (a cube) and ``pixel_index`` (a map)."""
+        out: dict[str, Any] = {}
+        if self.method is None:
+            return out
+        if self.noise_variance is not None:
+            var = self.noise_variance.broadcast_like(si).transpose(*si.dims)
+            out["variance"] = var.data
+        if self.method == "replicas":
+            nav_shape = tuple(si.sizes[d] for d in si.dims if d != "energy")
+            out["pixel_index"] = np.arange(int(np.prod(nav_shape)), dtype=np.int64).reshape(
+                nav_shape
+            )
+        return out
+
+    def attrs(self) -> dict[str, Any]:
+        """Dataset attrs that say which uncertainty and noise model the sigmas carry."""
+        if self.method is None:
+            return {}
+        if self.noise_variance is not None:
+            model = "measured per-channel variance (noise_variance), Gaussian replicas"
+        else:
+            model = (
+                f"Poisson counting, var(x) = g x with gain g = {self.gain:.4g} data units per "
+                f"electron ({self.gain_source})"
+            )
+        return {
+            "uncertainty": self.label,
+            "noise_model": model,
+            "gain_per_electron": float(self.gain),
+            "gain_source": self.gain_source,
+        }
+
+
+def parse_uncertainty(
+    si: xr.DataArray,
+    uncertainty: str | None = None,
+    n_replicas: int | None = None,
+    gain: float | None = None,
+    noise_variance: Any = None,
+    seed: int = 0,
+) -> UncertaintyRequest:
+    """Check the uncertainty options of an analysis against its spectrum image.
+
+    Parameters
+    ----------
+    si : xarray.DataArray
+        The spectrum image (dims ``(..., "energy")``).
+    uncertainty : {None, "analytic", "replicas", "replicas:K"}
+    n_replicas : int, optional
+        ``K`` (>= 2; default :data:`DEFAULT_REPLICAS`).
+    gain : float, optional
+        Data units per counted electron (> 0).
+    noise_variance : xarray.DataArray, optional
+        Measured variance, data units squared; dims among ``si``'s, with ``energy``.
+    seed : int
+        Replica seed.
+
+    Returns
+    -------
+    UncertaintyRequest
+        With the gain estimated from the data when neither ``gain`` nor ``noise_variance`` is
+        given (and ``uncertainty`` is asked).
+    """
+    method, k_text = parse_uncertainty_option(uncertainty)
+    if method is None:
+        if n_replicas is not None or gain is not None or noise_variance is not None:
+            raise InputError(
+                "n_replicas, gain and noise_variance describe an uncertainty: also give "
+                "uncertainty='analytic' or 'replicas'"
+            )
+        return UncertaintyRequest()
+    if k_text is not None and n_replicas is not None and int(n_replicas) != k_text:
+        raise InputError(f"uncertainty {uncertainty!r} and n_replicas={n_replicas} disagree")
+    k = k_text if k_text is not None else (DEFAULT_REPLICAS if n_replicas is None else n_replicas)
+    k = positive_int("n_replicas", k, 2)
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise InputError(f"seed must be a whole number, not {seed!r}") from None
+    if gain is not None and noise_variance is not None:
+        raise InputError("give either gain= or noise_variance=, not both")
+    if noise_variance is not None:
+        var = noise_variance
+        if not isinstance(var, xr.DataArray):
+            raise InputError(
+                "noise_variance must be an xarray.DataArray (data units squared) with an "
+                "'energy' dim, per channel or per pixel and channel"
+            )
+        if "energy" not in var.dims or not set(var.dims) <= set(si.dims):
+            raise InputError(
+                f"noise_variance has dims {var.dims}; they must include 'energy' and be among "
+                f"the image's {si.dims}"
+            )
+        for d in var.dims:
+            if var.sizes[d] != si.sizes[d]:
+                raise InputError(
+                    f"noise_variance has {var.sizes[d]} {d} values, the image {si.sizes[d]}"
+                )
+        return UncertaintyRequest(method, k, seed, 1.0, "noise_variance", var)
+    if gain is not None:
+        return UncertaintyRequest(method, k, seed, positive("gain", gain, "data units/electron"))
+    g, n_used = estimate_image_gain(si)
+    if not (np.isfinite(g) and g > 0):
+        raise InputError(
+            f"the detector gain could not be estimated from the data's channel noise "
+            f"{_source(si)}(no usable channel triples): give gain= (data units per electron) or "
+            "noise_variance="
+        )
+    return UncertaintyRequest(
+        method, k, seed, g, f"estimated from the data's channel noise ({n_used} triples)"
+    )
+
+
+def _source(si: xr.DataArray) -> str:
+    src = si.attrs.get("source")
+    return f"of {src} " if src else ""
+
+
+def add_systematic(
+    ds: xr.Dataset, name: str, parts: Mapping[str, tuple[xr.DataArray | float, str]]
+) -> xr.Dataset:
+    """Add ``<name>_sigma_systematic``: the quadrature sum of systematic parts, with their table.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Holds ``name``.
+    name : str
+        The output whose systematic sigma this is.
+    parts : mapping part -> (sigma, description)
+        Each part's one-sigma (same units as ``name``; a map or a number) and a line saying
+        where it comes from (e.g. ``"mean free path: 10 % (Iakoubovskii 2008)"``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` with ``<name>_sigma_systematic`` (attrs ``parts``: the table, ``sigma_of``).
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"t": ("x", np.array([100.0, 200.0]), {"units": "nm"})})
+    >>> ds = add_systematic(ds, "t", {"mfp": (0.1 * ds["t"], "10 %"), "zlp": (5.0, "model")})
+    >>> ds["t_sigma_systematic"].values.round(3).tolist(), ds["t_sigma_systematic"].attrs["units"]
+    ([11.18, 20.616], 'nm')
+    """
+    total = xr.zeros_like(ds[name], dtype=np.float64)
+    for sigma, _ in parts.values():
+        total = total + (sigma if isinstance(sigma, xr.DataArray) else float(sigma)) ** 2
+    out = np.sqrt(total)
+    out.attrs = {
+        "units": ds[name].attrs.get("units", ""),
+        "long_name": f"systematic sigma of {ds[name].attrs.get('long_name', name)}",
+        "sigma_of": name,
+        "part": "systematic",
+        "parts": {k: desc for k, (_, desc) in parts.items()},
+    }
+    return ds.assign({systematic_name(name): out})
