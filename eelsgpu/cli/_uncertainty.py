@@ -13,22 +13,10 @@ import argparse
 from typing import Any
 
 
-def _option(text: str) -> str:
-    from ..analysis._uncertainty import parse_uncertainty_option
-    from ..errors import InputError
-
-    try:
-        parse_uncertainty_option(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def add_uncertainty_options(p: argparse.ArgumentParser) -> None:
     """Add ``--uncertainty analytic|replicas:K``, ``--gain G`` and ``--seed N`` to ``p``."""
     p.add_argument(
         "--uncertainty",
-        type=_option,
         metavar="analytic|replicas:K",
         help="add <name>_sigma maps: counting noise propagated analytically, or from K Poisson "
         "replicas per pixel (default: none)",
