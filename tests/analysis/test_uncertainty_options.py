@@ -179,3 +179,23 @@ def test_cli_maps_uncertainty_and_pictures(tmp_path, capsys, sxes_si):
     assert not any("BK_sigma" in c and c.startswith("BK_sigma") for c in page.captions)
     assert any("relative sigma" in c and "BK_sigma" in c for c in page.captions)
     assert main(args + ["--uncertainty", "replicas:many", "--quiet"]) == 2
+
+
+def test_spectra_band_is_plus_minus_one_sigma():
+    """Truth: the band's definition. plot_spectra with bands= shades y - sigma to y + sigma
+    around the named spectrum (read back from the drawn polygon), and only around it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from eelsgpu.plotting import plot_spectra
+
+    e = np.linspace(0.0, 10.0, 51)
+    y = xr.DataArray(5 + np.sin(e), dims="energy", coords={"energy": e}, attrs={"units": "1/eV"})
+    sig = xr.DataArray(0.1 + 0.02 * e, dims="energy", coords={"energy": e})
+    fig = plot_spectra({"ssd": y, "other": 2 * y}, bands={"ssd": sig})
+    (band,) = [c for c in fig.axes[0].collections if c.get_gid() == "band"]
+    verts = band.get_paths()[0].vertices
+    dev = verts[:, 1] - np.interp(verts[:, 0], e, y.values)
+    np.testing.assert_allclose(np.abs(dev), np.interp(verts[:, 0], e, sig.values), atol=1e-9)
+    assert (dev > 0).sum() >= e.size and (dev < 0).sum() >= e.size  # both edges, every channel
+    assert band.get_label() == "ssd +-1 sigma"
