@@ -241,8 +241,8 @@ def _gather(a: Any, idx: Any) -> Any:
 def _peak_fit(s: Any, e: Any, in_win: Any, half: int, sensitivity: bool = False) -> Any:
     """Vertex of a least-squares parabola to ln s over 2*half+1 channels around the maximum.
 
-    With ``sensitivity``, also ``q = d vertex / d s_i`` (n_pix, n_E), its linearisation in the
-    net density: ``c = A^-1 V^T ln s`` (A the 3x3 normal matrix, its inverse by cofactors),
+    With ``sensitivity``, also ``q_k = d vertex / d s_k`` on the fitted channels ``idx`` (both
+    (n_pix, 2 half + 1)), its linearisation in the net density: ``c = A^-1 V^T ln s`` (A the 3x3 normal matrix, its inverse by cofactors),
     ``vertex = -c1 / (2 c2)``, so ``d vertex = -(dc1 + 2 vertex dc2) / (2 c2)`` and
     ``d ln s_k = ds_k / s_k``.
     """
@@ -299,11 +299,7 @@ def _peak_fit(s: Any, e: Any, in_win: Any, half: int, sensitivity: bool = False)
     dc2 = (c02[:, None] + c12[:, None] * u + c22[:, None] * u * u) / safe_d[:, None]
     safe_vals = xp.where(vals > 0, vals, 1.0)
     q_k = -(dc1 + 2 * vertex[:, None] * dc2) / (2 * safe_c2[:, None] * safe_vals)
-    q = xp.zeros_like(s)
-    for j in range(2 * half + 1):  # scatter the 2h+1 sensitivities onto the channel axis
-        hit = idx[:, j : j + 1] == idxs[None, :]
-        q = q + xp.where(hit, q_k[:, j : j + 1], 0.0)
-    return peak, q
+    return peak, q_k, idx
 
 
 def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
@@ -337,14 +333,16 @@ def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
 def _fit_linearisation(
     x: Any, e: Any, chan_width: Any, range_w: Any, model: str, bg_density: Any
 ) -> dict[str, Any]:
-    """What the linearised background fit needs (see :func:`_alpha`).
+    """What the linearised background fit needs (see :func:`_fit_part`).
 
     The fit ``y = a + b u`` gives ``d(a, b) = M^-1 sum_j U_j h_j dx_j`` with
     ``M = sum w_j U_j U_j^T`` and ``U_j = (1, u_j)``. Power law: ``u = ln E``, ``w = usable x``
     (the counts weights; a change of the weights moves the estimate only at second order, as
     the residuals are noise) and ``y = ln(x / width)``, so ``h_j = usable_j``; linear: ``u = E``,
-    ``w = usable`` and ``y = x / width``, so ``h_j = usable_j / width_j``. The fitted density
-    moves by ``dD_i = D'_i (da + u_i db)`` with ``D' = D`` (power law) or 1 (linear).
+    ``w = usable`` and ``y = x / width``, so ``h_j = usable_j / width_j``, the same for every
+    pixel (1-D arrays and scalars: the linear model's propagation costs almost nothing). The
+    fitted density moves by ``dD_i = D'_i (da + u_i db)`` with ``D' = D`` (power law) or 1
+    (linear: ``dd`` None).
     """
     xp = array_namespace(x)
     if model == "power-law":
@@ -354,11 +352,10 @@ def _fit_linearisation(
         h = usable
         dd = bg_density
     else:
-        usable = range_w * xp.ones_like(x)
-        fit_w = usable
+        fit_w = range_w
         u = e
-        h = usable / chan_width
-        dd = xp.ones_like(x)
+        h = range_w / chan_width
+        dd = None
     s0 = xp.sum(fit_w, axis=-1)
     su = xp.sum(fit_w * u, axis=-1)
     suu = xp.sum(fit_w * u * u, axis=-1)
@@ -367,30 +364,53 @@ def _fit_linearisation(
         "u": u,
         "h": h,
         "dd": dd,
-        "s0": s0,
-        "su": su,
-        "suu": suu,
-        "det": xp.where(det > 0, det, 1.0),
+        "s0": s0[..., None],
+        "su": su[..., None],
+        "suu": suu[..., None],
+        "det": xp.where(det > 0, det, 1.0)[..., None],
     }
 
 
-def _alpha(q: Any, chan_width: Any, lin: dict[str, Any] | None) -> Any:
+def _fit_part(g0: Any, g1: Any, lin: dict[str, Any]) -> Any:
+    """``h_j G^T M^-1 U_j``: how channel ``j`` moves an estimator through the background fit,
+    for ``G = (g0, g1) = sum_i q_i D'_i (1, u_i)`` (``q_i = dQ/ds_i``, ``s`` the net density)."""
+    u = lin["u"]
+    g0, g1 = g0[..., None], g1[..., None]
+    k = (g0 * (lin["suu"] - lin["su"] * u) + g1 * (lin["s0"] * u - lin["su"])) / lin["det"]
+    return lin["h"] * k
+
+
+def _alpha(direct: Any, q: Any, lin: dict[str, Any] | None) -> Any:
     """Sensitivities ``a_j = dQ/dx_j`` of an estimator with density sensitivities ``q_i = dQ/ds_i``.
 
     ``s_i = x_i / width_i - D_i`` is the net (background-subtracted) density, so
-    ``a_j = q_j / width_j - h_j G^T M^-1 U_j`` with ``G = sum_i q_i D'_i (1, u_i)`` (the fit's
-    terms of :func:`_fit_linearisation`; none without a background).
+    ``a_j = q_j / width_j - h_j G^T M^-1 U_j`` (``direct = q / width``; the second term from
+    :func:`_fit_part`, none without a background).
     """
-    xp = array_namespace(q)
-    direct = q / chan_width
+    xp = array_namespace(direct)
     if lin is None:
         return direct
-    u, dd = lin["u"], lin["dd"]
-    g0 = xp.sum(q * dd, axis=-1)[:, None]
-    g1 = xp.sum(q * dd * u, axis=-1)[:, None]
-    s0, su, suu = lin["s0"][:, None], lin["su"][:, None], lin["suu"][:, None]
-    k = (g0 * (suu - su * u) + g1 * (s0 * u - su)) / lin["det"][:, None]
-    return direct - lin["h"] * k
+    qd = q if lin["dd"] is None else q * lin["dd"]
+    return direct - _fit_part(xp.sum(qd, axis=-1), xp.sum(qd * lin["u"], axis=-1), lin)
+
+
+def _peak_sigma(q_k: Any, idx: Any, chan_width: Any, var: Any, lin: dict[str, Any] | None) -> Any:
+    """The peak's sigma from its sensitivities on the fitted channels only (gathers, no scatter):
+    ``sum_k d_k^2 v_k - 2 sum_k d_k f_k v_k + sum_j f_j^2 v_j`` with ``d = q / width`` and ``f``
+    the fit part (:func:`_fit_part`)."""
+    xp = array_namespace(q_k)
+    flat = xp.reshape(idx, (-1,))
+    w_k = xp.reshape(xp.take(chan_width, flat), idx.shape)
+    v_k = _gather(var, idx)
+    d_k = q_k / w_k
+    total = xp.sum(d_k * d_k * v_k, axis=-1)
+    if lin is not None:
+        qd = q_k if lin["dd"] is None else q_k * _gather(lin["dd"], idx)
+        u_k = xp.reshape(xp.take(lin["u"], flat), idx.shape)
+        fit = _fit_part(xp.sum(qd, axis=-1), xp.sum(qd * u_k, axis=-1), lin)
+        total = total - 2 * xp.sum(d_k * _gather(fit, idx) * v_k, axis=-1)
+        total = total + xp.sum(fit * fit * var, axis=-1)
+    return xp.sqrt(xp.clip(total, 0.0, None))
 
 
 def window_kernel(
@@ -520,7 +540,9 @@ def window_kernel(
                 var = poisson_variance(x, gain)
             else:
                 var = xp.astype(variance[:, i0:i1], xp.float64)
-            a_int = _alpha(chan_width * f * xp.ones_like(x), chan_width, lin)
+            a_int = _alpha(f, chan_width * f, lin)
+            if len(a_int.shape) == 1:
+                a_int = xp.broadcast_to(a_int, x.shape)  # the covariance slices it per pixel
             lin_terms[name] = (i0, a_int, var)
             out[f"{name}_sigma"] = xp.where(ok, linear_sigma(a_int, var), xp.nan)
         if name in centroid:
@@ -530,14 +552,14 @@ def window_kernel(
             c = xp.sum(net * e, axis=-1) / safe_total
             out[f"{name}_centroid_eV"] = xp.where(good, c, xp.nan)
             if analytic:
-                q = (e[None, :] - c[:, None]) * chan_width * f / safe_total[:, None]
-                sig = linear_sigma(_alpha(q, chan_width, lin), var)
+                direct = (e[None, :] - c[:, None]) * f / safe_total[:, None]
+                sig = linear_sigma(_alpha(direct, direct * chan_width, lin), var)
                 out[f"{name}_centroid_eV_sigma"] = xp.where(good, sig, xp.nan)
         in_win = f >= 0.5
         if name in peak:
             if analytic:
-                p, q = _peak_fit(net_density, e, in_win, half, sensitivity=True)
-                sig = linear_sigma(_alpha(q, chan_width, lin), var)
+                p, q_k, idx = _peak_fit(net_density, e, in_win, half, sensitivity=True)
+                sig = _peak_sigma(q_k, idx, chan_width, var, lin)
                 out[f"{name}_peak_eV_sigma"] = xp.where(ok & xp.isfinite(p), sig, xp.nan)
             else:
                 p = _peak_fit(net_density, e, in_win, half)

@@ -152,6 +152,7 @@ def test_peak_sensitivity_is_the_vertex_derivative(xp):
     density is scaled: scale invariance), on every namespace."""
     e = np.array([0.0, 0.9, 2.1, 3.0, 4.2, 5.0])
     s = np.exp(-0.5 * ((e - 2.3) / 1.1) ** 2)[None, :]
-    p, q = _peak_fit(asarray(xp, s), asarray(xp, e), asarray(xp, np.ones(6, bool)), 1, True)
+    p, q, idx = _peak_fit(asarray(xp, s), asarray(xp, e), asarray(xp, np.ones(6, bool)), 1, True)
     assert float(to_numpy(p)[0]) == pytest.approx(2.3, abs=1e-9)
-    assert float(np.sum(to_numpy(q) * s)) == pytest.approx(0.0, abs=1e-9)
+    assert to_numpy(idx).tolist() == [[1, 2, 3]]
+    assert float(np.sum(to_numpy(q) * s[0, 1:4])) == pytest.approx(0.0, abs=1e-9)
