@@ -50,13 +50,14 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
-from ..kernels.uncertainty import estimate_gain
+from ..kernels.uncertainty import estimate_gain, log_ratio_variance
 from ._checks import positive, positive_int
 
 __all__ = [
     "DEFAULT_REPLICAS",
     "METHODS",
     "UncertaintyRequest",
+    "add_log_ratio_sigmas",
     "add_systematic",
     "estimate_image_gain",
     "parse_uncertainty",
@@ -318,3 +319,81 @@ def add_systematic(
         "parts": {k: desc for k, (_, desc) in parts.items()},
     }
     return ds.assign({systematic_name(name): out})
+
+
+def add_log_ratio_sigmas(
+    ds: xr.Dataset,
+    gain: float = 1.0,
+    *,
+    mean_free_path_rel_sigma: float | None = None,
+    mean_free_path_source: str = "the user's relative uncertainty",
+) -> xr.Dataset:
+    """A log-ratio thickness result with its sigmas (closed form; the plug for ``thickness``).
+
+    ``t_over_lambda_sigma = sqrt(g (1/N0 - 1/I))`` from the result's ``zlp_intensity`` and
+    ``total_intensity`` (:func:`eelsgpu.kernels.uncertainty.log_ratio_variance`, eq. 16's
+    counting variance); ``thickness_nm_sigma = lambda t_over_lambda_sigma`` with each pixel's
+    ``lambda = thickness_nm / t_over_lambda``; with ``mean_free_path_rel_sigma``,
+    ``thickness_nm_sigma_systematic`` (:func:`add_systematic`, part ``mean_free_path``). The
+    Poisson noise model only (a measured variance needs the per-channel sums: the block kernel).
+    A tail beyond the window is not in the counting sigma (it is a systematic part of its own).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        ``eelsgpu.thickness(..., method="log-ratio")`` (or ``deconvolve``'s) result.
+    gain : float
+        Data units per counted electron.
+    mean_free_path_rel_sigma : float, optional
+        Relative uncertainty of lambda (0.1 = 10 %).
+    mean_free_path_source : str
+        Where it comes from, for the parts table.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"zlp_intensity": ("x", [1e4]), "total_intensity": ("x", [2e4]),
+    ...                  "t_over_lambda": ("x", [np.log(2.0)]),
+    ...                  "thickness_nm": ("x", [100 * np.log(2.0)])})
+    >>> out = add_log_ratio_sigmas(ds, mean_free_path_rel_sigma=0.1)
+    >>> [round(float(out[k][0]), 5) for k in ("t_over_lambda_sigma", "thickness_nm_sigma",
+    ...                                      "thickness_nm_sigma_systematic")]
+    [0.00707, 0.70711, 6.93147]
+    """
+    var = xr.apply_ufunc(
+        log_ratio_variance,
+        ds["zlp_intensity"].astype(np.float64),
+        ds["total_intensity"].astype(np.float64),
+        kwargs={"gain": float(gain)},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+    common = {"uncertainty": "analytic", "part": "counting"}
+    out = ds.assign(
+        t_over_lambda_sigma=np.sqrt(var).assign_attrs(
+            units="", long_name="sigma of t/lambda (counting)", sigma_of="t_over_lambda", **common
+        )
+    )
+    if "thickness_nm" in ds:
+        tl = ds["t_over_lambda"]
+        mfp = abs(ds["thickness_nm"] / tl.where(tl != 0))
+        t_sigma = (mfp * out["t_over_lambda_sigma"]).assign_attrs(
+            units="nm", long_name="sigma of thickness (counting)", sigma_of="thickness_nm", **common
+        )
+        out = out.assign(thickness_nm_sigma=t_sigma)
+        if mean_free_path_rel_sigma is not None:
+            rel = float(mean_free_path_rel_sigma)
+            out = add_systematic(
+                out,
+                "thickness_nm",
+                {
+                    "mean_free_path": (
+                        rel * abs(ds["thickness_nm"]),
+                        f"{100 * rel:g} % of lambda ({mean_free_path_source})",
+                    )
+                },
+            )
+    return out

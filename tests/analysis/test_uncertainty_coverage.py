@@ -23,6 +23,7 @@ from _coverage import (
 )
 
 import eelsgpu
+from eelsgpu.analysis._uncertainty import add_log_ratio_sigmas
 from eelsgpu.analysis.maps import window_maps
 from eelsgpu.kernels.uncertainty import log_ratio_variance, thickness_sigma_nm
 from eelsgpu.model import spectrum_image
@@ -199,6 +200,10 @@ def test_log_ratio_closed_form_matches_monte_carlo():
     sig = np.sqrt(log_ratio_variance(res["zlp_intensity"].values, res["total_intensity"].values))
     tl_map = res["t_over_lambda"].values
     t_sig, t_sys = thickness_sigma_nm(tl_map, sig, 120.0, 0.1)
+    plugged = add_log_ratio_sigmas(res, 1.0, mean_free_path_rel_sigma=0.1)
+    np.testing.assert_allclose(plugged["t_over_lambda_sigma"].values, sig, rtol=1e-12)
+    np.testing.assert_allclose(plugged["thickness_nm_sigma"].values, t_sig, rtol=1e-9)
+    np.testing.assert_allclose(plugged["thickness_nm_sigma_systematic"].values, t_sys, rtol=1e-9)
     checked = 0
     for i, (n0, tl) in enumerate(groups):
         cov = coverage(tl_map[i], sig[i], tl)
