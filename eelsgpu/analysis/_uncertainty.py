@@ -14,7 +14,9 @@ What the user gives
   per pixel and channel) for data that are not counts times a gain; replicas are then Gaussian.
   Given neither, the gain is **estimated** from the data's own channel-to-channel noise
   (:func:`eelsgpu.kernels.uncertainty.estimate_gain` on up to 1024 pixels spread over the image),
-  and the result says so in its attrs (``noise_model``, ``gain_source``).
+  and the result says so in its attrs (``noise_model``, ``gain_source``, with the estimate's own
+  relative scatter, about 3.1 / sqrt(channels used): 1 % on a 1024-pixel sample, 20 % on one
+  spectrum of 200 channels, where giving ``gain=`` is better).
 * ``seed`` (replicas): each pixel draws from ``(seed, its flat pixel index)``, so a rerun gives the
   same sigmas whatever the chunking.
 
@@ -29,7 +31,7 @@ What the result holds
   attrs ``parts`` is the table ``{part: description}`` (:func:`add_systematic`). The total is
   ``sqrt(sigma^2 + sigma_systematic^2)``.
 * Dataset attrs: ``uncertainty``, ``noise_model`` (one line), ``gain_per_electron``,
-  ``gain_source`` (``given``, ``estimated from the data's channel noise (n triples)`` or
+  ``gain_source`` (``given``, ``estimated from the data's channel noise (...)`` or
   ``noise_variance``).
 
 Examples
@@ -71,6 +73,8 @@ METHODS = ("analytic", "replicas")
 DEFAULT_REPLICAS = 100
 #: Pixels the gain estimate reads (spread over the image).
 GAIN_SAMPLE_PIXELS = 1024
+#: Relative scatter of the gain estimate times sqrt(channels used) (measured, Poisson spectra).
+GAIN_SCATTER = 3.1
 
 
 def sigma_name(name: str) -> str:
@@ -118,7 +122,7 @@ def estimate_image_gain(
     -------
     gain : float
     n_used : int
-        Channel triples the median used.
+        Channels (4th differences) the median used.
     """
     nav = [d for d in si.dims if d != "energy"]
     if nav:
@@ -267,11 +271,19 @@ def parse_uncertainty(
     if not (np.isfinite(g) and g > 0):
         raise InputError(
             f"the detector gain could not be estimated from the data's channel noise "
-            f"{_source(si)}(no usable channel triples): give gain= (data units per electron) or "
+            f"{_source(si)}(no usable channels): give gain= (data units per electron) or "
             "noise_variance="
         )
+    # the median of n correlated 4th-difference ratios scatters by about 3.1 / sqrt(n) relative
+    # (measured on Poisson spectra of 200 and 2000 channels); sigma goes as sqrt(gain)
+    rel = GAIN_SCATTER / np.sqrt(max(n_used, 1))
     return UncertaintyRequest(
-        method, k, seed, g, f"estimated from the data's channel noise ({n_used} triples)"
+        method,
+        k,
+        seed,
+        g,
+        f"estimated from the data's channel noise ({n_used} channels, gain +-{100 * rel:.2g} %, "
+        f"so every sigma +-{50 * rel:.2g} %)",
     )
 
 
