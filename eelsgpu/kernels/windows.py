@@ -50,12 +50,10 @@ import numpy as np
 from .._xp import array_namespace
 from .declare import BlockKernel, Output
 from .uncertainty import (
-    REPLICA_BATCH_ELEMENTS,
-    draw_replicas,
     linear_sigma,
     poisson_variance,
     ratio_sigma,
-    replica_moments,
+    replica_sigmas,
 )
 
 __all__ = [
@@ -643,51 +641,30 @@ def _replica_sigmas(
     *,
     windows: Sequence[tuple[str, float, float]],
     spans: Mapping[str, tuple[int, int]],
-    n_replicas: int,
-    seed: int,
-    gain: float,
-    variance: Any,
-    pixel_index: Any,
     **params: Any,
 ) -> dict[str, Any]:
-    """``<output>_sigma`` from replicas run through :func:`window_kernel` as a larger batch.
-
-    Only the channels the windows use are drawn; pixels go in batches of at most
-    :data:`~eelsgpu.kernels.uncertainty.REPLICA_BATCH_ELEMENTS` values, each reduced to the
-    replicas' standard deviation at once, so no ``K``-fold cube is ever held.
-    """
+    """``<output>_sigma`` from replicas run through :func:`window_kernel` as a larger batch
+    (:func:`eelsgpu.kernels.uncertainty.replica_sigmas`), drawing only the channels the windows
+    use."""
     xp = array_namespace(block)
-    n_pix, n_e = block.shape[0], e_all.shape[0]
-    k = int(n_replicas)
+    n_e = e_all.shape[0]
     sl = {name: spans.get(name, (0, n_e)) for name, _, _ in windows}
     lo = min(i0 for i0, _ in sl.values())
     hi = max(i1 for _, i1 in sl.values())
-    sub_spans = {name: (i0 - lo, i1 - lo) for name, (i0, i1) in sl.items()}
-    if pixel_index is None:
-        pixel_index = np.arange(n_pix)
     targets = sigma_targets(
         windows, params.get("centroid", ()), params.get("peak", ()), params.get("ratios", ())
     )
-    per = max(1, REPLICA_BATCH_ELEMENTS // (k * max(1, hi - lo)))
-    pieces: dict[str, list[Any]] = {t: [] for t in targets}
-    for p0 in range(0, n_pix, per):
-        p1 = min(n_pix, p0 + per)
-        reps = draw_replicas(
-            block[p0:p1, lo:hi],
-            k,
-            pixel_index=pixel_index[p0:p1],
-            seed=seed,
-            gain=gain,
-            variance=None if variance is None else variance[p0:p1, lo:hi],
-        )
-        res = window_kernel(reps, e_all[lo:hi], windows=windows, spans=sub_spans, **params)
-        for t in targets:
-            pieces[t].append(replica_moments(res[t], k)[1])
-    out = {}
-    for t in targets:
-        sig = xp.concat(pieces[t]) if len(pieces[t]) > 1 else pieces[t][0]
-        out[f"{t}_sigma"] = xp.where(xp.isfinite(values[t]), sig, xp.nan)
-    return out
+    sig = replica_sigmas(
+        window_kernel,
+        block,
+        e_all,
+        targets,
+        channels=(lo, hi),
+        windows=windows,
+        spans={name: (i0 - lo, i1 - lo) for name, (i0, i1) in sl.items()},
+        **params,
+    )
+    return {f"{t}_sigma": xp.where(xp.isfinite(values[t]), sig[t], xp.nan) for t in targets}
 
 
 def window_spans(
