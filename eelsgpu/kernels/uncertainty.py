@@ -59,6 +59,7 @@ __all__ = [
     "REPLICA_BATCH_ELEMENTS",
     "draw_replicas",
     "estimate_gain",
+    "fourier_log_functional_variance",
     "fourier_log_ssd_variance",
     "linear_sigma",
     "log_ratio_variance",
@@ -565,3 +566,65 @@ def fourier_log_ssd_variance(
         lin = _circular_conv(fft, fft.rfft(gj - gz, axis=-1), mv, n_fft)
         var = var + cross[:, :n_e] + s * s * xp.sum(mv, axis=-1)[:, None] + 2 * s * lin[:, :n_e]
     return xp.clip(var, 0.0, None)
+
+
+def fourier_log_functional_variance(
+    weights: Any,
+    spectrum: Any,
+    zlp: Any,
+    filter_ft: Any,
+    variance: Any,
+    *,
+    n_fft: int,
+    zlp_from_data: Any = None,
+    ssd: Any = None,
+) -> Any:
+    """Counting variance of ``Q = sum_k a_k S_k``, a linear functional of a Fourier-log SSD.
+
+    With the linearisation of :func:`fourier_log_ssd_variance`,
+    ``dQ = sum_j b_j dJ_j`` with ``b = a (*) g_J - m (a (*) g_Z) + m sum_k a_k s_k`` (``(*)`` the
+    circular cross-correlation ``(a (*) g)_j = sum_k a_k g(k - j)``), so
+    ``var(Q) = sum_j b_j^2 v_j``: two FFT correlations per pixel. The sum-rule (KK) thickness
+    integral ``sum S / (E ln(1 + beta^2/theta_E^2))`` (eq. 26), t/lambda from the SSD (eq. 17)
+    and any window of the SSD are such functionals.
+
+    Parameters
+    ----------
+    weights : array (n_E,) or (n_pix, n_E)
+        ``a_k`` on the SSD's channels (0 where Q does not look).
+    spectrum, zlp, filter_ft, variance, n_fft, zlp_from_data, ssd
+        As :func:`fourier_log_ssd_variance`.
+
+    Returns
+    -------
+    array (n_pix,)
+        ``var(Q)``.
+
+    Examples
+    --------
+    With no ZLP share and an identity filter on a lone ZLP channel, Q = S_0 has g_J = delta:
+    its variance is the channel's own.
+
+    >>> j = np.zeros((1, 8)); j[0, 0] = 100.0
+    >>> a = np.zeros(8); a[0] = 1.0
+    >>> fourier_log_functional_variance(a, j, j, np.ones(5), j, n_fft=8).round(6).tolist()
+    [100.0]
+    """
+    xp = array_namespace(spectrum)
+    fft = fft_module(xp)
+    n_e = spectrum.shape[-1]
+    a = xp.broadcast_to(xp.astype(weights, spectrum.dtype), spectrum.shape)
+    af = fft.rfft(a, n=n_fft, axis=-1)
+    jf = fft.rfft(spectrum, n=n_fft, axis=-1)
+    n0 = xp.sum(zlp, axis=-1)[:, None]
+    # correlation: (a (*) g)_j = sum_k a_k g(k - j) = F^-1[conj(A~) G~] at -j... computed as
+    # F^-1[A~ conj(G~)] read at j (real g), i.e. sum_k a_k g(k - j)
+    b = fft.irfft(af * xp.conj(n0 * filter_ft / jf), n=n_fft, axis=-1)[:, :n_e]
+    if zlp_from_data is not None:
+        if ssd is None:
+            raise ValueError("fourier_log_functional_variance needs the ssd with zlp_from_data")
+        zf = fft.rfft(zlp, n=n_fft, axis=-1)
+        m = xp.astype(zlp_from_data, spectrum.dtype)
+        bz = fft.irfft(af * xp.conj(n0 * filter_ft / zf), n=n_fft, axis=-1)[:, :n_e]
+        b = b - m * bz + m * xp.sum(a * ssd / n0, axis=-1)[:, None]
+    return xp.sum(b * b * variance, axis=-1)

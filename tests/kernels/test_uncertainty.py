@@ -245,11 +245,16 @@ def test_fourier_log_ssd_variance_matches_monte_carlo(xp, t_over_lambda):
     eelsgpu.synthetic.low_loss_spectrum (Drude, Ep 15 eV), deconvolved by a plain Fourier-log
     (eq. 22) with a threshold ZLP (the data up to the first minimum: the model moves with the
     data) and a Gaussian reconvolution of 0.5 eV FWHM. The linearised variance (four FFT
-    convolutions) is within 15 % of the observed variance of the SSD at 3, 8, 15, 22 and 30 eV.
+    convolutions) is within 15 % of the observed variance of the SSD at 3, 8, 15, 22 and 30 eV,
+    and so is that of two linear functionals of the SSD (a sum-rule-like integral of S/E over
+    3-40 eV, a 10-20 eV window) by fourier_log_functional_variance.
     Covers the counting noise of the SSD per channel, the ZLP model's share (through N0 and Z)
     included; the kernel next session's deconvolve will call."""
     from eelsgpu import synthetic
-    from eelsgpu.kernels.uncertainty import fourier_log_ssd_variance
+    from eelsgpu.kernels.uncertainty import (
+        fourier_log_functional_variance,
+        fourier_log_ssd_variance,
+    )
 
     ds = synthetic.low_loss_spectrum(
         synthetic.Drude(15.0, 1.0), t_over_lambda=t_over_lambda, dtype=np.float64
@@ -285,3 +290,17 @@ def test_fourier_log_ssd_variance_matches_monte_carlo(xp, t_over_lambda):
     for energy in (3.0, 8.0, 15.0, 22.0, 30.0):
         k = int(np.argmin(np.abs(e0 - energy)))
         assert quoted[k] / observed[k] == pytest.approx(1.0, abs=0.15), (energy, t_over_lambda)
+    # linear functionals: a sum-rule-like integral of S/E over 3-40 eV, a 10-20 eV window
+    for a in (np.where((e0 > 3) & (e0 < 40), 1 / np.abs(e0 + 1e-9), 0.0), 1.0 * (abs(e0 - 15) < 5)):
+        q_var = fourier_log_functional_variance(
+            asarray(xp, a),
+            asarray(xp, x[:50]),
+            asarray(xp, x[:50] * m),
+            asarray(xp, filt),
+            asarray(xp, x[:50]),
+            n_fft=n_fft,
+            zlp_from_data=asarray(xp, np.tile(m, (50, 1))),
+            ssd=asarray(xp, ssd[:50]),
+        )
+        ratio = np.median(to_numpy(q_var)) / np.var(ssd @ a, ddof=1)
+        assert ratio == pytest.approx(1.0, abs=0.15), (ratio, t_over_lambda)
