@@ -77,6 +77,7 @@ after 34   mu(E), n(E), k(E); eps1 = 0 crossing                   :func:`.optics
 16 var     sigma(t) = lambda sigma(t/lambda); lambda's part apart :func:`.uncertainty.thickness_sigma_nm`
 18-22 var  var(SSD_k) by the linearised Fourier-log (FFT convs)  :func:`.uncertainty.fourier_log_ssd_variance`
 18-22 var  var(sum a_k SSD_k): KK thickness, t/lambda (eq. 17)   :func:`.uncertainty.fourier_log_functional_variance`
+fit cov    (J^T W J)^-1 J^T W V W J (J^T W J)^-1 (band gap)       :func:`.uncertainty.sandwich_covariance`
 noise      var(x) = g x; g from the data's 4th differences        :func:`.uncertainty.poisson_variance`,
                                                                   :func:`.uncertainty.estimate_gain`
 noise      K replicas g Poisson(x/g) per pixel, mean and std      :func:`.uncertainty.draw_replicas`,

@@ -67,6 +67,7 @@ __all__ = [
     "ratio_sigma",
     "replica_moments",
     "replica_sigmas",
+    "sandwich_covariance",
     "thickness_sigma_nm",
 ]
 
@@ -628,3 +629,44 @@ def fourier_log_functional_variance(
         bz = fft.irfft(af * xp.conj(n0 * filter_ft / zf), n=n_fft, axis=-1)[:, :n_e]
         b = b - m * bz + m * xp.sum(a * ssd / n0, axis=-1)[:, None]
     return xp.sum(b * b * variance, axis=-1)
+
+
+def sandwich_covariance(jacobian: Any, fit_weights: Any, variance: Any) -> Any:
+    """Parameter covariance of a weighted least-squares fit, per pixel (the sandwich form).
+
+    A fit minimising ``sum_i w_i (y_i - f_i(theta))^2`` moves, to first order, by
+    ``d theta = (J^T W J)^-1 J^T W dy``, so ``cov(theta) = A^-1 J^T W V W J A^-1`` with
+    ``A = J^T W J`` and ``V`` the data's (diagonal) variance; with ``w = 1 / v`` it is the usual
+    ``A^-1``. For the band-gap onset ``A (E - Eg)^b`` (and its background), for any model
+    fitted per pixel by (Gauss-Newton) least squares, with ``J`` at the solution.
+
+    Parameters
+    ----------
+    jacobian : array (n_pix, n_E, p)
+        ``d f_i / d theta`` at the fitted parameters.
+    fit_weights : array (n_pix, n_E) or (n_E,)
+        The weights the fit used (0 outside its range).
+    variance : array (n_pix, n_E)
+        ``var(y_i)``.
+
+    Returns
+    -------
+    array (n_pix, p, p)
+
+    Examples
+    --------
+    A straight line fitted with weights 1/v: the textbook covariance of (intercept, slope).
+
+    >>> x = np.arange(5.0)
+    >>> jac = np.stack([np.ones(5), x], axis=-1)[None]
+    >>> cov = sandwich_covariance(jac, np.ones(5), np.ones((1, 5)))
+    >>> cov.round(3).tolist()
+    [[[0.6, -0.2], [-0.2, 0.1]]]
+    """
+    xp = array_namespace(jacobian)
+    w = xp.broadcast_to(fit_weights, variance.shape)[..., None]
+    wj = w * jacobian
+    a = xp.matmul(xp.matrix_transpose(jacobian), wj)
+    meat = xp.matmul(xp.matrix_transpose(wj), variance[..., None] * wj)
+    a_inv = xp.linalg.inv(a)
+    return xp.matmul(xp.matmul(a_inv, meat), a_inv)
