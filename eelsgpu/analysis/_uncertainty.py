@@ -34,6 +34,23 @@ What the result holds
   ``gain_source`` (``given``, ``estimated from the data's channel noise (...)`` or
   ``noise_variance``).
 
+Plugging in another analysis
+----------------------------
+1. Its public function takes ``uncertainty=None, n_replicas=None, gain=None,
+   noise_variance=None, seed=0``, calls :func:`parse_uncertainty` after its own checks, passes
+   ``request.kernel_params()`` to the block kernel and ``request.extras(si)`` as extras, and
+   merges ``request.attrs()`` into the result's attrs; the CLI adds
+   :func:`eelsgpu.cli._uncertainty.add_uncertainty_options` and prints ``describe(ds)``.
+2. Its kernel declaration adds an ``Output(f"{name}_sigma", same units, attrs sigma_of, part,
+   uncertainty)`` per output with a sigma when ``params["uncertainty"]`` is set.
+3. analytic: the kernel linearises (closed forms in :mod:`eelsgpu.kernels.uncertainty`:
+   ``log_ratio_variance``, ``fourier_log_ssd_variance``, ``fourier_log_functional_variance``,
+   ``sandwich_covariance``, ``linear_sigma``, ``ratio_sigma``); replicas: it calls
+   ``replica_sigmas(itself, block, energy, targets, ...)`` with uncertainty off, its per-pixel
+   extras passed along.
+4. Systematic parts go to ``<name>_sigma_systematic`` through :func:`add_systematic`.
+5. A coverage test (tests/_coverage.py) at 1e4, 1e5, 1e6 counts proves each new sigma.
+
 Examples
 --------
 >>> parse_uncertainty_option("replicas:50")
