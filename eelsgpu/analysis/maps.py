@@ -273,7 +273,7 @@ def window_maps(
         2..``max_order``.
     uncertainty : {None, "analytic", "replicas", "replicas:K"}
         Adds ``<output>_sigma`` (one standard deviation of the counting noise, same units) for
-        every intensity, ratio, centroid and peak (not the FWHM): ``"analytic"`` by the
+        every intensity, ratio, centroid, peak and FWHM: ``"analytic"`` by the
         linearisation of each estimator (background fit included; a ratio with the covariance of
         its windows), ``"replicas"`` from ``n_replicas`` Poisson replicas per pixel run through
         the same kernel. None by default (analytic costs up to ~2x, replicas ~K x). See

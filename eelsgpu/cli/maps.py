@@ -9,7 +9,7 @@ position and width of the band in a window; ``--ratio A/B`` the ratio of two win
 ``--elements`` the command warns when a window holds a higher diffraction order of a known line
 of one of them (SXES: O-K in 3rd order lands at 175 eV, inside B-K 170-188 eV).
 ``--uncertainty analytic`` or ``--uncertainty replicas:K`` adds a ``<name>_sigma`` map (counting
-noise, one standard deviation) beside every intensity, ratio, centroid and peak map; ``--gain``
+noise, one standard deviation) beside every intensity, ratio, centroid, peak and width map; ``--gain``
 gives the detector's data units per electron (else estimated from the data, and said so).
 
 Examples::

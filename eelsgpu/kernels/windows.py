@@ -300,8 +300,13 @@ def _peak_fit(s: Any, e: Any, in_win: Any, half: int, sensitivity: bool = False)
     return peak, q_k, idx
 
 
-def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
-    """Full width at half maximum from the crossings nearest the maximum, interpolated."""
+def _fwhm(s: Any, e: Any, in_win: Any, sensitivity: bool = False) -> Any:
+    """Full width at half maximum from the crossings nearest the maximum, interpolated.
+
+    With ``sensitivity``, also ``q_k = d width / d s_k`` on the five channels it reads
+    (``idx``: the two channels of each crossing and the maximum), from
+    ``c = e0 + (h - s0)(e1 - e0)/(s1 - s0)``, ``h = s_max / 2``.
+    """
     xp = array_namespace(s)
     n = e.shape[0]
     idxs = xp.arange(n)
@@ -322,10 +327,19 @@ def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
         e0, e1 = xp.take(e, i0), xp.take(e, i0 + 1)
         ds = s1 - s0
         safe = xp.where(ds != 0, ds, 1.0)
-        return e0 + (half - s0) * (e1 - e0) / safe
+        c = e0 + (half - s0) * (e1 - e0) / safe
+        de = (e1 - e0) / (safe * safe)
+        # dc/ds0, dc/ds1, dc/ds_max
+        return c, de * (half - s1), -de * (half - s0), (e1 - e0) / (2 * safe)
 
-    width = crossing(ir_c - 1) - crossing(il_c)
-    return xp.where(ok, width, xp.nan)
+    c_r, r0, r1, rm = crossing(ir_c - 1)
+    c_l, l0, l1, lm = crossing(il_c)
+    width = xp.where(ok, c_r - c_l, xp.nan)
+    if not sensitivity:
+        return width
+    idx = xp.stack([il_c, il_c + 1, ir_c - 1, ir_c, imax], axis=-1)
+    q = xp.stack([-l0, -l1, r0, r1, rm - lm], axis=-1)
+    return width, q, idx
 
 
 def _fit_linearisation(
@@ -392,21 +406,26 @@ def _alpha(direct: Any, q: Any, lin: dict[str, Any] | None) -> Any:
     return direct - _fit_part(xp.sum(qd, axis=-1), xp.sum(qd * lin["u"], axis=-1), lin)
 
 
-def _peak_sigma(q_k: Any, idx: Any, chan_width: Any, var: Any, lin: dict[str, Any] | None) -> Any:
-    """The peak's sigma from its sensitivities on the fitted channels only (gathers, no scatter):
-    ``sum_k d_k^2 v_k - 2 sum_k d_k f_k v_k + sum_j f_j^2 v_j`` with ``d = q / width`` and ``f``
-    the fit part (:func:`_fit_part`)."""
+def _sparse_sigma(q_k: Any, idx: Any, chan_width: Any, var: Any, lin: dict[str, Any] | None) -> Any:
+    """Sigma of an estimator that reads a few channels ``idx`` with density sensitivities
+    ``q_k`` (a peak fit, a FWHM), by gathers only: ``sum_j a_j^2 v_j`` with
+    ``a = d - f``, ``d = q / width`` on those channels (repeated channels summed first) and ``f``
+    the fit part (:func:`_fit_part`) everywhere."""
     xp = array_namespace(q_k)
     flat = xp.reshape(idx, (-1,))
     w_k = xp.reshape(xp.take(chan_width, flat), idx.shape)
     v_k = _gather(var, idx)
-    d_k = q_k / w_k
-    total = xp.sum(d_k * d_k * v_k, axis=-1)
+    # a channel read twice (a narrow band's crossing next to its maximum) counts once, with the
+    # sum of its sensitivities: d_eff_k = sum_l [idx_l = idx_k] d_l, weighted 1/multiplicity
+    same = xp.astype(idx[:, :, None] == idx[:, None, :], q_k.dtype)
+    d_eff = xp.sum(same * (q_k / w_k)[:, None, :], axis=-1)
+    mult = xp.sum(same, axis=-1)
+    total = xp.sum(d_eff * d_eff * v_k / mult, axis=-1)
     if lin is not None:
         qd = q_k if lin["dd"] is None else q_k * _gather(lin["dd"], idx)
         u_k = xp.reshape(xp.take(lin["u"], flat), idx.shape)
         fit = _fit_part(xp.sum(qd, axis=-1), xp.sum(qd * u_k, axis=-1), lin)
-        total = total - 2 * xp.sum(d_k * _gather(fit, idx) * v_k, axis=-1)
+        total = total - 2 * xp.sum(d_eff * _gather(fit, idx) * v_k / mult, axis=-1)
         total = total + xp.sum(fit * fit * var, axis=-1)
     return xp.sqrt(xp.clip(total, 0.0, None))
 
@@ -465,7 +484,6 @@ def window_kernel(
         ``"replicas"``: ``n_replicas`` noise replicas per pixel
         (:func:`eelsgpu.kernels.uncertainty.draw_replicas`) run through this same kernel as one
         larger batch (in batches of bounded memory) and reduced to their standard deviation.
-        The FWHM gets no sigma.
     gain : float
         Data units per counted electron: ``var(x) = gain x`` (Poisson).
     n_replicas, seed : int
@@ -481,7 +499,7 @@ def window_kernel(
         ``name`` (counts), ``name_background`` (counts), ``name_valid`` (bool) per window, and
         the requested extras (``_centroid_eV``, ``_peak_eV``, ``_fwhm_eV`` in eV, ratios ``a_over_b``
         dimensionless), each ``(n_pix,)``; with ``uncertainty`` also ``<output>_sigma`` (same
-        units) for every intensity, centroid, peak and ratio.
+        units) for every intensity, centroid, peak, FWHM and ratio.
 
     Examples
     --------
@@ -557,13 +575,18 @@ def window_kernel(
         if name in peak:
             if analytic:
                 p, q_k, idx = _peak_fit(net_density, e, in_win, half, sensitivity=True)
-                sig = _peak_sigma(q_k, idx, chan_width, var, lin)
+                sig = _sparse_sigma(q_k, idx, chan_width, var, lin)
                 out[f"{name}_peak_eV_sigma"] = xp.where(ok & xp.isfinite(p), sig, xp.nan)
             else:
                 p = _peak_fit(net_density, e, in_win, half)
             out[f"{name}_peak_eV"] = xp.where(ok, p, xp.nan)
         if name in width:
-            w = _fwhm(net_density, e, in_win)
+            if analytic:
+                w, q_k, idx = _fwhm(net_density, e, in_win, sensitivity=True)
+                sig = _sparse_sigma(q_k, idx, chan_width, var, lin)
+                out[f"{name}_fwhm_eV_sigma"] = xp.where(ok & xp.isfinite(w), sig, xp.nan)
+            else:
+                w = _fwhm(net_density, e, in_win)
             out[f"{name}_fwhm_eV"] = xp.where(ok, w, xp.nan)
     for a, b in ratios:
         den = out[b]
@@ -585,6 +608,7 @@ def window_kernel(
                 background_model=background_model,
                 centroid=centroid,
                 peak=peak,
+                width=width,
                 ratios=ratios,
                 peak_channels=peak_channels,
                 spans=spans,
@@ -614,9 +638,10 @@ def sigma_targets(
     centroid: Sequence[str] = (),
     peak: Sequence[str] = (),
     ratios: Sequence[tuple[str, str]] = (),
+    width: Sequence[str] = (),
 ) -> list[str]:
     """The outputs of :func:`window_kernel` that get a ``_sigma`` (intensities, centroids, peaks,
-    ratios), in output order.
+    FWHMs, ratios), in output order.
 
     Examples
     --------
@@ -630,6 +655,8 @@ def sigma_targets(
             names.append(f"{name}_centroid_eV")
         if name in peak:
             names.append(f"{name}_peak_eV")
+        if name in width:
+            names.append(f"{name}_fwhm_eV")
     names += [f"{a}_over_{b}" for a, b in ratios]
     return names
 
@@ -652,7 +679,11 @@ def _replica_sigmas(
     lo = min(i0 for i0, _ in sl.values())
     hi = max(i1 for _, i1 in sl.values())
     targets = sigma_targets(
-        windows, params.get("centroid", ()), params.get("peak", ()), params.get("ratios", ())
+        windows,
+        params.get("centroid", ()),
+        params.get("peak", ()),
+        params.get("ratios", ()),
+        params.get("width", ()),
     )
     sig = replica_sigmas(
         window_kernel,
@@ -740,7 +771,7 @@ def window_outputs(params: Mapping[str, Any], units: str = "counts") -> list[Out
     if method:
         label = "analytic" if method == "analytic" else f"replicas:{int(params['n_replicas'])}"
         by_name = {o.name: o for o in outputs}
-        for t in sigma_targets(params["windows"], cen, pk, params.get("ratios", ())):
+        for t in sigma_targets(params["windows"], cen, pk, params.get("ratios", ()), wd):
             o = by_name[t]
             outputs.append(
                 Output(

@@ -85,8 +85,9 @@ def test_sxes_line_position_sigmas_honest(level):
     """Truth: the Ca-Ll line (302.7 eV in 2nd order at 151.35 eV, Gaussian) of
     eelsgpu.synthetic.sxes_image, noise-free, scaled so 150.3-152.3 eV holds ``level`` counts;
     500 realisations. Covers the counting noise of the chemical-shift maps: the line's centroid
-    and its Gaussian peak position (7-channel log-parabola fit), each with the linear background
-    fitted on both sides. Analytic and replica sigmas agree within 20 %."""
+    and its Gaussian peak position (7-channel log-parabola fit), and its FWHM (interpolated
+    half-maximum crossings), each with the linear background fitted on both sides. Analytic and
+    replica sigmas agree within 20 %."""
     e, spec = sxes_truth()
     expected = scaled(e, spec, (150.3, 152.3), level)
     kw = dict(
@@ -95,6 +96,7 @@ def test_sxes_line_position_sigmas_honest(level):
         background_model="linear",
         centroid=["Ca"],
         peak=["Ca"],
+        width=["Ca"],
         peak_channels=7,
     )
     si = _image(e, expected, seed=10 + int(np.log10(level)))
@@ -103,7 +105,7 @@ def test_sxes_line_position_sigmas_honest(level):
     rep = window_maps(
         si, uncertainty=f"replicas:{N_REPLICAS}", gain=1.0, device="cpu", **kw
     ).compute()
-    for name in ("Ca_centroid_eV", "Ca_peak_eV"):
+    for name in ("Ca_centroid_eV", "Ca_peak_eV", "Ca_fwhm_eV"):
         t = float(truth[name].values.ravel()[0])
         what = f"{name} at {level:g} counts"
         assert_honest(coverage(an[name], an[f"{name}_sigma"], t), what + " (analytic)")

@@ -124,7 +124,7 @@ def test_window_sigmas_equal_closed_forms(xp):
 def test_window_sensitivities_match_finite_differences(model):
     """Truth: numerical derivatives. The analytic sigma is sqrt(sum_j a_j^2 var_j) with a_j the
     estimator's derivative by channel j; here a_j is taken by finite differences of the kernel's
-    own outputs (intensity with the background fit, centroid, 5-channel peak) and the sigma built
+    own outputs (intensity with the background fit, centroid, 5-channel peak, FWHM) and the sigma built
     from them equals the kernel's analytic sigma to 1e-4."""
     e = np.linspace(140.0, 200.0, 121)
     lam = 2e4 * np.exp(-0.5 * ((e - 171.3) / 2.0) ** 2) + 5e4 * (e / 140.0) ** -3
@@ -134,6 +134,7 @@ def test_window_sensitivities_match_finite_differences(model):
         background_model=model,
         centroid=("p",),
         peak=("p",),
+        width=("p",),
         peak_channels=5,
     )
     out = window_kernel(lam[None, :], e, uncertainty="analytic", **kw)
@@ -141,7 +142,7 @@ def test_window_sensitivities_match_finite_differences(model):
     plus = lam[None, :] + np.diag(h)
     minus = lam[None, :] - np.diag(h)
     up, down = window_kernel(plus, e, **kw), window_kernel(minus, e, **kw)
-    for name in ("p", "p_centroid_eV", "p_peak_eV"):
+    for name in ("p", "p_centroid_eV", "p_peak_eV", "p_fwhm_eV"):
         a = (up[name] - down[name]) / (2 * h)
         assert np.sqrt(np.sum(a * a * lam)) == pytest.approx(out[f"{name}_sigma"][0], rel=1e-4)
 
@@ -172,6 +173,7 @@ def test_window_sigmas_same_on_every_namespace(xp, method):
         backgrounds={"p": [(145.0, 160.0)], "q": [(145.0, 160.0), (185.0, 195.0)]},
         centroid=("p",),
         peak=("q",),
+        width=("p",),
         peak_channels=5,
         ratios=(("q", "p"),),
         uncertainty=method,
@@ -180,7 +182,7 @@ def test_window_sigmas_same_on_every_namespace(xp, method):
     ref = window_kernel(x, e, **kw)
     out = window_kernel(asarray(xp, x), asarray(xp, e), **kw)
     names = [k for k in ref if k.endswith("_sigma")]
-    assert len(names) == 5
+    assert len(names) == 6
     for k in names:
         assert np.all(np.isfinite(ref[k])), k
         np.testing.assert_allclose(to_numpy(out[k]), ref[k], rtol=1e-9, err_msg=k)
