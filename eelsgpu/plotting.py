@@ -45,6 +45,8 @@ import xarray as xr
 __all__ = [
     "FLAGGED_GREY",
     "map_variables",
+    "paired_map_variables",
+    "uncertainty_map",
     "nice_length",
     "plot_decomposition",
     "is_quality",
@@ -201,10 +203,14 @@ def plot_map(
     ax=None,
     vmin: float | None = None,
     vmax: float | None = None,
+    sigma: xr.DataArray | None = None,
 ):
     """Draw a 2-D map (dims ``y, x``) with colour bar and scale bar; save it if ``path`` is given.
 
-    A 1-D map (a line scan) is drawn as a profile against its coordinate.
+    A 1-D map (a line scan) is drawn as a profile against its coordinate. With ``sigma`` (its
+    ``<name>_sigma``, issue 14) the map is drawn beside its uncertainty (:func:`uncertainty_map`:
+    the relative sigma in % for a positive quantity, the sigma itself for energies and signed
+    quantities); a profile gets +-1 sigma error bars.
 
     Parameters
     ----------
@@ -224,6 +230,8 @@ def plot_map(
         Draw into it instead of a new figure.
     vmin, vmax : float, optional
         Fixed colour limits.
+    sigma : xarray.DataArray, optional
+        One standard deviation of ``da`` (same dims and units).
 
     Returns
     -------
@@ -239,8 +247,11 @@ def plot_map(
     if values.ndim == 1:
         if own:
             fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120, layout="constrained")
-        _draw_profile(ax, da, values, title)
+        err = None if sigma is None else np.asarray(sigma.values, dtype=float)
+        _draw_profile(ax, da, values, title, err)
         return _finish(ax.figure, path, own, plt)
+    if sigma is not None and own:
+        return _plot_map_and_sigma(plt, da, sigma, path, title, cmap, robust, vmin, vmax)
 
     grid = _MapGrid.of(da, values)
     if own:
@@ -257,11 +268,67 @@ def plot_map(
     return _finish(ax.figure, path, own, plt)
 
 
-def _draw_profile(ax, da: xr.DataArray, values: np.ndarray, title: str | None) -> None:
-    """A 1-D map as a profile against its coordinate, flagged points as grey vertical lines."""
+def uncertainty_map(da: xr.DataArray, sigma: xr.DataArray) -> xr.DataArray:
+    """What to draw beside a map: its relative sigma (%) or its sigma.
+
+    Relative (``100 sigma / |value|``, unit %) for a quantity that is positive over the map and
+    not an energy (intensities, ratios, thickness); the sigma itself (the map's unit) for
+    energies (a peak position's relative error says nothing) and for signed quantities.
+
+    Examples
+    --------
+    >>> v = xr.DataArray(np.array([100.0, 400.0]), dims="x", attrs={"units": "counts"})
+    >>> uncertainty_map(v, np.sqrt(v)).values.tolist()
+    [10.0, 5.0]
+    """
+    values = np.asarray(da.values, dtype=float)
+    finite = values[np.isfinite(values)]
+    unit = str(da.attrs.get("units", ""))
+    name = da.attrs.get("long_name") or da.name or "value"
+    if unit != "eV" and finite.size and np.all(finite > 0):
+        rel = 100.0 * sigma / abs(da)
+        rel.attrs = {"units": "%", "long_name": f"relative sigma of {name}"}
+        return rel
+    out = sigma.copy()
+    out.attrs = {"units": unit, "long_name": f"sigma of {name}"}
+    return out
+
+
+def _plot_map_and_sigma(plt, da, sigma, path, title, cmap, robust, vmin, vmax):
+    """The map (left) beside its uncertainty (right), one figure."""
+    values = np.asarray(da.values, dtype=float)
+    grid = _MapGrid.of(da, values)
+    aspect = (grid.ny * abs(grid.step_y)) / max(grid.nx * abs(grid.step_x), 1e-12)
+    height = float(np.clip(5.0 * aspect * 0.86 + 0.8, 2.4, 7.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, height), dpi=130, layout="constrained")
+    unc = uncertainty_map(da, sigma)
+    for a, d, t, cm, lo, hi in (
+        (axes[0], da, title, cmap, vmin, vmax),
+        (axes[1], unc, None, "magma", None, None),
+    ):
+        vals = np.asarray(d.values, dtype=float)
+        cb, bad = _draw_continuous(plt, a, d, vals, grid.extent, cm, robust, lo, hi)
+        cb.set_label(_unit_label(d))
+        _bare_axes(a)
+        _draw_calibration(a, grid)
+        _draw_flagged_count(a, int(bad.sum()))
+        a.set_title(_title(d, t), fontsize=10)
+    axes[1].set_gid("sigma")
+    return _finish(fig, path, True, plt)
+
+
+def _draw_profile(
+    ax, da: xr.DataArray, values: np.ndarray, title: str | None, err: np.ndarray | None = None
+) -> None:
+    """A 1-D map as a profile against its coordinate, flagged points as grey vertical lines;
+    ``err``: +-1 sigma error bars."""
     dim = da.dims[0]
     coord, unit = _coord(da, dim, values.size)
-    ax.plot(coord, values, "o-", ms=3, lw=1.2)
+    if err is None:
+        ax.plot(coord, values, "o-", ms=3, lw=1.2)
+    else:
+        ax.errorbar(coord, values, yerr=err, fmt="o-", ms=3, lw=1.2, capsize=2, label="+-1 sigma")
+        ax.legend(frameon=False, fontsize=8)
     bad = ~np.isfinite(values)
     if bad.any():
         for c in coord[bad]:
@@ -682,11 +749,19 @@ def plot_maps(
     if "{name}" not in pattern:
         pattern = str(Path(pattern) / "{name}.png")
     written = []
-    for name in names or map_variables(ds):
+    for name in names or paired_map_variables(ds):
         p = Path(pattern.format(name=name))
-        plot_map(ds[name], p)
+        plot_map(ds[name], p, sigma=ds.get(f"{name}_sigma"))
         written.append(p)
     return written
+
+
+def paired_map_variables(ds: xr.Dataset) -> list[str]:
+    """:func:`map_variables` less each ``<name>_sigma`` whose ``<name>`` is a map too (it is drawn
+    beside that map)."""
+    maps = map_variables(ds)
+    have = set(maps)
+    return [m for m in maps if not (m.endswith("_sigma") and m[: -len("_sigma")] in have)]
 
 
 def plot_spectra(
@@ -700,8 +775,12 @@ def plot_spectra(
     ax=None,
     styles: Mapping[str, Mapping] | None = None,
     spans: Sequence[tuple[float, float, str]] | None = None,
+    bands: Mapping[str, xr.DataArray] | None = None,
 ):
     """Overlay labelled 1-D spectra (dim ``energy``) and save the figure if ``path`` is given.
+
+    ``bands`` (label -> one standard deviation on the same axis, e.g. an ``ssd_sigma``) shades
+    each named spectrum's +-1 sigma band.
 
     Parameters
     ----------
@@ -737,7 +816,19 @@ def plot_spectra(
         x = np.asarray(da[dim].values, float) if dim in da.coords else np.arange(da.shape[-1])
         y = np.asarray(da.values, float)
         kw = {"lw": 1.2, **dict((styles or {}).get(label, {}))}
-        ax.plot(x, y, label=str(label), **kw)
+        (line,) = ax.plot(x, y, label=str(label), **kw)
+        if bands and label in bands:
+            err = np.asarray(bands[label].values, float)
+            ax.fill_between(
+                x,
+                y - err,
+                y + err,
+                color=line.get_color(),
+                alpha=0.25,
+                lw=0,
+                gid="band",
+                label=f"{label} +-1 sigma",
+            )
         ylab = ylab or _unit_label(da)
         xunit = da[dim].attrs.get("units", "eV") if dim in da.coords else "channel"
         xname = da[dim].attrs.get("long_name", dim) if dim in da.coords else dim

@@ -38,12 +38,13 @@ from .errors import InputError
 from .plotting import (
     _pyplot,
     is_quality,
-    map_variables,
+    paired_map_variables,
     plot_map,
     plot_quality,
     plot_spectra,
     quality_bits,
     quality_summary,
+    uncertainty_map,
 )
 
 __all__ = ["FLAG_ADVICE", "cube_variables", "parse_pixels", "report_html", "write_report"]
@@ -230,24 +231,36 @@ def report_html(
         ds = ds.assign({name: spectra.drop_vars([c for c in nav if c in spectra.coords])})
     sections = []
     qualities = [str(n) for n, v in ds.data_vars.items() if is_quality(v) and v.ndim <= 2]
-    maps = sorted((m for m in map_variables(ds) if m not in qualities), key=_map_order)
+    maps = sorted((m for m in paired_map_variables(ds) if m not in qualities), key=_map_order)
     figs = []
     for name in maps:
         da = ds[name]
         unit = da.attrs.get("units", "")
         quantity = da.attrs.get("long_name") or name
         label = f"{quantity} ({unit})" if unit else str(quantity)
-        fig = plot_map(da)
+        sigma = ds.get(f"{name}_sigma")
+        fig = plot_map(da, sigma=sigma)
         caption = (
             f"<b>{html.escape(label)}</b> &mdash; <code>{html.escape(name)}</code><br>{_stats(da)}"
         )
+        if sigma is not None:
+            unc = uncertainty_map(da, sigma)
+            caption += (
+                f"<br>beside it: {html.escape(str(unc.attrs['long_name']))} "
+                f"(<code>{html.escape(name)}_sigma</code>, "
+                f"{html.escape(str(sigma.attrs.get('uncertainty', ds.attrs.get('uncertainty', ''))))}"
+                f"): {_stats(unc)}"
+            )
         figs.append(_figure(_png(fig), f"map of {name}: {label}", caption))
     if figs:
         sections.append("<h2>Maps</h2><div class='grid'>" + "".join(figs) + "</div>")
     for name in qualities:
         sections.append(_quality_section(ds[name], name))
 
-    cubes = cube_variables(ds)
+    all_cubes = cube_variables(ds)
+    cubes = [
+        c for c in all_cubes if not (c.endswith("_sigma") and c[: -len("_sigma")] in all_cubes)
+    ]
     spec_figs = []
     if pixels and not cubes:
         raise InputError(
@@ -281,8 +294,16 @@ def report_html(
             else:
                 styles = None
             where = _position(ds, pix, nav)
+            bands = {
+                n: ds[f"{n}_sigma"].isel(sel).compute() for n in cubes if f"{n}_sigma" in all_cubes
+            }
             fig = plot_spectra(
-                spectra, title=f"pixel {pix}", xlim=xlim_eV, styles=styles, spans=_spans(ds, maps)
+                spectra,
+                title=f"pixel {pix}",
+                xlim=xlim_eV,
+                styles=styles,
+                spans=_spans(ds, maps),
+                bands=bands or None,
             )
             values = "; ".join(
                 f"{html.escape(m)} = {float(ds[m].isel(sel).values):.4g} "

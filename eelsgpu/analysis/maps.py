@@ -32,6 +32,7 @@ from ..kernels.sxes import HigherOrderLineWarning, higher_order_lines_in_window
 from ..kernels.windows import BACKGROUND_MODELS, window_block, window_spans
 from ..model import as_spectrum_image
 from ._checks import positive_int
+from ._uncertainty import parse_uncertainty
 
 __all__ = ["window_maps"]
 
@@ -237,6 +238,11 @@ def window_maps(
     peak_channels: int = 3,
     elements: Iterable[str] | None = None,
     max_order: int = 3,
+    uncertainty: str | None = None,
+    n_replicas: int | None = None,
+    gain: float | None = None,
+    noise_variance: xr.DataArray | None = None,
+    seed: int = 0,
     device: str = "auto",
 ) -> xr.Dataset:
     """Energy-window maps of a spectrum image, with background removal and band features.
@@ -265,6 +271,22 @@ def window_maps(
         Elements present (SXES): a :class:`eelsgpu.kernels.sxes.HigherOrderLineWarning` is
         issued for every window holding a known line of one of them in diffraction order
         2..``max_order``.
+    uncertainty : {None, "analytic", "replicas", "replicas:K"}
+        Adds ``<output>_sigma`` (one standard deviation of the counting noise, same units) for
+        every intensity, ratio, centroid, peak and FWHM: ``"analytic"`` by the
+        linearisation of each estimator (background fit included; a ratio with the covariance of
+        its windows), ``"replicas"`` from ``n_replicas`` Poisson replicas per pixel run through
+        the same kernel. None by default (analytic costs up to ~2x, replicas ~K x). See
+        :mod:`eelsgpu.analysis._uncertainty`.
+    n_replicas : int, optional
+        Replicas per pixel (default 100).
+    gain : float, optional
+        Detector data units per counted electron (``var(x) = gain x``); estimated from the
+        data's channel noise when neither it nor ``noise_variance`` is given (attrs say so).
+    noise_variance : xarray.DataArray, optional
+        A measured variance (data units squared) per channel or per pixel and channel.
+    seed : int
+        Replica seed (per pixel with its flat index: chunking does not change the result).
     device : {"auto", "cpu", "gpu"}
 
     Returns
@@ -293,12 +315,15 @@ def window_maps(
         width,
         peak_channels,
     )
+    unc = parse_uncertainty(si, uncertainty, n_replicas, gain, noise_variance, seed)
     if elements:
         _warn_higher_orders(request.windows, elements, max_order)
     return apply_kernel(
         window_block(si.attrs.get("units", "counts")),
         si,
         device=device,
-        attrs={"analysis": "window_maps", "background_model": background_model},
+        extras=unc.extras(si),
+        attrs={"analysis": "window_maps", "background_model": background_model, **unc.attrs()},
         **request.kernel_params(),
+        **unc.kernel_params(),
     )

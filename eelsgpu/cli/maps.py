@@ -8,6 +8,9 @@ there. ``--centroid``, ``--peak`` (Gaussian fit, sub-channel) and ``--width`` (F
 position and width of the band in a window; ``--ratio A/B`` the ratio of two windows. With
 ``--elements`` the command warns when a window holds a higher diffraction order of a known line
 of one of them (SXES: O-K in 3rd order lands at 175 eV, inside B-K 170-188 eV).
+``--uncertainty analytic`` or ``--uncertainty replicas:K`` adds a ``<name>_sigma`` map (counting
+noise, one standard deviation) beside every intensity, ratio, centroid, peak and width map; ``--gain``
+gives the detector's data units per electron (else estimated from the data, and said so).
 
 Examples::
 
@@ -32,6 +35,7 @@ from ._common import (
     open_input,
     output_path,
 )
+from ._uncertainty import add_uncertainty_options, describe, uncertainty_kwargs
 
 
 def _named_range(text: str) -> tuple[str, tuple[float, float]]:
@@ -118,6 +122,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-order", type=int, default=3, help="highest diffraction order (3)")
     p.add_argument("--png-dir", metavar="DIR", help="also write every map as a PNG in DIR")
+    add_uncertainty_options(p)
     add_analysis_options(p)
     return p
 
@@ -156,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
             elements=elements or None,
             max_order=args.max_order,
             device=args.device,
+            **uncertainty_kwargs(args),
         )
     for w in caught:
         if issubclass(w.category, HigherOrderLineWarning):
@@ -167,12 +173,20 @@ def run(args: argparse.Namespace) -> int:
     if args.png_dir:
         from ..plotting import plot_map
 
-        names = [n for n in res.data_vars if not n.endswith("_valid") and res[n].dims == ("y", "x")]
+        names = [
+            n
+            for n in res.data_vars
+            if not n.endswith(("_valid", "_sigma")) and res[n].dims == ("y", "x")
+        ]
         for name in names:
-            plot_map(res[name], Path(args.png_dir) / f"{name}.png")
+            sigma = res.get(f"{name}_sigma")
+            plot_map(res[name], Path(args.png_dir) / f"{name}.png", sigma=sigma)
         if not args.quiet:
             print(f"wrote {len(names)} PNG maps in {args.png_dir}")
     if not args.quiet:
+        line = describe(res)
+        if line:
+            print(line)
         for name in windows:
             valid = np.asarray(res[f"{name}_valid"].values, dtype=bool)
             vals = np.asarray(res[name].values)[valid]

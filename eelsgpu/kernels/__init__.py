@@ -73,5 +73,14 @@ after 34   mu(E), n(E), k(E); eps1 = 0 crossing                   :func:`.optics
                                                                   :func:`.optics.plasmon_energy_eV`
 35         I = N0 R + I_inel + I_S, solved for the bulk part      :func:`.surface.solve_surface`
 36         I_S, the surface loss of a film [4.31]                 :func:`.surface.surface_loss_per_eV`
+16 var     var(t/lambda) = 1/N0 - 1/I (counting, gain g: times g) :func:`.uncertainty.log_ratio_variance`
+16 var     sigma(t) = lambda sigma(t/lambda); lambda's part apart :func:`.uncertainty.thickness_sigma_nm`
+18-22 var  var(SSD_k) by the linearised Fourier-log (FFT convs)  :func:`.uncertainty.fourier_log_ssd_variance`
+18-22 var  var(sum a_k SSD_k): KK thickness, t/lambda (eq. 17)   :func:`.uncertainty.fourier_log_functional_variance`
+fit cov    (J^T W J)^-1 J^T W V W J (J^T W J)^-1 (band gap)       :func:`.uncertainty.sandwich_covariance`
+noise      var(x) = g x; g from the data's 4th differences        :func:`.uncertainty.poisson_variance`,
+                                                                  :func:`.uncertainty.estimate_gain`
+noise      K replicas g Poisson(x/g) per pixel, mean and std      :func:`.uncertainty.draw_replicas`,
+                                                                  :func:`.uncertainty.replica_moments`
 =========  =====================================================  ================================
 """

@@ -49,12 +49,19 @@ import numpy as np
 
 from .._xp import array_namespace
 from .declare import BlockKernel, Output
+from .uncertainty import (
+    linear_sigma,
+    poisson_variance,
+    ratio_sigma,
+    replica_sigmas,
+)
 
 __all__ = [
     "BACKGROUND_MODELS",
     "TILE_PIXELS",
     "channel_edges",
     "fit_background",
+    "sigma_targets",
     "window_block",
     "window_kernel",
     "window_outputs",
@@ -229,8 +236,14 @@ def _gather(a: Any, idx: Any) -> Any:
     return xp.take_along_axis(a, idx, axis=-1)
 
 
-def _peak_fit(s: Any, e: Any, in_win: Any, half: int) -> Any:
-    """Vertex of a least-squares parabola to ln s over 2*half+1 channels around the maximum."""
+def _peak_fit(s: Any, e: Any, in_win: Any, half: int, sensitivity: bool = False) -> Any:
+    """Vertex of a least-squares parabola to ln s over 2*half+1 channels around the maximum.
+
+    With ``sensitivity``, also ``q_k = d vertex / d s_k`` on the fitted channels ``idx`` (both
+    (n_pix, 2 half + 1)), its linearisation in the net density: ``c = A^-1 V^T ln s`` (A the 3x3 normal matrix, its inverse by cofactors),
+    ``vertex = -c1 / (2 c2)``, so ``d vertex = -(dc1 + 2 vertex dc2) / (2 c2)`` and
+    ``d ln s_k = ds_k / s_k``.
+    """
     xp = array_namespace(s)
     n = e.shape[0]
     idxs = xp.arange(n)
@@ -274,11 +287,26 @@ def _peak_fit(s: Any, e: Any, in_win: Any, half: int) -> Any:
         & (d != 0)
         & (xp.abs(vertex) <= span)
     )
-    return xp.where(ok, e0 + vertex, xp.nan)
+    peak = xp.where(ok, e0 + vertex, xp.nan)
+    if not sensitivity:
+        return peak
+    # rows 1 and 2 of the symmetric inverse (cofactors / d)
+    c01, c11, c12 = -(m1 * m4 - m3 * m2), m0 * m4 - m2 * m2, -(m0 * m3 - m2 * m1)
+    c02, c22 = m1 * m3 - m2 * m2, m0 * m2 - m1 * m1
+    dc1 = (c01[:, None] + c11[:, None] * u + c12[:, None] * u * u) / safe_d[:, None]
+    dc2 = (c02[:, None] + c12[:, None] * u + c22[:, None] * u * u) / safe_d[:, None]
+    safe_vals = xp.where(vals > 0, vals, 1.0)
+    q_k = -(dc1 + 2 * vertex[:, None] * dc2) / (2 * safe_c2[:, None] * safe_vals)
+    return peak, q_k, idx
 
 
-def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
-    """Full width at half maximum from the crossings nearest the maximum, interpolated."""
+def _fwhm(s: Any, e: Any, in_win: Any, sensitivity: bool = False) -> Any:
+    """Full width at half maximum from the crossings nearest the maximum, interpolated.
+
+    With ``sensitivity``, also ``q_k = d width / d s_k`` on the five channels it reads
+    (``idx``: the two channels of each crossing and the maximum), from
+    ``c = e0 + (h - s0)(e1 - e0)/(s1 - s0)``, ``h = s_max / 2``.
+    """
     xp = array_namespace(s)
     n = e.shape[0]
     idxs = xp.arange(n)
@@ -299,10 +327,107 @@ def _fwhm(s: Any, e: Any, in_win: Any) -> Any:
         e0, e1 = xp.take(e, i0), xp.take(e, i0 + 1)
         ds = s1 - s0
         safe = xp.where(ds != 0, ds, 1.0)
-        return e0 + (half - s0) * (e1 - e0) / safe
+        c = e0 + (half - s0) * (e1 - e0) / safe
+        de = (e1 - e0) / (safe * safe)
+        # dc/ds0, dc/ds1, dc/ds_max
+        return c, de * (half - s1), -de * (half - s0), (e1 - e0) / (2 * safe)
 
-    width = crossing(ir_c - 1) - crossing(il_c)
-    return xp.where(ok, width, xp.nan)
+    c_r, r0, r1, rm = crossing(ir_c - 1)
+    c_l, l0, l1, lm = crossing(il_c)
+    width = xp.where(ok, c_r - c_l, xp.nan)
+    if not sensitivity:
+        return width
+    idx = xp.stack([il_c, il_c + 1, ir_c - 1, ir_c, imax], axis=-1)
+    q = xp.stack([-l0, -l1, r0, r1, rm - lm], axis=-1)
+    return width, q, idx
+
+
+def _fit_linearisation(
+    x: Any, e: Any, chan_width: Any, range_w: Any, model: str, bg_density: Any
+) -> dict[str, Any]:
+    """What the linearised background fit needs (see :func:`_fit_part`).
+
+    The fit ``y = a + b u`` gives ``d(a, b) = M^-1 sum_j U_j h_j dx_j`` with
+    ``M = sum w_j U_j U_j^T`` and ``U_j = (1, u_j)``. Power law: ``u = ln E``, ``w = usable x``
+    (the counts weights; a change of the weights moves the estimate only at second order, as
+    the residuals are noise) and ``y = ln(x / width)``, so ``h_j = usable_j``; linear: ``u = E``,
+    ``w = usable`` and ``y = x / width``, so ``h_j = usable_j / width_j``, the same for every
+    pixel (1-D arrays and scalars: the linear model's propagation costs almost nothing). The
+    fitted density moves by ``dD_i = D'_i (da + u_i db)`` with ``D' = D`` (power law) or 1
+    (linear: ``dd`` None).
+    """
+    xp = array_namespace(x)
+    if model == "power-law":
+        usable = xp.where(x > 0, range_w, 0.0)
+        fit_w = usable * xp.where(x > 0, x, 0.0)
+        u = xp.log(e)
+        h = usable
+        dd = bg_density
+    else:
+        fit_w = range_w
+        u = e
+        h = range_w / chan_width
+        dd = None
+    s0 = xp.sum(fit_w, axis=-1)
+    su = xp.sum(fit_w * u, axis=-1)
+    suu = xp.sum(fit_w * u * u, axis=-1)
+    det = s0 * suu - su * su
+    return {
+        "u": u,
+        "h": h,
+        "dd": dd,
+        "s0": s0[..., None],
+        "su": su[..., None],
+        "suu": suu[..., None],
+        "det": xp.where(det > 0, det, 1.0)[..., None],
+    }
+
+
+def _fit_part(g0: Any, g1: Any, lin: dict[str, Any]) -> Any:
+    """``h_j G^T M^-1 U_j``: how channel ``j`` moves an estimator through the background fit,
+    for ``G = (g0, g1) = sum_i q_i D'_i (1, u_i)`` (``q_i = dQ/ds_i``, ``s`` the net density)."""
+    u = lin["u"]
+    g0, g1 = g0[..., None], g1[..., None]
+    k = (g0 * (lin["suu"] - lin["su"] * u) + g1 * (lin["s0"] * u - lin["su"])) / lin["det"]
+    return lin["h"] * k
+
+
+def _alpha(direct: Any, q: Any, lin: dict[str, Any] | None) -> Any:
+    """Sensitivities ``a_j = dQ/dx_j`` of an estimator with density sensitivities ``q_i = dQ/ds_i``.
+
+    ``s_i = x_i / width_i - D_i`` is the net (background-subtracted) density, so
+    ``a_j = q_j / width_j - h_j G^T M^-1 U_j`` (``direct = q / width``; the second term from
+    :func:`_fit_part`, none without a background).
+    """
+    xp = array_namespace(direct)
+    if lin is None:
+        return direct
+    qd = q if lin["dd"] is None else q * lin["dd"]
+    return direct - _fit_part(xp.sum(qd, axis=-1), xp.sum(qd * lin["u"], axis=-1), lin)
+
+
+def _sparse_sigma(q_k: Any, idx: Any, chan_width: Any, var: Any, lin: dict[str, Any] | None) -> Any:
+    """Sigma of an estimator that reads a few channels ``idx`` with density sensitivities
+    ``q_k`` (a peak fit, a FWHM), by gathers only: ``sum_j a_j^2 v_j`` with
+    ``a = d - f``, ``d = q / width`` on those channels (repeated channels summed first) and ``f``
+    the fit part (:func:`_fit_part`) everywhere."""
+    xp = array_namespace(q_k)
+    flat = xp.reshape(idx, (-1,))
+    w_k = xp.reshape(xp.take(chan_width, flat), idx.shape)
+    v_k = _gather(var, idx)
+    # a channel read twice (a narrow band's crossing next to its maximum) counts once, with the
+    # sum of its sensitivities: d_eff_k = sum_l [idx_l = idx_k] d_l, weighted 1/multiplicity
+    same = xp.astype(idx[:, :, None] == idx[:, None, :], q_k.dtype)
+    d_eff = xp.sum(same * (q_k / w_k)[:, None, :], axis=-1)
+    mult = xp.sum(same, axis=-1)
+    total = xp.sum(d_eff * d_eff * v_k / mult, axis=-1)
+    if lin is not None:
+        qd = q_k if lin["dd"] is None else q_k * _gather(lin["dd"], idx)
+        u_k = xp.reshape(xp.take(lin["u"], flat), idx.shape)
+        fit = _fit_part(xp.sum(qd, axis=-1), xp.sum(qd * u_k, axis=-1), lin)
+        total = total - 2 * xp.sum(d_eff * _gather(fit, idx) * v_k / mult, axis=-1)
+        total = total + xp.sum(fit * fit * var, axis=-1)
+    return xp.sqrt(xp.clip(total, 0.0, None))
 
 
 def window_kernel(
@@ -318,12 +443,19 @@ def window_kernel(
     ratios: Sequence[tuple[str, str]] = (),
     peak_channels: int = 3,
     spans: Mapping[str, tuple[int, int]] | None = None,
+    uncertainty: str | None = None,
+    gain: float = 1.0,
+    n_replicas: int = 100,
+    seed: int = 0,
+    variance: Any = None,
+    pixel_index: Any = None,
 ) -> dict[str, Any]:
     """Window maps of a block of spectra (pure array-API kernel; see the module docstring).
 
     Window integrals on bin edges, backgrounds by :func:`fit_background` (power law: Egerton,
     *EELS in the Electron Microscope*, 3rd ed., sec. 4.4.2), centroid, Gaussian peak position
-    (least-squares parabola on ``ln s``) and FWHM of the background-subtracted density.
+    (least-squares parabola on ``ln s``) and FWHM of the background-subtracted density, and
+    (``uncertainty``) the counting sigma of the intensities, centroids, peaks and ratios.
 
     Parameters
     ----------
@@ -345,13 +477,37 @@ def window_kernel(
     spans : mapping name -> (i0, i1), optional
         Channel slice holding the window and its background ranges with a margin of at least
         two channels (work is then done on that slice only); the whole axis by default.
+    uncertainty : {None, "analytic", "replicas"}
+        ``"analytic"``: every estimator linearised about the data (:func:`_alpha`, the peak's
+        :func:`_peak_fit` sensitivity), ``sigma^2 = sum_j a_j^2 var(x_j)``, ratios with the
+        covariance of their windows (:func:`eelsgpu.kernels.uncertainty.ratio_sigma`);
+        ``"replicas"``: ``n_replicas`` noise replicas per pixel
+        (:func:`eelsgpu.kernels.uncertainty.draw_replicas`) run through this same kernel as one
+        larger batch (in batches of bounded memory) and reduced to their standard deviation.
+    gain : float
+        Data units per counted electron: ``var(x) = gain x`` (Poisson).
+    n_replicas, seed : int
+        Replicas per pixel and the seed (replicas only).
+    variance : array (n_pix, n_E), optional
+        A measured per-channel variance (data units^2) replacing ``gain x``.
+    pixel_index : array (n_pix,), optional
+        Global pixel index of each spectrum (replica seeding; default 0..n_pix-1).
 
     Returns
     -------
     dict
         ``name`` (counts), ``name_background`` (counts), ``name_valid`` (bool) per window, and
         the requested extras (``_centroid_eV``, ``_peak_eV``, ``_fwhm_eV`` in eV, ratios ``a_over_b``
-        dimensionless), each ``(n_pix,)``.
+        dimensionless), each ``(n_pix,)``; with ``uncertainty`` also ``<output>_sigma`` (same
+        units) for every intensity, centroid, peak, FWHM and ratio.
+
+    Examples
+    --------
+    >>> e = np.arange(100.0, 200.0, 0.5)
+    >>> block = 1e4 * np.exp(-0.5 * ((e - 150.0) / 2.0) ** 2) * np.ones((1, 1))
+    >>> out = window_kernel(block, e, windows=(("b", 140.0, 160.0),), uncertainty="analytic")
+    >>> bool(np.isclose(out["b_sigma"][0], np.sqrt(out["b"][0])))
+    True
     """
     xp = array_namespace(block)
     e_all = xp.astype(energy_eV, xp.float64)
@@ -360,7 +516,12 @@ def window_kernel(
     backgrounds = backgrounds or {}
     spans = spans or {}
     half = max(1, int(peak_channels) // 2)
+    analytic = uncertainty == "analytic"
+    if uncertainty not in (None, "analytic", "replicas"):
+        raise ValueError(f"uncertainty must be None, 'analytic' or 'replicas', not {uncertainty!r}")
     out: dict[str, Any] = {}
+    # per window: its channel slice, its intensity sensitivities and the slice's variance
+    lin_terms: dict[str, tuple[int, Any, Any]] = {}
     for name, lo, hi in windows:
         i0, i1 = spans.get(name, (0, e_all.shape[0]))
         x = xp.astype(block[:, i0:i1], xp.float64)
@@ -370,12 +531,16 @@ def window_kernel(
         f = window_weights(e, lo, hi)
         raw = xp.sum(x * f, axis=-1)
         ranges = backgrounds.get(name)
+        lin = None
         if ranges:
+            range_w = _range_weights(e, ranges)
             bg_density, ok = fit_background(
-                x, e, _range_weights(e, ranges), background_model, channel_width_eV=chan_width
+                x, e, range_w, background_model, channel_width_eV=chan_width
             )
             bg = xp.sum(bg_density * chan_width * f, axis=-1)
             net_density = density - bg_density
+            if analytic:
+                lin = _fit_linearisation(x, e, chan_width, range_w, background_model, bg_density)
         else:
             bg = xp.zeros_like(raw)
             ok = xp.ones(raw.shape, dtype=xp.bool)
@@ -386,23 +551,151 @@ def window_kernel(
         out[f"{name}_background"] = xp.where(ok, bg, xp.nan)
         out[f"{name}_valid"] = ok
         net = net_density * chan_width * f
+        if analytic:
+            if variance is None:
+                var = poisson_variance(x, gain)
+            else:
+                var = xp.astype(variance[:, i0:i1], xp.float64)
+            a_int = _alpha(f, chan_width * f, lin)
+            if len(a_int.shape) == 1:
+                a_int = xp.broadcast_to(a_int, x.shape)  # the covariance slices it per pixel
+            lin_terms[name] = (i0, a_int, var)
+            out[f"{name}_sigma"] = xp.where(ok, linear_sigma(a_int, var), xp.nan)
         if name in centroid:
             total = xp.sum(net, axis=-1)
             good = ok & (total > 0)
-            c = xp.sum(net * e, axis=-1) / xp.where(good, total, 1.0)
+            safe_total = xp.where(good, total, 1.0)
+            c = xp.sum(net * e, axis=-1) / safe_total
             out[f"{name}_centroid_eV"] = xp.where(good, c, xp.nan)
+            if analytic:
+                direct = (e[None, :] - c[:, None]) * f / safe_total[:, None]
+                sig = linear_sigma(_alpha(direct, direct * chan_width, lin), var)
+                out[f"{name}_centroid_eV_sigma"] = xp.where(good, sig, xp.nan)
         in_win = f >= 0.5
         if name in peak:
-            p = _peak_fit(net_density, e, in_win, half)
+            if analytic:
+                p, q_k, idx = _peak_fit(net_density, e, in_win, half, sensitivity=True)
+                sig = _sparse_sigma(q_k, idx, chan_width, var, lin)
+                out[f"{name}_peak_eV_sigma"] = xp.where(ok & xp.isfinite(p), sig, xp.nan)
+            else:
+                p = _peak_fit(net_density, e, in_win, half)
             out[f"{name}_peak_eV"] = xp.where(ok, p, xp.nan)
         if name in width:
-            w = _fwhm(net_density, e, in_win)
+            if analytic:
+                w, q_k, idx = _fwhm(net_density, e, in_win, sensitivity=True)
+                sig = _sparse_sigma(q_k, idx, chan_width, var, lin)
+                out[f"{name}_fwhm_eV_sigma"] = xp.where(ok & xp.isfinite(w), sig, xp.nan)
+            else:
+                w = _fwhm(net_density, e, in_win)
             out[f"{name}_fwhm_eV"] = xp.where(ok, w, xp.nan)
     for a, b in ratios:
         den = out[b]
         good = xp.isfinite(den) & (den > 0) & xp.isfinite(out[a])
         out[f"{a}_over_{b}"] = xp.where(good, out[a] / xp.where(good, den, 1.0), xp.nan)
+        if analytic:
+            cov = _covariance(lin_terms[a], lin_terms[b])
+            va = out[f"{a}_sigma"] ** 2
+            vb = out[f"{b}_sigma"] ** 2
+            out[f"{a}_over_{b}_sigma"] = ratio_sigma(out[a], den, va, vb, cov)
+    if uncertainty == "replicas":
+        out.update(
+            _replica_sigmas(
+                block,
+                e_all,
+                out,
+                windows=windows,
+                backgrounds=backgrounds,
+                background_model=background_model,
+                centroid=centroid,
+                peak=peak,
+                width=width,
+                ratios=ratios,
+                peak_channels=peak_channels,
+                spans=spans,
+                gain=gain,
+                n_replicas=n_replicas,
+                seed=seed,
+                variance=variance,
+                pixel_index=pixel_index,
+            )
+        )
     return out
+
+
+def _covariance(ta: tuple[int, Any, Any], tb: tuple[int, Any, Any]) -> Any:
+    """``sum_j a_j b_j var(x_j)`` over the channels two windows' slices share."""
+    (ia, aa, va), (ib, ab, _) = ta, tb
+    xp = array_namespace(aa)
+    lo, hi = max(ia, ib), min(ia + aa.shape[-1], ib + ab.shape[-1])
+    if hi <= lo:
+        return xp.zeros(aa.shape[:1], dtype=aa.dtype)
+    sa, sb = aa[:, lo - ia : hi - ia], ab[:, lo - ib : hi - ib]
+    return xp.sum(sa * sb * va[:, lo - ia : hi - ia], axis=-1)
+
+
+def sigma_targets(
+    windows: Sequence[tuple[str, float, float]],
+    centroid: Sequence[str] = (),
+    peak: Sequence[str] = (),
+    ratios: Sequence[tuple[str, str]] = (),
+    width: Sequence[str] = (),
+) -> list[str]:
+    """The outputs of :func:`window_kernel` that get a ``_sigma`` (intensities, centroids, peaks,
+    FWHMs, ratios), in output order.
+
+    Examples
+    --------
+    >>> sigma_targets((("a", 1.0, 2.0), ("b", 3.0, 4.0)), peak=("a",), ratios=(("a", "b"),))
+    ['a', 'a_peak_eV', 'b', 'a_over_b']
+    """
+    names: list[str] = []
+    for name, _, _ in windows:
+        names.append(name)
+        if name in centroid:
+            names.append(f"{name}_centroid_eV")
+        if name in peak:
+            names.append(f"{name}_peak_eV")
+        if name in width:
+            names.append(f"{name}_fwhm_eV")
+    names += [f"{a}_over_{b}" for a, b in ratios]
+    return names
+
+
+def _replica_sigmas(
+    block: Any,
+    e_all: Any,
+    values: Mapping[str, Any],
+    *,
+    windows: Sequence[tuple[str, float, float]],
+    spans: Mapping[str, tuple[int, int]],
+    **params: Any,
+) -> dict[str, Any]:
+    """``<output>_sigma`` from replicas run through :func:`window_kernel` as a larger batch
+    (:func:`eelsgpu.kernels.uncertainty.replica_sigmas`), drawing only the channels the windows
+    use."""
+    xp = array_namespace(block)
+    n_e = e_all.shape[0]
+    sl = {name: spans.get(name, (0, n_e)) for name, _, _ in windows}
+    lo = min(i0 for i0, _ in sl.values())
+    hi = max(i1 for _, i1 in sl.values())
+    targets = sigma_targets(
+        windows,
+        params.get("centroid", ()),
+        params.get("peak", ()),
+        params.get("ratios", ()),
+        params.get("width", ()),
+    )
+    sig = replica_sigmas(
+        window_kernel,
+        block,
+        e_all,
+        targets,
+        channels=(lo, hi),
+        windows=windows,
+        spans={name: (i0 - lo, i1 - lo) for name, (i0, i1) in sl.items()},
+        **params,
+    )
+    return {f"{t}_sigma": xp.where(xp.isfinite(values[t]), sig[t], xp.nan) for t in targets}
 
 
 def window_spans(
@@ -441,7 +734,8 @@ def window_outputs(params: Mapping[str, Any], units: str = "counts") -> list[Out
 
     Per window ``<name>`` (in ``units``, the unit of the input counts), ``<name>_background``
     (``units``) and ``<name>_valid`` (bool); the requested ``_centroid_eV``, ``_peak_eV`` and
-    ``_fwhm_eV`` (eV); per ratio ``<a>_over_<b>`` (1).
+    ``_fwhm_eV`` (eV); per ratio ``<a>_over_<b>`` (1); with ``uncertainty`` a ``<output>_sigma``
+    (same units) for every output of :func:`sigma_targets`.
     """
     bgs = params.get("backgrounds") or {}
     background_model = params.get("background_model", "power-law")
@@ -473,6 +767,20 @@ def window_outputs(params: Mapping[str, Any], units: str = "counts") -> list[Out
             outputs.append(Output(f"{name}_fwhm_eV", "eV", f"{name} FWHM"))
     for a, b in params.get("ratios", ()):
         outputs.append(Output(f"{a}_over_{b}", "1", f"{a} / {b} intensity ratio"))
+    method = params.get("uncertainty")
+    if method:
+        label = "analytic" if method == "analytic" else f"replicas:{int(params['n_replicas'])}"
+        by_name = {o.name: o for o in outputs}
+        for t in sigma_targets(params["windows"], cen, pk, params.get("ratios", ()), wd):
+            o = by_name[t]
+            outputs.append(
+                Output(
+                    f"{t}_sigma",
+                    o.units,
+                    f"sigma of {o.long_name} (counting)",
+                    attrs={"sigma_of": t, "uncertainty": label, "part": "counting"},
+                )
+            )
     return outputs
 
 
