@@ -136,6 +136,7 @@ __all__ = [
     "MAX_RESOLUTION_FWHM",
     "OUTPUTS",
     "PHASE_FLOOR",
+    "RolloffConsts",
     "RINGING_LIMIT",
     "ROLLOFF",
     "SNR2",
@@ -146,6 +147,9 @@ __all__ = [
     "log_spectrum_ratio_twin",
     "noise_power",
     "probe_spectra",
+    "rolloff_numpy",
+    "rolloff_probe",
+    "rolloff_twin",
     "ssd_metrics",
     "tail_continuation",
 ]
@@ -187,9 +191,10 @@ _DAMPING_THIN = math.log(10.0)
 _DAMPING_PER_TAU = math.log(10.0) / 3.0
 _ROW_BYTES = 1 << 20  # rows per pass: about 1 MiB per temporary (stays in the L2/L3 cache)
 
-#: The name under which the engine registers the fused CUDA form of :func:`log_spectrum_ratio`
-#: (kernels/fourier_log.cu) in :mod:`eelsgpu.kernels._fused`.
-FUSED_NAME = "fourier_log_ratio"
+#: The name under which the engine registers the fused form of the measured-error roll-off
+#: (:func:`rolloff_twin`; the CUDA kernel of kernels/fourier_log.cu) in
+#: :mod:`eelsgpu.kernels._fused`.
+FUSED_NAME = "fourier_log_rolloff"
 
 
 def tail_continuation(
@@ -446,22 +451,45 @@ def _plan(
     damping: float | None,
     zero_loss_eV: float,
 ) -> dict[str, Any]:
-    """The vectors every pixel shares: weights, tail shape, frequencies, origin phase."""
+    """The vectors every pixel shares: weights, tail shape, frequencies, origin phase.
+
+    Made on the host in float64 from host numbers (the axis' first energy and channel width),
+    cast to the data's precision there and sent to the device as ONE array whose parts are
+    views (one copy instead of a few dozen small operations); only the window's energies come
+    from the axis array itself."""
     n_ext = p - n_e
     e_end = offset + disp * (n_e - 1)
     loss_end = e_end - float(zero_loss_eV)  # the window's end in energy loss
-    e_win = xp.astype(energy_eV[:n_e], xp.float64)
-    i = xp.arange(1, n_ext + 1, dtype=xp.float64)
-    e_ext = e_end + disp * i
-    taper = 0.5 + 0.5 * xp.cos(i * (math.pi / (n_ext + 1)))
-    k = xp.arange(p // 2 + 1, dtype=xp.float64)
+    i = np.arange(1, n_ext + 1, dtype=np.float64)
+    k = np.arange(p // 2 + 1, dtype=np.float64)
     # signed position in the period of each sample of an irfft (kernel coordinates, eV)
-    j = xp.arange(p, dtype=xp.float64)
-    x_period = xp.where(j < p // 2, j, j - p) * disp
+    j = np.arange(p, dtype=np.float64)
     # ... and of the SSD over the period: the window's gain side (its channels below 0 eV) wraps
     # to the period's end, everything else is loss
     gain = max(0, math.ceil(-offset / disp - 1e-9))
-    x_sum = xp.where(j < p - gain, j, j - p) * disp
+    host = {
+        "e_ext": e_end + disp * i,
+        "log_taper": np.log(0.5 + 0.5 * np.cos(i * (math.pi / (n_ext + 1)))),
+        "tail_de": disp * i,
+        "nu": k / (p * disp),
+        "x_period": np.where(j < p // 2, j, j - p) * disp,
+        "x_sum": np.where(j < p - gain, j, j - p) * disp,
+    }
+    if loss_end > 0:
+        host["tail_log"] = np.log1p((disp / loss_end) * i)
+    origin = -offset / disp  # channel of 0 eV: where zero loss goes (eq. 25)
+    whole = round(origin)
+    if abs(origin - whole) > 1e-6:
+        # sub-channel origin: the phase factor of eq. 25, exp(-2 pi i k a / P)
+        theta = (-2.0 * math.pi * origin / p) * k
+        host["filter_r"], host["filter_i"] = np.cos(theta), np.sin(theta)
+        whole = 0
+    np_dt = np.dtype(str(dt).split(".")[-1])
+    packed = xp.asarray(np.concatenate(list(host.values())).astype(np_dt))
+    parts, start = {}, 0
+    for name, value in host.items():
+        parts[name] = packed[start : start + value.shape[0]]
+        start += value.shape[0]
     plan: dict[str, Any] = {
         "p": p,
         "n_e": n_e,
@@ -470,31 +498,23 @@ def _plan(
         "loss_end": loss_end,
         "e_span": max(loss_end, disp),
         "damping": damping,
-        "e_win": xp.astype(e_win, dt)[None, :],
-        "e_ext": xp.astype(e_ext, dt),
-        "log_taper": xp.astype(xp.log(taper), dt),
-        "tail_de": xp.astype(disp * i, dt),
-        "tail_log": xp.astype(xp.log1p((disp / loss_end) * i), dt) if loss_end > 0 else None,
+        "e_win": xp.astype(energy_eV[:n_e], dt)[None, :],
+        "e_ext": parts["e_ext"],
+        "log_taper": parts["log_taper"],
+        "tail_de": parts["tail_de"],
+        "tail_log": parts.get("tail_log"),
         "tiny": tiny(str(dt)),
-        "nu": xp.astype(k / (p * disp), dt)[None, :],
-        "x_period": xp.astype(x_period, dt)[None, :],
-        "x_sum": xp.astype(x_sum, dt)[None, :],
+        "nu": parts["nu"][None, :],
+        "x_period": parts["x_period"][None, :],
+        "x_sum": parts["x_sum"][None, :],
         "sigma": None,
+        "origin": int(whole),
+        "filter": None,
     }
     if output == "reconvolved-gaussian":
         plan["sigma"] = fwhm_eV / _FWHM_PER_SIGMA
-    filt_r = filt_i = None
-    origin = -offset / disp  # channel of 0 eV: where zero loss goes (eq. 25)
-    whole = round(origin)
-    if abs(origin - whole) > 1e-6:
-        # sub-channel origin: the phase factor of eq. 25, exp(-2 pi i k a / P)
-        theta = (-2.0 * math.pi * origin / p) * k
-        filt_r, filt_i = xp.cos(theta), xp.sin(theta)
-        whole = 0
-    plan["origin"] = int(whole)
-    plan["filter"] = (
-        None if filt_r is None else (xp.astype(filt_r, dt)[None, :], xp.astype(filt_i, dt)[None, :])
-    )
+    if "filter_r" in parts:
+        plan["filter"] = (parts["filter_r"][None, :], parts["filter_i"][None, :])
     return plan
 
 
@@ -526,6 +546,15 @@ def _misfit_transform(xp: Any, fft: Any, jw: Any, zw: Any, e: Any, c: Any, w: An
     ramp = xp.minimum(xp.maximum((3.0 - x) / 1.5, 0.0), 1.0)
     zone = (0.5 - 0.5 * xp.cos(math.pi * ramp)) * xp.astype(e[None, :] < c[:, None], dt)
     return fft.rfft((jw - zw) * zone, n=p, axis=-1)
+
+
+def _dead_rows(zf: np.ndarray) -> np.ndarray:
+    """Where the ZLP's transform has died at the top frequencies (NumPy): the median of |Z~|^2
+    over the top quarter below 1e-6 |Z~(0)|^2, as :func:`error_power` decides it."""
+    k_all = zf.shape[-1]
+    top = zf[:, k_all - max(1, k_all // 4) :]
+    med = zlp_median_rows(np, top.real * top.real + top.imag * top.imag)
+    return med < 1e-6 * (zf[:, 0].real ** 2 + zf[:, 0].imag ** 2)
 
 
 def _noise_from_channels(xp: Any, jw: Any, e: Any, c: Any, w: Any, tied: Any) -> Any:
@@ -627,13 +656,14 @@ def _rows(
     consts = RolloffConsts(
         p, plan["disp"], plan["max_res"], bool(unwrap), max(8, (p // 2 + 1) // 64), plan["nu"][0, :]
     )
-    core = _rolloff(xp, jf, zf, rf, share, None, fw, consts)
-    # where the ZLP's transform has not died at the top frequencies (coarse dispersion) J~'s
-    # noise comes from the channels' variance instead: measured only then (a host decision: one
-    # sync on a device, where most blocks have every ZLP dead at the top)
-    if not bool(xp.all(core["dead"])):
+    # where the ZLP's transform has not died at the top frequencies (coarse dispersion, and
+    # every model made from the data: the mirror's copied noise, the truncation's step) J~'s
+    # noise comes from the channels' variance instead: on NumPy measured only where a pixel
+    # needs it (a host decision), on a device always (no sync)
+    n_j_alive = None
+    if not host_decides(xp) or not bool(np.all(_dead_rows(zf))):
         n_j_alive = _noise_from_channels(xp, jw, e, cen, fw, tied)
-        core = _rolloff(xp, jf, zf, rf, share, n_j_alive, fw, consts)
+    core = _rolloff(xp, jf, zf, rf, share, n_j_alive, fw, consts)
     ell = core["ell"]
 
     want_raw = output == "ssd" or plan["metrics"]
@@ -1204,12 +1234,8 @@ def log_spectrum_ratio(
 def _log_ratio(
     xp: Any, jf: Any, zf: Any, mode: str, gate: float, rolloff: float, unwrap: bool
 ) -> Any:
-    """:func:`log_spectrum_ratio` on the device's fused kernel when the engine registered one
-    (complex64 arrays of a namespace it has one for), else the NumPy fast path or the twin."""
-    if not is_numpy(xp) and str(jf.dtype) == "complex64":
-        fused = _fused.lookup(FUSED_NAME, xp)
-        if fused is not None:
-            return fused(jf, zf, noise_power(xp, jf, zf), mode, gate, rolloff, unwrap)
+    """:func:`log_spectrum_ratio` on the NumPy fast path or the twin (the fused CUDA kernel now
+    implements the measured-error roll-off, :func:`rolloff_twin`, not this core)."""
     if is_numpy(xp):
         return log_spectrum_ratio_numpy(jf, zf, mode, gate, rolloff, unwrap)
     return log_spectrum_ratio_twin(xp, jf, zf, None, mode, gate, rolloff, unwrap)
@@ -1410,6 +1436,40 @@ def probe_spectra(xp: Any) -> tuple[Any, Any]:
     jf = xp.asarray(np.fft.rfft(np.array(rows_j), axis=-1).astype(np.complex64))
     zf = xp.asarray(np.fft.rfft(np.array(rows_z), axis=-1).astype(np.complex64))
     return jf, zf
+
+
+def rolloff_probe(xp: Any, k: int, consts: RolloffConsts) -> tuple[Any, ...]:
+    """The arguments of :func:`rolloff_twin` for a probe block of ``k`` frequencies (complex64):
+    spectra with known structure (a vacuum spectrum, thin and thick ones whose phase passes pi
+    many times, counting noise, a model misfit on the gain side), the first-use check of the
+    fused kernel (:func:`eelsgpu.engine.cuda.verified`) at a block's own size."""
+    p = consts.p
+    n_e = p // 2
+    rng = np.random.default_rng(13)
+    e = (np.arange(p) - n_e // 10) * consts.disp
+    z = np.exp(-0.5 * (e / max(0.25, 2.0 * consts.disp)) ** 2)
+    s = np.where(e > 0, np.exp(-0.5 * ((e - 15.0) / 1.5) ** 2), 0.0)
+    s /= s.sum()
+    rows_j, rows_z, rows_r = [], [], []
+    for t, counts in ((0.0, 1e5), (0.3, 1e5), (1.5, 1e4), (3.0, 1e6), (5.0, 1e5), (1.0, 0.0)):
+        j = np.fft.irfft(np.fft.rfft(z) * np.exp(t * np.fft.rfft(s)), n=p)
+        j[n_e:] *= np.linspace(1.0, 0.0, p - n_e)
+        scale = counts / j.sum() if counts else 1e5 / j.sum()
+        j = j * scale
+        zz = z * (counts or 1e5) / z.sum()
+        if counts:
+            j = j + rng.normal(0.0, 1.0, p) * np.sqrt(np.maximum(j, 1.0))
+        rows_j.append(j)
+        rows_z.append(zz)
+        rows_r.append(np.where(e < 0, j - zz, 0.0) * (np.abs(e) < 1.0))
+
+    def tf(rows):
+        return xp.asarray(np.fft.rfft(np.array(rows), axis=-1)[:, :k].astype(np.complex64))
+
+    n = len(rows_j)
+    share = xp.asarray(np.linspace(0.6, 1.0, n).astype(np.float32))
+    fw = xp.asarray(np.full(n, 2.355 * max(0.25, 2.0 * consts.disp), dtype=np.float32))
+    return (tf(rows_j), tf(rows_z), tf(rows_r), share, None, fw, consts)
 
 
 def _roll_window(xp: Any, s: Any, origin: int, n_e: int) -> Any:

@@ -556,7 +556,14 @@ def log_ratio_kernel(
 
 
 def ssd_for_tail(
-    xp: Any, y: Any, energy_eV: Any, model: Any, c: Any, w: Any, method: str
+    xp: Any,
+    y: Any,
+    energy_eV: Any,
+    model: Any,
+    c: Any,
+    w: Any,
+    method: str,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The raw SSD the log-ratio's Fourier-log tail is made from: the measured-error Fourier-log
     (:func:`eelsgpu.kernels.fourier_log.fourier_log_kernel`, ``output="ssd"``, its metrics) of the
@@ -565,7 +572,7 @@ def ssd_for_tail(
     side counts as error), on the axis ``energy_eV`` whose 0 eV is zero loss; ``c``, ``w`` the
     ZLP centres and FWHM (eV).
     ``deconvolve`` makes its raw SSD with exactly this call, so both see the same tail."""
-    zf = xp.where(xp.isfinite(model), model, xp.zeros_like(model))
+    zf = xp.where(xp.isfinite(model), model, 0.0)
     tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
     return fourier_log_kernel(
         y,
@@ -577,4 +584,5 @@ def ssd_for_tail(
         misfit=method != "cube",
         tied=tied,
         metrics=True,
+        axis_eV=axis_eV,
     )
