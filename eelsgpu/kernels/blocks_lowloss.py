@@ -126,12 +126,10 @@ def align_block(
     valid = cen["valid"]
     c = cen["zlp_centre_eV"]
     y = block  # a NaN pixel is invalid and set to NaN below anyway
-    out = shift_kernel(
-        y, xp.where(valid, c, xp.zeros_like(c)), method, dispersion_eV=d, fill_value=fill_value
-    )
+    out = shift_kernel(y, xp.where(valid, c, 0.0), method, dispersion_eV=d, fill_value=fill_value)
     out = out[:, lo:hi]
     if not bool(xp.all(valid)):
-        out = xp.where(valid[:, None], out, xp.full_like(out, math.nan))
+        out = xp.where(valid[:, None], out, math.nan)
     return {"signal": out, "zlp_centre_eV": c, "valid": valid}
 
 
@@ -260,9 +258,9 @@ def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
     """Pixels with an SSD to judge (ringing, negative lobes): a window log-ratio of at least
     :data:`VACUUM_T_OVER_LAMBDA`; a vacuum pixel's SSD is noise around zero, with no peak to
     measure it against."""
-    window = xp.sum(xp.where(xp.isfinite(block), block, xp.zeros_like(block)), axis=-1)
-    n0 = xp.where(z["valid"], z["zlp_intensity"], xp.ones_like(window))
-    ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, xp.ones_like(window))
+    window = xp.sum(xp.where(xp.isfinite(block), block, 0.0), axis=-1)
+    n0 = xp.where(z["valid"], z["zlp_intensity"], 1.0)
+    ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, 1.0)
     return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
 
 

@@ -434,7 +434,7 @@ def _model_centre(xp: Any, zlp: Any, energy_eV: Any, offset: float, disp: float)
     e = xp.astype(energy_eV, zlp.dtype)
     arg = xp.take(e, xp.argmax(z, axis=-1))
     c = xp.where(xp.isfinite(cen["zlp_centre_eV"]), cen["zlp_centre_eV"], arg)
-    w = xp.where(xp.isfinite(cen["fwhm_eV"]), cen["fwhm_eV"], xp.full_like(c, 4.0 * disp))
+    w = xp.where(xp.isfinite(cen["fwhm_eV"]), cen["fwhm_eV"], 4.0 * disp)
     return c, w
 
 
@@ -1159,13 +1159,13 @@ def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[st
     e = xp.astype(e, dt)[None, :]
     loss = e >= 0.0
     beyond = e >= 3.0 * fwhm_eV[:, None]
-    peak = xp.max(xp.where(beyond, smooth, xp.full_like(smooth, -math.inf)), axis=-1)
-    diff = xp.where(loss, ssd - smooth, xp.zeros_like(ssd))
+    peak = xp.max(xp.where(beyond, smooth, -math.inf), axis=-1)
+    diff = xp.where(loss, ssd - smooth, 0.0)
     count = xp.maximum(xp.sum(xp.astype(loss, dt), axis=-1), 1.0)
     rms = xp.sqrt(xp.sum(diff * diff, axis=-1) / count)
-    low = xp.min(xp.where(beyond, ssd, xp.full_like(ssd, math.inf)), axis=-1)
+    low = xp.min(xp.where(beyond, ssd, math.inf), axis=-1)
     good = peak > 0
-    safe = xp.where(good, peak, xp.ones_like(peak))
+    safe = xp.where(good, peak, 1.0)
     inf = xp.full_like(peak, math.inf)
     return {
         "ringing": xp.where(good, rms / safe, inf),
@@ -1345,10 +1345,10 @@ def _noise_from_power(xp: Any, jj_top: Any, zz_top: Any, zz0: Any, zz_mid: Any, 
     dead = xp.astype(zz_top < 1e-6 * zz0, jj_top.dtype)
     count = xp.sum(dead, axis=-1)
     j_top = xp.mean(jj_top, axis=-1)
-    j_flat = xp.where(xp.mean(jj_mid, axis=-1) <= 4.0 * j_top, j_top, xp.zeros_like(j_top))
+    j_flat = xp.where(xp.mean(jj_mid, axis=-1) <= 4.0 * j_top, j_top, 0.0)
     j_noise = xp.where(count > 0, xp.sum(jj_top * dead, axis=-1) / xp.maximum(count, 1.0), j_flat)
     z_top = xp.mean(zz_top, axis=-1)
-    z_noise = xp.where(xp.mean(zz_mid, axis=-1) <= 2.0 * z_top, z_top, xp.zeros_like(z_top))
+    z_noise = xp.where(xp.mean(zz_mid, axis=-1) <= 2.0 * z_top, z_top, 0.0)
     return xp.stack([j_noise, z_noise], axis=-1)
 
 

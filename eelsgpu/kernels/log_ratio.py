@@ -332,7 +332,7 @@ def _on_subset(xp, select, fn, *arrays):
     for key, value in out.items():
         padded = xp.concat([value, xp.zeros((n - k,), dtype=value.dtype)])
         v = xp.take(padded, inverse)
-        back[key] = xp.where(select, v, xp.zeros_like(v))
+        back[key] = xp.where(select, v, 0.0)
     return back
 
 
@@ -406,7 +406,7 @@ def log_ratio_maps(
     one = xp.ones((n,), dtype=block.dtype)
     n0 = xp.where(valid, z["zlp_intensity"], one)
     c = xp.where(valid, z["zlp_centre_eV"], 0.0 * one)
-    y = xp.where(valid[:, None], block, xp.zeros_like(block))
+    y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
     window = xp.where(valid & (window > 0), window, one)
     e = xp.astype(energy_eV, block.dtype)

@@ -111,7 +111,7 @@ MIN_ZLP_SNR = 10.0
 def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
     """The arg-max channel of each row among channels i0..i1 (non-finite values never win)."""
     win = block[:, i0 : i1 + 1]
-    return xp.argmax(xp.where(xp.isfinite(win), win, xp.full_like(win, -math.inf)), axis=-1) + i0
+    return xp.argmax(xp.where(xp.isfinite(win), win, -math.inf), axis=-1) + i0
 
 
 def _first_dominant_peak(xp: Any, block: Any) -> Any:
@@ -120,7 +120,7 @@ def _first_dominant_peak(xp: Any, block: Any) -> Any:
     a spectrum (nothing lies below it); a thick specimen's plasmon may be higher than its ZLP,
     but the ZLP then still reaches half the maximum first."""
     n, n_e = block.shape
-    y = xp.where(xp.isfinite(block), block, xp.full_like(block, -math.inf))
+    y = xp.where(xp.isfinite(block), block, -math.inf)
     top = xp.max(y, axis=-1)
     above = y >= 0.5 * top[:, None]
     idx = xp.arange(n_e)[None, :]
@@ -128,7 +128,7 @@ def _first_dominant_peak(xp: Any, block: Any) -> Any:
     after = (~above) & (idx > a[:, None])
     b = xp.where(xp.any(after, axis=-1), xp.argmax(xp.astype(after, xp.int8), axis=-1), n_e)
     run = (idx >= a[:, None]) & (idx < b[:, None])
-    return xp.argmax(xp.where(run, y, xp.full_like(y, -math.inf)), axis=-1)
+    return xp.argmax(xp.where(run, y, -math.inf), axis=-1)
 
 
 def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int) -> dict[str, Any]:
@@ -504,7 +504,7 @@ def shift_kernel(
     )
     s = xp.broadcast_to(xp.reshape(s, (-1,)), (n,)) / dispersion_eV  # in channels
     s_finite = xp.isfinite(s)
-    s = xp.where(s_finite, s, xp.zeros_like(s))
+    s = xp.where(s_finite, s, 0.0)
     idx = xp.astype(xp.arange(n_e), dt)
     if method == "linear":
         src = idx[None, :] + s[:, None]  # source position of each output channel
@@ -547,17 +547,17 @@ def shift_kernel(
     lo_src = -s - 1e-3  # output channel i is inside when lo_src <= i <= hi_src (1e-3: rounding)
     hi_src = (n_e - 1) + 1e-3 - s
     if not bool(xp.all(s_finite)):
-        out = xp.where(s_finite[:, None], out, xp.full_like(out, fill_value))
+        out = xp.where(s_finite[:, None], out, fill_value)
     h = int(math.ceil(float(xp.max(xp.abs(s))))) + 2 if n else 0
     if h == 0:
         return out
     if 2 * h >= n_e:  # shifts of half the window or more: the whole row
         ok = (idx[None, :] >= lo_src[:, None]) & (idx[None, :] <= hi_src[:, None])
-        return xp.where(ok, out, xp.full_like(out, fill_value))
+        return xp.where(ok, out, fill_value)
     head = out[:, :h]
-    head = xp.where(idx[None, :h] >= lo_src[:, None], head, xp.full_like(head, fill_value))
+    head = xp.where(idx[None, :h] >= lo_src[:, None], head, fill_value)
     tail = out[:, n_e - h :]
-    tail = xp.where(idx[None, n_e - h :] <= hi_src[:, None], tail, xp.full_like(tail, fill_value))
+    tail = xp.where(idx[None, n_e - h :] <= hi_src[:, None], tail, fill_value)
     return xp.concat([head, out[:, h : n_e - h], tail], axis=-1)
 
 
@@ -579,7 +579,7 @@ def _cdf_at(xp, y, cs, q):
         + 0.25 * (ap - am) * (x * x - 0.25)
         + 0.5 * (ap - 2.0 * a0 + am) * ((x * x * x + 0.125) / 3.0 - (x + 0.5) / 12.0)
     )
-    return xp.where(q <= 0.0, xp.zeros_like(part), xp.take_along_axis(cs, ji, axis=-1) + part)
+    return xp.where(q <= 0.0, 0.0, xp.take_along_axis(cs, ji, axis=-1) + part)
 
 
 def _mirror(xp, y, e, c, d, w, q_extra=None):
@@ -640,7 +640,7 @@ def _first_minimum(xp, y, p, fwhm_ch, d, active=None):
     if not host_decides(xp):
         return _first_minimum_rows(xp, y, p, fwhm_ch, d, active)
     n, n_e = y.shape
-    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, xp.full_like(fwhm_ch, 2.0))
+    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, 2.0)
     k = xp.astype(xp.clip(xp.round(fw / 4.0), 1.0, 64.0), xp.int64)
     width = min(n_e, max(64, int(round(25.0 / d))))
     start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
@@ -761,7 +761,7 @@ def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
     the top; w by a two-stage grid search with a parabolic refinement, a and b in closed form.
     The fit runs on a slab of channels from at most 256 below the peak to 32 above it."""
     n, n_e = y.shape
-    w0 = xp.where(xp.isfinite(fwhm) & (fwhm > 0), fwhm, xp.full_like(fwhm, 4.0 * d))
+    w0 = xp.where(xp.isfinite(fwhm) & (fwhm > 0), fwhm, 4.0 * d)
     w0 = xp.maximum(w0, 1.5 * d)
     # the slab: only the channels the mask below can hold (the centre is within a channel of
     # the peak), at most 256 below the peak and 32 above it (on a device always that widest
@@ -773,7 +773,7 @@ def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
     pos = p[:, None] + offs[None, :]
     inside = (pos >= 0) & (pos < n_e)
     ys = xp.take_along_axis(y, xp.clip(pos, 0, n_e - 1), axis=-1)
-    ys = xp.where(inside & xp.isfinite(ys), ys, xp.zeros_like(ys))
+    ys = xp.where(inside & xp.isfinite(ys), ys, 0.0)
     es = e[0] + xp.astype(pos, y.dtype) * d
     mask = (
         inside & (es <= c[:, None] + 0.25 * w0[:, None]) & (es >= c[:, None] - 12.0 * w0[:, None])
@@ -791,7 +791,7 @@ def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
         ly = xp.sum(mf * lor * y, axis=-1)
         yy = xp.sum(mf * y * y, axis=-1)
         det = gg * ll - gl * gl
-        safe = xp.where(det > 0, det, xp.ones_like(det))
+        safe = xp.where(det > 0, det, 1.0)
         a = (ll * gy - gl * ly) / safe
         b = (gg * ly - gl * gy) / safe
         # a or b negative: the better of the pure Gaussian and the pure Lorentzian
@@ -925,11 +925,11 @@ def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpM
         t_max = n_e
     below = xp.arange(t_max)[None, :] < t[:, None]
     head = y[:, :t_max]
-    n0 = xp.sum(xp.where(below, head, xp.zeros_like(head)), axis=-1)
+    n0 = xp.sum(xp.where(below, head, 0.0), axis=-1)
     n0 = xp.where(t < n_e, n0, xp.sum(y, axis=-1))
     model = None
     if return_model:
-        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, xp.zeros_like(y))
+        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, 0.0)
     return ZlpModel(model, n0, None, t)
 
 
@@ -966,7 +966,7 @@ def reference_model(z: ZlpInput, *, reference: Any = None, **_: Any) -> ZlpModel
         raise NoZeroLossPeakError(
             f"the reference spectrum has no usable zero-loss peak in {tuple(z.search_eV)} eV"
         )
-    ref_clean = xp.where(xp.isfinite(ref), ref, xp.zeros_like(ref))
+    ref_clean = xp.where(xp.isfinite(ref), ref, 0.0)
     shifted = shift_kernel(
         xp.broadcast_to(ref_clean, (n, n_e)),
         rc["zlp_centre_eV"][0] - c,
@@ -975,7 +975,7 @@ def reference_model(z: ZlpInput, *, reference: Any = None, **_: Any) -> ZlpModel
         fill_value=0.0,
     )
     w = z.fwhm_eV
-    w = xp.where(xp.isfinite(w), w, xp.full_like(w, 4.0 * d))
+    w = xp.where(xp.isfinite(w), w, 4.0 * d)
     mask = xp.astype(e[None, :] <= c[:, None] + 0.25 * w[:, None], y.dtype)
     num = xp.sum(mask * y * shifted, axis=-1)
     den = xp.sum(mask * shifted * shifted, axis=-1)
@@ -1002,7 +1002,7 @@ def cube_model(z: ZlpInput, *, zlp_cube: Any = None, **_: Any) -> ZlpModel:
     if tuple(zc.shape) != (n, n_e):
         raise InputError(f"the ZLP cube block has shape {tuple(zc.shape)}, the data {(n, n_e)}")
     ok = xp.all(xp.isfinite(zc), axis=-1)
-    model = xp.where(ok[:, None], zc, xp.zeros_like(zc))
+    model = xp.where(ok[:, None], zc, 0.0)
     n0 = xp.sum(model, axis=-1)
     return ZlpModel(model, n0, ok)
 
@@ -1411,7 +1411,7 @@ def background_check(
     ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
     c = xp.where(ok, xp.astype(centre_eV, dt), xp.zeros((n,), dtype=dt))
     w = xp.where(ok, xp.astype(fwhm_eV, dt), xp.ones((n,), dtype=dt))
-    y = xp.where(xp.isfinite(block), block, xp.zeros_like(block))
+    y = xp.where(xp.isfinite(block), block, 0.0)
     rel = e[None, :] - c[:, None]
     far = rel < -xp.maximum(10.0 * w, 3.0)[:, None]
     ff = xp.astype(far, dt)
@@ -1424,7 +1424,7 @@ def background_check(
     loss_channels = xp.sum(1.0 - gain, axis=-1)
     window = xp.sum(y, axis=-1)
     above = window - 2.0 * xp.sum(y * gain, axis=-1)  # the window minus the ZLP (mirror) ...
-    share = b * loss_channels / xp.where(above > 0, above, xp.ones_like(above))
+    share = b * loss_channels / xp.where(above > 0, above, 1.0)
     told = ok & (n_far >= 8.0)
     unphysical = (
         told
