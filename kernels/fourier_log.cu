@@ -30,6 +30,8 @@
 #define FL_TWO_PI 6.2831855f
 #define FL_KAPPA 0.8042678f  // fourier_log.KAPPA
 #define FL_BIG_INDEX 2147483647
+// (FLT_MAX spelled out: NVRTC, which CuPy compiles with, has no <math.h> macros such as INFINITY)
+#define FL_HUGE 3.402823466e+38f
 
 __device__ __forceinline__ float fl_abs2(const float2 a) { return a.x * a.x + a.y * a.y; }
 
@@ -85,18 +87,18 @@ __device__ int fl_exclusive_sum(const int v, int* red) {
     return r;
 }
 
-// exclusive prefix minimum of one float per thread (+inf for thread 0)
+// exclusive prefix minimum of one float per thread (FL_HUGE for thread 0)
 __device__ float fl_exclusive_min(const float v, float* red) {
     const int t = threadIdx.x;
     red[t] = v;
     __syncthreads();
     for (int off = 1; off < (int)blockDim.x; off <<= 1) {
-        const float a = (t >= off) ? red[t - off] : INFINITY;
+        const float a = (t >= off) ? red[t - off] : FL_HUGE;
         __syncthreads();
         red[t] = fminf(red[t], a);
         __syncthreads();
     }
-    const float r = (t > 0) ? red[t - 1] : INFINITY;
+    const float r = (t > 0) ? red[t - 1] : FL_HUGE;
     __syncthreads();
     return r;
 }
@@ -220,7 +222,10 @@ extern "C" __global__ void fourier_log_rolloff(
     for (int k = t; k < kk; k += nt) {
         const float lm = B[k];
         const float ph = C[k];
-        L[k] = make_float2(lm, ph);
+        float2 v;  // (no make_float2: NVRTC has no vector helpers without headers)
+        v.x = lm;
+        v.y = ph;
+        L[k] = v;
         D[k] = lm * lm + ph * ph;
     }
     __syncthreads();
@@ -232,7 +237,7 @@ extern "C" __global__ void fourier_log_rolloff(
 
     // 5. the cut-off
     int est_mine = kk;
-    float min_v = INFINITY;
+    float min_v = FL_HUGE;
     int min_k = FL_BIG_INDEX;
     for (int k = t; k < kk; k += nt) {
         if (k < 1) continue;
@@ -260,7 +265,7 @@ extern "C" __global__ void fourier_log_rolloff(
         D[k] = (k == 0) ? 1.0f : s2 / fmaxf(s2 + C[k], FL_TINY);
     }
     __syncthreads();
-    float run = INFINITY;
+    float run = FL_HUGE;
     for (int k = k0; k < k1; ++k) run = fminf(run, D[k]);
     run = fl_exclusive_min(run, red_f);  // the minimum of the threads before this one
     for (int k = k0; k < k1; ++k) {

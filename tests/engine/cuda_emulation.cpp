@@ -14,7 +14,6 @@
 struct float2 {
     float x, y;
 };
-static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
