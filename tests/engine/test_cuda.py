@@ -328,3 +328,46 @@ def test_cuda_sources_compile_for_the_data_centre_gpus(tmp_path, arch):
         )
         assert proc.returncode == 0, proc.stderr
         assert b"fourier_log_rolloff" in obj.read_bytes() or src.stem != "fourier_log"
+
+
+def test_counted_fused_rolloff_gives_the_cpu_results(monkeypatch):
+    """deconvolve in float32 on the counting stand-in (the GPU path, where the fused roll-off is
+    served as one counted operation, as the budgets count it) runs the fused provider and gives
+    the CPU path's results: SSD to 2e-3 of its peak, t/lambda to 1e-3, the same quality map.
+    Truth: the CPU path (NumPy fast path of the same roll-off)."""
+    import eelsgpu
+    from eelsgpu import synthetic
+    from eelsgpu.engine import counting, cuda
+
+    calls = []
+    real = cuda._counted_provider
+
+    def spy(xp):
+        run = real(xp)
+
+        def wrapped(*a):
+            calls.append(a[0].shape)
+            return run(*a)
+
+        return wrapped
+
+    monkeypatch.setattr(cuda, "_counted_provider", spy)
+    si = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=synthetic.thickness_map((2, 8), "gradient", (0.3, 2.0)),
+        shape=(2, 8),
+        n_channels=1024,
+        dispersion_eV=0.05,
+        noise=True,
+        dtype=np.float32,
+        chunks=(2, 8),
+    )["signal"]
+    with counting.count() as c:
+        got = eelsgpu.deconvolve(si, zlp="mirror", output="ssd", device=counting.xp).compute()
+    ref = eelsgpu.deconvolve(si, zlp="mirror", output="ssd", device="cpu").compute()
+    assert calls and all(s[0] == 16 for s in calls)  # the whole block in one fused call
+    assert c.site_ops  # counted
+    peak = float(np.nanmax(np.abs(ref["ssd"].values)))
+    assert np.nanmax(np.abs(got["ssd"].values - ref["ssd"].values)) < 2e-3 * peak
+    np.testing.assert_allclose(got["t_over_lambda"].values, ref["t_over_lambda"].values, rtol=1e-3)
+    np.testing.assert_array_equal(got["quality"].values, ref["quality"].values)
