@@ -8,7 +8,8 @@ block: the image is a single dask chunk). Nothing here runs on a GPU. Printed pe
 * array operations (each at least one kernel launch on CuPy), host synchronisations, float64
   arrays made from float32 input (count and the largest, in elements per spectrum), MiB read and
   written per spectrum (operands + results of every operation), the peak device bytes per
-  spectrum (the engine's :data:`~eelsgpu.engine.blocks.MEASURED_PEAK_BYTES`);
+  spectrum (what a declaration's ``peak_bytes_per_spectrum``, else the engine's
+  :data:`~eelsgpu.engine.blocks.MEASURED_PEAK_BYTES`, must cover);
 * whether the counts grow with the block's pixel count (the same job at ``--small`` pixels);
 * the H100 throughput they imply, from three limits per block of N spectra:
   launch-bound ``t_launch = (ops + syncs) x 10 us`` (each operation costs about 10 us of launch
@@ -28,6 +29,25 @@ The budgets of issue 13 (tests/engine/test_gpu_budget.py holds them): deconvolve
 <= 1,000 operations and 8 syncs per block; KK <= 300 and 4 (10 surface iterations: 2,500 and
 20); none growing with the pixel count; no block-sized float64 from float32 input on the low-loss
 path; deconvolve <= 0.6 MiB read and written per spectrum.
+
+Measured on the 2-core development machine (4096 x 2048 block; before -> after issue 13's kernel
+phase: host axis numbers passed in, no row tiling or data-dependent slabs on a device, the
+power-law tails by a batched Newton solve, the roll-off as ONE fused kernel, counted as one
+operation reading its inputs and writing its outputs once):
+
+=========================  ================  ==========  ===========  =============
+job                        ops               syncs       MiB/sp       peak kB/sp
+=========================  ================  ==========  ===========  =============
+deconvolve-mirror          32,052 -> 1,240   718 -> 3    5.46 -> 4.3  84 -> 295
+deconvolve-band-limited    32,691 -> 1,251   718 -> 3    -    -> 4.4  84 -> 295
+thickness-log-ratio        11,633 -> 1,136   235 -> 3    2.45 -> 3.9  64 -> 305
+thickness-kk               28,462 -> 1,308   757 -> 6    4.59 -> 4.4  76 -> 295
+=========================  ================  ==========  ===========  =============
+
+(the operations and syncs no longer grow with the block; the peak per spectrum is the whole
+block's temporaries now that a device pass is not cut into rows of 64, and the bytes per
+spectrum of thickness grew for the same reason: the Fourier-log of the tail now runs for every
+pixel on a device instead of a subset read back to the host.)
 """
 
 from __future__ import annotations
@@ -156,6 +176,7 @@ def measure(name: str, pixels: int) -> dict[str, Any]:
         "pixels": pixels,
         "ops": b.ops,
         "syncs": b.syncs,
+        "h2d_copies": b.h2d_copies,
         "promotions": b.promotions,
         "largest_promotion_per_spectrum": b.largest_promotion / pixels,
         "promoted_MiB_per_spectrum": b.promoted_bytes / pixels / MiB,
@@ -189,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         big = measure(name, a.pixels)
         small = measure(name, a.small) if a.small else None
+        # (uploads left out: the engine keeps what it uploads, e.g. the energy axis, so whether a
+        # block carries that one copy depends on what ran before it)
         big["grows"] = {
-            k: (small[k], big[k]) for k in ("ops", "syncs") if small and small[k] != big[k]
+            k: (small[k], big[k])
+            for k in ("ops", "syncs")
+            if small
+            and small[k] - (k == "ops") * small["h2d_copies"]
+            != big[k] - (k == "ops") * big["h2d_copies"]
         }
         rows.append(big)
         print(f"# {name}: {a.pixels} spectra counted in {big['cpu_wall_s']:.1f} s", file=sys.stderr)

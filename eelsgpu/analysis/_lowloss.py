@@ -12,7 +12,9 @@
 * :func:`search_range`, :func:`energy_range`: energy ranges (``search_eV``...) checked;
 * :func:`survey_counts`: :func:`check_negative_counts` on the first block's spectra;
 * :func:`mean_free_path` and :func:`with_thickness_nm`: the absolute thickness from t/lambda;
-* :func:`as_map`: a per-pixel map argument as an array of the navigation shape.
+* :func:`as_map`: a per-pixel map argument as an array of the navigation shape;
+* :func:`axis_numbers`: the axis' first energy and channel width as host floats, which the block
+  kernels take (``axis_eV``) so that they never read a device array back (issue 13).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ._checks import at_least, optional, positive
 __all__ = [
     "AxisOffsetWarning",
     "as_map",
+    "axis_numbers",
     "check_any_valid",
     "check_calibration",
     "check_negative_counts",
@@ -297,3 +300,12 @@ def as_map(value, si: xr.DataArray, name: str):
     if tuple(arr.shape) != nav_shape:
         raise InputError(f"{name} has shape {tuple(arr.shape)}; the SSD's pixels are {nav_shape}")
     return arr
+
+
+def axis_numbers(si: xr.DataArray) -> tuple[float, float]:
+    """``(first_eV, step_eV)`` of ``si``'s energy axis as host floats (the step is the mean
+    channel width, as :func:`eelsgpu._xp.axis_step` gives it): the ``axis_eV`` parameter of the
+    low-loss block kernels, which on a device would otherwise read the axis back (two syncs per
+    call)."""
+    e = np.asarray(si["energy"].values, dtype=np.float64)
+    return float(e[0]), float(e[-1] - e[0]) / (e.size - 1)

@@ -15,11 +15,13 @@ import numpy as np
 import xarray as xr
 
 from .. import engine
+from ..engine.cuda import register_fused_kernels
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS, DECONVOLVE
 from ..kernels.fourier_log import EXTRAPOLATIONS, OUTPUTS
 from ..model import energy_axis
 from ._checks import optional, positive, positive_int
 from ._lowloss import (
+    axis_numbers,
     check_calibration,
     mean_free_path,
     precheck,
@@ -200,11 +202,12 @@ def deconvolve(
     )
     if lam is not None and output == "residual":
         raise ValueError("output='residual' gives no thickness map: leave out the mean free path")
-    kernel_params: dict[str, Any] = {"axis_shift_eV": float(shift)}
+    kernel_params: dict[str, Any] = {"axis_shift_eV": float(shift), "axis_eV": axis_numbers(si)}
     if shift:
         attrs["axis_shift_eV"] = float(shift)
         if output in ALIGNED_OUTPUTS:
             kernel_params["energy_coord_eV"] = np.asarray(si["energy"].values) - shift
+    register_fused_kernels()  # (the device's fused roll-off, where it has one)
     ds = engine.apply_kernel(
         DECONVOLVE,
         si,

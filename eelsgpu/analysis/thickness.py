@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 from .. import engine
+from ..engine.cuda import register_fused_kernels
 from ..errors import InputError
 from ..kernels.blocks_lowloss import KK_THICKNESS, LOG_RATIO
 from ..kernels.log_ratio import TAILS
@@ -43,6 +44,7 @@ from ..kernels.sum_rule import sum_rule_prefactor_nm_eV
 from ..model import energy_axis, require_param
 from ._checks import positive
 from ._lowloss import (
+    axis_numbers,
     check_calibration,
     mean_free_path,
     precheck,
@@ -160,8 +162,10 @@ def thickness(
         "zlp_method": zparams["method"],
         "zlp_search_eV": "near 0 eV, else anywhere" if search is None else list(search),
     }
+    register_fused_kernels()  # (the device's fused roll-off, where it has one)
     shift = precheck(si, zparams, search)
     params["axis_shift_eV"] = float(shift)
+    params["axis_eV"] = axis_numbers(si)
     if shift:
         attrs["axis_shift_eV"] = float(shift)
     if method == "log-ratio":

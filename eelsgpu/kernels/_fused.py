@@ -1,18 +1,14 @@
 """A registry slot for device-fused kernels: the kernels look them up, the engine fills it.
 
-A kernel module that has a faster, fused form of one of its steps on some device (the CUDA
-``fourier_log_ratio`` of :mod:`eelsgpu.kernels.fourier_log`, compiled from
-``kernels/fourier_log.cu``) does not import the device code: it asks this registry for
-``lookup(name, xp)``, and uses what it gets, or its own array-API twin when it gets ``None``.
+A kernel module that has a faster, fused form of one of its steps on some device does not
+import the device code: it asks this registry for ``lookup(name, xp)``, and uses what it gets,
+or its own array-API twin when it gets ``None``.
 
-**Not used by any analysis today.** Its one entry, ``fourier_log_ratio``, fuses the Fourier-log
-core as it was *before* issue 11 (``ln(J~/Z~)`` with the fixed roll-off at 1e-3 of ``Z~(0)``,
-:func:`~eelsgpu.kernels.fourier_log.log_spectrum_ratio`). Since issue 11 the deconvolution
-(:func:`~eelsgpu.kernels.fourier_log.fourier_log_kernel`) weights each pixel's log by its own
-measured misfit and noise, which the fused kernel does not compute, and it no longer calls
-``log_spectrum_ratio``: only that function (kept with its twins, the tests and the benchmark)
-looks the fused kernel up, so on a GPU every analysis runs the array-API path. The slot and
-the loader stay until issue 13 ports the kernel to the new roll-off.
+Its one entry, ``fourier_log_rolloff``, is the measured-error roll-off of the Fourier-log
+deconvolution after the transforms (:func:`~eelsgpu.kernels.fourier_log.rolloff_twin`; the
+CUDA kernel of ``kernels/fourier_log.cu``), which
+:func:`~eelsgpu.kernels.fourier_log.fourier_log_kernel` looks up for complex64 arrays of any
+namespace but NumPy's (NumPy has its own fast path).
 The engine registers the providers (:func:`eelsgpu.engine.cuda.register_fused_kernels`, called
 when a CUDA device is set up), so the import points from the engine down to the kernels and
 never back (dependency inversion).

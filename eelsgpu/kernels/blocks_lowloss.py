@@ -28,9 +28,18 @@ from typing import Any, NamedTuple
 
 from .._xp import array_namespace, axis_step
 from . import quality
+from ._sync import host_axis, host_decides
 from .declare import BlockKernel, Output
 from .fourier_log import RINGING_LIMIT, fourier_log_kernel
-from .log_ratio import TAILS, _on_subset, fourier_log_tail, log_ratio_maps, ssd_for_tail
+from .log_ratio import (
+    TAILS,
+    SsdTail,
+    _on_subset,
+    fourier_log_tail,
+    log_ratio_maps,
+    ssd_for_tail,
+    ssd_tail_sums,
+)
 from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV
 from .sum_rule import kk_sum_rule_integral
 from .tails import TAIL_FIT_FRACTION
@@ -117,12 +126,10 @@ def align_block(
     valid = cen["valid"]
     c = cen["zlp_centre_eV"]
     y = block  # a NaN pixel is invalid and set to NaN below anyway
-    out = shift_kernel(
-        y, xp.where(valid, c, xp.zeros_like(c)), method, dispersion_eV=d, fill_value=fill_value
-    )
+    out = shift_kernel(y, xp.where(valid, c, 0.0), method, dispersion_eV=d, fill_value=fill_value)
     out = out[:, lo:hi]
     if not bool(xp.all(valid)):
-        out = xp.where(valid[:, None], out, xp.full_like(out, math.nan))
+        out = xp.where(valid[:, None], out, math.nan)
     return {"signal": out, "zlp_centre_eV": c, "valid": valid}
 
 
@@ -161,10 +168,12 @@ ALIGNED_OUTPUTS = ("ssd", "band-limited", "reconvolved-gaussian")
 
 
 class _Zlp(NamedTuple):
-    """A block's ZLP on the kernel's axis: the axis ``e`` (stored axis minus the shift), the
-    centre, the model ``z``, the truncation ``thr``, its checks and the background test."""
+    """A block's ZLP on the kernel's axis: the axis ``e`` (stored axis minus the shift) and its
+    first energy and channel width ``axis`` (eV, host floats), the centre, the model ``z``, the
+    truncation ``thr``, its checks and the background test."""
 
     e: Any
+    axis: tuple[float, float]
     centre: dict[str, Any]
     z: dict[str, Any]
     thr: dict[str, Any]
@@ -181,17 +190,22 @@ def _zlp_for_block(
     zlp_cube: Any,
     search_eV: tuple[float, float] | None,
     axis_shift_eV: float,
+    axis_eV: tuple[float, float] | None = None,
     return_model: bool = True,
 ) -> _Zlp:
     """The ZLP of every pixel on the axis shifted by ``axis_shift_eV`` (so zero loss sits near
     0 eV even where the stored axis is off), with its per-pixel checks
-    (:func:`~.zlp.zlp_model_checks`, :func:`~.zlp.background_check`). ``search_eV`` is on the
-    stored axis."""
+    (:func:`~.zlp.zlp_model_checks`, :func:`~.zlp.background_check`). ``search_eV`` and
+    ``axis_eV`` (the first energy and channel width, host floats; None: read from the axis) are
+    on the stored axis; the channel noise is measured once here (by the centre) for every
+    step of the block."""
     e = energy_eV - axis_shift_eV if axis_shift_eV else energy_eV
+    e0, d = host_axis(energy_eV, axis_eV)
+    axis = (e0 - axis_shift_eV, d)
     search = None
     if search_eV is not None:
         search = (float(search_eV[0]) - axis_shift_eV, float(search_eV[1]) - axis_shift_eV)
-    centre = centre_kernel(block, e, search_eV=search)
+    centre = centre_kernel(block, e, search_eV=search, axis_eV=axis)
     z = zlp_kernel(
         block,
         e,
@@ -216,7 +230,7 @@ def _zlp_for_block(
     c_stored = z["zlp_centre_eV"] + axis_shift_eV
     z = dict(z)
     z["axis_offset"] = z["valid"] & ((c_stored < SEARCH_EV[0]) | (c_stored > SEARCH_EV[1]))
-    return _Zlp(e, centre, z, thr, checks, background)
+    return _Zlp(e, axis, centre, z, thr, checks, background)
 
 
 def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dict[str, Any]) -> Any:
@@ -244,9 +258,9 @@ def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
     """Pixels with an SSD to judge (ringing, negative lobes): a window log-ratio of at least
     :data:`VACUUM_T_OVER_LAMBDA`; a vacuum pixel's SSD is noise around zero, with no peak to
     measure it against."""
-    window = xp.sum(xp.where(xp.isfinite(block), block, xp.zeros_like(block)), axis=-1)
-    n0 = xp.where(z["valid"], z["zlp_intensity"], xp.ones_like(window))
-    ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, xp.ones_like(window))
+    window = xp.sum(xp.where(xp.isfinite(block), block, 0.0), axis=-1)
+    n0 = xp.where(z["valid"], z["zlp_intensity"], 1.0)
+    ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, 1.0)
     return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
 
 
@@ -258,8 +272,8 @@ def _fourier_log_of_block(
     kernel's result for ``options`` (``output=``...); the measured misfit weights every model
     but a given cube, and the truncation's channels that are the data themselves are tied."""
     z = zz.z
-    y = xp.where(z["valid"][:, None], block, xp.zeros_like(block))
-    zf = xp.where(z["valid"][:, None] & xp.isfinite(z["zlp"]), z["zlp"], xp.zeros_like(y))
+    y = xp.where(z["valid"][:, None], block, 0.0)
+    zf = xp.where(z["valid"][:, None] & xp.isfinite(z["zlp"]), z["zlp"], 0.0)
     tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
     fl = fourier_log_kernel(
         y,
@@ -269,17 +283,51 @@ def _fourier_log_of_block(
         zlp_fwhm_eV=z["fwhm_eV"],
         misfit=method != "cube",
         tied=tied,
+        axis_eV=zz.axis,
         **options,
     )
     return y, zf, fl
 
 
+def _ssd_tail(
+    xp: Any, y: Any, zz: _Zlp, raw: dict[str, Any], raw_ssd: Any, fit_fraction: float
+) -> tuple[SsdTail, Any]:
+    """The ``ssd_tail`` of :func:`~.log_ratio.log_ratio_maps` from a Fourier-log pass over every
+    row of the block (its raw SSD ``raw_ssd``, N0 and negative lobe in ``raw``): the SSD's
+    power-law fits, solved there in one batch with the spectrum's own."""
+    prep = ssd_tail_sums(
+        raw_ssd,
+        zz.e,
+        raw["zlp_intensity"],
+        xp.sum(y, axis=-1),
+        fit_fraction=fit_fraction,
+        axis_eV=zz.axis,
+    )
+    return prep, raw["negative_lobe"]
+
+
 def _log_ratio_of_block(
-    xp: Any, block: Any, zz: _Zlp, method: str, tail: str, fit_fraction: float
+    xp: Any,
+    block: Any,
+    zz: _Zlp,
+    method: str,
+    tail: str,
+    fit_fraction: float,
+    raw: tuple[Any, dict[str, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """The log-ratio maps (eq. 16, :func:`~.log_ratio.log_ratio_maps`) of a block with its ZLP
     model ``zz``, the tail beyond the window from the power law or the Fourier-log SSD of the
-    pixels that need it (:func:`_tail_from_ssd`)."""
+    pixels that need it. ``raw`` = (the spectra with a ZLP, a Fourier-log pass over every row
+    with metrics, its raw SSD) when the block made one: its SSD's tail is solved with the power
+    law in one batch. Without it, on NumPy the SSD is made for the pixels whose power law fails
+    only (:func:`_tail_from_ssd`); on a device (where a subset is a sync and the block's
+    operations must not depend on its data) for every pixel, and then solved in one batch too."""
+    if raw is None and tail in ("auto", "fourier-log") and not host_decides(xp):
+        y, _, fl = _fourier_log_of_block(xp, block, zz, method, output="ssd", metrics=True)
+        raw = (y, fl, fl["ssd"])
+    ssd_tail = None
+    if raw is not None and tail in ("auto", "fourier-log"):
+        ssd_tail = _ssd_tail(xp, raw[0], zz, raw[1], raw[2], fit_fraction)
     return log_ratio_maps(
         xp,
         block,
@@ -288,7 +336,9 @@ def _log_ratio_of_block(
         tail=tail,
         fit_fraction=fit_fraction,
         fourier_log=_tail_from_ssd(xp, block, zz, method, fit_fraction),
+        ssd_tail=ssd_tail,
         noise=zz.checks["noise"],
+        axis_eV=zz.axis,
     )
 
 
@@ -319,6 +369,7 @@ def deconvolve_block(
     pad_to: int | None = None,
     axis_shift_eV: float = 0.0,
     energy_coord_eV: Any = None,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """One pass per block: the ZLP model and its checks, then eq. 22
     (:func:`~.fourier_log.fourier_log_kernel`) with the raw SSD's figures of merit, and beside
@@ -329,7 +380,9 @@ def deconvolve_block(
     Energies are on the stored axis minus ``axis_shift_eV`` (a whole number of channels, chosen
     by the analysis so that zero loss sits near 0 eV where the stored axis is off); the aligned
     outputs (:data:`ALIGNED_OUTPUTS`) lie on that axis, ``zlp_centre_eV`` on the stored one;
-    ``energy_coord_eV`` is that shifted axis for the declaration (the kernel does not use it).
+    ``energy_coord_eV`` is that shifted axis for the declaration (the kernel does not use it);
+    ``axis_eV`` the stored axis' first energy and channel width (eV, host floats: the analysis
+    passes them so that no device array is read back; None: read from the axis).
 
     Counts per channel in; ``ssd`` (n, n_E) in counts per channel, ``zlp_intensity`` (counts),
     ``zlp_centre_eV``, ``zlp_fwhm_eV``, ``resolution_eV`` (eV), ``valid``, ``quality`` (uint32,
@@ -344,6 +397,7 @@ def deconvolve_block(
         zlp_cube=zlp_cube,
         search_eV=search_eV,
         axis_shift_eV=axis_shift_eV,
+        axis_eV=axis_eV,
     )
     z = zz.z
     nan = float("nan")
@@ -362,29 +416,14 @@ def deconvolve_block(
         pad_to=pad_to,
         metrics=same,
     )
-    raw = fl if same else ssd_for_tail(xp, y, zz.e, zf, c, w, method)
+    raw = fl if same else ssd_for_tail(xp, y, zz.e, zf, c, w, method, axis_eV=zz.axis)
     raw_ssd = raw["ssd"] if output == "ssd" and same else raw.get("raw_ssd", raw["ssd"])
     ok = z["valid"] & fl["valid"] & raw["valid"]
     maps = None
     if output != "residual":
-
-        def fourier_log(select):
-            beyond, sd = fourier_log_tail(raw_ssd, zz.e, raw["zlp_intensity"], xp.sum(y, axis=-1))
-            zero = xp.zeros_like(beyond)
-            return {
-                "beyond": xp.where(select, beyond, zero),
-                "sd": xp.where(select, sd, zero),
-                "negative_lobe": xp.where(select, raw["negative_lobe"], zero),
-            }
-
-        maps = log_ratio_maps(
-            xp,
-            block,
-            zz.e,
-            z,
-            tail="auto",
-            fourier_log=fourier_log,
-            noise=zz.checks["noise"],
+        # the tail beyond the window from this pass's raw SSD, solved with the power law's
+        maps = _log_ratio_of_block(
+            xp, block, zz, method, "auto", TAIL_FIT_FRACTION, raw=(y, raw, raw_ssd)
         )
     judged = _has_ssd(xp, y, z)
     extra = {
@@ -442,7 +481,17 @@ def _deconvolve_outputs(params: Mapping[str, Any]) -> list[Output]:
 #: Fourier-log cuts them into cache-sized passes itself; the ZLP model and the thickness map's
 #: tail fit are many small operations per call, whose overhead 512 spectra amortise (measured
 #: 1.2-1.4x faster than 128).
-DECONVOLVE = BlockKernel(deconvolve_block, outputs=_deconvolve_outputs, tile_pixels=512)
+#: Device bytes one spectrum of these kernels holds at its peak (2048 float32 channels), measured
+#: with the counting stand-in on a 1024-spectrum block (bench_gpu_budget.py) plus 10 %: one pass
+#: per block on a device (no row tiling) holds about 36 block-sized float32 rows at once.
+_PEAK_DECONVOLVE, _PEAK_LOG_RATIO, _PEAK_KK_THICKNESS = 325_000, 336_000, 325_000
+
+DECONVOLVE = BlockKernel(
+    deconvolve_block,
+    outputs=_deconvolve_outputs,
+    tile_pixels=512,
+    peak_bytes_per_spectrum=_PEAK_DECONVOLVE,
+)
 
 
 # --------------------------------------------------------------------------- thickness
@@ -474,11 +523,13 @@ def log_ratio_block(
     tail: str = "auto",
     tail_fit_fraction: float = TAIL_FIT_FRACTION,
     axis_shift_eV: float = 0.0,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict:
     """The log-ratio thickness maps of a block (eq. 16): the ZLP model and its checks
     (:func:`_zlp_for_block`), the maps of :func:`~.log_ratio.log_ratio_maps` with the
-    Fourier-log tail from :func:`~.log_ratio.ssd_for_tail` on the pixels that need it, and the
-    quality bitmask. Energies as in :func:`deconvolve_block`."""
+    Fourier-log tail from :func:`~.log_ratio.ssd_for_tail` on the pixels that need it
+    (:func:`_log_ratio_of_block`), and the quality bitmask. Energies (and ``axis_eV``) as in
+    :func:`deconvolve_block`."""
     xp = array_namespace(block)
     if tail not in TAILS:
         raise ValueError(f"tail must be one of {TAILS}, not {tail!r}")
@@ -490,6 +541,7 @@ def log_ratio_block(
         zlp_cube=zlp_cube,
         search_eV=search_eV,
         axis_shift_eV=axis_shift_eV,
+        axis_eV=axis_eV,
     )
     z = zz.z
     maps = _log_ratio_of_block(xp, block, zz, method, tail, tail_fit_fraction)
@@ -516,17 +568,18 @@ def _tail_from_ssd(xp: Any, block: Any, zz: _Zlp, method: str, fit_fraction: flo
 
     def fourier_log(select):
         def run(y, model, c, w):
-            ssd = ssd_for_tail(xp, y, zz.e, model, c, w, method)
+            ssd = ssd_for_tail(xp, y, zz.e, model, c, w, method, axis_eV=zz.axis)
             beyond, sd = fourier_log_tail(
                 ssd["ssd"],
                 zz.e,
                 ssd["zlp_intensity"],
                 xp.sum(y, axis=-1),
                 fit_fraction=fit_fraction,
+                axis_eV=zz.axis,
             )
             return {"beyond": beyond, "sd": sd, "negative_lobe": ssd["negative_lobe"]}
 
-        y = xp.where(z["valid"][:, None], block, xp.zeros_like(block))
+        y = xp.where(z["valid"][:, None], block, 0.0)
         return _on_subset(xp, select, run, y, z["zlp"], z["zlp_centre_eV"], z["fwhm_eV"])
 
     return fourier_log
@@ -549,6 +602,7 @@ LOG_RATIO = BlockKernel(
         Output("tail_trusted", long_name="tail extrapolation trusted", dtype="bool"),
     ),
     tile_pixels=4096,
+    peak_bytes_per_spectrum=_PEAK_LOG_RATIO,
 )
 
 
@@ -565,6 +619,7 @@ def kk_thickness_kernel(
     search_eV: tuple[float, float] | None = None,
     tail_fit_fraction: float = TAIL_FIT_FRACTION,
     axis_shift_eV: float = 0.0,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Absolute thickness from the Kramers-Kronig sum rule, zero-loss model -> Fourier-log SSD ->
     eq. 29, in one kernel: ``t = A / N0 * sum SSD(E) / (E ln(1 + beta^2/theta_E^2))``.
@@ -577,7 +632,8 @@ def kk_thickness_kernel(
 
     The SSD is the band-limited one (zero loss at 0 eV, convolved with a Gaussian of each
     pixel's ZLP FWHM: no noise above the ZLP's band, and the integral kept), so the result does
-    not depend on where the stored axis puts the ZLP; below a low-energy cut-off of 3 times the
+    not depend on where the stored axis puts the ZLP (the same pass gives the raw SSD of the
+    log-ratio's tail); below a low-energy cut-off of 3 times the
     largest ZLP FWHM of the block (at least 1.5 eV) the loss function takes its small-E form
     (:func:`~.sum_rule.kk_sum_rule_integral`), so the zero-loss residue is not amplified by 1/E.
     """
@@ -590,19 +646,24 @@ def kk_thickness_kernel(
         zlp_cube=zlp_cube,
         search_eV=search_eV,
         axis_shift_eV=axis_shift_eV,
+        axis_eV=axis_eV,
     )
     z = zz.z
     ok = z["valid"]
     n0 = z["zlp_intensity"]
     c, w = z["zlp_centre_eV"], z["fwhm_eV"]
-    y, _, bl = _fourier_log_of_block(xp, block, zz, method, output="band-limited")
-    w_max = float(xp.max(xp.where(ok, w, xp.zeros_like(w)))) if ok.shape[0] else 0.0
+    # one pass gives the band-limited SSD and the raw one the log-ratio's tail is taken from
+    y, _, bl = _fourier_log_of_block(xp, block, zz, method, output="band-limited", metrics=True)
+    # (the cut-off is a host number of kk_sum_rule_integral: one sync)
+    w_max = float(xp.max(xp.where(ok, w, 0.0))) if ok.shape[0] else 0.0
     cutoff = max(DEFAULT_LOW_ENERGY_CUTOFF_EV, 3.0 * w_max)
     integral = kk_sum_rule_integral(
         xp.astype(bl["ssd"], y.dtype), zz.e, beam_energy_keV, collection_angle_mrad, cutoff
     )
     ratio = integral / n0
-    maps = _log_ratio_of_block(xp, block, zz, method, "auto", tail_fit_fraction)
+    maps = _log_ratio_of_block(
+        xp, block, zz, method, "auto", tail_fit_fraction, raw=(y, bl, bl["raw_ssd"])
+    )
     ok = ok & bl["valid"]
     q = _thickness_quality(xp, block, zz, ok, maps)
     q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)
@@ -632,4 +693,5 @@ KK_THICKNESS = BlockKernel(
         Output("valid", units="", long_name="usable pixel (no fatal quality bit)", dtype="bool"),
         QUALITY,
     ),
+    peak_bytes_per_spectrum=_PEAK_KK_THICKNESS,
 )

@@ -106,6 +106,7 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,8 @@ from .._xp import (
 )
 from ..errors import InputError
 from . import _fused
+from ._sync import all_rows, any_rows, host_decides
+from .zlp import _median_rows as zlp_median_rows
 from .zlp import centre_kernel, channel_variance
 
 __all__ = [
@@ -133,6 +136,7 @@ __all__ = [
     "MAX_RESOLUTION_FWHM",
     "OUTPUTS",
     "PHASE_FLOOR",
+    "RolloffConsts",
     "RINGING_LIMIT",
     "ROLLOFF",
     "SNR2",
@@ -143,6 +147,9 @@ __all__ = [
     "log_spectrum_ratio_twin",
     "noise_power",
     "probe_spectra",
+    "rolloff_numpy",
+    "rolloff_probe",
+    "rolloff_twin",
     "ssd_metrics",
     "tail_continuation",
 ]
@@ -184,9 +191,10 @@ _DAMPING_THIN = math.log(10.0)
 _DAMPING_PER_TAU = math.log(10.0) / 3.0
 _ROW_BYTES = 1 << 20  # rows per pass: about 1 MiB per temporary (stays in the L2/L3 cache)
 
-#: The name under which the engine registers the fused CUDA form of :func:`log_spectrum_ratio`
-#: (kernels/fourier_log.cu) in :mod:`eelsgpu.kernels._fused`.
-FUSED_NAME = "fourier_log_ratio"
+#: The name under which the engine registers the fused form of the measured-error roll-off
+#: (:func:`rolloff_twin`; the CUDA kernel of kernels/fourier_log.cu) in
+#: :mod:`eelsgpu.kernels._fused`.
+FUSED_NAME = "fourier_log_rolloff"
 
 
 def tail_continuation(
@@ -273,6 +281,7 @@ def fourier_log_kernel(
     max_resolution_fwhm: float = MAX_RESOLUTION_FWHM,
     zero_loss_eV: float = 0.0,
     metrics: bool = False,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Fourier-log deconvolution of a block of spectra (kk-theory.md eqs. 22 and 25).
 
@@ -330,6 +339,10 @@ def fourier_log_kernel(
         period, over N0, minus ln(I_ext / N0) with I_ext the window and its continuation: the
         closure of eq. 22 at zero frequency, which the exponential weight's aliasing leaves) and
         ``raw_ssd`` when ``output`` is not ``"ssd"``.
+    axis_eV : (float, float), optional
+        The axis' first energy and channel width (eV) as host floats, for a caller that has them
+        and has checked the axis is uniform (a block kernel: no device array is read back);
+        default: from ``energy_eV``, checked.
 
     Returns
     -------
@@ -369,7 +382,10 @@ def fourier_log_kernel(
     n, n_e = block.shape
     if tuple(zlp.shape) != (n, n_e):
         raise InputError(f"zlp has shape {tuple(zlp.shape)}; the block is {(n, n_e)}")
-    offset, disp = axis_step(energy_eV, uniform=True, what="the Fourier-log deconvolution")
+    if axis_eV is None:
+        offset, disp = axis_step(energy_eV, uniform=True, what="the Fourier-log deconvolution")
+    else:
+        offset, disp = float(axis_eV[0]), float(axis_eV[1])
     p = int(pad_to) if pad_to is not None else fast_length(2 * n_e)
     if p < n_e + 2:
         raise ValueError(f"pad_to={p} is too short for {n_e} channels")
@@ -377,15 +393,16 @@ def fourier_log_kernel(
         raise ValueError(f"damping must be in (0, 1], not {damping}")
     zlp = xp.astype(zlp, dt)
     if zlp_centre_eV is None or zlp_fwhm_eV is None:
-        c_in, w_in = _model_centre(xp, zlp, energy_eV, disp)
+        c_in, w_in = _model_centre(xp, zlp, energy_eV, offset, disp)
         zlp_centre_eV = c_in if zlp_centre_eV is None else zlp_centre_eV
         zlp_fwhm_eV = w_in if zlp_fwhm_eV is None else zlp_fwhm_eV
     cen = xp.astype(xp.asarray(zlp_centre_eV), dt)
     fw = xp.astype(xp.asarray(zlp_fwhm_eV), dt)
     plan = _plan(xp, dt, energy_eV, offset, disp, n_e, p, output, fwhm_eV, damping, zero_loss_eV)
     plan.update(misfit=bool(misfit), max_res=float(max_resolution_fwhm), metrics=bool(metrics))
-    # Rows are done a few at a time so that the ~30 temporaries of a row stay in the cache.
-    rows = max(1, _ROW_BYTES // (p * itemsize(dt)))
+    # On a CPU rows are done a few at a time so that the temporaries of a row stay in the cache;
+    # on a device the block is one pass (the engine already sizes passes from device memory)
+    rows = max(1, _ROW_BYTES // (p * itemsize(dt))) if host_decides(xp) else max(n, 1)
     parts = []
     for start in range(0, n, rows):
         stop = min(n, start + rows)
@@ -408,15 +425,16 @@ def fourier_log_kernel(
     return {key: xp.concat([part[key] for part in parts], axis=0) for key in parts[0]}
 
 
-def _model_centre(xp: Any, zlp: Any, energy_eV: Any, disp: float) -> tuple[Any, Any]:
+def _model_centre(xp: Any, zlp: Any, energy_eV: Any, offset: float, disp: float) -> tuple[Any, Any]:
     """Centre and FWHM (eV) of each ZLP model (its own peak; the arg-max channel and 4 channels
     where it has none)."""
-    z = xp.where(xp.isfinite(zlp), zlp, xp.zeros_like(zlp))
-    cen = centre_kernel(z, energy_eV, search_eV=(float(energy_eV[0]), float(energy_eV[-1])))
+    z = xp.where(xp.isfinite(zlp), zlp, 0.0)
+    last = offset + disp * (zlp.shape[-1] - 1)
+    cen = centre_kernel(z, energy_eV, search_eV=(offset, last), axis_eV=(offset, disp))
     e = xp.astype(energy_eV, zlp.dtype)
     arg = xp.take(e, xp.argmax(z, axis=-1))
     c = xp.where(xp.isfinite(cen["zlp_centre_eV"]), cen["zlp_centre_eV"], arg)
-    w = xp.where(xp.isfinite(cen["fwhm_eV"]), cen["fwhm_eV"], xp.full_like(c, 4.0 * disp))
+    w = xp.where(xp.isfinite(cen["fwhm_eV"]), cen["fwhm_eV"], 4.0 * disp)
     return c, w
 
 
@@ -433,22 +451,45 @@ def _plan(
     damping: float | None,
     zero_loss_eV: float,
 ) -> dict[str, Any]:
-    """The vectors every pixel shares: weights, tail shape, frequencies, origin phase."""
+    """The vectors every pixel shares: weights, tail shape, frequencies, origin phase.
+
+    Made on the host in float64 from host numbers (the axis' first energy and channel width),
+    cast to the data's precision there and sent to the device as ONE array whose parts are
+    views (one copy instead of a few dozen small operations); only the window's energies come
+    from the axis array itself."""
     n_ext = p - n_e
     e_end = offset + disp * (n_e - 1)
     loss_end = e_end - float(zero_loss_eV)  # the window's end in energy loss
-    e_win = xp.astype(energy_eV[:n_e], xp.float64)
-    i = xp.arange(1, n_ext + 1, dtype=xp.float64)
-    e_ext = e_end + disp * i
-    taper = 0.5 + 0.5 * xp.cos(i * (math.pi / (n_ext + 1)))
-    k = xp.arange(p // 2 + 1, dtype=xp.float64)
+    i = np.arange(1, n_ext + 1, dtype=np.float64)
+    k = np.arange(p // 2 + 1, dtype=np.float64)
     # signed position in the period of each sample of an irfft (kernel coordinates, eV)
-    j = xp.arange(p, dtype=xp.float64)
-    x_period = xp.where(j < p // 2, j, j - p) * disp
+    j = np.arange(p, dtype=np.float64)
     # ... and of the SSD over the period: the window's gain side (its channels below 0 eV) wraps
     # to the period's end, everything else is loss
     gain = max(0, math.ceil(-offset / disp - 1e-9))
-    x_sum = xp.where(j < p - gain, j, j - p) * disp
+    host = {
+        "e_ext": e_end + disp * i,
+        "log_taper": np.log(0.5 + 0.5 * np.cos(i * (math.pi / (n_ext + 1)))),
+        "tail_de": disp * i,
+        "nu": k / (p * disp),
+        "x_period": np.where(j < p // 2, j, j - p) * disp,
+        "x_sum": np.where(j < p - gain, j, j - p) * disp,
+    }
+    if loss_end > 0:
+        host["tail_log"] = np.log1p((disp / loss_end) * i)
+    origin = -offset / disp  # channel of 0 eV: where zero loss goes (eq. 25)
+    whole = round(origin)
+    if abs(origin - whole) > 1e-6:
+        # sub-channel origin: the phase factor of eq. 25, exp(-2 pi i k a / P)
+        theta = (-2.0 * math.pi * origin / p) * k
+        host["filter_r"], host["filter_i"] = np.cos(theta), np.sin(theta)
+        whole = 0
+    np_dt = np.dtype(str(dt).split(".")[-1])
+    packed = xp.asarray(np.concatenate(list(host.values())).astype(np_dt))
+    parts, start = {}, 0
+    for name, value in host.items():
+        parts[name] = packed[start : start + value.shape[0]]
+        start += value.shape[0]
     plan: dict[str, Any] = {
         "p": p,
         "n_e": n_e,
@@ -457,32 +498,94 @@ def _plan(
         "loss_end": loss_end,
         "e_span": max(loss_end, disp),
         "damping": damping,
-        "e_win": xp.astype(e_win, dt)[None, :],
-        "e_ext": xp.astype(e_ext, dt),
-        "log_taper": xp.astype(xp.log(taper), dt),
-        "tail_de": xp.astype(disp * i, dt),
-        "tail_log": xp.astype(xp.log1p((disp / loss_end) * i), dt) if loss_end > 0 else None,
+        "e_win": xp.astype(energy_eV[:n_e], dt)[None, :],
+        "e_ext": parts["e_ext"],
+        "log_taper": parts["log_taper"],
+        "tail_de": parts["tail_de"],
+        "tail_log": parts.get("tail_log"),
         "tiny": tiny(str(dt)),
-        "nu": xp.astype(k / (p * disp), dt)[None, :],
-        "x_period": xp.astype(x_period, dt)[None, :],
-        "x_sum": xp.astype(x_sum, dt)[None, :],
+        "nu": parts["nu"][None, :],
+        "x_period": parts["x_period"][None, :],
+        "x_sum": parts["x_sum"][None, :],
         "sigma": None,
+        "origin": int(whole),
+        "filter": None,
     }
     if output == "reconvolved-gaussian":
         plan["sigma"] = fwhm_eV / _FWHM_PER_SIGMA
-    filt_r = filt_i = None
-    origin = -offset / disp  # channel of 0 eV: where zero loss goes (eq. 25)
-    whole = round(origin)
-    if abs(origin - whole) > 1e-6:
-        # sub-channel origin: the phase factor of eq. 25, exp(-2 pi i k a / P)
-        theta = (-2.0 * math.pi * origin / p) * k
-        filt_r, filt_i = xp.cos(theta), xp.sin(theta)
-        whole = 0
-    plan["origin"] = int(whole)
-    plan["filter"] = (
-        None if filt_r is None else (xp.astype(filt_r, dt)[None, :], xp.astype(filt_i, dt)[None, :])
-    )
+    if "filter_r" in parts:
+        plan["filter"] = (parts["filter_r"][None, :], parts["filter_i"][None, :])
     return plan
+
+
+@dataclass(frozen=True)
+class RolloffConsts:
+    """The host constants of the roll-off (:func:`rolloff_twin`, the fused kernel): the transform
+    length ``p``, the channel width ``disp`` (eV), ``max_res`` (ZLP FWHM), ``unwrap``, the
+    half-width ``half`` of the moving averages along frequency (max(8, K // 64)), and the
+    frequency table ``nu_table`` (K,) (1/eV) in the data's precision (``nu_k = k / (p disp)``)."""
+
+    p: int
+    disp: float
+    max_res: float
+    unwrap: bool
+    half: int
+    nu_table: Any
+
+    def nu(self, xp: Any, dt: Any) -> Any:
+        """The frequencies (K,) (1/eV) in ``dt``."""
+        return self.nu_table
+
+
+def _misfit_transform(xp: Any, fft: Any, jw: Any, zw: Any, e: Any, c: Any, w: Any, p: int) -> Any:
+    """The transform of the model's measured misfit: the weighted data minus the weighted model
+    on the gain side within 3 FWHM (1 to 1.5 FWHM, raised cosine to 0 at 3); :func:`error_power`
+    counts its power twice (a symmetric model misfits the loss side as much)."""
+    dt = jw.dtype
+    x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
+    ramp = xp.minimum(xp.maximum((3.0 - x) / 1.5, 0.0), 1.0)
+    zone = (0.5 - 0.5 * xp.cos(math.pi * ramp)) * xp.astype(e[None, :] < c[:, None], dt)
+    return fft.rfft((jw - zw) * zone, n=p, axis=-1)
+
+
+def _dead_rows(zf: np.ndarray) -> np.ndarray:
+    """Where the ZLP's transform has died at the top frequencies (NumPy): the median of |Z~|^2
+    over the top quarter below 1e-6 |Z~(0)|^2, as :func:`error_power` decides it."""
+    k_all = zf.shape[-1]
+    top = zf[:, k_all - max(1, k_all // 4) :]
+    med = zlp_median_rows(np, top.real * top.real + top.imag * top.imag)
+    return med < 1e-6 * (zf[:, 0].real ** 2 + zf[:, 0].imag ** 2)
+
+
+def _noise_from_channels(xp: Any, jw: Any, e: Any, c: Any, w: Any, tied: Any) -> Any:
+    """The white noise power of J~ where the ZLP is still there at Nyquist (coarse dispersion):
+    the channels' variance from fourth differences away from the ZLP, scaled as counts
+    (:func:`~.zlp.channel_variance`), summed over the channels not tied to the model."""
+    var = channel_variance(xp, jw, e, c, w)
+    if tied is not None:
+        var = xp.where(tied, 0.0, var)
+    return xp.sum(var, axis=-1)
+
+
+def _rolloff(
+    xp: Any,
+    jf: Any,
+    zf: Any,
+    rf: Any,
+    share: Any,
+    n_j_alive: Any,
+    fw: Any,
+    consts: RolloffConsts,
+) -> dict[str, Any]:
+    """:func:`rolloff_twin` on the device's fused kernel when the engine registered one
+    (complex64 arrays of a namespace it has one for), else the NumPy fast path or the twin."""
+    if not is_numpy(xp) and str(jf.dtype).split(".")[-1] == "complex64":
+        fused = _fused.lookup(FUSED_NAME, xp)
+        if fused is not None:
+            return fused(jf, zf, rf, share, n_j_alive, fw, consts)
+    if is_numpy(xp):
+        return rolloff_numpy(jf, zf, rf, share, n_j_alive, fw, consts)
+    return rolloff_twin(xp, jf, zf, rf, share, n_j_alive, fw, consts)
 
 
 def _rows(
@@ -508,11 +611,11 @@ def _rows(
     total = xp.sum(block, axis=-1)
     valid = xp.isfinite(total) & xp.isfinite(n0) & (n0 > 0)
     ok_cw = xp.isfinite(cen) & xp.isfinite(fw) & (fw > 0)
-    cen = xp.where(ok_cw, cen, xp.zeros_like(cen))
-    fw = xp.where(ok_cw, fw, xp.full_like(fw, 4.0 * plan["disp"]))
+    cen = xp.where(ok_cw, cen, 0.0)
+    fw = xp.where(ok_cw, fw, 4.0 * plan["disp"])
     # Invalid pixels are swapped for a harmless spectrum (J = Z = a delta at channel 0) so that
     # nothing below warns or spreads NaN; they get NaN at the end.
-    if not bool(xp.all(valid)):
+    if not all_rows(xp, valid):
         delta = xp.astype(xp.arange(n_e) == 0, dt)[None, :]
         block = xp.where(valid[:, None], block, delta)
         zlp = xp.where(valid[:, None], zlp, delta)
@@ -538,39 +641,41 @@ def _rows(
     wgt = xp.exp(-alpha * plan["e_win"])  # (rows, n_E); the tail's weight is in the tail
     tail = tail_continuation(j, plan["loss_end"], plan["disp"], plan, extrapolation, alpha)
     jw = j * wgt
+    zw = z * wgt
     jf = fft.rfft(xp.concat([jw, tail], axis=-1), axis=-1)
-    zf = fft.rfft(z * wgt, n=p, axis=-1)
+    zf = fft.rfft(zw, n=p, axis=-1)
     log_defined = xp.real(jf[:, 0]) * xp.real(zf[:, 0]) > 0  # J~(0) / Z~(0) > 0
 
-    # the measured error of ln(J~/Z~), and the log with its phase unwrapped where it is trusted
-    err = error_power(
-        xp,
-        jf,
-        zf,
-        jw,
-        z * wgt,
-        plan["e_win"][0, :],
-        cen,
-        fw,
-        plan,
-        misfit=plan["misfit"],
-        tied=tied,
+    # the measured error of ln(J~/Z~), and the log with its phase unwrapped where it is trusted,
+    # the cut-off and the Wiener weight below it: one fused step after the transforms
+    e = plan["e_win"][0, :]
+    rf = _misfit_transform(xp, fft, jw, zw, e, cen, fw, p) if plan["misfit"] else None
+    jp = xp.maximum(jw, 0.0)
+    untied = jp if tied is None else xp.where(tied, 0.0, jp)
+    share = xp.sum(untied, axis=-1) / xp.maximum(xp.sum(jp, axis=-1), tiny(str(dt)))
+    consts = RolloffConsts(
+        p, plan["disp"], plan["max_res"], bool(unwrap), max(8, (p // 2 + 1) // 64), plan["nu"][0, :]
     )
-    sigma2 = err["sigma2"]
-    k_all = sigma2.shape[-1]
-    big = sigma2 > 1.0  # an error of 1 rad: a step of the phase there is random
-    stop = xp.where(xp.any(big, axis=-1), xp.argmax(xp.astype(big, xp.int8), axis=-1), k_all)
-    ell = _split_log(xp, jf, zf, stop if unwrap else None)
+    # where the ZLP's transform has not died at the top frequencies (coarse dispersion, and
+    # every model made from the data: the mirror's copied noise, the truncation's step) J~'s
+    # noise comes from the channels' variance instead: on NumPy measured only where a pixel
+    # needs it (a host decision), on a device always (no sync)
+    n_j_alive = None
+    if not host_decides(xp) or not bool(np.all(_dead_rows(zf))):
+        n_j_alive = _noise_from_channels(xp, jw, e, cen, fw, tied)
+    core = _rolloff(xp, jf, zf, rf, share, n_j_alive, fw, consts)
+    ell = core["ell"]
 
     want_raw = output == "ssd" or plan["metrics"]
     weight = res = limit = floored = raw = metrics = None
     if want_raw:
-        weight, res, limit, floored = _adaptive_weight(xp, ell, sigma2, stop, fw, alpha, plan)
+        weight, res, limit, floored = _adaptive_weight(xp, fft, core, fw, alpha, plan)
         factor = n0[:, None] / wgt
         raw, metrics = _raw_and_metrics(xp, fft, ell, weight, fw, alpha, plan, factor)
         # a pixel band-limited to its ZLP's band whose SSD still rings above RINGING_LIMIT (a
         # misfit finer than the ZLP: the mirror at 2 channels per FWHM, a truncation step) gets
-        # the coarser band of COARSER_RESOLUTION_FWHM ZLP FWHM where that rings less
+        # the coarser band of COARSER_RESOLUTION_FWHM ZLP FWHM where that rings less (a host
+        # decision, one sync on a device: such pixels are rare)
         redo = floored & (metrics["ringing"] > RINGING_LIMIT) & valid
         if bool(xp.any(redo)):
             sig2 = COARSER_RESOLUTION_FWHM * plan["max_res"] * fw / _FWHM_PER_SIGMA
@@ -585,10 +690,9 @@ def _rows(
         # Z_w~ ln(J_w~/Z_w~) = N0 F[(R (x) S)_w] with R where it sits: already on the data's axis;
         # J~'s counting noise Wiener-weighted (weight 1 at nu = 0: the integral is kept)
         jj = xp.real(jf) ** 2 + xp.imag(jf) ** 2
-        wj = jj / (jj + err["n_j"][:, None])
-        wj = xp.concat([xp.ones_like(wj[:, :1]), wj[:, 1:]], axis=-1)
-        spec = ell * complex_from(xp, wj, xp.zeros_like(wj)) * zf
-        out = fft.irfft(spec, n=p, axis=-1)[:, :n_e]
+        wj = jj / (jj + core["n_j"][:, None])
+        wj = xp.where(xp.arange(wj.shape[-1])[None, :] == 0, 1.0, wj)
+        out = fft.irfft(ell * wj * zf, n=p, axis=-1)[:, :n_e]
         scale = 1.0
         res_out = fw if output == "reconvolved-zlp" else xp.full_like(fw, nan)
     else:
@@ -606,8 +710,8 @@ def _rows(
     ok = valid & log_defined & xp.all(xp.isfinite(out), axis=-1)
     if scale is not None:  # un-weighting of the ZLP-reconvolved outputs
         out = out / wgt
-    if not bool(xp.all(ok)):
-        out = xp.where(ok[:, None], out, xp.full_like(out, nan))
+    if not all_rows(xp, ok):
+        out = xp.where(ok[:, None], out, nan)
     if output == "residual":
         out = j - z - out
     if limit is None:
@@ -635,8 +739,40 @@ def _rows(
             ssd_peak=xp.where(ok, metrics["peak"], nan),
         )
         if output != "ssd":
-            result["raw_ssd"] = xp.where(ok[:, None], raw, xp.full_like(raw, nan))
+            result["raw_ssd"] = xp.where(ok[:, None], raw, nan)
     return result
+
+
+def _adaptive_weight(
+    xp: Any, fft: Any, core: dict[str, Any], fw: Any, alpha: Any, plan: dict[str, Any]
+) -> tuple[Any, Any, Any, Any]:
+    """The raw SSD's weight (n, K) complex, its point-spread's FWHM (n,) (eV), the error-limited
+    resolution (n,) (eV) and ``floored`` (n,) (module docstring), from the roll-off's Wiener
+    weight ``core["w"]`` (:func:`rolloff_twin`): normalised so that its point-spread has unit
+    area after un-weighting (its integral, eq. 22, is kept), or the Gaussian of the ZLP's band
+    where the pixel is floored."""
+    p, nu = plan["p"], plan["nu"]
+    limit, floored = core["limit"], core["floored"]
+    nu_floor = KAPPA / (plan["max_res"] * fw)
+    sig_g = 1.0 / (2.0 * math.pi * (nu_floor / math.sqrt(2.0 * math.log(10.0))))
+    w_gauss = _gaussian_weight(xp, nu, sig_g, alpha)
+    res_gauss = _FWHM_PER_SIGMA * sig_g
+    if all_rows(xp, floored):
+        return w_gauss, res_gauss, limit, floored
+    w = core["w"]
+    psf = fft.irfft(_complex(xp, w), n=p, axis=-1)
+    mass = xp.sum(psf * xp.exp(alpha * plan["x_period"]), axis=-1)
+    w = w / xp.where(mass != 0, mass, 1.0)[:, None]
+    # FWHM of the (symmetric) point-spread: its first fall below half its centre value
+    h = psf[:, : p // 4]
+    half = 0.5 * h[:, :1]
+    i = xp.maximum(_first_true(xp, h < half, p // 4 - 1), 1)
+    y01 = xp.take_along_axis(h, xp.stack([i - 1, i], axis=-1), axis=-1)
+    y0, y1 = y01[:, 0], y01[:, 1]
+    frac = (y0 - half[:, 0]) / xp.where(y0 != y1, y0 - y1, 1.0)
+    res_w = 2.0 * (xp.astype(i, h.dtype) - 1.0 + frac) * plan["disp"]
+    weight = xp.where(floored[:, None], w_gauss, w)
+    return weight, xp.where(floored, res_gauss, res_w), limit, floored
 
 
 def _raw_and_metrics(
@@ -672,9 +808,17 @@ def _window_smooth(xp: Any, fft: Any, ssd: Any, fw: Any, plan: dict[str, Any]) -
     n_e, p = plan["n_e"], plan["p"]
     sig = fw / _FWHM_PER_SIGMA
     nu = plan["nu"]  # frequencies of a length-p transform (1/eV)
-    g = xp.exp(-(2.0 * math.pi**2) * (sig * sig)[:, None] * nu * nu)
-    f = fft.rfft(xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd)), n=p, axis=-1)
-    return fft.irfft(f * complex_from(xp, g, xp.zeros_like(g)), n=p, axis=-1)[:, :n_e]
+    g = xp.exp(-(2.0 * math.pi**2) * (sig * sig)[:, None] * (nu * nu))
+    f = fft.rfft(xp.where(xp.isfinite(ssd), ssd, 0.0), n=p, axis=-1)
+    return fft.irfft(f * g, n=p, axis=-1)[:, :n_e]
+
+
+def _complex(xp: Any, a: Any) -> Any:
+    """A real array as the input of an inverse real transform: as it is for scipy.fft (NumPy),
+    cast to the matching complex dtype elsewhere (the array API's irfft wants a complex array)."""
+    if is_numpy(xp):
+        return a
+    return xp.astype(a, xp.complex64 if a.dtype == xp.float32 else xp.complex128)
 
 
 def _aligned(xp: Any, fft: Any, spec: Any, plan: dict[str, Any], n_e: int) -> Any:
@@ -699,16 +843,25 @@ def _split_log(xp: Any, jf: Any, zf: Any, stop: Any) -> Any:
     """``ln(J~/Z~)`` in split form, ``ln|J~/Z~| + i arg(J~ conj(Z~))``, the phase unwrapped from
     nu = 0 up to the index ``stop`` (n,) (whole turns between neighbours removed) and kept on its
     branch above it (no further turns removed); ``stop=None``: the principal branch."""
+    log_mod, phase = _split_log_parts(xp, jf, zf, stop)
+    return complex_from(xp, log_mod, phase)
+
+
+def _split_log_parts(xp: Any, jf: Any, zf: Any, stop: Any, jj: Any = None, zz: Any = None) -> Any:
+    """:func:`_split_log` as its real and imaginary parts (``jj``, ``zz``: |J~|^2 and |Z~|^2
+    already floored, when made)."""
     dt = xp.real(jf).dtype
     floor = tiny(str(dt))
     jr, ji = xp.real(jf), xp.imag(jf)
     zr, zi = xp.real(zf), xp.imag(zf)
-    jj = jr * jr + ji * ji
-    zz = zr * zr + zi * zi
     # |J~|^2 and |Z~|^2 held above 1e-24 of their zero frequency (where the weights make the
     # value irrelevant) so that the ratio cannot overflow where a transform vanishes
-    jj = xp.maximum(jj, 1e-24 * jj[:, :1] + floor)
-    zz = xp.maximum(zz, 1e-24 * zz[:, :1] + floor)
+    if jj is None:
+        jj = jr * jr + ji * ji
+        jj = xp.maximum(jj, 1e-24 * jj[:, :1] + floor)
+    if zz is None:
+        zz = zr * zr + zi * zi
+        zz = xp.maximum(zz, 1e-24 * zz[:, :1] + floor)
     log_mod = 0.5 * xp.log(jj / zz)
     phase = xp.atan2(ji * zr - jr * zi, jr * zr + ji * zi)
     if stop is not None:
@@ -716,47 +869,42 @@ def _split_log(xp: Any, jf: Any, zf: Any, stop: Any) -> Any:
         step = phase[:, 1:] - phase[:, :-1]
         turns = xp.astype(xp.round(step * (0.5 / math.pi)), xp.int32)
         inside = xp.arange(k - 1)[None, :] < (stop[:, None] - 1)
-        turns = xp.where(inside, turns, xp.zeros_like(turns))
+        turns = xp.where(inside, turns, 0)
         # most blocks (t/lambda below ~3 after the weight) have no whole turn where it counts
-        if bool(xp.any(turns != 0)):
+        # (a host decision: on a device the accumulation always runs)
+        if any_rows(xp, turns != 0):
             acc = xp.cumulative_sum(turns, axis=-1, dtype=xp.int32, include_initial=True)
             phase = phase - (2.0 * math.pi) * xp.astype(acc, dt)
-    return complex_from(xp, log_mod, phase)
+    return log_mod, phase
 
 
 def _median_rows(xp: Any, a: Any) -> Any:
-    """The median of each row of ``a`` (n, m) (the array API has no median: a sort)."""
-    m = a.shape[-1]
-    s = xp.sort(a, axis=-1)
-    return 0.5 * (s[:, (m - 1) // 2] + s[:, m // 2])
+    """The median of each row of ``a`` (n, m) (partial sort on NumPy, a sort elsewhere)."""
+    return zlp_median_rows(xp, a)
 
 
 def error_power(
     xp: Any,
     jf: Any,
     zf: Any,
-    jw: Any,
-    zw: Any,
-    e: Any,
-    c: Any,
-    w: Any,
-    plan: dict[str, Any],
-    *,
-    misfit: bool = True,
-    tied: Any = None,
+    rf: Any,
+    share: Any,
+    n_j_alive: Any = None,
 ) -> dict[str, Any]:
     """The measured error power ``sigma^2(nu)`` (n, K) of ln(J~/Z~) and its parts (module
     docstring), in the kernel's weighted domain.
 
-    ``jf``, ``zf`` the transforms of the weighted, padded spectra and models; ``jw``, ``zw``
-    (n, n_E) the weighted spectra and models in the window; ``e`` (n_E,) the axis (eV); ``c``,
-    ``w`` (n,) the ZLP centres and FWHM (eV); ``tied`` (n, n_E) channels where the model is the
-    data. Returns ``sigma2``, ``n_j`` and ``n_z`` (n,) the white noise powers of J~ and Z~, and
-    ``dead`` (n,) where the ZLP's transform has died at the top frequencies.
+    ``jf``, ``zf`` the transforms of the weighted, padded spectra and models; ``rf`` the
+    transform of the model's weighted misfit on the gain side (:func:`_misfit_transform`; None:
+    the model is exact); ``share`` (n,) the share of the spectrum's counts not tied to the model
+    (the truncation's channels are the data: their noise cancels); ``n_j_alive`` (n,) the white
+    noise power of J~ from the channels' variance (:func:`_noise_from_channels`), used where
+    the ZLP's transform has not died at the top frequencies (None: not measured; the caller
+    measures it where ``dead`` is not all True and asks again). Returns ``sigma2``, ``n_j`` and
+    ``n_z`` (n,) the white noise powers of J~ and Z~, ``dead`` (n,), and ``jj``/``zz``
+    (|J~|^2, |Z~|^2 floored at 1e-24 of their zero frequency).
     """
-    fft = fft_module(xp)
-    dt = jw.dtype
-    p = plan["p"]
+    dt = xp.real(jf).dtype
     floor = tiny(str(dt))
     jj = xp.real(jf) ** 2 + xp.imag(jf) ** 2
     zz = xp.real(zf) ** 2 + xp.imag(zf) ** 2
@@ -766,101 +914,251 @@ def error_power(
     # underflows to 0 at high frequency; the error there is then huge, not infinite)
     jj_floor = xp.maximum(jj, 1e-24 * jj[:, :1] + floor)
     zz_floor = xp.maximum(zz, 1e-24 * zz[:, :1] + floor)
-    jj_top, zz_top = jj[:, top], zz[:, top]
     # white noise has exponentially distributed power: its mean is the median / ln 2
-    f_j = _median_rows(xp, jj_top) / math.log(2.0)
-    f_z = _median_rows(xp, zz_top) / math.log(2.0)
-    dead = _median_rows(xp, zz_top) < 1e-6 * zz[:, 0]
-    jp = xp.maximum(jw, 0.0)
-    untied = jp if tied is None else xp.where(tied, xp.zeros_like(jp), jp)
-    share = xp.sum(untied, axis=-1) / xp.maximum(xp.sum(jp, axis=-1), floor)
+    med = _median_rows(xp, xp.concat([jj[:, top], zz[:, top]], axis=0))
+    n = jj.shape[0]
+    f_j, med_z = med[:n] / math.log(2.0), med[n:]
+    f_z = med_z / math.log(2.0)
+    dead = med_z < 1e-6 * zz[:, 0]
     n_j = f_j * share
-    if not bool(xp.all(dead)):
-        # coarse dispersion (the ZLP is still there at Nyquist): the channels' variance from
-        # fourth differences away from the ZLP, scaled as counts, summed over the untied channels
-        var = channel_variance(xp, jw, xp.astype(e, dt), c, w)
-        if tied is not None:
-            var = xp.where(tied, xp.zeros_like(var), var)
-        n_j = xp.where(dead, n_j, xp.sum(var, axis=-1))
-    n_z = xp.where(dead, f_z, xp.zeros_like(f_z))
+    if n_j_alive is not None:
+        n_j = xp.where(dead, n_j, n_j_alive)
+    n_z = xp.where(dead, f_z, 0.0)
     sigma2 = n_j[:, None] / jj_floor + n_z[:, None] / zz_floor
-    if misfit:
-        # the model's misfit on the gain side within 3 FWHM (1 to 1.5 FWHM, raised cosine to 0
-        # at 3), counted twice: a symmetric model misfits the loss side as much
-        x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
-        ramp = xp.minimum(xp.maximum((3.0 - x) / 1.5, 0.0), 1.0)
-        zone = (0.5 - 0.5 * xp.cos(math.pi * ramp)) * xp.astype(e[None, :] < c[:, None], dt)
-        rf = fft.rfft((jw - zw) * zone, n=p, axis=-1)
-        rr = 2.0 * (xp.real(rf) ** 2 + xp.imag(rf) ** 2)
-        sigma2 = sigma2 + rr / zz_floor
-    return {"sigma2": sigma2, "n_j": n_j, "n_z": n_z, "dead": dead}
+    if rf is not None:
+        # the model's misfit on the gain side, counted twice (_misfit_transform)
+        sigma2 = sigma2 + 2.0 * (xp.real(rf) ** 2 + xp.imag(rf) ** 2) / zz_floor
+    return {"sigma2": sigma2, "n_j": n_j, "n_z": n_z, "dead": dead, "jj": jj_floor, "zz": zz_floor}
 
 
 def _cumulative_min(xp: Any, a: Any) -> Any:
-    """Running minimum along the last axis (log2(m) passes; the array API has no cummin)."""
+    """Running minimum along the last axis: ``numpy.minimum.accumulate`` on NumPy; elsewhere
+    (the array API has no cummin) ceil(log2(m)) doubling steps on one buffer (a shifted copy,
+    a minimum and a select each; no concatenation)."""
+    if is_numpy(xp):
+        return np.minimum.accumulate(a, axis=-1)
     m = a.shape[-1]
+    idx = xp.arange(m)[None, :]
     s = 1
     while s < m:
-        a = xp.concat([a[:, :s], xp.minimum(a[:, s:], a[:, :-s])], axis=-1)
+        a = xp.where(idx >= s, xp.minimum(a, xp.roll(a, s, axis=-1)), a)
         s *= 2
     return a
 
 
-def _adaptive_weight(
-    xp: Any, ell: Any, sigma2: Any, stop: Any, fw: Any, alpha: Any, plan: dict[str, Any]
-) -> tuple[Any, Any, Any, Any]:
-    """The raw SSD's weight (n, K) complex, its point-spread's FWHM (n,) (eV), the error-limited
-    resolution (n,) (eV) and ``floored`` (n,) (module docstring)."""
-    fft = fft_module(xp)
-    dt = sigma2.dtype
-    p, nu = plan["p"], plan["nu"]
-    k_all = sigma2.shape[-1]
-    b = max(8, k_all // 64)
-    power = moving_average(xp, xp.real(ell) ** 2 + xp.imag(ell) ** 2, b)
-    err = moving_average(xp, sigma2, b)
+def _first_true(xp: Any, mask: Any, k: int) -> Any:
+    """The first index of each row where ``mask`` holds, ``k`` where it never does."""
+    return xp.where(xp.any(mask, axis=-1), xp.argmax(xp.astype(mask, xp.int8), axis=-1), k)
+
+
+def rolloff_twin(
+    xp: Any,
+    jf: Any,
+    zf: Any,
+    rf: Any,
+    share: Any,
+    n_j_alive: Any,
+    fw: Any,
+    consts: RolloffConsts,
+) -> dict[str, Any]:
+    """The measured-error roll-off of eq. 22 after the transforms, in array-API operations: the
+    twin of the fused CUDA kernel ``fourier_log_rolloff`` (kernels/fourier_log.cu), which the
+    engine checks against it, and of the NumPy fast path :func:`rolloff_numpy`.
+
+    Everything that is elementwise per frequency, or a scan or reduction along the frequencies
+    of one row: the error power (:func:`error_power`: the noise powers of J~ and Z~ from the
+    medians of the top quarter of frequencies, the misfit), the log in split form with its phase
+    unwrapped up to the first frequency where the error reaches 1 rad (:func:`_split_log`), the
+    cut-off (the first frequency where the smoothed |ln(J~/Z~)|^2 falls to twice the smoothed
+    error, the minimum of the former, or that 1 rad frequency) and the monotone Wiener weight
+    below it, smoothed and normalised to 1 at zero frequency (module docstring).
+
+    ``jf``, ``zf``, ``rf`` (n, K) complex: the transforms of the weighted spectra, models and
+    the model's misfit (``rf`` None: an exact model); ``share``, ``n_j_alive`` (n,): see
+    :func:`error_power`; ``fw`` (n,) the ZLP FWHM (eV); ``consts`` the host constants.
+
+    Returns
+    -------
+    dict
+        ``ell`` (n, K) complex, ln(J~/Z~) (S~/N0 weighted, dimensionless); ``w`` (n, K) real,
+        the Wiener weight (1 at zero frequency, not yet normalised to a unit-area point-spread);
+        ``n_j`` (n,) the white noise power of J~; ``dead`` (n,) bool; ``first`` (n,) int, the
+        cut-off's index (K: none); ``limit`` (n,) the error-limited resolution (eV); ``floored``
+        (n,) bool, the error reaches the signal inside the ZLP's band.
+    """
+    dt = xp.real(jf).dtype
+    k_all = jf.shape[-1]
+    err = error_power(xp, jf, zf, rf, share, n_j_alive)
+    sigma2 = err["sigma2"]
+    stop = _first_true(xp, sigma2 > 1.0, k_all)  # an error of 1 rad: a phase step is random
+    log_mod, phase = _split_log_parts(
+        xp, jf, zf, stop if consts.unwrap else None, err["jj"], err["zz"]
+    )
+    b = consts.half
+    power = moving_average(xp, log_mod * log_mod + phase * phase, b)
+    errs = moving_average(xp, sigma2, b)
     idx = xp.arange(k_all)[None, :]
-    bad = (power <= (1.0 + _SNR_MIN) * err) & (idx >= 1)
-    k_est = xp.where(xp.any(bad, axis=-1), xp.argmax(xp.astype(bad, xp.int8), axis=-1), k_all)
+    k_est = _first_true(xp, (power <= (1.0 + _SNR_MIN) * errs) & (idx >= 1), k_all)
     k_min = 1 + xp.argmin(power[:, 1:], axis=-1)
     k_min = xp.where(k_min >= k_all - b - 1, k_all, k_min)  # no minimum: the error never rose
     first = xp.minimum(xp.minimum(k_est, k_min), stop)
     at = xp.minimum(first, k_all - 1)
-    nu_c = xp.take(nu[0, :], at)
-    limit = KAPPA / xp.maximum(nu_c, nu[0, 1])
-    nu_floor = KAPPA / (plan["max_res"] * fw)
+    nu = consts.nu(xp, dt)
+    nu_c = xp.take(nu, at)
+    limit = KAPPA / xp.maximum(nu_c, nu[1])
+    nu_floor = KAPPA / (consts.max_res * fw)
     cut_power = xp.take_along_axis(power, at[:, None], axis=-1)[:, 0]
-    ell0 = xp.real(ell[:, 0]) ** 2 + xp.imag(ell[:, 0]) ** 2
+    ell0 = log_mod[:, 0] * log_mod[:, 0] + phase[:, 0] * phase[:, 0]
     # the error reaches the signal inside the ZLP's band, and what is cut is not negligible
     floored = (first < k_all) & (nu_c < nu_floor) & (cut_power > _NEGLIGIBLE**2 * ell0)
-    sig_g = 1.0 / (2.0 * math.pi * (nu_floor / math.sqrt(2.0 * math.log(10.0))))
-    w_gauss = _gaussian_weight(xp, nu, sig_g, alpha)
-    res_gauss = _FWHM_PER_SIGMA * sig_g
-    if bool(xp.all(floored)):
-        return w_gauss, res_gauss, limit, floored
-    # the monotone Wiener weight below the cut-off, smoothed, and normalised so that its
-    # point-spread has unit area after un-weighting (its integral, eq. 22, is kept)
-    s2 = xp.maximum(power - err, 0.0)
-    w = s2 / xp.maximum(s2 + err, tiny(str(dt)))
-    w = xp.where(idx == 0, xp.ones_like(w), w)
+    # the monotone Wiener weight below the cut-off, smoothed, 1 at zero frequency
+    s2 = xp.maximum(power - errs, 0.0)
+    w = s2 / xp.maximum(s2 + errs, tiny(str(dt)))
+    w = xp.where(idx == 0, 1.0, w)
     w = _cumulative_min(xp, w)
-    w = xp.where(idx < first[:, None], w, xp.zeros_like(w))
+    w = xp.where(idx < first[:, None], w, 0.0)
     w = moving_average(xp, w, b)
-    w = w / w[:, :1]
-    psf = fft.irfft(complex_from(xp, w, xp.zeros_like(w)), n=p, axis=-1)
-    mass = xp.sum(psf * xp.exp(alpha * plan["x_period"]), axis=-1)
-    w = w / mass[:, None]
-    # FWHM of the (symmetric) point-spread: its first fall below half its centre value
-    h = psf[:, : p // 4]
-    half = 0.5 * h[:, :1]
-    below = h < half
-    i = xp.where(xp.any(below, axis=-1), xp.argmax(xp.astype(below, xp.int8), axis=-1), p // 4 - 1)
-    i = xp.maximum(i, 1)
-    y0 = xp.take_along_axis(h, (i - 1)[:, None], axis=-1)[:, 0]
-    y1 = xp.take_along_axis(h, i[:, None], axis=-1)[:, 0]
-    frac = (y0 - half[:, 0]) / xp.where(y0 != y1, y0 - y1, xp.ones_like(y0))
-    res_w = 2.0 * (xp.astype(i, dt) - 1.0 + frac) * plan["disp"]
-    weight = xp.where(floored[:, None], w_gauss, complex_from(xp, w, xp.zeros_like(w)))
-    return weight, xp.where(floored, res_gauss, res_w), limit, floored
+    w = w / xp.where(w[:, :1] > 0, w[:, :1], 1.0)  # (0: a cut-off at zero frequency, floored)
+    return {
+        "ell": complex_from(xp, log_mod, phase),
+        "w": w,
+        "n_j": err["n_j"],
+        "dead": err["dead"],
+        "first": first,
+        "limit": limit,
+        "floored": floored,
+    }
+
+
+def _moving_average_numpy(y: np.ndarray, half: int) -> np.ndarray:
+    """:func:`eelsgpu._xp.moving_average` for NumPy, bitwise the same: the same running sums,
+    the inner channels (whole windows) by one difference of two slices instead of two gathers
+    and a division by a row of window lengths."""
+    m = y.shape[-1]
+    if m < 2 * half + 2:
+        return moving_average(np, y, half)
+    c = np.cumulative_sum(y, axis=-1, include_initial=True)
+    out = np.empty_like(y)
+    np.subtract(c[:, 2 * half + 1 :], c[:, : m - 2 * half], out=out[:, half : m - half])
+    out[:, half : m - half] /= y.dtype.type(2 * half + 1)
+    j = np.r_[0:half, m - half : m]  # the ends: fewer channels
+    lo, hi = np.maximum(j - half, 0), np.minimum(j + half + 1, m)
+    out[:, j] = (c[:, hi] - c[:, lo]) / (hi - lo).astype(y.dtype)
+    return out
+
+
+def rolloff_numpy(
+    jf: np.ndarray,
+    zf: np.ndarray,
+    rf: np.ndarray | None,
+    share: np.ndarray,
+    n_j_alive: np.ndarray | None,
+    fw: np.ndarray,
+    consts: RolloffConsts,
+) -> dict[str, Any]:
+    """:func:`rolloff_twin` for NumPy arrays in fewer passes over memory (the CPU's fast path):
+    the same arithmetic with ``out=`` buffers, medians by partial sorts, the running minimum by
+    ``numpy.minimum.accumulate``, the unwrapping only up to the block's last trusted frequency.
+    Tests compare it with the twin (``test_rolloff_numpy_equals_twin``)."""
+    n, k_all = jf.shape
+    rdt = jf.real.dtype
+    floor = tiny(str(rdt))
+    jr, ji = np.ascontiguousarray(jf.real), np.ascontiguousarray(jf.imag)
+    zr, zi = np.ascontiguousarray(zf.real), np.ascontiguousarray(zf.imag)
+    jj = jr * jr
+    t1 = ji * ji
+    jj += t1
+    zz = np.multiply(zr, zr, out=t1)
+    zz += zi * zi
+    # the noise powers: medians of the top quarter of |J~|^2 and |Z~|^2, before the floors
+    q = max(1, k_all // 4)
+    med = zlp_median_rows(np, np.concatenate([jj[:, k_all - q :], zz[:, k_all - q :]]))
+    f_j = med[:n] / math.log(2.0)
+    dead = med[n:] < 1e-6 * zz[:, 0]
+    n_j = f_j * share
+    if n_j_alive is not None:
+        n_j = np.where(dead, n_j, n_j_alive)
+    n_z = np.where(dead, med[n:] / math.log(2.0), 0.0).astype(rdt, copy=False)
+    np.maximum(jj, 1e-24 * jj[:, :1] + floor, out=jj)
+    np.maximum(zz, 1e-24 * zz[:, :1] + floor, out=zz)
+    # sigma^2 = n_j / jj + n_z / zz (+ 2 |R~|^2 / zz)
+    sigma2 = np.divide(n_j.astype(rdt, copy=False)[:, None], jj)
+    t2 = np.divide(n_z[:, None], zz)
+    sigma2 += t2
+    if rf is not None:
+        rr = np.multiply(rf.real, rf.real, out=t2)
+        rr += rf.imag * rf.imag
+        rr *= 2.0
+        rr /= zz
+        sigma2 += rr
+    big = sigma2 > 1.0
+    stop = np.where(big.any(axis=-1), big.argmax(axis=-1), k_all)
+    # ln|J~/Z~| and the phase of J~ conj(Z~)
+    log_mod = np.divide(jj, zz, out=jj)
+    np.log(log_mod, out=log_mod)
+    log_mod *= 0.5
+    im = np.multiply(ji, zr, out=zz)
+    t3 = jr * zi
+    im -= t3
+    re = np.multiply(jr, zr, out=jr)
+    np.multiply(ji, zi, out=t3)
+    re += t3
+    phase = np.arctan2(im, re, out=ji)
+    if consts.unwrap:
+        last = int(stop.max()) if n else 0
+        if last > 1:
+            step = np.diff(phase[:, :last], axis=-1)
+            step *= 0.5 / math.pi
+            turns = np.rint(step).astype(np.int32)
+            turns *= np.arange(last - 1)[None, :] < (stop[:, None] - 1)  # trusted steps only
+            if turns.any():
+                acc = np.cumsum(turns, axis=-1, dtype=np.int32)
+                np.multiply(acc, 2.0 * math.pi, out=step, dtype=step.dtype, casting="unsafe")
+                phase[:, 1:last] -= step
+                phase[:, last:] -= step[:, -1:]  # above: kept on its branch
+    # the smoothed |ln(J~/Z~)|^2 and error, the cut-off
+    b = consts.half
+    pw = np.multiply(log_mod, log_mod, out=re)
+    pw += np.multiply(phase, phase, out=im)
+    power = _moving_average_numpy(pw, b)
+    errs = _moving_average_numpy(sigma2, b)
+    bad = power <= (1.0 + _SNR_MIN) * errs
+    bad[:, 0] = False
+    k_est = np.where(bad.any(axis=-1), bad.argmax(axis=-1), k_all)
+    k_min = 1 + np.argmin(power[:, 1:], axis=-1)
+    k_min[k_min >= k_all - b - 1] = k_all
+    first = np.minimum(np.minimum(k_est, k_min), stop)
+    at = np.minimum(first, k_all - 1)
+    nu = consts.nu(np, rdt)
+    nu_c = nu[at]
+    limit = KAPPA / np.maximum(nu_c, nu[1])
+    nu_floor = KAPPA / (consts.max_res * fw)
+    cut_power = power[np.arange(n), at]
+    ell0 = log_mod[:, 0] * log_mod[:, 0] + phase[:, 0] * phase[:, 0]
+    floored = (first < k_all) & (nu_c < nu_floor) & (cut_power > _NEGLIGIBLE**2 * ell0)
+    # the Wiener weight (in place of power: s2 = max(power - err, 0), w = s2 / (s2 + err))
+    s2 = np.subtract(power, errs, out=power)
+    np.maximum(s2, 0.0, out=s2)
+    errs += s2
+    np.maximum(errs, tiny(str(rdt)), out=errs)
+    w = np.divide(s2, errs, out=s2)
+    w[:, 0] = 1.0
+    np.minimum.accumulate(w, axis=-1, out=w)
+    w[np.arange(k_all)[None, :] >= first[:, None]] = 0.0
+    w = _moving_average_numpy(w, b)
+    w /= np.where(w[:, :1] > 0, w[:, :1], 1.0)  # (0: a cut-off at zero frequency, floored)
+    ell = np.empty(jf.shape, dtype=jf.dtype)
+    ell.real = log_mod
+    ell.imag = phase
+    return {
+        "ell": ell,
+        "w": w,
+        "n_j": n_j,
+        "dead": dead,
+        "first": first,
+        "limit": limit,
+        "floored": floored,
+    }
 
 
 def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[str, Any]:
@@ -878,13 +1176,13 @@ def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[st
     e = xp.astype(e, dt)[None, :]
     loss = e >= 0.0
     beyond = e >= 3.0 * fwhm_eV[:, None]
-    peak = xp.max(xp.where(beyond, smooth, xp.full_like(smooth, -math.inf)), axis=-1)
-    diff = xp.where(loss, ssd - smooth, xp.zeros_like(ssd))
+    peak = xp.max(xp.where(beyond, smooth, -math.inf), axis=-1)
+    diff = xp.where(loss, ssd - smooth, 0.0)
     count = xp.maximum(xp.sum(xp.astype(loss, dt), axis=-1), 1.0)
     rms = xp.sqrt(xp.sum(diff * diff, axis=-1) / count)
-    low = xp.min(xp.where(beyond, ssd, xp.full_like(ssd, math.inf)), axis=-1)
+    low = xp.min(xp.where(beyond, ssd, math.inf), axis=-1)
     good = peak > 0
-    safe = xp.where(good, peak, xp.ones_like(peak))
+    safe = xp.where(good, peak, 1.0)
     inf = xp.full_like(peak, math.inf)
     return {
         "ringing": xp.where(good, rms / safe, inf),
@@ -953,12 +1251,8 @@ def log_spectrum_ratio(
 def _log_ratio(
     xp: Any, jf: Any, zf: Any, mode: str, gate: float, rolloff: float, unwrap: bool
 ) -> Any:
-    """:func:`log_spectrum_ratio` on the device's fused kernel when the engine registered one
-    (complex64 arrays of a namespace it has one for), else the NumPy fast path or the twin."""
-    if not is_numpy(xp) and str(jf.dtype) == "complex64":
-        fused = _fused.lookup(FUSED_NAME, xp)
-        if fused is not None:
-            return fused(jf, zf, noise_power(xp, jf, zf), mode, gate, rolloff, unwrap)
+    """:func:`log_spectrum_ratio` on the NumPy fast path or the twin (the fused CUDA kernel now
+    implements the measured-error roll-off, :func:`rolloff_twin`, not this core)."""
     if is_numpy(xp):
         return log_spectrum_ratio_numpy(jf, zf, mode, gate, rolloff, unwrap)
     return log_spectrum_ratio_twin(xp, jf, zf, None, mode, gate, rolloff, unwrap)
@@ -1068,10 +1362,10 @@ def _noise_from_power(xp: Any, jj_top: Any, zz_top: Any, zz0: Any, zz_mid: Any, 
     dead = xp.astype(zz_top < 1e-6 * zz0, jj_top.dtype)
     count = xp.sum(dead, axis=-1)
     j_top = xp.mean(jj_top, axis=-1)
-    j_flat = xp.where(xp.mean(jj_mid, axis=-1) <= 4.0 * j_top, j_top, xp.zeros_like(j_top))
+    j_flat = xp.where(xp.mean(jj_mid, axis=-1) <= 4.0 * j_top, j_top, 0.0)
     j_noise = xp.where(count > 0, xp.sum(jj_top * dead, axis=-1) / xp.maximum(count, 1.0), j_flat)
     z_top = xp.mean(zz_top, axis=-1)
-    z_noise = xp.where(xp.mean(zz_mid, axis=-1) <= 2.0 * z_top, z_top, xp.zeros_like(z_top))
+    z_noise = xp.where(xp.mean(zz_mid, axis=-1) <= 2.0 * z_top, z_top, 0.0)
     return xp.stack([j_noise, z_noise], axis=-1)
 
 
@@ -1159,6 +1453,40 @@ def probe_spectra(xp: Any) -> tuple[Any, Any]:
     jf = xp.asarray(np.fft.rfft(np.array(rows_j), axis=-1).astype(np.complex64))
     zf = xp.asarray(np.fft.rfft(np.array(rows_z), axis=-1).astype(np.complex64))
     return jf, zf
+
+
+def rolloff_probe(xp: Any, k: int, consts: RolloffConsts) -> tuple[Any, ...]:
+    """The arguments of :func:`rolloff_twin` for a probe block of ``k`` frequencies (complex64):
+    spectra with known structure (a vacuum spectrum, thin and thick ones whose phase passes pi
+    many times, counting noise, a model misfit on the gain side), the first-use check of the
+    fused kernel (:func:`eelsgpu.engine.cuda.verified`) at a block's own size."""
+    p = consts.p
+    n_e = p // 2
+    rng = np.random.default_rng(13)
+    e = (np.arange(p) - n_e // 10) * consts.disp
+    z = np.exp(-0.5 * (e / max(0.25, 2.0 * consts.disp)) ** 2)
+    s = np.where(e > 0, np.exp(-0.5 * ((e - 15.0) / 1.5) ** 2), 0.0)
+    s /= s.sum()
+    rows_j, rows_z, rows_r = [], [], []
+    for t, counts in ((0.0, 1e5), (0.3, 1e5), (1.5, 1e4), (3.0, 1e6), (5.0, 1e5), (1.0, 0.0)):
+        j = np.fft.irfft(np.fft.rfft(z) * np.exp(t * np.fft.rfft(s)), n=p)
+        j[n_e:] *= np.linspace(1.0, 0.0, p - n_e)
+        scale = counts / j.sum() if counts else 1e5 / j.sum()
+        j = j * scale
+        zz = z * (counts or 1e5) / z.sum()
+        if counts:
+            j = j + rng.normal(0.0, 1.0, p) * np.sqrt(np.maximum(j, 1.0))
+        rows_j.append(j)
+        rows_z.append(zz)
+        rows_r.append(np.where(e < 0, j - zz, 0.0) * (np.abs(e) < 1.0))
+
+    def tf(rows):
+        return xp.asarray(np.fft.rfft(np.array(rows), axis=-1)[:, :k].astype(np.complex64))
+
+    n = len(rows_j)
+    share = xp.asarray(np.linspace(0.6, 1.0, n).astype(np.float32))
+    fw = xp.asarray(np.full(n, 2.355 * max(0.25, 2.0 * consts.disp), dtype=np.float32))
+    return (tf(rows_j), tf(rows_z), tf(rows_r), share, None, fw, consts)
 
 
 def _roll_window(xp: Any, s: Any, origin: int, n_e: int) -> Any:

@@ -47,26 +47,73 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._xp import array_namespace, axis_step, moving_average
+from .._xp import array_namespace, moving_average
+from ._sync import any_rows, host_axis, host_decides
 from .fourier_log import fourier_log_kernel
-from .tails import TAIL_FIT_FRACTION, fit_range, tail_counts
+from .tails import TAIL_FIT_FRACTION, TailSums, fit_range, solve_tails, tail_sums
 from .zlp import centre_kernel, channel_variance, zlp_kernel
 
 __all__ = [
     "TAILS",
+    "SsdTail",
     "fourier_log_tail",
+    "fourier_log_tail_finish",
     "log_ratio_kernel",
     "log_ratio_maps",
     "ssd_for_tail",
+    "ssd_tail_sums",
     "t_over_lambda_from_ssd",
 ]
 
 #: How :func:`log_ratio_kernel` counts the electrons scattered beyond the window.
 TAILS = ("auto", "power-law", "fourier-log", "none")
+
+
+def _ssd_fit(
+    xp: Any,
+    finite: Any,
+    e: Any,
+    axis: tuple[float, float, int],
+    c: Any,
+    zero_loss: float,
+    fit_fractions: tuple[float, ...],
+) -> list[TailSums]:
+    """The power-law fits of the SSDs ``finite`` (n, n_E; finite) for each fit fraction, short of
+    the window's end (stop 0.95) and on the SSD averaged over 1 eV: one smoothing shared by
+    every fit (the widest fit range's; a narrower fit takes its channels from it)."""
+    e0, d, n_e = axis
+    # fitted short of the end, where the deconvolution's own tail treatment shows, and on the
+    # SSD averaged over 1 eV, which takes out the ringing of an imperfect ZLP model; only the
+    # channels of the fit range (and k before them) are smoothed: the first k of the slice are
+    # averaged over fewer channels, but they lie before the fit range
+    k = max(1, int(round(0.5 / d)))
+    bases = [max(0, fit_range(axis, f, 0.95, zero_loss)[0] - k) for f in fit_fractions]
+    base = min(bases)
+    part = finite[:, base:]
+    # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
+    part = xp.where(e[None, base:] > c[:, None], part, 0.0)
+    smooth = moving_average(xp, part, k)
+    return [
+        tail_sums(
+            xp, smooth[:, b - base :], axis, c, f, stop=0.95, y_first=b, zero_loss_eV=zero_loss
+        )
+        for f, b in zip(fit_fractions, bases, strict=True)
+    ]
+
+
+def _ssd_tl(total: Any, n0: Any, fit: tuple[Any, Any, Any], xp: Any) -> tuple[Any, Any, Any]:
+    """t/lambda of an SSD from its window sum ``total``, N0 and its solved tail fit: the tail
+    counts only where it is below 0.5 % of the window (a larger "tail" comes from ringing of an
+    imperfect ZLP model, not from physics)."""
+    tail, trusted, _ = fit
+    trusted = trusted & (tail <= 5e-3 * xp.abs(total))
+    tail = xp.where(trusted, tail, 0.0)
+    return (total + tail) / n0, trusted, tail
 
 
 def t_over_lambda_from_ssd(
@@ -76,6 +123,7 @@ def t_over_lambda_from_ssd(
     *,
     zero_loss_eV: Any = None,
     fit_fraction: float = TAIL_FIT_FRACTION,
+    axis_eV: tuple[float, float] | None = None,
 ) -> tuple[Any, Any, Any]:
     """Relative thickness from a single-scattering distribution: ``t/lambda = int SSD dE / N0``.
 
@@ -99,6 +147,8 @@ def t_over_lambda_from_ssd(
         for an SSD reconvolved with the ZLP where it sits in the data.
     fit_fraction : float
         Share of the loss range the tail is fitted to.
+    axis_eV : (float, float), optional
+        The axis' first energy and channel width (eV), host floats (else read from the axis).
 
     Returns
     -------
@@ -114,32 +164,92 @@ def t_over_lambda_from_ssd(
     0.5
     """
     xp = array_namespace(ssd)
-    n = ssd.shape[0]
+    n, n_e = ssd.shape
+    e0, d = host_axis(energy_eV, axis_eV)
     e = xp.astype(energy_eV, ssd.dtype)
-    d = axis_step(energy_eV)[1]
-    c = xp.zeros((n,), dtype=ssd.dtype) if zero_loss_eV is None else zero_loss_eV
-    c = xp.where(xp.isfinite(c), xp.astype(c, ssd.dtype), xp.zeros_like(c, dtype=ssd.dtype))
-    zero_loss = float(xp.max(c)) if n else 0.0
-    finite = xp.where(xp.isfinite(ssd), ssd, xp.zeros_like(ssd))
-    # fitted short of the end, where the deconvolution's own tail treatment shows, and on the
-    # SSD averaged over 1 eV, which takes out the ringing of an imperfect ZLP model; only the
-    # channels of the fit range (and k before them) are smoothed: the first k of the slice are
-    # averaged over fewer channels, but they lie before the fit range
-    k = max(1, int(round(0.5 / d)))
-    base = max(0, fit_range(e, d, fit_fraction, 0.95, zero_loss)[0] - k)
-    part = finite[:, base:]
-    # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
-    part = xp.where(e[None, base:] > c[:, None], part, xp.zeros_like(part))
-    smooth = moving_average(xp, part, k)
-    tail, trusted, _ = tail_counts(
-        xp, smooth, e, c, d, fit_fraction, stop=0.95, y_first=base, zero_loss_eV=zero_loss
+    if zero_loss_eV is None:
+        c, zero_loss = xp.zeros((n,), dtype=ssd.dtype), 0.0
+    else:
+        c = xp.astype(zero_loss_eV, ssd.dtype)
+        c = xp.where(xp.isfinite(c), c, 0.0)
+        zero_loss = float(xp.max(c)) if n else 0.0  # (a host number: one sync)
+    finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
+    (fit,) = _ssd_fit(xp, finite, e, (e0, d, n_e), c, zero_loss, (fit_fraction,))
+    return _ssd_tl(xp.sum(finite, axis=-1), zlp_intensity, solve_tails(xp, [fit])[0], xp)
+
+
+class SsdTail(NamedTuple):
+    """What :func:`fourier_log_tail` needs of a block's raw SSDs before their power-law fits are
+    solved (:func:`ssd_tail_sums`), so that the solve can be shared with other fits:
+    ``fits`` the fits to the last ``fit_fraction`` and half of it (:func:`~.tails.tail_sums`),
+    ``total`` (n,) the window's SSD sum, ``unknown`` (n,) the spread where neither fit holds,
+    ``log_window`` (n,) ln(I_w / N0), ``n0`` (n,) N0, ``eps`` the dtype's rounding (host)."""
+
+    fits: tuple[TailSums, TailSums]
+    total: Any
+    unknown: Any
+    log_window: Any
+    n0: Any
+    eps: float
+
+
+def ssd_tail_sums(
+    ssd: Any,
+    energy_eV: Any,
+    zlp_intensity: Any,
+    window: Any,
+    *,
+    fit_fraction: float = TAIL_FIT_FRACTION,
+    axis_eV: tuple[float, float] | None = None,
+) -> SsdTail:
+    """The first half of :func:`fourier_log_tail` (same parameters): everything but the solve
+    of the two power-law fits, which :func:`fourier_log_tail_finish` takes solved."""
+    xp = array_namespace(ssd)
+    n, n_e = ssd.shape
+    e0, d = host_axis(energy_eV, axis_eV)
+    axis = (e0, d, n_e)
+    dt = ssd.dtype
+    e = xp.astype(energy_eV, dt)
+    finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
+    c = xp.zeros((n,), dtype=dt)
+    fits = _ssd_fit(xp, finite, e, axis, c, 0.0, (fit_fraction, 0.5 * fit_fraction))
+    # where neither fit holds: what an E^-3 continuation of the SSD's level where its tail is
+    # fitted (85 to 95 % of the loss range: short of the end, which follows the window's
+    # extrapolation) would add, with the noise of that level
+    i0, i1 = fit_range(axis, 0.1, 0.95)
+    end = finite[:, i0:i1]
+    level = xp.abs(xp.mean(end, axis=-1)) + xp.std(end, axis=-1) / math.sqrt(max(1, i1 - i0))
+    l_end = max(e0 + d * (n_e - 1), d)
+    eps = float(np.finfo(np.dtype(str(dt).split(".")[-1])).eps)
+    return SsdTail(
+        fits=(fits[0], fits[1]),
+        total=xp.sum(finite, axis=-1),
+        unknown=level * (l_end / (2.0 * d)),
+        log_window=xp.log(window / zlp_intensity),
+        n0=zlp_intensity,
+        eps=10.0 * math.sqrt(n_e) * eps,
     )
-    # the SSD's tail beyond a window that reaches past the plasmon is a small correction (about
-    # 0.1 %); a larger "tail" comes from ringing of an imperfect ZLP model, not from physics
-    total = xp.sum(finite, axis=-1)
-    trusted = trusted & (tail <= 5e-3 * xp.abs(total))
-    tail = xp.where(trusted, tail, xp.zeros_like(tail))
-    return (total + tail) / zlp_intensity, trusted, tail
+
+
+def fourier_log_tail_finish(
+    xp: Any, prep: SsdTail, solved: Sequence[tuple[Any, Any, Any]]
+) -> tuple[Any, Any]:
+    """``(beyond, sd)`` of :func:`fourier_log_tail` from :func:`ssd_tail_sums` and its two fits
+    solved (:func:`~.tails.solve_tails`)."""
+    tl, fits, tail = _ssd_tl(prep.total, prep.n0, solved[0], xp)
+    _, fits_half, tail_half = _ssd_tl(prep.total, prep.n0, solved[1], xp)
+    beyond = tl - prep.log_window
+    # the two fits' difference where both hold; half the tail where only one does; where
+    # neither holds, the E^-3 continuation (ssd_tail_sums)
+    spread = xp.where(
+        fits & fits_half,
+        xp.abs(tail - tail_half),
+        xp.where(fits | fits_half, 0.5 * xp.abs(tail + tail_half), prep.unknown),
+    )
+    # and the rounding of the sums in the data's precision (sqrt(n) ulps of t/lambda, x10)
+    rounding = prep.eps * xp.maximum(xp.abs(tl), 1.0)
+    sd = (spread + 0.1 * xp.abs(tail)) / prep.n0 + rounding
+    return beyond, sd
 
 
 def fourier_log_tail(
@@ -149,6 +259,7 @@ def fourier_log_tail(
     window: Any,
     *,
     fit_fraction: float = TAIL_FIT_FRACTION,
+    axis_eV: tuple[float, float] | None = None,
 ) -> tuple[Any, Any]:
     """``ln(I_t / I_w)`` from a raw SSD: what lies beyond the window, as the Fourier-log sees it.
 
@@ -165,12 +276,18 @@ def fourier_log_tail(
     level at 85 to 95 % of the loss range, and its noise, would add), plus a tenth of the tail itself
     (a power law of the SSD is a model), plus the rounding of the sums in the data's precision.
 
+    The work is :func:`ssd_tail_sums`, one :func:`~.tails.solve_tails` of both fits, and
+    :func:`fourier_log_tail_finish`; a block kernel calls the three itself to solve these fits
+    with its other power-law fits in one batch.
+
     Parameters
     ----------
     ssd : array (n, n_E)
         Raw SSDs in counts per channel, zero loss at 0 eV of ``energy_eV`` (eV).
     zlp_intensity, window : array (n,)
         N0 and the window's counts I_w.
+    axis_eV : (float, float), optional
+        The axis' first energy and channel width (eV), host floats (else read from the axis).
 
     Returns
     -------
@@ -189,36 +306,10 @@ def fourier_log_tail(
     (0.01, True)
     """
     xp = array_namespace(ssd)
-    tl, fits, tail = t_over_lambda_from_ssd(
-        ssd, energy_eV, zlp_intensity, fit_fraction=fit_fraction
+    prep = ssd_tail_sums(
+        ssd, energy_eV, zlp_intensity, window, fit_fraction=fit_fraction, axis_eV=axis_eV
     )
-    _, fits_half, tail_half = t_over_lambda_from_ssd(
-        ssd, energy_eV, zlp_intensity, fit_fraction=0.5 * fit_fraction
-    )
-    beyond = tl - xp.log(window / zlp_intensity)
-    # the two fits' difference where both hold; half the tail where only one does; where
-    # neither holds, what an E^-3 continuation of the SSD's level where its tail is fitted (85 to
-    # 95 % of the loss range: short of the end, which follows the window's extrapolation) would
-    # add, with the noise of that level: the SSD's end is then not known to fall as a power law
-    e = xp.astype(energy_eV, ssd.dtype)
-    n_e = e.shape[0]
-    d = axis_step(energy_eV)[1]
-    i0, i1 = fit_range(e, d, 0.1, 0.95)
-    seg = ssd[:, i0:i1]
-    end = xp.where(xp.isfinite(seg), seg, xp.zeros_like(seg))
-    level = xp.abs(xp.mean(end, axis=-1)) + xp.std(end, axis=-1) / math.sqrt(max(1, i1 - i0))
-    l_end = max(float(e[n_e - 1]), d)
-    unknown = level * l_end / (2.0 * d)
-    spread = xp.where(
-        fits & fits_half,
-        xp.abs(tail - tail_half),
-        xp.where(fits | fits_half, 0.5 * xp.abs(tail + tail_half), unknown),
-    )
-    # and the rounding of the sums in the data's precision (sqrt(n) ulps of t/lambda, x10)
-    eps = float(np.finfo(np.dtype(str(ssd.dtype).split(".")[-1])).eps)
-    rounding = 10.0 * math.sqrt(ssd.shape[-1]) * eps * xp.maximum(xp.abs(tl), 1.0)
-    sd = (spread + 0.1 * xp.abs(tail)) / zlp_intensity + rounding
-    return beyond, sd
+    return fourier_log_tail_finish(xp, prep, solve_tails(xp, list(prep.fits)))
 
 
 def _on_subset(xp, select, fn, *arrays):
@@ -226,7 +317,11 @@ def _on_subset(xp, select, fn, *arrays):
     back (0 elsewhere).
 
     The rows are gathered with a stable argsort and ``take`` (no boolean indexing), so a costly
-    step runs on the few pixels that need it, not on the whole block."""
+    step runs on the few pixels that need it, not on the whole block. On a device (where the
+    number of rows is a sync, and a block's operations must not depend on its data) ``fn`` runs
+    on every row instead."""
+    if not host_decides(xp):
+        return {key: xp.where(select, v, 0.0) for key, v in fn(*arrays).items()}
     n = select.shape[0]
     k = int(xp.sum(xp.astype(select, xp.int32)))
     order = xp.argsort(xp.astype(~select, xp.int32), stable=True)  # selected rows first
@@ -237,7 +332,7 @@ def _on_subset(xp, select, fn, *arrays):
     for key, value in out.items():
         padded = xp.concat([value, xp.zeros((n - k,), dtype=value.dtype)])
         v = xp.take(padded, inverse)
-        back[key] = xp.where(select, v, xp.zeros_like(v))
+        back[key] = xp.where(select, v, 0.0)
     return back
 
 
@@ -265,16 +360,23 @@ def log_ratio_maps(
     tail: str = "auto",
     fit_fraction: float = TAIL_FIT_FRACTION,
     fourier_log: Any = None,
+    ssd_tail: tuple[SsdTail, Any] | None = None,
     noise: Any = None,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """t/lambda = ln(I_t / N0) (eq. 16) with N0 of the ZLP model ``z`` and the tail's rules.
 
     The one implementation behind :func:`log_ratio_kernel` (``thickness``) and the map of
     ``deconvolve``, so the same ``zlp=`` gives the same t/lambda in both. ``z`` is
-    :func:`eelsgpu.kernels.zlp.zlp_kernel`'s result; ``fourier_log(select)`` returns, for the
-    rows where ``select`` (n,) holds, ``{"beyond", "sd", "negative_lobe"}`` from their raw SSD
-    (:func:`fourier_log_tail`), each (n,) (0 elsewhere); ``noise`` the channels' noise when
-    already measured (:func:`eelsgpu.kernels.zlp.channel_noise`).
+    :func:`eelsgpu.kernels.zlp.zlp_kernel`'s result. The raw SSD's tail comes either from
+    ``fourier_log(select)``, which returns, for the rows where ``select`` (n,) holds,
+    ``{"beyond", "sd", "negative_lobe"}`` from their raw SSD (:func:`fourier_log_tail`), each
+    (n,) (0 elsewhere): the SSD is made only for the pixels whose power law fails (NumPy); or
+    from ``ssd_tail`` = (:func:`ssd_tail_sums` of every row's raw SSD, its negative lobe (n,)),
+    whose fits are then solved in one batch with the spectrum's own (where the SSD is made for
+    every pixel anyway: ``deconvolve``, or a device). ``noise`` the channels' noise when
+    already measured (:func:`eelsgpu.kernels.zlp.channel_noise`); ``axis_eV`` the axis' first
+    energy and channel width (eV, host floats).
 
     The counts beyond the window (``tail``): ``"none"`` nothing; ``"power-law"`` the spectrum's
     power law (:func:`eelsgpu.kernels.tails.tail_counts`) where its fit holds and it exceeds its
@@ -304,23 +406,33 @@ def log_ratio_maps(
     one = xp.ones((n,), dtype=block.dtype)
     n0 = xp.where(valid, z["zlp_intensity"], one)
     c = xp.where(valid, z["zlp_centre_eV"], 0.0 * one)
-    y = xp.where(valid[:, None], block, xp.zeros_like(block))
+    y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
     window = xp.where(valid & (window > 0), window, one)
     e = xp.astype(energy_eV, block.dtype)
-    d = axis_step(energy_eV)[1]
+    e0, d = host_axis(energy_eV, axis_eV)
     no = xp.zeros((n,), dtype=xp.bool)
     zero = xp.zeros_like(one)
     extra, trusted, negative, untrusted, lobe, made = zero, no, no, no, zero, no
-    if tail in ("power-law", "auto"):
-        pl, fits, sd = tail_counts(xp, y, e, c, d, fit_fraction)
-        trusted = valid & fits & (pl > sd)
+    power_law = tail in ("power-law", "auto")
+    from_ssd = tail in ("fourier-log", "auto")
+    fits = [tail_sums(xp, y, (e0, d, e.shape[0]), c, fit_fraction)] if power_law else []
+    fl = None
+    if from_ssd and ssd_tail is not None:  # every fit in one batched solve
+        solved = solve_tails(xp, fits + list(ssd_tail[0].fits))
+        beyond, sd = fourier_log_tail_finish(xp, ssd_tail[0], solved[-2:])
+        fl = {"beyond": beyond, "sd": sd, "negative_lobe": ssd_tail[1]}
+    elif fits:
+        solved = solve_tails(xp, fits)
+    if power_law:
+        pl, fits_ok, sd = solved[0]
+        trusted = valid & fits_ok & (pl > sd)
         extra = xp.where(trusted, pl, zero)
         untrusted = valid & ~trusted
-    if tail in ("fourier-log", "auto"):
+    if from_ssd:
         redo = valid & ~trusted
-        if bool(xp.any(redo)):
-            fl = fourier_log(redo)
+        if fl is not None or any_rows(xp, redo):
+            fl = fourier_log(redo) if fl is None else fl
             beyond, sd = fl["beyond"], fl["sd"]
             # a significant negative tail: the spectrum breaks the Fourier-log model
             negative = redo & (beyond < -sd)
@@ -444,7 +556,14 @@ def log_ratio_kernel(
 
 
 def ssd_for_tail(
-    xp: Any, y: Any, energy_eV: Any, model: Any, c: Any, w: Any, method: str
+    xp: Any,
+    y: Any,
+    energy_eV: Any,
+    model: Any,
+    c: Any,
+    w: Any,
+    method: str,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The raw SSD the log-ratio's Fourier-log tail is made from: the measured-error Fourier-log
     (:func:`eelsgpu.kernels.fourier_log.fourier_log_kernel`, ``output="ssd"``, its metrics) of the
@@ -453,7 +572,7 @@ def ssd_for_tail(
     side counts as error), on the axis ``energy_eV`` whose 0 eV is zero loss; ``c``, ``w`` the
     ZLP centres and FWHM (eV).
     ``deconvolve`` makes its raw SSD with exactly this call, so both see the same tail."""
-    zf = xp.where(xp.isfinite(model), model, xp.zeros_like(model))
+    zf = xp.where(xp.isfinite(model), model, 0.0)
     tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
     return fourier_log_kernel(
         y,
@@ -465,4 +584,5 @@ def ssd_for_tail(
         misfit=method != "cube",
         tied=tied,
         metrics=True,
+        axis_eV=axis_eV,
     )

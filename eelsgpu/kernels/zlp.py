@@ -47,8 +47,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._xp import array_namespace, axis_step, erf, fft_module, take_rows, tiny
+from .._xp import array_namespace, erf, fft_module, is_numpy, take_rows, tiny
 from ..errors import InputError, NoZeroLossPeakError
+from ._sync import all_rows, host_axis, host_decides
 
 __all__ = [
     "BACKGROUND_LIMITS",
@@ -110,7 +111,7 @@ MIN_ZLP_SNR = 10.0
 def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
     """The arg-max channel of each row among channels i0..i1 (non-finite values never win)."""
     win = block[:, i0 : i1 + 1]
-    return xp.argmax(xp.where(xp.isfinite(win), win, xp.full_like(win, -math.inf)), axis=-1) + i0
+    return xp.argmax(xp.where(xp.isfinite(win), win, -math.inf), axis=-1) + i0
 
 
 def _first_dominant_peak(xp: Any, block: Any) -> Any:
@@ -119,7 +120,7 @@ def _first_dominant_peak(xp: Any, block: Any) -> Any:
     a spectrum (nothing lies below it); a thick specimen's plasmon may be higher than its ZLP,
     but the ZLP then still reaches half the maximum first."""
     n, n_e = block.shape
-    y = xp.where(xp.isfinite(block), block, xp.full_like(block, -math.inf))
+    y = xp.where(xp.isfinite(block), block, -math.inf)
     top = xp.max(y, axis=-1)
     above = y >= 0.5 * top[:, None]
     idx = xp.arange(n_e)[None, :]
@@ -127,74 +128,65 @@ def _first_dominant_peak(xp: Any, block: Any) -> Any:
     after = (~above) & (idx > a[:, None])
     b = xp.where(xp.any(after, axis=-1), xp.argmax(xp.astype(after, xp.int8), axis=-1), n_e)
     run = (idx >= a[:, None]) & (idx < b[:, None])
-    return xp.argmax(xp.where(run, y, xp.full_like(y, -math.inf)), axis=-1)
+    return xp.argmax(xp.where(run, y, -math.inf), axis=-1)
 
 
-def _centre_at(xp: Any, block: Any, energy_eV: Any, p: Any, span: int) -> dict[str, Any]:
+def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int) -> dict[str, Any]:
     """Everything :func:`centre_kernel` returns, for the peak channels ``p`` (n,): sub-channel
     centre, FWHM, the half-maximum crossings, and ``valid`` by shape alone (finite, positive, a
     local maximum, not saturated, both half-maximum crossings inside the window). ``span``: how
-    far (channels) from its peak a pixel's half-maximum crossings are looked for."""
+    far (channels) from its peak a pixel's half-maximum crossings are looked for; ``e_first``
+    and ``d`` the axis' first energy and channel width (eV, host floats)."""
     n, n_e = block.shape
-    d = axis_step(energy_eV)[1]
     dt = block.dtype
-    e_first = float(energy_eV[0])
     finite = xp.isfinite(xp.sum(block, axis=-1))  # one pass: a NaN or inf makes the sum so
-    # everything else on a fixed slice of channels around the peaks (shared by the block: no
-    # per-pixel gather), within hw channels of each pixel's own peak
+    # everything else on the channels within hw of each pixel's own peak, gathered once (a
+    # window that moves with the peak: no slab bounds read back from the device)
     hw = max(32, span)
-    a = max(0, int(xp.min(p)) - hw) if n else 0
-    b = min(n_e, int(xp.max(p)) + hw + 1) if n else 1
-    offs = xp.arange(a, b)[None, :] - p[:, None]
-    near = (offs >= -hw) & (offs <= hw)
-    ys = block[:, a:b]
-    ys = xp.where(near & xp.isfinite(ys), ys, xp.zeros_like(ys))
-
-    def at(o):  # the counts at offset o from the peak (0 outside the spectrum or non-finite)
-        q = p + o
-        v = take_rows(xp, block, q)
-        return xp.where((q >= 0) & (q < n_e) & xp.isfinite(v), v, xp.zeros_like(v))
-
-    ymax = at(0)
-    y_l1, y_r1, y_l2, y_r2 = at(-1), at(1), at(-2), at(2)
+    offs = xp.arange(-hw, hw + 1)
+    pos = p[:, None] + offs[None, :]
+    win = xp.take_along_axis(block, xp.minimum(xp.maximum(pos, 0), n_e - 1), axis=-1)
+    # (0 outside the spectrum or non-finite; the peak's neighbours are plain columns of it)
+    win = xp.where((pos >= 0) & (pos < n_e) & xp.isfinite(win), win, 0.0)
+    ymax = win[:, hw]
     half = 0.5 * ymax
-    below = (ys < half[:, None]) & near
     big = 4 * hw
-    left = xp.max(xp.where(below & (offs < 0), offs, -big), axis=-1)
-    right = xp.min(xp.where(below & (offs > 0), offs, big), axis=-1)
+    left = xp.max(xp.where(win[:, :hw] < half[:, None], offs[:hw], -big), axis=-1)
+    right = xp.min(xp.where(win[:, hw + 1 :] < half[:, None], offs[hw + 1 :], big), axis=-1)
 
-    # crossings interpolated linearly for the FWHM (offsets beyond hw: the pixel is not valid)
-    left_c = xp.minimum(xp.maximum(left, -hw), hw)
-    right_c = xp.minimum(xp.maximum(right, -hw), hw)
-    yl, yl1, yr, yr1 = at(left_c), at(left_c + 1), at(right_c), at(right_c - 1)
-    fl = xp.where(yl1 > yl, (half - yl) / xp.where(yl1 > yl, yl1 - yl, 1.0), 0.0)
-    fr = xp.where(yr1 > yr, (half - yr) / xp.where(yr1 > yr, yr1 - yr, 1.0), 0.0)
-    fwhm_ch = xp.astype(right - left, dt) - fl - fr
+    # crossings interpolated linearly for the FWHM (offsets beyond hw: the pixel is not valid):
+    # the counts at the two channels of each crossing, in one gather
+    left_c, right_c = xp.maximum(left, -hw), xp.minimum(right, hw)
+    idx = xp.stack([left_c, left_c + 1, right_c, right_c - 1], axis=-1) + hw
+    g = xp.take_along_axis(win, idx, axis=-1)
+    outer, inner = g[:, 0::2], g[:, 1::2]  # (yl, yr) below half, (yl1, yr1) at or above it
+    rising = inner > outer
+    frac = xp.where(rising, (half[:, None] - outer) / xp.where(rising, inner - outer, 1.0), 0.0)
+    fwhm_ch = xp.astype(right - left, dt) - frac[:, 0] - frac[:, 1]
 
+    y_l1, y_r1 = win[:, hw - 1], win[:, hw + 1]
     local_max = (p >= 1) & (p <= n_e - 2) & (ymax >= y_l1) & (ymax >= y_r1)
     # a saturated detector: three or more channels at exactly the maximum
-    saturated = xp.sum(xp.astype((ys == ymax[:, None]) & near, xp.int32), axis=-1) >= 3
+    saturated = xp.sum(xp.astype(win == ymax[:, None], xp.int32), axis=-1) >= 3
     valid = finite & (ymax > 0) & local_max & ~saturated & (left > -big) & (right < big)
 
     # parabola vertex on log(counts): 3 points, or a 5-point least-squares fit for wide peaks
-    floor = xp.asarray(float(np.finfo(np.float32).tiny), dtype=dt)
+    five = win[:, hw - 2 : hw + 3]  # the peak and two channels either side
+    logs = xp.log(xp.maximum(five, float(np.finfo(np.float32).tiny)))
     pos3 = (y_l1 > 0) & (y_r1 > 0) & (ymax > 0)
-    pos5 = pos3 & (y_l2 > 0) & (y_r2 > 0) & (p >= 2) & (p <= n_e - 3)
-
-    def ln(v):
-        return xp.log(xp.maximum(v, floor))
-
-    ll2, ll1, l0, lr1, lr2 = ln(y_l2), ln(y_l1), ln(ymax), ln(y_r1), ln(y_r2)
+    pos5 = pos3 & (five[:, 0] > 0) & (five[:, 4] > 0) & (p >= 2) & (p <= n_e - 3)
     # 3 points (on log where all positive, else on the counts themselves)
-    a_m = xp.where(pos3, ll1, y_l1)
-    a_0 = xp.where(pos3, l0, ymax)
-    a_p = xp.where(pos3, lr1, y_r1)
+    a3 = xp.where(pos3[:, None], logs[:, 1:4], five[:, 1:4])
+    a_m, a_0, a_p = a3[:, 0], a3[:, 1], a3[:, 2]
     den3 = a_m - 2.0 * a_0 + a_p
-    delta3 = xp.where(den3 < 0, 0.5 * (a_m - a_p) / xp.where(den3 < 0, den3, -1.0), 0.0)
+    neg3 = den3 < 0
+    delta3 = xp.where(neg3, 0.5 * (a_m - a_p) / xp.where(neg3, den3, -1.0), 0.0)
     # 5 points: y = c0 + c1 x + c2 x^2 on x = -2..2
+    ll2, ll1, l0, lr1, lr2 = logs[:, 0], logs[:, 1], logs[:, 2], logs[:, 3], logs[:, 4]
     c1 = (-2.0 * ll2 - ll1 + lr1 + 2.0 * lr2) / 10.0
     c2 = (2.0 * ll2 - ll1 - 2.0 * l0 - lr1 + 2.0 * lr2) / 14.0
-    delta5 = xp.where(c2 < 0, -c1 / (2.0 * xp.where(c2 < 0, c2, -1.0)), 0.0)
+    neg2 = c2 < 0
+    delta5 = xp.where(neg2, -c1 / (2.0 * xp.where(neg2, c2, -1.0)), 0.0)
     use5 = pos5 & (fwhm_ch >= 8.0)
     delta = xp.minimum(xp.maximum(xp.where(use5, delta5, delta3), -1.0), 1.0)
     centre = e_first + (xp.astype(p, dt) + delta) * d
@@ -210,48 +202,110 @@ def _centre_at(xp: Any, block: Any, energy_eV: Any, p: Any, span: int) -> dict[s
 
 
 def _plausible(
-    xp: Any, block: Any, energy_eV: Any, cen: dict[str, Any], off_axis: bool = False
+    xp: Any, block: Any, e: Any, cen: dict[str, Any], off_axis: bool = False
 ) -> dict[str, Any]:
     """``cen`` with ``valid`` narrowed to peaks that can be a ZLP (see :func:`centre_kernel`) and
     the evidence: ``zlp_snr`` (height over the channel noise) and ``gain_share`` (the largest
-    count more than 3 FWHM below the centre over the height). ``off_axis``: the stricter tests
-    of a ZLP found away from 0 eV."""
-    dt = block.dtype
-    e = xp.astype(energy_eV, dt)[None, :]
+    count more than 3 FWHM below the centre over the height); ``noise`` the channels' noise
+    (:func:`channel_noise`, measured here once for the block). ``e`` (n_E,) the axis (eV) in the
+    block's dtype. ``off_axis``: the stricter tests of a ZLP found away from 0 eV."""
     c = cen["zlp_centre_eV"]
-    w = xp.where(cen["valid"], cen["fwhm_eV"], xp.ones_like(c))
-    w = xp.where(w > 0, w, xp.ones_like(w))
-    c = xp.where(cen["valid"], c, xp.zeros_like(c))
-    y = xp.where(xp.isfinite(block), block, xp.zeros_like(block))
-    x = (e - c[:, None]) / w[:, None]  # energy from the centre, in FWHM
+    w = xp.where(cen["valid"], cen["fwhm_eV"], 1.0)
+    w = xp.where(w > 0, w, 1.0)
+    c = xp.where(cen["valid"], c, 0.0)
+    y = xp.where(xp.isfinite(block), block, 0.0)
+    x = (e[None, :] - c[:, None]) / w[:, None]  # energy from the centre, in FWHM
     h = cen["height"]
-    gain = x < -3.0
-    gain_max = xp.max(xp.where(gain, y, xp.full_like(y, -math.inf)), axis=-1)
-    gain_share = xp.where(xp.any(gain, axis=-1), gain_max / xp.where(h > 0, h, 1.0), 0.0)
+    hh = xp.where(h > 0, h, 1.0)
     room = -x[:, 0]
-    away = (x < -3.0) | (x > 3.0)
-    noise = channel_noise(xp, y, e[0, :], c, w)
-    sigma = xp.sqrt(noise[0])
-    af = xp.astype(away, dt)
-    level = xp.sum(y * af, axis=-1) / xp.maximum(xp.sum(af, axis=-1), 1.0)
+    gain_max = xp.max(xp.where(x < -3.0, y, -math.inf), axis=-1)
+    # (a gain side beyond 3 FWHM exists where the window starts there: x rises along the row)
+    gain_share = xp.where(room > 3.0, gain_max / hh, 0.0)
+    stats = _away_stats(xp, y, x, e, c, w, level=True)
+    sigma = xp.sqrt(stats["noise"][0])
     # (a noise-free spectrum has no noise: its floor is the rounding of float32 data)
-    snr = (h - level) / xp.maximum(sigma, 1e-7 * xp.abs(h) + tiny(str(dt)))
+    snr = (h - stats["level"]) / xp.maximum(sigma, 1e-7 * xp.abs(h) + tiny(str(block.dtype)))
     ok = (room >= GAIN_SIDE_MIN_FWHM) & (gain_share <= GAIN_SIDE_MAX_SHARE) & (snr >= MIN_ZLP_SNR)
     if off_axis:
-        far = x < -5.0
-        far_max = xp.max(xp.where(far, y, xp.full_like(y, -math.inf)), axis=-1)
-        far_share = xp.where(xp.any(far, axis=-1), far_max / xp.where(h > 0, h, 1.0), 0.0)
+        far_max = xp.max(xp.where(x < -5.0, y, -math.inf), axis=-1)
+        far_share = xp.where(room > 5.0, far_max / hh, 0.0)
         ok = ok & (room >= OFF_AXIS_GAIN_SIDE_FWHM) & (far_share <= OFF_AXIS_GAIN_SIDE_SHARE)
     out = dict(cen)
     out["valid"] = cen["valid"] & ok
     out["zlp_snr"] = snr
     out["gain_share"] = gain_share
-    out["noise"] = noise
+    out["noise"] = stats["noise"]
+    return out
+
+
+def _median_rows(xp: Any, a: Any) -> Any:
+    """The median of each row of ``a`` (n, m): a partial sort (``numpy.partition``, O(m)) on
+    NumPy, a sort elsewhere (the array API has neither median nor partition)."""
+    m = a.shape[-1]
+    k = ((m - 1) // 2, m // 2)
+    if is_numpy(xp):
+        s = np.partition(a, k, axis=-1)
+    else:
+        s = xp.sort(a, axis=-1)
+    return 0.5 * (s[:, k[0]] + s[:, k[1]])
+
+
+def _away_stats(
+    xp: Any, y: Any, x: Any, e: Any, c: Any, w: Any, level: bool = False
+) -> dict[str, Any]:
+    """The channels more than 3 FWHM ``w`` from the centre ``c`` of the finite spectra ``y``
+    (n, n_E): ``noise`` = :func:`channel_noise`'s ``(v_out, y_out)`` and, with ``level``, the
+    mean count there. ``x`` (n, n_E) the energy from the centre in FWHM when already made
+    (None: from ``e``, the axis in eV in the block's dtype).
+
+    Written for speed (it runs once per block): the sums away from the ZLP are the whole row's
+    minus the core's; on NumPy the core is summed on a slab of channels that holds every row's
+    core (its bounds are host numbers, free there), on a device over the whole row (no sync);
+    the median is taken on every 4th channel of the whole row (the ZLP's few channels do not
+    move a median)."""
+    dt = y.dtype
+    n, n_e = y.shape
+    d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
+    v = d4 * d4
+    med = _median_rows(xp, v[:, ::4]) / 0.4549  # chi2(1): median -> mean
+    v = xp.minimum(v, 25.0 * med[:, None])
+    yp = xp.maximum(y, 0.0)
+    a, b = 0, n_e
+    if host_decides(xp) and n and n_e > 1:
+        e0, d = float(e[0]), float(e[1] - e[0])
+        lo, hi = float(xp.min(c - 3.0 * w)), float(xp.max(c + 3.0 * w))
+        if math.isfinite(lo) and math.isfinite(hi):
+            a = min(n_e, max(0, math.floor((lo - e0) / d)))
+            b = min(n_e, max(a, math.ceil((hi - e0) / d) + 1))
+    xs = x[:, a:b] if x is not None else (e[None, a:b] - c[:, None]) / w[:, None]
+    cf = xp.astype(xp.abs(xs) <= 3.0, dt)  # the core |E - c| <= 3 W
+    n_core = xp.sum(cf, axis=-1)
+    yp_core = xp.sum(yp[:, a:b] * cf, axis=-1)
+    # fourth difference j covers channels j..j+4, centred on j + 2: the core of channels
+    # max(a, 2)..min(b, n_E - 2)
+    av, bv = max(a, 2), min(b, n_e - 2)
+    if bv > av:
+        cfv = cf[:, av - a : bv - a]
+        v_core = xp.sum(v[:, av - 2 : bv - 2] * cfv, axis=-1)
+        n_vcore = xp.sum(cfv, axis=-1)
+    else:
+        v_core = n_vcore = xp.zeros((n,), dtype=dt)
+    v_out = (xp.sum(v, axis=-1) - v_core) / 70.0 / xp.maximum(float(n_e - 4) - n_vcore, 1.0)
+    n_away = xp.maximum(float(n_e) - n_core, 1.0)
+    y_out = (xp.sum(yp, axis=-1) - yp_core) / n_away
+    out = {"noise": (xp.maximum(v_out, 0.0), xp.maximum(y_out, tiny(str(dt))))}
+    if level:
+        y_core = xp.sum(y[:, a:b] * cf, axis=-1)
+        out["level"] = (xp.sum(y, axis=-1) - y_core) / n_away
     return out
 
 
 def centre_kernel(
-    block: Any, energy_eV: Any, *, search_eV: tuple[float, float] | None = None
+    block: Any,
+    energy_eV: Any,
+    *,
+    search_eV: tuple[float, float] | None = None,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Centre of the zero-loss peak of each spectrum, to a fraction of a channel.
 
@@ -294,6 +348,9 @@ def centre_kernel(
         Uniform, increasing energy axis (eV).
     search_eV : (float, float) or None
         Where the ZLP maximum may be (eV on the stored axis); None: see above.
+    axis_eV : (float, float), optional
+        The axis' first energy and channel width (eV) as host floats, when the caller has them
+        (a device array is then never read back: :func:`~._sync.host_axis`).
 
     Returns
     -------
@@ -305,7 +362,9 @@ def centre_kernel(
         ``half_left`` / ``half_right`` (n,) int, the last channel left of the peak and the first
         right of it below half maximum, and ``noise``, :func:`channel_noise` of each spectrum
         about its peak (the channels' white-noise variance and mean level more than 3 FWHM
-        away), which the checks of the ZLP model reuse.
+        away), which the checks of the ZLP model reuse; host numbers: ``peak_bound`` (int, the
+        highest channel a valid peak can sit in) and ``axis_eV`` (the axis' first energy and
+        channel width, eV).
 
     Notes
     -----
@@ -327,24 +386,26 @@ def centre_kernel(
     """
     xp = array_namespace(block)
     n, n_e = block.shape
-    d = axis_step(energy_eV)[1]
+    e_first, d = host_axis(energy_eV, axis_eV)
     dt = block.dtype
-    e_first = float(energy_eV[0])
+    e = xp.astype(energy_eV, dt)
     lo, hi = SEARCH_EV if search_eV is None else (float(search_eV[0]), float(search_eV[1]))
     i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
     i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
     if i1 >= i0:
         p = _peak_in(xp, block, i0, i1)
-        cen = _plausible(xp, block, energy_eV, _centre_at(xp, block, energy_eV, p, i1 - i0 + 1))
+        cen = _plausible(xp, block, e, _centre_at(xp, block, e_first, d, p, i1 - i0 + 1))
     else:  # the search range is outside the window: nothing found there
         cen = None
+    bound = i1  # the highest channel a ZLP's peak can sit in (host: no sync to know it)
+    # (one host decision, a sync on a device: the whole-window search is a second centre of the
+    # block that most blocks, on a calibrated or shifted axis, do not need)
     if search_eV is None and (cen is None or not bool(xp.all(cen["valid"]))):
         # the pixels without a ZLP near 0 eV: the whole window's first dominant peak
         p2 = _first_dominant_peak(xp, block)
         span = min(n_e, max(64, round(10.0 / d)))
-        far = _plausible(
-            xp, block, energy_eV, _centre_at(xp, block, energy_eV, p2, span), off_axis=True
-        )
+        far = _plausible(xp, block, e, _centre_at(xp, block, e_first, d, p2, span), off_axis=True)
+        bound = n_e - 1
         if cen is None:
             cen = far
         else:  # the pixels with a ZLP near 0 eV keep it
@@ -368,6 +429,8 @@ def centre_kernel(
             "half_left": zi - 1,
             "half_right": zi + n_e,
             "noise": (xp.zeros((n,), dtype=dt), xp.ones((n,), dtype=dt)),
+            "peak_bound": n_e - 1,
+            "axis_eV": (e_first, d),
         }
     valid = cen["valid"]
     nan = xp.full((n,), math.nan, dtype=dt)
@@ -382,6 +445,8 @@ def centre_kernel(
         "half_left": cen["half_left"],
         "half_right": cen["half_right"],
         "noise": cen["noise"],
+        "peak_bound": bound,
+        "axis_eV": (e_first, d),
     }
 
 
@@ -439,7 +504,7 @@ def shift_kernel(
     )
     s = xp.broadcast_to(xp.reshape(s, (-1,)), (n,)) / dispersion_eV  # in channels
     s_finite = xp.isfinite(s)
-    s = xp.where(s_finite, s, xp.zeros_like(s))
+    s = xp.where(s_finite, s, 0.0)
     idx = xp.astype(xp.arange(n_e), dt)
     if method == "linear":
         src = idx[None, :] + s[:, None]  # source position of each output channel
@@ -482,17 +547,17 @@ def shift_kernel(
     lo_src = -s - 1e-3  # output channel i is inside when lo_src <= i <= hi_src (1e-3: rounding)
     hi_src = (n_e - 1) + 1e-3 - s
     if not bool(xp.all(s_finite)):
-        out = xp.where(s_finite[:, None], out, xp.full_like(out, fill_value))
+        out = xp.where(s_finite[:, None], out, fill_value)
     h = int(math.ceil(float(xp.max(xp.abs(s))))) + 2 if n else 0
     if h == 0:
         return out
     if 2 * h >= n_e:  # shifts of half the window or more: the whole row
         ok = (idx[None, :] >= lo_src[:, None]) & (idx[None, :] <= hi_src[:, None])
-        return xp.where(ok, out, xp.full_like(out, fill_value))
+        return xp.where(ok, out, fill_value)
     head = out[:, :h]
-    head = xp.where(idx[None, :h] >= lo_src[:, None], head, xp.full_like(head, fill_value))
+    head = xp.where(idx[None, :h] >= lo_src[:, None], head, fill_value)
     tail = out[:, n_e - h :]
-    tail = xp.where(idx[None, n_e - h :] <= hi_src[:, None], tail, xp.full_like(tail, fill_value))
+    tail = xp.where(idx[None, n_e - h :] <= hi_src[:, None], tail, fill_value)
     return xp.concat([head, out[:, h : n_e - h], tail], axis=-1)
 
 
@@ -514,50 +579,68 @@ def _cdf_at(xp, y, cs, q):
         + 0.25 * (ap - am) * (x * x - 0.25)
         + 0.5 * (ap - 2.0 * a0 + am) * ((x * x * x + 0.125) / 3.0 - (x + 0.5) / 12.0)
     )
-    return xp.where(q <= 0.0, xp.zeros_like(part), xp.take_along_axis(cs, ji, axis=-1) + part)
+    return xp.where(q <= 0.0, 0.0, xp.take_along_axis(cs, ji, axis=-1) + part)
 
 
-def _mirror(xp, y, e, c, d, w):
+def _mirror(xp, y, e, c, d, w, q_extra=None):
     """Gain side as measured, loss side = the gain side mirrored about the centre.
 
     A mirrored channel holds the counts of its mirror image interval on the gain side, from the
     cumulative counts with a parabolic density inside a channel; the model's sum is then exact
     for a symmetric peak whatever the sub-channel centre (the pieces telescope). Only the first
     ``w`` channels (beyond the highest possible centre) can be mirrored, so the work is done on
-    them and on a slab of ``w`` channels above the peak, not on the whole spectrum."""
+    them and on a slab of ``w`` channels above the peak, not on the whole spectrum.
+
+    Returns the model (n, n_E) and the cumulative counts at the positions ``q_extra`` (n, m)
+    (in channels; None: not asked for), looked up with the mirror's own."""
     n, n_e = y.shape
     w = min(w, n_e)
     head = y[:, :w]
-    cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
+    cs = xp.cumulative_sum(head, axis=-1, include_initial=True)
     a = 2.0 * (c - e[0]) / d  # the mirror of channel i starts at edge a - i
     k = xp.astype(xp.floor((c - e[0]) / d + 0.5), xp.int64)  # channel holding the centre
     t = xp.arange(-1, w)
     i = k[:, None] + t[None, :]  # slab: channels from the centre's up (and the one below)
     q = a[:, None] - xp.astype(i, y.dtype)
+    if q_extra is not None:
+        q = xp.concat([q, q_extra], axis=-1)
     # channel i's mirror interval is [q_i, q_i + 1] = [q_i, q_(i-1)]: one look-up per edge
     cdf = _cdf_at(xp, head, cs, q)
+    extra = None
+    if q_extra is not None:
+        extra = cdf[:, w + 1 :]
+        cdf = cdf[:, : w + 1]
     slab = cdf[:, :-1] - cdf[:, 1:]
     # the model is zero above channel k + w < 2 w: build it on the first 2 w channels only
     w2 = min(n_e, 2 * w)
     off = xp.arange(w2)[None, :] - k[:, None]
     loss = xp.take_along_axis(slab, xp.minimum(xp.maximum(off, 0), w - 1), axis=-1)
-    loss = xp.where(off < w, loss, xp.zeros_like(loss))
+    loss = xp.where(off < w, loss, 0.0)
     model = xp.where(e[None, :w2] <= c[:, None], y[:, :w2], loss)
-    if w2 == n_e:
-        return model
-    return xp.concat([model, xp.zeros((n, n_e - w2), dtype=model.dtype)], axis=-1)
+    if w2 < n_e:
+        model = xp.concat([model, xp.zeros((n, n_e - w2), dtype=model.dtype)], axis=-1)
+    return model, extra
+
+
+#: The smoothing half-widths (channels) :func:`_first_minimum` sums exactly on a device (wider
+#: ones by differences of cumulative sums, as on NumPy).
+_EXACT_SMOOTHING = 8
 
 
 def _first_minimum(xp, y, p, fwhm_ch, d, active=None):
     """Index of the first minimum after the peak of the spectrum smoothed over ~FWHM/2 channels,
     looked for within 25 eV of the peak; ``n_E`` where the spectrum only falls (vacuum).
 
-    The smoothed spectrum is built on fixed slices of channels shared by the whole block (the
-    peaks differ by a few channels), a chunk at a time from the peaks up: the first minimum of a
-    real spectrum lies a few eV above the ZLP, so the 25 eV range is rarely read to its end.
-    Pixels not ``active`` (no usable ZLP) are not searched (their result is ``n_E``)."""
+    On NumPy the smoothed spectrum is built on fixed slices of channels shared by the whole
+    block (the peaks differ by a few channels), a chunk at a time from the peaks up: the first
+    minimum of a real spectrum lies a few eV above the ZLP, so the 25 eV range is rarely read to
+    its end (the chunks, the smoothing widths in use and when to stop are host decisions). On a
+    device (:func:`_first_minimum_rows`) the whole 25 eV range of every pixel at once, with no
+    sync. Pixels not ``active`` (no usable ZLP) are not searched (their result is ``n_E``)."""
+    if not host_decides(xp):
+        return _first_minimum_rows(xp, y, p, fwhm_ch, d, active)
     n, n_e = y.shape
-    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, xp.full_like(fwhm_ch, 2.0))
+    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, 2.0)
     k = xp.astype(xp.clip(xp.round(fw / 4.0), 1.0, 64.0), xp.int64)
     width = min(n_e, max(64, int(round(25.0 / d))))
     start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
@@ -613,6 +696,52 @@ def _first_minimum(xp, y, p, fwhm_ch, d, active=None):
     return result
 
 
+def _first_minimum_rows(xp, y, p, fwhm_ch, d, active=None):
+    """:func:`_first_minimum` as fixed-shape vector operations (a device: no host decision).
+
+    The channels from 64 below each pixel's peak to 64 beyond its 25 eV range are gathered (a
+    window that moves with the peak; zero outside the spectrum, as the host path counts them);
+    the smoothing over 2k + 1 channels is the exact sum for every k up to
+    :data:`_EXACT_SMOOTHING` (accumulated pair by pair, then each pixel's own k taken; exact
+    sums, not differences of a cumulative sum through the ZLP, which float32 rounds), and a
+    difference of cumulative sums for the rare wider k (as on NumPy)."""
+    n, n_e = y.shape
+    dt = y.dtype
+    fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, 2.0)
+    k = xp.astype(xp.minimum(xp.maximum(xp.round(fw / 4.0), 1.0), 64.0), xp.int64)
+    width = min(n_e, max(64, int(round(25.0 / d))))
+    start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
+    pad = 64
+    m = width + 1  # smoothed values at p + r, r = 0..width (candidates r < width, and r + 1)
+    offs = xp.arange(-pad, m + pad)
+    pos = p[:, None] + offs[None, :]
+    win = xp.take_along_axis(y, xp.minimum(xp.maximum(pos, 0), n_e - 1), axis=-1)
+    win = xp.where((pos >= 0) & (pos < n_e), win, 0.0)
+    acc = win[:, pad : pad + m]
+    sums = []
+    for kv in range(1, _EXACT_SMOOTHING + 1):
+        acc = acc + (win[:, pad - kv : pad - kv + m] + win[:, pad + kv : pad + kv + m])
+        sums.append(acc)
+    exact = xp.take_along_axis(
+        xp.stack(sums, axis=1),
+        xp.reshape(xp.minimum(k, _EXACT_SMOOTHING) - 1, (n, 1, 1)),
+        axis=1,
+    )[:, 0, :]
+    cs = xp.cumulative_sum(win, axis=-1, include_initial=True)
+    r = xp.arange(m)[None, :]
+    wide = xp.take_along_axis(cs, r + (pad + 1) + k[:, None], axis=-1) - xp.take_along_axis(
+        cs, xp.maximum(r + pad - k[:, None], 0), axis=-1
+    )
+    sm = xp.where((k <= _EXACT_SMOOTHING)[:, None], exact, wide) / xp.astype(2 * k + 1, dt)[:, None]
+    i = p[:, None] + r[:, :-1]
+    ok = (sm[:, :-1] <= sm[:, 1:]) & (r[:, :-1] >= start[:, None]) & (i < n_e - 1)
+    if active is not None:
+        ok = ok & active[:, None]
+    big = 2 * n_e + 1
+    j = xp.min(xp.where(ok, i, big), axis=-1)
+    return xp.where(j < big, j, n_e)
+
+
 def _pseudo_voigt_basis(xp, e, c, w, d):
     """Channel integrals of a unit Gaussian and a unit Lorentzian of FWHM ``w`` centred at ``c``."""
     # ``e`` holds consecutive channels: each function is evaluated once per channel edge
@@ -632,18 +761,19 @@ def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
     the top; w by a two-stage grid search with a parabolic refinement, a and b in closed form.
     The fit runs on a slab of channels from at most 256 below the peak to 32 above it."""
     n, n_e = y.shape
-    w0 = xp.where(xp.isfinite(fwhm) & (fwhm > 0), fwhm, xp.full_like(fwhm, 4.0 * d))
+    w0 = xp.where(xp.isfinite(fwhm) & (fwhm > 0), fwhm, 4.0 * d)
     w0 = xp.maximum(w0, 1.5 * d)
     # the slab: only the channels the mask below can hold (the centre is within a channel of
-    # the peak), at most 256 below the peak and 32 above it
-    w_max = float(xp.max(w0)) if n else d
+    # the peak), at most 256 below the peak and 32 above it (on a device always that widest
+    # slab: the mask gives the same fit, with no sync)
+    w_max = (float(xp.max(w0)) if n else d) if host_decides(xp) else 1e3 * n_e * d
     lo = max(-256, -math.ceil(12.0 * w_max / d) - 2)
     hi = min(32, math.ceil(0.25 * w_max / d) + 2)
     offs = xp.arange(lo, hi + 1)
     pos = p[:, None] + offs[None, :]
     inside = (pos >= 0) & (pos < n_e)
     ys = xp.take_along_axis(y, xp.clip(pos, 0, n_e - 1), axis=-1)
-    ys = xp.where(inside & xp.isfinite(ys), ys, xp.zeros_like(ys))
+    ys = xp.where(inside & xp.isfinite(ys), ys, 0.0)
     es = e[0] + xp.astype(pos, y.dtype) * d
     mask = (
         inside & (es <= c[:, None] + 0.25 * w0[:, None]) & (es >= c[:, None] - 12.0 * w0[:, None])
@@ -661,7 +791,7 @@ def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
         ly = xp.sum(mf * lor * y, axis=-1)
         yy = xp.sum(mf * y * y, axis=-1)
         det = gg * ll - gl * gl
-        safe = xp.where(det > 0, det, xp.ones_like(det))
+        safe = xp.where(det > 0, det, 1.0)
         a = (ll * gy - gl * ly) / safe
         b = (gg * ly - gl * gy) / safe
         # a or b negative: the better of the pure Gaussian and the pure Lorentzian
@@ -713,7 +843,8 @@ class ZlpInput:
     ``energy_eV`` the axis as given (float64 on the device); ``d`` the dispersion (eV); ``c`` (n,)
     the centres (eV) with 0 standing in for invalid pixels; ``valid``, ``fwhm_eV`` and
     ``peak_index`` (n,) from the centre; ``search_eV`` where the ZLP maximum may be (eV; None:
-    anywhere, see :func:`centre_kernel`).
+    anywhere, see :func:`centre_kernel`); host numbers: ``e0`` the axis' first energy (eV) and
+    ``peak_bound`` the highest channel a valid peak can sit in (the centre's ``peak_bound``).
     """
 
     xp: Any
@@ -726,6 +857,8 @@ class ZlpInput:
     fwhm_eV: Any
     peak_index: Any
     search_eV: tuple[float, float] | None
+    e0: float = 0.0
+    peak_bound: int | None = None
 
 
 class ZlpModel(NamedTuple):
@@ -749,19 +882,29 @@ def mirror_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpMode
     """
     xp, y, e, c, d = z.xp, z.y, z.e, z.c, z.d
     n, n_e = y.shape
-    # channels up to the highest centre of the block (+ margin) hold every gain side
-    c_max = float(xp.max(xp.where(z.valid, c, xp.full_like(c, -math.inf)))) if n else 0.0
-    c_max = c_max if math.isfinite(c_max) else float(z.energy_eV[0])
-    w_head = min(n_e, max(math.floor((c_max - float(z.energy_eV[0])) / d) + 4, 4))
-    # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups
-    head = y[:, :w_head]
-    cs = xp.concat([xp.zeros((n, 1), dtype=y.dtype), xp.cumulative_sum(head, axis=-1)], axis=-1)
+    # channels up to the highest centre of the block (+ margin) hold every gain side (any wider
+    # head gives the same model): on NumPy the block's highest centre, on a device the highest
+    # the centre search allows (a host number: no sync)
+    if host_decides(xp) or z.peak_bound is None:
+        c_max = float(xp.max(xp.where(z.valid, c, -math.inf))) if n else 0.0
+        c_max = c_max if math.isfinite(c_max) else z.e0
+        w_head = min(n_e, max(math.floor((c_max - z.e0) / d) + 4, 4))
+    else:
+        w_head = min(n_e, max(z.peak_bound + 5, 4))
+    # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups (made
+    # with the model's own when it is built)
     k = xp.floor((c - e[0]) / d + 0.5)  # channel holding c (its upper edge is k + 1)
     q_hi = k + 1.0
-    q_lo = 2.0 * (c - e[0]) / d + 1.0 - q_hi
-    n0 = _cdf_at(xp, head, cs, q_hi[:, None])[:, 0] + _cdf_at(xp, head, cs, q_lo[:, None])[:, 0]
-    model = _mirror(xp, y, e, c, d, w_head) if return_model else None
-    return ZlpModel(model, n0)
+    q = xp.stack([q_hi, 2.0 * (c - e[0]) / d + 1.0 - q_hi], axis=-1)
+    if return_model:
+        model, at = _mirror(xp, y, e, c, d, w_head, q_extra=q)
+    else:
+        head = y[:, :w_head]
+        model, at = (
+            None,
+            _cdf_at(xp, head, xp.cumulative_sum(head, axis=-1, include_initial=True), q),
+        )
+    return ZlpModel(model, xp.sum(at, axis=-1))
 
 
 def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpModel:
@@ -773,16 +916,20 @@ def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpM
     xp, y, d, valid = z.xp, z.y, z.d, z.valid
     n, n_e = y.shape
     t = _first_minimum(xp, y, z.peak_index, z.fwhm_eV / d, d, valid)
-    # N0 = the counts below t: a sum over the channels up to the largest t, not a cumulative
-    # sum of the whole spectrum (t = n_E, no minimum: all of it)
-    t_max = int(xp.max(xp.where(t < n_e, t, xp.zeros_like(t)))) if n else 0
+    # N0 = the counts below t: a sum over the channels up to the largest t (NumPy), not a
+    # cumulative sum of the whole spectrum (t = n_E, no minimum: all of it); on a device over
+    # the whole row (no sync)
+    if host_decides(xp):
+        t_max = int(xp.max(xp.where(t < n_e, t, xp.zeros_like(t)))) if n else 0
+    else:
+        t_max = n_e
     below = xp.arange(t_max)[None, :] < t[:, None]
     head = y[:, :t_max]
-    n0 = xp.sum(xp.where(below, head, xp.zeros_like(head)), axis=-1)
+    n0 = xp.sum(xp.where(below, head, 0.0), axis=-1)
     n0 = xp.where(t < n_e, n0, xp.sum(y, axis=-1))
     model = None
     if return_model:
-        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, xp.zeros_like(y))
+        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, 0.0)
     return ZlpModel(model, n0, None, t)
 
 
@@ -814,12 +961,12 @@ def reference_model(z: ZlpInput, *, reference: Any = None, **_: Any) -> ZlpModel
             f"the reference ZLP has {ref.shape[-1]} channels, the data {n_e}: resample it "
             "onto the data's energy axis first"
         )
-    rc = centre_kernel(ref, z.energy_eV, search_eV=z.search_eV)
+    rc = centre_kernel(ref, z.energy_eV, search_eV=z.search_eV, axis_eV=(z.e0, z.d))
     if not bool(rc["valid"][0]):
         raise NoZeroLossPeakError(
             f"the reference spectrum has no usable zero-loss peak in {tuple(z.search_eV)} eV"
         )
-    ref_clean = xp.where(xp.isfinite(ref), ref, xp.zeros_like(ref))
+    ref_clean = xp.where(xp.isfinite(ref), ref, 0.0)
     shifted = shift_kernel(
         xp.broadcast_to(ref_clean, (n, n_e)),
         rc["zlp_centre_eV"][0] - c,
@@ -828,7 +975,7 @@ def reference_model(z: ZlpInput, *, reference: Any = None, **_: Any) -> ZlpModel
         fill_value=0.0,
     )
     w = z.fwhm_eV
-    w = xp.where(xp.isfinite(w), w, xp.full_like(w, 4.0 * d))
+    w = xp.where(xp.isfinite(w), w, 4.0 * d)
     mask = xp.astype(e[None, :] <= c[:, None] + 0.25 * w[:, None], y.dtype)
     num = xp.sum(mask * y * shifted, axis=-1)
     den = xp.sum(mask * shifted * shifted, axis=-1)
@@ -855,7 +1002,7 @@ def cube_model(z: ZlpInput, *, zlp_cube: Any = None, **_: Any) -> ZlpModel:
     if tuple(zc.shape) != (n, n_e):
         raise InputError(f"the ZLP cube block has shape {tuple(zc.shape)}, the data {(n, n_e)}")
     ok = xp.all(xp.isfinite(zc), axis=-1)
-    model = xp.where(ok[:, None], zc, xp.zeros_like(zc))
+    model = xp.where(ok[:, None], zc, 0.0)
     n0 = xp.sum(model, axis=-1)
     return ZlpModel(model, n0, ok)
 
@@ -884,6 +1031,7 @@ def zlp_kernel(
     search_eV: tuple[float, float] | None = None,
     return_model: bool = True,
     centre: dict[str, Any] | None = None,
+    axis_eV: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The zero-loss peak of each spectrum: centre, intensity N0 and shape ``N0 R(E)``.
 
@@ -957,6 +1105,8 @@ def zlp_kernel(
     centre : dict, optional
         What :func:`centre_kernel` returned for this block with this ``search_eV`` (to model
         the ZLP twice without finding its centre twice).
+    axis_eV : (float, float), optional
+        The axis' first energy and channel width (eV) as host floats (:func:`centre_kernel`).
 
     Returns
     -------
@@ -979,15 +1129,30 @@ def zlp_kernel(
     if method not in METHODS:
         raise ValueError(f"zlp method must be one of {METHODS}, not {method!r}")
     xp = array_namespace(block)
-    d = axis_step(energy_eV)[1]
+    if centre is None:
+        centre = centre_kernel(block, energy_eV, search_eV=search_eV, axis_eV=axis_eV)
+    cen = centre
+    e0, d = cen.get("axis_eV") or host_axis(energy_eV, axis_eV)
     y = block  # a pixel with NaN is invalid (flagged by the centre); its NaN stays in its row
     e = xp.astype(energy_eV, y.dtype)
-    cen = centre_kernel(block, energy_eV, search_eV=search_eV) if centre is None else centre
     valid = cen["valid"]
     c0 = cen["zlp_centre_eV"]
-    c = xp.where(valid, c0, xp.zeros_like(c0))  # finite stand-in for the invalid pixels
+    c = xp.where(valid, c0, 0.0)  # finite stand-in for the invalid pixels
     fwhm = cen["fwhm_eV"]
-    z = ZlpInput(xp, y, e, energy_eV, d, c, valid, fwhm, cen["peak_index"], search_eV)
+    z = ZlpInput(
+        xp,
+        y,
+        e,
+        energy_eV,
+        d,
+        c,
+        valid,
+        fwhm,
+        cen["peak_index"],
+        search_eV,
+        e0=e0,
+        peak_bound=cen.get("peak_bound"),
+    )
     model, n0, usable, cut = MODELS[method](
         z, return_model=return_model, reference=reference, zlp_cube=zlp_cube
     )
@@ -996,8 +1161,8 @@ def zlp_kernel(
 
     valid = valid & xp.isfinite(n0) & (n0 > 0)
     nan = xp.full_like(n0, math.nan)
-    if model is not None and not bool(xp.all(valid)):  # (a full pass: only when needed)
-        model = xp.where(valid[:, None], model, xp.full_like(model, math.nan))
+    if model is not None and not all_rows(xp, valid):  # (a full pass: only when needed)
+        model = xp.where(valid[:, None], model, math.nan)
     return {
         "zlp_centre_eV": xp.where(valid, c0, nan),
         "zlp_intensity": xp.where(valid, n0, nan),
@@ -1009,6 +1174,7 @@ def zlp_kernel(
         "cut_index": cut,
         "method": method,
         "noise": cen.get("noise"),
+        "axis_eV": (e0, d),
     }
 
 
@@ -1029,45 +1195,13 @@ def channel_noise(xp: Any, y: Any, e: Any, c: Any, w: Any) -> tuple[Any, Any]:
     """Per row, ``(v_out, y_out)``: the white-noise variance of one channel of the spectra ``y``
     (n, n_E) more than 3 FWHM ``w`` from the ZLP centre ``c`` (fourth differences, each clipped
     at 25 times their median against edges and spikes), and the mean positive count there. In
-    the data's own units, whatever their gain.
+    the data's own units, whatever their gain; ``e`` (n_E,) the axis (eV).
 
-    Written for speed (it runs on every block several times): the sums over the channels away
-    from the ZLP are the whole row's minus a slab of channels around the centres (two host
-    numbers per block); the median is taken on every 4th channel of the whole row (the ZLP's
-    few channels do not move a median)."""
-    dt = y.dtype
-    n, n_e = y.shape
+    A block's kernels measure it once (:func:`centre_kernel` returns it as ``noise``, which the
+    model checks, the background test, the Fourier-log's error and the log-ratio's noise reuse);
+    how it is computed: :func:`_away_stats`."""
     y = xp.where(xp.isfinite(y), y, 0.0)
-    d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
-    v = d4 * d4
-    srt = xp.sort(v[:, ::4], axis=-1)
-    m4 = srt.shape[-1]
-    med = 0.5 * (srt[:, (m4 - 1) // 2] + srt[:, m4 // 2]) / 0.4549  # chi2(1): median -> mean
-    v = xp.minimum(v, 25.0 * med[:, None])
-    yp = xp.maximum(y, 0.0)
-    v_sum, y_sum = xp.sum(v, axis=-1), xp.sum(yp, axis=-1)
-    n_v, n_y = float(n_e - 4), float(n_e)
-    # the slab holding every row's core (|E - c| <= 3 W), taken off the sums
-    d = float(e[1] - e[0]) if n_e > 1 else 1.0
-    e0 = float(e[0])
-    lo = float(xp.min(c - 3.0 * w)) if n else 0.0
-    hi = float(xp.max(c + 3.0 * w)) if n else 0.0
-    a = min(n_e, max(0, math.floor((lo - e0) / d)))
-    b = min(n_e, max(a, math.ceil((hi - e0) / d) + 1))
-    core = xp.abs(e[None, a:b] - c[:, None]) <= 3.0 * w[:, None]
-    y_core = xp.sum(xp.where(core, yp[:, a:b], 0.0), axis=-1)
-    n_ycore = xp.sum(xp.astype(core, dt), axis=-1)
-    # fourth difference j covers channels j..j+4, centred on j + 2
-    av, bv = max(0, a - 2), max(0, min(n_e - 4, b - 2))
-    if bv > av:
-        core_v = xp.abs(e[None, av + 2 : bv + 2] - c[:, None]) <= 3.0 * w[:, None]
-        v_core = xp.sum(xp.where(core_v, v[:, av:bv], 0.0), axis=-1)
-        n_vcore = xp.sum(xp.astype(core_v, dt), axis=-1)
-    else:
-        v_core = n_vcore = xp.zeros((n,), dtype=dt)
-    v_out = (v_sum - v_core) / 70.0 / xp.maximum(n_v - n_vcore, 1.0)
-    y_out = (y_sum - y_core) / xp.maximum(n_y - n_ycore, 1.0)
-    return xp.maximum(v_out, 0.0), xp.maximum(y_out, tiny(str(dt)))
+    return _away_stats(xp, y, None, xp.astype(e, y.dtype), c, w)["noise"]
 
 
 def channel_variance(
@@ -1136,56 +1270,58 @@ def zlp_model_checks(
     xp = array_namespace(block)
     dt = block.dtype
     n, n_e = block.shape
-    d = axis_step(energy_eV)[1]
+    e0, d = z.get("axis_eV") or host_axis(energy_eV)
     e = xp.astype(energy_eV, dt)
     ok = z["valid"] & thr["valid"]
-    y = xp.where(ok[:, None] & xp.isfinite(block), block, xp.zeros_like(block))
-    one = xp.ones((n,), dtype=dt)
-    c = xp.where(ok, z["zlp_centre_eV"], 0.0 * one)
-    w = xp.where(ok, z["fwhm_eV"], one)
-    w = xp.where(w > 0, w, one)
-    n0 = xp.where(ok, z["zlp_intensity"], one)
-    n0_thr = xp.where(ok, thr["zlp_intensity"], one)
+    y = xp.where(ok[:, None] & xp.isfinite(block), block, 0.0)
+    c = xp.where(ok, z["zlp_centre_eV"], 0.0)
+    w = xp.where(ok, z["fwhm_eV"], 1.0)
+    w = xp.where(w > 0, w, 1.0)
+    n0 = xp.where(ok, z["zlp_intensity"], 1.0)
+    n0_thr = xp.where(ok, thr["zlp_intensity"], 1.0)
     window = xp.sum(y, axis=-1)
-    tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, one))
+    tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, 1.0))
     scale = xp.maximum(tl_thr, 0.01)
     noise = z.get("noise") or channel_noise(xp, y, e, c, w)
-    # everything below lies within 4 FWHM of a centre: a slab of channels shared by the block
-    # (its bounds are two host numbers), not the whole window
-    lo_e = float(xp.min(xp.where(ok, c - 4.5 * w, xp.full_like(c, math.inf)))) if n else 0.0
-    hi_e = float(xp.max(xp.where(ok, c + 4.5 * w, xp.full_like(c, -math.inf)))) if n else 0.0
-    e0 = float(energy_eV[0])
-    a = max(0, math.floor((lo_e - e0) / d) - 1) if math.isfinite(lo_e) else 0
-    b = min(n_e, math.ceil((hi_e - e0) / d) + 2) if math.isfinite(hi_e) else 1
-    b = max(b, a + 1)
+    # everything below lies within 4 FWHM of a centre: on NumPy a slab of channels shared by the
+    # block (its bounds are two host numbers), on a device the whole row (no sync)
+    a, b = 0, n_e
+    if host_decides(xp) and n:
+        lo_e = float(xp.min(xp.where(ok, c - 4.5 * w, math.inf)))
+        hi_e = float(xp.max(xp.where(ok, c + 4.5 * w, -math.inf)))
+        a = max(0, math.floor((lo_e - e0) / d) - 1) if math.isfinite(lo_e) else 0
+        b = min(n_e, math.ceil((hi_e - e0) / d) + 2) if math.isfinite(hi_e) else 1
+        b = max(b, a + 1)
     ys = y[:, a:b]
     var = channel_variance(xp, ys, e[a:b], c, w, noise)
     if method == "mirror":
         var = 2.0 * var
     model = z["zlp"][:, a:b]
-    model = xp.where(ok[:, None] & xp.isfinite(model), model, xp.zeros_like(ys))
+    model = xp.where(ok[:, None] & xp.isfinite(model), model, 0.0)
     x = (e[None, a:b] - c[:, None]) / w[:, None]  # energy from the centre in FWHM
     # t/lambda of the model against the truncation's; its noise: the ZLP's channels' variance
     rel_dtl = xp.log(n0_thr / n0) / scale
-    core = xp.astype((x >= -2.0) & (x <= 2.0), dt)
-    sd_dtl = xp.sqrt(2.0 * xp.sum(var * core, axis=-1)) / n0 / scale
-    # over-subtraction on the loss side, in bins of half a FWHM from the centre up
+    # every sum below runs over a range of x (which rises along the row): differences of the
+    # cumulative sums at the range's ends, found for all ranges at once (_x_counts)
     diff = model - ys
-    excess = xp.zeros((n,), dtype=dt)
-    for k in range(_EXCESS_BINS):
-        bk = xp.astype((x > 0.5 * k) & (x <= 0.5 * (k + 1)), dt)
-        dk = xp.sum(diff * bk, axis=-1)
-        sk = xp.sqrt(xp.sum(var * bk, axis=-1))
-        excess = excess + xp.maximum(dk - 3.0 * sk, 0.0)
+    cum = xp.cumulative_sum(xp.stack([diff, var], axis=1), axis=-1, include_initial=True)
+    ends = _x_counts(xp, x, e0 + a * d, d, c, w)
+    at = xp.take_along_axis(cum, xp.broadcast_to(ends[:, None, :], (n, 2, ends.shape[-1])), axis=-1)
+    sums = at[:, :, 1:] - at[:, :, :-1]  # (n, 2, ranges): diff and var over each range
+    sum_d, sum_v = sums[:, 0, :], xp.maximum(sums[:, 1, :], 0.0)
+    # core -2 <= x <= 2: range 0 (x < -2 to x <= 0) + range 1 (0 < x <= 2)
+    sd_dtl = xp.sqrt(2.0 * (sum_v[:, 0] + sum_v[:, 1])) / n0 / scale
+    # over-subtraction on the loss side, in bins of half a FWHM from the centre up
+    dk, vk = sum_d[:, 3:], sum_v[:, 3:]
+    excess = xp.sum(xp.maximum(dk - 3.0 * xp.sqrt(vk), 0.0), axis=-1)
     rel_excess = excess / (n0 * scale)
-    near = xp.astype((x > 0.0) & (x <= 2.0), dt)
-    residue = -xp.sum(diff * near, axis=-1) / (n0 * scale)
-    sd_res = xp.sqrt(xp.sum(var * near, axis=-1)) / (n0 * scale)
+    residue = -sum_d[:, 1] / (n0 * scale)  # 0 < x <= 2
+    sd_res = xp.sqrt(sum_v[:, 1]) / (n0 * scale)
     nan = xp.full((n,), math.nan, dtype=dt)
     if method == "threshold":
         cut = z["cut_index"] if z.get("cut_index") is not None else thr["cut_index"]
         at_cut = take_rows(xp, y, cut)
-        trunc = xp.where(cut < n_e, at_cut * (2.0 * w / d) / (n0_thr * scale), 0.0 * one)
+        trunc = xp.where(cut < n_e, at_cut * (2.0 * w / d) / (n0_thr * scale), 0.0)
         mismatch = trunc > CHECK_LIMITS["trunc"]
     else:
         trunc = nan
@@ -1202,6 +1338,34 @@ def zlp_model_checks(
         "mismatch": ok & mismatch,
         "noise": noise,
     }
+
+
+def _x_counts(xp: Any, x: Any, e_first: float, d: float, c: Any, w: Any) -> Any:
+    """For each row of ``x`` (n, m) = (e - c) / w (rising along the row), the number of channels
+    with x < -2, then with x <= t for t = 0, 2, 0, 0.5, 1, ..., 4 (n, 12): the differences of
+    neighbours are the counts of the ranges :func:`zlp_model_checks` sums over, -2 <= x <= 0,
+    0 < x <= 2, (one unused), and the bins (0.5 k, 0.5 (k + 1)] for k = 0..7.
+
+    Each count is first estimated from the channel width (the axis is uniform) and then made
+    exact against ``x`` itself at the two channels about the estimate (an axis rounded in a text
+    file is uniform to 1 % of a channel: the estimate is off by at most one), so the ranges are
+    exactly those of the masks ``x <= t`` on the row."""
+    n, m = x.shape
+    dt = x.dtype
+    ts = [-2.0, 0.0, 2.0] + [0.5 * k for k in range(_EXCESS_BINS + 1)]
+    # (x of the slab's channel j is (e_first + j d - c) / w: e_first is the slab's first energy)
+    t = xp.asarray(ts, dtype=dt)
+    # x <= t  <=>  e <= c + t w: the channel's index from the axis' first energy and width
+    pos = (c[:, None] + t[None, :] * w[:, None] - e_first) / d
+    est = xp.astype(xp.minimum(xp.maximum(xp.floor(pos) + 1.0, 0.0), float(m)), xp.int64)
+    # exact: one fewer where the last channel counted has x > t, one more where the next has
+    # x <= t (the first end counts x < -2, strictly)
+    below = xp.take_along_axis(x, xp.maximum(est - 1, 0), axis=-1)
+    above = xp.take_along_axis(x, xp.minimum(est, m - 1), axis=-1)
+    strict = xp.asarray([True] + [False] * (len(ts) - 1))
+    over_b = xp.where(strict, below >= t, below > t) & (est > 0)
+    under_a = xp.where(strict, above < t, above <= t) & (est < m)
+    return est - xp.astype(over_b, xp.int64) + xp.astype(under_a, xp.int64)
 
 
 #: Limits of :func:`background_check`: an offset on the gain side far below the ZLP counts when
@@ -1247,7 +1411,7 @@ def background_check(
     ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
     c = xp.where(ok, xp.astype(centre_eV, dt), xp.zeros((n,), dtype=dt))
     w = xp.where(ok, xp.astype(fwhm_eV, dt), xp.ones((n,), dtype=dt))
-    y = xp.where(xp.isfinite(block), block, xp.zeros_like(block))
+    y = xp.where(xp.isfinite(block), block, 0.0)
     rel = e[None, :] - c[:, None]
     far = rel < -xp.maximum(10.0 * w, 3.0)[:, None]
     ff = xp.astype(far, dt)
@@ -1260,7 +1424,7 @@ def background_check(
     loss_channels = xp.sum(1.0 - gain, axis=-1)
     window = xp.sum(y, axis=-1)
     above = window - 2.0 * xp.sum(y * gain, axis=-1)  # the window minus the ZLP (mirror) ...
-    share = b * loss_channels / xp.where(above > 0, above, xp.ones_like(above))
+    share = b * loss_channels / xp.where(above > 0, above, 1.0)
     told = ok & (n_far >= 8.0)
     unphysical = (
         told

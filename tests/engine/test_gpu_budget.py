@@ -107,27 +107,27 @@ BUDGETS = [
         1000,
         8,
         marks=_xfail(
-            "11,076 ops and 238 syncs per 1024-spectrum block [4096: ~32,000 and ~720]: "
-            "row tiling, per-pass syncs, power-law tail loop (kernel phase)"
+            "1,240 ops and 3 syncs per 1024-spectrum block (before issue 13's kernel phase "
+            "11,076 and 238): the ZLP model's checks and the tails' fits, ~20 small sites"
         ),
     ),
     pytest.param(
         "deconvolve-band-limited",
         1000,
         8,
-        marks=_xfail("11,235 ops and 238 syncs per 1024-spectrum block (kernel phase)"),
+        marks=_xfail("1,251 ops and 3 syncs per 1024-spectrum block (before: 11,235 and 238)"),
     ),
     pytest.param(
         "thickness-log-ratio",
         1000,
         8,
-        marks=_xfail("5,961 ops and 115 syncs per 1024-spectrum block (kernel phase)"),
+        marks=_xfail("1,136 ops and 3 syncs per 1024-spectrum block (before: 5,961 and 115)"),
     ),
     pytest.param(
         "thickness-kk",
         1000,
         8,
-        marks=_xfail("10,234 ops and 253 syncs per 1024-spectrum block (kernel phase)"),
+        marks=_xfail("1,308 ops and 6 syncs per 1024-spectrum block (before: 10,234 and 253)"),
     ),
     pytest.param(
         "kk-0",
@@ -148,19 +148,10 @@ def test_operations_and_syncs_within_budget(job, max_ops, max_syncs):
 
 
 GROWTH = [
-    pytest.param(
-        "deconvolve-mirror",
-        marks=_xfail("ops 5,915 -> 11,076, syncs 118 -> 238 from 256 to 1024 spectra"),
-    ),
-    pytest.param(
-        "thickness-log-ratio",
-        marks=_xfail("ops 4,485 -> 5,961, syncs 85 -> 115 from 256 to 1024 spectra"),
-    ),
-    pytest.param(
-        "thickness-kk",
-        marks=_xfail("ops 5,770 -> 10,234, syncs 127 -> 253 from 256 to 1024 spectra"),
-    ),
-    pytest.param("kk-0", marks=_xfail("ops 467 -> 469 from 256 to 1024 spectra")),
+    pytest.param("deconvolve-mirror"),  # (before issue 13's kernel phase: 5,915 -> 11,076)
+    pytest.param("thickness-log-ratio"),  # (4,485 -> 5,961)
+    pytest.param("thickness-kk"),  # (5,770 -> 10,234)
+    pytest.param("kk-0"),  # (467 -> 469 were its cached constants' uploads, left out now)
     pytest.param("kk-10"),
 ]
 
@@ -170,7 +161,12 @@ def test_counts_do_not_grow_with_the_pixel_count(job):
     """The same operations and syncs for a block of 256 and of 1024 spectra (so of 4096): no
     loop over rows or data-dependent iteration count on the device."""
     small, large = counts(job, SMALL), counts(job, LARGE)
-    assert (small.ops, small.syncs) == (large.ops, large.syncs)
+    # (uploads are left out: the engine keeps the constants it uploads, e.g. the energy axis, per
+    # slot, so whether a block carries that one copy depends on what ran before it)
+    assert (small.ops - small.h2d_copies, small.syncs) == (
+        large.ops - large.h2d_copies,
+        large.syncs,
+    )
 
 
 @pytest.mark.parametrize("job", list(_jobs()))
@@ -182,7 +178,10 @@ def test_no_block_sized_float64_from_float32_input(job):
     assert c.largest_promotion < LARGE, (c.promotions, c.largest_promotion)
 
 
-@_xfail("5.46 MiB read and written per spectrum at 1024 and 4096 spectra (kernel phase)")
+@_xfail(
+    "4.28 MiB read and written per spectrum at 1024 and 4096 spectra (before the kernel phase "
+    "5.46): the ZLP model's checks, the misfit's transform, the raw SSD's metrics and weights"
+)
 def test_deconvolve_memory_traffic_per_spectrum():
     """Deconvolve reads and writes at most 0.6 MiB per spectrum (operands + results of every
     operation): about 3x the 2048-channel input's FFT traffic, what a fused pass needs."""
@@ -191,16 +190,20 @@ def test_deconvolve_memory_traffic_per_spectrum():
 
 
 def test_measured_peaks_cover_the_kernels():
-    """The engine's per-kernel peak device bytes per spectrum (which size its passes and bound
-    the blocks in flight on a GPU) are at least what the kernels hold at 1024 spectra."""
-    from eelsgpu.engine.blocks import MEASURED_PEAK_BYTES
+    """The per-kernel peak device bytes per spectrum the engine sizes its passes with and bounds
+    the blocks in flight on a GPU by (the declaration's hint, else the engine's table) are at
+    least what the kernels hold at 1024 spectra, and at most twice it."""
+    from eelsgpu.engine.blocks import peak_bytes_per_spectrum
+    from eelsgpu.kernels.blocks_kk import kk_declaration
+    from eelsgpu.kernels.blocks_lowloss import DECONVOLVE, KK_THICKNESS, LOG_RATIO
 
-    for job, label in [
-        ("deconvolve-mirror", "deconvolve_block"),
-        ("thickness-log-ratio", "log_ratio_block"),
-        ("thickness-kk", "kk_thickness_kernel"),
-        ("kk-10", "kk_kernel"),
+    for job, decl in [
+        ("deconvolve-mirror", DECONVOLVE),
+        ("thickness-log-ratio", LOG_RATIO),
+        ("thickness-kk", KK_THICKNESS),
+        ("kk-10", kk_declaration(np.zeros(4))),
     ]:
         c = counts(job, LARGE)
-        assert c.peak_bytes / LARGE <= MEASURED_PEAK_BYTES[label], (job, c.peak_bytes / LARGE)
-        assert c.peak_bytes / LARGE >= 0.5 * MEASURED_PEAK_BYTES[label], job
+        engine = peak_bytes_per_spectrum(decl, N_CHANNELS)
+        assert c.peak_bytes / LARGE <= engine, (job, c.peak_bytes / LARGE)
+        assert c.peak_bytes / LARGE >= 0.5 * engine, job

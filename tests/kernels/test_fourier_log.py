@@ -410,3 +410,19 @@ def test_models_from_noise_free_data(xp):
                 tied=None if tied is None else asarray(xp, tied, bool),
             )
             assert _err(to_numpy(out["ssd"])[0], true, _inside(e)) < tol, (material, method)
+
+
+def test_numpy_moving_average_is_bitwise_the_array_api_one():
+    """The roll-off's NumPy moving average (whole windows by slices) equals
+    eelsgpu._xp.moving_average bit for bit (truth: the array-API function), on rows spanning
+    ten orders of magnitude, both precisions, windows longer than the row included."""
+    from eelsgpu._xp import moving_average
+    from eelsgpu.kernels.fourier_log import _moving_average_numpy
+
+    rng = np.random.default_rng(1)
+    for dt in (np.float32, np.float64):
+        for m, h in ((2049, 32), (1025, 16), (20, 8), (17, 8), (100, 8)):
+            y = (rng.random((16, m)) * 10.0 ** rng.uniform(-5, 5, (16, 1))).astype(dt)
+            want, got = moving_average(np, y, h), _moving_average_numpy(y, h)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
