@@ -73,5 +73,15 @@ after 34   mu(E), n(E), k(E); eps1 = 0 crossing                   :func:`.optics
                                                                   :func:`.optics.plasmon_energy_eV`
 35         I = N0 R + I_inel + I_S, solved for the bulk part      :func:`.surface.solve_surface`
 36         I_S, the surface loss of a film [4.31]                 :func:`.surface.surface_loss_per_eV`
+31 (film)  bulk, retarded, closed aperture integral (thin-film    :func:`.film.bulk_closed`
+           notes 1.2; eq. 31 without retardation)
+36 (film)  one uncoupled NR interface; two vacuum faces: eq. 36   :func:`.film.interface_closed`
+film 1.4   Ritchie's coupled non-retarded film                    :func:`.film.ritchie_surface`
+film 1.5   Kroger's retarded slab (phi_ea with eps + eps_a)       :func:`.film.kroger_surface`
+film 1.6   layered slab (oxide/metal/oxide), TM fields            :func:`.film.layered_phi`
+film 3.3   the pole-panelled angular rule; channels, resolution   :func:`.film.film_loss`,
+                                                                  :func:`.film.channel_matrix`
+film 2     Drude + Lorentz eps and d eps/d ln p                   :func:`.oscillators.eps_and_derivatives`
+film 3     Poisson-deviance Levenberg-Marquardt, covariance       :func:`.film_fit.fit_pixels`
 =========  =====================================================  ================================
 """
