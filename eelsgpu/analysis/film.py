@@ -80,6 +80,7 @@ def fit_dielectric(
     iterations: int = 20,
     jitter: float = 0.2,
     check_quadrature: bool = True,
+    kk: xr.Dataset | None = None,
     nodes_per_channel: int = 2,
     batch: int = 64,
 ) -> xr.Dataset:
@@ -124,6 +125,11 @@ def fit_dielectric(
         Levenberg-Marquardt steps per pixel, and the jittered starts' factor (section 2).
     check_quadrature : bool
         Re-evaluate each fit with the fine angular rule (``QUADRATURE`` flag).
+    kk : xarray.Dataset, optional
+        A :func:`eelsgpu.kramers_kronig` result of the same pixels: its eps1 zero crossing
+        (``plasmon_energy_eV``; Drude Ep = sqrt(E_0^2 + Gamma^2)) and ``thickness_nm`` seed Ep and
+        t where finite (section 2: "seed from the classic KK output"); default: from the SSD
+        (the loss peak, its FWHM, eq. 26 over the window).
     nodes_per_channel : int
         Gauss-Legendre nodes per fitted channel (2: 7e-5 of a 0.6 eV wide plasmon at 0.1 eV
         channels; 1, the midpoint, is twice as fast and 1e-2 off at such a peak).
@@ -272,6 +278,16 @@ def fit_dielectric(
 
     names = fm.names
     n_p = len(names)
+    kk_seed = None
+    if kk is not None:
+        kk_seed = tuple(
+            np.asarray(kk[v].values, dtype=np.float64).reshape(-1)
+            if v in kk
+            else np.full(n_pix, np.nan)
+            for v in ("plasmon_energy_eV", "thickness_nm")
+        )
+        if any(a.size != n_pix for a in kk_seed):
+            raise InputError("kk= must be the kramers_kronig result of the same pixels")
     e_out = energy[energy > 0.05]
     p_all = np.full((n_pix, n_p), np.nan)
     s_all = np.full((n_pix, n_p), np.nan)
@@ -290,6 +306,8 @@ def fit_dielectric(
         r = rows[s : s + batch]
         yb, nb = y[r], n0[r]
         seed = FF.seed_from_ssd(np, fm, yb, nb, oscillators)
+        if kk_seed is not None:
+            seed = _seed_from_kk(seed, names, kk_seed[0][r], kk_seed[1][r])
         fit = FF.fit_pixels(np, fm, yb, nb, seed, iterations=iterations, jitter=jitter, fine=fine)
         scale = np.maximum(1.0, fit.deviance / fit.dof)
         cov = fit.cov * scale[:, None, None]
@@ -376,6 +394,19 @@ def fit_dielectric(
         "references": "thin-film-theory.md sections 1-3; kk-theory.md eqs. 31, 36",
     }
     return out
+
+
+def _seed_from_kk(seed: np.ndarray, names: tuple[str, ...], e0: np.ndarray, t: np.ndarray):
+    """The SSD's seed with Ep and t from the classic KK result where it has finite values."""
+    seed = seed.copy()
+    if "plasmon_energy_eV" in names:
+        j = names.index("plasmon_energy_eV")
+        gamma = np.exp(seed[:, names.index("damping_eV")])
+        ok = np.isfinite(e0) & (e0 > 0)
+        seed[ok, j] = np.log(np.sqrt(e0[ok] ** 2 + gamma[ok] ** 2))
+    ok = np.isfinite(t) & (t > 0)
+    seed[ok, 0] = np.log(t[ok])
+    return seed
 
 
 def _bit_table() -> str:

@@ -153,3 +153,31 @@ def test_fit_dielectric_input_errors():
         eelsgpu.fit_dielectric(ssd, zlp_intensity=1e6, window_eV=(10.0, 10.5))
     with pytest.raises(InputError, match="model"):
         eelsgpu.fit_dielectric(ssd, zlp_intensity=1e6, model="slab")
+
+
+def test_fit_dielectric_seeded_from_classic_kk():
+    """Seeded from the classic KK result of the same SSD (kk=, thin-film-theory.md section 2),
+    the fit of a 14 nm coupled film (where the KK thickness is off by the surface losses) returns
+    the synthetic truth t = 14 nm, Ep = 15 eV to 1e-3, as from the SSD's own seed."""
+    import warnings
+
+    model = synthetic.Drude(15.0, 1.0)
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **KW)["true_mean_free_path_nm"]
+    )
+    sim = synthetic.low_loss_image(
+        model, t_over_lambda=np.array([14.0]) / lam, shape=(1,), surface="coupled", **KW
+    )
+    ssd = sim["true_ssd"].assign_attrs(beam_energy_keV=200.0, collection_angle_mrad=100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kk = eelsgpu.kramers_kronig(
+            ssd, zlp_intensity=sim["true_zlp_intensity"], metal=True, device="cpu"
+        ).compute()
+    assert abs(float(kk.thickness_nm[0]) / 14.0 - 1) > 0.02  # the surface losses bias it
+    ds = eelsgpu.fit_dielectric(
+        ssd, zlp_intensity=sim["true_zlp_intensity"], retardation=False, window_eV=(4.0, 30.0),
+        kk=kk, check_quadrature=False,
+    )  # fmt: skip
+    assert abs(float(ds.thickness_nm[0]) / 14.0 - 1) < 1e-3
+    assert abs(float(ds.plasmon_energy_eV[0]) / 15.0 - 1) < 1e-3
