@@ -242,3 +242,28 @@ def test_t6_uncoupled_model_on_coupled_truth_is_flagged(t):
     assert "FIT_BAD" in flags
     assert ("THIN_UNCOUPLED" in flags) == (t < 18.0)
     assert np.exp(fit.p_log[0, 2]) > 1.05
+
+
+@pytest.mark.parametrize(("t", "gamma"), [(10.0, 0.5)])
+def test_t1_kroger_truth_matching_model(t, gamma):
+    """T1 with Kroger's retarded slab as truth and model (Al Drude 15 eV, Gamma 0.5 at 10 nm: the
+    sharp, thin case; 50 nm / Gamma 1 passes too but doubles the time), 200 kV, 100 mrad, N0 = 1e6, 0.2 eV channels over 3-40 eV; 2 realisations, so the
+    criterion is per realisation): every parameter within 3 of its Cramer-Rao sigma, eps1 RMS
+    (3-25 eV) < 0.5 %, the zero crossing within 5 meV, no fatal flag."""
+    lo = np.arange(3.0, 40.0, 0.2)
+    fm = FF.fit_model(lo, lo + 0.2, 200.0, 100.0, kind="kroger", n_sub=1)
+    truth = np.array([t, 15.0, gamma])
+    y, n0, _ = realisations(fm, truth, 2, 17 + int(t))
+    fit = FF.fit_pixels(np, fm, y, n0, FF.seed_from_ssd(np, fm, y, n0), iterations=16)
+    p = np.exp(fit.p_log)
+    sig = p * np.sqrt(np.diagonal(fit.cov, axis1=1, axis2=2))
+    assert np.all(np.abs(p - truth) < 3 * sig), (p - truth) / sig
+    grid = np.linspace(3.0, 25.0, 441)
+    eps, _ = FF.film_eps(np, fm, fit.p_log, grid)
+    true = synthetic.Drude(15.0, gamma).eps(grid)
+    rms = np.sqrt(np.mean((eps.real - true.real) ** 2, axis=-1) / np.mean(true.real**2))
+    assert np.all(rms < 0.005)
+    zero = np.sqrt(p[:, 1] ** 2 - p[:, 2] ** 2)
+    assert np.all(np.abs(zero - np.sqrt(15.0**2 - gamma**2)) < 0.005)
+    for f in fit.flags:
+        assert not int(f) & FF.FIT_FATAL, names(f)
