@@ -1178,6 +1178,7 @@ def film_response(
     oxide_nm: Any = None,
     nodes: tuple[Any, Any] | None = None,
     derivatives: bool = True,
+    oxide_derivatives: tuple[bool, bool] = (True, True),
 ) -> FilmResponse:
     """:func:`film_loss` with the derivatives a fit needs (the Jacobian shortcut of section 3.2:
     the channels depend on the oscillators only through eps(E_i), so one complex derivative in
@@ -1186,6 +1187,8 @@ def film_response(
     ``coupled``: analytic derivatives in real arithmetic (:func:`_coupled_sums`). The others:
     forward differences with the same theta nodes (h = 1e-6 |eps|, 1e-6 t): an exact derivative
     of the quadrature rule, so the Jacobian of the fitted model is consistent with it.
+    ``oxide_derivatives`` (in the oxide's eps, in its thickness): skip those not needed (each is
+    one more evaluation of the layered model).
     """
     eps = xp.real(eps) + 1j * xp.maximum(xp.imag(eps), EPS2_FLOOR)
     if eps_oxide is not None:
@@ -1245,7 +1248,7 @@ def film_response(
         - base
     ) / ht[:, None]
     d_eo = d_d = None
-    if setup.kind == "layered":
+    if setup.kind == "layered" and oxide_derivatives[0]:
         ho = 1e-6 * xp.abs(eps_oxide)
         d_eo = (
             film_loss(
@@ -1253,6 +1256,7 @@ def film_response(
             ).total
             - base
         ) / ho
+    if setup.kind == "layered" and oxide_derivatives[1]:
         hd = 1e-6 * oxide_nm
         d_d = (
             film_loss(

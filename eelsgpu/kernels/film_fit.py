@@ -330,7 +330,17 @@ def _model_counts(xp: Any, fm: FitModel, p_log: Any, n0: Any, jacobian: bool, pa
     if fm.setup.kind == "layered":
         eo = xp.broadcast_to(fm.on(xp, "eps_oxide")[None, :], eps.shape)
         d = q["d"] if fm.oxide_fitted else fm.oxide_nm + 0.0 * q["t"]
-    r = F.film_response(xp, fm.setup, eps, q["t"], eps_oxide=eo, oxide_nm=d, derivatives=jacobian)
+    # the oxide's eps is fixed: no derivative in it; in d only where d is fitted
+    r = F.film_response(
+        xp,
+        fm.setup,
+        eps,
+        q["t"],
+        eps_oxide=eo,
+        oxide_nm=d,
+        derivatives=jacobian,
+        oxide_derivatives=(False, fm.oxide_fitted),
+    )
     m = fm.on(xp, "matrix")
     scale = (n0 / fm.setup.beam.prefactor_nm_eV)[:, None]
     mu = scale * (xp.imag(r.loss.total) @ m)
