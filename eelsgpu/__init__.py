@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "deconvolve": "eelsgpu.analysis.deconvolution",
     "thickness": "eelsgpu.analysis.thickness",
     "kramers_kronig": "eelsgpu.analysis.kramers_kronig",
+    "fit_dielectric": "eelsgpu.analysis.film",
     # maps
     "window_maps": "eelsgpu.analysis.maps",
     "bandgap": "eelsgpu.analysis.bandgap",

@@ -226,6 +226,69 @@ def _surface_unit(
     return dens.reshape(n_pad, oversample).sum(axis=1) * dispersion_eV / oversample
 
 
+#: The notes' oxide (thin-film-theory.md section 1.6): eps(0) = 3.2, loss peak near 23 eV.
+NOTES_OXIDE = Lorentz(plasmon_energy_eV=math.sqrt(2.2) * 13.0, gap_eV=13.0, damping_eV=6.0)
+
+
+def _film_units(
+    materials: list,
+    region: np.ndarray,
+    t_nm: np.ndarray,
+    n_pad: int,
+    n_used: int,
+    dispersion_eV: float,
+    beam_energy_keV: float,
+    collection_angle_mrad: float,
+    convergence_angle_mrad: float,
+    kind: str,
+    retarded: bool,
+    oxide: Any,
+    oxide_nm: float,
+) -> np.ndarray:
+    """Per-pixel single-scattering probability per channel (kernel coordinates) of a film model
+    (:func:`eelsgpu.kernels.film.film_loss`), integrated over each channel [(k - 1/2) dE,
+    (k + 1/2) dE] with 4 Gauss-Legendre nodes, for channels k < ``n_used`` (the rest is 0)."""
+    from .kernels import film as F
+
+    kinds = {"coupled": "coupled", "kroger": "kroger", "layered": "layered", "bulk": "none"}
+    if kind not in kinds:
+        raise ValueError(f"surface must be a bool or one of eq36, none, {', '.join(kinds)}")
+    n_used = max(2, min(int(n_used), n_pad))
+    k = np.arange(1, n_used)  # channel 0 (around 0 eV) has no loss
+    nodes, weights, index = F.channel_nodes((k - 0.5) * dispersion_eV, (k + 0.5) * dispersion_eV, 4)
+    nodes = np.maximum(nodes, 1e-3)
+    setup = F.film_setup(
+        nodes,
+        beam_energy_keV,
+        collection_angle_mrad,
+        kind=kinds[kind],
+        retarded=retarded,
+        convergence_angle_mrad=convergence_angle_mrad,
+        d_min_nm=max(0.5, min(float(np.min(t_nm[t_nm > 0], initial=10.0)), oxide_nm or 10.0)),
+    )
+    out = np.zeros((t_nm.size, n_pad))
+    ox = oxide or NOTES_OXIDE
+    for (r, t), rows in _groups(region, t_nm).items():
+        if t <= 0:
+            continue
+        eps = materials[r].eps(nodes)[None, :]
+        kw = {}
+        if kind == "layered":
+            kw = {"eps_oxide": ox.eps(nodes)[None, :], "oxide_nm": np.array([float(oxide_nm)])}
+        loss = F.film_loss(np, setup, eps, np.array([t]), **kw).total.imag[0]
+        per_channel = np.bincount(index, weights * loss, minlength=k.size)
+        out[rows, 1:n_used] = per_channel / setup.beam.prefactor_nm_eV
+    return out
+
+
+def _groups(region: np.ndarray, t_nm: np.ndarray) -> dict[tuple[int, float], np.ndarray]:
+    """Pixels with the same material and thickness (one film model each)."""
+    out: dict[tuple[int, float], list[int]] = {}
+    for i, (r, t) in enumerate(zip(region.tolist(), t_nm.tolist(), strict=True)):
+        out.setdefault((int(r), float(t)), []).append(i)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def low_loss_image(
     material: Drude | Lorentz | Sequence[Drude | Lorentz],
     *,
@@ -242,7 +305,10 @@ def low_loss_image(
     total_counts: float | np.ndarray = 1e6,
     zlp_counts: float | None = None,
     drift_eV: float | np.ndarray = 0.0,
-    surface: bool = False,
+    surface: bool | str = False,
+    film_retarded: bool = False,
+    oxide_nm: float = 0.0,
+    oxide: Drude | Lorentz | None = None,
     noise: bool = False,
     seed: int = 0,
     dtype: np.dtype = np.float32,
@@ -272,8 +338,21 @@ def low_loss_image(
         sets N0 directly.
     drift_eV : float or array of ``shape``
         Where each pixel's ZLP sits (eV): the whole spectrum is shifted by it.
-    surface : bool
-        Add the surface-loss term of eq. 36 (two surfaces) to the single scattering.
+    surface : bool or str
+        Add the surface-loss term of eq. 36 (two surfaces) to the single scattering (True, or
+        ``"eq36"``); or replace the single scattering by a film model of
+        :mod:`eelsgpu.kernels.film` (thin-film-theory.md section 1): ``"coupled"`` (Ritchie's
+        non-retarded film), ``"kroger"`` (the retarded slab), ``"layered"`` (``oxide`` of
+        ``oxide_nm`` nm on both faces of the film), ``"bulk"`` (the bulk term alone, retarded
+        with ``film_retarded``). The film models use each pixel's thickness t = t/lambda x
+        lambda (lambda of eq. 31's bulk term, as without them) and are integrated over each
+        channel with 4 Gauss-Legendre nodes, up to the window's end (nothing beyond it reaches
+        the window).
+    film_retarded : bool
+        Retarded bulk (and layered) terms for ``surface="bulk"``/``"layered"``.
+    oxide_nm, oxide : float, Drude or Lorentz
+        The oxide of ``surface="layered"`` (nm per face; default eps: the notes' Lorentz at
+        13 eV, f = 2.2 x 13^2 eV^2, Gamma 6 eV).
     noise : bool
         Draw Poisson counts (with ``seed``).
     return_ssd : bool
@@ -312,11 +391,28 @@ def low_loss_image(
         inv_lambdas.append(inv_lam)
         surfaces.append(
             _surface_unit(m, n_pad, dispersion_eV, beam_energy_keV, collection_angle_mrad)
-            if surface
+            if surface is True or surface == "eq36"
             else np.zeros(n_pad)
         )
     lam_nm = 1.0 / np.asarray(inv_lambdas)[region]
     t_nm = tl * lam_nm
+    film_units = None
+    if isinstance(surface, str) and surface not in ("eq36", "none"):
+        film_units = _film_units(
+            materials,
+            region.reshape(-1),
+            t_nm.reshape(-1),
+            n_pad,
+            n_channels + int(round(offset_eV / dispersion_eV)) + 2,
+            dispersion_eV,
+            beam_energy_keV,
+            collection_angle_mrad,
+            convergence_angle_mrad,
+            surface,
+            film_retarded,
+            oxide,
+            oxide_nm,
+        )
     total = np.broadcast_to(np.asarray(total_counts, dtype=np.float64), shape)
     n0 = np.full(shape, float(zlp_counts)) if zlp_counts is not None else total * np.exp(-tl)
 
@@ -346,6 +442,8 @@ def low_loss_image(
                 s[mask] = flat_t[sl][mask, None] * p[None, :] + (
                     (flat_tl[sl][mask, None] > 0) * surf[None, :]
                 )
+        if film_units is not None:
+            s = film_units[sl]
         z = np.zeros((b, n_pad))
         z[:, :n_channels] = (
             flat_n0[sl, None]
@@ -388,6 +486,17 @@ def low_loss_image(
         "materials": [{"model": type(m).__name__, **asdict(m)} for m in materials],
         "zlp": asdict(zlp),
         "surface": surface,
+        **(
+            {
+                "film": {
+                    "retarded": film_retarded,
+                    "oxide_nm": oxide_nm,
+                    "oxide": asdict(oxide or NOTES_OXIDE),
+                }
+            }
+            if film_units is not None
+            else {}
+        ),
         "noise": noise,
         "seed": seed,
         "n_pad": n_pad,

@@ -18,8 +18,7 @@ Layers of eelsgpu (imports point down only; ``tests/test_layers.py`` checks it):
 
 Low-loss kernels, bottom up (each imports only those above it in this list):
 
-========================  ========================================================================
-:mod:`._fused`            registry slot for device-fused kernels (the engine fills it)
+========================  =================================================================:mod:`._fused`            registry slot for device-fused kernels (the engine fills it)
 :mod:`.zlp`               the zero-loss peak: centre, sub-channel shift, the ZLP models (eqs. 13-14)
 :mod:`.fourier_log`       Fourier-log deconvolution (eqs. 18-25)
 :mod:`.tails`             the power-law tail of a spectrum beyond the window
@@ -32,15 +31,12 @@ Low-loss kernels, bottom up (each imports only those above it in this list):
 :mod:`.optics`            n, k, mu, n_eff, plasmon energy, loss peak, Cerenkov test
 :mod:`.blocks_lowloss`    the composite per-block kernels of the low-loss analyses, declared
 :mod:`.blocks_kk`         the Kramers-Kronig block kernel, declared
-========================  ========================================================================
-
+========================  =================================================================
 Equations of ``shared/docs/kk-theory.md`` and the one function that computes each
 (Egerton 2011 for the numbers in brackets):
 
-=========  =====================================================  ================================
-eq.        what                                                   computed by
-=========  =====================================================  ================================
-13, 14     I = N0 R + I_inel; the ZLP N0 R(E) and N0              :func:`.zlp.zlp_kernel` (the
+=========  =====================================================  =========================eq.        what                                                   computed by
+=========  =====================================================  =========================13, 14     I = N0 R + I_inel; the ZLP N0 R(E) and N0              :func:`.zlp.zlp_kernel` (the
                                                                   models of :data:`.zlp.MODELS`)
 15, 17     N_1 = N0 t/lambda: t/lambda as the SSD's integral      :func:`.log_ratio.t_over_lambda_from_ssd`
 16         t/lambda = ln(I_t / N0), the log-ratio [5.11]          :func:`.log_ratio.log_ratio_kernel`
@@ -82,5 +78,14 @@ noise      var(x) = g x; g from the data's 4th differences        :func:`.uncert
                                                                   :func:`.uncertainty.estimate_gain`
 noise      K replicas g Poisson(x/g) per pixel, mean and std      :func:`.uncertainty.draw_replicas`,
                                                                   :func:`.uncertainty.replica_moments`
-=========  =====================================================  ================================
-"""
+31 (film)  bulk, retarded, closed aperture integral (thin-film    :func:`.film.bulk_closed`
+           notes 1.2; eq. 31 without retardation)
+36 (film)  one uncoupled NR interface; two vacuum faces: eq. 36   :func:`.film.interface_closed`
+film 1.4   Ritchie's coupled non-retarded film                    :func:`.film.ritchie_surface`
+film 1.5   Kroger's retarded slab (phi_ea with eps + eps_a)       :func:`.film.kroger_surface`
+film 1.6   layered slab (oxide/metal/oxide), TM fields            :func:`.film.layered_phi`
+film 3.3   the pole-panelled angular rule; channels, resolution   :func:`.film.film_loss`,
+                                                                  :func:`.film.channel_matrix`
+film 2     Drude + Lorentz eps and d eps/d ln p                   :func:`.oscillators.eps_and_derivatives`
+film 3     Poisson-deviance Levenberg-Marquardt, covariance       :func:`.film_fit.fit_pixels`
+=========  =====================================================  ========================="""

@@ -1,0 +1,183 @@
+"""The film options of eelsgpu.synthetic and eelsgpu.fit_dielectric (analysis/film.py).
+
+Truths: the classic synthetic model (eq. 31 + eq. 36 from eelsgpu.kernels.dielectric/surface,
+independent of the film models) which the film path must equal in its limits (a 1000 nm coupled
+film is eq. 31 + eq. 36: check F3; the non-retarded bulk alone is eq. 31); byte-identity of the
+existing outputs; and the synthetic truths (t, Ep, Gamma, d) that the fit must return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import eelsgpu
+from eelsgpu import synthetic
+from eelsgpu.errors import InputError
+
+KW = dict(
+    n_channels=400,
+    dispersion_eV=0.1,
+    offset_eV=-5.0,
+    beam_energy_keV=200.0,
+    collection_angle_mrad=100.0,
+    zlp_counts=1e6,
+    dtype=np.float64,
+)
+
+
+@pytest.mark.parametrize(("old", "new"), [(True, "eq36"), (False, "none")])
+def test_string_spellings_are_the_old_outputs(old, new):
+    """surface="eq36" / "none" give exactly (bytes) what surface=True / False give."""
+    a = synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=0.4, surface=old, **KW)
+    b = synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=0.4, surface=new, **KW)
+    for v in ("signal", "true_ssd", "true_t_nm"):
+        assert a[v].values.tobytes() == b[v].values.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("film", "classic", "tol"), [("bulk", False, 2e-4), ("coupled", True, 5e-4)]
+)
+def test_film_path_limits_equal_the_classic_model(film, classic, tol):
+    """The film path's non-retarded bulk equals eq. 31's classic synthetic SSD; a thick (about
+    1000 nm) coupled film equals eq. 31 + eq. 36 (check F3 through the whole generator: channel
+    integration, plural scattering, ZLP). Tolerances: the exact solid angle sin(theta) (1e-4)."""
+    kw = dict(KW, collection_angle_mrad=20.0, n_channels=500)
+    lam = float(
+        synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=0.1, **kw)[
+            "true_mean_free_path_nm"
+        ]
+    )
+    tl = 1000.0 / lam
+    a = synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=tl, surface=classic, **kw)
+    b = synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=tl, surface=film, **kw)
+    e = a.energy.values
+    m = (e > 3.0) & (e < 40.0)
+    ra, rb = a.true_ssd.values[m], b.true_ssd.values[m]
+    assert np.max(np.abs(rb / ra - 1.0)) < tol
+    # the spectrum with plural scattering and the ZLP, at a thickness whose plural scattering
+    # stays inside the padded grid (t/lambda = 7 aliases in either model); 1e-3: the film path
+    # leaves channel 0 (-0.05..0.05 eV) empty, which the plural terms feel at a few eV
+    a = synthetic.low_loss_spectrum(
+        synthetic.Drude(15, 1), t_over_lambda=0.5, surface=classic, **kw
+    )
+    b = synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=0.5, surface=film, **kw)
+    sa, sb = a.signal.values[m], b.signal.values[m]
+    assert np.max(np.abs(sb / sa - 1.0)) < (1e-3 if film == "bulk" else 0.05)
+
+
+def test_fit_dielectric_recovers_synthetic_coupled_films():
+    """fit_dielectric on eelsgpu.synthetic's coupled-film SSDs (noise-free, 10 and 25 nm of
+    Drude 15/0.8 eV, 0.1 eV channels) returns t, Ep, Gamma to 2e-3 (the generator integrates
+    each channel with 4 nodes, the fit with 2), eps1 on the energy axis to 0.5 %, and no fatal
+    flag; the model reproduces the data."""
+    model = synthetic.Drude(15.0, 0.8)
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **KW)["true_mean_free_path_nm"]
+    )
+    t = np.array([10.0, 25.0])
+    sim = synthetic.low_loss_image(
+        model, t_over_lambda=t / lam, shape=(2,), surface="coupled", **KW
+    )
+    ds = eelsgpu.fit_dielectric(
+        sim["true_ssd"],
+        zlp_intensity=sim["true_zlp_intensity"],
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        window_eV=(4.0, 30.0),
+        jitter=0.0,
+        check_quadrature=False,
+    )
+    np.testing.assert_allclose(ds.thickness_nm.values, t, rtol=2e-3)
+    np.testing.assert_allclose(ds.plasmon_energy_eV.values, 15.0, rtol=2e-4)
+    np.testing.assert_allclose(ds.damping_eV.values, 0.8, rtol=2e-3)
+    e = ds.energy.values
+    m = (e > 4.0) & (e < 30.0)
+    true = model.eps(e[m])
+    err = np.abs(ds.eps1.values[:, m] - true.real) / np.sqrt(np.mean(true.real**2))
+    assert np.max(err) < 5e-3
+    assert bool(ds.valid.all())
+    rel = np.abs(ds.model.values / ds.data.values - 1.0)
+    assert np.max(rel) < 2e-3
+    for name in ("thickness_nm", "plasmon_energy_eV", "damping_eV"):
+        assert np.all(ds[name + "_sigma"].values > 0)
+
+
+def test_fit_dielectric_layered_synthetic_oxide():
+    """An oxide/Al/oxide film from eelsgpu.synthetic (surface="layered", 2.5 nm of the notes'
+    oxide per face, 15 nm of Drude 15/0.6, non-retarded, Poisson noise at N0 = 1e6): the fitted
+    oxide thickness and t within 3 sigma of the truth."""
+    model = synthetic.Drude(15.0, 0.6)
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **KW)["true_mean_free_path_nm"]
+    )
+    sim = synthetic.low_loss_spectrum(
+        model, t_over_lambda=15.0 / lam, surface="layered", oxide_nm=2.5, **KW
+    )
+    rng = np.random.default_rng(3)
+    ssd = sim["true_ssd"].copy(data=rng.poisson(np.clip(sim["true_ssd"].values, 0, None)) * 1.0)
+    ds = eelsgpu.fit_dielectric(
+        ssd,
+        zlp_intensity=1e6,
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        oxide_nm="fit",
+        window_eV=(4.5, 30.0),
+        bin_eV=0.2,
+        nodes_per_channel=1,
+        jitter=0.0,
+        iterations=14,
+        check_quadrature=False,
+    )
+    for name, truth in (("oxide_nm", 2.5), ("thickness_nm", 15.0)):
+        got, sig = float(ds[name]), float(ds[name + "_sigma"])
+        assert abs(got - truth) < 3 * sig, (name, got, sig)
+
+
+def test_fit_dielectric_input_errors():
+    """One clear InputError for: an SSD on the data's axis (reconvolved-zlp), a bad oxide_nm,
+    no N0, a window with too few channels, an unknown model."""
+    sim = synthetic.low_loss_spectrum(synthetic.Drude(15, 1), t_over_lambda=0.3, **KW)
+    ssd = sim["true_ssd"].assign_attrs(beam_energy_keV=200.0, collection_angle_mrad=100.0)
+    with pytest.raises(InputError, match="band-limited"):
+        eelsgpu.fit_dielectric(ssd.assign_attrs(output="reconvolved-zlp"), zlp_intensity=1e6)
+    with pytest.raises(InputError, match="oxide_nm"):
+        eelsgpu.fit_dielectric(ssd, zlp_intensity=1e6, oxide_nm="thick")
+    with pytest.raises(InputError, match="oxide_nm"):
+        eelsgpu.fit_dielectric(ssd, zlp_intensity=1e6, oxide_nm=-1.0)
+    with pytest.raises(InputError, match="N0"):
+        eelsgpu.fit_dielectric(ssd)
+    with pytest.raises(InputError, match="too few"):
+        eelsgpu.fit_dielectric(ssd, zlp_intensity=1e6, window_eV=(10.0, 10.5))
+    with pytest.raises(InputError, match="model"):
+        eelsgpu.fit_dielectric(ssd, zlp_intensity=1e6, model="slab")
+
+
+def test_fit_dielectric_seeded_from_classic_kk():
+    """Seeded from the classic KK result of the same SSD (kk=, thin-film-theory.md section 2),
+    the fit of a 14 nm coupled film (where the KK thickness is off by the surface losses) returns
+    the synthetic truth t = 14 nm, Ep = 15 eV to 1e-3, as from the SSD's own seed."""
+    import warnings
+
+    model = synthetic.Drude(15.0, 1.0)
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **KW)["true_mean_free_path_nm"]
+    )
+    sim = synthetic.low_loss_image(
+        model, t_over_lambda=np.array([14.0]) / lam, shape=(1,), surface="coupled", **KW
+    )
+    ssd = sim["true_ssd"].assign_attrs(beam_energy_keV=200.0, collection_angle_mrad=100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kk = eelsgpu.kramers_kronig(
+            ssd, zlp_intensity=sim["true_zlp_intensity"], metal=True, device="cpu"
+        ).compute()
+    assert abs(float(kk.thickness_nm[0]) / 14.0 - 1) > 0.02  # the surface losses bias it
+    ds = eelsgpu.fit_dielectric(
+        ssd, zlp_intensity=sim["true_zlp_intensity"], retardation=False, window_eV=(4.0, 30.0),
+        kk=kk, check_quadrature=False,
+    )  # fmt: skip
+    assert abs(float(ds.thickness_nm[0]) / 14.0 - 1) < 1e-3
+    assert abs(float(ds.plasmon_energy_eV[0]) / 15.0 - 1) < 1e-3
