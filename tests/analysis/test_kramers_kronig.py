@@ -56,7 +56,7 @@ def test_public_api_dataset_and_holes():
     )
     valid = xr.DataArray(tl > 0, dims=("y", "x"))
     valid[1, 1] = False
-    ds = kramers_kronig(_as_deconvolved(sim, valid), metal=True, device="cpu")
+    ds = kramers_kronig(_as_deconvolved(sim, valid), metal=True, cubes="all", device="cpu")
     assert ds["eps1"].dims == ("y", "x", "energy") and ds["energy"].attrs["units"] == "eV"
     assert float(ds["energy"][0]) == pytest.approx(0.1)
     assert ds["thickness_nm"].attrs["units"] == "nm"
@@ -81,6 +81,47 @@ def test_public_api_dataset_and_holes():
     re0 = ds2["re_inverse_eps0"].values[tmap > 0]
     assert np.all(np.abs(re0) < 0.01)
     assert set(ds2.data_vars) == {"eps1", "re_inverse_eps0", "valid", "quality"}
+
+
+def test_cubes_default_to_eps_and_the_rest_only_when_asked():
+    """Truth: the same analysis with every cube (cubes="all") and eq. 34 (Im[-1/eps] =
+    eps2 / (eps1^2 + eps2^2)), on a synthetic Drude image (Ep 15, width 1). The default keeps the
+    cubes eps1 and eps2 (equal to the all-cube run's) and every map; cubes=("loss_function",)
+    keeps only that cube, equal to eq. 34 of the default's eps; cubes=() keeps maps only;
+    variables= keeps exactly what it names (with quality and valid); both at once, or a name
+    that is not an output, is an InputError naming the argument."""
+    from eelsgpu.kernels.blocks_kk import CUBE_OUTPUTS, MAP_OUTPUTS
+
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0), t_over_lambda=0.5, shape=(2, 3), dtype=np.float64,
+        n_channels=1024, dispersion_eV=0.1,
+    )  # fmt: skip
+    kw = dict(
+        zlp_intensity=sim["true_zlp_intensity"], beam_energy_keV=E0, collection_angle_mrad=BETA,
+        metal=True, low_energy_cutoff_eV=1.0, device="cpu",
+    )  # fmt: skip
+    ssd = sim["true_ssd"]
+    every = kramers_kronig(ssd, cubes="all", **kw).compute()
+    default = kramers_kronig(ssd, **kw).compute()
+    cubes = {n for n, v in default.data_vars.items() if "energy" in v.dims}
+    assert cubes == {"eps1", "eps2"} and set(default.data_vars) == cubes | set(MAP_OUTPUTS)
+    assert {n for n, v in every.data_vars.items() if "energy" in v.dims} == set(CUBE_OUTPUTS)
+    for name in default.data_vars:
+        np.testing.assert_array_equal(default[name].values, every[name].values)
+    lf = kramers_kronig(ssd, cubes=("loss_function",), **kw).compute()
+    assert {n for n, v in lf.data_vars.items() if "energy" in v.dims} == {"loss_function"}
+    e1, e2 = default["eps1"].values, default["eps2"].values
+    np.testing.assert_allclose(lf["loss_function"].values, e2 / (e1**2 + e2**2), rtol=1e-9)
+    maps = kramers_kronig(ssd, cubes=(), **kw)
+    assert set(maps.data_vars) == set(MAP_OUTPUTS) and "energy" not in maps.dims
+    only = kramers_kronig(ssd, variables=("n_eff",), **kw)
+    assert set(only.data_vars) == {"n_eff", "quality", "valid"}
+    with pytest.raises(InputError, match="not both"):
+        kramers_kronig(ssd, cubes=("eps1",), variables=("eps1",), **kw)
+    with pytest.raises(InputError, match="unknown KK cubes"):
+        kramers_kronig(ssd, cubes=("thickness_nm",), **kw)
+    with pytest.raises(InputError, match="unknown KK variables"):
+        kramers_kronig(ssd, variables=("eps3",), **kw)
 
 
 def test_bad_input():
