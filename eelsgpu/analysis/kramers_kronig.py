@@ -297,7 +297,7 @@ def kramers_kronig(
     def from_dataset(name: str) -> Any:
         return dataset[name] if dataset is not None and name in dataset else None
 
-    si = si.copy()
+    si = si.copy(deep=False)  # (new attrs below; the data are not copied)
     si.attrs = {k: v for k, v in attrs.items() if k not in ("long_name", "units", "output")}
     source = attrs.get("source")
     where = f" ({source})" if source else ""
