@@ -236,10 +236,12 @@ def re_inverse_eps(loss, dispersion_eV: float, *, tail_coefficient=None):
     return _re_inverse(xp, loss0, dispersion_eV, tail_coefficient)
 
 
-def _hilbert(xp: Any, v: Any, sign: float) -> Any:
-    """``sign`` x H[v]: the odd-extension Hilbert sum of eq. 32 of rows ``v`` (n, K) (0 at E = 0),
-    as a linear convolution by FFTs; the sign is folded into the device-cached kernel spectra
-    (no extra pass to negate). A view (n, K) into the inverse FFT's rows."""
+def _hilbert(xp: Any, v: Any, sign: float, offset: float = 0.0) -> Any:
+    """``offset + sign`` x H[v]: the odd-extension Hilbert sum of eq. 32 of rows ``v`` (n, K) (0
+    at E = 0), as a linear convolution by FFTs; the sign is folded into the device-cached kernel
+    spectra and the constant ``offset`` into the zero-frequency bin (offset x m there adds
+    offset to every sample of the inverse transform: one column instead of a pass over the
+    rows). A view (n, K) into the inverse FFT's rows."""
     n_k = v.shape[-1]
     m = fast_length(2 * n_k - 1)  # the Hilbert transform's FFT length: linear, no wrap
     cdtype = xp.complex64 if v.dtype == xp.float32 else xp.complex128
@@ -258,6 +260,8 @@ def _hilbert(xp: Any, v: Any, sign: float) -> Any:
     lh *= ah
     lh += p
     del p
+    if offset:
+        lh[:, 0] += offset * m
     return fft.irfft(lh, n=m, axis=-1)[:, :n_k]
 
 
@@ -275,13 +279,12 @@ def _tail_shape(xp: Any, n_k: int, dispersion_eV: float, dtype: Any) -> Any:
 
 def _re_inverse(xp, loss0, dispersion_eV: float, tail_coefficient):
     """:func:`re_inverse_eps` for a loss function already 0 at E = 0."""
-    h = _hilbert(xp, loss0, -1.0)  # -H[loss]
+    h = _hilbert(xp, loss0, -1.0, 1.0)  # 1 - H[loss]
     if tail_coefficient is None:
-        return h + 1.0
+        return h
     # 1 - H - A (2/pi) shape/E_m^3, with one temporary
     re = tail_coefficient[:, None] * _tail_shape(xp, loss0.shape[-1], dispersion_eV, loss0.dtype)
     re += h
-    re += 1.0
     return re
 
 
@@ -402,12 +405,15 @@ def kk_single_pass(setup: KKSetup, s: Any) -> KKPass:
         kappa = pref / (n0_safe * xp.where(t_ok, thickness_nm, 1.0))
         re0 = 1.0 - (2.0 / math.pi) * kappa * j
     # Im[-1/eps] = kappa f above E_c, kappa c E below (0 at E = 0)
-    low = setup.low
-    if low is None:
-        k = xp.arange(grid.n)
-        low = k < kc if isinstance(kc, int) else k[None, :] < kc[:, None]
     loss = loss_function_from_ssd(s, inv, kappa)
-    loss = xp.where(low, (kappa * c)[:, None] * e, loss)
+    if isinstance(kc, int):
+        # one cut-off for the block: only its first kc channels change (no pass over the rows)
+        loss[:, :kc] = (kappa * c)[:, None] * e[:kc]
+    else:
+        low = setup.low
+        if low is None:
+            low = xp.arange(grid.n)[None, :] < kc[:, None]
+        loss = xp.where(low, (kappa * c)[:, None] * e, loss)
     a_loss = kappa * a_tail
     re_inv = _re_inverse(xp, loss, de, a_loss)
     return KKPass(loss, re_inv, t, re0, ok, a_tail, j)
