@@ -87,6 +87,8 @@ __all__ = [
     "B_INDIRECT",
     "MODELS",
     "FOOT_FRACTION",
+    "ONSET_FRACTION",
+    "PRE_ONSET_SHARE",
     "RESIDUE_LIMIT",
     "TAIL_EXPONENTS",
     "TILE_PIXELS",
@@ -108,6 +110,11 @@ _SMOOTH = 5  # channels in the moving average that estimates the Poisson varianc
 #: The largest ZLP residue at the window's start, in units of the onset's rise within the window
 #: (:func:`zlp_residue`), for a ZLP-removed spectrum not to get WINDOW_IN_ZLP_RESIDUE.
 RESIDUE_LIMIT: float = 0.5
+#: :func:`auto_window`: the onset is the last point below the half-rise still within this share
+#: of the rise above the floor, and the window starts at least PRE_ONSET_SHARE of the onset's
+#: span to the half-rise point below it (so that it holds a pre-onset floor to fit).
+ONSET_FRACTION: float = 0.1
+PRE_ONSET_SHARE: float = 0.5
 #: An onset found less than this share of the window above where the residue has come down sits
 #: at the residue's foot (WINDOW_IN_ZLP_RESIDUE): the window holds no pre-onset floor below it.
 FOOT_FRACTION: float = 0.1
@@ -453,7 +460,12 @@ def auto_window(
     subtraction or deconvolution near 0 eV is not taken for it); the low end is where the
     magnitude first falls to 2 % of its largest height above the floor (past most of the tail,
     or the first channels of an SSD); the high end is where the spectrum has risen to half of its
-    next maximum (within 8 eV of the floor) above the floor.
+    next maximum (within 8 eV of the floor) above the floor. The window then starts at least
+    :data:`PRE_ONSET_SHARE` of the span from the onset (the last point below the high end within
+    :data:`ONSET_FRACTION` of the rise above the floor) to the high end below the onset, and 20
+    channels: a window that starts on the onset holds no pre-onset floor, and the fit finds no
+    onset (a deconvolution's flat, slightly negative floor below a clean gap crosses zero at
+    the onset, where the smallest magnitude then lies).
 
     With ``after_residue`` (a spectrum whose ZLP was taken off: its residue is no background
     to fit), the low end is moreover no lower than where the mean spectrum has come down to
@@ -491,6 +503,17 @@ def auto_window(
     half = floor + 0.5 * (top - floor)
     rise = np.nonzero(sp[i_min : top_end + 1] >= half)[0]
     hi_i = i_min + int(rise[0])
+    # the onset: the last point below the half-rise point still within ONSET_FRACTION of the
+    # rise above the floor. The window must hold a stretch before it (what pins the background;
+    # a window that starts on the onset leaves the onset term nothing to stand out from: NO_ONSET
+    # on clean synthetic onsets, whose SSD below the gap is a flat, often negative floor whose
+    # zero crossing, at the onset, is the smallest magnitude): at least PRE_ONSET_SHARE of the
+    # onset-to-half-rise span (and 20 channels) below it
+    low_part = np.nonzero(sp[: hi_i + 1] <= floor + ONSET_FRACTION * (top - floor))[0]
+    on_i = int(low_part[-1]) if low_part.size else i_min
+    e_pos = e[pos]
+    margin = max(PRE_ONSET_SHARE * (e_pos[hi_i] - e_pos[on_i]), 20 * disp)
+    lo_i = min(lo_i, max(0, int(np.searchsorted(e_pos, e_pos[on_i] - margin, side="right")) - 1))
     if after_residue:
         # the rise the residue check will see in the window [lo, hi]: up to the half-rise point
         rise_w = float(np.max(sp[i_min : hi_i + 1])) - floor
