@@ -474,8 +474,9 @@ def _kk_inputs(
         n0_ok = xp.isfinite(n0) & (n0 > 0)
         n0_safe = xp.where(n0_ok, n0, 1.0)
     # any NaN in the SSD makes the pixel invalid; it is zeroed so it cannot poison its row's
-    # sums and transforms
-    finite = xp.all(xp.isfinite(s0), axis=-1)
+    # sums and transforms. A NaN or inf makes the row's sum NaN or inf (one read of the rows,
+    # no boolean cube; a finite float32 SSD's sum is far below overflow)
+    finite = xp.isfinite(xp.sum(s0, axis=-1))
     ok_in = _and(ok_in, finite)
     # a fixed-shape where on a device; on NumPy, where the question costs no sync, only when
     # some pixel is unusable (as before issue 11)
