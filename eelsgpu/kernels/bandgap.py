@@ -270,10 +270,13 @@ def bandgap_kernel(
     # background-only weighted LS per basis (closed form for k <= 2, a Gram matrix per pixel);
     # what does not depend on Eg or b is computed once here
     fits = []
+    grams = []  # (g, by) per basis: the orthogonalised onset projection below
+    syy = xp.sum(wy * y, axis=1) if k_bg == 2 else None  # <y, y>_w
     chi2_bg_best = xp.full((n,), math.inf, dtype=f64)
     for basis in bases:
         g = [[w @ (bi * bj) for bj in basis] for bi in basis]
         by = [wy @ bi for bi in basis]
+        grams.append((g, by))
         if k_bg == 0:
             ginv, theta = [], []
         elif k_bg == 1:
@@ -287,10 +290,16 @@ def bandgap_kernel(
                 ginv[0][0] * by[0] + ginv[0][1] * by[1],
                 ginv[1][0] * by[0] + ginv[1][1] * by[1],
             ]
-        resid = y
-        for t, bi in zip(theta, basis, strict=True):
-            resid = resid - t[:, None] * bi[None, :]
-        chi2_bg = xp.sum(w * resid * resid, axis=1)
+        if k_bg == 2:
+            # chi^2 of the background alone from the same sums (Gram-Schmidt on 1, B: the
+            # squared norm of y less its projections), not from a (n, m) residual per basis
+            z = by[1] - by[0] * (g[0][1] / g[0][0])
+            chi2_bg = syy - by[0] * by[0] / g[0][0] - z * z * g[0][0] / det
+        else:
+            resid = y
+            for t, bi in zip(theta, basis, strict=True):
+                resid = resid - t[:, None] * bi[None, :]
+            chi2_bg = xp.sum(w * resid * resid, axis=1)
         chi2_bg = xp.where(xp.isfinite(chi2_bg), chi2_bg, inf)
         chi2_bg_best = xp.minimum(chi2_bg_best, chi2_bg)
         cols = [[gi[:, None] for gi in row] for row in ginv]
@@ -309,18 +318,35 @@ def bandgap_kernel(
         for key in ("a", "eg", "b", "r", *(f"c{p}" for p in range(k_bg))):
             track[key] = xp.zeros((n,), dtype=f64)
     # every basis at once: the per-pixel background parameters stacked on a leading axis
-    # (J bases, n, 1), so one (b) step is ~20 array operations whatever J (was ~29 per basis)
+    # (J bases, n, 1), so one (b) step is ~16 operations on (J, n, n_eg) arrays whatever J (was
+    # ~29 per basis, one basis at a time)
     n_fit = len(fits)
 
     def stacked(parts):
         return xp.stack(parts, axis=0) if n_fit > 1 else parts[0][None, ...]
 
-    theta_s = [stacked([fit[1][p] for fit in fits]) for p in range(k_bg)]
-    # eq. of the projection q = <f, f> - sum_ps <f, B_p> (G^-1)_ps <f, B_s>: G^-1 symmetric,
-    # so the off-diagonal pairs are taken once, twice
-    pairs = [(p, s_, 1.0 if p == s_ else 2.0) for p in range(k_bg) for s_ in range(p, k_bg)]
-    cols_s = {(p, s_): stacked([fit[0][p][s_] * c for fit in fits]) for p, s_, c in pairs}
     chi2_bg_s = stacked([fit[2] for fit in fits])
+    if k_bg == 2:
+        # the onset column projected off the background's by Gram-Schmidt on its two columns
+        # (1 and B_j): with g00 = <1, 1>, r_j = <1, B_j> / g00, u_j = B_j - r_j (orthogonal to
+        # 1) and h_j = <u_j, u_j> = det G_j / g00, q_j = <f, f> - <f, 1>^2 / g00 - t_j^2 and
+        # <f, y - B theta_j> = <f, y> - <f, 1> <1, y> / g00 - t_j z_j, with t_j = <f, u_j> /
+        # sqrt(h_j) and z_j = <u_j, y> / sqrt(h_j): the first terms shared by every basis, the
+        # last a few operations on the stacked (J, n, n_eg) arrays (the same q and <f, y - B
+        # theta> as G^-1's quadratic forms, with fewer passes)
+        g00 = grams[0][0][0][0]
+        y_mean = grams[0][1][0] / g00
+        g01_s = stacked([gr[0][0][1][:, None] for gr in grams])
+        r_s = g01_s / g00[:, None]
+        h_s = stacked([gr[0][1][1][:, None] for gr in grams]) - r_s * g01_s
+        inv_sqrt_h = 1.0 / xp.sqrt(xp.where(h_s > 0, h_s, math.nan))
+        rs_s = r_s * inv_sqrt_h
+        by0 = grams[0][1][0][:, None]
+        z_s = (stacked([gr[1][1][:, None] for gr in grams]) - r_s * by0) * inv_sqrt_h
+    else:
+        theta_s = [stacked([fit[1][p] for fit in fits]) for p in range(k_bg)]
+        cols_s = {(p, s_): stacked([fit[0][p][s_] for fit in fits]) for p in range(k_bg)
+                  for s_ in range(k_bg)}  # fmt: skip
     for b in b_values:
         f = xp.clip(e[:, None] - eg[None, :], 0.0, None) ** float(b)  # (m, n_eg)
         ff = w @ (f * f)
@@ -328,12 +354,17 @@ def bandgap_kernel(
         f0 = w @ f if k_bg else None
         fb1 = xp.reshape(wb1 @ f, (n_var, n, n_eg)) if n_var else None
         fb = [] if k_bg == 0 else [f0[None, ...]] if k_bg == 1 else [f0[None, ...], fb1]
-        fy = fy0[None, ...]
-        q = ff[None, ...]
-        for p in range(k_bg):
-            fy = fy - theta_s[p] * fb[p]
-        for p, s_, _ in pairs:
-            q = q - cols_s[(p, s_)] * (fb[p] * fb[s_])
+        if k_bg == 2:
+            t = fb1 * inv_sqrt_h - rs_s * f0[None, ...]
+            q = (ff - f0 * f0 / g00[:, None])[None, ...] - t * t
+            fy = (fy0 - f0 * y_mean[:, None])[None, ...] - t * z_s
+        else:
+            fy = fy0[None, ...]
+            q = ff[None, ...]
+            for p in range(k_bg):
+                fy = fy - theta_s[p] * fb[p]
+                for s_ in range(k_bg):
+                    q = q - fb[p] * cols_s[(p, s_)] * fb[s_]
         ok = (q > (1e-12 * ff)[None, ...]) & (fy > 0)
         dchi = xp.where(ok, fy * fy / xp.where(ok, q, 1.0), 0.0)
         chi2 = chi2_bg_s - dchi  # (J, n, n_eg)
