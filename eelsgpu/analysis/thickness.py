@@ -164,7 +164,12 @@ def thickness(
         ``"analytic"`` (log-ratio only): ``var(t/lambda) = g (1/N0 - 1/I)`` (eq. 16 linearised,
         :func:`eelsgpu.kernels.uncertainty.log_ratio_variance`), exact for the default
         ``zlp="threshold"`` (N0 a part of I's counts); for ``"mirror"``/``"fit"`` N0 is a model
-        whose own noise is larger (a mirrored half counts twice): use replicas. ``"replicas"``:
+        whose own noise is larger (a mirrored half counts twice): use replicas. It does not
+        cover a tail's noise: NaN where an added tail's part of t/lambda passes half the sigma,
+        and where a tail was judged untrusted and left out at high counts and large t/lambda
+        (1e6 counts, t/lambda 3: 17x more scatter, as replicas add it or not) the closed form is
+        too small: there use ``tail="none"`` (its cut is then a bias) or replicas.
+        ``"replicas"``:
         ``n_replicas`` noise replicas of each spectrum through the same block kernel
         (:func:`eelsgpu.kernels.blocks_replicas.with_replicas`; both methods; every source of
         counting noise, the ZLP model's and the tail's included).
