@@ -163,8 +163,8 @@ def thickness(
         Add counting sigmas (:mod:`eelsgpu.analysis._uncertainty`; none by default).
         ``"analytic"`` (log-ratio only): ``var(t/lambda) = g (1/N0 - 1/I)`` (eq. 16 linearised,
         :func:`eelsgpu.kernels.uncertainty.log_ratio_variance`), exact for the default
-        ``zlp="threshold"`` (N0 a part of I's counts); for ``"mirror"``/``"fit"`` N0 is a model
-        whose own noise is larger (a mirrored half counts twice): use replicas. It does not
+        ``zlp="threshold"`` (N0 a part of I's counts); other models are refused (a mirrored
+        N0 scatters about twice as much: use replicas). It does not
         cover a tail's noise: NaN where an added tail's part of t/lambda passes half the sigma,
         and where a tail was judged untrusted and left out at high counts and large t/lambda
         (1e6 counts, t/lambda 3: 17x more scatter, as replicas add it or not) the closed form is
@@ -239,6 +239,8 @@ def thickness(
             "the analytic log-ratio sigma needs Poisson counts (gain=); with noise_variance= "
             "use uncertainty='replicas'"
         )
+    if unc.method == "analytic" and method == "log-ratio":
+        check_analytic_zlp(zlp)
     if mean_free_path_rel_sigma is not None:
         mean_free_path_rel_sigma = in_range(
             "mean_free_path_rel_sigma", mean_free_path_rel_sigma, 0.0, 1.0
@@ -295,18 +297,51 @@ def thickness(
     return _with_sigmas(ds, unc, None, tail_rel_sigma)
 
 
+def check_analytic_zlp(zlp: Any) -> None:
+    """The analytic log-ratio sigma knows N0's counting noise for ``zlp="threshold"`` only (N0 a
+    sum of counts); a mirrored or fitted model's N0 scatters about twice as much as ``sqrt(N0)``
+    (measured: analytic/observed 0.41-0.53 for the mirror), so the others need replicas."""
+    if not (isinstance(zlp, str) and zlp == "threshold"):
+        shown = zlp if isinstance(zlp, str) else "a reference spectrum or ZLP cube"
+        raise InputError(
+            f"uncertainty='analytic' knows the counting noise of N0 for zlp='threshold' only, "
+            f"not {shown!r}: use uncertainty='replicas' (or zlp='threshold')"
+        )
+
+
 def _with_sigmas(
     ds: xr.Dataset,
     unc: UncertaintyRequest,
     mfp_rel: float | None,
     tail_rel: float,
+    *,
+    total_intensity: xr.DataArray | None = None,
+    tail_fraction: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """The counting sigmas the kernel did not give (analytic: the closed form; replicas: the
     thickness as lambda t/lambda) and the systematic parts: the tail beyond the window
     (``tail_rel`` of its part of t/lambda, ``-ln(1 - tail_fraction)``, where a tail was added)
-    and the mean free path formula (``mfp_rel``, default the formula's own)."""
+    and the mean free path formula (``mfp_rel``, default the formula's own). ``total_intensity``
+    and ``tail_fraction`` where ``ds`` lacks them (``deconvolve``'s result); they are not kept."""
     if unc.method is None:
         return ds
+    added = [
+        n
+        for n, v in (("total_intensity", total_intensity), ("tail_fraction", tail_fraction))
+        if v is not None and n not in ds
+    ]
+    if total_intensity is not None and "total_intensity" in added:
+        ds = ds.assign(total_intensity=total_intensity)
+    if tail_fraction is not None and "tail_fraction" in added:
+        ds = ds.assign(tail_fraction=tail_fraction)
+    ds = _sigmas(ds, unc, mfp_rel, tail_rel)
+    return ds.drop_vars(added)
+
+
+def _sigmas(
+    ds: xr.Dataset, unc: UncertaintyRequest, mfp_rel: float | None, tail_rel: float
+) -> xr.Dataset:
+    """:func:`_with_sigmas` on a result with ``total_intensity`` and ``tail_fraction``."""
     if unc.method == "analytic":
         ds = add_log_ratio_sigmas(ds, unc.gain)
         # the closed form counts N0 and the window; a tail fitted on the window's end and

@@ -35,8 +35,15 @@ from ._common import (
     open_input,
     output_path,
 )
-from ._uncertainty import add_uncertainty_options, describe, uncertainty_kwargs
-from .deconvolve import _zlp_argument, add_search_option, report_quality, search_value
+from .deconvolve import (
+    _zlp_argument,
+    add_mean_free_path_sigma_options,
+    add_search_option,
+    print_sigma,
+    report_quality,
+    search_value,
+    sigma_kwargs,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -87,16 +94,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_search_option(p)
     add_png(p)
     add_analysis_options(p)
-    add_uncertainty_options(p)
-    p.add_argument(
-        "--mean-free-path-rel-sigma",
-        type=float,
-        metavar="R",
-        dest="mean_free_path_rel_sigma",
-        help="with --uncertainty: relative one-sigma of the mean free path (0.1 = 10 %%), "
-        "a systematic part of thickness_nm (default: Malis 20 %%, Iakoubovskii 10 %%, a given "
-        "lambda none)",
-    )
+    add_mean_free_path_sigma_options(p)
     return p
 
 
@@ -127,12 +125,7 @@ def run(args: argparse.Namespace) -> int:
         search_eV=search_value(args),
         device=args.device,
         **calib,
-        **uncertainty_kwargs(args),
-        **(
-            {"mean_free_path_rel_sigma": args.mean_free_path_rel_sigma}
-            if args.mean_free_path_rel_sigma is not None
-            else {}
-        ),
+        **sigma_kwargs(args),
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
@@ -156,13 +149,5 @@ def run(args: argparse.Namespace) -> int:
             f"{valid.size} pixels ({valid.size - int(valid.sum())} flagged invalid)"
         )
         report_quality(res)
-        line = describe(res)
-        if line:
-            sig = res.get(f"{name}_sigma")
-            if sig is not None:
-                vals = np.asarray(sig.values)[valid]
-                vals = vals[np.isfinite(vals)]
-                if vals.size:
-                    line += f"; median {name}_sigma {np.median(vals):.3g} {unit}"
-            print(line)
+        print_sigma(res, name, valid)
     return 0
