@@ -38,6 +38,7 @@ import xarray as xr
 from .. import engine
 from ..engine.cuda import register_fused_kernels
 from ..errors import InputError
+from ..kernels import quality
 from ..kernels.blocks_lowloss import KK_THICKNESS, LOG_RATIO
 from ..kernels.blocks_replicas import with_replicas
 from ..kernels.log_ratio import TAILS
@@ -66,6 +67,7 @@ __all__ = [
     "MEAN_FREE_PATH_REL_SIGMA",
     "TAILS",
     "TAIL_REL_SIGMA",
+    "MARGINAL_TAIL_T_OVER_LAMBDA",
     "TAIL_SIGMA_SHARE",
     "calibrate_kk_constant",
     "thickness",
@@ -83,8 +85,13 @@ MEAN_FREE_PATH_REL_SIGMA = {"Malis": 0.20, "Iakoubovskii": 0.10}
 #: extrapolation to infinity is its least certain part, so half of it is quoted).
 TAIL_REL_SIGMA = 0.5
 #: Analytic sigma: quoted only where the extrapolated tail's part of t/lambda is at most this
-#: share of the closed form sigma (its fit noise, at most its size, then adds at most 12 %).
-TAIL_SIGMA_SHARE = 0.5
+#: multiple of the closed form sigma (measured against replicas: part 0.3-1x the sigma at 1e5-1e6
+#: counts and t/lambda 1, closed form / replicas 0.985-1.025; part 7x at 1e6 and t/lambda 2: 0.30).
+TAIL_SIGMA_SHARE = 2.0
+#: Analytic sigma: not quoted where a tail was judged untrusted and left out above this t/lambda
+#: (the decision is marginal there; measured: closed form / replicas 0.35 at 1e6 counts and
+#: t/lambda 2, 0.05 at 3; 0.95-1.04 at 1e4-1e5 counts, where no tail is ever trusted).
+MARGINAL_TAIL_T_OVER_LAMBDA = 1.5
 
 #: The outputs whose counting sigma the replicas give, per method.
 _REPLICA_TARGETS = {
@@ -165,10 +172,10 @@ def thickness(
         :func:`eelsgpu.kernels.uncertainty.log_ratio_variance`), exact for the default
         ``zlp="threshold"`` (N0 a part of I's counts); other models are refused (a mirrored
         N0 scatters about twice as much: use replicas). It does not
-        cover a tail's noise: NaN where an added tail's part of t/lambda passes half the sigma,
-        and where a tail was judged untrusted and left out at high counts and large t/lambda
-        (1e6 counts, t/lambda 3: 17x more scatter, as replicas add it or not) the closed form is
-        too small: there use ``tail="none"`` (its cut is then a bias) or replicas.
+        cover a tail's noise: NaN where an added tail's part of t/lambda passes twice the sigma,
+        and where a tail was judged untrusted and left out above t/lambda 1.5 (a marginal
+        decision: at 1e6 counts and t/lambda 3 replicas add it or not, 17x more scatter); there
+        use ``tail="none"`` (the window's cut is then a bias) or replicas.
         ``"replicas"``:
         ``n_replicas`` noise replicas of each spectrum through the same block kernel
         (:func:`eelsgpu.kernels.blocks_replicas.with_replicas`; both methods; every source of
@@ -345,18 +352,26 @@ def _sigmas(
     if unc.method == "analytic":
         ds = add_log_ratio_sigmas(ds, unc.gain)
         # the closed form counts N0 and the window; a tail fitted on the window's end and
-        # extrapolated has its own fit noise, at most its own size (a tail is only kept where it
-        # exceeds its own sd): where that part of t/lambda passes half the closed form sigma the
-        # total could be more than 12 % above it, so no analytic sigma is quoted (replicas give
-        # it; measured at t/lambda 3, 1e6 counts: the fit noise is 18x the closed form)
+        # extrapolated has its own fit noise, which the closed form misses: where that part of
+        # t/lambda passes TAIL_SIGMA_SHARE sigmas no analytic sigma is quoted (replicas give it;
+        # measured at t/lambda 3, 1e6 counts: the fit noise is 18x the closed form)
         if "tail_fraction" in ds:
             part = -np.log1p(-ds["tail_fraction"].fillna(0.0).clip(0.0, 1.0 - 1e-12))
             sig = ds["t_over_lambda_sigma"]
-            ds["t_over_lambda_sigma"] = sig.where(part <= TAIL_SIGMA_SHARE * sig).assign_attrs(
+            # a tail judged untrusted (or negative) and left out where the window's cut matters
+            # is a marginal decision: replicas add it or not, and the scatter is up to 18x the
+            # closed form (1e6 counts, t/lambda 2-3); at t/lambda <= 1 it was never seen to matter
+            marginal = ((ds["quality"] & (quality.TAIL_UNTRUSTED | quality.NEGATIVE_TAIL)) != 0) & (
+                ds["t_over_lambda"] > MARGINAL_TAIL_T_OVER_LAMBDA
+            )
+            ok = (part <= TAIL_SIGMA_SHARE * sig) & ~marginal
+            ds["t_over_lambda_sigma"] = sig.where(ok).assign_attrs(
                 sig.attrs,
                 undefined=(
-                    "NaN where the tail extrapolated beyond the window passes half this sigma "
-                    "(its fit noise is not in the closed form): use uncertainty='replicas'"
+                    f"NaN where the tail extrapolated beyond the window passes {TAIL_SIGMA_SHARE:g} sigma "
+                    "(its fit noise is not in the closed form), or where a tail was judged "
+                    f"untrusted and left out at t/lambda above {MARGINAL_TAIL_T_OVER_LAMBDA:g} "
+                    "(a marginal decision): use uncertainty='replicas' or tail='none'"
                 ),
             )
         ds["zlp_intensity_sigma"] = np.sqrt(unc.gain * abs(ds["zlp_intensity"])).assign_attrs(
