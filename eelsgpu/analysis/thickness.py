@@ -368,8 +368,9 @@ def _sigmas(
             ds["t_over_lambda_sigma"] = sig.where(ok).assign_attrs(
                 sig.attrs,
                 undefined=(
-                    f"NaN where the tail extrapolated beyond the window passes {TAIL_SIGMA_SHARE:g} sigma "
-                    "(its fit noise is not in the closed form), or where a tail was judged "
+                    f"NaN where the tail extrapolated beyond the window passes "
+                    f"{TAIL_SIGMA_SHARE:g} sigma (its fit noise is not in the closed form), "
+                    "or where a tail was judged "
                     f"untrusted and left out at t/lambda above {MARGINAL_TAIL_T_OVER_LAMBDA:g} "
                     "(a marginal decision): use uncertainty='replicas' or tail='none'"
                 ),
