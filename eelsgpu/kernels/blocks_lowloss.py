@@ -235,23 +235,32 @@ def _zlp_for_block(
 
 def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dict[str, Any]) -> Any:
     """The per-pixel quality bitmask (:mod:`.quality`) of a thickness or deconvolution block:
-    ``ok`` (n,) where the computation itself succeeded (else NO_ZLP), ``maps`` the log-ratio's
-    tail flags (:func:`~.log_ratio.log_ratio_maps`), ``extra`` more conditions by bit."""
-    n = ok.shape[0]
-    q = xp.zeros((n,), dtype=xp.uint32)
-    q = quality.set_bit(xp, q, ~ok, quality.NO_ZLP)
-    q = quality.set_bit(xp, q, ok & zz.checks["mismatch"], quality.ZLP_MISMATCH)
-    q = quality.set_bit(xp, q, ok & zz.background["unphysical"], quality.UNPHYSICAL_BACKGROUND)
-    q = quality.set_bit(xp, q, ok & zz.z["axis_offset"], quality.AXIS_OFFSET)
+    ``ok`` (n,) where the computation itself succeeded (else NO_ZLP alone), ``maps`` the
+    log-ratio's tail flags (:func:`~.log_ratio.log_ratio_maps`), ``extra`` more conditions by
+    bit.
+
+    In a fixed number of operations, whatever the number of bits: the conditions of each bit
+    (several for one bit: OR-ed) stacked as columns, and the mask the sum of the bits of the
+    columns that hold (the bits are distinct powers of two, so the sum is their OR); a pixel
+    that is not ``ok`` gets NO_ZLP alone."""
+    conditions: dict[int, Any] = {}
+
+    def add(bit: int, condition: Any) -> None:
+        conditions[bit] = condition if bit not in conditions else conditions[bit] | condition
+
+    add(quality.ZLP_MISMATCH, zz.checks["mismatch"])
+    add(quality.UNPHYSICAL_BACKGROUND, zz.background["unphysical"])
+    add(quality.AXIS_OFFSET, zz.z["axis_offset"])
     if maps is not None:
-        q = quality.set_bit(xp, q, ok & maps["negative_tail"], quality.NEGATIVE_TAIL)
-        q = quality.set_bit(xp, q, ok & maps["tail_untrusted"], quality.TAIL_UNTRUSTED)
-        q = quality.set_bit(
-            xp, q, ok & maps["negative_t_over_lambda"], quality.NEGATIVE_T_OVER_LAMBDA
-        )
+        add(quality.NEGATIVE_TAIL, maps["negative_tail"])
+        add(quality.TAIL_UNTRUSTED, maps["tail_untrusted"])
+        add(quality.NEGATIVE_T_OVER_LAMBDA, maps["negative_t_over_lambda"])
     for bit, condition in extra.items():
-        q = quality.set_bit(xp, q, ok & condition, bit)
-    return q
+        add(bit, condition)
+    bits = xp.asarray(list(conditions), dtype=xp.uint32)
+    held = xp.stack(list(conditions.values()), axis=-1)  # (n, bits)
+    q = xp.sum(xp.where(held, bits, 0), axis=-1, dtype=xp.uint32)
+    return xp.where(ok, q, quality.NO_ZLP)
 
 
 def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
@@ -342,11 +351,20 @@ def _log_ratio_of_block(
     )
 
 
-def _thickness_quality(xp: Any, block: Any, zz: _Zlp, ok: Any, maps: dict[str, Any]) -> Any:
+def _thickness_quality(
+    xp: Any,
+    block: Any,
+    zz: _Zlp,
+    ok: Any,
+    maps: dict[str, Any],
+    more: dict[int, Any] | None = None,
+) -> Any:
     """The quality bitmask of a thickness block (:func:`_quality`), with NEGATIVE_LOBE where the
-    tail came from a Fourier-log SSD whose lobe exceeds :data:`NEGATIVE_LOBE_LIMIT`."""
+    tail came from a Fourier-log SSD whose lobe exceeds :data:`NEGATIVE_LOBE_LIMIT`, and the
+    conditions ``more`` (by bit)."""
     judged = maps["fourier_log_used"] & _has_ssd(xp, block, zz.z)
     extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
+    extra.update(more or {})
     return _quality(xp, zz, ok, maps, extra)
 
 
@@ -665,8 +683,7 @@ def kk_thickness_kernel(
         xp, block, zz, method, "auto", tail_fit_fraction, raw=(y, bl, bl["raw_ssd"])
     )
     ok = ok & bl["valid"]
-    q = _thickness_quality(xp, block, zz, ok, maps)
-    q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)
+    q = _thickness_quality(xp, block, zz, ok, maps, {quality.NEGATIVE_T_OVER_LAMBDA: ~(ratio > 0)})
     nan = xp.full_like(n0, math.nan)
     return {
         "thickness_nm": xp.where(ok, kk_constant_nm_eV * ratio, nan),

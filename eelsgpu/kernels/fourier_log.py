@@ -125,8 +125,8 @@ from .._xp import (
 from ..errors import InputError
 from . import _fused
 from ._sync import all_rows, any_rows, host_decides
+from .zlp import _clamp, centre_kernel, channel_variance
 from .zlp import _median_rows as zlp_median_rows
-from .zlp import centre_kernel, channel_variance
 
 __all__ = [
     "EXTRAPOLATIONS",
@@ -250,7 +250,7 @@ def tail_continuation(
     log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -1e30)
     # logarithmic slope -d ln J / dE at the window's end (>= 0: the tail only falls)
     # (minimum/maximum, not clip: array-api-compat's clip costs ~50 us a call)
-    rate = xp.minimum(xp.maximum(-g / xp.where(ok, v, 1.0), 0.0), 50.0 / dispersion_eV)
+    rate = _clamp(xp, -g / xp.where(ok, v, 1.0), 0.0, 50.0 / dispersion_eV)
     if extrapolation == "power-law" and e_end_eV > 0:
         # A (L / L_end)^-r with r = rate L_end: same value and slope as the data at the end
         coef, shape = -(rate * e_end_eV), plan["tail_log"]
@@ -543,7 +543,7 @@ def _misfit_transform(xp: Any, fft: Any, jw: Any, zw: Any, e: Any, c: Any, w: An
     counts its power twice (a symmetric model misfits the loss side as much)."""
     dt = jw.dtype
     x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
-    ramp = xp.minimum(xp.maximum((3.0 - x) / 1.5, 0.0), 1.0)
+    ramp = _clamp(xp, (3.0 - x) / 1.5, 0.0, 1.0)
     zone = (0.5 - 0.5 * xp.cos(math.pi * ramp)) * xp.astype(e[None, :] < c[:, None], dt)
     return fft.rfft((jw - zw) * zone, n=p, axis=-1)
 
@@ -632,8 +632,8 @@ def _rows(
     if plan["damping"] is None:
         tau = xp.where(xp.isfinite(t_over_lambda), t_over_lambda, 0.0)
         alpha = (
-            _DAMPING_THIN * xp.minimum(xp.maximum(tau, 0.0), 1.0)
-            + _DAMPING_PER_TAU * xp.minimum(xp.maximum(tau - 1.0, 0.0), 10.0)
+            _DAMPING_THIN * _clamp(xp, tau, 0.0, 1.0)
+            + _DAMPING_PER_TAU * _clamp(xp, tau - 1.0, 0.0, 10.0)
         ) / plan["e_span"]
     else:
         alpha = xp.full((j.shape[0],), -math.log(plan["damping"]) / plan["e_span"], dtype=dt)

@@ -108,6 +108,14 @@ OFF_AXIS_GAIN_SIDE_SHARE = 0.005
 MIN_ZLP_SNR = 10.0
 
 
+def _clamp(xp: Any, x: Any, lo: float, hi: float) -> Any:
+    """``min(max(x, lo), hi)`` elementwise: one ``clip`` (one launch) on a device, the two
+    ufuncs on NumPy (array-api-compat's clip is several times slower there); the same values."""
+    if is_numpy(xp):
+        return xp.minimum(xp.maximum(x, lo), hi)
+    return xp.clip(x, lo, hi)
+
+
 def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
     """The arg-max channel of each row among channels i0..i1 (non-finite values never win)."""
     win = block[:, i0 : i1 + 1]
@@ -145,7 +153,7 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     hw = max(32, span)
     offs = xp.arange(-hw, hw + 1)
     pos = p[:, None] + offs[None, :]
-    win = xp.take_along_axis(block, xp.minimum(xp.maximum(pos, 0), n_e - 1), axis=-1)
+    win = xp.take_along_axis(block, _clamp(xp, pos, 0, n_e - 1), axis=-1)
     # (0 outside the spectrum or non-finite; the peak's neighbours are plain columns of it)
     win = xp.where((pos >= 0) & (pos < n_e) & xp.isfinite(win), win, 0.0)
     ymax = win[:, hw]
@@ -188,7 +196,7 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     neg2 = c2 < 0
     delta5 = xp.where(neg2, -c1 / (2.0 * xp.where(neg2, c2, -1.0)), 0.0)
     use5 = pos5 & (fwhm_ch >= 8.0)
-    delta = xp.minimum(xp.maximum(xp.where(use5, delta5, delta3), -1.0), 1.0)
+    delta = _clamp(xp, xp.where(use5, delta5, delta3), -1.0, 1.0)
     centre = e_first + (xp.astype(p, dt) + delta) * d
     return {
         "zlp_centre_eV": centre,
@@ -567,7 +575,7 @@ def _cdf_at(xp, y, cs, q):
     0 = the lower edge of channel 0), with a parabolic density inside the channel that keeps the
     counts of it and its two neighbours (as a piecewise-parabolic reconstruction does)."""
     n_e = y.shape[-1]
-    qc = xp.minimum(xp.maximum(q, 0.0), float(n_e) - 1e-9)
+    qc = _clamp(xp, q, 0.0, float(n_e) - 1e-9)
     j = xp.floor(qc)
     x = qc - j - 0.5  # position inside channel j, -1/2..1/2
     ji = xp.astype(j, xp.int64)
@@ -614,7 +622,7 @@ def _mirror(xp, y, e, c, d, w, q_extra=None):
     # the model is zero above channel k + w < 2 w: build it on the first 2 w channels only
     w2 = min(n_e, 2 * w)
     off = xp.arange(w2)[None, :] - k[:, None]
-    loss = xp.take_along_axis(slab, xp.minimum(xp.maximum(off, 0), w - 1), axis=-1)
+    loss = xp.take_along_axis(slab, _clamp(xp, off, 0, w - 1), axis=-1)
     loss = xp.where(off < w, loss, 0.0)
     model = xp.where(e[None, :w2] <= c[:, None], y[:, :w2], loss)
     if w2 < n_e:
@@ -708,24 +716,25 @@ def _first_minimum_rows(xp, y, p, fwhm_ch, d, active=None):
     n, n_e = y.shape
     dt = y.dtype
     fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, 2.0)
-    k = xp.astype(xp.minimum(xp.maximum(xp.round(fw / 4.0), 1.0), 64.0), xp.int64)
+    k = xp.astype(_clamp(xp, xp.round(fw / 4.0), 1.0, 64.0), xp.int64)
     width = min(n_e, max(64, int(round(25.0 / d))))
     start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
     pad = 64
     m = width + 1  # smoothed values at p + r, r = 0..width (candidates r < width, and r + 1)
     offs = xp.arange(-pad, m + pad)
     pos = p[:, None] + offs[None, :]
-    win = xp.take_along_axis(y, xp.minimum(xp.maximum(pos, 0), n_e - 1), axis=-1)
+    win = xp.take_along_axis(y, _clamp(xp, pos, 0, n_e - 1), axis=-1)
     win = xp.where((pos >= 0) & (pos < n_e), win, 0.0)
-    acc = win[:, pad : pad + m]
-    sums = []
-    for kv in range(1, _EXACT_SMOOTHING + 1):
-        acc = acc + (win[:, pad - kv : pad - kv + m] + win[:, pad + kv : pad + kv + m])
-        sums.append(acc)
+    # the pairs (y[i - j] + y[i + j]), j = 1..8, in one add of two stacks of views, accumulated
+    # onto y[i] by one cumulative sum along the pair axis: the same additions in the same order
+    # as a loop over j (a cumulative sum adds in sequence), in 5 operations instead of 17
+    ks = range(1, _EXACT_SMOOTHING + 1)
+    pairs = xp.stack([win[:, pad - kv : pad - kv + m] for kv in ks], axis=1) + xp.stack(
+        [win[:, pad + kv : pad + kv + m] for kv in ks], axis=1
+    )
+    sums = xp.cumulative_sum(xp.concat([win[:, None, pad : pad + m], pairs], axis=1), axis=1)
     exact = xp.take_along_axis(
-        xp.stack(sums, axis=1),
-        xp.reshape(xp.minimum(k, _EXACT_SMOOTHING) - 1, (n, 1, 1)),
-        axis=1,
+        sums, xp.reshape(xp.minimum(k, _EXACT_SMOOTHING), (n, 1, 1)), axis=1
     )[:, 0, :]
     cs = xp.cumulative_sum(win, axis=-1, include_initial=True)
     r = xp.arange(m)[None, :]
@@ -1357,7 +1366,7 @@ def _x_counts(xp: Any, x: Any, e_first: float, d: float, c: Any, w: Any) -> Any:
     t = xp.asarray(ts, dtype=dt)
     # x <= t  <=>  e <= c + t w: the channel's index from the axis' first energy and width
     pos = (c[:, None] + t[None, :] * w[:, None] - e_first) / d
-    est = xp.astype(xp.minimum(xp.maximum(xp.floor(pos) + 1.0, 0.0), float(m)), xp.int64)
+    est = xp.astype(_clamp(xp, xp.floor(pos) + 1.0, 0.0, float(m)), xp.int64)
     # exact: one fewer where the last channel counted has x > t, one more where the next has
     # x <= t (the first end counts x < -2, strictly)
     below = xp.take_along_axis(x, xp.maximum(est - 1, 0), axis=-1)
