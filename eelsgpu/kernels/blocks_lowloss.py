@@ -368,6 +368,13 @@ def _thickness_quality(
     return _quality(xp, zz, ok, maps, extra)
 
 
+def _where_ok(xp: Any, ok: Any, cols: list[Any]) -> list[Any]:
+    """Each (n,) map of ``cols`` where ``ok`` (n,) holds, NaN elsewhere: one ``where`` over
+    their stack (two operations, whatever their number; the maps are column views of it)."""
+    masked = xp.where(ok[:, None], xp.stack(cols, axis=-1), math.nan)
+    return [masked[:, i] for i in range(len(cols))]
+
+
 def _valid(xp: Any, q: Any) -> Any:
     """No fatal bit set (:data:`.quality.FATAL`)."""
     return (q & quality.FATAL) == 0
@@ -418,7 +425,6 @@ def deconvolve_block(
         axis_eV=axis_eV,
     )
     z = zz.z
-    nan = float("nan")
     c, w = z["zlp_centre_eV"], z["fwhm_eV"]
     # the raw SSD exactly as thickness makes it for its tail (ssd_for_tail); the requested output
     # from the same pass where the options allow
@@ -450,17 +456,16 @@ def deconvolve_block(
     }
     q = _quality(xp, zz, ok, maps, extra)
     valid = ok & _valid(xp, q)
-    out = {
-        "ssd": fl["ssd"],
-        "zlp_intensity": xp.where(ok, z["zlp_intensity"], nan),
-        "zlp_centre_eV": xp.where(ok, c + axis_shift_eV, nan),
-        "zlp_fwhm_eV": xp.where(ok, w, nan),
-        "resolution_eV": xp.where(ok, fl["resolution_eV"], nan),
-        "valid": valid,
-        "quality": q,
-    }
+    # the per-pixel maps NaN where not ok, in one where over their stack (columns: views)
+    names = ["zlp_intensity", "zlp_centre_eV", "zlp_fwhm_eV", "resolution_eV"]
+    cols = [z["zlp_intensity"], c + axis_shift_eV if axis_shift_eV else c, w, fl["resolution_eV"]]
     if maps is not None:
-        out["t_over_lambda"] = xp.where(ok, maps["t_over_lambda"], nan)
+        names.append("t_over_lambda")
+        cols.append(maps["t_over_lambda"])
+    masked = _where_ok(xp, ok, cols)
+    out = {"ssd": fl["ssd"], **dict(zip(names, masked, strict=True))}
+    out["valid"] = valid
+    out["quality"] = q
     return out
 
 
@@ -684,17 +689,14 @@ def kk_thickness_kernel(
     )
     ok = ok & bl["valid"]
     q = _thickness_quality(xp, block, zz, ok, maps, {quality.NEGATIVE_T_OVER_LAMBDA: ~(ratio > 0)})
-    nan = xp.full_like(n0, math.nan)
-    return {
-        "thickness_nm": xp.where(ok, kk_constant_nm_eV * ratio, nan),
-        "kk_integral": xp.where(ok, ratio, nan),
-        "t_over_lambda": xp.where(ok, maps["t_over_lambda"], nan),
-        "zlp_intensity": xp.where(ok, n0, nan),
-        "zlp_centre_eV": xp.where(ok, c + axis_shift_eV, nan),
-        "zlp_fwhm_eV": xp.where(ok, w, nan),
-        "valid": ok & _valid(xp, q),
-        "quality": q,
-    }
+    names = ["thickness_nm", "kk_integral", "t_over_lambda", "zlp_intensity"]
+    names += ["zlp_centre_eV", "zlp_fwhm_eV"]
+    cols = [kk_constant_nm_eV * ratio, ratio, maps["t_over_lambda"], n0]
+    cols += [c + axis_shift_eV if axis_shift_eV else c, w]
+    out = dict(zip(names, _where_ok(xp, ok, cols), strict=True))
+    out["valid"] = ok & _valid(xp, q)
+    out["quality"] = q
+    return out
 
 
 #: The KK thickness maps of a block (the engine's default tile size).

@@ -405,7 +405,7 @@ def log_ratio_maps(
     valid = z["valid"]
     one = xp.ones((n,), dtype=block.dtype)
     n0 = xp.where(valid, z["zlp_intensity"], one)
-    c = xp.where(valid, z["zlp_centre_eV"], 0.0 * one)
+    c = xp.where(valid, z["zlp_centre_eV"], 0.0)
     y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
     window = xp.where(valid & (window > 0), window, one)
@@ -451,14 +451,21 @@ def log_ratio_maps(
         sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
     negative_tl = valid & (tl < -3.0 * sd_tl)
     tl = xp.where(negative_tl, tl, xp.maximum(tl, 0.0))
-    nan = xp.full((n,), math.nan, dtype=block.dtype)
+    # the maps NaN where not valid in one where over their stack (columns: views); the tail's
+    # share where it was added too
+    kept = valid & trusted
+    masked = xp.where(
+        xp.stack([valid, valid, valid, kept], axis=-1),
+        xp.stack([tl, sd_tl, total, extra / total], axis=-1),
+        math.nan,
+    )
     return {
-        "t_over_lambda": xp.where(valid, tl, nan),
+        "t_over_lambda": masked[:, 0],
         "negative_t_over_lambda": negative_tl,
-        "t_over_lambda_sd": xp.where(valid, sd_tl, nan),
-        "total_intensity": xp.where(valid, total, nan),
-        "tail_fraction": xp.where(valid & trusted, extra / total, nan),
-        "tail_trusted": valid & trusted,
+        "t_over_lambda_sd": masked[:, 1],
+        "total_intensity": masked[:, 2],
+        "tail_fraction": masked[:, 3],
+        "tail_trusted": kept,
         "negative_tail": valid & negative,
         "tail_untrusted": valid & untrusted,
         "negative_lobe": lobe,

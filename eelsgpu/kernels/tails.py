@@ -229,14 +229,19 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
         xp.concat([m2, b, b]),
     )
     r12, r23, r = r_all[:n], r_all[n : 2 * n], r_all[2 * n :]
+    r3n = xp.reshape(r_all, (3, n))  # rows: r12, r23, r (a view)
     # standard error of r from the noise of the sums: d ln(ratio) / dr, numerically
     rel = var_part[:, None] / (parts * parts)  # (n, 3)
-    k2 = xp.maximum(k_all * k_all, 1e-12)
-    var12 = (rel[:, 0] + rel[:, 1]) / k2[:n]
-    var23 = (rel[:, 1] + rel[:, 2]) / k2[n : 2 * n]
-    sd_r = xp.sqrt((rel[:, 0] + rel[:, 2]) / k2[2 * n :])
+    k2 = xp.reshape(xp.maximum(k_all * k_all, 1e-12), (3, n))
+    # the noise of each ratio, parts 1+2, 2+3 and 1+3, in one add and one divide (3, n)
+    rel_pairs = xp.stack([rel[:, 0], rel[:, 1], rel[:, 0]]) + xp.stack(
+        [rel[:, 1], rel[:, 2], rel[:, 2]]
+    )
+    var_r = rel_pairs / k2
+    var12, var23 = var_r[0, :], var_r[1, :]
+    sd_r = xp.sqrt(var_r[2, :])
     noise = 4.0 * xp.sqrt(var12 + var23)  # 4 standard errors
-    inside = (r12 > 1.1) & (r23 > 1.1) & (r > 1.1) & (r12 < 19.9) & (r23 < 19.9)
+    inside = xp.all(r3n > 1.1, axis=0) & xp.all(r3n[:2, :] < 19.9, axis=0)
     trusted = (
         ok & inside & (r >= R_RANGE[0]) & (r <= R_RANGE[1]) & (xp.abs(r12 - r23) <= 0.1 * r + noise)
     )
