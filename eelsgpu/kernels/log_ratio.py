@@ -55,7 +55,15 @@ import numpy as np
 from .._xp import array_namespace, moving_average
 from ._sync import any_rows, host_axis, host_decides
 from .fourier_log import fourier_log_kernel
-from .tails import TAIL_FIT_FRACTION, TailSums, fit_range, solve_tails, tail_sums
+from .tails import (
+    TAIL_FIT_FRACTION,
+    TailSums,
+    _fourth_difference_squares,
+    _noise_segment,
+    fit_range,
+    solve_tails,
+    tail_sums,
+)
 from .zlp import centre_kernel, channel_variance, zlp_kernel
 
 __all__ = [
@@ -98,9 +106,27 @@ def _ssd_fit(
     # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
     part = xp.where(e[None, base:] > c[:, None], part, 0.0)
     smooth = moving_average(xp, part, k)
+    # the fits' noise from the squared fourth differences of one segment that covers them all
+    # (the narrower fit's channels lie inside the wider's): made once, the same values
+    segs = [
+        _noise_segment(axis, f, 0.95, zero_loss, b, base + smooth.shape[-1])
+        for f, b in zip(fit_fractions, bases, strict=True)
+    ]
+    a, b_end = min(s[0] for s in segs), max(s[1] for s in segs)
+    squares = None
+    if b_end - a > 4:
+        squares = (_fourth_difference_squares(xp, smooth[:, a - base : b_end - base]), a)
     return [
         tail_sums(
-            xp, smooth[:, b - base :], axis, c, f, stop=0.95, y_first=b, zero_loss_eV=zero_loss
+            xp,
+            smooth[:, b - base :],
+            axis,
+            c,
+            f,
+            stop=0.95,
+            y_first=b,
+            zero_loss_eV=zero_loss,
+            squares=squares,
         )
         for f, b in zip(fit_fractions, bases, strict=True)
     ]
@@ -236,8 +262,11 @@ def fourier_log_tail_finish(
 ) -> tuple[Any, Any]:
     """``(beyond, sd)`` of :func:`fourier_log_tail` from :func:`ssd_tail_sums` and its two fits
     solved (:func:`~.tails.solve_tails`)."""
-    tl, fits, tail = _ssd_tl(prep.total, prep.n0, solved[0], xp)
-    _, fits_half, tail_half = _ssd_tl(prep.total, prep.n0, solved[1], xp)
+    # both fits at once, on (2, n): the same operations on each
+    both = tuple(xp.stack([solved[0][i], solved[1][i]]) for i in (0, 1))
+    tl2, fits2, tail2 = _ssd_tl(prep.total, prep.n0, (*both, None), xp)
+    tl, fits, tail = tl2[0, :], fits2[0, :], tail2[0, :]
+    fits_half, tail_half = fits2[1, :], tail2[1, :]
     beyond = tl - prep.log_window
     # the two fits' difference where both hold; half the tail where only one does; where
     # neither holds, the E^-3 continuation (ssd_tail_sums)

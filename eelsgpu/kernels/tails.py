@@ -146,11 +146,34 @@ def fit_range(
     return i_start, i_stop
 
 
-def _noise_variance(xp: Any, y: Any) -> Any:
-    """Per row, the white-noise variance of one channel of ``y`` (n, m) from fourth differences
-    (in the data's own units, whatever their gain)."""
+def _fourth_difference_squares(xp: Any, y: Any) -> Any:
+    """Per row, the squared fourth differences of ``y`` (n, m): (n, m - 4), the one at column j
+    covering channels j..j+4."""
     d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
-    return xp.sum(d4 * d4, axis=-1) / (70.0 * d4.shape[-1])
+    return d4 * d4
+
+
+def _noise_variance(xp: Any, y: Any, squares: Any = None) -> Any:
+    """Per row, the white-noise variance of one channel of ``y`` (n, m) from fourth differences
+    (in the data's own units, whatever their gain); ``squares`` their squares when already made
+    (:func:`_fourth_difference_squares`, the same values)."""
+    sq = _fourth_difference_squares(xp, y) if squares is None else squares
+    return xp.sum(sq, axis=-1) / (70.0 * sq.shape[-1])
+
+
+def _noise_segment(
+    axis: tuple[float, float, int],
+    fit_fraction: float,
+    stop: float,
+    zero_loss_eV: float,
+    y_first: int,
+    y_stop: int,
+) -> tuple[int, int]:
+    """The channels ``[a, b)`` (absolute) whose fourth differences give the noise of the fit of
+    :func:`tail_sums` with these parameters, on data holding channels ``y_first..y_stop - 1``."""
+    i_start, i_stop = fit_range(axis, fit_fraction, stop, zero_loss_eV)
+    third = max(1, (i_stop - i_start) // 3)
+    return max(y_first, i_start - 2), min(y_stop, i_start + 3 * third + 2)
 
 
 class TailSums(NamedTuple):
@@ -176,9 +199,13 @@ def tail_sums(
     stop: float = 1.0,
     y_first: int = 0,
     zero_loss_eV: float = 0.0,
+    squares: tuple[Any, int] | None = None,
 ) -> TailSums:
     """The sums of a power-law tail fit (see :func:`tail_counts`, whose parameters these are;
-    ``axis`` the window's first energy, channel width (eV) and length, host numbers)."""
+    ``axis`` the window's first energy, channel width (eV) and length, host numbers).
+    ``squares`` = (the squared fourth differences of the data, the absolute channel the first
+    one starts at) when several fits share them (:func:`_fourth_difference_squares`; they must
+    cover :func:`_noise_segment`): the same values, made once."""
     e0, d, n_e = axis
     dt = y.dtype
     i_start, i_stop = fit_range(axis, fit_fraction, stop, zero_loss_eV)
@@ -189,11 +216,13 @@ def tail_sums(
     parts = xp.sum(xp.reshape(fit, (fit.shape[0], 3, third)), axis=-1)
     # the noise of one channel over the fit range: each part's sum has variance v x channels
     seg = y[:, max(0, i_start - o - 2) : min(y.shape[-1], i_start + 3 * third - o + 2)]
-    var = (
-        _noise_variance(xp, seg) * float(third)
-        if seg.shape[-1] > 4
-        else xp.zeros((y.shape[0],), dtype=dt)
-    )
+    if seg.shape[-1] > 4 and squares is not None:
+        a = max(o, i_start - 2) - squares[1]
+        var = _noise_variance(xp, seg, squares[0][:, a : a + seg.shape[-1] - 4]) * float(third)
+    elif seg.shape[-1] > 4:
+        var = _noise_variance(xp, seg) * float(third)
+    else:
+        var = xp.zeros((y.shape[0],), dtype=dt)
     # channel edges in loss energy (host numbers minus each row's zero loss)
     i1, i2, i3 = i_start + third, i_start + 2 * third, i_start + 3 * third
     host = [e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)]
