@@ -221,11 +221,16 @@ def _zlp_for_block(
         thr = zlp_kernel(
             block, e, method="threshold", search_eV=search, return_model=False, centre=centre
         )
+    # (the block with non-finite counts zeroed, made once by the centre: None where no ZLP
+    # could be looked for)
+    finite = centre.get("finite")
     if return_model:
-        checks = zlp_model_checks(block, e, z, thr, method)
+        checks = zlp_model_checks(block, e, z, thr, method, finite=finite)
     else:  # (the truncation's own check needs no model)
-        checks = zlp_model_checks(block, e, thr, thr, "threshold")
-    background = background_check(block, e, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"])
+        checks = zlp_model_checks(block, e, thr, thr, "threshold", finite=finite)
+    background = background_check(
+        block, e, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"], finite=finite
+    )
     # the ZLP is off a calibrated axis where its centre on the stored axis is
     c_stored = z["zlp_centre_eV"] + axis_shift_eV
     z = dict(z)
@@ -681,7 +686,11 @@ def kk_thickness_kernel(
     w_max = float(xp.max(xp.where(ok, w, 0.0))) if ok.shape[0] else 0.0
     cutoff = max(DEFAULT_LOW_ENERGY_CUTOFF_EV, 3.0 * w_max)
     integral = kk_sum_rule_integral(
-        xp.astype(bl["ssd"], y.dtype), zz.e, beam_energy_keV, collection_angle_mrad, cutoff
+        xp.astype(bl["ssd"], y.dtype, copy=False),
+        zz.e,
+        beam_energy_keV,
+        collection_angle_mrad,
+        cutoff,
     )
     ratio = integral / n0
     maps = _log_ratio_of_block(

@@ -391,13 +391,13 @@ def fourier_log_kernel(
         raise ValueError(f"pad_to={p} is too short for {n_e} channels")
     if damping is not None and not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1], not {damping}")
-    zlp = xp.astype(zlp, dt)
+    zlp = xp.astype(zlp, dt, copy=False)
     if zlp_centre_eV is None or zlp_fwhm_eV is None:
         c_in, w_in = _model_centre(xp, zlp, energy_eV, offset, disp)
         zlp_centre_eV = c_in if zlp_centre_eV is None else zlp_centre_eV
         zlp_fwhm_eV = w_in if zlp_fwhm_eV is None else zlp_fwhm_eV
-    cen = xp.astype(xp.asarray(zlp_centre_eV), dt)
-    fw = xp.astype(xp.asarray(zlp_fwhm_eV), dt)
+    cen = xp.astype(xp.asarray(zlp_centre_eV), dt, copy=False)
+    fw = xp.astype(xp.asarray(zlp_fwhm_eV), dt, copy=False)
     plan = _plan(xp, dt, energy_eV, offset, disp, n_e, p, output, fwhm_eV, damping, zero_loss_eV)
     plan.update(misfit=bool(misfit), max_res=float(max_resolution_fwhm), metrics=bool(metrics))
     # On a CPU rows are done a few at a time so that the temporaries of a row stay in the cache;
@@ -637,7 +637,7 @@ def _rows(
         ) / plan["e_span"]
     else:
         alpha = xp.full((j.shape[0],), -math.log(plan["damping"]) / plan["e_span"], dtype=dt)
-    alpha = xp.astype(alpha, dt)[:, None]
+    alpha = xp.astype(alpha, dt, copy=False)[:, None]
     wgt = xp.exp(-alpha * plan["e_win"])  # (rows, n_E); the tail's weight is in the tail
     tail = tail_continuation(j, plan["loss_end"], plan["disp"], plan, extrapolation, alpha)
     jw = j * wgt
@@ -1173,7 +1173,7 @@ def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[st
     breaks the Fourier-log model). A pixel whose SSD has no positive peak scores infinity.
     """
     dt = ssd.dtype
-    e = xp.astype(e, dt)[None, :]
+    e = xp.astype(e, dt, copy=False)[None, :]
     loss = e >= 0.0
     beyond = e >= 3.0 * fwhm_eV[:, None]
     peak = xp.max(xp.where(beyond, smooth, -math.inf), axis=-1)

@@ -243,6 +243,7 @@ def _plausible(
     out["zlp_snr"] = snr
     out["gain_share"] = gain_share
     out["noise"] = stats["noise"]
+    out["finite"] = y  # the block with non-finite counts zeroed, for the block's later checks
     return out
 
 
@@ -418,7 +419,10 @@ def centre_kernel(
             cen = far
         else:  # the pixels with a ZLP near 0 eV keep it
             keep = cen["valid"]
-            merged = {k: xp.where(keep, cen[k], far[k]) for k in cen if k != "noise"}
+            merged = {
+                k: xp.where(keep, cen[k], far[k]) for k in cen if k not in ("noise", "finite")
+            }
+            merged["finite"] = cen["finite"]  # (both the same block's)
             merged["noise"] = tuple(
                 xp.where(keep, a, b) for a, b in zip(cen["noise"], far["noise"], strict=True)
             )
@@ -441,18 +445,18 @@ def centre_kernel(
             "axis_eV": (e_first, d),
         }
     valid = cen["valid"]
-    nan = xp.full((n,), math.nan, dtype=dt)
     c = cen["zlp_centre_eV"]
     return {
-        "zlp_centre_eV": xp.where(valid, c, nan),
+        "zlp_centre_eV": xp.where(valid, c, math.nan),
         "valid": valid,
         "axis_offset": valid & ((c < SEARCH_EV[0]) | (c > SEARCH_EV[1])),
         "zlp_snr": cen["zlp_snr"],
         "peak_index": cen["peak_index"],
-        "fwhm_eV": xp.where(valid, cen["fwhm_eV"], nan),
+        "fwhm_eV": xp.where(valid, cen["fwhm_eV"], math.nan),
         "half_left": cen["half_left"],
         "half_right": cen["half_right"],
         "noise": cen["noise"],
+        "finite": cen["finite"],
         "peak_bound": bound,
         "axis_eV": (e_first, d),
     }
@@ -1210,7 +1214,7 @@ def channel_noise(xp: Any, y: Any, e: Any, c: Any, w: Any) -> tuple[Any, Any]:
     model checks, the background test, the Fourier-log's error and the log-ratio's noise reuse);
     how it is computed: :func:`_away_stats`."""
     y = xp.where(xp.isfinite(y), y, 0.0)
-    return _away_stats(xp, y, None, xp.astype(e, y.dtype), c, w)["noise"]
+    return _away_stats(xp, y, None, xp.astype(e, y.dtype, copy=False), c, w)["noise"]
 
 
 def channel_variance(
@@ -1227,7 +1231,12 @@ def channel_variance(
 
 
 def zlp_model_checks(
-    block: Any, energy_eV: Any, z: dict[str, Any], thr: dict[str, Any], method: str
+    block: Any,
+    energy_eV: Any,
+    z: dict[str, Any],
+    thr: dict[str, Any],
+    method: str,
+    finite: Any = None,
 ) -> dict[str, Any]:
     """Does the ZLP model fit each pixel? Statistics against the truncation and counting noise.
 
@@ -1282,7 +1291,10 @@ def zlp_model_checks(
     e0, d = z.get("axis_eV") or host_axis(energy_eV)
     e = xp.astype(energy_eV, dt)
     ok = z["valid"] & thr["valid"]
-    y = xp.where(ok[:, None] & xp.isfinite(block), block, 0.0)
+    if finite is None:  # (``finite``: the block with non-finite counts zeroed, when made)
+        y = xp.where(ok[:, None] & xp.isfinite(block), block, 0.0)
+    else:
+        y = xp.where(ok[:, None], finite, 0.0)
     c = xp.where(ok, z["zlp_centre_eV"], 0.0)
     w = xp.where(ok, z["fwhm_eV"], 1.0)
     w = xp.where(w > 0, w, 1.0)
@@ -1384,7 +1396,12 @@ BACKGROUND_LIMITS = {"significance": 5.0, "share": 0.02}
 
 
 def background_check(
-    block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any, noise: Any = None
+    block: Any,
+    energy_eV: Any,
+    centre_eV: Any,
+    fwhm_eV: Any,
+    noise: Any = None,
+    finite: Any = None,
 ) -> dict[str, Any]:
     """A constant offset under the spectrum (dark current, a badly subtracted background).
 
@@ -1402,7 +1419,7 @@ def background_check(
     dict of (n,) arrays
         ``offset`` (counts per channel; NaN where the gain side is too short to tell),
         ``offset_share`` and ``unphysical`` (bool). ``noise``: :func:`channel_noise` of the block
-    when already measured.
+    when already measured; ``finite``: the block with non-finite counts zeroed, when made.
 
     Examples
     --------
@@ -1418,9 +1435,9 @@ def background_check(
     n, n_e = block.shape
     e = xp.astype(energy_eV, dt)
     ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
-    c = xp.where(ok, xp.astype(centre_eV, dt), xp.zeros((n,), dtype=dt))
-    w = xp.where(ok, xp.astype(fwhm_eV, dt), xp.ones((n,), dtype=dt))
-    y = xp.where(xp.isfinite(block), block, 0.0)
+    c = xp.where(ok, xp.astype(centre_eV, dt, copy=False), 0.0)
+    w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
+    y = xp.where(xp.isfinite(block), block, 0.0) if finite is None else finite
     rel = e[None, :] - c[:, None]
     far = rel < -xp.maximum(10.0 * w, 3.0)[:, None]
     ff = xp.astype(far, dt)
