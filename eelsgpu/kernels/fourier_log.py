@@ -721,26 +721,47 @@ def _rows(
         # eq. 22 at zero frequency: sum(SSD) over the period / N0 against ln(I_ext / N0)
         ext = total + xp.sum(tail * xp.exp(alpha * plan["e_ext"][None, :]), axis=-1)
         sum_error = metrics["period_sum"] - xp.log(xp.where(ext > 0, ext / n0, nan))
+    maps = {
+        "t_over_lambda": t_over_lambda,
+        "resolution_eV": res_out,
+        "limit_eV": limit,
+        "zlp_fwhm_eV": fw,
+    }
+    if plan["metrics"]:
+        maps.update(
+            sum_error=sum_error,
+            ringing=metrics["ringing"],
+            negative_lobe=metrics["negative_lobe"],
+            ssd_peak=metrics["peak"],
+        )
     result = {
         "ssd": out,
         "zlp_intensity": xp.where(valid, n0, nan),
-        "t_over_lambda": xp.where(ok, t_over_lambda, nan),
         "valid": ok,
-        "resolution_eV": xp.where(ok, res_out, nan),
-        "limit_eV": xp.where(ok, limit, nan),
         "floored": ok & floored,
-        "zlp_fwhm_eV": xp.where(ok, fw, nan),
+        **_nan_where(xp, ok, maps),
     }
     if plan["metrics"]:
-        result.update(
-            sum_error=xp.where(ok, sum_error, nan),
-            ringing=xp.where(ok, metrics["ringing"], nan),
-            negative_lobe=xp.where(ok, metrics["negative_lobe"], nan),
-            ssd_peak=xp.where(ok, metrics["peak"], nan),
-        )
         if output != "ssd":
             result["raw_ssd"] = xp.where(ok[:, None], raw, nan)
     return result
+
+
+def _nan_where(xp: Any, ok: Any, maps: dict[str, Any]) -> dict[str, Any]:
+    """Each (n,) map of ``maps`` where ``ok`` (n,) holds, NaN elsewhere: the maps of one dtype
+    in one ``where`` over their stack (the results are column views of it), so the number of
+    operations does not grow with the number of maps; the values are those of a ``where`` each."""
+    groups: dict[str, list[str]] = {}
+    for key, value in maps.items():
+        groups.setdefault(str(value.dtype), []).append(key)
+    out: dict[str, Any] = {}
+    for keys in groups.values():
+        if len(keys) == 1:
+            out[keys[0]] = xp.where(ok, maps[keys[0]], math.nan)
+            continue
+        masked = xp.where(ok[:, None], xp.stack([maps[k] for k in keys], axis=-1), math.nan)
+        out.update({k: masked[:, i] for i, k in enumerate(keys)})
+    return {k: out[k] for k in maps}
 
 
 def _adaptive_weight(
