@@ -125,7 +125,7 @@ from .._xp import (
 from ..errors import InputError
 from . import _fused
 from ._sync import all_rows, any_rows, host_decides
-from .zlp import _clamp, centre_kernel, channel_variance
+from .zlp import _clamp, _nan_where, centre_kernel, channel_variance
 from .zlp import _median_rows as zlp_median_rows
 
 __all__ = [
@@ -745,23 +745,6 @@ def _rows(
         if output != "ssd":
             result["raw_ssd"] = xp.where(ok[:, None], raw, nan)
     return result
-
-
-def _nan_where(xp: Any, ok: Any, maps: dict[str, Any]) -> dict[str, Any]:
-    """Each (n,) map of ``maps`` where ``ok`` (n,) holds, NaN elsewhere: the maps of one dtype
-    in one ``where`` over their stack (the results are column views of it), so the number of
-    operations does not grow with the number of maps; the values are those of a ``where`` each."""
-    groups: dict[str, list[str]] = {}
-    for key, value in maps.items():
-        groups.setdefault(str(value.dtype), []).append(key)
-    out: dict[str, Any] = {}
-    for keys in groups.values():
-        if len(keys) == 1:
-            out[keys[0]] = xp.where(ok, maps[keys[0]], math.nan)
-            continue
-        masked = xp.where(ok[:, None], xp.stack([maps[k] for k in keys], axis=-1), math.nan)
-        out.update({k: masked[:, i] for i, k in enumerate(keys)})
-    return {k: out[k] for k in maps}
 
 
 def _adaptive_weight(

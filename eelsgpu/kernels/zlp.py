@@ -116,6 +116,23 @@ def _clamp(xp: Any, x: Any, lo: float, hi: float) -> Any:
     return xp.clip(x, lo, hi)
 
 
+def _nan_where(xp: Any, ok: Any, maps: dict[str, Any]) -> dict[str, Any]:
+    """Each (n,) map of ``maps`` where ``ok`` (n,) holds, NaN elsewhere: the maps of one dtype
+    in one ``where`` over their stack (the results are column views of it), so the number of
+    operations does not grow with the number of maps; the values are those of a ``where`` each."""
+    groups: dict[str, list[str]] = {}
+    for key, value in maps.items():
+        groups.setdefault(str(value.dtype), []).append(key)
+    out: dict[str, Any] = {}
+    for keys in groups.values():
+        if len(keys) == 1:
+            out[keys[0]] = xp.where(ok, maps[keys[0]], math.nan)
+            continue
+        masked = xp.where(ok[:, None], xp.stack([maps[k] for k in keys], axis=-1), math.nan)
+        out.update({k: masked[:, i] for i, k in enumerate(keys)})
+    return {k: out[k] for k in maps}
+
+
 def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
     """The arg-max channel of each row among channels i0..i1 (non-finite values never win)."""
     win = block[:, i0 : i1 + 1]
@@ -594,7 +611,7 @@ def _cdf_at(xp, y, cs, q):
     return xp.where(q <= 0.0, 0.0, xp.take_along_axis(cs, ji, axis=-1) + part)
 
 
-def _mirror(xp, y, e, c, d, w, q_extra=None):
+def _mirror(xp, y, e, c, d, w, q_extra=None, u=None):
     """Gain side as measured, loss side = the gain side mirrored about the centre.
 
     A mirrored channel holds the counts of its mirror image interval on the gain side, from the
@@ -604,13 +621,16 @@ def _mirror(xp, y, e, c, d, w, q_extra=None):
     them and on a slab of ``w`` channels above the peak, not on the whole spectrum.
 
     Returns the model (n, n_E) and the cumulative counts at the positions ``q_extra`` (n, m)
-    (in channels; None: not asked for), looked up with the mirror's own."""
+    (in channels; None: not asked for), looked up with the mirror's own. ``u`` = (c - e[0]) / d
+    when the caller made it (the same values)."""
     n, n_e = y.shape
     w = min(w, n_e)
     head = y[:, :w]
     cs = xp.cumulative_sum(head, axis=-1, include_initial=True)
-    a = 2.0 * (c - e[0]) / d  # the mirror of channel i starts at edge a - i
-    k = xp.astype(xp.floor((c - e[0]) / d + 0.5), xp.int64)  # channel holding the centre
+    u = (c - e[0]) / d if u is None else u
+    # (2 u is 2 (c - e[0]) / d exactly: a scaling by 2)
+    a = 2.0 * u  # the mirror of channel i starts at edge a - i
+    k = xp.astype(xp.floor(u + 0.5), xp.int64)  # channel holding the centre
     t = xp.arange(-1, w)
     i = k[:, None] + t[None, :]  # slab: channels from the centre's up (and the one below)
     q = a[:, None] - xp.astype(i, y.dtype)
@@ -906,11 +926,13 @@ def mirror_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpMode
         w_head = min(n_e, max(z.peak_bound + 5, 4))
     # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups (made
     # with the model's own when it is built)
-    k = xp.floor((c - e[0]) / d + 0.5)  # channel holding c (its upper edge is k + 1)
+    u = (c - e[0]) / d  # the centre in channels from the axis' first (made once)
+    k = xp.floor(u + 0.5)  # channel holding c (its upper edge is k + 1)
     q_hi = k + 1.0
-    q = xp.stack([q_hi, 2.0 * (c - e[0]) / d + 1.0 - q_hi], axis=-1)
+    # (2 u is 2 (c - e[0]) / d exactly: a scaling by 2)
+    q = xp.stack([q_hi, 2.0 * u + 1.0 - q_hi], axis=-1)
     if return_model:
-        model, at = _mirror(xp, y, e, c, d, w_head, q_extra=q)
+        model, at = _mirror(xp, y, e, c, d, w_head, q_extra=q, u=u)
     else:
         head = y[:, :w_head]
         model, at = (
@@ -1173,15 +1195,15 @@ def zlp_kernel(
         valid = valid & usable
 
     valid = valid & xp.isfinite(n0) & (n0 > 0)
-    nan = xp.full_like(n0, math.nan)
     if model is not None and not all_rows(xp, valid):  # (a full pass: only when needed)
         model = xp.where(valid[:, None], model, math.nan)
+    maps = _nan_where(xp, valid, {"zlp_centre_eV": c0, "zlp_intensity": n0, "fwhm_eV": fwhm})
     return {
-        "zlp_centre_eV": xp.where(valid, c0, nan),
-        "zlp_intensity": xp.where(valid, n0, nan),
+        "zlp_centre_eV": maps["zlp_centre_eV"],
+        "zlp_intensity": maps["zlp_intensity"],
         "zlp": model,
         "valid": valid,
-        "fwhm_eV": xp.where(valid, fwhm, nan),
+        "fwhm_eV": maps["fwhm_eV"],
         "axis_offset": valid & cen["axis_offset"],
         "zlp_snr": cen["zlp_snr"],
         "cut_index": cut,
@@ -1338,24 +1360,26 @@ def zlp_model_checks(
     rel_excess = excess / (n0 * scale)
     residue = -sum_d[:, 1] / (n0 * scale)  # 0 < x <= 2
     sd_res = xp.sqrt(sum_v[:, 1]) / (n0 * scale)
-    nan = xp.full((n,), math.nan, dtype=dt)
+    nan = math.nan
     if method == "threshold":
         cut = z["cut_index"] if z.get("cut_index") is not None else thr["cut_index"]
         at_cut = take_rows(xp, y, cut)
         trunc = xp.where(cut < n_e, at_cut * (2.0 * w / d) / (n0_thr * scale), 0.0)
         mismatch = trunc > CHECK_LIMITS["trunc"]
     else:
-        trunc = nan
+        trunc = xp.full_like(residue, math.nan)  # (not a truncation)
         mismatch = (
             (xp.abs(rel_dtl) > CHECK_LIMITS["rel_dtl"] + 4.0 * sd_dtl)
             | (rel_excess > CHECK_LIMITS["rel_excess"])
             | (xp.abs(residue) > CHECK_LIMITS["residue"] + 4.0 * sd_res)
         )
+    # the four figures NaN where not ok: one where over their stack (columns: views)
+    figures = xp.where(ok[:, None], xp.stack([rel_dtl, rel_excess, residue, trunc], axis=-1), nan)
     return {
-        "rel_dtl": xp.where(ok, rel_dtl, nan),
-        "rel_excess": xp.where(ok, rel_excess, nan),
-        "residue": xp.where(ok, residue, nan),
-        "trunc": xp.where(ok, trunc, nan),
+        "rel_dtl": figures[:, 0],
+        "rel_excess": figures[:, 1],
+        "residue": figures[:, 2],
+        "trunc": figures[:, 3],
         "mismatch": ok & mismatch,
         "noise": noise,
     }
