@@ -268,11 +268,14 @@ def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dic
     return xp.where(ok, q, quality.NO_ZLP)
 
 
-def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
+def _has_ssd(xp: Any, block: Any, z: dict[str, Any], finite: Any = None) -> Any:
     """Pixels with an SSD to judge (ringing, negative lobes): a window log-ratio of at least
     :data:`VACUUM_T_OVER_LAMBDA`; a vacuum pixel's SSD is noise around zero, with no peak to
-    measure it against."""
-    window = xp.sum(xp.where(xp.isfinite(block), block, 0.0), axis=-1)
+    measure it against. ``finite``: the block with non-finite counts zeroed when made (only the
+    rows of pixels with a ZLP count; any block whose rows agree there gives the same)."""
+    if finite is None:
+        finite = xp.where(xp.isfinite(block), block, 0.0)
+    window = xp.sum(finite, axis=-1)
     n0 = xp.where(z["valid"], z["zlp_intensity"], 1.0)
     ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, 1.0)
     return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
@@ -367,7 +370,7 @@ def _thickness_quality(
     """The quality bitmask of a thickness block (:func:`_quality`), with NEGATIVE_LOBE where the
     tail came from a Fourier-log SSD whose lobe exceeds :data:`NEGATIVE_LOBE_LIMIT`, and the
     conditions ``more`` (by bit)."""
-    judged = maps["fourier_log_used"] & _has_ssd(xp, block, zz.z)
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, zz.z, zz.centre.get("finite"))
     extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
     extra.update(more or {})
     return _quality(xp, zz, ok, maps, extra)
@@ -454,7 +457,8 @@ def deconvolve_block(
         maps = _log_ratio_of_block(
             xp, block, zz, method, "auto", TAIL_FIT_FRACTION, raw=(y, raw, raw_ssd)
         )
-    judged = _has_ssd(xp, y, z)
+    # (y is the block on the rows with a ZLP, the only rows _has_ssd counts)
+    judged = _has_ssd(xp, y, z, zz.centre.get("finite"))
     extra = {
         quality.RINGING: judged & (raw["ringing"] > RINGING_LIMIT),
         quality.NEGATIVE_LOBE: judged & (raw["negative_lobe"] > NEGATIVE_LOBE_LIMIT),
