@@ -247,10 +247,11 @@ def tail_continuation(
     ok = v > 0
     # ln v (-1e30 where the data end at or below 0: no tail; not -inf, which the matrix
     # product below would turn into NaN)
-    log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -1e30)
+    v_ok = xp.where(ok, v, 1.0)
+    log_v = xp.where(ok, xp.log(v_ok), -1e30)
     # logarithmic slope -d ln J / dE at the window's end (>= 0: the tail only falls)
-    # (minimum/maximum, not clip: array-api-compat's clip costs ~50 us a call)
-    rate = _clamp(xp, -g / xp.where(ok, v, 1.0), 0.0, 50.0 / dispersion_eV)
+    # (_clamp: minimum/maximum on NumPy, where array-api-compat's clip costs ~50 us a call)
+    rate = _clamp(xp, -g / v_ok, 0.0, 50.0 / dispersion_eV)
     if extrapolation == "power-law" and e_end_eV > 0:
         # A (L / L_end)^-r with r = rate L_end: same value and slope as the data at the end
         coef, shape = -(rate * e_end_eV), plan["tail_log"]

@@ -104,7 +104,7 @@ def _ssd_fit(
     base = min(bases)
     part = finite[:, base:]
     # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
-    part = xp.where(e[None, base:] > c[:, None], part, 0.0)
+    part = xp.where(e[None, base:] > (0.0 if c is None else c[:, None]), part, 0.0)
     smooth = moving_average(xp, part, k)
     # the fits' noise from the squared fourth differences of one segment that covers them all
     # (the narrower fit's channels lie inside the wider's): made once, the same values
@@ -237,8 +237,8 @@ def ssd_tail_sums(
     dt = ssd.dtype
     e = xp.astype(energy_eV, dt)
     finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
-    c = xp.zeros((n,), dtype=dt)
-    fits = _ssd_fit(xp, finite, e, axis, c, 0.0, (fit_fraction, 0.5 * fit_fraction))
+    # (zero loss at 0 eV for every row: c None, no array of zeros to subtract)
+    fits = _ssd_fit(xp, finite, e, axis, None, 0.0, (fit_fraction, 0.5 * fit_fraction))
     # where neither fit holds: what an E^-3 continuation of the SSD's level where its tail is
     # fitted (85 to 95 % of the loss range: short of the end, which follows the window's
     # extrapolation) would add, with the noise of that level
@@ -432,16 +432,15 @@ def log_ratio_maps(
     """
     n = block.shape[0]
     valid = z["valid"]
-    one = xp.ones((n,), dtype=block.dtype)
-    n0 = xp.where(valid, z["zlp_intensity"], one)
+    n0 = xp.where(valid, z["zlp_intensity"], 1.0)
     c = xp.where(valid, z["zlp_centre_eV"], 0.0)
     y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
-    window = xp.where(valid & (window > 0), window, one)
+    window = xp.where(valid & (window > 0), window, 1.0)
     e = xp.astype(energy_eV, block.dtype)
     e0, d = host_axis(energy_eV, axis_eV)
     no = xp.zeros((n,), dtype=xp.bool)
-    zero = xp.zeros_like(one)
+    zero = xp.zeros((n,), dtype=block.dtype)
     extra, trusted, negative, untrusted, lobe, made = zero, no, no, no, zero, no
     power_law = tail in ("power-law", "auto")
     from_ssd = tail in ("fourier-log", "auto")
@@ -475,7 +474,7 @@ def log_ratio_maps(
     tl = xp.log(total / n0)
     # t/lambda < 0 is unphysical: within 3 standard deviations of its noise it is a vacuum
     # pixel's 0, below that the ZLP model fails (the NEGATIVE_T_OVER_LAMBDA bit)
-    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window, noise)
+    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], 1.0), n0, window, noise)
     if z.get("method", "threshold") != "threshold":
         sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
     negative_tl = valid & (tl < -3.0 * sd_tl)

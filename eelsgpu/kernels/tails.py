@@ -223,14 +223,17 @@ def tail_sums(
         var = _noise_variance(xp, seg) * float(third)
     else:
         var = xp.zeros((y.shape[0],), dtype=dt)
-    # channel edges in loss energy (host numbers minus each row's zero loss)
+    # channel edges in loss energy (host numbers minus each row's zero loss; c None: zero loss
+    # at 0 eV for every row), and the stand-in edges 1, 2, 3, 4: one upload
     i1, i2, i3 = i_start + third, i_start + 2 * third, i_start + 3 * third
     host = [e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)]
-    edges = xp.asarray(host, dtype=dt)[None, :] - c[:, None]
+    consts = xp.asarray([*host, 1.0, 2.0, 3.0, 4.0], dtype=dt)
+    edges = consts[None, :4] if c is None else consts[None, :4] - c[:, None]
     ok = xp.all(parts > 0, axis=-1) & (edges[:, 0] > 0)
     parts = xp.where(ok[:, None], parts, 1.0)
-    edges = xp.where(ok[:, None], edges, xp.asarray([1.0, 2.0, 3.0, 4.0], dtype=dt))
-    l_end = (e0 + d * (n_e - 0.5)) - c
+    edges = xp.where(ok[:, None], edges, consts[4:])
+    l_end_host = e0 + d * (n_e - 0.5)
+    l_end = xp.full((y.shape[0],), l_end_host, dtype=dt) if c is None else l_end_host - c
     return TailSums(parts, edges, var, ok, l_end)
 
 
