@@ -170,7 +170,8 @@ ALIGNED_OUTPUTS = ("ssd", "band-limited", "reconvolved-gaussian")
 class _Zlp(NamedTuple):
     """A block's ZLP on the kernel's axis: the axis ``e`` (stored axis minus the shift) and its
     first energy and channel width ``axis`` (eV, host floats), the centre, the model ``z``, the
-    truncation ``thr``, its checks and the background test."""
+    truncation ``thr``, its checks and the background test; ``e_block`` the axis ``e`` in the
+    block's dtype (cast once)."""
 
     e: Any
     axis: tuple[float, float]
@@ -179,6 +180,7 @@ class _Zlp(NamedTuple):
     thr: dict[str, Any]
     checks: dict[str, Any]
     background: dict[str, Any]
+    e_block: Any = None
 
 
 def _zlp_for_block(
@@ -205,10 +207,15 @@ def _zlp_for_block(
     search = None
     if search_eV is not None:
         search = (float(search_eV[0]) - axis_shift_eV, float(search_eV[1]) - axis_shift_eV)
-    centre = centre_kernel(block, e, search_eV=search, axis_eV=axis)
+    # the axis in the block's dtype, cast once: every step of the ZLP stage casts its axis to the
+    # block's dtype (a cast of this one is no copy), and its host numbers come from ``axis``
+    # (the reference model keeps the axis as given: it casts it to the reference's dtype)
+    xp = array_namespace(block)
+    ef = xp.astype(e, block.dtype, copy=False)
+    centre = centre_kernel(block, ef, search_eV=search, axis_eV=axis)
     z = zlp_kernel(
         block,
-        e,
+        e if method == "reference" else ef,
         method=method,
         reference=reference,
         zlp_cube=zlp_cube,
@@ -219,23 +226,23 @@ def _zlp_for_block(
     thr = z
     if method != "threshold":
         thr = zlp_kernel(
-            block, e, method="threshold", search_eV=search, return_model=False, centre=centre
+            block, ef, method="threshold", search_eV=search, return_model=False, centre=centre
         )
     # (the block with non-finite counts zeroed, made once by the centre: None where no ZLP
     # could be looked for)
     finite = centre.get("finite")
     if return_model:
-        checks = zlp_model_checks(block, e, z, thr, method, finite=finite)
+        checks = zlp_model_checks(block, ef, z, thr, method, finite=finite)
     else:  # (the truncation's own check needs no model)
-        checks = zlp_model_checks(block, e, thr, thr, "threshold", finite=finite)
+        checks = zlp_model_checks(block, ef, thr, thr, "threshold", finite=finite)
     background = background_check(
-        block, e, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"], finite=finite
+        block, ef, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"], finite=finite
     )
     # the ZLP is off a calibrated axis where its centre on the stored axis is
-    c_stored = z["zlp_centre_eV"] + axis_shift_eV
+    c_stored = z["zlp_centre_eV"] + axis_shift_eV if axis_shift_eV else z["zlp_centre_eV"]
     z = dict(z)
     z["axis_offset"] = z["valid"] & ((c_stored < SEARCH_EV[0]) | (c_stored > SEARCH_EV[1]))
-    return _Zlp(e, axis, centre, z, thr, checks, background)
+    return _Zlp(e, axis, centre, z, thr, checks, background, ef)
 
 
 def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dict[str, Any]) -> Any:
@@ -348,7 +355,7 @@ def _log_ratio_of_block(
     return log_ratio_maps(
         xp,
         block,
-        zz.e,
+        zz.e_block,  # (the axis in the block's dtype: log_ratio_maps casts it to that)
         zz.z,
         tail=tail,
         fit_fraction=fit_fraction,

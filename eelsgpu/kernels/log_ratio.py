@@ -437,7 +437,7 @@ def log_ratio_maps(
     y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
     window = xp.where(valid & (window > 0), window, 1.0)
-    e = xp.astype(energy_eV, block.dtype)
+    e = xp.astype(energy_eV, block.dtype, copy=False)
     e0, d = host_axis(energy_eV, axis_eV)
     no = xp.zeros((n,), dtype=xp.bool)
     zero = xp.zeros((n,), dtype=block.dtype)

@@ -414,7 +414,7 @@ def centre_kernel(
     n, n_e = block.shape
     e_first, d = host_axis(energy_eV, axis_eV)
     dt = block.dtype
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     lo, hi = SEARCH_EV if search_eV is None else (float(search_eV[0]), float(search_eV[1]))
     i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
     i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
@@ -1169,7 +1169,7 @@ def zlp_kernel(
     cen = centre
     e0, d = cen.get("axis_eV") or host_axis(energy_eV, axis_eV)
     y = block  # a pixel with NaN is invalid (flagged by the centre); its NaN stays in its row
-    e = xp.astype(energy_eV, y.dtype)
+    e = xp.astype(energy_eV, y.dtype, copy=False)
     valid = cen["valid"]
     c0 = cen["zlp_centre_eV"]
     c = xp.where(valid, c0, 0.0)  # finite stand-in for the invalid pixels
@@ -1311,7 +1311,7 @@ def zlp_model_checks(
     dt = block.dtype
     n, n_e = block.shape
     e0, d = z.get("axis_eV") or host_axis(energy_eV)
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     ok = z["valid"] & thr["valid"]
     if finite is None:  # (``finite``: the block with non-finite counts zeroed, when made)
         y = xp.where(ok[:, None] & xp.isfinite(block), block, 0.0)
@@ -1457,7 +1457,7 @@ def background_check(
     xp = array_namespace(block)
     dt = block.dtype
     n, n_e = block.shape
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
     c = xp.where(ok, xp.astype(centre_eV, dt, copy=False), 0.0)
     w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
