@@ -301,7 +301,7 @@ def _fourier_log_of_block(
     tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
     fl = fourier_log_kernel(
         y,
-        zz.e,
+        zz.e_block,  # (the axis in the block's dtype: the kernel casts it to that)
         zf,
         zlp_centre_eV=z["zlp_centre_eV"],
         zlp_fwhm_eV=z["fwhm_eV"],
@@ -321,7 +321,7 @@ def _ssd_tail(
     power-law fits, solved there in one batch with the spectrum's own."""
     prep = ssd_tail_sums(
         raw_ssd,
-        zz.e,
+        zz.e if raw_ssd.dtype != zz.e_block.dtype else zz.e_block,  # (cast to the SSD's dtype)
         raw["zlp_intensity"],
         xp.sum(y, axis=-1),
         fit_fraction=fit_fraction,

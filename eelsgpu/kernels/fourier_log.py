@@ -499,7 +499,7 @@ def _plan(
         "loss_end": loss_end,
         "e_span": max(loss_end, disp),
         "damping": damping,
-        "e_win": xp.astype(energy_eV[:n_e], dt)[None, :],
+        "e_win": xp.astype(energy_eV[:n_e], dt, copy=False)[None, :],
         "e_ext": parts["e_ext"],
         "log_taper": parts["log_taper"],
         "tail_de": parts["tail_de"],

@@ -235,7 +235,7 @@ def ssd_tail_sums(
     e0, d = host_axis(energy_eV, axis_eV)
     axis = (e0, d, n_e)
     dt = ssd.dtype
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
     # (zero loss at 0 eV for every row: c None, no array of zeros to subtract)
     fits = _ssd_fit(xp, finite, e, axis, None, 0.0, (fit_fraction, 0.5 * fit_fraction))
