@@ -1399,7 +1399,14 @@ def _x_counts(xp: Any, x: Any, e_first: float, d: float, c: Any, w: Any) -> Any:
     dt = x.dtype
     ts = [-2.0, 0.0, 2.0] + [0.5 * k for k in range(_EXCESS_BINS + 1)]
     # (x of the slab's channel j is (e_first + j d - c) / w: e_first is the slab's first energy)
-    t = xp.asarray(ts, dtype=dt)
+    # the thresholds t and, for the comparisons, t_cmp: t with the first (strict: x < -2) one
+    # moved down to the next smaller number of the dtype, so that x >= t and x < t there are
+    # x > t_cmp and x <= t_cmp (no number of the dtype lies between): one compare for all
+    np_dt = np.dtype(str(dt).split(".")[-1])
+    t_cmp = np.asarray(ts, dtype=np_dt)
+    t_cmp[0] = np.nextafter(t_cmp[0], np_dt.type(-np.inf))
+    both = xp.asarray(np.stack([np.asarray(ts, dtype=np_dt), t_cmp]))  # one upload
+    t, t_lo = both[0, :], both[1, :]
     # x <= t  <=>  e <= c + t w: the channel's index from the axis' first energy and width
     pos = (c[:, None] + t[None, :] * w[:, None] - e_first) / d
     est = xp.astype(_clamp(xp, xp.floor(pos) + 1.0, 0.0, float(m)), xp.int64)
@@ -1407,9 +1414,8 @@ def _x_counts(xp: Any, x: Any, e_first: float, d: float, c: Any, w: Any) -> Any:
     # x <= t (the first end counts x < -2, strictly)
     below = xp.take_along_axis(x, xp.maximum(est - 1, 0), axis=-1)
     above = xp.take_along_axis(x, xp.minimum(est, m - 1), axis=-1)
-    strict = xp.asarray([True] + [False] * (len(ts) - 1))
-    over_b = xp.where(strict, below >= t, below > t) & (est > 0)
-    under_a = xp.where(strict, above < t, above <= t) & (est < m)
+    over_b = (below > t_lo) & (est > 0)
+    under_a = (above <= t_lo) & (est < m)
     return est - xp.astype(over_b, xp.int64) + xp.astype(under_a, xp.int64)
 
 
