@@ -176,8 +176,9 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     ymax = win[:, hw]
     half = 0.5 * ymax
     big = 4 * hw
-    left = xp.max(xp.where(win[:, :hw] < half[:, None], offs[:hw], -big), axis=-1)
-    right = xp.min(xp.where(win[:, hw + 1 :] < half[:, None], offs[hw + 1 :], big), axis=-1)
+    under = win < half[:, None]  # (one compare for both sides: their columns are views)
+    left = xp.max(xp.where(under[:, :hw], offs[:hw], -big), axis=-1)
+    right = xp.min(xp.where(under[:, hw + 1 :], offs[hw + 1 :], big), axis=-1)
 
     # crossings interpolated linearly for the FWHM (offsets beyond hw: the pixel is not valid):
     # the counts at the two channels of each crossing, in one gather
@@ -190,16 +191,17 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     fwhm_ch = xp.astype(right - left, dt) - frac[:, 0] - frac[:, 1]
 
     y_l1, y_r1 = win[:, hw - 1], win[:, hw + 1]
+    five = win[:, hw - 2 : hw + 3]  # the peak and two channels either side
+    positive = five > 0  # (n, 5): which of the five are above zero (columns: views)
     local_max = (p >= 1) & (p <= n_e - 2) & (ymax >= y_l1) & (ymax >= y_r1)
     # a saturated detector: three or more channels at exactly the maximum
     saturated = xp.sum(xp.astype(win == ymax[:, None], xp.int32), axis=-1) >= 3
-    valid = finite & (ymax > 0) & local_max & ~saturated & (left > -big) & (right < big)
+    valid = finite & positive[:, 2] & local_max & ~saturated & (left > -big) & (right < big)
 
     # parabola vertex on log(counts): 3 points, or a 5-point least-squares fit for wide peaks
-    five = win[:, hw - 2 : hw + 3]  # the peak and two channels either side
     logs = xp.log(xp.maximum(five, float(np.finfo(np.float32).tiny)))
-    pos3 = (y_l1 > 0) & (y_r1 > 0) & (ymax > 0)
-    pos5 = pos3 & (five[:, 0] > 0) & (five[:, 4] > 0) & (p >= 2) & (p <= n_e - 3)
+    pos3 = positive[:, 1] & positive[:, 3] & positive[:, 2]
+    pos5 = pos3 & positive[:, 0] & positive[:, 4] & (p >= 2) & (p <= n_e - 3)
     # 3 points (on log where all positive, else on the counts themselves)
     a3 = xp.where(pos3[:, None], logs[:, 1:4], five[:, 1:4])
     a_m, a_0, a_p = a3[:, 0], a3[:, 1], a3[:, 2]
@@ -242,16 +244,23 @@ def _plausible(
     x = (e[None, :] - c[:, None]) / w[:, None]  # energy from the centre, in FWHM
     h = cen["height"]
     hh = xp.where(h > 0, h, 1.0)
-    room = -x[:, 0]
-    gain_max = xp.max(xp.where(x < -3.0, y, -math.inf), axis=-1)
-    # (a gain side beyond 3 FWHM exists where the window starts there: x rises along the row)
-    gain_share = xp.where(room > 3.0, gain_max / hh, 0.0)
+    gain_side = x < -3.0
+    gain_max = xp.max(xp.where(gain_side, y, -math.inf), axis=-1)
+    # (a gain side beyond 3 FWHM exists where the window starts there: x rises along the row;
+    # room > 3 is x[:, 0] < -3, its first column)
+    gain_share = xp.where(gain_side[:, 0], gain_max / hh, 0.0)
     stats = _away_stats(xp, y, x, e, c, w, level=True)
     sigma = xp.sqrt(stats["noise"][0])
     # (a noise-free spectrum has no noise: its floor is the rounding of float32 data)
     snr = (h - stats["level"]) / xp.maximum(sigma, 1e-7 * xp.abs(h) + tiny(str(block.dtype)))
-    ok = (room >= GAIN_SIDE_MIN_FWHM) & (gain_share <= GAIN_SIDE_MAX_SHARE) & (snr >= MIN_ZLP_SNR)
+    # (room >= the minimum is x[:, 0] <= -the minimum: a negation is exact)
+    ok = (
+        (x[:, 0] <= -GAIN_SIDE_MIN_FWHM)
+        & (gain_share <= GAIN_SIDE_MAX_SHARE)
+        & (snr >= MIN_ZLP_SNR)
+    )
     if off_axis:
+        room = -x[:, 0]  # (how far the window reaches below the centre, in FWHM)
         far_max = xp.max(xp.where(x < -5.0, y, -math.inf), axis=-1)
         far_share = xp.where(room > 5.0, far_max / hh, 0.0)
         ok = ok & (room >= OFF_AXIS_GAIN_SIDE_FWHM) & (far_share <= OFF_AXIS_GAIN_SIDE_SHARE)
