@@ -749,7 +749,8 @@ def _first_minimum_rows(xp, y, p, fwhm_ch, d, active=None):
     n, n_e = y.shape
     dt = y.dtype
     fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, 2.0)
-    k = xp.astype(_clamp(xp, xp.round(fw / 4.0), 1.0, 64.0), xp.int64)
+    kf = _clamp(xp, xp.round(fw / 4.0), 1.0, 64.0)  # (whole numbers 1..64)
+    k = xp.astype(kf, xp.int64)
     width = min(n_e, max(64, int(round(25.0 / d))))
     start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
     pad = 64
@@ -770,11 +771,15 @@ def _first_minimum_rows(xp, y, p, fwhm_ch, d, active=None):
         sums, xp.reshape(xp.minimum(k, _EXACT_SMOOTHING), (n, 1, 1)), axis=1
     )[:, 0, :]
     cs = xp.cumulative_sum(win, axis=-1, include_initial=True)
-    r = xp.arange(m)[None, :]
+    r = offs[None, pad : pad + m]  # 0..m - 1 (a view)
     wide = xp.take_along_axis(cs, r + (pad + 1) + k[:, None], axis=-1) - xp.take_along_axis(
         cs, xp.maximum(r + pad - k[:, None], 0), axis=-1
     )
-    sm = xp.where((k <= _EXACT_SMOOTHING)[:, None], exact, wide) / xp.astype(2 * k + 1, dt)[:, None]
+    # (2 k + 1 in the data's dtype: exact for these small whole numbers)
+    sm = (
+        xp.where((k <= _EXACT_SMOOTHING)[:, None], exact, wide)
+        / xp.astype(2.0 * kf + 1.0, dt, copy=False)[:, None]
+    )
     i = p[:, None] + r[:, :-1]
     ok = (sm[:, :-1] <= sm[:, 1:]) & (r[:, :-1] >= start[:, None]) & (i < n_e - 1)
     if active is not None:
@@ -969,11 +974,14 @@ def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpM
         t_max = n_e
     below = xp.arange(t_max)[None, :] < t[:, None]
     head = y[:, :t_max]
-    n0 = xp.sum(xp.where(below, head, 0.0), axis=-1)
+    kept = xp.where(below, head, 0.0)
+    n0 = xp.sum(kept, axis=-1)
     n0 = xp.where(t < n_e, n0, xp.sum(y, axis=-1))
     model = None
     if return_model:
-        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, 0.0)
+        # (over the whole row, as on a device, the model is the counts summed for N0)
+        whole = t_max == n_e
+        model = kept if whole else xp.where(xp.arange(n_e)[None, :] < t[:, None], y, 0.0)
     return ZlpModel(model, n0, None, t)
 
 
