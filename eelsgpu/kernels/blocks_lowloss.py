@@ -471,7 +471,7 @@ def deconvolve_block(
         quality.NEGATIVE_LOBE: judged & (raw["negative_lobe"] > NEGATIVE_LOBE_LIMIT),
     }
     q = _quality(xp, zz, ok, maps, extra)
-    valid = ok & _valid(xp, q)
+    valid = _valid(xp, q)  # (a pixel not ok carries NO_ZLP, a fatal bit)
     # the per-pixel maps NaN where not ok, in one where over their stack (columns: views)
     names = ["zlp_intensity", "zlp_centre_eV", "zlp_fwhm_eV", "resolution_eV"]
     cols = [z["zlp_intensity"], c + axis_shift_eV if axis_shift_eV else c, w, fl["resolution_eV"]]
@@ -586,13 +586,15 @@ def log_ratio_block(
     maps = _log_ratio_of_block(xp, block, zz, method, tail, tail_fit_fraction)
     ok = z["valid"]
     q = _thickness_quality(xp, block, zz, ok, maps)
-    nan = float("nan")
     return {
         "t_over_lambda": maps["t_over_lambda"],
         "zlp_intensity": z["zlp_intensity"],
-        "zlp_centre_eV": xp.where(ok, z["zlp_centre_eV"] + axis_shift_eV, nan),
+        # (the ZLP kernel's centre is NaN already where it is not valid)
+        "zlp_centre_eV": z["zlp_centre_eV"] + axis_shift_eV
+        if axis_shift_eV
+        else z["zlp_centre_eV"],
         "zlp_fwhm_eV": z["fwhm_eV"],
-        "valid": ok & _valid(xp, q),
+        "valid": _valid(xp, q),  # (a pixel not ok carries NO_ZLP, a fatal bit)
         "quality": q,
         "total_intensity": maps["total_intensity"],
         "tail_fraction": maps["tail_fraction"],
@@ -714,7 +716,7 @@ def kk_thickness_kernel(
     cols = [kk_constant_nm_eV * ratio, ratio, maps["t_over_lambda"], n0]
     cols += [c + axis_shift_eV if axis_shift_eV else c, w]
     out = dict(zip(names, _where_ok(xp, ok, cols), strict=True))
-    out["valid"] = ok & _valid(xp, q)
+    out["valid"] = _valid(xp, q)  # (a pixel not ok carries NO_ZLP, a fatal bit)
     out["quality"] = q
     return out
 

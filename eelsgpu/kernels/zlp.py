@@ -183,7 +183,10 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     # crossings interpolated linearly for the FWHM (offsets beyond hw: the pixel is not valid):
     # the counts at the two channels of each crossing, in one gather
     left_c, right_c = xp.maximum(left, -hw), xp.minimum(right, hw)
-    idx = xp.stack([left_c, left_c + 1, right_c, right_c - 1], axis=-1) + hw
+    # (the four channels' offsets in one add of a constant row)
+    idx = xp.stack([left_c, left_c, right_c, right_c], axis=-1) + xp.asarray(
+        [hw, hw + 1, hw, hw - 1], dtype=left_c.dtype
+    )
     g = xp.take_along_axis(win, idx, axis=-1)
     outer, inner = g[:, 0::2], g[:, 1::2]  # (yl, yr) below half, (yl1, yr1) at or above it
     rising = inner > outer
