@@ -283,7 +283,8 @@ def _has_ssd(xp: Any, block: Any, z: dict[str, Any], finite: Any = None) -> Any:
     if finite is None:
         finite = xp.where(xp.isfinite(block), block, 0.0)
     window = xp.sum(finite, axis=-1)
-    n0 = xp.where(z["valid"], z["zlp_intensity"], 1.0)
+    # (N0 is NaN where the ZLP is not valid: those rows take 1, as the test below says)
+    n0 = z["zlp_intensity"]
     ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, 1.0)
     return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
 

@@ -116,19 +116,20 @@ def _clamp(xp: Any, x: Any, lo: float, hi: float) -> Any:
     return xp.clip(x, lo, hi)
 
 
-def _nan_where(xp: Any, ok: Any, maps: dict[str, Any]) -> dict[str, Any]:
-    """Each (n,) map of ``maps`` where ``ok`` (n,) holds, NaN elsewhere: the maps of one dtype
-    in one ``where`` over their stack (the results are column views of it), so the number of
-    operations does not grow with the number of maps; the values are those of a ``where`` each."""
+def _nan_where(xp: Any, ok: Any, maps: dict[str, Any], fill: float = math.nan) -> dict[str, Any]:
+    """Each (n,) map of ``maps`` where ``ok`` (n,) holds, ``fill`` (NaN) elsewhere: the maps of
+    one dtype in one ``where`` over their stack (the results are column views of it), so the
+    number of operations does not grow with the number of maps; the values are those of a
+    ``where`` each."""
     groups: dict[str, list[str]] = {}
     for key, value in maps.items():
         groups.setdefault(str(value.dtype), []).append(key)
     out: dict[str, Any] = {}
     for keys in groups.values():
         if len(keys) == 1:
-            out[keys[0]] = xp.where(ok, maps[keys[0]], math.nan)
+            out[keys[0]] = xp.where(ok, maps[keys[0]], fill)
             continue
-        masked = xp.where(ok[:, None], xp.stack([maps[k] for k in keys], axis=-1), math.nan)
+        masked = xp.where(ok[:, None], xp.stack([maps[k] for k in keys], axis=-1), fill)
         out.update({k: masked[:, i] for i, k in enumerate(keys)})
     return {k: out[k] for k in maps}
 
@@ -1338,10 +1339,12 @@ def zlp_model_checks(
     else:
         y = xp.where(ok[:, None], finite, 0.0)
     c = xp.where(ok, z["zlp_centre_eV"], 0.0)
-    w = xp.where(ok, z["fwhm_eV"], 1.0)
-    w = xp.where(w > 0, w, 1.0)
-    n0 = xp.where(ok, z["zlp_intensity"], 1.0)
-    n0_thr = xp.where(ok, thr["zlp_intensity"], 1.0)
+    # (the three maps 1 where not ok: one where over their stack)
+    ones = _nan_where(
+        xp, ok, {"w": z["fwhm_eV"], "n0": z["zlp_intensity"], "n0_thr": thr["zlp_intensity"]}, 1.0
+    )
+    w = xp.where(ones["w"] > 0, ones["w"], 1.0)
+    n0, n0_thr = ones["n0"], ones["n0_thr"]
     window = xp.sum(y, axis=-1)
     tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, 1.0))
     scale = xp.maximum(tl_thr, 0.01)
