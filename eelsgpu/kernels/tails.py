@@ -104,8 +104,9 @@ def _solve(xp: Any, ratio: Any, a1: Any, b1: Any, a2: Any, b2: Any) -> tuple[Any
     # 1, where a difference of powers is not; its derivative in r is
     # u1 / expm1(-s u1) - u2 / expm1(-s u2) + ln(a2 / a1)
     lo, hi = _R_BOUNDS
-    u = xp.log(xp.stack([b1 / a1, b2 / a2], axis=-1))
-    lp = xp.log(a2 / a1)
+    # (the three logs in one: u of each range and ln(a2 / a1))
+    logs = xp.log(xp.stack([b1 / a1, b2 / a2, a2 / a1], axis=-1))
+    u, lp = logs[:, :2], logs[:, 2]
     target = xp.log(ratio)
     # start: in x = ln L each integral is exp(s x_centre) times its range u, to first order:
     # s (x_centre1 - x_centre2) + ln(u1 / u2) = ln(ratio)

@@ -1492,13 +1492,15 @@ def background_check(
     w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
     y = xp.where(xp.isfinite(block), block, 0.0) if finite is None else finite
     rel = e[None, :] - c[:, None]
-    far = rel < -xp.maximum(10.0 * w, 3.0)[:, None]
+    # (-max(10 w, 3) as min(-10 w, -3): negations are exact)
+    far = rel < xp.minimum(-10.0 * w, -3.0)[:, None]
     ff = xp.astype(far, dt)
     n_far = xp.sum(ff, axis=-1)
-    b = xp.sum(y * ff, axis=-1) / xp.maximum(n_far, 1.0)
+    n_far1 = xp.maximum(n_far, 1.0)
+    b = xp.sum(y * ff, axis=-1) / n_far1
     if noise is None:
         noise = channel_noise(xp, y, e, c, w)
-    se = xp.sqrt(noise[0] / xp.maximum(n_far, 1.0))
+    se = xp.sqrt(noise[0] / n_far1)
     gain = xp.astype(rel < 0.0, dt)
     loss_channels = xp.sum(1.0 - gain, axis=-1)
     window = xp.sum(y, axis=-1)
