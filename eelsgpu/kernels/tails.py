@@ -255,7 +255,7 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     # r from parts 1/2, 2/3 and 1/3, in one batched solve
     r_all, k_all = _solve(
         xp,
-        xp.concat([s1 / s2, s2 / s3, s1 / s3]),
+        xp.concat([s1, s2, s1]) / xp.concat([s2, s3, s3]),  # (the same three divisions)
         xp.concat([a, m1, a]),
         xp.concat([m1, m2, m1]),
         xp.concat([m1, m2, m2]),
@@ -284,7 +284,7 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     r3 = xp.where(trusted, r, 3.0)
     rr = xp.stack([r3, xp.maximum(r3 - sd_r, 1.05), r3 + sd_r], axis=-1)
     s = 1.0 - rr
-    logs = xp.log(xp.stack([l_end / a, b / a], axis=-1))  # (n, 2)
+    logs = xp.log(xp.stack([l_end, b], axis=-1) / a[:, None])  # (n, 2)
     counts = -total[:, None] * xp.exp(s * logs[:, :1]) / xp.expm1(s * logs[:, 1:])
     tail = counts[:, 0]
     sd = 0.5 * xp.abs(counts[:, 1] - counts[:, 2])
