@@ -467,7 +467,7 @@ def log_ratio_maps(
             good = redo & (beyond > 0) & (beyond > sd)
             extra = xp.where(good, window * xp.expm1(xp.where(good, beyond, zero)), extra)
             trusted = trusted | good
-            untrusted = redo & ~good & ~negative
+            untrusted = redo & ~(good | negative)
             lobe = xp.where(redo, fl["negative_lobe"], zero)
             made = redo
     total = window + extra
