@@ -33,21 +33,28 @@ path; deconvolve <= 0.6 MiB read and written per spectrum.
 Measured on the 2-core development machine (4096 x 2048 block; before -> after issue 13's kernel
 phase: host axis numbers passed in, no row tiling or data-dependent slabs on a device, the
 power-law tails by a batched Newton solve, the roll-off as ONE fused kernel, counted as one
-operation reading its inputs and writing its outputs once):
+operation reading its inputs and writing its outputs once; then -> now: the small per-pixel
+steps batched -- maps masked in one ``where`` over their stack, the quality mask as one stacked
+sum, the smoothing sums of the ZLP's first minimum by one cumulative sum, shared masks, casts and
+fourth differences made once, one ``clip`` per clamp on a device; the CPU's results bitwise the
+same):
 
-=========================  ================  ==========  ===========  =============
-job                        ops               syncs       MiB/sp       peak kB/sp
-=========================  ================  ==========  ===========  =============
-deconvolve-mirror          32,052 -> 1,240   718 -> 3    5.46 -> 4.3  84 -> 295
-deconvolve-band-limited    32,691 -> 1,251   718 -> 3    -    -> 4.4  84 -> 295
-thickness-log-ratio        11,633 -> 1,136   235 -> 3    2.45 -> 3.9  64 -> 305
-thickness-kk               28,462 -> 1,308   757 -> 6    4.59 -> 4.4  76 -> 295
-=========================  ================  ==========  ===========  =============
+=========================  =======================  ==========  =================  =============
+job                        ops                      syncs       MiB/sp             peak kB/sp
+=========================  =======================  ==========  =================  =============
+deconvolve-mirror          32,052 -> 1,240 -> 1,083  718 -> 3    5.46 -> 4.3 -> 4.19  84 -> 295
+deconvolve-band-limited    32,691 -> 1,251 -> 1,094  718 -> 3    -    -> 4.4 -> 4.28  84 -> 295
+thickness-log-ratio        11,633 -> 1,136 -> 991    235 -> 3    2.45 -> 3.9 -> 3.82  64 -> 305
+thickness-kk               28,462 -> 1,308 -> 1,149  757 -> 6    4.59 -> 4.4 -> 4.31  76 -> 295
+=========================  =======================  ==========  =================  =============
 
 (the operations and syncs no longer grow with the block; the peak per spectrum is the whole
 block's temporaries now that a device pass is not cut into rows of 64, and the bytes per
 spectrum of thickness grew for the same reason: the Fourier-log of the tail now runs for every
-pixel on a device instead of a subset read back to the host.)
+pixel on a device instead of a subset read back to the host. What is left above 1,000: about 40
+call sites of 5-70 operations, the largest the ZLP centre and its plausibility (~180), the tails'
+batched Newton solve (~130, one elementwise kernel's worth), the ZLP models and checks (~250),
+the roll-off's weights and metrics (~100).)
 """
 
 from __future__ import annotations

@@ -170,7 +170,8 @@ ALIGNED_OUTPUTS = ("ssd", "band-limited", "reconvolved-gaussian")
 class _Zlp(NamedTuple):
     """A block's ZLP on the kernel's axis: the axis ``e`` (stored axis minus the shift) and its
     first energy and channel width ``axis`` (eV, host floats), the centre, the model ``z``, the
-    truncation ``thr``, its checks and the background test."""
+    truncation ``thr``, its checks and the background test; ``e_block`` the axis ``e`` in the
+    block's dtype (cast once)."""
 
     e: Any
     axis: tuple[float, float]
@@ -179,6 +180,7 @@ class _Zlp(NamedTuple):
     thr: dict[str, Any]
     checks: dict[str, Any]
     background: dict[str, Any]
+    e_block: Any = None
 
 
 def _zlp_for_block(
@@ -205,10 +207,15 @@ def _zlp_for_block(
     search = None
     if search_eV is not None:
         search = (float(search_eV[0]) - axis_shift_eV, float(search_eV[1]) - axis_shift_eV)
-    centre = centre_kernel(block, e, search_eV=search, axis_eV=axis)
+    # the axis in the block's dtype, cast once: every step of the ZLP stage casts its axis to the
+    # block's dtype (a cast of this one is no copy), and its host numbers come from ``axis``
+    # (the reference model keeps the axis as given: it casts it to the reference's dtype)
+    xp = array_namespace(block)
+    ef = xp.astype(e, block.dtype, copy=False)
+    centre = centre_kernel(block, ef, search_eV=search, axis_eV=axis)
     z = zlp_kernel(
         block,
-        e,
+        e if method == "reference" else ef,
         method=method,
         reference=reference,
         zlp_cube=zlp_cube,
@@ -219,47 +226,65 @@ def _zlp_for_block(
     thr = z
     if method != "threshold":
         thr = zlp_kernel(
-            block, e, method="threshold", search_eV=search, return_model=False, centre=centre
+            block, ef, method="threshold", search_eV=search, return_model=False, centre=centre
         )
+    # (the block with non-finite counts zeroed, made once by the centre: None where no ZLP
+    # could be looked for)
+    finite = centre.get("finite")
     if return_model:
-        checks = zlp_model_checks(block, e, z, thr, method)
+        checks = zlp_model_checks(block, ef, z, thr, method, finite=finite)
     else:  # (the truncation's own check needs no model)
-        checks = zlp_model_checks(block, e, thr, thr, "threshold")
-    background = background_check(block, e, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"])
+        checks = zlp_model_checks(block, ef, thr, thr, "threshold", finite=finite)
+    background = background_check(
+        block, ef, z["zlp_centre_eV"], z["fwhm_eV"], noise=checks["noise"], finite=finite
+    )
     # the ZLP is off a calibrated axis where its centre on the stored axis is
-    c_stored = z["zlp_centre_eV"] + axis_shift_eV
+    c_stored = z["zlp_centre_eV"] + axis_shift_eV if axis_shift_eV else z["zlp_centre_eV"]
     z = dict(z)
     z["axis_offset"] = z["valid"] & ((c_stored < SEARCH_EV[0]) | (c_stored > SEARCH_EV[1]))
-    return _Zlp(e, axis, centre, z, thr, checks, background)
+    return _Zlp(e, axis, centre, z, thr, checks, background, ef)
 
 
 def _quality(xp: Any, zz: _Zlp, ok: Any, maps: dict[str, Any] | None, extra: dict[str, Any]) -> Any:
     """The per-pixel quality bitmask (:mod:`.quality`) of a thickness or deconvolution block:
-    ``ok`` (n,) where the computation itself succeeded (else NO_ZLP), ``maps`` the log-ratio's
-    tail flags (:func:`~.log_ratio.log_ratio_maps`), ``extra`` more conditions by bit."""
-    n = ok.shape[0]
-    q = xp.zeros((n,), dtype=xp.uint32)
-    q = quality.set_bit(xp, q, ~ok, quality.NO_ZLP)
-    q = quality.set_bit(xp, q, ok & zz.checks["mismatch"], quality.ZLP_MISMATCH)
-    q = quality.set_bit(xp, q, ok & zz.background["unphysical"], quality.UNPHYSICAL_BACKGROUND)
-    q = quality.set_bit(xp, q, ok & zz.z["axis_offset"], quality.AXIS_OFFSET)
+    ``ok`` (n,) where the computation itself succeeded (else NO_ZLP alone), ``maps`` the
+    log-ratio's tail flags (:func:`~.log_ratio.log_ratio_maps`), ``extra`` more conditions by
+    bit.
+
+    In a fixed number of operations, whatever the number of bits: the conditions of each bit
+    (several for one bit: OR-ed) stacked as columns, and the mask the sum of the bits of the
+    columns that hold (the bits are distinct powers of two, so the sum is their OR); a pixel
+    that is not ``ok`` gets NO_ZLP alone."""
+    conditions: dict[int, Any] = {}
+
+    def add(bit: int, condition: Any) -> None:
+        conditions[bit] = condition if bit not in conditions else conditions[bit] | condition
+
+    add(quality.ZLP_MISMATCH, zz.checks["mismatch"])
+    add(quality.UNPHYSICAL_BACKGROUND, zz.background["unphysical"])
+    add(quality.AXIS_OFFSET, zz.z["axis_offset"])
     if maps is not None:
-        q = quality.set_bit(xp, q, ok & maps["negative_tail"], quality.NEGATIVE_TAIL)
-        q = quality.set_bit(xp, q, ok & maps["tail_untrusted"], quality.TAIL_UNTRUSTED)
-        q = quality.set_bit(
-            xp, q, ok & maps["negative_t_over_lambda"], quality.NEGATIVE_T_OVER_LAMBDA
-        )
+        add(quality.NEGATIVE_TAIL, maps["negative_tail"])
+        add(quality.TAIL_UNTRUSTED, maps["tail_untrusted"])
+        add(quality.NEGATIVE_T_OVER_LAMBDA, maps["negative_t_over_lambda"])
     for bit, condition in extra.items():
-        q = quality.set_bit(xp, q, ok & condition, bit)
-    return q
+        add(bit, condition)
+    bits = xp.asarray(list(conditions), dtype=xp.uint32)
+    held = xp.stack(list(conditions.values()), axis=-1)  # (n, bits)
+    q = xp.sum(xp.where(held, bits, 0), axis=-1, dtype=xp.uint32)
+    return xp.where(ok, q, quality.NO_ZLP)
 
 
-def _has_ssd(xp: Any, block: Any, z: dict[str, Any]) -> Any:
+def _has_ssd(xp: Any, block: Any, z: dict[str, Any], finite: Any = None) -> Any:
     """Pixels with an SSD to judge (ringing, negative lobes): a window log-ratio of at least
     :data:`VACUUM_T_OVER_LAMBDA`; a vacuum pixel's SSD is noise around zero, with no peak to
-    measure it against."""
-    window = xp.sum(xp.where(xp.isfinite(block), block, 0.0), axis=-1)
-    n0 = xp.where(z["valid"], z["zlp_intensity"], 1.0)
+    measure it against. ``finite``: the block with non-finite counts zeroed when made (only the
+    rows of pixels with a ZLP count; any block whose rows agree there gives the same)."""
+    if finite is None:
+        finite = xp.where(xp.isfinite(block), block, 0.0)
+    window = xp.sum(finite, axis=-1)
+    # (N0 is NaN where the ZLP is not valid: those rows take 1, as the test below says)
+    n0 = z["zlp_intensity"]
     ratio = xp.where(z["valid"] & (window > 0) & (n0 > 0), window / n0, 1.0)
     return xp.log(ratio) >= VACUUM_T_OVER_LAMBDA
 
@@ -277,7 +302,7 @@ def _fourier_log_of_block(
     tied = ((zf == y) & (zf != 0)) if method == "threshold" else None
     fl = fourier_log_kernel(
         y,
-        zz.e,
+        zz.e_block,  # (the axis in the block's dtype: the kernel casts it to that)
         zf,
         zlp_centre_eV=z["zlp_centre_eV"],
         zlp_fwhm_eV=z["fwhm_eV"],
@@ -297,7 +322,7 @@ def _ssd_tail(
     power-law fits, solved there in one batch with the spectrum's own."""
     prep = ssd_tail_sums(
         raw_ssd,
-        zz.e,
+        zz.e if raw_ssd.dtype != zz.e_block.dtype else zz.e_block,  # (cast to the SSD's dtype)
         raw["zlp_intensity"],
         xp.sum(y, axis=-1),
         fit_fraction=fit_fraction,
@@ -331,7 +356,7 @@ def _log_ratio_of_block(
     return log_ratio_maps(
         xp,
         block,
-        zz.e,
+        zz.e_block,  # (the axis in the block's dtype: log_ratio_maps casts it to that)
         zz.z,
         tail=tail,
         fit_fraction=fit_fraction,
@@ -342,12 +367,28 @@ def _log_ratio_of_block(
     )
 
 
-def _thickness_quality(xp: Any, block: Any, zz: _Zlp, ok: Any, maps: dict[str, Any]) -> Any:
+def _thickness_quality(
+    xp: Any,
+    block: Any,
+    zz: _Zlp,
+    ok: Any,
+    maps: dict[str, Any],
+    more: dict[int, Any] | None = None,
+) -> Any:
     """The quality bitmask of a thickness block (:func:`_quality`), with NEGATIVE_LOBE where the
-    tail came from a Fourier-log SSD whose lobe exceeds :data:`NEGATIVE_LOBE_LIMIT`."""
-    judged = maps["fourier_log_used"] & _has_ssd(xp, block, zz.z)
+    tail came from a Fourier-log SSD whose lobe exceeds :data:`NEGATIVE_LOBE_LIMIT`, and the
+    conditions ``more`` (by bit)."""
+    judged = maps["fourier_log_used"] & _has_ssd(xp, block, zz.z, zz.centre.get("finite"))
     extra = {quality.NEGATIVE_LOBE: judged & (maps["negative_lobe"] > NEGATIVE_LOBE_LIMIT)}
+    extra.update(more or {})
     return _quality(xp, zz, ok, maps, extra)
+
+
+def _where_ok(xp: Any, ok: Any, cols: list[Any]) -> list[Any]:
+    """Each (n,) map of ``cols`` where ``ok`` (n,) holds, NaN elsewhere: one ``where`` over
+    their stack (two operations, whatever their number; the maps are column views of it)."""
+    masked = xp.where(ok[:, None], xp.stack(cols, axis=-1), math.nan)
+    return [masked[:, i] for i in range(len(cols))]
 
 
 def _valid(xp: Any, q: Any) -> Any:
@@ -400,7 +441,6 @@ def deconvolve_block(
         axis_eV=axis_eV,
     )
     z = zz.z
-    nan = float("nan")
     c, w = z["zlp_centre_eV"], z["fwhm_eV"]
     # the raw SSD exactly as thickness makes it for its tail (ssd_for_tail); the requested output
     # from the same pass where the options allow
@@ -425,24 +465,24 @@ def deconvolve_block(
         maps = _log_ratio_of_block(
             xp, block, zz, method, "auto", TAIL_FIT_FRACTION, raw=(y, raw, raw_ssd)
         )
-    judged = _has_ssd(xp, y, z)
+    # (y is the block on the rows with a ZLP, the only rows _has_ssd counts)
+    judged = _has_ssd(xp, y, z, zz.centre.get("finite"))
     extra = {
         quality.RINGING: judged & (raw["ringing"] > RINGING_LIMIT),
         quality.NEGATIVE_LOBE: judged & (raw["negative_lobe"] > NEGATIVE_LOBE_LIMIT),
     }
     q = _quality(xp, zz, ok, maps, extra)
-    valid = ok & _valid(xp, q)
-    out = {
-        "ssd": fl["ssd"],
-        "zlp_intensity": xp.where(ok, z["zlp_intensity"], nan),
-        "zlp_centre_eV": xp.where(ok, c + axis_shift_eV, nan),
-        "zlp_fwhm_eV": xp.where(ok, w, nan),
-        "resolution_eV": xp.where(ok, fl["resolution_eV"], nan),
-        "valid": valid,
-        "quality": q,
-    }
+    valid = _valid(xp, q)  # (a pixel not ok carries NO_ZLP, a fatal bit)
+    # the per-pixel maps NaN where not ok, in one where over their stack (columns: views)
+    names = ["zlp_intensity", "zlp_centre_eV", "zlp_fwhm_eV", "resolution_eV"]
+    cols = [z["zlp_intensity"], c + axis_shift_eV if axis_shift_eV else c, w, fl["resolution_eV"]]
     if maps is not None:
-        out["t_over_lambda"] = xp.where(ok, maps["t_over_lambda"], nan)
+        names.append("t_over_lambda")
+        cols.append(maps["t_over_lambda"])
+    masked = _where_ok(xp, ok, cols)
+    out = {"ssd": fl["ssd"], **dict(zip(names, masked, strict=True))}
+    out["valid"] = valid
+    out["quality"] = q
     return out
 
 
@@ -547,13 +587,15 @@ def log_ratio_block(
     maps = _log_ratio_of_block(xp, block, zz, method, tail, tail_fit_fraction)
     ok = z["valid"]
     q = _thickness_quality(xp, block, zz, ok, maps)
-    nan = float("nan")
     return {
         "t_over_lambda": maps["t_over_lambda"],
         "zlp_intensity": z["zlp_intensity"],
-        "zlp_centre_eV": xp.where(ok, z["zlp_centre_eV"] + axis_shift_eV, nan),
+        # (the ZLP kernel's centre is NaN already where it is not valid)
+        "zlp_centre_eV": z["zlp_centre_eV"] + axis_shift_eV
+        if axis_shift_eV
+        else z["zlp_centre_eV"],
         "zlp_fwhm_eV": z["fwhm_eV"],
-        "valid": ok & _valid(xp, q),
+        "valid": _valid(xp, q),  # (a pixel not ok carries NO_ZLP, a fatal bit)
         "quality": q,
         "total_intensity": maps["total_intensity"],
         "tail_fraction": maps["tail_fraction"],
@@ -658,26 +700,26 @@ def kk_thickness_kernel(
     w_max = float(xp.max(xp.where(ok, w, 0.0))) if ok.shape[0] else 0.0
     cutoff = max(DEFAULT_LOW_ENERGY_CUTOFF_EV, 3.0 * w_max)
     integral = kk_sum_rule_integral(
-        xp.astype(bl["ssd"], y.dtype), zz.e, beam_energy_keV, collection_angle_mrad, cutoff
+        xp.astype(bl["ssd"], y.dtype, copy=False),
+        zz.e,
+        beam_energy_keV,
+        collection_angle_mrad,
+        cutoff,
     )
     ratio = integral / n0
     maps = _log_ratio_of_block(
         xp, block, zz, method, "auto", tail_fit_fraction, raw=(y, bl, bl["raw_ssd"])
     )
     ok = ok & bl["valid"]
-    q = _thickness_quality(xp, block, zz, ok, maps)
-    q = quality.set_bit(xp, q, ok & ~(ratio > 0), quality.NEGATIVE_T_OVER_LAMBDA)
-    nan = xp.full_like(n0, math.nan)
-    return {
-        "thickness_nm": xp.where(ok, kk_constant_nm_eV * ratio, nan),
-        "kk_integral": xp.where(ok, ratio, nan),
-        "t_over_lambda": xp.where(ok, maps["t_over_lambda"], nan),
-        "zlp_intensity": xp.where(ok, n0, nan),
-        "zlp_centre_eV": xp.where(ok, c + axis_shift_eV, nan),
-        "zlp_fwhm_eV": xp.where(ok, w, nan),
-        "valid": ok & _valid(xp, q),
-        "quality": q,
-    }
+    q = _thickness_quality(xp, block, zz, ok, maps, {quality.NEGATIVE_T_OVER_LAMBDA: ~(ratio > 0)})
+    names = ["thickness_nm", "kk_integral", "t_over_lambda", "zlp_intensity"]
+    names += ["zlp_centre_eV", "zlp_fwhm_eV"]
+    cols = [kk_constant_nm_eV * ratio, ratio, maps["t_over_lambda"], n0]
+    cols += [c + axis_shift_eV if axis_shift_eV else c, w]
+    out = dict(zip(names, _where_ok(xp, ok, cols), strict=True))
+    out["valid"] = _valid(xp, q)  # (a pixel not ok carries NO_ZLP, a fatal bit)
+    out["quality"] = q
+    return out
 
 
 #: The KK thickness maps of a block (the engine's default tile size).

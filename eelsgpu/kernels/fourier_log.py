@@ -125,8 +125,8 @@ from .._xp import (
 from ..errors import InputError
 from . import _fused
 from ._sync import all_rows, any_rows, host_decides
+from .zlp import _clamp, _nan_where, centre_kernel, channel_variance
 from .zlp import _median_rows as zlp_median_rows
-from .zlp import centre_kernel, channel_variance
 
 __all__ = [
     "EXTRAPOLATIONS",
@@ -247,10 +247,11 @@ def tail_continuation(
     ok = v > 0
     # ln v (-1e30 where the data end at or below 0: no tail; not -inf, which the matrix
     # product below would turn into NaN)
-    log_v = xp.where(ok, xp.log(xp.where(ok, v, 1.0)), -1e30)
+    v_ok = xp.where(ok, v, 1.0)
+    log_v = xp.where(ok, xp.log(v_ok), -1e30)
     # logarithmic slope -d ln J / dE at the window's end (>= 0: the tail only falls)
-    # (minimum/maximum, not clip: array-api-compat's clip costs ~50 us a call)
-    rate = xp.minimum(xp.maximum(-g / xp.where(ok, v, 1.0), 0.0), 50.0 / dispersion_eV)
+    # (_clamp: minimum/maximum on NumPy, where array-api-compat's clip costs ~50 us a call)
+    rate = _clamp(xp, -g / v_ok, 0.0, 50.0 / dispersion_eV)
     if extrapolation == "power-law" and e_end_eV > 0:
         # A (L / L_end)^-r with r = rate L_end: same value and slope as the data at the end
         coef, shape = -(rate * e_end_eV), plan["tail_log"]
@@ -391,13 +392,13 @@ def fourier_log_kernel(
         raise ValueError(f"pad_to={p} is too short for {n_e} channels")
     if damping is not None and not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1], not {damping}")
-    zlp = xp.astype(zlp, dt)
+    zlp = xp.astype(zlp, dt, copy=False)
     if zlp_centre_eV is None or zlp_fwhm_eV is None:
         c_in, w_in = _model_centre(xp, zlp, energy_eV, offset, disp)
         zlp_centre_eV = c_in if zlp_centre_eV is None else zlp_centre_eV
         zlp_fwhm_eV = w_in if zlp_fwhm_eV is None else zlp_fwhm_eV
-    cen = xp.astype(xp.asarray(zlp_centre_eV), dt)
-    fw = xp.astype(xp.asarray(zlp_fwhm_eV), dt)
+    cen = xp.astype(xp.asarray(zlp_centre_eV), dt, copy=False)
+    fw = xp.astype(xp.asarray(zlp_fwhm_eV), dt, copy=False)
     plan = _plan(xp, dt, energy_eV, offset, disp, n_e, p, output, fwhm_eV, damping, zero_loss_eV)
     plan.update(misfit=bool(misfit), max_res=float(max_resolution_fwhm), metrics=bool(metrics))
     # On a CPU rows are done a few at a time so that the temporaries of a row stay in the cache;
@@ -498,7 +499,7 @@ def _plan(
         "loss_end": loss_end,
         "e_span": max(loss_end, disp),
         "damping": damping,
-        "e_win": xp.astype(energy_eV[:n_e], dt)[None, :],
+        "e_win": xp.astype(energy_eV[:n_e], dt, copy=False)[None, :],
         "e_ext": parts["e_ext"],
         "log_taper": parts["log_taper"],
         "tail_de": parts["tail_de"],
@@ -543,7 +544,7 @@ def _misfit_transform(xp: Any, fft: Any, jw: Any, zw: Any, e: Any, c: Any, w: An
     counts its power twice (a symmetric model misfits the loss side as much)."""
     dt = jw.dtype
     x = xp.abs(e[None, :] - c[:, None]) / w[:, None]
-    ramp = xp.minimum(xp.maximum((3.0 - x) / 1.5, 0.0), 1.0)
+    ramp = _clamp(xp, (3.0 - x) / 1.5, 0.0, 1.0)
     zone = (0.5 - 0.5 * xp.cos(math.pi * ramp)) * xp.astype(e[None, :] < c[:, None], dt)
     return fft.rfft((jw - zw) * zone, n=p, axis=-1)
 
@@ -632,12 +633,12 @@ def _rows(
     if plan["damping"] is None:
         tau = xp.where(xp.isfinite(t_over_lambda), t_over_lambda, 0.0)
         alpha = (
-            _DAMPING_THIN * xp.minimum(xp.maximum(tau, 0.0), 1.0)
-            + _DAMPING_PER_TAU * xp.minimum(xp.maximum(tau - 1.0, 0.0), 10.0)
+            _DAMPING_THIN * _clamp(xp, tau, 0.0, 1.0)
+            + _DAMPING_PER_TAU * _clamp(xp, tau - 1.0, 0.0, 10.0)
         ) / plan["e_span"]
     else:
         alpha = xp.full((j.shape[0],), -math.log(plan["damping"]) / plan["e_span"], dtype=dt)
-    alpha = xp.astype(alpha, dt)[:, None]
+    alpha = xp.astype(alpha, dt, copy=False)[:, None]
     wgt = xp.exp(-alpha * plan["e_win"])  # (rows, n_E); the tail's weight is in the tail
     tail = tail_continuation(j, plan["loss_end"], plan["disp"], plan, extrapolation, alpha)
     jw = j * wgt
@@ -721,23 +722,27 @@ def _rows(
         # eq. 22 at zero frequency: sum(SSD) over the period / N0 against ln(I_ext / N0)
         ext = total + xp.sum(tail * xp.exp(alpha * plan["e_ext"][None, :]), axis=-1)
         sum_error = metrics["period_sum"] - xp.log(xp.where(ext > 0, ext / n0, nan))
+    maps = {
+        "t_over_lambda": t_over_lambda,
+        "resolution_eV": res_out,
+        "limit_eV": limit,
+        "zlp_fwhm_eV": fw,
+    }
+    if plan["metrics"]:
+        maps.update(
+            sum_error=sum_error,
+            ringing=metrics["ringing"],
+            negative_lobe=metrics["negative_lobe"],
+            ssd_peak=metrics["peak"],
+        )
     result = {
         "ssd": out,
         "zlp_intensity": xp.where(valid, n0, nan),
-        "t_over_lambda": xp.where(ok, t_over_lambda, nan),
         "valid": ok,
-        "resolution_eV": xp.where(ok, res_out, nan),
-        "limit_eV": xp.where(ok, limit, nan),
         "floored": ok & floored,
-        "zlp_fwhm_eV": xp.where(ok, fw, nan),
+        **_nan_where(xp, ok, maps),
     }
     if plan["metrics"]:
-        result.update(
-            sum_error=xp.where(ok, sum_error, nan),
-            ringing=xp.where(ok, metrics["ringing"], nan),
-            negative_lobe=xp.where(ok, metrics["negative_lobe"], nan),
-            ssd_peak=xp.where(ok, metrics["peak"], nan),
-        )
         if output != "ssd":
             result["raw_ssd"] = xp.where(ok[:, None], raw, nan)
     return result
@@ -1173,7 +1178,7 @@ def ssd_metrics(xp: Any, ssd: Any, smooth: Any, e: Any, fwhm_eV: Any) -> dict[st
     breaks the Fourier-log model). A pixel whose SSD has no positive peak scores infinity.
     """
     dt = ssd.dtype
-    e = xp.astype(e, dt)[None, :]
+    e = xp.astype(e, dt, copy=False)[None, :]
     loss = e >= 0.0
     beyond = e >= 3.0 * fwhm_eV[:, None]
     peak = xp.max(xp.where(beyond, smooth, -math.inf), axis=-1)

@@ -55,7 +55,15 @@ import numpy as np
 from .._xp import array_namespace, moving_average
 from ._sync import any_rows, host_axis, host_decides
 from .fourier_log import fourier_log_kernel
-from .tails import TAIL_FIT_FRACTION, TailSums, fit_range, solve_tails, tail_sums
+from .tails import (
+    TAIL_FIT_FRACTION,
+    TailSums,
+    _fourth_difference_squares,
+    _noise_segment,
+    fit_range,
+    solve_tails,
+    tail_sums,
+)
 from .zlp import centre_kernel, channel_variance, zlp_kernel
 
 __all__ = [
@@ -96,11 +104,29 @@ def _ssd_fit(
     base = min(bases)
     part = finite[:, base:]
     # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
-    part = xp.where(e[None, base:] > c[:, None], part, 0.0)
+    part = xp.where(e[None, base:] > (0.0 if c is None else c[:, None]), part, 0.0)
     smooth = moving_average(xp, part, k)
+    # the fits' noise from the squared fourth differences of one segment that covers them all
+    # (the narrower fit's channels lie inside the wider's): made once, the same values
+    segs = [
+        _noise_segment(axis, f, 0.95, zero_loss, b, base + smooth.shape[-1])
+        for f, b in zip(fit_fractions, bases, strict=True)
+    ]
+    a, b_end = min(s[0] for s in segs), max(s[1] for s in segs)
+    squares = None
+    if b_end - a > 4:
+        squares = (_fourth_difference_squares(xp, smooth[:, a - base : b_end - base]), a)
     return [
         tail_sums(
-            xp, smooth[:, b - base :], axis, c, f, stop=0.95, y_first=b, zero_loss_eV=zero_loss
+            xp,
+            smooth[:, b - base :],
+            axis,
+            c,
+            f,
+            stop=0.95,
+            y_first=b,
+            zero_loss_eV=zero_loss,
+            squares=squares,
         )
         for f, b in zip(fit_fractions, bases, strict=True)
     ]
@@ -209,10 +235,10 @@ def ssd_tail_sums(
     e0, d = host_axis(energy_eV, axis_eV)
     axis = (e0, d, n_e)
     dt = ssd.dtype
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
-    c = xp.zeros((n,), dtype=dt)
-    fits = _ssd_fit(xp, finite, e, axis, c, 0.0, (fit_fraction, 0.5 * fit_fraction))
+    # (zero loss at 0 eV for every row: c None, no array of zeros to subtract)
+    fits = _ssd_fit(xp, finite, e, axis, None, 0.0, (fit_fraction, 0.5 * fit_fraction))
     # where neither fit holds: what an E^-3 continuation of the SSD's level where its tail is
     # fitted (85 to 95 % of the loss range: short of the end, which follows the window's
     # extrapolation) would add, with the noise of that level
@@ -236,8 +262,11 @@ def fourier_log_tail_finish(
 ) -> tuple[Any, Any]:
     """``(beyond, sd)`` of :func:`fourier_log_tail` from :func:`ssd_tail_sums` and its two fits
     solved (:func:`~.tails.solve_tails`)."""
-    tl, fits, tail = _ssd_tl(prep.total, prep.n0, solved[0], xp)
-    _, fits_half, tail_half = _ssd_tl(prep.total, prep.n0, solved[1], xp)
+    # both fits at once, on (2, n): the same operations on each
+    both = tuple(xp.stack([solved[0][i], solved[1][i]]) for i in (0, 1))
+    tl2, fits2, tail2 = _ssd_tl(prep.total, prep.n0, (*both, None), xp)
+    tl, fits, tail = tl2[0, :], fits2[0, :], tail2[0, :]
+    fits_half, tail_half = fits2[1, :], tail2[1, :]
     beyond = tl - prep.log_window
     # the two fits' difference where both hold; half the tail where only one does; where
     # neither holds, the E^-3 continuation (ssd_tail_sums)
@@ -403,16 +432,15 @@ def log_ratio_maps(
     """
     n = block.shape[0]
     valid = z["valid"]
-    one = xp.ones((n,), dtype=block.dtype)
-    n0 = xp.where(valid, z["zlp_intensity"], one)
-    c = xp.where(valid, z["zlp_centre_eV"], 0.0 * one)
+    n0 = xp.where(valid, z["zlp_intensity"], 1.0)
+    c = xp.where(valid, z["zlp_centre_eV"], 0.0)
     y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
-    window = xp.where(valid & (window > 0), window, one)
-    e = xp.astype(energy_eV, block.dtype)
+    window = xp.where(valid & (window > 0), window, 1.0)
+    e = xp.astype(energy_eV, block.dtype, copy=False)
     e0, d = host_axis(energy_eV, axis_eV)
     no = xp.zeros((n,), dtype=xp.bool)
-    zero = xp.zeros_like(one)
+    zero = xp.zeros((n,), dtype=block.dtype)
     extra, trusted, negative, untrusted, lobe, made = zero, no, no, no, zero, no
     power_law = tail in ("power-law", "auto")
     from_ssd = tail in ("fourier-log", "auto")
@@ -439,26 +467,33 @@ def log_ratio_maps(
             good = redo & (beyond > 0) & (beyond > sd)
             extra = xp.where(good, window * xp.expm1(xp.where(good, beyond, zero)), extra)
             trusted = trusted | good
-            untrusted = redo & ~good & ~negative
+            untrusted = redo & ~(good | negative)
             lobe = xp.where(redo, fl["negative_lobe"], zero)
             made = redo
     total = window + extra
     tl = xp.log(total / n0)
     # t/lambda < 0 is unphysical: within 3 standard deviations of its noise it is a vacuum
     # pixel's 0, below that the ZLP model fails (the NEGATIVE_T_OVER_LAMBDA bit)
-    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], one), n0, window, noise)
+    sd_tl = _t_over_lambda_sd(xp, y, e, c, xp.where(valid, z["fwhm_eV"], 1.0), n0, window, noise)
     if z.get("method", "threshold") != "threshold":
         sd_tl = 2.0 * sd_tl  # a model made from the gain side: its N0 noise doubles
     negative_tl = valid & (tl < -3.0 * sd_tl)
     tl = xp.where(negative_tl, tl, xp.maximum(tl, 0.0))
-    nan = xp.full((n,), math.nan, dtype=block.dtype)
+    # the maps NaN where not valid in one where over their stack (columns: views); the tail's
+    # share where it was added too
+    kept = valid & trusted
+    masked = xp.where(
+        xp.stack([valid, valid, valid, kept], axis=-1),
+        xp.stack([tl, sd_tl, total, extra / total], axis=-1),
+        math.nan,
+    )
     return {
-        "t_over_lambda": xp.where(valid, tl, nan),
+        "t_over_lambda": masked[:, 0],
         "negative_t_over_lambda": negative_tl,
-        "t_over_lambda_sd": xp.where(valid, sd_tl, nan),
-        "total_intensity": xp.where(valid, total, nan),
-        "tail_fraction": xp.where(valid & trusted, extra / total, nan),
-        "tail_trusted": valid & trusted,
+        "t_over_lambda_sd": masked[:, 1],
+        "total_intensity": masked[:, 2],
+        "tail_fraction": masked[:, 3],
+        "tail_trusted": kept,
         "negative_tail": valid & negative,
         "tail_untrusted": valid & untrusted,
         "negative_lobe": lobe,

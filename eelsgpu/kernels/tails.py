@@ -35,6 +35,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from .._xp import is_numpy
+
 __all__ = [
     "R_RANGE",
     "TAIL_FIT_FRACTION",
@@ -67,6 +69,14 @@ _NEWTON_STEPS = 3
 _SLOPE_STEP = 0.01
 
 
+def _clamp(xp: Any, x: Any, lo: float, hi: float) -> Any:
+    """``min(max(x, lo), hi)``: one ``clip`` on a device, the two ufuncs on NumPy (the same
+    values; array-api-compat's clip is slower there)."""
+    if is_numpy(xp):
+        return xp.minimum(xp.maximum(x, lo), hi)
+    return xp.clip(x, lo, hi)
+
+
 def power_integral(xp: Any, r: Any, lo: Any, hi: Any) -> Any:
     """Integral of L^-r from lo to hi (r != 1 there; r is kept away from 1)."""
     return (hi ** (1.0 - r) - lo ** (1.0 - r)) / (1.0 - r)
@@ -94,20 +104,22 @@ def _solve(xp: Any, ratio: Any, a1: Any, b1: Any, a2: Any, b2: Any) -> tuple[Any
     # 1, where a difference of powers is not; its derivative in r is
     # u1 / expm1(-s u1) - u2 / expm1(-s u2) + ln(a2 / a1)
     lo, hi = _R_BOUNDS
-    u = xp.log(xp.stack([b1 / a1, b2 / a2], axis=-1))
-    lp = xp.log(a2 / a1)
+    # (the three logs in one: u of each range and ln(a2 / a1))
+    logs = xp.log(xp.stack([b1 / a1, b2 / a2, a2 / a1], axis=-1))
+    u, lp = logs[:, :2], logs[:, 2]
     target = xp.log(ratio)
     # start: in x = ln L each integral is exp(s x_centre) times its range u, to first order:
     # s (x_centre1 - x_centre2) + ln(u1 / u2) = ln(ratio)
     s0 = (target - xp.log(u[:, 0] / u[:, 1])) / (0.5 * (u[:, 0] - u[:, 1]) - lp)
-    r = xp.minimum(xp.maximum(1.0 - s0, lo), hi)
+    r = _clamp(xp, 1.0 - s0, lo, hi)
+    # (u and -u stacked once: s (-u) is -(s u) exactly, so each step's two expm1 are one)
+    uu = xp.stack([u, -u], axis=1)  # (n, 2 [u, -u], 2 [range 1, 2])
     for _ in range(_NEWTON_STEPS):
         s = 1.0 - r
-        su = s[:, None] * u
-        em = xp.expm1(xp.stack([su, -su], axis=1))  # (n, 2 [s u, -s u], 2 [range 1, 2])
+        em = xp.expm1(s[:, None, None] * uu)  # (n, 2 [s u, -s u], 2 [range 1, 2])
         g = xp.log(em[:, 0, 0] / em[:, 0, 1]) - s * lp - target
         q = u / em[:, 1, :]
-        r = xp.minimum(xp.maximum(r - g / (q[:, 0] - q[:, 1] + lp), lo), hi)
+        r = _clamp(xp, r - g / (q[:, 0] - q[:, 1] + lp), lo, hi)
     # the slope, as a forward difference (the noise model of tail_counts)
     s2 = xp.stack([1.0 - r, (1.0 - _SLOPE_STEP) - r], axis=-1)  # (n, 2): r and r + h
     em = xp.expm1(s2[:, :, None] * u[:, None, :])  # (n, 2 [r, r + h], 2 [range 1, 2])
@@ -135,11 +147,34 @@ def fit_range(
     return i_start, i_stop
 
 
-def _noise_variance(xp: Any, y: Any) -> Any:
-    """Per row, the white-noise variance of one channel of ``y`` (n, m) from fourth differences
-    (in the data's own units, whatever their gain)."""
+def _fourth_difference_squares(xp: Any, y: Any) -> Any:
+    """Per row, the squared fourth differences of ``y`` (n, m): (n, m - 4), the one at column j
+    covering channels j..j+4."""
     d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
-    return xp.sum(d4 * d4, axis=-1) / (70.0 * d4.shape[-1])
+    return d4 * d4
+
+
+def _noise_variance(xp: Any, y: Any, squares: Any = None) -> Any:
+    """Per row, the white-noise variance of one channel of ``y`` (n, m) from fourth differences
+    (in the data's own units, whatever their gain); ``squares`` their squares when already made
+    (:func:`_fourth_difference_squares`, the same values)."""
+    sq = _fourth_difference_squares(xp, y) if squares is None else squares
+    return xp.sum(sq, axis=-1) / (70.0 * sq.shape[-1])
+
+
+def _noise_segment(
+    axis: tuple[float, float, int],
+    fit_fraction: float,
+    stop: float,
+    zero_loss_eV: float,
+    y_first: int,
+    y_stop: int,
+) -> tuple[int, int]:
+    """The channels ``[a, b)`` (absolute) whose fourth differences give the noise of the fit of
+    :func:`tail_sums` with these parameters, on data holding channels ``y_first..y_stop - 1``."""
+    i_start, i_stop = fit_range(axis, fit_fraction, stop, zero_loss_eV)
+    third = max(1, (i_stop - i_start) // 3)
+    return max(y_first, i_start - 2), min(y_stop, i_start + 3 * third + 2)
 
 
 class TailSums(NamedTuple):
@@ -165,9 +200,13 @@ def tail_sums(
     stop: float = 1.0,
     y_first: int = 0,
     zero_loss_eV: float = 0.0,
+    squares: tuple[Any, int] | None = None,
 ) -> TailSums:
     """The sums of a power-law tail fit (see :func:`tail_counts`, whose parameters these are;
-    ``axis`` the window's first energy, channel width (eV) and length, host numbers)."""
+    ``axis`` the window's first energy, channel width (eV) and length, host numbers).
+    ``squares`` = (the squared fourth differences of the data, the absolute channel the first
+    one starts at) when several fits share them (:func:`_fourth_difference_squares`; they must
+    cover :func:`_noise_segment`): the same values, made once."""
     e0, d, n_e = axis
     dt = y.dtype
     i_start, i_stop = fit_range(axis, fit_fraction, stop, zero_loss_eV)
@@ -178,19 +217,24 @@ def tail_sums(
     parts = xp.sum(xp.reshape(fit, (fit.shape[0], 3, third)), axis=-1)
     # the noise of one channel over the fit range: each part's sum has variance v x channels
     seg = y[:, max(0, i_start - o - 2) : min(y.shape[-1], i_start + 3 * third - o + 2)]
-    var = (
-        _noise_variance(xp, seg) * float(third)
-        if seg.shape[-1] > 4
-        else xp.zeros((y.shape[0],), dtype=dt)
-    )
-    # channel edges in loss energy (host numbers minus each row's zero loss)
+    if seg.shape[-1] > 4 and squares is not None:
+        a = max(o, i_start - 2) - squares[1]
+        var = _noise_variance(xp, seg, squares[0][:, a : a + seg.shape[-1] - 4]) * float(third)
+    elif seg.shape[-1] > 4:
+        var = _noise_variance(xp, seg) * float(third)
+    else:
+        var = xp.zeros((y.shape[0],), dtype=dt)
+    # channel edges in loss energy (host numbers minus each row's zero loss; c None: zero loss
+    # at 0 eV for every row), and the stand-in edges 1, 2, 3, 4: one upload
     i1, i2, i3 = i_start + third, i_start + 2 * third, i_start + 3 * third
     host = [e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)]
-    edges = xp.asarray(host, dtype=dt)[None, :] - c[:, None]
+    consts = xp.asarray([*host, 1.0, 2.0, 3.0, 4.0], dtype=dt)
+    edges = consts[None, :4] if c is None else consts[None, :4] - c[:, None]
     ok = xp.all(parts > 0, axis=-1) & (edges[:, 0] > 0)
     parts = xp.where(ok[:, None], parts, 1.0)
-    edges = xp.where(ok[:, None], edges, xp.asarray([1.0, 2.0, 3.0, 4.0], dtype=dt))
-    l_end = (e0 + d * (n_e - 0.5)) - c
+    edges = xp.where(ok[:, None], edges, consts[4:])
+    l_end_host = e0 + d * (n_e - 0.5)
+    l_end = xp.full((y.shape[0],), l_end_host, dtype=dt) if c is None else l_end_host - c
     return TailSums(parts, edges, var, ok, l_end)
 
 
@@ -211,21 +255,26 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     # r from parts 1/2, 2/3 and 1/3, in one batched solve
     r_all, k_all = _solve(
         xp,
-        xp.concat([s1 / s2, s2 / s3, s1 / s3]),
+        xp.concat([s1, s2, s1]) / xp.concat([s2, s3, s3]),  # (the same three divisions)
         xp.concat([a, m1, a]),
         xp.concat([m1, m2, m1]),
         xp.concat([m1, m2, m2]),
         xp.concat([m2, b, b]),
     )
     r12, r23, r = r_all[:n], r_all[n : 2 * n], r_all[2 * n :]
+    r3n = xp.reshape(r_all, (3, n))  # rows: r12, r23, r (a view)
     # standard error of r from the noise of the sums: d ln(ratio) / dr, numerically
     rel = var_part[:, None] / (parts * parts)  # (n, 3)
-    k2 = xp.maximum(k_all * k_all, 1e-12)
-    var12 = (rel[:, 0] + rel[:, 1]) / k2[:n]
-    var23 = (rel[:, 1] + rel[:, 2]) / k2[n : 2 * n]
-    sd_r = xp.sqrt((rel[:, 0] + rel[:, 2]) / k2[2 * n :])
+    k2 = xp.reshape(xp.maximum(k_all * k_all, 1e-12), (3, n))
+    # the noise of each ratio, parts 1+2, 2+3 and 1+3, in one add and one divide (3, n)
+    rel_pairs = xp.stack([rel[:, 0], rel[:, 1], rel[:, 0]]) + xp.stack(
+        [rel[:, 1], rel[:, 2], rel[:, 2]]
+    )
+    var_r = rel_pairs / k2
+    var12, var23 = var_r[0, :], var_r[1, :]
+    sd_r = xp.sqrt(var_r[2, :])
     noise = 4.0 * xp.sqrt(var12 + var23)  # 4 standard errors
-    inside = (r12 > 1.1) & (r23 > 1.1) & (r > 1.1) & (r12 < 19.9) & (r23 < 19.9)
+    inside = xp.all(r3n > 1.1, axis=0) & xp.all(r3n[:2, :] < 19.9, axis=0)
     trusted = (
         ok & inside & (r >= R_RANGE[0]) & (r <= R_RANGE[1]) & (xp.abs(r12 - r23) <= 0.1 * r + noise)
     )
@@ -235,7 +284,7 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     r3 = xp.where(trusted, r, 3.0)
     rr = xp.stack([r3, xp.maximum(r3 - sd_r, 1.05), r3 + sd_r], axis=-1)
     s = 1.0 - rr
-    logs = xp.log(xp.stack([l_end / a, b / a], axis=-1))  # (n, 2)
+    logs = xp.log(xp.stack([l_end, b], axis=-1) / a[:, None])  # (n, 2)
     counts = -total[:, None] * xp.exp(s * logs[:, :1]) / xp.expm1(s * logs[:, 1:])
     tail = counts[:, 0]
     sd = 0.5 * xp.abs(counts[:, 1] - counts[:, 2])

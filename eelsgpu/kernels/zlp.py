@@ -108,6 +108,32 @@ OFF_AXIS_GAIN_SIDE_SHARE = 0.005
 MIN_ZLP_SNR = 10.0
 
 
+def _clamp(xp: Any, x: Any, lo: float, hi: float) -> Any:
+    """``min(max(x, lo), hi)`` elementwise: one ``clip`` (one launch) on a device, the two
+    ufuncs on NumPy (array-api-compat's clip is several times slower there); the same values."""
+    if is_numpy(xp):
+        return xp.minimum(xp.maximum(x, lo), hi)
+    return xp.clip(x, lo, hi)
+
+
+def _nan_where(xp: Any, ok: Any, maps: dict[str, Any], fill: float = math.nan) -> dict[str, Any]:
+    """Each (n,) map of ``maps`` where ``ok`` (n,) holds, ``fill`` (NaN) elsewhere: the maps of
+    one dtype in one ``where`` over their stack (the results are column views of it), so the
+    number of operations does not grow with the number of maps; the values are those of a
+    ``where`` each."""
+    groups: dict[str, list[str]] = {}
+    for key, value in maps.items():
+        groups.setdefault(str(value.dtype), []).append(key)
+    out: dict[str, Any] = {}
+    for keys in groups.values():
+        if len(keys) == 1:
+            out[keys[0]] = xp.where(ok, maps[keys[0]], fill)
+            continue
+        masked = xp.where(ok[:, None], xp.stack([maps[k] for k in keys], axis=-1), fill)
+        out.update({k: masked[:, i] for i, k in enumerate(keys)})
+    return {k: out[k] for k in maps}
+
+
 def _peak_in(xp: Any, block: Any, i0: int, i1: int) -> Any:
     """The arg-max channel of each row among channels i0..i1 (non-finite values never win)."""
     win = block[:, i0 : i1 + 1]
@@ -145,19 +171,23 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     hw = max(32, span)
     offs = xp.arange(-hw, hw + 1)
     pos = p[:, None] + offs[None, :]
-    win = xp.take_along_axis(block, xp.minimum(xp.maximum(pos, 0), n_e - 1), axis=-1)
+    win = xp.take_along_axis(block, _clamp(xp, pos, 0, n_e - 1), axis=-1)
     # (0 outside the spectrum or non-finite; the peak's neighbours are plain columns of it)
     win = xp.where((pos >= 0) & (pos < n_e) & xp.isfinite(win), win, 0.0)
     ymax = win[:, hw]
     half = 0.5 * ymax
     big = 4 * hw
-    left = xp.max(xp.where(win[:, :hw] < half[:, None], offs[:hw], -big), axis=-1)
-    right = xp.min(xp.where(win[:, hw + 1 :] < half[:, None], offs[hw + 1 :], big), axis=-1)
+    under = win < half[:, None]  # (one compare for both sides: their columns are views)
+    left = xp.max(xp.where(under[:, :hw], offs[:hw], -big), axis=-1)
+    right = xp.min(xp.where(under[:, hw + 1 :], offs[hw + 1 :], big), axis=-1)
 
     # crossings interpolated linearly for the FWHM (offsets beyond hw: the pixel is not valid):
     # the counts at the two channels of each crossing, in one gather
     left_c, right_c = xp.maximum(left, -hw), xp.minimum(right, hw)
-    idx = xp.stack([left_c, left_c + 1, right_c, right_c - 1], axis=-1) + hw
+    # (the four channels' offsets in one add of a constant row)
+    idx = xp.stack([left_c, left_c, right_c, right_c], axis=-1) + xp.asarray(
+        [hw, hw + 1, hw, hw - 1], dtype=left_c.dtype
+    )
     g = xp.take_along_axis(win, idx, axis=-1)
     outer, inner = g[:, 0::2], g[:, 1::2]  # (yl, yr) below half, (yl1, yr1) at or above it
     rising = inner > outer
@@ -165,16 +195,17 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     fwhm_ch = xp.astype(right - left, dt) - frac[:, 0] - frac[:, 1]
 
     y_l1, y_r1 = win[:, hw - 1], win[:, hw + 1]
+    five = win[:, hw - 2 : hw + 3]  # the peak and two channels either side
+    positive = five > 0  # (n, 5): which of the five are above zero (columns: views)
     local_max = (p >= 1) & (p <= n_e - 2) & (ymax >= y_l1) & (ymax >= y_r1)
     # a saturated detector: three or more channels at exactly the maximum
     saturated = xp.sum(xp.astype(win == ymax[:, None], xp.int32), axis=-1) >= 3
-    valid = finite & (ymax > 0) & local_max & ~saturated & (left > -big) & (right < big)
+    valid = finite & positive[:, 2] & local_max & ~saturated & (left > -big) & (right < big)
 
     # parabola vertex on log(counts): 3 points, or a 5-point least-squares fit for wide peaks
-    five = win[:, hw - 2 : hw + 3]  # the peak and two channels either side
     logs = xp.log(xp.maximum(five, float(np.finfo(np.float32).tiny)))
-    pos3 = (y_l1 > 0) & (y_r1 > 0) & (ymax > 0)
-    pos5 = pos3 & (five[:, 0] > 0) & (five[:, 4] > 0) & (p >= 2) & (p <= n_e - 3)
+    pos3 = positive[:, 1] & positive[:, 3] & positive[:, 2]
+    pos5 = pos3 & positive[:, 0] & positive[:, 4] & (p >= 2) & (p <= n_e - 3)
     # 3 points (on log where all positive, else on the counts themselves)
     a3 = xp.where(pos3[:, None], logs[:, 1:4], five[:, 1:4])
     a_m, a_0, a_p = a3[:, 0], a3[:, 1], a3[:, 2]
@@ -188,7 +219,7 @@ def _centre_at(xp: Any, block: Any, e_first: float, d: float, p: Any, span: int)
     neg2 = c2 < 0
     delta5 = xp.where(neg2, -c1 / (2.0 * xp.where(neg2, c2, -1.0)), 0.0)
     use5 = pos5 & (fwhm_ch >= 8.0)
-    delta = xp.minimum(xp.maximum(xp.where(use5, delta5, delta3), -1.0), 1.0)
+    delta = _clamp(xp, xp.where(use5, delta5, delta3), -1.0, 1.0)
     centre = e_first + (xp.astype(p, dt) + delta) * d
     return {
         "zlp_centre_eV": centre,
@@ -217,16 +248,23 @@ def _plausible(
     x = (e[None, :] - c[:, None]) / w[:, None]  # energy from the centre, in FWHM
     h = cen["height"]
     hh = xp.where(h > 0, h, 1.0)
-    room = -x[:, 0]
-    gain_max = xp.max(xp.where(x < -3.0, y, -math.inf), axis=-1)
-    # (a gain side beyond 3 FWHM exists where the window starts there: x rises along the row)
-    gain_share = xp.where(room > 3.0, gain_max / hh, 0.0)
+    gain_side = x < -3.0
+    gain_max = xp.max(xp.where(gain_side, y, -math.inf), axis=-1)
+    # (a gain side beyond 3 FWHM exists where the window starts there: x rises along the row;
+    # room > 3 is x[:, 0] < -3, its first column)
+    gain_share = xp.where(gain_side[:, 0], gain_max / hh, 0.0)
     stats = _away_stats(xp, y, x, e, c, w, level=True)
     sigma = xp.sqrt(stats["noise"][0])
     # (a noise-free spectrum has no noise: its floor is the rounding of float32 data)
     snr = (h - stats["level"]) / xp.maximum(sigma, 1e-7 * xp.abs(h) + tiny(str(block.dtype)))
-    ok = (room >= GAIN_SIDE_MIN_FWHM) & (gain_share <= GAIN_SIDE_MAX_SHARE) & (snr >= MIN_ZLP_SNR)
+    # (room >= the minimum is x[:, 0] <= -the minimum: a negation is exact)
+    ok = (
+        (x[:, 0] <= -GAIN_SIDE_MIN_FWHM)
+        & (gain_share <= GAIN_SIDE_MAX_SHARE)
+        & (snr >= MIN_ZLP_SNR)
+    )
     if off_axis:
+        room = -x[:, 0]  # (how far the window reaches below the centre, in FWHM)
         far_max = xp.max(xp.where(x < -5.0, y, -math.inf), axis=-1)
         far_share = xp.where(room > 5.0, far_max / hh, 0.0)
         ok = ok & (room >= OFF_AXIS_GAIN_SIDE_FWHM) & (far_share <= OFF_AXIS_GAIN_SIDE_SHARE)
@@ -235,6 +273,7 @@ def _plausible(
     out["zlp_snr"] = snr
     out["gain_share"] = gain_share
     out["noise"] = stats["noise"]
+    out["finite"] = y  # the block with non-finite counts zeroed, for the block's later checks
     return out
 
 
@@ -388,7 +427,7 @@ def centre_kernel(
     n, n_e = block.shape
     e_first, d = host_axis(energy_eV, axis_eV)
     dt = block.dtype
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     lo, hi = SEARCH_EV if search_eV is None else (float(search_eV[0]), float(search_eV[1]))
     i0 = max(0, math.ceil((lo - e_first) / d - 1e-6))
     i1 = min(n_e - 1, math.floor((hi - e_first) / d + 1e-6))
@@ -410,7 +449,10 @@ def centre_kernel(
             cen = far
         else:  # the pixels with a ZLP near 0 eV keep it
             keep = cen["valid"]
-            merged = {k: xp.where(keep, cen[k], far[k]) for k in cen if k != "noise"}
+            merged = {
+                k: xp.where(keep, cen[k], far[k]) for k in cen if k not in ("noise", "finite")
+            }
+            merged["finite"] = cen["finite"]  # (both the same block's)
             merged["noise"] = tuple(
                 xp.where(keep, a, b) for a, b in zip(cen["noise"], far["noise"], strict=True)
             )
@@ -433,18 +475,18 @@ def centre_kernel(
             "axis_eV": (e_first, d),
         }
     valid = cen["valid"]
-    nan = xp.full((n,), math.nan, dtype=dt)
     c = cen["zlp_centre_eV"]
     return {
-        "zlp_centre_eV": xp.where(valid, c, nan),
+        "zlp_centre_eV": xp.where(valid, c, math.nan),
         "valid": valid,
         "axis_offset": valid & ((c < SEARCH_EV[0]) | (c > SEARCH_EV[1])),
         "zlp_snr": cen["zlp_snr"],
         "peak_index": cen["peak_index"],
-        "fwhm_eV": xp.where(valid, cen["fwhm_eV"], nan),
+        "fwhm_eV": xp.where(valid, cen["fwhm_eV"], math.nan),
         "half_left": cen["half_left"],
         "half_right": cen["half_right"],
         "noise": cen["noise"],
+        "finite": cen["finite"],
         "peak_bound": bound,
         "axis_eV": (e_first, d),
     }
@@ -567,7 +609,7 @@ def _cdf_at(xp, y, cs, q):
     0 = the lower edge of channel 0), with a parabolic density inside the channel that keeps the
     counts of it and its two neighbours (as a piecewise-parabolic reconstruction does)."""
     n_e = y.shape[-1]
-    qc = xp.minimum(xp.maximum(q, 0.0), float(n_e) - 1e-9)
+    qc = _clamp(xp, q, 0.0, float(n_e) - 1e-9)
     j = xp.floor(qc)
     x = qc - j - 0.5  # position inside channel j, -1/2..1/2
     ji = xp.astype(j, xp.int64)
@@ -582,7 +624,7 @@ def _cdf_at(xp, y, cs, q):
     return xp.where(q <= 0.0, 0.0, xp.take_along_axis(cs, ji, axis=-1) + part)
 
 
-def _mirror(xp, y, e, c, d, w, q_extra=None):
+def _mirror(xp, y, e, c, d, w, q_extra=None, u=None):
     """Gain side as measured, loss side = the gain side mirrored about the centre.
 
     A mirrored channel holds the counts of its mirror image interval on the gain side, from the
@@ -592,13 +634,16 @@ def _mirror(xp, y, e, c, d, w, q_extra=None):
     them and on a slab of ``w`` channels above the peak, not on the whole spectrum.
 
     Returns the model (n, n_E) and the cumulative counts at the positions ``q_extra`` (n, m)
-    (in channels; None: not asked for), looked up with the mirror's own."""
+    (in channels; None: not asked for), looked up with the mirror's own. ``u`` = (c - e[0]) / d
+    when the caller made it (the same values)."""
     n, n_e = y.shape
     w = min(w, n_e)
     head = y[:, :w]
     cs = xp.cumulative_sum(head, axis=-1, include_initial=True)
-    a = 2.0 * (c - e[0]) / d  # the mirror of channel i starts at edge a - i
-    k = xp.astype(xp.floor((c - e[0]) / d + 0.5), xp.int64)  # channel holding the centre
+    u = (c - e[0]) / d if u is None else u
+    # (2 u is 2 (c - e[0]) / d exactly: a scaling by 2)
+    a = 2.0 * u  # the mirror of channel i starts at edge a - i
+    k = xp.astype(xp.floor(u + 0.5), xp.int64)  # channel holding the centre
     t = xp.arange(-1, w)
     i = k[:, None] + t[None, :]  # slab: channels from the centre's up (and the one below)
     q = a[:, None] - xp.astype(i, y.dtype)
@@ -614,7 +659,7 @@ def _mirror(xp, y, e, c, d, w, q_extra=None):
     # the model is zero above channel k + w < 2 w: build it on the first 2 w channels only
     w2 = min(n_e, 2 * w)
     off = xp.arange(w2)[None, :] - k[:, None]
-    loss = xp.take_along_axis(slab, xp.minimum(xp.maximum(off, 0), w - 1), axis=-1)
+    loss = xp.take_along_axis(slab, _clamp(xp, off, 0, w - 1), axis=-1)
     loss = xp.where(off < w, loss, 0.0)
     model = xp.where(e[None, :w2] <= c[:, None], y[:, :w2], loss)
     if w2 < n_e:
@@ -708,31 +753,37 @@ def _first_minimum_rows(xp, y, p, fwhm_ch, d, active=None):
     n, n_e = y.shape
     dt = y.dtype
     fw = xp.where(xp.isfinite(fwhm_ch), fwhm_ch, 2.0)
-    k = xp.astype(xp.minimum(xp.maximum(xp.round(fw / 4.0), 1.0), 64.0), xp.int64)
+    kf = _clamp(xp, xp.round(fw / 4.0), 1.0, 64.0)  # (whole numbers 1..64)
+    k = xp.astype(kf, xp.int64)
     width = min(n_e, max(64, int(round(25.0 / d))))
     start = xp.astype(xp.ceil(fw / 2.0), xp.int64)
     pad = 64
     m = width + 1  # smoothed values at p + r, r = 0..width (candidates r < width, and r + 1)
     offs = xp.arange(-pad, m + pad)
     pos = p[:, None] + offs[None, :]
-    win = xp.take_along_axis(y, xp.minimum(xp.maximum(pos, 0), n_e - 1), axis=-1)
+    win = xp.take_along_axis(y, _clamp(xp, pos, 0, n_e - 1), axis=-1)
     win = xp.where((pos >= 0) & (pos < n_e), win, 0.0)
-    acc = win[:, pad : pad + m]
-    sums = []
-    for kv in range(1, _EXACT_SMOOTHING + 1):
-        acc = acc + (win[:, pad - kv : pad - kv + m] + win[:, pad + kv : pad + kv + m])
-        sums.append(acc)
+    # the pairs (y[i - j] + y[i + j]), j = 1..8, in one add of two stacks of views, accumulated
+    # onto y[i] by one cumulative sum along the pair axis: the same additions in the same order
+    # as a loop over j (a cumulative sum adds in sequence), in 5 operations instead of 17
+    ks = range(1, _EXACT_SMOOTHING + 1)
+    pairs = xp.stack([win[:, pad - kv : pad - kv + m] for kv in ks], axis=1) + xp.stack(
+        [win[:, pad + kv : pad + kv + m] for kv in ks], axis=1
+    )
+    sums = xp.cumulative_sum(xp.concat([win[:, None, pad : pad + m], pairs], axis=1), axis=1)
     exact = xp.take_along_axis(
-        xp.stack(sums, axis=1),
-        xp.reshape(xp.minimum(k, _EXACT_SMOOTHING) - 1, (n, 1, 1)),
-        axis=1,
+        sums, xp.reshape(xp.minimum(k, _EXACT_SMOOTHING), (n, 1, 1)), axis=1
     )[:, 0, :]
     cs = xp.cumulative_sum(win, axis=-1, include_initial=True)
-    r = xp.arange(m)[None, :]
+    r = offs[None, pad : pad + m]  # 0..m - 1 (a view)
     wide = xp.take_along_axis(cs, r + (pad + 1) + k[:, None], axis=-1) - xp.take_along_axis(
         cs, xp.maximum(r + pad - k[:, None], 0), axis=-1
     )
-    sm = xp.where((k <= _EXACT_SMOOTHING)[:, None], exact, wide) / xp.astype(2 * k + 1, dt)[:, None]
+    # (2 k + 1 in the data's dtype: exact for these small whole numbers)
+    sm = (
+        xp.where((k <= _EXACT_SMOOTHING)[:, None], exact, wide)
+        / xp.astype(2.0 * kf + 1.0, dt, copy=False)[:, None]
+    )
     i = p[:, None] + r[:, :-1]
     ok = (sm[:, :-1] <= sm[:, 1:]) & (r[:, :-1] >= start[:, None]) & (i < n_e - 1)
     if active is not None:
@@ -893,11 +944,13 @@ def mirror_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpMode
         w_head = min(n_e, max(z.peak_bound + 5, 4))
     # the model's sum telescopes to C(edge above c) + C(mirror of that edge): two look-ups (made
     # with the model's own when it is built)
-    k = xp.floor((c - e[0]) / d + 0.5)  # channel holding c (its upper edge is k + 1)
+    u = (c - e[0]) / d  # the centre in channels from the axis' first (made once)
+    k = xp.floor(u + 0.5)  # channel holding c (its upper edge is k + 1)
     q_hi = k + 1.0
-    q = xp.stack([q_hi, 2.0 * (c - e[0]) / d + 1.0 - q_hi], axis=-1)
+    # (2 u is 2 (c - e[0]) / d exactly: a scaling by 2)
+    q = xp.stack([q_hi, 2.0 * u + 1.0 - q_hi], axis=-1)
     if return_model:
-        model, at = _mirror(xp, y, e, c, d, w_head, q_extra=q)
+        model, at = _mirror(xp, y, e, c, d, w_head, q_extra=q, u=u)
     else:
         head = y[:, :w_head]
         model, at = (
@@ -925,11 +978,14 @@ def threshold_model(z: ZlpInput, *, return_model: bool = True, **_: Any) -> ZlpM
         t_max = n_e
     below = xp.arange(t_max)[None, :] < t[:, None]
     head = y[:, :t_max]
-    n0 = xp.sum(xp.where(below, head, 0.0), axis=-1)
+    kept = xp.where(below, head, 0.0)
+    n0 = xp.sum(kept, axis=-1)
     n0 = xp.where(t < n_e, n0, xp.sum(y, axis=-1))
     model = None
     if return_model:
-        model = xp.where(xp.arange(n_e)[None, :] < t[:, None], y, 0.0)
+        # (over the whole row, as on a device, the model is the counts summed for N0)
+        whole = t_max == n_e
+        model = kept if whole else xp.where(xp.arange(n_e)[None, :] < t[:, None], y, 0.0)
     return ZlpModel(model, n0, None, t)
 
 
@@ -1134,7 +1190,7 @@ def zlp_kernel(
     cen = centre
     e0, d = cen.get("axis_eV") or host_axis(energy_eV, axis_eV)
     y = block  # a pixel with NaN is invalid (flagged by the centre); its NaN stays in its row
-    e = xp.astype(energy_eV, y.dtype)
+    e = xp.astype(energy_eV, y.dtype, copy=False)
     valid = cen["valid"]
     c0 = cen["zlp_centre_eV"]
     c = xp.where(valid, c0, 0.0)  # finite stand-in for the invalid pixels
@@ -1160,15 +1216,15 @@ def zlp_kernel(
         valid = valid & usable
 
     valid = valid & xp.isfinite(n0) & (n0 > 0)
-    nan = xp.full_like(n0, math.nan)
     if model is not None and not all_rows(xp, valid):  # (a full pass: only when needed)
         model = xp.where(valid[:, None], model, math.nan)
+    maps = _nan_where(xp, valid, {"zlp_centre_eV": c0, "zlp_intensity": n0, "fwhm_eV": fwhm})
     return {
-        "zlp_centre_eV": xp.where(valid, c0, nan),
-        "zlp_intensity": xp.where(valid, n0, nan),
+        "zlp_centre_eV": maps["zlp_centre_eV"],
+        "zlp_intensity": maps["zlp_intensity"],
         "zlp": model,
         "valid": valid,
-        "fwhm_eV": xp.where(valid, fwhm, nan),
+        "fwhm_eV": maps["fwhm_eV"],
         "axis_offset": valid & cen["axis_offset"],
         "zlp_snr": cen["zlp_snr"],
         "cut_index": cut,
@@ -1201,7 +1257,7 @@ def channel_noise(xp: Any, y: Any, e: Any, c: Any, w: Any) -> tuple[Any, Any]:
     model checks, the background test, the Fourier-log's error and the log-ratio's noise reuse);
     how it is computed: :func:`_away_stats`."""
     y = xp.where(xp.isfinite(y), y, 0.0)
-    return _away_stats(xp, y, None, xp.astype(e, y.dtype), c, w)["noise"]
+    return _away_stats(xp, y, None, xp.astype(e, y.dtype, copy=False), c, w)["noise"]
 
 
 def channel_variance(
@@ -1218,7 +1274,12 @@ def channel_variance(
 
 
 def zlp_model_checks(
-    block: Any, energy_eV: Any, z: dict[str, Any], thr: dict[str, Any], method: str
+    block: Any,
+    energy_eV: Any,
+    z: dict[str, Any],
+    thr: dict[str, Any],
+    method: str,
+    finite: Any = None,
 ) -> dict[str, Any]:
     """Does the ZLP model fit each pixel? Statistics against the truncation and counting noise.
 
@@ -1271,14 +1332,19 @@ def zlp_model_checks(
     dt = block.dtype
     n, n_e = block.shape
     e0, d = z.get("axis_eV") or host_axis(energy_eV)
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     ok = z["valid"] & thr["valid"]
-    y = xp.where(ok[:, None] & xp.isfinite(block), block, 0.0)
+    if finite is None:  # (``finite``: the block with non-finite counts zeroed, when made)
+        y = xp.where(ok[:, None] & xp.isfinite(block), block, 0.0)
+    else:
+        y = xp.where(ok[:, None], finite, 0.0)
     c = xp.where(ok, z["zlp_centre_eV"], 0.0)
-    w = xp.where(ok, z["fwhm_eV"], 1.0)
-    w = xp.where(w > 0, w, 1.0)
-    n0 = xp.where(ok, z["zlp_intensity"], 1.0)
-    n0_thr = xp.where(ok, thr["zlp_intensity"], 1.0)
+    # (the three maps 1 where not ok: one where over their stack)
+    ones = _nan_where(
+        xp, ok, {"w": z["fwhm_eV"], "n0": z["zlp_intensity"], "n0_thr": thr["zlp_intensity"]}, 1.0
+    )
+    w = xp.where(ones["w"] > 0, ones["w"], 1.0)
+    n0, n0_thr = ones["n0"], ones["n0_thr"]
     window = xp.sum(y, axis=-1)
     tl_thr = xp.log(xp.where(ok & (window > 0), window / n0_thr, 1.0))
     scale = xp.maximum(tl_thr, 0.01)
@@ -1317,24 +1383,26 @@ def zlp_model_checks(
     rel_excess = excess / (n0 * scale)
     residue = -sum_d[:, 1] / (n0 * scale)  # 0 < x <= 2
     sd_res = xp.sqrt(sum_v[:, 1]) / (n0 * scale)
-    nan = xp.full((n,), math.nan, dtype=dt)
+    nan = math.nan
     if method == "threshold":
         cut = z["cut_index"] if z.get("cut_index") is not None else thr["cut_index"]
         at_cut = take_rows(xp, y, cut)
         trunc = xp.where(cut < n_e, at_cut * (2.0 * w / d) / (n0_thr * scale), 0.0)
         mismatch = trunc > CHECK_LIMITS["trunc"]
     else:
-        trunc = nan
+        trunc = xp.full_like(residue, math.nan)  # (not a truncation)
         mismatch = (
             (xp.abs(rel_dtl) > CHECK_LIMITS["rel_dtl"] + 4.0 * sd_dtl)
             | (rel_excess > CHECK_LIMITS["rel_excess"])
             | (xp.abs(residue) > CHECK_LIMITS["residue"] + 4.0 * sd_res)
         )
+    # the four figures NaN where not ok: one where over their stack (columns: views)
+    figures = xp.where(ok[:, None], xp.stack([rel_dtl, rel_excess, residue, trunc], axis=-1), nan)
     return {
-        "rel_dtl": xp.where(ok, rel_dtl, nan),
-        "rel_excess": xp.where(ok, rel_excess, nan),
-        "residue": xp.where(ok, residue, nan),
-        "trunc": xp.where(ok, trunc, nan),
+        "rel_dtl": figures[:, 0],
+        "rel_excess": figures[:, 1],
+        "residue": figures[:, 2],
+        "trunc": figures[:, 3],
         "mismatch": ok & mismatch,
         "noise": noise,
     }
@@ -1354,17 +1422,23 @@ def _x_counts(xp: Any, x: Any, e_first: float, d: float, c: Any, w: Any) -> Any:
     dt = x.dtype
     ts = [-2.0, 0.0, 2.0] + [0.5 * k for k in range(_EXCESS_BINS + 1)]
     # (x of the slab's channel j is (e_first + j d - c) / w: e_first is the slab's first energy)
-    t = xp.asarray(ts, dtype=dt)
+    # the thresholds t and, for the comparisons, t_cmp: t with the first (strict: x < -2) one
+    # moved down to the next smaller number of the dtype, so that x >= t and x < t there are
+    # x > t_cmp and x <= t_cmp (no number of the dtype lies between): one compare for all
+    np_dt = np.dtype(str(dt).split(".")[-1])
+    t_cmp = np.asarray(ts, dtype=np_dt)
+    t_cmp[0] = np.nextafter(t_cmp[0], np_dt.type(-np.inf))
+    both = xp.asarray(np.stack([np.asarray(ts, dtype=np_dt), t_cmp]))  # one upload
+    t, t_lo = both[0, :], both[1, :]
     # x <= t  <=>  e <= c + t w: the channel's index from the axis' first energy and width
     pos = (c[:, None] + t[None, :] * w[:, None] - e_first) / d
-    est = xp.astype(xp.minimum(xp.maximum(xp.floor(pos) + 1.0, 0.0), float(m)), xp.int64)
+    est = xp.astype(_clamp(xp, xp.floor(pos) + 1.0, 0.0, float(m)), xp.int64)
     # exact: one fewer where the last channel counted has x > t, one more where the next has
     # x <= t (the first end counts x < -2, strictly)
     below = xp.take_along_axis(x, xp.maximum(est - 1, 0), axis=-1)
     above = xp.take_along_axis(x, xp.minimum(est, m - 1), axis=-1)
-    strict = xp.asarray([True] + [False] * (len(ts) - 1))
-    over_b = xp.where(strict, below >= t, below > t) & (est > 0)
-    under_a = xp.where(strict, above < t, above <= t) & (est < m)
+    over_b = (below > t_lo) & (est > 0)
+    under_a = (above <= t_lo) & (est < m)
     return est - xp.astype(over_b, xp.int64) + xp.astype(under_a, xp.int64)
 
 
@@ -1375,7 +1449,12 @@ BACKGROUND_LIMITS = {"significance": 5.0, "share": 0.02}
 
 
 def background_check(
-    block: Any, energy_eV: Any, centre_eV: Any, fwhm_eV: Any, noise: Any = None
+    block: Any,
+    energy_eV: Any,
+    centre_eV: Any,
+    fwhm_eV: Any,
+    noise: Any = None,
+    finite: Any = None,
 ) -> dict[str, Any]:
     """A constant offset under the spectrum (dark current, a badly subtracted background).
 
@@ -1393,7 +1472,7 @@ def background_check(
     dict of (n,) arrays
         ``offset`` (counts per channel; NaN where the gain side is too short to tell),
         ``offset_share`` and ``unphysical`` (bool). ``noise``: :func:`channel_noise` of the block
-    when already measured.
+    when already measured; ``finite``: the block with non-finite counts zeroed, when made.
 
     Examples
     --------
@@ -1407,19 +1486,21 @@ def background_check(
     xp = array_namespace(block)
     dt = block.dtype
     n, n_e = block.shape
-    e = xp.astype(energy_eV, dt)
+    e = xp.astype(energy_eV, dt, copy=False)
     ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
-    c = xp.where(ok, xp.astype(centre_eV, dt), xp.zeros((n,), dtype=dt))
-    w = xp.where(ok, xp.astype(fwhm_eV, dt), xp.ones((n,), dtype=dt))
-    y = xp.where(xp.isfinite(block), block, 0.0)
+    c = xp.where(ok, xp.astype(centre_eV, dt, copy=False), 0.0)
+    w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
+    y = xp.where(xp.isfinite(block), block, 0.0) if finite is None else finite
     rel = e[None, :] - c[:, None]
-    far = rel < -xp.maximum(10.0 * w, 3.0)[:, None]
+    # (-max(10 w, 3) as min(-10 w, -3): negations are exact)
+    far = rel < xp.minimum(-10.0 * w, -3.0)[:, None]
     ff = xp.astype(far, dt)
     n_far = xp.sum(ff, axis=-1)
-    b = xp.sum(y * ff, axis=-1) / xp.maximum(n_far, 1.0)
+    n_far1 = xp.maximum(n_far, 1.0)
+    b = xp.sum(y * ff, axis=-1) / n_far1
     if noise is None:
         noise = channel_noise(xp, y, e, c, w)
-    se = xp.sqrt(noise[0] / xp.maximum(n_far, 1.0))
+    se = xp.sqrt(noise[0] / n_far1)
     gain = xp.astype(rel < 0.0, dt)
     loss_channels = xp.sum(1.0 - gain, axis=-1)
     window = xp.sum(y, axis=-1)
