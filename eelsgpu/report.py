@@ -92,6 +92,31 @@ FLAG_ADVICE: dict[str, str] = {
     "NO_ONSET": "The band-gap fit failed: no onset significant above the noise, the best Eg or "
     "b at the edge of its search range, or a fit far worse than the image's median. Widen the "
     "window or the Eg range, or choose another background model; look at the fits.",
+    "FIT_NOT_CONVERGED": "(film fit) The dielectric-model fit still gained deviance at its last "
+    "Levenberg-Marquardt step, or found no finite fit: eps and the thickness are not returned as "
+    "good. Raise iterations, seed it from the classic KK result (kk=), or give oscillators.",
+    "FIT_AT_BOUND": "(film fit) A parameter ended on its box bound: that parameter (and its "
+    "sigma) is a limit, not an estimate. Widen the window, or drop the oscillator that ran away.",
+    "FIT_NON_UNIQUE": "(film fit) Another start fits as well (deviance within 2) with parameters "
+    "more than 3 sigma away: the data do not settle eps (thin-film-theory.md, non-uniqueness). "
+    "Fix the oxide thickness or an oscillator, or widen the window.",
+    "FIT_BAD": "(film fit) Reduced deviance above 2: the model misses the data. Add an "
+    "oscillator, an oxide (oxide_nm='fit'), or retardation; look at the data and model beside "
+    "each other.",
+    "CERENKOV_NO_RETARDATION": "(film fit) eps1 > 1/beta_v^2 (Cerenkov losses) fitted without "
+    "retardation: the non-retarded model cannot describe such a spectrum. Refit with "
+    "retardation=True.",
+    "THIN_UNCOUPLED": "(film fit) A film thinner than 2 v/omega_p fitted with eq. 36's "
+    "uncoupled surfaces: the surface modes couple at this thickness. Use model='film'.",
+    "METAL_LOW_E_NO_RETARDATION": "(film fit) A metal fitted below 8 eV without retardation: "
+    "its guided modes and retarded surface losses shape the spectrum there. Use "
+    "retardation=True, or start the window above 8 eV.",
+    "OSCILLATOR_OUTSIDE_WINDOW": "(film fit) An oscillator lies outside the fit window and was "
+    "held fixed: its parameters are assumptions, not results.",
+    "QUADRATURE": "(film fit) The fine angular quadrature moves a model channel by more than "
+    "0.3 sigma: the sharp plasmon needs more nodes (nodes_per_channel).",
+    "BETA_EXCEEDS_CUTOFF": "(film fit) The collection angle is beyond the plasmon cut-off "
+    "q_c/k0: the bulk term counts losses the plasmon does not have there. Give cutoff_mrad.",
 }
 
 _CSS = """

@@ -40,6 +40,7 @@ import xarray as xr
 
 from ..errors import InputError
 from ..kernels import film_fit as FF
+from ..kernels import quality as Q
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS
 from ..kernels.oscillators import n_eff_per_nm3
 from ..model import require_param
@@ -342,7 +343,9 @@ def fit_dielectric(
     upstream_valid = np.ones(n_pix, dtype=bool)
     if dataset is not None and "valid" in dataset:
         upstream_valid = np.asarray(dataset["valid"].values, dtype=bool).reshape(-1)
-    valid = upstream_valid & good & ((flags_all & FF.FIT_FATAL) == 0)
+    # the fit's flags join the upstream bits at quality bits 14-23 (same order as FIT_BITS)
+    quality = quality | (flags_all.astype(np.uint32) << np.uint32(Q.FIT_SHIFT))
+    valid = upstream_valid & good & ((quality & Q.FATAL) == 0)
 
     def nav_map(v: np.ndarray, unit: str, long_name: str) -> tuple:
         return nav, v.reshape(shape), {"units": unit, "long_name": long_name}
@@ -369,7 +372,11 @@ def fit_dielectric(
     out["n_eff_per_nm3_sigma"] = nav_map(neff_s, "1/nm^3", "sigma of n_eff")
     out["deviance_reduced"] = nav_map(dev_all, "", "Poisson deviance / (channels - parameters)")
     out["fit_flags"] = (nav, flags_all.reshape(shape), {"bits": _bit_table()})
-    out["quality"] = (nav, quality.reshape(shape), {"long_name": "upstream quality bits"})
+    out["quality"] = (
+        nav,
+        quality.reshape(shape),
+        {"long_name": "quality bits (upstream, and fit_flags at 14-23)", **Q.describe()},
+    )
     out["valid"] = (nav, valid.reshape(shape))
     fit_dims = nav + ("energy_fit",)
     labels = ("model", "model_bulk", "model_oxide", "model_surface")

@@ -181,3 +181,49 @@ def test_fit_dielectric_seeded_from_classic_kk():
     )  # fmt: skip
     assert abs(float(ds.thickness_nm[0]) / 14.0 - 1) < 1e-3
     assert abs(float(ds.plasmon_energy_eV[0]) / 15.0 - 1) < 1e-3
+
+
+def test_fit_flags_join_the_quality_map_at_bits_14_to_23():
+    """Truth: the two bit tables (film_fit.FIT_BITS and kernels.quality) and the inputs' own
+    bits. Bits 14-23 of quality are FIT_BITS in the same order with the same fatality; a
+    fit_dielectric result's quality is the upstream quality | (fit_flags << 14): an upstream
+    AXIS_OFFSET is kept, a pixel with NaN counts is FIT_NOT_CONVERGED (fatal) and not valid."""
+    import xarray as xr
+
+    from eelsgpu.kernels import film_fit as FF
+    from eelsgpu.kernels import quality as Q
+
+    for (name, (bit, fatal, _)), (qname, (qbit, qfatal, _)) in zip(
+        FF.FIT_BITS.items(), list(Q.BITS.items())[14:], strict=True
+    ):
+        assert (qname, qbit, qfatal) == (name, bit << Q.FIT_SHIFT, fatal)
+    assert Q.FATAL & Q.FIT_NOT_CONVERGED and Q.FATAL & Q.CERENKOV_NO_RETARDATION
+    model = synthetic.Drude(15.0, 0.8)
+    sim = synthetic.low_loss_image(model, t_over_lambda=0.2, shape=(2,), surface="coupled", **KW)
+    ssd = sim["true_ssd"].copy()
+    ssd[1] = np.nan
+    upstream = np.array([Q.AXIS_OFFSET, 0], dtype=np.uint32)
+    ds_in = xr.Dataset(
+        {
+            "ssd": ssd,
+            "zlp_intensity": sim["true_zlp_intensity"],
+            "quality": (ssd.dims[:1], upstream),
+            "valid": (ssd.dims[:1], np.array([True, True])),
+        }
+    )
+    ds = eelsgpu.fit_dielectric(
+        ds_in,
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        window_eV=(4.0, 30.0),
+        jitter=0.0,
+        iterations=5,
+        check_quadrature=False,
+    )
+    q = ds.quality.values.astype(np.int64)
+    flags = ds.fit_flags.values.astype(np.int64)
+    np.testing.assert_array_equal(q, upstream | (flags << 14))
+    assert q[0] & Q.AXIS_OFFSET and q[1] & Q.FIT_NOT_CONVERGED
+    np.testing.assert_array_equal(ds.valid.values, (q & Q.FATAL) == 0)
+    assert not bool(ds.valid.values[1])
