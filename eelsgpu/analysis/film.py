@@ -84,6 +84,7 @@ def fit_dielectric(
     kk: xr.Dataset | None = None,
     nodes_per_channel: int = 2,
     batch: int = 64,
+    energy_eV: Any = None,
 ) -> xr.Dataset:
     """Fit a film's dielectric function to every pixel's SSD (thin-film-theory.md sections 1-3).
 
@@ -136,6 +137,9 @@ def fit_dielectric(
         channels; 1, the midpoint, is twice as fast and 1e-2 off at such a peak).
     batch : int
         Pixels per batch.
+    energy_eV : array, optional
+        The energies (eV, > 0) of the ``energy`` axis of eps; default the SSD's channels above
+        0.05 eV (:func:`eelsgpu.kramers_kronig` with ``surface="fit"`` gives its own axis).
 
     Returns
     -------
@@ -290,6 +294,10 @@ def fit_dielectric(
         if any(a.size != n_pix for a in kk_seed):
             raise InputError("kk= must be the kramers_kronig result of the same pixels")
     e_out = energy[energy > 0.05]
+    if energy_eV is not None:
+        e_out = np.asarray(energy_eV, dtype=np.float64).reshape(-1)
+        if e_out.size == 0 or not np.all(np.isfinite(e_out) & (e_out > 0)):
+            raise InputError("energy_eV must be finite energies > 0 eV")
     p_all = np.full((n_pix, n_p), np.nan)
     s_all = np.full((n_pix, n_p), np.nan)
     dev_all = np.full(n_pix, np.nan)
@@ -422,3 +430,185 @@ def _bit_table() -> str:
         f"{int(math.log2(b))}={n}{' (fatal)' if fatal else ''}"
         for n, (b, fatal, _) in FF.FIT_BITS.items()
     )
+
+
+#: The values of ``surface_method`` (:func:`eelsgpu.kramers_kronig` with ``surface="fit"``).
+SURFACE_METHODS: dict[int, str] = {
+    0: "Kramers-Kronig (its surface iteration as asked)",
+    1: "dielectric-model fit (fit_dielectric) where KK flagged SURFACE_NOT_CORRECTED",
+    2: "the fit failed (a fatal fit flag): Kramers-Kronig kept, still SURFACE_NOT_CORRECTED",
+}
+
+#: The per-channel KK outputs the fit's eps re-derives at the fitted pixels (kk-theory.md eq. 34,
+#: Egerton 2011 eq. 4.29), and those it cannot (NaN there).
+_DERIVED = ("refractive_index", "extinction_coefficient", "absorption_coefficient", "n_eff")
+_NOT_DERIVED = ("surface_intensity", "re_inverse_eps0", "static_refractive_index")
+
+
+def surface_fit(
+    kk: xr.Dataset,
+    ssd: xr.Dataset | xr.DataArray,
+    zlp_intensity: Any = None,
+    beam_energy_keV: float | None = None,
+    collection_angle_mrad: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """``kramers_kronig(..., surface="fit")``: refit the pixels whose surface iteration failed.
+
+    Where ``kk`` (a :func:`eelsgpu.kramers_kronig` result) flags SURFACE_NOT_CORRECTED, or its
+    ``surface_status`` is 3 (did not converge), :func:`fit_dielectric` fits those pixels of
+    ``ssd`` (seeded from KK's plasmon energy and thickness, thin-film-theory.md section 2); where
+    the fit is valid its eps1, eps2, loss function (on KK's energy axis) and thickness replace
+    KK's, the optical cubes are re-derived from them (n, k, mu, n_eff; plasmon and loss-peak
+    energies), SURFACE_NOT_CORRECTED is cleared and the fit's flags join ``quality`` at bits
+    14-23. ``surface_method`` (uint8, :data:`SURFACE_METHODS`) says which pixels were fitted;
+    ``surface_fit_deviance_reduced`` the fit's reduced deviance there. ``options`` are keyword
+    arguments of :func:`fit_dielectric` (``model``, ``retardation``, ``oxide_nm``, ...).
+
+    Examples
+    --------
+    >>> sorted(SURFACE_METHODS)
+    [0, 1, 2]
+    """
+    from ..kernels import optics
+
+    options = dict(options or {})
+    fixed = {"kk", "energy_eV", "zlp_intensity", "beam_energy_keV", "collection_angle_mrad"}
+    if fixed & set(options):
+        raise InputError(
+            f"surface_fit options cannot set {sorted(fixed & set(options))}: "
+            "kramers_kronig gives them"
+        )
+    nav = tuple(d for d in kk["eps1"].dims if d != "energy")
+    shape = tuple(int(kk.sizes[d]) for d in nav)
+    n_pix = int(np.prod(shape, dtype=np.int64))
+
+    def flat(name: str, src: xr.Dataset = kk) -> np.ndarray:
+        v = src[name]
+        order = nav + (("energy",) if "energy" in v.dims else ())
+        return np.asarray(v.transpose(*order).values).reshape(n_pix, -1).squeeze(-1)
+
+    def flat_cube(name: str) -> np.ndarray:
+        return np.array(kk[name].transpose(*nav, "energy").values, dtype=np.float64).reshape(
+            n_pix, -1
+        )
+
+    qual = flat("quality").astype(np.uint32)
+    todo = (qual & Q.SURFACE_NOT_CORRECTED) != 0
+    if "surface_status" in kk:
+        todo |= flat("surface_status") == 3
+    method = np.zeros(n_pix, dtype=np.uint8)
+    dev = np.full(n_pix, np.nan)
+    out = kk.copy()
+    rows = np.nonzero(todo)[0]
+    if rows.size:
+        sub, n0 = _pixels(ssd, nav, shape, rows, zlp_intensity)
+        seed = xr.Dataset(
+            {
+                v: ("pixel", flat(v)[rows].astype(np.float64))
+                for v in ("plasmon_energy_eV", "thickness_nm")
+                if v in kk
+            }
+        )
+        e = np.asarray(kk["energy"].values, dtype=np.float64)
+        fit = fit_dielectric(
+            sub,
+            zlp_intensity=n0,
+            beam_energy_keV=beam_energy_keV,
+            collection_angle_mrad=collection_angle_mrad,
+            kk=seed,
+            energy_eV=e,
+            **options,
+        )
+        ok = np.asarray(fit["valid"].values, dtype=bool)
+        good, bad = rows[ok], rows[~ok]
+        method[good], method[bad] = 1, 2
+        dev[rows] = np.asarray(fit["deviance_reduced"].values)
+        cubes = {}
+        for name in ("eps1", "eps2", "loss_function"):
+            if name in kk:
+                cubes[name] = flat_cube(name)
+                cubes[name][good] = np.asarray(fit[name].values)[ok]
+        e1 = np.asarray(fit["eps1"].values)[ok]
+        e2 = np.asarray(fit["eps2"].values)[ok]
+        n_e, k_e = optics.refractive_index_nk(e1, e2)
+        derived = {
+            "refractive_index": n_e,
+            "extinction_coefficient": k_e,
+            "absorption_coefficient": optics.absorption_coefficient_per_nm(k_e, e),
+        }
+        if "n_eff" in kk and kk["n_eff"].attrs.get("units", "electrons/nm^3") == "electrons/nm^3":
+            derived["n_eff"] = optics.effective_electron_density(e2, e, float(e[1] - e[0]))
+        for name in _DERIVED + _NOT_DERIVED:
+            if name in kk and "energy" in kk[name].dims:
+                cubes[name] = flat_cube(name)
+                cubes[name][good] = derived.get(name, np.nan)
+        for name, arr in cubes.items():
+            out[name] = (nav + ("energy",), arr.reshape(shape + (e.size,)), kk[name].attrs)
+        maps = {"thickness_nm": np.asarray(fit["thickness_nm"].values)[ok]}
+        if "low_energy_cutoff_eV" in kk:
+            lo = e[None, :] >= flat("low_energy_cutoff_eV")[good][:, None]
+        else:
+            lo = np.ones((good.size, e.size), dtype=bool)
+        loss = np.asarray(fit["loss_function"].values)[ok]
+        maps["plasmon_energy_eV"] = optics.plasmon_energy_eV(np, e1, loss, e, lo)
+        maps["loss_peak_eV"] = optics.loss_peak_eV(np, loss, e, lo)
+        for name in _NOT_DERIVED:
+            if name in kk and "energy" not in kk[name].dims:
+                maps[name] = np.nan
+        for name, value in maps.items():
+            if name in kk:
+                arr = flat(name).astype(np.float64)
+                arr[good] = value
+                out[name] = (nav, arr.reshape(shape), kk[name].attrs)
+        fit_q = np.asarray(fit["fit_flags"].values, dtype=np.uint32)[ok]
+        qual = qual.copy()
+        qual[good] = (qual[good] & ~np.uint32(Q.SURFACE_NOT_CORRECTED)) | (
+            fit_q << np.uint32(Q.FIT_SHIFT)
+        )
+        kk_q = flat("quality").astype(np.uint32)
+        analysed = flat("valid").astype(bool) | ((kk_q & Q.FATAL) != 0)
+        out["quality"] = (nav, qual.reshape(shape), {**kk["quality"].attrs, **Q.describe()})
+        out["valid"] = (nav, (analysed & ((qual & Q.FATAL) == 0)).reshape(shape), kk["valid"].attrs)
+    out["surface_method"] = (
+        nav,
+        method.reshape(shape),
+        {"long_name": "surface treatment", **{str(k): v for k, v in SURFACE_METHODS.items()}},
+    )
+    out["surface_fit_deviance_reduced"] = (
+        nav,
+        dev.reshape(shape),
+        {"long_name": "the surface fit's Poisson deviance / (channels - parameters)"},
+    )
+    out.attrs["kk_surface"] = "fit"
+    out.attrs["kk_surface_fit_options"] = repr(options)
+    out.attrs["kk_surface_fit_pixels"] = int(np.sum(method == 1))
+    return out
+
+
+def _pixels(ssd, nav, shape, rows, zlp_intensity):
+    """The SSD (and its deconvolve maps) at the flat pixels ``rows`` on one ``pixel`` dim, and N0
+    there (``zlp_intensity`` given, else None: the Dataset's)."""
+    n_pix = int(np.prod(shape, dtype=np.int64))
+
+    def take(v: xr.DataArray) -> xr.DataArray:
+        extra = tuple(d for d in v.dims if d not in nav)
+        arr = np.asarray(v.transpose(*nav, *extra).values)
+        arr = np.broadcast_to(arr, shape + arr.shape[len(nav) :]) if arr.ndim else arr
+        arr = arr.reshape((n_pix,) + arr.shape[len(shape) :])[rows]
+        coords = {d: v.coords[d] for d in extra if d in v.coords}
+        return xr.DataArray(arr, dims=("pixel",) + extra, coords=coords, attrs=v.attrs)
+
+    if isinstance(ssd, xr.Dataset):
+        keep = ("ssd", "zlp_intensity", "zlp_fwhm_eV", "resolution_eV", "quality", "valid")
+        sub: Any = xr.Dataset(
+            {v: take(ssd[v]) for v in keep if v in ssd and set(nav) <= set(ssd[v].dims)},
+            attrs=ssd.attrs,
+        )
+    else:
+        sub = take(ssd)
+    n0 = zlp_intensity
+    if n0 is not None:
+        n0 = np.broadcast_to(np.asarray(getattr(n0, "values", n0), dtype=np.float64), shape)
+        n0 = n0.reshape(-1)[rows]
+    return sub, n0

@@ -162,6 +162,8 @@ def kramers_kronig(
     eps2_negative_limit: float = EPS2_NEGATIVE_LIMIT,
     surface_share_limit: float = SURFACE_SHARE_LIMIT,
     variables: Sequence[str] | None = None,
+    surface: str = "iterate",
+    surface_fit: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Kramers-Kronig analysis of every pixel: eps(E), thickness and optical quantities.
 
@@ -228,6 +230,17 @@ def kramers_kronig(
         Which outputs to compute (default: all of
         :data:`~eelsgpu.kernels.blocks_kk.CUBE_OUTPUTS` and
         :data:`~eelsgpu.kernels.blocks_kk.MAP_OUTPUTS`); ``quality`` and ``valid`` always.
+    surface : {"iterate", "fit"}
+        ``"iterate"`` (default): the surface correction is the iteration of eqs. 35-36
+        (``iterations`` steps; 0: none), as always. ``"fit"``: the same, then the pixels it
+        flags SURFACE_NOT_CORRECTED (or leaves not converged) are refitted by
+        :func:`eelsgpu.fit_dielectric` (thin-film-theory.md; seeded from KK) and, where the fit
+        is valid, its eps, loss function and thickness replace KK's there
+        (:func:`eelsgpu.analysis.film.surface_fit`: ``surface_method`` map, fit flags at
+        ``quality`` bits 14-23). Computed at once, not lazily.
+    surface_fit : dict, optional
+        Keyword arguments of :func:`eelsgpu.fit_dielectric` for ``surface="fit"`` (``model``,
+        ``retardation``, ``oxide_nm``, ``window_eV`` ...; default its own).
 
     Returns
     -------
@@ -260,6 +273,8 @@ def kramers_kronig(
     >>> bool(abs(float(ds["thickness_nm"][0, 0]) / float(sim["true_t_nm"][0, 0]) - 1) < 0.01)
     True
     """
+    if surface not in ("iterate", "fit"):  # issue 15: the film fit where the iteration fails
+        raise InputError(f"surface must be 'iterate' or 'fit', not {surface!r}")
     dataset = ssd if isinstance(ssd, xr.Dataset) else None
     if dataset is not None:
         if "ssd" not in dataset:
@@ -467,6 +482,10 @@ def kramers_kronig(
     )
     if "energy" in ds.coords:
         ds["energy"].attrs.update({"units": "eV", "long_name": "energy loss"})
+    if surface == "fit":  # issue 15: refit the pixels the surface iteration flags
+        from .film import surface_fit as _surface_fit
+
+        ds = _surface_fit(ds, ssd, zlp_intensity, e0, beta, surface_fit)
     return ds
 
 
