@@ -239,6 +239,7 @@ def report_html(
     source: str | None = None,
     xlim_eV: tuple[float, float] | None = None,
     spectra: xr.DataArray | None = None,
+    optical: xr.Dataset | str | os.PathLike | None = None,
 ) -> str:
     """The HTML text of the report of ``ds`` (see :func:`write_report`)."""
     if spectra is not None:
@@ -281,6 +282,10 @@ def report_html(
         sections.append("<h2>Maps</h2><div class='grid'>" + "".join(figs) + "</div>")
     for name in qualities:
         sections.append(_quality_section(ds[name], name))
+    if ds.attrs.get("analysis") == "fit_dielectric" and "model" in ds:
+        sections.append(_film_section(ds, pixels, optical, xlim_eV))
+    elif optical is not None:
+        raise InputError("--optical draws beside a film fit: the store is not fit_dielectric's")
 
     all_cubes = cube_variables(ds)
     cubes = [
@@ -375,6 +380,35 @@ def report_html(
         + "".join(sections)
         + "</main></body></html>"
     )
+
+
+def _film_section(ds: xr.Dataset, pixels, optical, xlim_eV) -> str:
+    """The film fit (thin-film-theory.md) of the chosen pixels (default the centre one): the data,
+    the model and its parts, eps with +-1 sigma beside the optical table when one is named."""
+    from .plotting import plot_film_fit, read_optical_table
+
+    nav = tuple(d for d in ds["model"].dims if d != "energy_fit")
+    if isinstance(optical, str | os.PathLike):
+        optical = read_optical_table(optical)
+    chosen = list(pixels or [tuple(ds.sizes[d] // 2 for d in nav)])
+    figs = []
+    for pix in chosen:
+        fig = plot_film_fit(ds, pix, optical=optical, xlim=xlim_eV)
+        sel = dict(zip(nav, pix, strict=True))
+        values = "; ".join(
+            f"{html.escape(n)} = {float(ds[n].isel(sel)):.4g}"
+            + (f" +- {float(ds[n + '_sigma'].isel(sel)):.2g}" if f"{n}_sigma" in ds else "")
+            + f" {html.escape(str(ds[n].attrs.get('units', '')))}"
+            for n in ds.attrs.get("parameters", [])
+            if n in ds
+        )
+        ref = f" beside {html.escape(str(optical.attrs.get('name')))}" if optical is not None else ""
+        caption = (
+            f"<b>film fit, pixel {pix}</b>: data (points), model and its parts; eps1, eps2 "
+            f"with +-1 sigma{ref}<br>{values}"
+        )
+        figs.append(_figure(_png(fig), f"film fit at pixel {pix}", caption))
+    return "<h2>Film fit</h2><div class='grid'>" + "".join(figs) + "</div>"
 
 
 def _quality_section(da: xr.DataArray, name: str) -> str:
@@ -492,6 +526,7 @@ def write_report(
     title: str | None = None,
     xlim_eV: tuple[float, float] | None = None,
     spectra: xr.DataArray | str | os.PathLike | None = None,
+    optical: xr.Dataset | str | os.PathLike | None = None,
 ) -> Path:
     """Write one self-contained HTML page of all maps of a result store.
 
@@ -512,6 +547,11 @@ def write_report(
     spectra : DataArray or path, optional
         A spectrum image (or a file :func:`eelsgpu.open` reads) with the maps' pixels, for the
         pixel and cluster spectra when the store holds none.
+    optical : path or Dataset, optional
+        An optical-constants table (CSV: ``energy_eV``, ``eps1``, ``eps2`` columns, as in
+        shared/data/reference/optical_constants) drawn beside a film fit's eps
+        (:func:`eelsgpu.plotting.plot_film_fit`; a :func:`eelsgpu.fit_dielectric` store draws
+        its data, model and parts, and eps with sigma bands, for ``pixels`` or the centre).
 
     Returns
     -------
@@ -539,6 +579,7 @@ def write_report(
         source=source,
         xlim_eV=xlim_eV,
         spectra=spectra,
+        optical=optical,
     )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
