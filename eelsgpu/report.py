@@ -402,7 +402,9 @@ def _film_section(ds: xr.Dataset, pixels, optical, xlim_eV) -> str:
             for n in ds.attrs.get("parameters", [])
             if n in ds
         )
-        ref = f" beside {html.escape(str(optical.attrs.get('name')))}" if optical is not None else ""
+        ref = (
+            f" beside {html.escape(str(optical.attrs.get('name')))}" if optical is not None else ""
+        )
         caption = (
             f"<b>film fit, pixel {pix}</b>: data (points), model and its parts; eps1, eps2 "
             f"with +-1 sigma{ref}<br>{values}"
