@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .. import engine
 from ..errors import InputError
 from ..kernels import film_fit as FF
 from ..kernels import quality as Q
+from ..kernels.blocks_film import FILM_PARTS, film_declaration
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS
-from ..kernels.oscillators import n_eff_per_nm3
 from ..model import require_param
 from . import _checks as chk
 from ._lowloss import spectrum_input
@@ -85,6 +86,7 @@ def fit_dielectric(
     nodes_per_channel: int = 2,
     batch: int = 64,
     energy_eV: Any = None,
+    device: str = "auto",
 ) -> xr.Dataset:
     """Fit a film's dielectric function to every pixel's SSD (thin-film-theory.md sections 1-3).
 
@@ -140,6 +142,10 @@ def fit_dielectric(
     energy_eV : array, optional
         The energies (eV, > 0) of the ``energy`` axis of eps; default the SSD's channels above
         0.05 eV (:func:`eelsgpu.kramers_kronig` with ``surface="fit"`` gives its own axis).
+    device : {"auto", "cpu", "gpu"}
+        Where the fit runs (:func:`eelsgpu.engine.apply_kernel` maps
+        :mod:`eelsgpu.kernels.blocks_film` over pixel blocks; an SSD held in memory gives a
+        result in memory, a store's SSD a lazy one that ``eelsgpu.io.write_store`` streams).
 
     Returns
     -------
@@ -216,11 +222,11 @@ def fit_dielectric(
     if kind is None:
         kind = "layered" if oxide_nm is not None else ("kroger" if retardation else "coupled")
 
-    # the SSD and N0, pixels flat
+    # the SSD stays as it is (lazy for a store: the engine streams it); N0 is a map
     nav = tuple(d for d in si.dims if d != "energy")
+    shape = tuple(si.shape[:-1])
+    n_pix = int(np.prod(shape, dtype=np.int64))
     energy = np.asarray(si["energy"].values, dtype=np.float64)
-    data = np.asarray(si.values, dtype=np.float64).reshape(-1, energy.size)
-    n_pix = data.shape[0]
     n0 = zlp_intensity
     if n0 is None and dataset is not None and "zlp_intensity" in dataset:
         n0 = dataset["zlp_intensity"]
@@ -228,8 +234,7 @@ def fit_dielectric(
         raise InputError(
             "fit_dielectric needs N0: give zlp_intensity= (counts) or deconvolve's Dataset"
         )
-    n0 = np.broadcast_to(np.asarray(getattr(n0, "values", n0), dtype=np.float64), si.shape[:-1])
-    n0 = n0.reshape(-1)
+    n0 = np.broadcast_to(np.asarray(getattr(n0, "values", n0), dtype=np.float64), shape)
     if resolution_eV is None:
         resolution_eV = 0.0
         if dataset is not None and "resolution_eV" in dataset:
@@ -261,7 +266,6 @@ def fit_dielectric(
             "for the fit"
         )
     idx = sel[: n_bins * k]
-    y = data[:, idx].reshape(n_pix, n_bins, k).sum(axis=-1)
     c_lo = energy[idx].reshape(n_bins, k)[:, 0] - step / 2
     c_hi = energy[idx].reshape(n_bins, k)[:, -1] + step / 2
 
@@ -282,115 +286,76 @@ def fit_dielectric(
     fine = FF.fit_model(c_lo, c_hi, e0, beta, rule="fine", **common) if check_quadrature else None
 
     names = fm.names
-    n_p = len(names)
-    kk_seed = None
+    extras: dict[str, Any] = {"zlp_intensity": np.ascontiguousarray(n0)}
     if kk is not None:
-        kk_seed = tuple(
-            np.asarray(kk[v].values, dtype=np.float64).reshape(-1)
-            if v in kk
-            else np.full(n_pix, np.nan)
-            for v in ("plasmon_energy_eV", "thickness_nm")
-        )
-        if any(a.size != n_pix for a in kk_seed):
-            raise InputError("kk= must be the kramers_kronig result of the same pixels")
+        for v, key in (
+            ("plasmon_energy_eV", "kk_plasmon_energy_eV"),
+            ("thickness_nm", "kk_thickness_nm"),
+        ):
+            seed = np.asarray(kk[v].values, dtype=np.float64) if v in kk else np.full(shape, np.nan)
+            if seed.size != n_pix:
+                raise InputError("kk= must be the kramers_kronig result of the same pixels")
+            extras[key] = seed.reshape(shape)
     e_out = energy[energy > 0.05]
     if energy_eV is not None:
         e_out = np.asarray(energy_eV, dtype=np.float64).reshape(-1)
         if e_out.size == 0 or not np.all(np.isfinite(e_out) & (e_out > 0)):
             raise InputError("energy_eV must be finite energies > 0 eV")
-    p_all = np.full((n_pix, n_p), np.nan)
-    s_all = np.full((n_pix, n_p), np.nan)
-    dev_all = np.full(n_pix, np.nan)
-    flags_all = np.zeros(n_pix, dtype=np.uint32)
-    eps_all = np.full((n_pix, e_out.size), np.nan + 0j)
-    se1 = np.full((n_pix, e_out.size), np.nan)
-    se2 = np.full((n_pix, e_out.size), np.nan)
-    parts = np.full((4, n_pix, n_bins), np.nan)
-    neff = np.full(n_pix, np.nan)
-    neff_s = np.full(n_pix, np.nan)
-    good = np.isfinite(n0) & (n0 > 0) & np.all(np.isfinite(y), axis=-1)
-    flags_all[~good] = FF.FIT_BITS["FIT_NOT_CONVERGED"][0]
-    rows = np.nonzero(good)[0]
-    for s in range(0, rows.size, batch):
-        r = rows[s : s + batch]
-        yb, nb = y[r], n0[r]
-        seed = FF.seed_from_ssd(np, fm, yb, nb, oscillators)
-        if kk_seed is not None:
-            seed = _seed_from_kk(seed, names, kk_seed[0][r], kk_seed[1][r])
-        fit = FF.fit_pixels(np, fm, yb, nb, seed, iterations=iterations, jitter=jitter, fine=fine)
-        scale = np.maximum(1.0, fit.deviance / fit.dof)
-        cov = fit.cov * scale[:, None, None]
-        p = np.exp(fit.p_log)
-        p_all[r] = p
-        s_all[r] = p * np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
-        dev_all[r] = fit.deviance / fit.dof
-        flags_all[r] = fit.flags
-        eps, s1, s2 = FF.eps_sigma(np, fm, fit.p_log, cov, e_out)
-        eps_all[r], se1[r], se2[r] = eps, s1, s2
-        mu, bulk, oxide, surf = FF.model_counts(np, fm, fit.p_log, nb, parts=True)
-        parts[:, r] = mu, bulk, oxide, surf
-        # n_eff from Ep_tot^2 = Ep^2 + sum f (section 2), sigma by the delta method
-        g = np.zeros((r.size, n_p))
-        ep2 = np.zeros(r.size)
-        for j, name in enumerate(names):
-            if name == "plasmon_energy_eV":
-                ep2 = ep2 + p[:, j] ** 2
-                g[:, j] = 2.0 * p[:, j] ** 2
-            elif name.endswith("_strength_eV2"):
-                ep2 = ep2 + p[:, j]
-                g[:, j] = p[:, j]
-        ep2 = ep2 + float(np.sum(np.asarray(fixed_oscillators, dtype=float).reshape(-1, 3)[:, 1]))
-        neff[r] = n_eff_per_nm3(np.sqrt(ep2))
-        var = np.einsum("bi,bij,bj->b", g, cov, g)
-        neff_s[r] = neff[r] * np.sqrt(np.maximum(var, 0.0)) / ep2
+    fixed_f = float(np.sum(np.asarray(fixed_oscillators, dtype=float).reshape(-1, 3)[:, 1]))
+    res = engine.apply_kernel(
+        film_declaration(names, e_out, 0.5 * (c_lo + c_hi), batch),
+        si,
+        device=device,
+        extras=extras,
+        fm=fm,
+        fine=fine,
+        channels=np.asarray(idx, dtype=np.int64),
+        bin_width=int(k),
+        energy_out_eV=e_out,
+        oscillators=tuple(tuple(float(x) for x in o) for o in oscillators),
+        fixed_strength_eV2=fixed_f,
+        iterations=iterations,
+        jitter=jitter,
+    )
+    if si.chunks is None:  # in memory in, in memory out (a store's SSD stays lazy)
+        res = res.compute()
 
-    shape = si.shape[:-1]
-    quality = np.zeros(n_pix, dtype=np.uint32)
+    flags = res["fit_flags"].astype(np.uint32)
     if dataset is not None and "quality" in dataset:
-        quality = np.asarray(dataset["quality"].values, dtype=np.uint32).reshape(-1)
-    upstream_valid = np.ones(n_pix, dtype=bool)
-    if dataset is not None and "valid" in dataset:
-        upstream_valid = np.asarray(dataset["valid"].values, dtype=bool).reshape(-1)
+        upstream = dataset["quality"].astype(np.uint32)
+    else:
+        upstream = xr.zeros_like(flags)
     # the fit's flags join the upstream bits at quality bits 14-23 (same order as FIT_BITS)
-    quality = quality | (flags_all.astype(np.uint32) << np.uint32(Q.FIT_SHIFT))
-    valid = upstream_valid & good & ((quality & Q.FATAL) == 0)
-
-    def nav_map(v: np.ndarray, unit: str, long_name: str) -> tuple:
-        return nav, v.reshape(shape), {"units": unit, "long_name": long_name}
+    quality = np.bitwise_or(upstream, np.left_shift(flags, np.uint32(Q.FIT_SHIFT)))
+    valid = np.bitwise_and(quality, np.uint32(Q.FATAL)) == 0
+    if dataset is not None and "valid" in dataset:
+        valid = valid & dataset["valid"].astype(bool)
 
     out = xr.Dataset(coords={k_: si.coords[k_] for k_ in nav if k_ in si.coords})
     out = out.assign_coords(
         energy=("energy", e_out, {"units": "eV"}),
         energy_fit=("energy_fit", 0.5 * (c_lo + c_hi), {"units": "eV"}),
     )
-    spec_dims = nav + ("energy",)
-    eps_all = eps_all.reshape(shape + (e_out.size,))
-    out["eps1"] = (spec_dims, eps_all.real, {"long_name": "eps1 (fitted model)"})
-    out["eps2"] = (spec_dims, eps_all.imag, {"long_name": "eps2 (fitted model)"})
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["loss_function"] = (spec_dims, np.imag(-1.0 / eps_all), {"long_name": "Im[-1/eps]"})
-    out["eps1_sigma"] = (spec_dims, se1.reshape(eps_all.shape), {"long_name": "sigma of eps1"})
-    out["eps2_sigma"] = (spec_dims, se2.reshape(eps_all.shape), {"long_name": "sigma of eps2"})
-    for j, name in enumerate(names):
-        out[name] = nav_map(p_all[:, j], _unit(name), name)
-        out[name + "_sigma"] = nav_map(s_all[:, j], _unit(name), f"sigma of {name}")
+    for name in ("eps1", "eps2", "loss_function", "eps1_sigma", "eps2_sigma"):
+        out[name] = res[name].transpose(*nav, "energy")
+    for name in names:
+        out[name] = res[name]
+        out[name + "_sigma"] = res[name + "_sigma"]
     if fixed_d is not None:
-        out["oxide_nm"] = nav_map(np.full(n_pix, fixed_d), "nm", "oxide_nm (fixed)")
-    out["n_eff_per_nm3"] = nav_map(neff, "1/nm^3", "n_eff from the f-sum rule")
-    out["n_eff_per_nm3_sigma"] = nav_map(neff_s, "1/nm^3", "sigma of n_eff")
-    out["deviance_reduced"] = nav_map(dev_all, "", "Poisson deviance / (channels - parameters)")
-    out["fit_flags"] = (nav, flags_all.reshape(shape), {"bits": _bit_table()})
-    out["quality"] = (
-        nav,
-        quality.reshape(shape),
-        {"long_name": "quality bits (upstream, and fit_flags at 14-23)", **Q.describe()},
+        out["oxide_nm"] = (
+            nav,
+            np.full(shape, fixed_d),
+            {"units": "nm", "long_name": "oxide_nm (fixed)"},
+        )
+    for name in ("n_eff_per_nm3", "n_eff_per_nm3_sigma", "deviance_reduced"):
+        out[name] = res[name]
+    out["fit_flags"] = flags.assign_attrs(bits=_bit_table())
+    out["quality"] = quality.transpose(*nav).assign_attrs(
+        {"long_name": "quality bits (upstream, and fit_flags at 14-23)", **Q.describe()}
     )
-    out["valid"] = (nav, valid.reshape(shape))
-    fit_dims = nav + ("energy_fit",)
-    labels = ("model", "model_bulk", "model_oxide", "model_surface")
-    out["data"] = (fit_dims, y.reshape(shape + (n_bins,)), {"units": "counts"})
-    for lab, arr in zip(labels, parts, strict=True):
-        out[lab] = (fit_dims, arr.reshape(shape + (n_bins,)), {"units": "counts"})
+    out["valid"] = valid.transpose(*nav)
+    for name in FILM_PARTS:
+        out[name] = res[name].transpose(*nav, "energy_fit")
     out.attrs = {
         "analysis": "fit_dielectric",
         "film_model": kind,
@@ -409,19 +374,6 @@ def fit_dielectric(
         "references": "thin-film-theory.md sections 1-3; kk-theory.md eqs. 31, 36",
     }
     return out
-
-
-def _seed_from_kk(seed: np.ndarray, names: tuple[str, ...], e0: np.ndarray, t: np.ndarray):
-    """The SSD's seed with Ep and t from the classic KK result where it has finite values."""
-    seed = seed.copy()
-    if "plasmon_energy_eV" in names:
-        j = names.index("plasmon_energy_eV")
-        gamma = np.exp(seed[:, names.index("damping_eV")])
-        ok = np.isfinite(e0) & (e0 > 0)
-        seed[ok, j] = np.log(np.sqrt(e0[ok] ** 2 + gamma[ok] ** 2))
-    ok = np.isfinite(t) & (t > 0)
-    seed[ok, 0] = np.log(t[ok])
-    return seed
 
 
 def _bit_table() -> str:
