@@ -1,4 +1,5 @@
-"""What uncertainty maps cost (issue 14): window maps without, with analytic and with replica sigmas.
+"""What uncertainty maps cost (issue 14): window maps and thickness without, with analytic and with
+replica sigmas.
 
 Workloads (synthetic, Poisson):
 
@@ -6,14 +7,18 @@ Workloads (synthetic, Poisson):
   at 1 eV/ch), Cu and Zn windows with power-law backgrounds and their ratio;
 * ``sxes``: :func:`eelsgpu.synthetic.sxes_image` (default 96 x 96 on the non-uniform JS300N axis,
   140-200 eV), the B-K band and its top with linear backgrounds on both sides, their ratio, the
-  band centroid and the Ca-Ll line's 7-channel peak position (the chemical-shift maps).
+  band centroid and the Ca-Ll line's 7-channel peak position (the chemical-shift maps);
+* ``thickness``: :func:`eelsgpu.thickness` (log-ratio, ``zlp="threshold"``, tail ``"auto"``, a
+  given mean free path) on :func:`eelsgpu.synthetic.low_loss_image` (default 96 x 96 x 1024
+  float32, 0.1 eV/ch, Drude Ep 15 eV, t/lambda 0.2-2 across the image, 1e5 counts in the ZLP).
 
 For each: the analysis alone, with ``uncertainty="analytic"`` (the issue's bound: at most 2x the
 analysis alone), and with ``uncertainty="replicas:K"`` on a corner of the image, reported as
 spectra x replicas per second beside the same job without replicas (spectra per second) and
 beside EELSfitter's 0.15 s per spectrum per replica (issue 14: measured on EELSfitter 3.1; the
 issue asks for at least 1000 times that on this CPU). Each time is the best of ``--repeat`` runs
-of ``window_maps(...).compute()`` on the in-memory image (all cores, ``device="cpu"``).
+of ``window_maps(...).compute()`` (``thickness(...).compute()``) on the in-memory image (all
+cores, ``device="cpu"``).
 
 Run (take the shared lock; about a minute at the default sizes)::
 
@@ -45,39 +50,72 @@ def _best(fn, repeat: int) -> float:
     return best
 
 
-def workloads(size: int):
-    """(name, spectrum image, window_maps keywords) of each workload."""
-    from bench_maps import BACKGROUND, WINDOWS, cube
+def low_loss(size: int):
+    """The thickness workload's image: t/lambda 0.2-2 across it, 1e5 counts in the ZLP."""
+    from eelsgpu import synthetic
 
-    from eelsgpu.model import spectrum_image
-    from eelsgpu.synthetic import sxes_image
-
-    data, e = cube(size)
-    core = spectrum_image(data, e)
-    core_kw = dict(windows=WINDOWS, background=BACKGROUND, ratios=["Cu/Zn"])
-    sx = sxes_image((size, size), regions="disk", intensity=20.0, seed=0)["signal"].compute()
-    bg = [(160.0, 168.0), (192.0, 198.0)]
-    sx_kw = dict(
-        windows={"BK": (170.0, 188.0), "top": (186.0, 188.0), "Ca": (150.3, 152.3)},
-        background={"BK": bg, "top": bg, "Ca": [(145.0, 149.0), (156.0, 160.0)]},
-        background_model="linear",
-        ratios=["top/BK"],
-        centroid=["BK"],
-        peak=["Ca"],
-        peak_channels=7,
+    tl = np.linspace(0.2, 2.0, size * size).reshape(size, size)
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=tl,
+        shape=tl.shape,
+        n_channels=1024,
+        dispersion_eV=0.1,
+        total_counts=1e5 * np.exp(tl),
+        noise=True,
+        seed=0,
+        dtype=np.float32,
     )
-    return [("core-loss", core, core_kw), ("sxes", sx, sx_kw)]
+    return sim["signal"].compute()
 
 
-def run(size: int, replicas: int, corner: int, repeat: int) -> list[dict]:
-    from eelsgpu import window_maps
+def workloads(size: int, only: tuple[str, ...] = ()):
+    """(name, spectrum image, analysis function, its keywords) of each workload (only those in
+    ``only`` are built, when given)."""
+    import eelsgpu
 
+    def core():
+        from bench_maps import BACKGROUND, WINDOWS, cube
+
+        from eelsgpu.model import spectrum_image
+
+        data, e = cube(size)
+        kw = dict(windows=WINDOWS, background=BACKGROUND, ratios=["Cu/Zn"])
+        return spectrum_image(data, e), eelsgpu.window_maps, kw
+
+    def sxes():
+        from eelsgpu.synthetic import sxes_image
+
+        sx = sxes_image((size, size), regions="disk", intensity=20.0, seed=0)["signal"].compute()
+        bg = [(160.0, 168.0), (192.0, 198.0)]
+        kw = dict(
+            windows={"BK": (170.0, 188.0), "top": (186.0, 188.0), "Ca": (150.3, 152.3)},
+            background={"BK": bg, "top": bg, "Ca": [(145.0, 149.0), (156.0, 160.0)]},
+            background_model="linear",
+            ratios=["top/BK"],
+            centroid=["BK"],
+            peak=["Ca"],
+            peak_channels=7,
+        )
+        return sx, eelsgpu.window_maps, kw
+
+    def thickness():
+        kw = dict(zlp="threshold", mean_free_path_nm=120.0)
+        return low_loss(size), eelsgpu.thickness, kw
+
+    builders = {"core-loss": core, "sxes": sxes, "thickness": thickness}
+    return [(n, *b()) for n, b in builders.items() if not only or n in only]
+
+
+def run(
+    size: int, replicas: int, corner: int, repeat: int, only: tuple[str, ...] = ()
+) -> list[dict]:
     rows = []
-    for name, si, kw in workloads(size):
+    for name, si, fn, kw in workloads(size, only):
         n_pix = si.sizes["y"] * si.sizes["x"]
-        none = _best(lambda si=si, kw=kw: window_maps(si, device="cpu", **kw).compute(), repeat)
+        none = _best(lambda si=si, fn=fn, kw=kw: fn(si, device="cpu", **kw).compute(), repeat)
         analytic = _best(
-            lambda si=si, kw=kw: window_maps(
+            lambda si=si, fn=fn, kw=kw: fn(
                 si, uncertainty="analytic", gain=1.0, device="cpu", **kw
             ).compute(),
             repeat,
@@ -85,10 +123,10 @@ def run(size: int, replicas: int, corner: int, repeat: int) -> list[dict]:
         small = si.isel(y=slice(0, corner), x=slice(0, corner))
         n_small = small.sizes["y"] * small.sizes["x"]
         none_small = _best(
-            lambda s=small, kw=kw: window_maps(s, device="cpu", **kw).compute(), repeat
+            lambda s=small, fn=fn, kw=kw: fn(s, device="cpu", **kw).compute(), repeat
         )
         rep = _best(
-            lambda s=small, kw=kw: window_maps(
+            lambda s=small, fn=fn, kw=kw: fn(
                 s, uncertainty=f"replicas:{replicas}", gain=1.0, device="cpu", **kw
             ).compute(),
             1,
@@ -123,12 +161,19 @@ def main(argv=None) -> int:
     ap.add_argument("--corner", type=int, default=32, help="side of the replica corner (32)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs (3)")
     ap.add_argument("--json", action="store_true", help="print JSON only")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=(),
+        choices=("core-loss", "sxes", "thickness"),
+        help="run only these workloads",
+    )
     args = ap.parse_args(argv)
-    rows = run(args.size, args.replicas, args.corner, args.repeat)
+    rows = run(args.size, args.replicas, args.corner, args.repeat, tuple(args.only))
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"window maps, {os.cpu_count()} CPU cores, best of {args.repeat}")
+    print(f"{os.cpu_count()} CPU cores, best of {args.repeat}")
     for r in rows:
         print(
             f"{r['workload']:10s} {r['pixels']} px x {r['channels']} ch: none {r['none_s']:.3f} s, "

@@ -112,9 +112,13 @@ def band_limited(si: xr.DataArray, zlp: str, search_eV=(-5.0, 5.0), **kw) -> xr.
 
 def kk_chain(si: xr.DataArray, f: RealFile, zlp: str, **kw) -> tuple[xr.Dataset, xr.Dataset]:
     """The documented chain: band-limited deconvolution, then Kramers-Kronig with the file's
-    normalisation and its density (for the log-ratio thickness to compare with)."""
+    normalisation and its density (for the log-ratio thickness to compare with); the cubes
+    eps1, eps2 and the loss function (the tests look at all three; the default keeps eps only)
+    unless ``variables`` or ``cubes`` say otherwise."""
     import eelsgpu
 
+    if "variables" not in kw:
+        kw.setdefault("cubes", ("eps1", "eps2", "loss_function"))
     dec = band_limited(si, zlp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

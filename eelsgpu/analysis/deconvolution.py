@@ -16,10 +16,12 @@ import xarray as xr
 
 from .. import engine
 from ..engine.cuda import register_fused_kernels
+from ..errors import InputError
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS, DECONVOLVE
+from ..kernels.blocks_replicas import with_replicas
 from ..kernels.fourier_log import EXTRAPOLATIONS, OUTPUTS
 from ..model import energy_axis
-from ._checks import optional, positive, positive_int
+from ._checks import in_range, optional, positive, positive_int
 from ._lowloss import (
     axis_numbers,
     check_calibration,
@@ -29,6 +31,8 @@ from ._lowloss import (
     spectrum_input,
     with_thickness_nm,
 )
+from ._uncertainty import parse_uncertainty
+from .thickness import TAIL_REL_SIGMA, _with_sigmas, check_analytic_zlp
 from .zlp import resolve_zlp
 
 __all__ = ["EXTRAPOLATIONS", "OUTPUTS", "deconvolve"]
@@ -50,6 +54,13 @@ def deconvolve(
     collection_angle_mrad: float | None = None,
     convergence_angle_mrad: float | None = None,
     device: str = "auto",
+    uncertainty: str | None = None,
+    n_replicas: int | None = None,
+    gain: float | None = None,
+    noise_variance: Any = None,
+    seed: int = 0,
+    mean_free_path_rel_sigma: float | None = None,
+    tail_rel_sigma: float = TAIL_REL_SIGMA,
 ) -> xr.Dataset:
     """Single-scattering distribution of every pixel by Fourier-log deconvolution (eq. 22).
 
@@ -104,6 +115,19 @@ def deconvolve(
     beam_energy_keV, collection_angle_mrad, convergence_angle_mrad : float, optional
         Override the file's calibration (keV, mrad) for the mean free path.
     device : {"auto", "cpu", "gpu"}
+    uncertainty : {None, "analytic", "replicas", "replicas:K"}
+        Counting sigmas (:mod:`eelsgpu.analysis._uncertainty`; none by default): ``"analytic"``
+        gives the maps' (``t_over_lambda``, ``thickness_nm``, ``zlp_intensity``) by the
+        log-ratio's closed form, as :func:`eelsgpu.thickness` (``zlp="threshold"`` only; no
+        ``ssd_sigma``); ``"replicas"`` runs ``n_replicas`` noise replicas of every spectrum
+        through the same block kernel (:func:`eelsgpu.kernels.blocks_replicas.with_replicas`)
+        and adds ``ssd_sigma`` per channel beside the maps' sigmas. Proven honest (0.85-1.15 of
+        the observed scatter) for ``output="band-limited"`` from 5 to 45 eV; NOT for
+        ``output="ssd"`` at a sharp plasmon peak (0.26 of the scatter: the adaptive roll-off
+        varies between realisations more than between replicas of one) nor
+        ``"reconvolved-zlp"`` within the ZLP's tail (0.6 at 5 eV).
+    n_replicas, gain, noise_variance, seed, mean_free_path_rel_sigma, tail_rel_sigma
+        As :func:`eelsgpu.thickness`.
 
     Returns
     -------
@@ -127,7 +151,10 @@ def deconvolve(
         (the tail beyond the window from the spectrum's power law or, where that fails, from this
         pass's raw SSD), and ``thickness_nm`` = t/lambda x the mean free path when one is given.
         Pixels whose computation failed (no ZLP, NaN counts, an undefined log) are NaN; pixels
-        with another fatal bit keep their numbers with ``valid`` False.
+        with another fatal bit keep their numbers with ``valid`` False. With ``uncertainty``:
+        ``<name>_sigma`` (counting) and ``<name>_sigma_systematic`` (the tail beyond the window,
+        the mean free path formula) as :func:`eelsgpu.thickness` gives them, and ``ssd_sigma``
+        (replicas).
 
     Raises
     ------
@@ -175,6 +202,21 @@ def deconvolve(
         zeff=zeff,
     )
     search = search_range(search_eV)
+    unc = parse_uncertainty(si, uncertainty, n_replicas, gain, noise_variance, seed)
+    if unc.method == "analytic":
+        if output == "residual":
+            raise InputError("output='residual' has no map with an analytic sigma: use replicas")
+        if unc.noise_variance is not None:
+            raise InputError(
+                "the analytic log-ratio sigma needs Poisson counts (gain=); with "
+                "noise_variance= use uncertainty='replicas'"
+            )
+        check_analytic_zlp(zlp)
+    if mean_free_path_rel_sigma is not None:
+        mean_free_path_rel_sigma = in_range(
+            "mean_free_path_rel_sigma", mean_free_path_rel_sigma, 0.0, 1.0
+        )
+    tail_rel_sigma = in_range("tail_rel_sigma", tail_rel_sigma, 0.0, 1.0)
     source = si.attrs.get("source")
     energy_axis(si["energy"].values, require_uniform=True, source=source)
     params, extras = resolve_zlp(si, zlp)
@@ -208,8 +250,18 @@ def deconvolve(
         if output in ALIGNED_OUTPUTS:
             kernel_params["energy_coord_eV"] = np.asarray(si["energy"].values) - shift
     register_fused_kernels()  # (the device's fused roll-off, where it has one)
+    decl = DECONVOLVE
+    if unc.method is not None:
+        attrs.update(unc.attrs())
+        extras = {**extras, **unc.extras(si)}
+        if unc.method == "replicas":
+            targets = ("ssd", "zlp_intensity") + (
+                ("t_over_lambda",) if output != "residual" else ()
+            )
+            decl = with_replicas(DECONVOLVE, targets)
+            kernel_params.update(unc.kernel_params())
     ds = engine.apply_kernel(
-        DECONVOLVE,
+        decl,
         si,
         device=device,
         extras=extras,
@@ -227,4 +279,18 @@ def deconvolve(
         ds["energy"].attrs["note"] = f"energy loss: the stored axis minus {shift:g} eV"
     if lam is not None:
         ds = with_thickness_nm(ds, lam, how)
-    return ds
+    if unc.method is None or output == "residual":
+        return ds
+    # the log-ratio's I_t = N0 exp(t/lambda) (the tail included) and the window's own counts
+    n0 = ds["zlp_intensity"]
+    total = n0 * np.exp(ds["t_over_lambda"])
+    window = si.sum("energy").astype(np.float64)
+    frac = (1.0 - window / total).where(total > window)
+    return _with_sigmas(
+        ds,
+        unc,
+        mean_free_path_rel_sigma,
+        tail_rel_sigma,
+        total_intensity=total,
+        tail_fraction=frac,
+    )

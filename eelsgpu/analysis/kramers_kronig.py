@@ -100,8 +100,11 @@ from .. import engine
 from ..errors import InputError, MissingParameterError
 from ..kernels import quality as qbits
 from ..kernels.blocks_kk import (
-    DEFAULT_VARIABLES,
+    ALL_VARIABLES,
+    CUBE_OUTPUTS,
+    DEFAULT_CUBES,
     EPS2_NEGATIVE_LIMIT,
+    MAP_OUTPUTS,
     SURFACE_SHARE_LIMIT,
     THICKNESS_FACTOR,
     kk_declaration,
@@ -118,6 +121,7 @@ __all__ = [
     "CUTOFF_FWHMS",
     "KKWarning",
     "kramers_kronig",
+    "output_names",
     "warn_flagged",
 ]
 
@@ -161,6 +165,7 @@ def kramers_kronig(
     thickness_factor: float = THICKNESS_FACTOR,
     eps2_negative_limit: float = EPS2_NEGATIVE_LIMIT,
     surface_share_limit: float = SURFACE_SHARE_LIMIT,
+    cubes: Sequence[str] | str | None = None,
     variables: Sequence[str] | None = None,
     surface: str = "iterate",
     surface_fit: dict[str, Any] | None = None,
@@ -226,10 +231,17 @@ def kramers_kronig(
     thickness_factor, eps2_negative_limit, surface_share_limit : float
         Thresholds of KK_THICKNESS_DISAGREES (a factor > 1), EPS2_NEGATIVE and
         SURFACE_NOT_CORRECTED (shares, 0 to 1); defaults in :mod:`eelsgpu.kernels.blocks_kk`.
+    cubes : sequence of str, or "all", optional
+        Which per-pixel spectra (cubes) to compute and keep, beside every map. **Default:
+        ``("eps1", "eps2")``** (:data:`~eelsgpu.kernels.blocks_kk.DEFAULT_CUBES`); any of
+        ``eps1``, ``eps2``, ``loss_function``, ``surface_intensity``, ``refractive_index``,
+        ``extinction_coefficient``, ``absorption_coefficient``, ``n_eff``; ``"all"`` for the
+        eight; ``()`` for maps only. A cube not asked for is not computed: each costs a cube's
+        memory, its copy back from a GPU (4 bytes per channel and spectrum) and its store.
     variables : sequence of str, optional
-        Which outputs to compute (default: all of
-        :data:`~eelsgpu.kernels.blocks_kk.CUBE_OUTPUTS` and
-        :data:`~eelsgpu.kernels.blocks_kk.MAP_OUTPUTS`); ``quality`` and ``valid`` always.
+        Instead of ``cubes``: exactly which outputs (cubes and maps) to compute, e.g.
+        ``("thickness_nm",)``; ``quality`` and ``valid`` always. Give one of ``cubes`` and
+        ``variables``.
     surface : {"iterate", "fit"}
         ``"iterate"`` (default): the surface correction is the iteration of eqs. 35-36
         (``iterations`` steps; 0: none), as always. ``"fit"``: the same, then the pixels it
@@ -246,9 +258,10 @@ def kramers_kronig(
     -------
     xarray.Dataset
         Lazy. Cubes on ``energy`` = k dE (k >= 1, eV, the positive-loss part of the input
-        axis): ``eps1``, ``eps2``, ``loss_function``, ``surface_intensity`` (counts),
-        ``refractive_index``, ``extinction_coefficient``, ``absorption_coefficient`` (1/nm),
-        ``n_eff``; maps: ``thickness_nm``, ``re_inverse_eps0``, ``static_refractive_index``,
+        axis), by default ``eps1`` and ``eps2`` only; asked for with ``cubes``:
+        ``loss_function``, ``surface_intensity`` (counts), ``refractive_index``,
+        ``extinction_coefficient``, ``absorption_coefficient`` (1/nm), ``n_eff``; maps:
+        ``thickness_nm``, ``re_inverse_eps0``, ``static_refractive_index``,
         ``plasmon_energy_eV``, ``loss_peak_eV``, ``iterations``, ``converged``,
         ``surface_status``, ``cerenkov``, ``tail_decayed``, ``low_energy_cutoff_eV``,
         ``eps2_negative_fraction``, ``eps2_negative_weight``, ``thickness_ratio``,
@@ -299,7 +312,7 @@ def kramers_kronig(
     def from_dataset(name: str) -> Any:
         return dataset[name] if dataset is not None and name in dataset else None
 
-    si = si.copy()
+    si = si.copy(deep=False)  # (new attrs below; the data are not copied)
     si.attrs = {k: v for k, v in attrs.items() if k not in ("long_name", "units", "output")}
     source = attrs.get("source")
     where = f" ({source})" if source else ""
@@ -426,11 +439,7 @@ def kramers_kronig(
     if t_lr is not None:
         extras["log_ratio_thickness_nm"] = as_map(t_lr, si, "log_ratio_thickness_nm")
 
-    names = tuple(variables) if variables is not None else DEFAULT_VARIABLES
-    unknown = set(names) - set(DEFAULT_VARIABLES)
-    if unknown:
-        raise ValueError(f"unknown KK variables {sorted(unknown)}; known: {DEFAULT_VARIABLES}")
-    names = names + tuple(n for n in ("quality", "valid") if n not in names)
+    names = output_names(cubes, variables)
     e_out = grid.energy_eV[1:]
     if metal:
         normalisation = "metal: Re[1/eps(0)] = 0"
@@ -478,6 +487,7 @@ def kramers_kronig(
         thickness_factor=float(thickness_factor),
         surface_share_limit=float(surface_share_limit),
         dispersion_eV=grid.dispersion_eV,
+        grid=grid,
         variables=names,
     )
     if "energy" in ds.coords:
@@ -487,6 +497,46 @@ def kramers_kronig(
 
         ds = _surface_fit(ds, ssd, zlp_intensity, e0, beta, surface_fit)
     return ds
+
+
+def output_names(
+    cubes: Sequence[str] | str | None, variables: Sequence[str] | None
+) -> tuple[str, ...]:
+    """The outputs :func:`kramers_kronig` computes: ``variables`` as given, or the ``cubes``
+    (default eps1, eps2; "all") and every map; ``quality`` and ``valid`` always. Unknown names
+    and both arguments at once are an :class:`InputError`.
+
+    >>> output_names(None, None)[:3]
+    ('eps1', 'eps2', 'thickness_nm')
+    >>> output_names(None, ("thickness_nm",))
+    ('thickness_nm', 'quality', 'valid')
+    """
+    if cubes is not None and variables is not None:
+        raise InputError(
+            "give cubes= (which spectra to keep beside every map) or variables= (exactly which "
+            "outputs), not both"
+        )
+    if variables is not None:
+        if isinstance(variables, str):
+            variables = (variables,)
+        names = tuple(variables)
+        unknown = sorted(set(names) - set(ALL_VARIABLES))
+        if unknown:
+            raise InputError(f"unknown KK variables {unknown}; known: {', '.join(ALL_VARIABLES)}")
+    else:
+        if cubes is None:
+            chosen = DEFAULT_CUBES
+        elif isinstance(cubes, str):
+            chosen = tuple(CUBE_OUTPUTS) if cubes == "all" else (cubes,)
+        else:
+            chosen = tuple(cubes)
+        unknown = sorted(set(chosen) - set(CUBE_OUTPUTS))
+        if unknown:
+            raise InputError(
+                f"unknown KK cubes {unknown}; known: {', '.join(CUBE_OUTPUTS)} (or 'all')"
+            )
+        names = tuple(n for n in CUBE_OUTPUTS if n in chosen) + tuple(MAP_OUTPUTS)
+    return names + tuple(n for n in ("quality", "valid") if n not in names)
 
 
 def _check_map(name: str, value: Any, unit: str, zero_ok: bool = False) -> None:

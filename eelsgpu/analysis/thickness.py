@@ -38,11 +38,13 @@ import xarray as xr
 from .. import engine
 from ..engine.cuda import register_fused_kernels
 from ..errors import InputError
+from ..kernels import quality
 from ..kernels.blocks_lowloss import KK_THICKNESS, LOG_RATIO
+from ..kernels.blocks_replicas import with_replicas
 from ..kernels.log_ratio import TAILS
 from ..kernels.sum_rule import sum_rule_prefactor_nm_eV
 from ..model import energy_axis, require_param
-from ._checks import positive
+from ._checks import in_range, positive
 from ._lowloss import (
     axis_numbers,
     check_calibration,
@@ -52,9 +54,50 @@ from ._lowloss import (
     spectrum_input,
     with_thickness_nm,
 )
+from ._uncertainty import (
+    UncertaintyRequest,
+    add_log_ratio_sigmas,
+    add_systematic,
+    parse_uncertainty,
+    systematic_name,
+)
 from .zlp import resolve_zlp
 
-__all__ = ["TAILS", "calibrate_kk_constant", "thickness"]
+__all__ = [
+    "MEAN_FREE_PATH_REL_SIGMA",
+    "TAILS",
+    "TAIL_REL_SIGMA",
+    "MARGINAL_TAIL_T_OVER_LAMBDA",
+    "TAIL_SIGMA_SHARE",
+    "calibrate_kk_constant",
+    "thickness",
+]
+
+#: The relative one-sigma of each mean-free-path formula, as its paper states it: Malis, Cheng &
+#: Egerton, J. Electron Microsc. Tech. 8 (1988) 193, abstract: "absolute thickness ... to an
+#: accuracy of +/- 20 % in most inorganic specimens" (checked: PubMed 3246607); Iakoubovskii et
+#: al., Microsc. Res. Tech. 71 (2008) 626: about 10 % against their measured lambdas (NOT checked
+#: against the paper here: no searchable copy; give ``mean_free_path_rel_sigma=`` to be sure).
+#: A given lambda has none unless the user gives its relative uncertainty.
+MEAN_FREE_PATH_REL_SIGMA = {"Malis": 0.20, "Iakoubovskii": 0.10}
+#: The relative one-sigma of the counts extrapolated beyond the window (a convention, not a
+#: measurement: the power law or Fourier-log tail is fitted on the window's end and its
+#: extrapolation to infinity is its least certain part, so half of it is quoted).
+TAIL_REL_SIGMA = 0.5
+#: Analytic sigma: quoted only where the extrapolated tail's part of t/lambda is at most this
+#: multiple of the closed form sigma (measured against replicas: part 0.3-1x the sigma at 1e5-1e6
+#: counts and t/lambda 1, closed form / replicas 0.985-1.025; part 7x at 1e6 and t/lambda 2: 0.30).
+TAIL_SIGMA_SHARE = 2.0
+#: Analytic sigma: not quoted where a tail was judged untrusted and left out above this t/lambda
+#: (the decision is marginal there; measured: closed form / replicas 0.35 at 1e6 counts and
+#: t/lambda 2, 0.05 at 3; 0.95-1.04 at 1e4-1e5 counts, where no tail is ever trusted).
+MARGINAL_TAIL_T_OVER_LAMBDA = 1.5
+
+#: The outputs whose counting sigma the replicas give, per method.
+_REPLICA_TARGETS = {
+    "log-ratio": ("t_over_lambda", "zlp_intensity"),
+    "kk": ("thickness_nm", "t_over_lambda", "zlp_intensity"),
+}
 
 
 def thickness(
@@ -74,6 +117,13 @@ def thickness(
     tail: str = "auto",
     search_eV: tuple[float, float] | None = None,
     device: str = "auto",
+    uncertainty: str | None = None,
+    n_replicas: int | None = None,
+    gain: float | None = None,
+    noise_variance: Any = None,
+    seed: int = 0,
+    mean_free_path_rel_sigma: float | None = None,
+    tail_rel_sigma: float = TAIL_REL_SIGMA,
 ) -> xr.Dataset:
     """Thickness maps of a low-loss spectrum image (lazy; ``.compute()`` or write it).
 
@@ -116,6 +166,32 @@ def thickness(
         with an :class:`~eelsgpu.analysis._lowloss.AxisOffsetWarning`); energies are relative
         to each pixel's ZLP either way.
     device : {"auto", "cpu", "gpu"}
+    uncertainty : {None, "analytic", "replicas", "replicas:K"}
+        Add counting sigmas (:mod:`eelsgpu.analysis._uncertainty`; none by default).
+        ``"analytic"`` (log-ratio only): ``var(t/lambda) = g (1/N0 - 1/I)`` (eq. 16 linearised,
+        :func:`eelsgpu.kernels.uncertainty.log_ratio_variance`), exact for the default
+        ``zlp="threshold"`` (N0 a part of I's counts); other models are refused (a mirrored
+        N0 scatters about twice as much: use replicas). It does not
+        cover a tail's noise: NaN where an added tail's part of t/lambda passes twice the sigma,
+        and where a tail was judged untrusted and left out above t/lambda 1.5 (a marginal
+        decision: at 1e6 counts and t/lambda 3 replicas add it or not, 17x more scatter); there
+        use ``tail="none"`` (the window's cut is then a bias) or replicas.
+        ``"replicas"``:
+        ``n_replicas`` noise replicas of each spectrum through the same block kernel
+        (:func:`eelsgpu.kernels.blocks_replicas.with_replicas`; both methods; every source of
+        counting noise, the ZLP model's and the tail's included).
+    n_replicas, gain, noise_variance, seed
+        Replicas per pixel (default 100); the detector's data units per electron (estimated
+        from the data when neither it nor ``noise_variance`` is given); a measured variance
+        (replicas only); the replica seed.
+    mean_free_path_rel_sigma : float, optional
+        Relative one-sigma of the mean free path (0.1 = 10 %), a systematic part of
+        ``thickness_nm``. Default: the formula's own (:data:`MEAN_FREE_PATH_REL_SIGMA`: Malis
+        20 %, Iakoubovskii 10 %); a given ``mean_free_path_nm`` has none unless this is given.
+    tail_rel_sigma : float
+        Relative one-sigma of the counts extrapolated beyond the window (default
+        :data:`TAIL_REL_SIGMA`), a systematic part of ``t_over_lambda`` and ``thickness_nm``
+        where a tail was added (log-ratio).
 
     Returns
     -------
@@ -127,7 +203,11 @@ def thickness(
         UNPHYSICAL_BACKGROUND, AXIS_OFFSET), ``valid`` (no fatal bit; pixels with a fatal bit
         keep their numbers, those without a ZLP are NaN), and ``total_intensity``,
         ``tail_fraction``, ``tail_trusted`` for log-ratio, ``kk_integral`` for kk; the run's
-        parameters in ``attrs``.
+        parameters in ``attrs``. With ``uncertainty``: ``t_over_lambda_sigma``,
+        ``thickness_nm_sigma``, ``zlp_intensity_sigma`` (counting), and
+        ``t_over_lambda_sigma_systematic`` (the tail beyond the window, log-ratio) and
+        ``thickness_nm_sigma_systematic`` (the tail and the mean free path formula) with their
+        ``parts`` tables.
 
     Raises
     ------
@@ -155,6 +235,24 @@ def thickness(
     )
     search = search_range(search_eV)
     energy_axis(si["energy"].values, require_uniform=True, source=si.attrs.get("source"))
+    unc = parse_uncertainty(si, uncertainty, n_replicas, gain, noise_variance, seed)
+    if unc.method == "analytic" and method == "kk":
+        raise InputError(
+            "uncertainty='analytic' is the log-ratio's closed form; the KK thickness has its "
+            "sigma from replicas: uncertainty='replicas' (or method='log-ratio')"
+        )
+    if unc.method == "analytic" and unc.noise_variance is not None:
+        raise InputError(
+            "the analytic log-ratio sigma needs Poisson counts (gain=); with noise_variance= "
+            "use uncertainty='replicas'"
+        )
+    if unc.method == "analytic" and method == "log-ratio":
+        check_analytic_zlp(zlp)
+    if mean_free_path_rel_sigma is not None:
+        mean_free_path_rel_sigma = in_range(
+            "mean_free_path_rel_sigma", mean_free_path_rel_sigma, 0.0, 1.0
+        )
+    tail_rel_sigma = in_range("tail_rel_sigma", tail_rel_sigma, 0.0, 1.0)
     zparams, extras = resolve_zlp(si, zlp)
     params: dict[str, Any] = {**zparams, "search_eV": search}
     attrs: dict[str, Any] = {
@@ -168,8 +266,13 @@ def thickness(
     params["axis_eV"] = axis_numbers(si)
     if shift:
         attrs["axis_shift_eV"] = float(shift)
+    if unc.method is not None:
+        attrs.update(unc.attrs())
+        extras = {**extras, **unc.extras(si)}
+        if unc.method == "replicas":
+            params.update(unc.kernel_params())
     if method == "log-ratio":
-        return _thickness_log_ratio(
+        ds = _thickness_log_ratio(
             si,
             params,
             extras,
@@ -182,8 +285,10 @@ def thickness(
             mean_free_path_nm=mean_free_path_nm,
             zeff=zeff,
             device=device,
+            unc=unc,
         )
-    return _thickness_kk(
+        return _with_sigmas(ds, unc, mean_free_path_rel_sigma, tail_rel_sigma)
+    ds = _thickness_kk(
         si,
         params,
         extras,
@@ -194,7 +299,132 @@ def thickness(
         metal=metal,
         kk_constant_nm_eV=kk_constant_nm_eV,
         device=device,
+        unc=unc,
     )
+    return _with_sigmas(ds, unc, None, tail_rel_sigma)
+
+
+def check_analytic_zlp(zlp: Any) -> None:
+    """The analytic log-ratio sigma knows N0's counting noise for ``zlp="threshold"`` only (N0 a
+    sum of counts); a mirrored or fitted model's N0 scatters about twice as much as ``sqrt(N0)``
+    (measured: analytic/observed 0.41-0.53 for the mirror), so the others need replicas."""
+    if not (isinstance(zlp, str) and zlp == "threshold"):
+        shown = zlp if isinstance(zlp, str) else "a reference spectrum or ZLP cube"
+        raise InputError(
+            f"uncertainty='analytic' knows the counting noise of N0 for zlp='threshold' only, "
+            f"not {shown!r}: use uncertainty='replicas' (or zlp='threshold')"
+        )
+
+
+def _with_sigmas(
+    ds: xr.Dataset,
+    unc: UncertaintyRequest,
+    mfp_rel: float | None,
+    tail_rel: float,
+    *,
+    total_intensity: xr.DataArray | None = None,
+    tail_fraction: xr.DataArray | None = None,
+) -> xr.Dataset:
+    """The counting sigmas the kernel did not give (analytic: the closed form; replicas: the
+    thickness as lambda t/lambda) and the systematic parts: the tail beyond the window
+    (``tail_rel`` of its part of t/lambda, ``-ln(1 - tail_fraction)``, where a tail was added)
+    and the mean free path formula (``mfp_rel``, default the formula's own). ``total_intensity``
+    and ``tail_fraction`` where ``ds`` lacks them (``deconvolve``'s result); they are not kept."""
+    if unc.method is None:
+        return ds
+    added = [
+        n
+        for n, v in (("total_intensity", total_intensity), ("tail_fraction", tail_fraction))
+        if v is not None and n not in ds
+    ]
+    if total_intensity is not None and "total_intensity" in added:
+        ds = ds.assign(total_intensity=total_intensity)
+    if tail_fraction is not None and "tail_fraction" in added:
+        ds = ds.assign(tail_fraction=tail_fraction)
+    ds = _sigmas(ds, unc, mfp_rel, tail_rel)
+    return ds.drop_vars(added)
+
+
+def _sigmas(
+    ds: xr.Dataset, unc: UncertaintyRequest, mfp_rel: float | None, tail_rel: float
+) -> xr.Dataset:
+    """:func:`_with_sigmas` on a result with ``total_intensity`` and ``tail_fraction``."""
+    if unc.method == "analytic":
+        ds = add_log_ratio_sigmas(ds, unc.gain)
+        # the closed form counts N0 and the window; a tail fitted on the window's end and
+        # extrapolated has its own fit noise, which the closed form misses: where that part of
+        # t/lambda passes TAIL_SIGMA_SHARE sigmas no analytic sigma is quoted (replicas give it;
+        # measured at t/lambda 3, 1e6 counts: the fit noise is 18x the closed form)
+        if "tail_fraction" in ds:
+            part = -np.log1p(-ds["tail_fraction"].fillna(0.0).clip(0.0, 1.0 - 1e-12))
+            sig = ds["t_over_lambda_sigma"]
+            # a tail judged untrusted (or negative) and left out where the window's cut matters
+            # is a marginal decision: replicas add it or not, and the scatter is up to 18x the
+            # closed form (1e6 counts, t/lambda 2-3); at t/lambda <= 1 it was never seen to matter
+            marginal = ((ds["quality"] & (quality.TAIL_UNTRUSTED | quality.NEGATIVE_TAIL)) != 0) & (
+                ds["t_over_lambda"] > MARGINAL_TAIL_T_OVER_LAMBDA
+            )
+            ok = (part <= TAIL_SIGMA_SHARE * sig) & ~marginal
+            ds["t_over_lambda_sigma"] = sig.where(ok).assign_attrs(
+                sig.attrs,
+                undefined=(
+                    f"NaN where the tail extrapolated beyond the window passes "
+                    f"{TAIL_SIGMA_SHARE:g} sigma (its fit noise is not in the closed form), "
+                    "or where a tail was judged "
+                    f"untrusted and left out at t/lambda above {MARGINAL_TAIL_T_OVER_LAMBDA:g} "
+                    "(a marginal decision): use uncertainty='replicas' or tail='none'"
+                ),
+            )
+        ds["zlp_intensity_sigma"] = np.sqrt(unc.gain * abs(ds["zlp_intensity"])).assign_attrs(
+            units=ds["zlp_intensity"].attrs.get("units", "counts"),
+            long_name="sigma of zero-loss intensity N0 (counting)",
+            sigma_of="zlp_intensity",
+            uncertainty="analytic",
+            part="counting",
+        )
+    lam = ds.attrs.get("mean_free_path_nm")
+    if lam is not None and "thickness_nm_sigma" not in ds:
+        ds["thickness_nm_sigma"] = (float(lam) * ds["t_over_lambda_sigma"]).assign_attrs(
+            units="nm",
+            long_name="sigma of thickness (counting)",
+            sigma_of="thickness_nm",
+            uncertainty=unc.label,
+            part="counting",
+        )
+    tl_parts: dict[str, Any] = {}
+    if "tail_fraction" in ds:
+        frac = ds["tail_fraction"].fillna(0.0).clip(0.0, 1.0 - 1e-12)
+        tl_parts["tail"] = (
+            tail_rel * -np.log1p(-frac),
+            f"{100 * tail_rel:g} % of the counts extrapolated beyond the window "
+            "(its part of t/lambda, -ln(1 - tail_fraction)); 0 where no tail was added",
+        )
+        ds = add_systematic(ds, "t_over_lambda", tl_parts)
+    if "thickness_nm" not in ds or lam is None:
+        return ds
+    parts: dict[str, Any] = {}
+    if tl_parts:
+        parts["tail"] = (float(lam) * tl_parts["tail"][0], tl_parts["tail"][1])
+    how = str(ds.attrs.get("mean_free_path_from", ""))
+    if mfp_rel is None:
+        for formula, rel in MEAN_FREE_PATH_REL_SIGMA.items():
+            if how.startswith(formula):
+                mfp_rel, source = rel, f"the {formula} formula's stated accuracy"
+    else:
+        source = "the user's mean_free_path_rel_sigma"
+    if mfp_rel is not None:
+        parts["mean_free_path"] = (
+            mfp_rel * abs(ds["thickness_nm"]),
+            f"{100 * mfp_rel:g} % of lambda ({source}; lambda from {how})",
+        )
+    if parts:
+        ds = add_systematic(ds, "thickness_nm", parts)
+    else:
+        ds.attrs[systematic_name("thickness_nm")] = (
+            "none quoted: the given mean free path has no stated uncertainty (give "
+            "mean_free_path_rel_sigma=)"
+        )
+    return ds
 
 
 def _thickness_log_ratio(
@@ -211,6 +441,7 @@ def _thickness_log_ratio(
     mean_free_path_nm: float | None,
     zeff: float | None,
     device: str,
+    unc: UncertaintyRequest | None = None,
 ) -> xr.Dataset:
     """``method="log-ratio"`` of :func:`thickness`: the maps of
     :data:`~eelsgpu.kernels.blocks_lowloss.LOG_RATIO`, and ``thickness_nm`` with a mean free
@@ -219,7 +450,10 @@ def _thickness_log_ratio(
         raise ValueError(f"tail must be one of {TAILS}, not {tail!r}")
     params["tail"] = tail
     attrs["tail"] = tail
-    ds = engine.apply_kernel(LOG_RATIO, si, device=device, extras=extras, attrs=attrs, **params)
+    decl = LOG_RATIO
+    if unc is not None and unc.method == "replicas":
+        decl = with_replicas(LOG_RATIO, _REPLICA_TARGETS["log-ratio"])
+    ds = engine.apply_kernel(decl, si, device=device, extras=extras, attrs=attrs, **params)
     lam, how = mean_free_path(
         si,
         beam_energy_keV,
@@ -246,6 +480,7 @@ def _thickness_kk(
     metal: bool,
     kk_constant_nm_eV: float | None,
     device: str,
+    unc: UncertaintyRequest | None = None,
 ) -> xr.Dataset:
     """``method="kk"`` of :func:`thickness`: the maps of
     :data:`~eelsgpu.kernels.blocks_lowloss.KK_THICKNESS` with A of eq. 29 from a calibration, a
@@ -277,9 +512,10 @@ def _thickness_kk(
         )
     attrs.update(beam_energy_keV=e0, collection_angle_mrad=beta, kk_constant_nm_eV=a_const)
     params.update(beam_energy_keV=e0, collection_angle_mrad=beta, kk_constant_nm_eV=a_const)
-    return engine.apply_kernel(
-        KK_THICKNESS, si, device=device, extras=extras, attrs=attrs, **params
-    )
+    decl = KK_THICKNESS
+    if unc is not None and unc.method == "replicas":
+        decl = with_replicas(KK_THICKNESS, _REPLICA_TARGETS["kk"])
+    return engine.apply_kernel(decl, si, device=device, extras=extras, attrs=attrs, **params)
 
 
 def calibrate_kk_constant(result: xr.Dataset, thickness_nm: float, where: Any = None) -> float:

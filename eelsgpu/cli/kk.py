@@ -11,11 +11,14 @@ normalisation: ``--refractive-index N`` (insulator or semiconductor), ``--metal`
 ``--thickness NM`` (a number, or a store/.npy map in nm). ``--density`` or
 ``--mean-free-path`` add the log-ratio thickness to compare with (KK_THICKNESS_DISAGREES).
 
-The store holds eps1, eps2, the loss function, thickness_nm, the surface intensity, iterations,
-converged, the derived quantities and the ``quality`` bitmask with ``valid`` (see
-``eelsgpu.kramers_kronig``; ``eelsgpu report`` draws and explains it). The low-energy cut-off is
-3 x each pixel's measured ZLP FWHM unless ``--low-energy-cutoff`` is given. ``--png PATH`` draws
-eps1, eps2 and the loss function of one pixel (``--pixel Y,X``) or the mean of a region
+The store holds the cubes eps1 and eps2 (``--cubes`` picks others: ``loss_function``,
+``surface_intensity``, ``refractive_index``, ``extinction_coefficient``,
+``absorption_coefficient``, ``n_eff``, ``all``, or ``none`` for maps only) and every map:
+thickness_nm, iterations, converged, the plasmon energy and the other derived maps, and the
+``quality`` bitmask with ``valid`` (see ``eelsgpu.kramers_kronig``; ``eelsgpu report`` draws and
+explains it). The low-energy cut-off is 3 x each pixel's measured ZLP FWHM unless
+``--low-energy-cutoff`` is given. ``--png PATH`` draws eps1, eps2 and the loss function (eq. 34
+from eps where that cube is not kept) of one pixel (``--pixel Y,X``) or the mean of a region
 (``--pixel Y0:Y1,X0:X1``) at PATH, and the thickness, plasmon-energy and quality maps beside it
 (PATH_thickness.png, PATH_plasmon.png, PATH_quality.png).
 
@@ -24,6 +27,7 @@ Examples::
     eelsgpu kk lowloss.zarr -o kk.zarr --beam-energy 200 --collection-angle 10 --metal
     eelsgpu kk lowloss.dm3 -o kk.zarr --zlp threshold --search 10:30 --refractive-index 1.46
     eelsgpu kk ssd.zarr -o kk.zarr --refractive-index 3.42 --iterations 10 --png kk.png
+    eelsgpu kk ssd.zarr -o kk.zarr --metal --cubes eps1,eps2,loss_function,n_eff
 """
 
 from __future__ import annotations
@@ -128,6 +132,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="no surface correction below this thickness (default 20 nm)",
     )
     p.add_argument(
+        "--cubes",
+        default="eps1,eps2",
+        metavar="NAMES",
+        help="the spectra per pixel to compute and keep, comma-separated (default eps1,eps2; "
+        "also loss_function, surface_intensity, refractive_index, extinction_coefficient, "
+        "absorption_coefficient, n_eff; 'all'; 'none' for maps only)",
+    )
+    p.add_argument(
         "--png", metavar="PATH", help="eps1, eps2, loss function of --pixel at PATH; maps beside it"
     )
     p.add_argument(
@@ -178,6 +190,29 @@ def _selection(text: str | None, shape: tuple[int, ...]) -> dict[str, Any]:
     return out
 
 
+def _cubes_argument(text: str, png: str | None) -> Any:
+    """--cubes as kramers_kronig's ``cubes``: "all", () for "none", else the names (checked
+    there); --png needs eps1 and eps2."""
+    from ..analysis.kramers_kronig import output_names
+    from ..errors import InputError
+
+    key = text.strip().lower()
+    cubes: Any = (
+        "all"
+        if key == "all"
+        else ()
+        if key in ("none", "")
+        else tuple(n.strip() for n in text.split(",") if n.strip())
+    )
+    try:
+        names = output_names(cubes, None)
+    except InputError as exc:
+        raise InputError(f"--cubes {text!r}: {exc}") from None
+    if png and not {"eps1", "eps2"} <= set(names):
+        raise InputError(f"--png draws eps1 and eps2: keep them in --cubes (not {text!r})")
+    return cubes
+
+
 def _thickness_argument(text: str):
     from ..analysis._checks import positive
     from ..errors import InputError
@@ -216,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
     chunks = parse_chunks(args.chunks)
     # a number of nm is checked before the input is read
     thickness = None if args.thickness is None else _thickness_argument(args.thickness)
+    cubes = _cubes_argument(args.cubes, args.png)
     if io.is_store(args.input) and "ssd" in io.open_store(args.input):
         ssd = io.open_store(args.input, chunks=chunks or "auto")
     else:
@@ -256,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         density_g_cm3=args.density_g_cm3,
         mean_free_path_nm=args.mean_free_path_nm,
         min_thickness_nm=args.min_thickness_nm,
+        cubes=cubes,
     )
     ds.attrs["kk_input_path"] = str(args.input)
     if args.pixel is not None:  # a bad --pixel is an error before anything is written
@@ -286,11 +323,19 @@ def _pictures(res, path: Path, pixel: str | None) -> None:
 
     sel = _selection(pixel, tuple(res["valid"].shape))
     spectra = {}
-    for name in ("eps1", "eps2", "loss_function"):
-        da = res[name].isel(sel)
+    picked = {name: res[name].isel(sel) for name in ("eps1", "eps2") if name in res}
+    if "loss_function" in res:
+        picked["loss_function"] = res["loss_function"].isel(sel)
+    else:  # not kept: eq. 34, Im[-1/eps] = eps2 / (eps1^2 + eps2^2), pixel by pixel
+        e1, e2 = picked["eps1"], picked["eps2"]
+        picked["loss_function"] = (e2 / (e1 * e1 + e2 * e2)).assign_attrs(
+            units="", long_name="loss function Im[-1/eps] (eq. 34 from eps)"
+        )
+    for name, da in picked.items():
+        attrs = res[name].attrs if name in res else da.attrs
         if da.ndim > 1:
             da = da.mean([d for d in da.dims if d != "energy"])
-        da.attrs = res[name].attrs
+        da.attrs = attrs
         spectra[name.replace("_", " ")] = da
     where = ", ".join(
         f"{k}={v.start}:{v.stop}" if isinstance(v, slice) else f"{k}={v}" for k, v in sel.items()

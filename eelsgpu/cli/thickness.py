@@ -9,13 +9,17 @@ insulator or semiconductor, ``--metal`` for a metal, or ``--kk-constant A`` (eq.
 a region of known thickness. The store holds ``t_over_lambda``, ``thickness_nm`` (when absolute),
 ``zlp_intensity``, ``zlp_centre_eV``, ``zlp_fwhm_eV``, the per-pixel ``quality`` bitmask and
 ``valid`` (no fatal bit). The ZLP is found near 0 eV, else anywhere in the window (a warning says
-when the axis is off); ``--search LO HI`` restricts it.
+when the axis is off); ``--search LO HI`` restricts it. ``--uncertainty analytic|replicas:K``
+(with ``--gain``, ``--seed``, ``--mean-free-path-rel-sigma``) adds ``t_over_lambda_sigma``,
+``thickness_nm_sigma``, ``zlp_intensity_sigma`` and the systematic parts
+(``*_sigma_systematic``: the tail beyond the window, the mean free path formula).
 
 Examples::
 
     eelsgpu thickness lowloss.zarr -o t.zarr --png t.png
     eelsgpu thickness lowloss.zarr -o t.zarr --density 2.33 --zlp mirror
     eelsgpu thickness lowloss.zarr -o t.zarr --method kk --refractive-index 3.42
+    eelsgpu thickness lowloss.zarr -o t.zarr --zeff 14 --uncertainty analytic --gain 1
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ from ._common import (
     open_input,
     output_path,
 )
-from .deconvolve import _zlp_argument, add_search_option, report_quality, search_value
+from .deconvolve import (
+    _zlp_argument,
+    add_mean_free_path_sigma_options,
+    add_search_option,
+    print_sigma,
+    report_quality,
+    search_value,
+    sigma_kwargs,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -82,6 +94,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_search_option(p)
     add_png(p)
     add_analysis_options(p)
+    add_mean_free_path_sigma_options(p)
     return p
 
 
@@ -112,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         search_eV=search_value(args),
         device=args.device,
         **calib,
+        **sigma_kwargs(args),
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
@@ -135,4 +149,5 @@ def run(args: argparse.Namespace) -> int:
             f"{valid.size} pixels ({valid.size - int(valid.sum())} flagged invalid)"
         )
         report_quality(res)
+        print_sigma(res, name, valid)
     return 0

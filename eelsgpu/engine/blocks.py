@@ -75,7 +75,7 @@ MEASURED_PEAK_BYTES: dict[str, int] = {
     "log_ratio_block": 71_000,  # threshold ZLP, auto tail: 64 kB
     "kk_thickness_kernel": 84_000,  # 76 kB
     "kk_kernel": 270_000,  # 133 kB without the surface correction, 245 kB with 10 iterations
-    "bandgap": 343_000,  # 311 kB (float64 inside)
+    "bandgap": 480_000,  # 433 kB (float64 inside; the r bases stacked: 311 kB before)
 }
 
 #: For a kernel with no measured peak: this many times its input spectrum (a Fourier-log kernel
@@ -182,28 +182,76 @@ def _pixel_blocks(data: Any) -> da.Array:
 
     An array in memory (NumPy, a DataArray without chunks) would be one task, so one core: it is
     cut into blocks of about ``TASK_BYTES["local"]`` of float32 input, and at least two per core
-    where the image is large enough (a block keeps >= 256 spectra). A dask array keeps its
-    chunks (they follow its storage, or what the caller asked for)."""
+    where the image is large enough (a block keeps >= 256 spectra), each a contiguous slab of it
+    (:func:`_slab_chunks`) handed to the kernel as a view (:func:`_from_host`: no copy, no hash
+    of the data). A dask array keeps its chunks (they follow its storage, or what the caller
+    asked for)."""
     import os
 
-    from .chunking import TASK_BYTES, task_chunks
+    from .chunking import TASK_BYTES
 
     if isinstance(data, da.Array):
         arr = data
     else:
         host = np.asarray(data)
-        chunks: Any = -1
+        chunks: Any = host.shape
         if host.ndim > 1:
             n_e = host.shape[-1]
             per_spectrum = n_e * 4  # the kernels' float32
             by_cores = host.size * 4 // (2 * (os.cpu_count() or 1))
             target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
-            ones = (1,) * (host.ndim - 1) + (n_e,)
-            chunks = task_chunks(host.shape, ones, 4, target)
-        arr = da.from_array(host, chunks=chunks)
+            chunks = _slab_chunks(host.shape, per_spectrum, target)
+        arr = _from_host(host, chunks)
     if len(arr.chunks[-1]) > 1:
         arr = arr.rechunk({arr.ndim - 1: -1})  # a kernel needs whole spectra
     return arr
+
+
+def _slab_chunks(shape: tuple[int, ...], per_spectrum: int, target: int) -> tuple[int, ...]:
+    """Chunks of about ``target`` bytes (``per_spectrum`` bytes a spectrum) that are contiguous
+    slabs of a C-ordered array: the trailing navigation dims whole while they fit, the next one
+    cut, the leading ones one at a time (so a block reshapes to (n, n_E) without a copy).
+
+    >>> _slab_chunks((128, 128, 2048), 8192, 2**25)
+    (32, 128, 2048)
+    >>> _slab_chunks((4, 100000, 64), 256, 2**20)
+    (1, 4096, 64)
+    """
+    chunks = list(shape)
+    inner = per_spectrum
+    for d in range(len(shape) - 2, -1, -1):
+        if inner * shape[d] <= target:
+            inner *= shape[d]
+            continue
+        chunks[d] = max(1, target // inner)
+        for lead in range(d):
+            chunks[lead] = 1
+        break
+    return tuple(int(c) for c in chunks)
+
+
+def _from_host(host: np.ndarray, chunks: Any) -> da.Array:
+    """A dask array over ``host`` (in memory) in ``chunks``, each block a view of it put in the
+    graph as it is.
+
+    ``dask.array.from_array`` copies the whole array, hashes it for a name, and copies every
+    block again when it slices it (for a 128 x 128 x 2048 float32 cube: two extra cubes and
+    0.1 s of hashing); a lazy analysis of an array in memory reads it when computed, like a
+    lazily indexed file (change it before then and the result changes too)."""
+    import itertools
+    import uuid
+
+    from dask.array.core import normalize_chunks
+
+    chunks = normalize_chunks(chunks, host.shape, dtype=host.dtype)
+    name = f"eelsgpu-in-memory-{uuid.uuid4().hex}"
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    dsk = {}
+    for idx in itertools.product(*(range(len(c)) for c in chunks)):
+        sl = tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx, strict=True))
+        dsk[(name, *idx)] = host[sl]
+    meta = np.empty((0,) * host.ndim, dtype=host.dtype)
+    return da.Array(dsk, name, chunks, dtype=host.dtype, meta=meta)
 
 
 @dataclass(frozen=True)
@@ -220,7 +268,17 @@ class _Extract:
         if self.is_map:
             piece = piece[..., 0]
         dtype = np.dtype(self.dtype)
-        return piece > 0.5 if dtype == np.bool_ else piece.astype(dtype)
+        return piece > 0.5 if dtype == np.bool_ else piece.astype(dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class _MapColumn:
+    """A map's column of a packed block as a small contiguous (..., 1) array (no view of it)."""
+
+    extract: _Extract
+
+    def __call__(self, packed: np.ndarray) -> np.ndarray:
+        return np.array(self.extract(packed)[..., None])
 
 
 #: Key of a variable's ``encoding`` under which :func:`apply_kernel` records the packed per-block
@@ -325,7 +383,8 @@ def apply_kernel(
     extra_names, extra_arrays, extra_is_map = [], [], []
     for name, value in (extras or {}).items():
         arr = value.data if isinstance(value, xr.DataArray) else value
-        arr = arr if isinstance(arr, da.Array) else da.from_array(np.asarray(arr))
+        if not isinstance(arr, da.Array):
+            arr = np.asarray(arr)
         is_map = tuple(arr.shape) == tuple(data.shape[:-1])
         if not is_map and tuple(arr.shape[:-1]) != tuple(data.shape[:-1]):
             raise ValueError(
@@ -334,7 +393,10 @@ def apply_kernel(
             )
         chunks = data.chunks[:-1] + (() if is_map else ((arr.shape[-1],),))
         extra_names.append(name)
-        extra_arrays.append(arr.rechunk(chunks))
+        # in memory: views of it in the image's blocks (no copy of a per-pixel ZLP cube)
+        extra_arrays.append(
+            arr.rechunk(chunks) if isinstance(arr, da.Array) else _from_host(arr, chunks)
+        )
         extra_is_map.append(is_map)
 
     widths = [o.width(n_e) for o in outputs]
@@ -375,28 +437,33 @@ def apply_kernel(
     variables = {}
     start = 0
     for out, w in zip(outputs, widths, strict=True):
-        piece = packed[..., start : start + w]
         start += w
-        if out.dtype == "float":
-            dtype = pack_dtype
-        else:
-            dtype = np.dtype(out.dtype)
+        dtype = pack_dtype if out.dtype == "float" else np.dtype(out.dtype)
+        extract = _Extract(start - w, w, out.axis is None, dtype.str)
+        # each output straight from the packed blocks (a view where the dtype matches: the
+        # only copy is the final gather; dask's slicing would copy every block once more)
         if out.axis is None:
-            piece = piece[..., 0]
+            # (a small copy per block, so that a map never holds its packed block; map_blocks
+            # with drop_axis would first copy the whole packed block)
+            piece = packed.map_blocks(
+                _MapColumn(extract),
+                dtype=dtype,
+                chunks=packed.chunks[:-1] + ((1,),),
+                meta=np.empty((0,) * packed.ndim, dtype),
+            )[..., 0]
             dims = nav_dims
             var_coords = {}
         else:
+            piece = packed.map_blocks(
+                extract, dtype=dtype, chunks=packed.chunks[:-1] + ((w,),),
+                meta=np.empty((0,) * packed.ndim, dtype),
+            )  # fmt: skip
             dims = nav_dims + (out.axis,)
             if out.coord is None:
                 var_coords = {out.axis: si["energy"].values}
             else:
                 var_coords = {out.axis: np.asarray(out.coord)}
-        if dtype == np.bool_:
-            piece = piece > 0.5
-        else:
-            piece = piece.astype(dtype)
         var_attrs = {"units": out.units, "long_name": out.long_name or out.name, **out.attrs}
-        extract = _Extract(start - w, w, out.axis is None, dtype.str)
         variables[out.name] = xr.DataArray(piece, dims=dims, coords=var_coords, attrs=var_attrs)
         variables[out.name].encoding[PACKED_ENCODING] = PackedSource(packed, extract, piece.name)
     ds_attrs = {k: v for k, v in si.attrs.items() if k != "units"}

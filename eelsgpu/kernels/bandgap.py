@@ -87,6 +87,8 @@ __all__ = [
     "B_INDIRECT",
     "MODELS",
     "FOOT_FRACTION",
+    "ONSET_FRACTION",
+    "PRE_ONSET_SHARE",
     "RESIDUE_LIMIT",
     "TAIL_EXPONENTS",
     "TILE_PIXELS",
@@ -108,6 +110,11 @@ _SMOOTH = 5  # channels in the moving average that estimates the Poisson varianc
 #: The largest ZLP residue at the window's start, in units of the onset's rise within the window
 #: (:func:`zlp_residue`), for a ZLP-removed spectrum not to get WINDOW_IN_ZLP_RESIDUE.
 RESIDUE_LIMIT: float = 0.5
+#: :func:`auto_window`: the onset is the last point below the half-rise still within this share
+#: of the rise above the floor, and the window starts at least PRE_ONSET_SHARE of the onset's
+#: span to the half-rise point below it (so that it holds a pre-onset floor to fit).
+ONSET_FRACTION: float = 0.1
+PRE_ONSET_SHARE: float = 0.5
 #: An onset found less than this share of the window above where the residue has come down sits
 #: at the residue's foot (WINDOW_IN_ZLP_RESIDUE): the window holds no pre-onset floor below it.
 FOOT_FRACTION: float = 0.1
@@ -219,6 +226,11 @@ def bandgap_kernel(
         ``valid`` (bool), each (n_pixels,).
     """
     xp = array_namespace(block)
+    # float64 even from float32 counts (the one block-sized float64 array on the GPU path, the
+    # window): chi^2 of a candidate is chi^2 of the background alone minus <f, y>^2 / <f, f>
+    # after the onset column is projected off the background's, a difference of large sums that
+    # cancels where the onset looks like the background; in float32 Eg moved by up to 1.3 sigma
+    # and pixels changed validity on noisy synthetic onsets (tests/engine/test_gpu_budget.py)
     f64 = xp.float64
     i0, i1 = int(window[0]), int(window[1])
     y = xp.astype(block[:, i0:i1], f64)
@@ -258,10 +270,13 @@ def bandgap_kernel(
     # background-only weighted LS per basis (closed form for k <= 2, a Gram matrix per pixel);
     # what does not depend on Eg or b is computed once here
     fits = []
+    grams = []  # (g, by) per basis: the orthogonalised onset projection below
+    syy = xp.sum(wy * y, axis=1) if k_bg == 2 else None  # <y, y>_w
     chi2_bg_best = xp.full((n,), math.inf, dtype=f64)
     for basis in bases:
         g = [[w @ (bi * bj) for bj in basis] for bi in basis]
         by = [wy @ bi for bi in basis]
+        grams.append((g, by))
         if k_bg == 0:
             ginv, theta = [], []
         elif k_bg == 1:
@@ -275,10 +290,16 @@ def bandgap_kernel(
                 ginv[0][0] * by[0] + ginv[0][1] * by[1],
                 ginv[1][0] * by[0] + ginv[1][1] * by[1],
             ]
-        resid = y
-        for t, bi in zip(theta, basis, strict=True):
-            resid = resid - t[:, None] * bi[None, :]
-        chi2_bg = xp.sum(w * resid * resid, axis=1)
+        if k_bg == 2:
+            # chi^2 of the background alone from the same sums (Gram-Schmidt on 1, B: the
+            # squared norm of y less its projections), not from a (n, m) residual per basis
+            z = by[1] - by[0] * (g[0][1] / g[0][0])
+            chi2_bg = syy - by[0] * by[0] / g[0][0] - z * z * g[0][0] / det
+        else:
+            resid = y
+            for t, bi in zip(theta, basis, strict=True):
+                resid = resid - t[:, None] * bi[None, :]
+            chi2_bg = xp.sum(w * resid * resid, axis=1)
         chi2_bg = xp.where(xp.isfinite(chi2_bg), chi2_bg, inf)
         chi2_bg_best = xp.minimum(chi2_bg_best, chi2_bg)
         cols = [[gi[:, None] for gi in row] for row in ginv]
@@ -296,29 +317,65 @@ def bandgap_kernel(
         track = {"chi2": xp.full((n,), math.inf, dtype=f64)}
         for key in ("a", "eg", "b", "r", *(f"c{p}" for p in range(k_bg))):
             track[key] = xp.zeros((n,), dtype=f64)
+    # every basis at once: the per-pixel background parameters stacked on a leading axis
+    # (J bases, n, 1), so one (b) step is ~16 operations on (J, n, n_eg) arrays whatever J (was
+    # ~29 per basis, one basis at a time)
+    n_fit = len(fits)
+
+    def stacked(parts):
+        return xp.stack(parts, axis=0) if n_fit > 1 else parts[0][None, ...]
+
+    chi2_bg_s = stacked([fit[2] for fit in fits])
+    if k_bg == 2:
+        # the onset column projected off the background's by Gram-Schmidt on its two columns
+        # (1 and B_j): with g00 = <1, 1>, r_j = <1, B_j> / g00, u_j = B_j - r_j (orthogonal to
+        # 1) and h_j = <u_j, u_j> = det G_j / g00, q_j = <f, f> - <f, 1>^2 / g00 - t_j^2 and
+        # <f, y - B theta_j> = <f, y> - <f, 1> <1, y> / g00 - t_j z_j, with t_j = <f, u_j> /
+        # sqrt(h_j) and z_j = <u_j, y> / sqrt(h_j): the first terms shared by every basis, the
+        # last a few operations on the stacked (J, n, n_eg) arrays (the same q and <f, y - B
+        # theta> as G^-1's quadratic forms, with fewer passes)
+        g00 = grams[0][0][0][0]
+        y_mean = grams[0][1][0] / g00
+        g01_s = stacked([gr[0][0][1][:, None] for gr in grams])
+        r_s = g01_s / g00[:, None]
+        h_s = stacked([gr[0][1][1][:, None] for gr in grams]) - r_s * g01_s
+        inv_sqrt_h = 1.0 / xp.sqrt(xp.where(h_s > 0, h_s, math.nan))
+        rs_s = r_s * inv_sqrt_h
+        by0 = grams[0][1][0][:, None]
+        z_s = (stacked([gr[1][1][:, None] for gr in grams]) - r_s * by0) * inv_sqrt_h
+    else:
+        theta_s = [stacked([fit[1][p] for fit in fits]) for p in range(k_bg)]
+        cols_s = {(p, s_): stacked([fit[0][p][s_] for fit in fits]) for p in range(k_bg)
+                  for s_ in range(k_bg)}  # fmt: skip
     for b in b_values:
         f = xp.clip(e[:, None] - eg[None, :], 0.0, None) ** float(b)  # (m, n_eg)
         ff = w @ (f * f)
         fy0 = wy @ f
         f0 = w @ f if k_bg else None
         fb1 = xp.reshape(wb1 @ f, (n_var, n, n_eg)) if n_var else None
-        best_b = xp.full((n,), math.inf, dtype=f64)
-        for j, (cols, theta, chi2_bg) in enumerate(fits):
-            fb = [] if k_bg == 0 else [f0] if k_bg == 1 else [f0, fb1[j, ...]]
-            fy = fy0
-            q = ff
+        fb = [] if k_bg == 0 else [f0[None, ...]] if k_bg == 1 else [f0[None, ...], fb1]
+        if k_bg == 2:
+            t = fb1 * inv_sqrt_h - rs_s * f0[None, ...]
+            q = (ff - f0 * f0 / g00[:, None])[None, ...] - t * t
+            fy = (fy0 - f0 * y_mean[:, None])[None, ...] - t * z_s
+        else:
+            fy = fy0[None, ...]
+            q = ff[None, ...]
             for p in range(k_bg):
-                fy = fy - theta[p] * fb[p]
+                fy = fy - theta_s[p] * fb[p]
                 for s_ in range(k_bg):
-                    q = q - fb[p] * cols[p][s_] * fb[s_]
-            ok = (q > 1e-12 * ff) & (fy > 0)
-            dchi = xp.where(ok, fy * fy / xp.where(ok, q, 1.0), 0.0)
-            chi2 = chi2_bg - dchi
-            prof_eg = xp.minimum(prof_eg, chi2)
-            best_b = xp.minimum(best_b, xp.min(chi2, axis=1))
-            if return_model:
-                _track(xp, track, chi2, fy, q, ok, fb, cols, theta, eg, b, r_of_basis[j])
-        prof_b.append(best_b)
+                    q = q - fb[p] * cols_s[(p, s_)] * fb[s_]
+        ok = (q > (1e-12 * ff)[None, ...]) & (fy > 0)
+        dchi = xp.where(ok, fy * fy / xp.where(ok, q, 1.0), 0.0)
+        chi2 = chi2_bg_s - dchi  # (J, n, n_eg)
+        prof_this = xp.min(chi2, axis=0)
+        prof_eg = xp.minimum(prof_eg, prof_this)
+        prof_b.append(xp.min(prof_this, axis=1))
+        if return_model:
+            for j, (cols, theta, _) in enumerate(fits):
+                fb_j = [x[min(j, x.shape[0] - 1), ...] for x in fb]
+                _track(xp, track, chi2[j, ...], fy[j, ...], q[j, ...], ok[j, ...], fb_j, cols,
+                       theta, eg, b, r_of_basis[j])  # fmt: skip
 
     # refine Eg on the profile chi^2(Eg)
     h_eg = (eg[-1] - eg[0]) / (n_eg - 1)
@@ -434,7 +491,12 @@ def auto_window(
     subtraction or deconvolution near 0 eV is not taken for it); the low end is where the
     magnitude first falls to 2 % of its largest height above the floor (past most of the tail,
     or the first channels of an SSD); the high end is where the spectrum has risen to half of its
-    next maximum (within 8 eV of the floor) above the floor.
+    next maximum (within 8 eV of the floor) above the floor. The window then starts at least
+    :data:`PRE_ONSET_SHARE` of the span from the onset (the last point below the high end within
+    :data:`ONSET_FRACTION` of the rise above the floor) to the high end below the onset, and 20
+    channels: a window that starts on the onset holds no pre-onset floor, and the fit finds no
+    onset (a deconvolution's flat, slightly negative floor below a clean gap crosses zero at
+    the onset, where the smallest magnitude then lies).
 
     With ``after_residue`` (a spectrum whose ZLP was taken off: its residue is no background
     to fit), the low end is moreover no lower than where the mean spectrum has come down to
@@ -472,6 +534,17 @@ def auto_window(
     half = floor + 0.5 * (top - floor)
     rise = np.nonzero(sp[i_min : top_end + 1] >= half)[0]
     hi_i = i_min + int(rise[0])
+    # the onset: the last point below the half-rise point still within ONSET_FRACTION of the
+    # rise above the floor. The window must hold a stretch before it (what pins the background;
+    # a window that starts on the onset leaves the onset term nothing to stand out from: NO_ONSET
+    # on clean synthetic onsets, whose SSD below the gap is a flat, often negative floor whose
+    # zero crossing, at the onset, is the smallest magnitude): at least PRE_ONSET_SHARE of the
+    # onset-to-half-rise span (and 20 channels) below it
+    low_part = np.nonzero(sp[: hi_i + 1] <= floor + ONSET_FRACTION * (top - floor))[0]
+    on_i = int(low_part[-1]) if low_part.size else i_min
+    e_pos = e[pos]
+    margin = max(PRE_ONSET_SHARE * (e_pos[hi_i] - e_pos[on_i]), 20 * disp)
+    lo_i = min(lo_i, max(0, int(np.searchsorted(e_pos, e_pos[on_i] - margin, side="right")) - 1))
     if after_residue:
         # the rise the residue check will see in the window [lo, hi]: up to the half-rise point
         rise_w = float(np.max(sp[i_min : hi_i + 1])) - floor

@@ -35,12 +35,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .._xp import array_namespace, axis_step
+from .._xp import array_namespace, axis_step, is_numpy
 from ..errors import MissingParameterError
 from . import quality as q
 from .declare import BlockKernel, Output
 from .dielectric import KKSetup, eps_from_inverse, kk_single_pass
-from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, tail_decayed
+from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, LossGrid, tail_decayed
 from .optics import (
     absorption_coefficient_per_nm,
     cerenkov_condition,
@@ -49,12 +49,19 @@ from .optics import (
     plasmon_energy_eV,
     refractive_index_nk,
 )
-from .sum_rule import ssd_on_loss_grid, sum_rule_integral_rows, sum_rule_normalisation
-from .surface import KKState, SurfaceSettings, solve_surface, surface_loss_per_eV
+from .sum_rule import (
+    cutoff_channels,
+    ssd_on_loss_grid,
+    sum_rule_integral_rows,
+    sum_rule_normalisation,
+)
+from .surface import KKState, SurfaceSettings, solve_surface, surface_bracket, surface_factor
 from .zlp import shift_kernel
 
 __all__ = [
+    "ALL_VARIABLES",
     "CUBE_OUTPUTS",
+    "DEFAULT_CUBES",
     "DEFAULT_VARIABLES",
     "EPS2_NEGATIVE_LIMIT",
     "MAP_OUTPUTS",
@@ -128,7 +135,15 @@ CUBE_OUTPUTS: dict[str, tuple[str, str]] = {
     "absorption_coefficient": ("1/nm", "optical absorption coefficient mu(E)"),
     "n_eff": ("electrons/nm^3", "effective electron density n_eff(E) (f-sum rule)"),
 }
-DEFAULT_VARIABLES: tuple[str, ...] = tuple(CUBE_OUTPUTS) + tuple(MAP_OUTPUTS)
+#: The cubes computed and kept unless others are asked for: eps1 and eps2 (the other six are
+#: derived from them or cost a cube each: each asked cube is 4 bytes per channel and spectrum
+#: more to compute, copy back from a GPU and store).
+DEFAULT_CUBES: tuple[str, ...] = ("eps1", "eps2")
+#: What :func:`kk_kernel` (and :func:`eelsgpu.kramers_kronig`) return by default: eps1, eps2 and
+#: every map.
+DEFAULT_VARIABLES: tuple[str, ...] = DEFAULT_CUBES + tuple(MAP_OUTPUTS)
+#: Every output: all eight cubes and every map.
+ALL_VARIABLES: tuple[str, ...] = tuple(CUBE_OUTPUTS) + tuple(MAP_OUTPUTS)
 
 
 def kk_kernel(
@@ -158,6 +173,7 @@ def kk_kernel(
     thickness_factor: float = THICKNESS_FACTOR,
     surface_share_limit: float = SURFACE_SHARE_LIMIT,
     dispersion_eV: float | None = None,
+    grid: LossGrid | None = None,
     variables: Sequence[str] = DEFAULT_VARIABLES,
 ) -> dict[str, Any]:
     """Kramers-Kronig analysis of a block of SSDs (array-API kernel for
@@ -279,9 +295,14 @@ def kk_kernel(
         (module constants by default).
     dispersion_eV : float, optional
         The channel width (a host number) for the move by ``zlp_centre_eV``; default read from
-        ``energy_eV``.
+        ``energy_eV`` (or ``grid``).
+    grid : LossGrid, optional
+        The loss grid of ``energy_eV`` (:func:`~.loss_grid.loss_grid`, made on the host by the
+        caller): spares reading the axis from the device (two host syncs a block on a GPU).
     variables : sequence of str
-        Outputs to return (all of :data:`CUBE_OUTPUTS` and :data:`MAP_OUTPUTS` by default).
+        Outputs to compute and return (:data:`DEFAULT_VARIABLES` by default: the cubes eps1 and
+        eps2 and every map; any of :data:`CUBE_OUTPUTS` and :data:`MAP_OUTPUTS`). A cube not
+        asked for is not computed.
 
     Returns
     -------
@@ -303,6 +324,7 @@ def kk_kernel(
         zlp_centre_eV=zlp_centre_eV,
         cutoff_eV=cutoff_eV,
         dispersion_eV=dispersion_eV,
+        grid=grid,
         beam_energy_keV=beam_energy_keV,
         collection_angle_mrad=collection_angle_mrad,
         refractive_index=refractive_index,
@@ -318,7 +340,7 @@ def kk_kernel(
         thickness_tolerance=thickness_tolerance,
         eps_tolerance=eps_tolerance,
     )
-    sol = _kk_solve(inputs, settings)
+    sol = _kk_solve(inputs, settings, want_surface="surface_intensity" in set(variables))
     out = _kk_derived(
         inputs,
         sol,
@@ -354,6 +376,11 @@ class _KKInputs(NamedTuple):
     cutoff_eV: Any
 
 
+def _and(a: Any, b: Any) -> Any:
+    """``a & b`` where either may be None (all True): no array made for "every pixel"."""
+    return b if a is None else a if b is None else a & b
+
+
 def _kk_inputs(
     block: Any,
     energy_eV: Any,
@@ -364,6 +391,7 @@ def _kk_inputs(
     zlp_centre_eV: Any,
     cutoff_eV: Any,
     dispersion_eV: float | None,
+    grid: LossGrid | None,
     beam_energy_keV: float,
     collection_angle_mrad: float,
     refractive_index: float | None,
@@ -373,28 +401,34 @@ def _kk_inputs(
     nonnegative: bool,
 ) -> _KKInputs:
     """The SSD on the loss grid, N0, the normalisation, each pixel's cut-off channels and the
-    input masks of :func:`kk_kernel`."""
+    input masks of :func:`kk_kernel`.
+
+    No host sync: the host decisions of a block (are all pixels usable?) are fixed-shape
+    ``where`` calls on a device; NumPy, where asking is free, still skips the passes it can."""
     xp = array_namespace(block)
     n_pix = block.shape[0]
-    ok_in = xp.ones((n_pix,), dtype=xp.bool)
+    ok_in = None
     if valid is not None:
-        ok_in = xp.asarray(valid) > 0.5 if valid.dtype != xp.bool else valid
+        ok_in = valid > 0.5 if valid.dtype != xp.bool else valid
     if zlp_centre_eV is not None:
         # an SSD that sits where each pixel's ZLP sat: move every row so that zero loss is at
         # 0 eV (counts kept; the channels shifted in from beyond the window are empty)
-        c = xp.astype(xp.asarray(zlp_centre_eV), block.dtype)
+        c = xp.astype(zlp_centre_eV, block.dtype)
         c_ok = xp.isfinite(c)
-        ok_in = ok_in & c_ok
-        d = dispersion_eV if dispersion_eV is not None else axis_step(energy_eV)[1]
+        ok_in = _and(ok_in, c_ok)
+        d = dispersion_eV
+        if d is None:
+            d = grid.dispersion_eV if grid is not None else axis_step(energy_eV)[1]
         block = shift_kernel(
-            block, xp.where(c_ok, c, xp.zeros_like(c)), "linear", dispersion_eV=d, fill_value=0.0
+            block, xp.where(c_ok, c, 0.0), "linear", dispersion_eV=d, fill_value=0.0
         )
-    xp, grid, kc0, kf0, s0, e, ang = ssd_on_loss_grid(
+    xp, grid, kc0, kf0, s0, e, ang, weights = ssd_on_loss_grid(
         block,
         energy_eV,
         beam_energy_keV=beam_energy_keV,
         collection_angle_mrad=collection_angle_mrad,
         low_energy_cutoff_eV=low_energy_cutoff_eV,
+        grid=grid,
     )
     dtype = s0.dtype
     de = grid.dispersion_eV
@@ -402,22 +436,29 @@ def _kk_inputs(
     # block (ints: the fast paths) unless each pixel brings its own
     kc: Any = kc0
     kf: Any = kf0
-    cut_out = xp.full((n_pix,), kc0 * de, dtype=dtype)
-    if cutoff_eV is not None:
-        cut = xp.astype(xp.asarray(cutoff_eV), dtype)
-        use = xp.isfinite(cut) & (cut > 0)
-        k_cut = xp.round(xp.where(use, cut, xp.zeros_like(cut)) / de)
+    cut = None
+    k = xp.arange(grid.n)
+    if cutoff_eV is None:
+        cut_out = xp.full((n_pix,), kc0 * de, dtype=dtype)
+        low = k < kc0
+    else:
+        cut_e = xp.astype(cutoff_eV, dtype)
+        use = xp.isfinite(cut_e) & (cut_e > 0)
+        k_cut = xp.round(xp.where(use, cut_e, 0.0) * (1.0 / de))
         k_cut = xp.astype(xp.clip(k_cut, 1.0, float(grid.n)), xp.int64)
-        kc = xp.where(use, k_cut, xp.full((n_pix,), kc0, dtype=xp.int64))
-        fits = xp.maximum(2 * kc, kc + 3) <= grid.n // 2
-        ok_in = ok_in & fits
-        kc = xp.where(fits, kc, xp.full_like(kc, kc0))
-        kf = xp.maximum(2 * kc, kc + 3)
+        kc = xp.where(use, k_cut, kc0)
+        kf = kc + xp.maximum(kc, 3)  # max(2 kc, kc + 3)
+        fits = kf <= grid.n // 2
+        ok_in = _and(ok_in, fits)
+        kc = xp.where(fits, kc, kc0)
+        kf = xp.where(fits, kf, kf0)
+        cut = cutoff_channels(xp, kc, kf, grid, dtype)
         cut_out = xp.astype(kc, dtype) * de
+        low = k[None, :] < kc[:, None]
     one_minus = 1.0
     t_given = None
     if thickness_nm is not None:
-        t_given = xp.astype(xp.asarray(thickness_nm), dtype)
+        t_given = xp.astype(thickness_nm, dtype)
     else:
         one_minus = sum_rule_normalisation(refractive_index, metal)
     if zlp_intensity is None:
@@ -426,13 +467,21 @@ def _kk_inputs(
                 "zlp_intensity (N0) is needed to normalise by thickness and for the surface term"
             )
         n0 = xp.full((n_pix,), math.nan, dtype=dtype)
+        n0_ok = xp.zeros((n_pix,), dtype=xp.bool)
+        n0_safe = xp.ones((n_pix,), dtype=dtype)
     else:
-        n0 = xp.astype(xp.asarray(zlp_intensity), dtype)
-    # any NaN in the SSD makes the pixel invalid; it is zeroed so it cannot poison the FFT
-    finite = xp.all(xp.isfinite(s0), axis=-1)
-    ok_in = ok_in & finite
-    if not bool(xp.all(ok_in)):  # (the kernel's one check of the block, as before issue 11)
-        s0 = xp.where(ok_in[:, None], s0, xp.zeros_like(s0))
+        n0 = xp.astype(zlp_intensity, dtype)
+        n0_ok = xp.isfinite(n0) & (n0 > 0)
+        n0_safe = xp.where(n0_ok, n0, 1.0)
+    # any NaN in the SSD makes the pixel invalid; it is zeroed so it cannot poison its row's
+    # sums and transforms. A NaN or inf makes the row's sum NaN or inf (one read of the rows,
+    # no boolean cube; a finite float32 SSD's sum is far below overflow)
+    finite = xp.isfinite(xp.sum(s0, axis=-1))
+    ok_in = _and(ok_in, finite)
+    # a fixed-shape where on a device; on NumPy, where the question costs no sync, only when
+    # some pixel is unusable (as before issue 11)
+    if not is_numpy(xp) or not bool(xp.all(ok_in)):
+        s0 = xp.where(ok_in[:, None], s0, 0.0)
     setup = KKSetup(
         xp=xp,
         n0=n0,
@@ -445,14 +494,20 @@ def _kk_inputs(
         one_minus=one_minus,
         thickness_nm=t_given,
         nonnegative=bool(nonnegative),
+        weights=weights,
+        cut=cut,
+        low=low,
+        n0_ok=n0_ok,
+        n0_safe=n0_safe,
     )
     return _KKInputs(setup, s0, ok_in, cut_out)
 
 
 class _KKSolution(NamedTuple):
     """The solved block: ``state`` (eps, loss function, Re[1/eps], t, Re[1/eps(0)]), ``ok`` (n,),
-    the surface correction's ``surface`` (n, K), ``iterations``, ``status``, ``converged`` (n,),
-    and the uncorrected pass's ``tail_coefficient`` and ``integral`` (n,)."""
+    the surface correction's ``surface`` (n, K; None where not asked and not run),
+    ``iterations``, ``status``, ``converged`` (n,), and the uncorrected pass's
+    ``tail_coefficient`` and ``integral`` (n,)."""
 
     state: KKState
     ok: Any
@@ -464,7 +519,9 @@ class _KKSolution(NamedTuple):
     integral: Any
 
 
-def _kk_solve(inputs: _KKInputs, settings: SurfaceSettings) -> _KKSolution:
+def _kk_solve(
+    inputs: _KKInputs, settings: SurfaceSettings, want_surface: bool = True
+) -> _KKSolution:
     """One KK pass of the block, then the surface correction when ``settings.iterations`` > 0."""
     setup, s0 = inputs.setup, inputs.s0
     xp = setup.xp
@@ -473,12 +530,13 @@ def _kk_solve(inputs: _KKInputs, settings: SurfaceSettings) -> _KKSolution:
     ok = ok & inputs.ok_in
     eps1, eps2 = eps_from_inverse(re_inv, loss)
     state = KKState(eps1, eps2, loss, re_inv, t, re0)
-    surface = xp.zeros_like(s0)
-    n_iter = xp.zeros((n_pix,), dtype=xp.int32)
-    status = xp.zeros((n_pix,), dtype=xp.int32)
-    converged = xp.zeros((n_pix,), dtype=xp.bool)
     if settings.iterations > 0:
         state, surface, n_iter, status, converged = solve_surface(setup, s0, state, ok, settings)
+    else:
+        surface = xp.zeros_like(s0) if want_surface else None
+        n_iter = xp.zeros((n_pix,), dtype=xp.int32)
+        status = n_iter
+        converged = xp.zeros((n_pix,), dtype=xp.bool)
     return _KKSolution(state, ok, surface, n_iter, status, converged, a_tail, j)
 
 
@@ -494,52 +552,61 @@ def _kk_derived(
     bits need), on the output grid k >= 1."""
     setup = inputs.setup
     xp, e, grid, kc = setup.xp, setup.e, setup.grid, setup.kc
+    de = grid.dispersion_eV
     eps1, eps2, loss, _, t, re0 = sol.state
     ok = sol.ok
     want = set(variables)
     out: dict[str, Any] = {}
     sl = slice(1, grid.n)  # output grid: k >= 1 (eps is undefined at E = 0 for a metal)
     e_out = e[sl]
-    all_ok = bool(xp.all(ok))  # skips the NaN masking passes in the usual case
+    # NaN where not ok: a fixed-shape where on a device; NumPy skips it when every pixel is ok
+    mask = not is_numpy(xp) or not bool(xp.all(ok))
+    ok_col = ok[:, None]
 
     def cube(x):
         x = x[:, sl]
-        return x if all_ok else xp.where(ok[:, None], x, xp.full_like(x, math.nan))
+        return xp.where(ok_col, x, math.nan) if mask else x
 
     def pmap(x):
-        return xp.where(ok, x, xp.full_like(x, math.nan))
+        return xp.where(ok, x, math.nan)
 
-    out["eps1"] = cube(eps1)
-    out["eps2"] = cube(eps2)
-    out["loss_function"] = cube(loss)
-    out["surface_intensity"] = cube(sol.surface)
+    e1 = e2 = None  # masked eps (the derived cubes inherit the NaN)
+    if want & {"eps1", "refractive_index", "extinction_coefficient", "absorption_coefficient"}:
+        e1 = out["eps1"] = cube(eps1)
+    if want & {"eps2", "refractive_index", "extinction_coefficient", "absorption_coefficient",
+               "n_eff"}:  # fmt: skip
+        e2 = out["eps2"] = cube(eps2)
+    if "loss_function" in want:
+        out["loss_function"] = cube(loss)
+    if "surface_intensity" in want:
+        out["surface_intensity"] = cube(sol.surface)
     out["thickness_nm"] = pmap(t)
     out["re_inverse_eps0"] = pmap(re0)
-    re0_safe = xp.where(re0 > 0, re0, xp.full_like(re0, math.nan))
-    out["static_refractive_index"] = pmap(1.0 / xp.sqrt(re0_safe))
+    if "static_refractive_index" in want:
+        out["static_refractive_index"] = xp.where(ok & (re0 > 0), re0, math.nan) ** -0.5
     out["iterations"] = sol.iterations
     out["converged"] = sol.converged & ok
     out["surface_status"] = sol.status
     out["low_energy_cutoff_eV"] = pmap(inputs.cutoff_eV)
-    e1, e2 = out["eps1"], out["eps2"]  # NaN where not ok, so the derived cubes are too
     if want & {"refractive_index", "extinction_coefficient", "absorption_coefficient"}:
         n_e, k_e = refractive_index_nk(e1, e2)
         out["refractive_index"] = n_e
         out["extinction_coefficient"] = k_e
         out["absorption_coefficient"] = absorption_coefficient_per_nm(k_e, e_out)
     if "n_eff" in want:
-        out["n_eff"] = effective_electron_density(
-            e2, e_out, grid.dispersion_eV, atom_density_per_nm3
-        )
-    lo = xp.arange(1, grid.n) >= kc if isinstance(kc, int) else _at_or_above(xp, grid.n, kc, 1)
+        out["n_eff"] = effective_electron_density(e2, e_out, de, atom_density_per_nm3)
+    # channels k >= 1 at or above the cut-off
+    lo = ~setup.low[..., sl]
     if "plasmon_energy_eV" in want:
-        out["plasmon_energy_eV"] = pmap(plasmon_energy_eV(xp, e1, loss[:, sl], e_out, lo))
+        out["plasmon_energy_eV"] = pmap(
+            plasmon_energy_eV(xp, eps1[:, sl], loss[:, sl], e_out, lo, de)
+        )
     if "loss_peak_eV" in want:
-        out["loss_peak_eV"] = pmap(loss_peak_eV(xp, loss[:, sl], e_out, lo))
+        out["loss_peak_eV"] = pmap(loss_peak_eV(xp, loss[:, sl], e_out, lo, de))
     if "cerenkov" in want:
-        k1 = int(math.floor(cerenkov_max_eV / grid.dispersion_eV))
+        k1 = int(math.floor(cerenkov_max_eV / de))
         k1 = max(2, min(grid.n - 1, k1))
-        out["cerenkov"] = ok & cerenkov_condition(e1, kc - 1, k1, setup.beam_energy_keV)
+        out["cerenkov"] = ok & cerenkov_condition(eps1[:, sl], kc - 1, k1, setup.beam_energy_keV)
     if "tail_decayed" in want:
         out["tail_decayed"] = ok & tail_decayed(
             xp, loss, lo, sol.tail_coefficient, sol.integral, grid
@@ -567,12 +634,12 @@ def _kk_quality(
     xp, grid, kc = setup.xp, setup.grid, setup.kc
     ok = sol.ok
     dtype = s0.dtype
-    nan = xp.full(ok.shape, math.nan, dtype=dtype)
+    nan = math.nan
 
     def at(prefix, idx):
         return xp.take_along_axis(prefix, xp.reshape(idx, (-1, 1)), axis=-1)[:, 0]
 
-    frac = nan
+    frac: Any = None
     if "eps2_negative_fraction" in want:  # a diagnostic map: only when asked (two cumsums)
         # the signal range [E_c, E_hi]: E_hi where the SSD's running sum from E_c reaches
         # SIGNAL_FRACTION of its sum (unconstrained SSD: noise beyond averages out); running
@@ -582,7 +649,7 @@ def _kk_quality(
         kc1 = kc - 1 if isinstance(kc, int) else xp.clip(kc - 1, 0, grid.n - 1)
         run0 = run[:, kc1] if isinstance(kc, int) else at(run, kc1)
         total = run[:, -1] - run0
-        above = _at_or_above(xp, grid.n, kc)
+        above = ~setup.low
         reached = above & ((run - run0[:, None]) >= SIGNAL_FRACTION * total[:, None])
         k_hi = xp.argmax(xp.astype(reached, xp.int32), axis=-1)
         n_range = xp.astype(k_hi - kc + 1, dtype)
@@ -594,85 +661,87 @@ def _kk_quality(
         frac = xp.where(ok, frac, nan)
     # the share of the constrained sum rule the negative channels took away, 1 - J(s)/J(s+)
     # (J is linear in s: J(s-) / J(s+) up to the A/E^3 tail's clamp)
-    zero = xp.zeros_like(s0)
-    j_all = sum_rule_integral_rows(xp, s0, setup.e, setup.ang, grid, kc, setup.kf).integral
+    j_all = sum_rule_integral_rows(
+        xp, s0, setup.e, setup.ang, grid, kc, setup.kf, weights=setup.weights, cut=setup.cut
+    ).integral
     if setup.nonnegative:
         j_pos = sol.integral
     else:
-        s_pos = xp.where(s0 > 0, s0, zero)
-        j_pos = sum_rule_integral_rows(xp, s_pos, setup.e, setup.ang, grid, kc, setup.kf).integral
+        j_pos = sum_rule_integral_rows(
+            xp, xp.clip(s0, 0.0, None), setup.e, setup.ang, grid, kc, setup.kf,
+            weights=setup.weights, cut=setup.cut,
+        ).integral  # fmt: skip
     # no positive part: net-negative (inf, flagged) or empty (NaN, nothing to analyse)
+    pos = j_pos > 0
     none = xp.where(j_all < 0, xp.full_like(j_all, math.inf), nan)
-    weight = xp.where(j_pos > 0, 1.0 - j_all / xp.where(j_pos > 0, j_pos, 1.0), none)
-    weight = xp.where(inputs.ok_in, weight, nan)
+    weight = xp.where(pos, 1.0 - j_all / xp.where(pos, j_pos, 1.0), none)
+    if inputs.ok_in is not None:
+        weight = xp.where(inputs.ok_in, weight, nan)
 
     t = out["thickness_nm"]
+    ratio: Any = None
+    disagrees = None
     if log_ratio_thickness_nm is not None:
-        t_lr = xp.astype(xp.asarray(log_ratio_thickness_nm), dtype)
+        t_lr = xp.astype(log_ratio_thickness_nm, dtype)
         both = ok & xp.isfinite(t) & (t > 0) & xp.isfinite(t_lr) & (t_lr > 0)
         ratio = xp.where(both, t / xp.where(both, t_lr, 1.0), nan)
         disagrees = both & ((ratio > thickness_factor) | (ratio < 1.0 / thickness_factor))
-    else:
-        ratio = nan
-        disagrees = xp.zeros(ok.shape, dtype=xp.bool)
 
     # surface losses (eq. 36) of the uncorrected eps against the SSD, from E_c to the plasmon
     # (the loss-function peak): where they matter and the correction did not converge, eps
     # below the plasmon is not to be trusted. A ratio of two sums of smooth curves for a flag:
-    # every m-th channel (about 256 of them) is enough, and spares eq. 36 on the whole cube
+    # every m-th channel (about 256 of them) is enough, and spares eq. 36 on the whole cube.
+    # In Re[1/eps] = R and Im[-1/eps] = L (eq. 34): eps2 / |eps + 1|^2 = L / ((1 + R)^2 + L^2),
+    # and Im[-1/eps] = L, so eq. 36's bracket is 4 L / ((1 + R)^2 + L^2) - L
     m = max(1, grid.n // 256)
     e = setup.e[::m]
-    n0 = setup.n0
-    n0_ok = xp.isfinite(n0) & (n0 > 0)
-    p_s = surface_loss_per_eV(
-        sol.state.eps1[:, ::m], sol.state.eps2[:, ::m], e, setup.beam_energy_keV,
-        collection_angle_mrad,
-    )  # fmt: skip
-    i_s = xp.where(n0_ok, n0, xp.zeros_like(n0))[:, None] * grid.dispersion_eV * p_s
+    loss_s = sol.state.loss[:, ::m]
+    i_s = surface_bracket(sol.state.re_inverse[:, ::m], loss_s)
+    i_s *= surface_factor(xp, grid, setup.beam_energy_keV, collection_angle_mrad, dtype, step=m)
+    i_s *= (setup.n0_safe * grid.dispersion_eV)[:, None]
     sub = s0[:, ::m]
-    above_s = _at_or_above(xp, grid.n, kc)[..., ::m]
+    above_s = ~setup.low[..., ::m]
     e_p = out.get("loss_peak_eV")
     if e_p is None:  # the loss peak on the same channels (it bounds a sum, to m channels)
-        f_sub = xp.where(above_s, sol.state.loss[:, ::m], xp.full_like(sub, -math.inf))
+        f_sub = xp.where(above_s, loss_s, -math.inf)
         e_p = xp.take(e, xp.argmax(f_sub, axis=-1))
-    e_p_safe = xp.where(xp.isfinite(e_p), e_p, xp.zeros_like(e_p))
-    below_p = above_s & (e[None, :] < e_p_safe[:, None])
-    zero_s = xp.zeros_like(sub)
-    num = xp.sum(xp.where(below_p, i_s, zero_s), axis=-1)
-    den = xp.sum(xp.where(below_p & (sub > 0), sub, zero_s), axis=-1)
-    share = xp.where(ok & n0_ok & (den > 0), num / xp.where(den > 0, den, 1.0), nan)
-    uncorrected = ~(sol.status == 1)
-    surface_flag = ok & (share > surface_share_limit) & uncorrected
+    # channels from E_c up to the plasmon (a NaN peak: none)
+    below_p = above_s & (e[None, :] < e_p[:, None])
+    num = xp.sum(xp.where(below_p, i_s, 0.0), axis=-1)
+    den = xp.sum(xp.where(below_p & (sub > 0), sub, 0.0), axis=-1)
+    share_ok = ok & setup.n0_ok & (den > 0)
+    share = xp.where(share_ok, num / xp.where(share_ok, den, 1.0), nan)
+    surface_flag = share_ok & (share > surface_share_limit) & (sol.status != 1)
     trusted = xp.where(surface_flag & xp.isfinite(e_p), e_p, inputs.cutoff_eV)
 
-    quality = xp.zeros(ok.shape, dtype=xp.uint32)
     if upstream_quality is not None:
-        uq = xp.asarray(upstream_quality)
+        uq = upstream_quality
         if uq.dtype != xp.uint32:
-            uq = xp.where(xp.isfinite(uq), uq, xp.zeros_like(uq))
-            uq = xp.astype(uq, xp.uint32)
+            uq = xp.astype(xp.where(xp.isfinite(uq), uq, 0.0), xp.uint32)
         quality = uq
-    negative = inputs.ok_in & (weight > eps2_negative_limit)
+    else:
+        quality = xp.zeros(ok.shape, dtype=xp.uint32)
+    negative = weight > eps2_negative_limit  # (NaN where not ok_in: False)
     quality = q.set_bit(xp, quality, negative, q.EPS2_NEGATIVE)
-    quality = q.set_bit(xp, quality, disagrees, q.KK_THICKNESS_DISAGREES)
+    if disagrees is not None:
+        quality = q.set_bit(xp, quality, disagrees, q.KK_THICKNESS_DISAGREES)
     quality = q.set_bit(xp, quality, surface_flag, q.SURFACE_NOT_CORRECTED)
-    fatal = (quality & xp.asarray(q.FATAL, dtype=xp.uint32)) > 0
-    return {
-        "eps2_negative_fraction": frac,
+    fatal = (quality & q.FATAL) > 0
+    flags = {
         "eps2_negative_weight": weight,
-        "thickness_ratio": ratio,
         "surface_share": share,
         "eps_trusted_from_eV": xp.where(ok, trusted, nan),
         "quality": quality,
         "valid": ok & ~fatal,
     }
-
-
-def _at_or_above(xp: Any, n: int, kc: Any, start: int = 0) -> Any:
-    """Channels ``start..n-1`` at or above the cut-off ``kc``: (n - start,) for one kc (an int),
-    (n_pix, n - start) for one per pixel."""
-    k = xp.arange(start, n)
-    return k >= kc if isinstance(kc, int) else k[None, :] >= kc[:, None]
+    # the maps with nothing to say are only made when asked for
+    if "eps2_negative_fraction" in want:
+        flags["eps2_negative_fraction"] = frac
+    if "thickness_ratio" in want:
+        flags["thickness_ratio"] = (
+            ratio if ratio is not None else xp.full(ok.shape, nan, dtype=dtype)
+        )
+    return flags
 
 
 def _kk_outputs(energy_out_eV: Any, params: Mapping[str, Any]) -> list[Output]:

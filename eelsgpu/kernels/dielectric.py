@@ -236,40 +236,62 @@ def re_inverse_eps(loss, dispersion_eV: float, *, tail_coefficient=None):
     return _re_inverse(xp, loss0, dispersion_eV, tail_coefficient)
 
 
-def _re_inverse(xp, loss0, dispersion_eV: float, tail_coefficient):
-    """:func:`re_inverse_eps` for a loss function already 0 at E = 0."""
-    n_k = loss0.shape[-1]
+def _hilbert(xp: Any, v: Any, sign: float, offset: float = 0.0) -> Any:
+    """``offset + sign`` x H[v]: the odd-extension Hilbert sum of eq. 32 of rows ``v`` (n, K) (0
+    at E = 0), as a linear convolution by FFTs; the sign is folded into the device-cached kernel
+    spectra and the constant ``offset`` into the zero-frequency bin (offset x m there adds
+    offset to every sample of the inverse transform: one column instead of a pass over the
+    rows). A view (n, K) into the inverse FFT's rows."""
+    n_k = v.shape[-1]
     m = fast_length(2 * n_k - 1)  # the Hilbert transform's FFT length: linear, no wrap
-    ah, bh = _hilbert_spectra(n_k, m)
-    cdtype = xp.complex64 if loss0.dtype == xp.float32 else xp.complex128
-    ah, bh = cached(  # on the device once per grid and dtype, not copied every block
-        xp,
-        ("hilbert", n_k, m, str(cdtype)),
-        lambda: (xp.asarray(ah, dtype=cdtype), xp.asarray(bh, dtype=cdtype)),
-    )
+    cdtype = xp.complex64 if v.dtype == xp.float32 else xp.complex128
+
+    def make():
+        ah, bh = _hilbert_spectra(n_k, m)
+        return xp.asarray(sign * ah, dtype=cdtype), xp.asarray(sign * bh, dtype=cdtype)
+
+    # on the device once per grid, dtype and sign, not copied every block
+    ah, bh = cached(xp, ("hilbert", n_k, m, str(cdtype), float(sign)), make)
     fft = fft_module(xp)
-    lh = fft.rfft(loss0, n=m, axis=-1)
+    lh = fft.rfft(v, n=m, axis=-1)
     # lh ah + conj(lh) bh with in-place updates (no large temporaries: they cost page faults)
     p = xp.conj(lh)
     p *= bh
     lh *= ah
     lh += p
     del p
-    h = fft.irfft(lh, n=m, axis=-1)[:, :n_k]
+    if offset:
+        lh[:, 0] += offset * m
+    return fft.irfft(lh, n=m, axis=-1)[:, :n_k]
+
+
+def _tail_shape(xp: Any, n_k: int, dispersion_eV: float, dtype: Any) -> Any:
+    """-(2/pi) shape(E)/E_m^3 of :func:`tail_re_inverse` on the grid k dE (K,), made on the host
+    in float64 and kept on the device: the A/E^3 tail's term of eq. 32 per unit A, negated."""
+
+    def make():
+        e = np.arange(n_k, dtype=np.float64) * dispersion_eV
+        shape = tail_re_inverse(np, np.ones(1), e, (n_k - 0.5) * dispersion_eV)[0]
+        return xp.asarray(-shape, dtype=dtype)
+
+    return cached(xp, ("kk-tail", n_k, float(dispersion_eV), str(dtype)), make)
+
+
+def _re_inverse(xp, loss0, dispersion_eV: float, tail_coefficient):
+    """:func:`re_inverse_eps` for a loss function already 0 at E = 0."""
+    h = _hilbert(xp, loss0, -1.0, 1.0)  # 1 - H[loss]
     if tail_coefficient is None:
-        return 1.0 - h
-    e = xp.arange(n_k, dtype=loss0.dtype) * dispersion_eV
-    re = tail_re_inverse(xp, tail_coefficient, e, (n_k - 0.5) * dispersion_eV)
+        return h
+    # 1 - H - A (2/pi) shape/E_m^3, with one temporary
+    re = tail_coefficient[:, None] * _tail_shape(xp, loss0.shape[-1], dispersion_eV, loss0.dtype)
     re += h
-    re *= -1.0
-    re += 1.0
     return re
 
 
 def hilbert_odd(xp: Any, v: Any, dispersion_eV: float) -> Any:
     """Hd[v]: the discrete Hilbert transform of eq. 32 (Re f = Hd[Im f] for f analytic in the
     upper half plane, Hermitian), of rows ``v`` (n, K) that are 0 at E = 0 (odd extension)."""
-    return 1.0 - _re_inverse(xp, v, dispersion_eV, None)
+    return _hilbert(xp, v, 1.0)
 
 
 # ------------------------------------------------------------------------------- eq. 34
@@ -293,6 +315,13 @@ class KKSetup:
     of each pixel's); ``beam_energy_keV`` E0; ``one_minus`` 1 - Re[1/eps(0)] (eq. 28) when no
     thickness is known; ``thickness_nm`` (n,) the known thickness (nm) or None; ``nonnegative``
     the sign constraint Im[-1/eps] >= 0 of :func:`kk_single_pass`.
+
+    Made once per block and kept for every pass (the surface correction makes 1 + iterations):
+    ``weights`` the sum rule's per-channel vectors
+    (:func:`~eelsgpu.kernels.sum_rule.sum_rule_weights`), ``cut`` the per-pixel cut-off's gather
+    indices (:func:`~eelsgpu.kernels.sum_rule.cutoff_channels`), ``low`` (K,) or (n, K) bool
+    the channels below E_c, ``n0_ok`` (n,) N0 finite and positive and ``n0_safe`` (n,) N0 there,
+    1 elsewhere. Left None, each pass makes them.
     """
 
     xp: Any
@@ -306,6 +335,11 @@ class KKSetup:
     one_minus: float = 1.0
     thickness_nm: Any = None
     nonnegative: bool = False
+    weights: Any = None
+    cut: Any = None
+    low: Any = None
+    n0_ok: Any = None
+    n0_safe: Any = None
 
 
 class KKPass(NamedTuple):
@@ -345,34 +379,41 @@ def kk_single_pass(setup: KKSetup, s: Any) -> KKPass:
     thickness_nm = setup.thickness_nm
     de = grid.dispersion_eV
     if setup.nonnegative:
-        s = xp.where(s > 0, s, xp.zeros_like(s))
+        s = xp.clip(s, 0.0, None)
     # f = s / (dE ang) is proportional to Im[-1/eps]; the reductions are matrix-vector products
     # on s itself (one pass each, no temporaries)
-    j, c, a_tail, inv = sum_rule_integral_rows(xp, s, e, setup.ang, grid, kc, setup.kf)
+    j, c, a_tail, inv = sum_rule_integral_rows(
+        xp, s, e, setup.ang, grid, kc, setup.kf, weights=setup.weights, cut=setup.cut
+    )
     pref = loss_prefactor_nm_eV(setup.beam_energy_keV)  # pi a0 m0 v^2, nm eV
     ok = xp.isfinite(j) & (j > 0)
-    j_safe = xp.where(ok, j, xp.ones_like(j))
-    n0_ok = xp.isfinite(n0) & (n0 > 0)
-    n0_safe = xp.where(n0_ok, n0, xp.ones_like(n0))
-    nan = xp.full_like(j, math.nan)
+    j_safe = xp.where(ok, j, 1.0)
+    n0_ok, n0_safe = setup.n0_ok, setup.n0_safe
+    if n0_ok is None:
+        n0_ok = xp.isfinite(n0) & (n0 > 0)
+        n0_safe = xp.where(n0_ok, n0, 1.0)
     if thickness_nm is None:
         # kappa = pi (1 - Re[1/eps(0)]) / (2 J): Im[-1/eps] = kappa f (eq. 33)
         kappa = (math.pi * setup.one_minus / 2.0) / j_safe
         t = thickness_from_integral_nm(j_safe, n0_safe, setup.one_minus, setup.beam_energy_keV)
-        t = xp.where(n0_ok, t, nan)
+        t = xp.where(n0_ok, t, math.nan)
         re0 = xp.full_like(j, 1.0 - setup.one_minus)
     else:
         t_ok = xp.isfinite(thickness_nm) & (thickness_nm > 0)
         ok = ok & t_ok & n0_ok
-        t = xp.where(ok, thickness_nm, nan)
-        kappa = pref / (n0_safe * xp.where(t_ok, thickness_nm, xp.ones_like(thickness_nm)))
+        t = xp.where(ok, thickness_nm, math.nan)
+        kappa = pref / (n0_safe * xp.where(t_ok, thickness_nm, 1.0))
         re0 = 1.0 - (2.0 / math.pi) * kappa * j
     # Im[-1/eps] = kappa f above E_c, kappa c E below (0 at E = 0)
-    low = (
-        xp.arange(grid.n) < kc if isinstance(kc, int) else xp.arange(grid.n)[None, :] < kc[:, None]
-    )
     loss = loss_function_from_ssd(s, inv, kappa)
-    loss = xp.where(low, (kappa * c)[:, None] * e, loss)
+    if isinstance(kc, int):
+        # one cut-off for the block: only its first kc channels change (no pass over the rows)
+        loss[:, :kc] = (kappa * c)[:, None] * e[:kc]
+    else:
+        low = setup.low
+        if low is None:
+            low = xp.arange(grid.n)[None, :] < kc[:, None]
+        loss = xp.where(low, (kappa * c)[:, None] * e, loss)
     a_loss = kappa * a_tail
     re_inv = _re_inverse(xp, loss, de, a_loss)
     return KKPass(loss, re_inv, t, re0, ok, a_tail, j)

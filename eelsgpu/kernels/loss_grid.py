@@ -180,8 +180,8 @@ def tail_decayed(
     sl = slice(1, grid.n)
     f_tail = xp.mean(loss[:, tail_start(grid.n) :], axis=-1)
     above2 = above if above.ndim == 2 else above[None, :]
-    f_max = xp.max(xp.where(above2, loss[:, sl], xp.zeros_like(loss[:, sl])), axis=-1)
-    tail_part = (tail_coefficient / (3.0 * ((grid.n - 0.5) * grid.dispersion_eV) ** 3)) / xp.where(
-        integral > 0, integral, xp.ones_like(integral)
-    )
+    f_max = xp.max(xp.where(above2, loss[:, sl], 0.0), axis=-1)
+    # the tail's share of J, A/(3 E_m^3) / J (J not positive: the pixel is not analysed)
+    e_m3 = 3.0 * ((grid.n - 0.5) * grid.dispersion_eV) ** 3
+    tail_part = tail_coefficient / (e_m3 * xp.where(integral > 0, integral, math.inf))
     return (f_tail <= 0.05 * f_max) & (tail_part <= 0.02)

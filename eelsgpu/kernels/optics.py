@@ -84,48 +84,48 @@ def effective_electron_density(
     return dens
 
 
-def plasmon_energy_eV(xp: Any, e1: Any, loss: Any, e: Any, lo: Any) -> Any:
+def plasmon_energy_eV(
+    xp: Any, e1: Any, loss: Any, e: Any, lo: Any, dispersion_eV: float | None = None
+) -> Any:
     """Energy (eV) where eps1 crosses 0 upwards; of several crossings, the one where the loss
     function is largest (the bulk plasmon); NaN when there is none.
 
     ``e1`` and ``loss`` (n, K) on the uniform grid ``e`` (K,) in eV; ``lo`` (K,) or (n, K) bool,
     the channels searched (E >= E_c). The crossing is interpolated linearly between channels.
+    ``dispersion_eV`` (the grid step, a host number) spares reading it from ``e``.
     """
     a, b = e1[:, :-1], e1[:, 1:]
     lo2 = lo if lo.ndim == 2 else lo[None, :]
     cross = (a < 0) & (b >= 0) & lo2[:, :-1]
-    score = xp.where(cross, loss[:, :-1], xp.full_like(a, -1.0))
+    score = xp.where(cross, loss[:, :-1], -1.0)
     idx = xp.argmax(score, axis=-1)[:, None]
-    has = xp.max(score, axis=-1) >= 0
-    a_i = xp.take_along_axis(a, idx, axis=-1)[:, 0]
-    b_i = xp.take_along_axis(b, idx, axis=-1)[:, 0]
+    has = xp.take_along_axis(score, idx, axis=-1)[:, 0] >= 0  # the best score: a crossing
+    # eps1 at the crossing's two channels in one gather
+    ab = xp.take_along_axis(e1, xp.concat([idx, idx + 1], axis=-1), axis=-1)
+    a_i, b_i = ab[:, 0], ab[:, 1]
     e_i = xp.take(e, idx[:, 0])
-    de = e[1] - e[0]
-    denom = xp.where(b_i - a_i > 0, b_i - a_i, xp.ones_like(a_i))
-    ec = e_i + de * (-a_i) / denom
-    return xp.where(has, ec, xp.full_like(ec, math.nan))
+    de = dispersion_eV if dispersion_eV is not None else e[1] - e[0]
+    step = b_i - a_i
+    ec = e_i - de * a_i / xp.where(step > 0, step, 1.0)
+    return xp.where(has, ec, math.nan)
 
 
-def loss_peak_eV(xp: Any, loss: Any, e: Any, lo: Any) -> Any:
+def loss_peak_eV(xp: Any, loss: Any, e: Any, lo: Any, dispersion_eV: float | None = None) -> Any:
     """Energy (eV) of the loss-function maximum above E_c, refined by a parabola through 3 points.
 
     ``loss`` (n, K) on the uniform grid ``e`` (K,) in eV; ``lo`` (K,) or (n, K) bool, the channels
-    searched.
+    searched. ``dispersion_eV`` (the grid step, a host number) spares reading it from ``e``.
     """
-    masked = xp.where(lo if lo.ndim == 2 else lo[None, :], loss, xp.full_like(loss, -math.inf))
+    masked = xp.where(lo if lo.ndim == 2 else lo[None, :], loss, -math.inf)
     n = loss.shape[-1]
-    idx = xp.argmax(masked, axis=-1)
-    idx = xp.clip(idx, 1, n - 2)
-    i2 = idx[:, None]
-    y0 = xp.take_along_axis(loss, i2 - 1, axis=-1)[:, 0]
-    y1 = xp.take_along_axis(loss, i2, axis=-1)[:, 0]
-    y2 = xp.take_along_axis(loss, i2 + 1, axis=-1)[:, 0]
-    den = y0 - 2.0 * y1 + y2
-    shift = xp.where(
-        den < 0, 0.5 * (y0 - y2) / xp.where(den < 0, den, -xp.ones_like(den)), 0.0 * den
-    )
-    shift = xp.clip(shift, -0.5, 0.5)
-    de = e[1] - e[0]
+    idx = xp.clip(xp.argmax(masked, axis=-1), 1, n - 2)
+    # the three channels around the peak in one gather
+    y = xp.take_along_axis(loss, idx[:, None] + xp.arange(-1, 2)[None, :], axis=-1)
+    y0, y1, y2 = y[:, 0], y[:, 1], y[:, 2]
+    den = y0 + y2 - 2.0 * y1
+    # a parabola with a maximum (den < 0): its vertex, within half a channel
+    shift = xp.clip(0.5 * (y0 - y2) / xp.where(den < 0, den, -math.inf), -0.5, 0.5)
+    de = dispersion_eV if dispersion_eV is not None else e[1] - e[0]
     return xp.take(e, idx) + shift * de
 
 

@@ -58,9 +58,13 @@ __all__ = [
     "SumRuleParts",
     "angular_factor",
     "kk_sum_rule_integral",
+    "CutoffChannels",
+    "SumRuleWeights",
+    "cutoff_channels",
     "refractive_index_from_thickness",
     "ssd_on_loss_grid",
     "sum_rule_integral_rows",
+    "sum_rule_weights",
     "sum_rule_normalisation",
     "sum_rule_prefactor_nm_eV",
     "sum_rule_thickness_nm",
@@ -155,14 +159,15 @@ def thickness_from_integral_nm(
     >>> round(float(t[0]), 3)  # 4 a0 T x 1e-3 / 1
     26.147
     """
-    return sum_rule_prefactor_nm_eV(beam_energy_keV) * integral / (zlp_intensity * one_minus)
+    return integral * (sum_rule_prefactor_nm_eV(beam_energy_keV) / one_minus) / zlp_intensity
 
 
 class LossGridSSD(NamedTuple):
     """An SSD block on the loss grid with what the sum rule and the KK pass need beside it:
     the namespace, the grid, the low-energy channels ``kc`` (extrapolated below) and ``kf`` (the
     fit of c over [kc, kf)), the rows ``s`` (n, K) in counts per channel, the grid energies ``e``
-    (K,) in eV and the angular factor ``ang`` (K,)."""
+    (K,) in eV, the angular factor ``ang`` (K,) and all the per-channel vectors of the sum
+    rule, ``weights`` (:class:`SumRuleWeights`)."""
 
     xp: Any
     grid: LossGrid
@@ -171,6 +176,95 @@ class LossGridSSD(NamedTuple):
     s: Any
     e: Any
     ang: Any
+    weights: Any
+
+
+class SumRuleWeights(NamedTuple):
+    """The per-channel vectors of the sum rule on one loss grid (:func:`sum_rule_weights`):
+    ``e`` (K,) E_k = k dE in eV, ``ang`` (K,) the angular factor of eq. 31, ``inv`` (K,)
+    1/(dE ang) (SSD counts per channel to f, 1/eV), ``w_e`` (K,) inv/E (inv at E = 0: never
+    used there), ``tail`` (K - kt,) the least-squares weights of the A/E^3 fit over the tail
+    channels k >= kt (A = s[kt:] . tail), ``tail_start`` kt and ``tail_integral`` 1/(3 E_m^3)
+    (eV^-3, E_m = (K - 1/2) dE: the A/E^3 tail's share of J per unit A)."""
+
+    e: Any
+    ang: Any
+    inv: Any
+    w_e: Any
+    tail: Any
+    tail_start: int
+    tail_integral: float
+
+
+def _weights_host(
+    grid: LossGrid, beam_energy_keV: float, collection_angle_mrad: float
+) -> tuple[np.ndarray, ...]:
+    """:class:`SumRuleWeights`' vectors in float64 on the host."""
+    de = grid.dispersion_eV
+    e = np.arange(grid.n, dtype=np.float64) * de
+    ang = angular_factor(np, e, beam_energy_keV, collection_angle_mrad)
+    inv = 1.0 / (de * ang)
+    e_safe = np.where(e > 0, e, 1.0)
+    w_e = inv / e_safe
+    kt = tail_start(grid.n)
+    w3 = e_safe[kt:] ** -3.0
+    tail = inv[kt:] * w3 / np.sum(w3 * w3)
+    return e, ang, inv, w_e, tail
+
+
+def sum_rule_weights(
+    xp: Any, grid: LossGrid, beam_energy_keV: float, collection_angle_mrad: float, dtype: Any
+) -> SumRuleWeights:
+    """The sum rule's per-channel vectors (:class:`SumRuleWeights`) for ``grid``, E0 (keV) and
+    beta (mrad), in ``dtype`` on ``xp``'s device.
+
+    They depend on the grid and the microscope only, so they are computed once on the host in
+    float64 (eq. 27's theta_E, the angular factor of eq. 31, the A/E^3 fit's normal equation)
+    and kept on the device (:func:`~._device_cache.cached`): a block then pays no launches for
+    them, and they are exact to the dtype's rounding.
+    """
+    from ._device_cache import cached
+
+    key = (
+        "sum-rule-weights",
+        grid,
+        float(beam_energy_keV),
+        float(collection_angle_mrad),
+        str(dtype),
+    )
+
+    def make():
+        return tuple(
+            xp.asarray(v, dtype=dtype)
+            for v in _weights_host(grid, beam_energy_keV, collection_angle_mrad)
+        )
+
+    e, ang, inv, w_e, tail = cached(xp, key, make)
+    e_m = (grid.n - 0.5) * grid.dispersion_eV
+    return SumRuleWeights(e, ang, inv, w_e, tail, tail_start(grid.n), 1.0 / (3.0 * e_m**3))
+
+
+class CutoffChannels(NamedTuple):
+    """Each pixel's low-energy channels, prepared once per block for :func:`sum_rule_integral_rows`
+    (:func:`cutoff_channels`): ``kc`` and ``kf`` (n,) integer, ``at`` (n, 2) the prefix-sum
+    indices kc - 1 and kf - 1, ``inv_width`` (n,) 1/(kf - kc) and ``low_width_eV`` (n,)
+    (kc - 1/2) dE, the width the low-energy extrapolation c E covers in J (eV)."""
+
+    kc: Any
+    kf: Any
+    at: Any
+    inv_width: Any
+    low_width_eV: Any
+
+
+def cutoff_channels(xp: Any, kc: Any, kf: Any, grid: LossGrid, dtype: Any) -> CutoffChannels:
+    """:class:`CutoffChannels` of per-pixel ``kc`` and ``kf`` (integer arrays (n,), 1 <= kc,
+    kf <= K // 2)."""
+    half = min(grid.n, grid.n // 2 + 1)
+    at = xp.clip(xp.stack([kc, kf], axis=-1) - 1, 0, half - 1)
+    inv_width = 1.0 / xp.astype(kf - kc, dtype)
+    low = (xp.astype(kc, dtype) - 0.5) * grid.dispersion_eV
+    return CutoffChannels(kc, kf, at, inv_width, low)
 
 
 def ssd_on_loss_grid(
@@ -180,10 +274,12 @@ def ssd_on_loss_grid(
     beam_energy_keV: float,
     collection_angle_mrad: float,
     low_energy_cutoff_eV: float,
+    grid: LossGrid | None = None,
 ) -> LossGridSSD:
     """The SSD rows ``block`` (n, n_E; counts per channel on ``energy_eV``, eV) on the loss grid
     E_k = k dE, with the cut-off channels and the angular factor of eq. 31 (see
-    :mod:`eelsgpu.kernels.loss_grid`).
+    :mod:`eelsgpu.kernels.loss_grid`). ``grid`` (the :func:`~.loss_grid.loss_grid` of the same
+    axis, made on the host) spares reading the axis from the device (two host syncs on a GPU).
 
     Raises
     ------
@@ -192,12 +288,12 @@ def ssd_on_loss_grid(
         for it.
     """
     xp = array_namespace(block)
-    grid = loss_grid(energy_eV)
+    if grid is None:
+        grid = loss_grid(energy_eV)
     kc, kf = cutoff_index(grid, low_energy_cutoff_eV)
     s = on_loss_grid(xp, block, grid)
-    e = xp.arange(grid.n, dtype=s.dtype) * grid.dispersion_eV
-    ang = angular_factor(xp, e, beam_energy_keV, collection_angle_mrad)
-    return LossGridSSD(xp, grid, kc, kf, s, e, ang)
+    w = sum_rule_weights(xp, grid, beam_energy_keV, collection_angle_mrad, s.dtype)
+    return LossGridSSD(xp, grid, kc, kf, s, w.e, w.ang, w)
 
 
 class SumRuleParts(NamedTuple):
@@ -213,7 +309,16 @@ class SumRuleParts(NamedTuple):
 
 
 def sum_rule_integral_rows(
-    xp: Any, s: Any, e: Any, ang: Any, grid: LossGrid, kc: Any, kf: Any
+    xp: Any,
+    s: Any,
+    e: Any,
+    ang: Any,
+    grid: LossGrid,
+    kc: Any,
+    kf: Any,
+    *,
+    weights: SumRuleWeights | None = None,
+    cut: CutoffChannels | None = None,
 ) -> SumRuleParts:
     """The sum-rule integral of SSD rows ``s`` (n, K) as matrix-vector products on ``s`` itself.
 
@@ -221,39 +326,47 @@ def sum_rule_integral_rows(
     are one pass each over ``s`` (no temporaries), the same sums as
     replacing f below E_c by c E (c the mean of f/E over [E_c, 2 E_c)) and continuing it as A/E^3
     beyond the window (A by least squares over its last :data:`TAIL_FRACTION`; clamped >= 0):
-    J = int_0^inf f/E dE = channels >= 1, half channel 0, plus A/(3 E_m^3). ``e`` (K,) is the grid in eV, ``ang`` (K,) :func:`angular_factor`.
+    J = int_0^inf f/E dE = channels >= 1, half channel 0, plus A/(3 E_m^3). ``e`` (K,) is the
+    grid in eV, ``ang`` (K,) :func:`angular_factor`; ``weights`` (:func:`sum_rule_weights` of
+    the same grid) replaces both and spares recomputing the per-channel vectors.
 
     ``kc`` and ``kf`` are channel numbers shared by the block (ints), or one per pixel (integer
     arrays (n,), a cut-off that follows each pixel's ZLP width, with kf <= K // 2); then the
-    low-energy sums are prefix sums over the first half of the grid, gathered per pixel.
+    low-energy sums are prefix sums over the first half of the grid, gathered per pixel at
+    ``cut`` (:func:`cutoff_channels`, made once per block) or at indices made here.
     """
     de = grid.dispersion_eV
-    inv = 1.0 / (de * ang)
-    e_safe = xp.where(e > 0, e, xp.ones_like(e))
-    w_e = inv / e_safe
-    kt = tail_start(grid.n)
-    w3 = e_safe[kt:] ** (-3)
-    a_tail = (s[:, kt:] @ (inv[kt:] * w3)) / xp.sum(w3 * w3)
-    a_tail = xp.where(a_tail > 0, a_tail, xp.zeros_like(a_tail))
-    e_m = (grid.n - 0.5) * de
+    if weights is None:
+        inv = 1.0 / (de * ang)
+        e_safe = xp.where(e > 0, e, xp.ones_like(e))
+        w_e = inv / e_safe
+        kt = tail_start(grid.n)
+        w3 = e_safe[kt:] ** (-3)
+        tail = (inv[kt:] * w3) / xp.sum(w3 * w3)
+        e_m = (grid.n - 0.5) * de
+        tail_integral = 1.0 / (3.0 * e_m**3)
+    else:
+        inv, w_e, tail = weights.inv, weights.w_e, weights.tail
+        kt, tail_integral = weights.tail_start, weights.tail_integral
+    a_tail = xp.clip(s[:, kt:] @ tail, 0.0, None)
     if isinstance(kc, int):
-        c = (s[:, kc:kf] @ w_e[kc:kf]) / (kf - kc)
+        c = (s[:, kc:kf] @ w_e[kc:kf]) * (1.0 / (kf - kc))
         above = s[:, kc:] @ w_e[kc:]
+        low_width: Any = (kc - 0.5) * de
     else:
         # per-pixel channels: prefix sums of s w_e over the first half of the grid (every kf is
-        # at most n // 2) gathered at kc - 1 and kf - 1, and the whole row as one matvec
+        # at most n // 2) gathered at kc - 1 and kf - 1 in one take, and the whole row as one
+        # matvec
+        if cut is None:
+            cut = cutoff_channels(xp, kc, kf, grid, s.dtype)
         half = min(grid.n, grid.n // 2 + 1)
-        prefix = xp.cumulative_sum(s[:, :half] * w_e[None, :half], axis=-1)
-
-        def at(k):
-            idx = xp.reshape(xp.clip(k - 1, 0, half - 1), (-1, 1))
-            return xp.take_along_axis(prefix, idx, axis=-1)[:, 0]
-
-        below_c = xp.where(kc > 0, at(kc), xp.zeros_like(prefix[:, 0]))
-        c = (at(kf) - below_c) / xp.astype(kf - kc, s.dtype)
+        prefix = xp.cumulative_sum(s[:, :half] * w_e[:half], axis=-1)
+        ends = xp.take_along_axis(prefix, cut.at, axis=-1)
+        below_c = ends[:, 0]
+        c = (ends[:, 1] - below_c) * cut.inv_width
         above = s @ w_e - below_c
-        kc = xp.astype(kc, s.dtype)
-    j = above * de + c * ((kc - 0.5) * de) + a_tail / (3.0 * e_m**3)
+        low_width = cut.low_width_eV
+    j = above * de + c * low_width + a_tail * tail_integral
     return SumRuleParts(j, c, a_tail, inv)
 
 
@@ -312,14 +425,14 @@ def sum_rule_thickness_nm(
     (1,)
     """
     one_minus = sum_rule_normalisation(refractive_index, metal)
-    xp, grid, kc, kf, s, e, ang = ssd_on_loss_grid(
+    xp, grid, kc, kf, s, e, ang, w = ssd_on_loss_grid(
         ssd,
         energy_eV,
         beam_energy_keV=beam_energy_keV,
         collection_angle_mrad=collection_angle_mrad,
         low_energy_cutoff_eV=low_energy_cutoff_eV,
     )
-    j = sum_rule_integral_rows(xp, s, e, ang, grid, kc, kf).integral
+    j = sum_rule_integral_rows(xp, s, e, ang, grid, kc, kf, weights=w).integral
     n0 = xp.asarray(zlp_intensity, dtype=j.dtype)
     ok = (n0 > 0) & (j > 0)
     n0_safe = xp.where(ok, n0, xp.ones_like(n0))

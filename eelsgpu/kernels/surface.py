@@ -44,6 +44,8 @@ __all__ = [
     "SurfaceSettings",
     "newton_step",
     "solve_surface",
+    "surface_bracket",
+    "surface_factor",
     "surface_loss_per_eV",
 ]
 
@@ -84,6 +86,49 @@ def surface_loss_per_eV(
         )
     )
     return xp.where(positive, p, xp.zeros_like(p))
+
+
+def surface_factor(
+    xp: Any,
+    grid: Any,
+    beam_energy_keV: float,
+    collection_angle_mrad: float,
+    dtype: Any,
+    step: int = 1,
+) -> Any:
+    """Eq. 36's factor that does not depend on eps, on every ``step``-th channel of the loss grid
+    ``grid`` (1/eV): :func:`surface_loss_per_eV` = this x :func:`surface_bracket`, 0 at E = 0.
+
+    It depends on the grid and the microscope only, so it is made once on the host in float64
+    and kept on the device (:func:`~._device_cache.cached`): the surface correction's every
+    iteration and the surface check then pay no launches for eq. 27's theta_E and the arctan.
+    """
+    import numpy as np
+
+    from ._device_cache import cached
+
+    def make():
+        e = np.arange(0, grid.n, step, dtype=np.float64) * grid.dispersion_eV
+        # the bracket is 1 at eps = i (4 / 2 - 1)
+        unit = surface_loss_per_eV(
+            np.zeros_like(e), np.ones_like(e), e, beam_energy_keV, collection_angle_mrad
+        )
+        return xp.asarray(unit, dtype=dtype)
+
+    key = ("surface-factor", grid, int(step), float(beam_energy_keV), float(collection_angle_mrad))
+    return cached(xp, key + (str(dtype),), make)
+
+
+def surface_bracket(re_inverse: Any, loss: Any) -> Any:
+    """Eq. 36's dielectric bracket 4 eps2 / ((eps1 + 1)^2 + eps2^2) - Im[-1/eps], from
+    Re[1/eps] = R and Im[-1/eps] = L (eq. 34: eps2 / |eps + 1|^2 = L / ((1 + R)^2 + L^2)), so
+    that eps itself is not needed (dimensionless)."""
+    d = re_inverse + 1.0
+    d *= d
+    d += loss * loss
+    out = (4.0 * loss) / d
+    out -= loss
+    return out
 
 
 #: Half-width (eV) of the moving average applied to M in the Newton step (noise, see there).
@@ -153,11 +198,11 @@ def newton_step(
     index0 = (xp.abs(winding) < math.pi / 2)[:, None]
     k = xp.arange(theta.shape[-1])[None, :]
     theta = xp.where(index0 & (k > 0), theta, xp.zeros_like(theta))
-    gamma = hilbert_odd(xp, theta, dispersion_eV)
-    q = f_res * xp.exp(gamma) / mod
+    e_gamma = xp.exp(hilbert_odd(xp, theta, dispersion_eV))  # (its FFT rows freed at once)
+    q = f_res * e_gamma / mod
     psi_re = hilbert_odd(xp, q, dispersion_eV)
     # Im dw = e^-gamma (q cos theta - Re Psi sin theta);  db = -Im dw / Kp
-    im_dw = f_res * xp.cos(theta) / mod - xp.exp(-gamma) * psi_re * xp.sin(theta)
+    im_dw = f_res * xp.cos(theta) / mod - psi_re * xp.sin(theta) / e_gamma
     db = xp.where(index0, -im_dw * inv_kp, xp.zeros_like(im_dw))
     return db, winding
 
@@ -249,16 +294,14 @@ def solve_surface(
     k_all = xp.arange(grid.n)[None, :]
     band = k_all >= kc if isinstance(kc, int) else k_all >= kc[:, None]
     zero = xp.zeros_like(s0)
-    # S: eq. 36's prefactor in counts per channel, P_S at eps = i (where 4/2 - 1 = 1)
-    ones = xp.ones_like(e)
-    p_unit = surface_loss_per_eV(0.0 * ones, ones, e, beam_energy_keV, collection_angle_mrad)
+    # S: eq. 36's prefactor in counts per channel, P_S at eps = i (where the bracket is 1)
+    p_unit = surface_factor(xp, grid, beam_energy_keV, collection_angle_mrad, s0.dtype)
     surf_scale = (n0_safe * de)[:, None] * p_unit[None, :]
 
     def analyse(b):
         new_loss, new_re, new_t, new_re0, new_ok, _, _ = kk_single_pass(setup, b)
         n1, n2 = eps_from_inverse(new_re, new_loss)
-        p_s = surface_loss_per_eV(n1, n2, e, beam_energy_keV, collection_angle_mrad)
-        i_s = n0_safe[:, None] * de * p_s
+        i_s = surf_scale * surface_bracket(new_re, new_loss)  # eq. 36, counts per channel
         f_res = xp.where(band, b + i_s - s0, zero)
         r = xp.sqrt(xp.sum(f_res * f_res, axis=-1))
         finite = (
@@ -273,8 +316,7 @@ def solve_surface(
     base = (eps1, eps2, loss, re_inv, t, re0)
     cur = base
     b = s0
-    p_s = surface_loss_per_eV(eps1, eps2, e, beam_energy_keV, collection_angle_mrad)
-    i_s = n0_safe[:, None] * de * p_s
+    i_s = surf_scale * surface_bracket(re_inv, loss)
     f_res = xp.where(band, i_s, zero)  # b = SSD
     r = xp.sqrt(xp.sum(f_res * f_res, axis=-1))
     active = thick & xp.isfinite(r)

@@ -253,9 +253,10 @@ def replica_moments(values: Any, n_replicas: int, *, min_fraction: float = 0.5) 
 
     Parameters
     ----------
-    values : array (n_pix * K,)
+    values : array (n_pix * K,) or (n_pix * K, m)
         A kernel output on the replica batch (rows ordered pixel-major as
-        :func:`draw_replicas` makes them).
+        :func:`draw_replicas` makes them): a map, or a per-pixel spectrum (each column
+        reduced on its own).
     n_replicas : int
         ``K`` (>= 2).
     min_fraction : float
@@ -263,7 +264,7 @@ def replica_moments(values: Any, n_replicas: int, *, min_fraction: float = 0.5) 
 
     Returns
     -------
-    mean, std : array (n_pix,)
+    mean, std : array (n_pix,) or (n_pix, m)
 
     Examples
     --------
@@ -273,14 +274,16 @@ def replica_moments(values: Any, n_replicas: int, *, min_fraction: float = 0.5) 
     """
     xp = array_namespace(values)
     k = int(n_replicas)
-    v = xp.reshape(xp.astype(values, xp.float64), (-1, k))
+    vals = xp.astype(values, xp.float64)
+    # replicas on axis 1: (n_pix, K) for a map, (n_pix, K, m) for a per-pixel spectrum
+    v = xp.reshape(vals, (-1, k)) if vals.ndim == 1 else xp.reshape(vals, (-1, k, vals.shape[1]))
     good = xp.isfinite(v)
-    n = xp.sum(xp.astype(good, xp.float64), axis=-1)
+    n = xp.sum(xp.astype(good, xp.float64), axis=1)
     vz = xp.where(good, v, 0.0)
     safe_n = xp.where(n > 0, n, 1.0)
-    mean = xp.sum(vz, axis=-1) / safe_n
-    dev = xp.where(good, v - mean[:, None], 0.0)
-    var = xp.sum(dev * dev, axis=-1) / xp.where(n > 1, n - 1, 1.0)
+    mean = xp.sum(vz, axis=1) / safe_n
+    dev = xp.where(good, v - xp.expand_dims(mean, axis=1), 0.0)
+    var = xp.sum(dev * dev, axis=1) / xp.where(n > 1, n - 1, 1.0)
     enough = (n >= max(2.0, min_fraction * k)) & (n > 1)
     return xp.where(enough, mean, xp.nan), xp.where(enough, xp.sqrt(var), xp.nan)
 

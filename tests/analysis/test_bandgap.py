@@ -238,6 +238,29 @@ def test_gap_from_deconvolved_low_loss_image(b_true):
     )
 
 
+@pytest.mark.parametrize("seed", [2, 3, 7])
+def test_auto_window_starts_below_a_clean_onset(seed):
+    """Truth: the synthetic gap material of the test above (Eg 2.0 eV, b = 0.5, eps2 decaying;
+    GapMaterial), deconvolved (fitted ZLP, reconvolved with it). Its SSD below the gap is a flat
+    floor, here negative (about -30 counts: the fitted ZLP takes a little of the loss), whose
+    zero crossing at the onset was the smallest magnitude the window search looked for: the
+    automatic window started at the onset itself (1.92-1.94 eV) and 9, 7 and 7 of the 9
+    pixels of these seeds were flagged NO_ONSET. The window now starts at least half the
+    onset-to-half-rise span below the onset (1.56-1.58 eV): Eg within 0.1 eV, type direct, in every
+    pixel the deconvolution left valid."""
+    sim = _gap_image(GapMaterial(2.0, 0.5), seed=seed)
+    ssd = eelsgpu.deconvolve(sim["signal"], zlp="fit", output="reconvolved-zlp", device="cpu")
+    ds = bandgap(ssd, model="free", device="cpu").compute()
+    lo, hi = ds.attrs["bandgap_window_eV"]
+    assert ds.attrs["bandgap_window_source"] == "auto"
+    assert 1.0 < lo <= 2.0 - 0.3 and hi > 2.5
+    usable = ssd["valid"].values
+    valid = ds["valid"].values
+    assert usable.sum() >= 6 and np.array_equal(valid, usable)
+    assert np.all(np.abs(ds["bandgap_eV"].values[valid] - 2.0) < 0.1)
+    assert np.all(ds["gap_type"].values[valid] == 0)
+
+
 def test_background_under_the_spectrum_is_not_a_gap():
     """Truth: the bare power-law material (b = 0.5, no high-energy decay; GapMaterial) whose
     loss function has not decayed at the end of the generator's period: its synthetic spectra

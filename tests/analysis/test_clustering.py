@@ -158,7 +158,10 @@ def test_per_cluster_kramers_kronig_finds_each_plasmon():
         total_counts=1e6,
     )
     ds = cluster(sim["signal"], n_clusters=2, device="cpu")
-    res = per_cluster(sim["signal"], ds, eelsgpu.kramers_kronig, metal=True, device="cpu")
+    res = per_cluster(
+        sim["signal"], ds, eelsgpu.kramers_kronig, metal=True, cubes=("loss_function",),
+        device="cpu",
+    )  # fmt: skip
     assert res.sizes["cluster_id"] == 2
     e = res["energy"].values
     for k in range(2):

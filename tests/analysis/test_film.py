@@ -252,6 +252,7 @@ def test_kramers_kronig_surface_fit_on_the_classic_failure_case():
         iterations=10,
         device="cpu",
         zlp_fwhm_eV=0.3,
+        cubes="all",
     )
     default = eelsgpu.kramers_kronig(sim["true_ssd"], **args).compute()
     it = eelsgpu.kramers_kronig(sim["true_ssd"], surface="iterate", **args).compute()

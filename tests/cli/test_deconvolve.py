@@ -59,3 +59,38 @@ def test_cli_deconvolve_search_and_band_limited(tmp_path, capsys):
     rc = main([*args[:3], str(tmp_path / "o2.zarr"), "--search", "-5", "5", "-q"])
     assert rc == 2
     assert "no pixel has a usable zero-loss peak" in capsys.readouterr().err
+
+
+def test_cli_deconvolve_uncertainty(tmp_path, capsys):
+    """Truth: ``eelsgpu.deconvolve``'s own result with the same options (proven honest in
+    tests/analysis/test_deconvolve_uncertainty.py): `eelsgpu deconvolve --uncertainty
+    replicas:8 --seed 4 --gain 1 --kind band-limited --zlp threshold` stores the same ssd_sigma
+    and t_over_lambda_sigma, and says which uncertainty it used. Covers the CLI wiring."""
+    import eelsgpu
+    from eelsgpu import io
+    from eelsgpu.cli import main
+    from tests._coverage import log_ratio_image
+
+    img = log_ratio_image([(1e5, 1.0)], 6)
+    src = tmp_path / "in.zarr"
+    io.write_store(img[["signal"]], src)
+    out = tmp_path / "d.zarr"
+    opts = ["--uncertainty", "replicas:8", "--seed", "4", "--gain", "1", "--device", "cpu"]
+    rc = main(
+        ["deconvolve", str(src), "-o", str(out), "--kind", "band-limited", "--zlp", "threshold"]
+        + opts
+    )
+    assert rc == 0
+    assert "uncertainty: replicas:8" in capsys.readouterr().out
+    res = io.open_store(out)
+    direct = eelsgpu.deconvolve(
+        io.open_store(src)["signal"],
+        zlp="threshold",
+        output="band-limited",
+        uncertainty="replicas:8",
+        seed=4,
+        gain=1.0,
+        device="cpu",
+    ).compute()
+    for v in ("ssd_sigma", "t_over_lambda_sigma"):
+        np.testing.assert_allclose(res[v].values, direct[v].values, rtol=1e-5, equal_nan=True)

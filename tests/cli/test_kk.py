@@ -134,3 +134,46 @@ def test_cli_kk_raw_input_band_limited_with_search(tmp_path, capsys):
     assert k["quality"].dtype == np.uint32 and "EPS2_NEGATIVE" in k["quality"].attrs
     assert (tmp_path / "k_quality.png").stat().st_size > 1000
     assert "quality:" in capsys.readouterr().out
+
+
+def test_cli_kk_cubes_default_and_asked(tmp_path):
+    """Truth: eq. 34 (Im[-1/eps] = eps2 / (eps1^2 + eps2^2)) and the same analysis in Python
+    (eelsgpu.kramers_kronig with the same cubes), on a synthetic Drude SSD store (Ep 15, width
+    1). By default the store holds the cubes eps1 and eps2 only (and every map), and --png still
+    draws the loss function (from eps); --cubes loss_function,n_eff stores those two, the loss
+    function equal to eq. 34 of the default run's eps; --cubes all stores the eight; an unknown
+    cube, or --png without eps, is a one-line error (exit 2) before anything is written."""
+    from eelsgpu import io
+    from eelsgpu.cli import main
+    from eelsgpu.kernels.blocks_kk import CUBE_OUTPUTS
+
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0), t_over_lambda=0.6, shape=(2, 2), n_channels=1024,
+        dispersion_eV=0.1,
+    )  # fmt: skip
+    ssd = xr.Dataset(
+        {"ssd": sim["true_ssd"], "zlp_intensity": sim["true_zlp_intensity"]},
+        attrs={k: v for k, v in sim.attrs.items() if k != "synthetic_parameters"},
+    )
+    io.write_store(ssd, tmp_path / "ssd.zarr")
+    base = ["kk", str(tmp_path / "ssd.zarr"), "--metal", "--low-energy-cutoff", "1", "-q"]
+
+    def cubes_of(ds):
+        return {n for n, v in ds.data_vars.items() if "energy" in v.dims}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", KKWarning)
+        assert main([*base, "-o", str(tmp_path / "d.zarr"), "--png", str(tmp_path / "d.png")]) == 0
+        assert main([*base, "-o", str(tmp_path / "l.zarr"), "--cubes", "loss_function,n_eff"]) == 0
+        assert main([*base, "-o", str(tmp_path / "a.zarr"), "--cubes", "all"]) == 0
+        assert main([*base, "-o", str(tmp_path / "x.zarr"), "--cubes", "eps3"]) == 2
+        assert main([*base, "-o", str(tmp_path / "y.zarr"), "--cubes", "n_eff", "--png",
+                     str(tmp_path / "y.png")]) == 2  # fmt: skip
+    d, lf, a = (io.open_store(tmp_path / f"{k}.zarr") for k in "dla")
+    assert cubes_of(d) == {"eps1", "eps2"} and "plasmon_energy_eV" in d
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    assert cubes_of(lf) == {"loss_function", "n_eff"}
+    e1, e2 = d["eps1"].values, d["eps2"].values
+    np.testing.assert_allclose(lf["loss_function"].values, e2 / (e1**2 + e2**2), rtol=1e-4)
+    assert cubes_of(a) == set(CUBE_OUTPUTS)
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()

@@ -69,3 +69,28 @@ def test_in_memory_input_runs_in_pixel_blocks(stand_in, monkeypatch):
         np.testing.assert_allclose(ds[k].values, v, rtol=1e-5, atol=1e-4)
     one = engine.apply_kernel(stand_in.decl, si, device="cpu")  # dask, one chunk: kept
     assert one["total"].data.npartitions == 1
+
+
+def test_in_memory_blocks_are_contiguous_views_of_the_input(monkeypatch):
+    """Truth: NumPy's memory bookkeeping. The pixel blocks of an image in memory (and of a
+    per-pixel cube passed beside it) are contiguous slabs of the caller's array itself, not
+    copies (dask's from_array copied the cube and every block once more: two cubes for a
+    128 x 128 x 2048 input), so a block reshapes to (n, n_E) without a copy, and they cover the
+    image exactly once."""
+    import os
+
+    from eelsgpu.engine.blocks import _from_host, _pixel_blocks
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    host = np.arange(16 * 64 * 256, dtype=np.float32).reshape(16, 64, 256)
+    arr = _pixel_blocks(host)
+    assert arr.npartitions >= 4
+    views = [v for v in dict(arr.__dask_graph__()).values() if isinstance(v, np.ndarray)]
+    assert len(views) == arr.npartitions
+    assert all(np.shares_memory(v, host) and v.flags.c_contiguous for v in views)
+    assert sum(v.size for v in views) == host.size
+    np.testing.assert_array_equal(arr.compute(), host)
+    zlp = host + 1.0
+    extra = _from_host(zlp, arr.chunks)
+    zviews = [v for v in dict(extra.__dask_graph__()).values() if isinstance(v, np.ndarray)]
+    assert len(zviews) == arr.npartitions and all(np.shares_memory(v, zlp) for v in zviews)

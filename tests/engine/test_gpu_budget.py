@@ -53,6 +53,19 @@ def _ssd(pixels: int):
     return ds.chunk({d: -1 for d in ds.dims})
 
 
+def _onsets(pixels: int):
+    """Band-gap onsets I = 1000 (E - Eg)^1.5 + a ZLP-like tail + 20, Eg 1.5-3 eV, Poisson noise,
+    2048 float32 channels of 3 meV from 0.1 eV (benchmarks/bench_gpu_budget.py's onset block)."""
+    from eelsgpu.model import spectrum_image
+
+    e = 0.1 + np.arange(N_CHANNELS) * 0.003
+    eg = np.linspace(1.5, 3.0, pixels)[:, None]
+    lam = 1000 * np.clip(e - eg, 0, None) ** 1.5 + 2e4 * (e / 0.5) ** -2.5 + 20
+    y = np.random.default_rng(0).poisson(lam).astype(np.float32)
+    nx = 64
+    return spectrum_image(y.reshape(pixels // nx, nx, -1), e, chunks=(pixels // nx, nx))
+
+
 def _jobs():
     import eelsgpu
 
@@ -75,20 +88,37 @@ def _jobs():
             _ssd,
             lambda s, d: eelsgpu.kramers_kronig(s, metal=True, iterations=10, device=d),
         ),
+        "bandgap": (
+            _onsets,
+            lambda s, d: eelsgpu.bandgap(s, window_eV=(0.8, 5.0), model="free", device=d),
+        ),
     }
 
 
 _CACHE: dict[tuple[str, int], counting.BlockCounts] = {}
+_WARMED: set[str] = set()
+WARM_UP = 64  # spectra of the block each job runs once before it is counted
 
 
 def counts(job: str, pixels: int) -> counting.BlockCounts:
-    """The counts of the one block of ``pixels`` spectra that job ``job`` runs (cached)."""
+    """The counts of the one block of ``pixels`` spectra that job ``job`` runs (cached), after
+    two warm-up blocks of the same job: the constants a kernel keeps on the device (the Hilbert
+    kernels, the sum rule's weights: :mod:`eelsgpu.kernels._device_cache`) are uploaded once
+    per device, not per block, so whichever block came first would otherwise count them."""
     key = (job, pixels)
     if key not in _CACHE:
         make, run = _jobs()[job]
-        data = make(pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if job not in _WARMED:
+                # twice: a block runs on one of the engine's device threads, each with its own
+                # slot and constants, and which thread takes it depends on what ran before
+                # (measured: the band gap's first 1024-spectrum block after test_counting's
+                # runs, with one warm-up, uploaded 8 constants instead of 6)
+                for _ in range(2):
+                    run(make(WARM_UP), counting.xp).compute(scheduler="synchronous")
+                _WARMED.add(job)
+            data = make(pixels)
             with counting.count() as c:
                 run(data, counting.xp).compute(scheduler="synchronous")
         (blk,) = [b for b in c.blocks if b.n_pixels == pixels]
@@ -129,13 +159,11 @@ BUDGETS = [
         8,
         marks=_xfail("1,308 ops and 6 syncs per 1024-spectrum block (before: 10,234 and 253)"),
     ),
-    pytest.param(
-        "kk-0",
-        300,
-        4,
-        marks=_xfail("469 ops and 5 syncs per 1024-spectrum block (kernel phase)"),
-    ),
-    pytest.param("kk-10", 2500, 20),  # 904 ops and 7 syncs
+    pytest.param("kk-0", 300, 4),  # 470 ops and 5 syncs before issue 13's kernel phase
+    pytest.param("kk-10", 2500, 20),  # 904 ops and 7 syncs before
+    # the free model (18 b) with the power-law background (11 r): 1,352 ops (6,431 before the
+    # bases were stacked), the one sync the copy back
+    pytest.param("bandgap", 1500, 1),
 ]
 
 
@@ -153,6 +181,7 @@ GROWTH = [
     pytest.param("thickness-kk"),  # (5,770 -> 10,234)
     pytest.param("kk-0"),  # (467 -> 469 were its cached constants' uploads, left out now)
     pytest.param("kk-10"),
+    pytest.param("bandgap"),
 ]
 
 
@@ -169,7 +198,7 @@ def test_counts_do_not_grow_with_the_pixel_count(job):
     )
 
 
-@pytest.mark.parametrize("job", list(_jobs()))
+@pytest.mark.parametrize("job", [j for j in _jobs() if j != "bandgap"])
 def test_no_block_sized_float64_from_float32_input(job):
     """No float64 array that scales with the block (>= one value per spectrum) is made from the
     float32 input anywhere on the low-loss path (twice the bytes, 1/64 of the FP32 rate on many
@@ -207,3 +236,22 @@ def test_measured_peaks_cover_the_kernels():
         engine = peak_bytes_per_spectrum(decl, N_CHANNELS)
         assert c.peak_bytes / LARGE <= engine, (job, c.peak_bytes / LARGE)
         assert c.peak_bytes / LARGE >= 0.5 * engine, job
+    from eelsgpu.engine.blocks import MEASURED_PEAK_BYTES
+
+    c = counts("bandgap", LARGE)
+    assert c.peak_bytes / LARGE <= MEASURED_PEAK_BYTES["bandgap"], c.peak_bytes / LARGE
+    assert c.peak_bytes / LARGE >= 0.5 * MEASURED_PEAK_BYTES["bandgap"]
+
+
+def test_bandgap_memory_traffic_per_spectrum():
+    """Band gap (free model, power-law background, 0.8-5 eV window: 1400 channels, 18 b x 11 r x
+    300 Eg candidates per spectrum) reads and writes at most 22 MiB per spectrum (measured 20.6;
+    36.2 before the bases were stacked and the projection orthogonalised) and keeps ONE
+    block-sized float64 array from the float32
+    input, the fit window: its chi^2 profile is a difference of large sums (chi^2 of the
+    background alone minus the onset's <f, y>^2 / <f, f>, after projecting the onset column off
+    the background's: a difference that cancels where the two are alike), measured in float32
+    to move Eg by up to 1.3 sigma and to flip a pixel's validity on these onsets (direct model)."""
+    c = counts("bandgap", LARGE)
+    assert c.bytes / LARGE <= 22 * 2**20, c.bytes / LARGE / 2**20
+    assert c.promotions == 1, c.promotions

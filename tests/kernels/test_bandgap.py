@@ -119,3 +119,23 @@ def test_window_in_the_zlp_residue_is_flagged(xp):
     assert np.all(np.abs(late["bandgap_eV"] - 2.0) < 0.05)
     raw = run(0.15, False)
     assert not np.any(raw["quality"] & q.WINDOW_IN_ZLP_RESIDUE)
+
+
+def test_float32_counts_give_the_float64_answer(xp):
+    """Truth: the float64 run on the same spectra (Poisson counts: integers, exact in float32).
+    The kernel fits in float64 whatever its input (its chi^2 profile is a difference of large
+    sums; see bandgap_kernel), so float32 counts, on NumPy and array-api-strict, give exactly
+    the float64 input's gap, error, exponent and flags."""
+    e, y = onset_spectra(2.0, 1.5, 8, seed=2)
+    i0, i1 = np.searchsorted(e, [1.2, 3.5])
+    eg_grid = np.arange(e[i0], e[i1] - 10 * DISP, DISP)
+    kw = dict(window=(int(i0), int(i1)), b_values=B_FREE, background="power-law")
+    out = {}
+    for dtype in (np.float32, np.float64):
+        res = bandgap_kernel(
+            asarray(xp, y, dtype), asarray(xp, e), eg_grid_eV=asarray(xp, eg_grid), **kw
+        )
+        out[dtype] = {k: to_numpy(v) for k, v in res.items()}
+    assert out[np.float64]["valid"].mean() >= 0.9
+    for k in ("bandgap_eV", "bandgap_error_eV", "exponent_b", "gap_type", "valid"):
+        np.testing.assert_array_equal(out[np.float32][k], out[np.float64][k])

@@ -12,7 +12,7 @@ from kk_cases import image as _image
 
 from eelsgpu import synthetic
 from eelsgpu.kernels import quality as q
-from eelsgpu.kernels.blocks_kk import kk_kernel
+from eelsgpu.kernels.blocks_kk import ALL_VARIABLES, kk_kernel
 from eelsgpu.kernels.sum_rule import sum_rule_thickness_nm
 from eelsgpu.kernels.zlp import shift_kernel
 
@@ -86,7 +86,7 @@ def test_sign_constraint_keeps_eps2_positive_on_noisy_ssds(xp):
     n0 = sim["true_zlp_intensity"].values
     kw = dict(refractive_index=LORENTZ_5.refractive_index)
     free = _run(xp, noisy, e, n0, nonnegative=False, **kw)
-    con = _run(xp, noisy, e, n0, **kw)
+    con = _run(xp, noisy, e, n0, variables=ALL_VARIABLES, **kw)
     assert np.any(free["eps2"] < 0)
     assert np.all(con["eps2"] >= 0) and np.all(con["loss_function"] >= 0)
     assert np.all(np.abs(con["thickness_nm"] / sim["true_t_nm"].values - 1) < 0.03)
@@ -147,3 +147,48 @@ def test_surface_flag_where_eq36_matters_and_not_after_the_correction(xp):
     assert raw["valid"][0]  # a warning: eps above the plasmon and t are kept
     assert cor["surface_status"][0] == 1 and not cor["quality"][0] & q.SURFACE_NOT_CORRECTED
     assert abs(cor["eps_trusted_from_eV"][0] - 1.5) < 0.05
+
+
+def test_known_thickness_and_valid_mask_in_float32(xp):
+    """Truth: the analytic eps of a Drude metal (Ep 15, width 1) and the synthetic thickness
+    (exact SSD, t = 20, 60, 200, 100 nm, 2048 channels of 0.05 eV), on NumPy and
+    array-api-strict (the GPU path's namespace) in float32. Normalised by the known thickness
+    map (eq. 33 read the other way): eps within 2 % of max |eps| over 3-50 eV, Re[1/eps(0)] that
+    of a metal (0, to 0.01), the thickness returned as given; a pixel the ``valid`` mask leaves
+    out and one whose thickness is 0 (vacuum) are NaN and not valid. The outputs stay float32
+    and agree with the float64 run in 1/eps to float32 rounding of the FFT pair (u log2(m) max
+    Im[-1/eps], m = 4000; see tests/analysis/test_kramers_kronig.py)."""
+    from kk_cases import eps_error
+
+    sim = _image(DRUDE, [20.0, 60.0, 200.0, 100.0], n_channels=2048, dispersion_eV=0.05)
+    ssd, e = sim["true_ssd"].values, sim["energy"].values
+    n0, t_true = sim["true_zlp_intensity"].values, sim["true_t_nm"].values
+    t_map = t_true.copy()
+    t_map[3] = 0.0
+    valid = np.array([True, True, False, True])
+    f32 = np.float32
+    kw = dict(beam_energy_keV=E0, collection_angle_mrad=BETA, variables=ALL_VARIABLES)
+    out = kk_kernel(
+        asarray(xp, ssd, f32), asarray(xp, e), zlp_intensity=asarray(xp, n0, f32),
+        thickness_nm=asarray(xp, t_map, f32), valid=asarray(xp, valid), **kw,
+    )  # fmt: skip
+    assert out["eps1"].dtype == out["eps2"].dtype == out["thickness_nm"].dtype == xp.float32
+    out = {k: to_numpy(v) for k, v in out.items()}
+    ref = kk_kernel(ssd, e, zlp_intensity=n0, thickness_nm=t_map, valid=valid, **kw)
+    good = np.array([True, True, False, False])
+    np.testing.assert_array_equal(out["valid"], good)
+    np.testing.assert_array_equal(ref["valid"], good)
+    assert np.all(np.isnan(out["eps1"][~good])) and np.all(np.isnan(out["thickness_nm"][~good]))
+    energy = np.arange(1, out["eps1"].shape[-1] + 1) * 0.05
+    assert np.all(eps_error(out["eps1"][good], out["eps2"][good], energy, DRUDE) < 0.02)
+    assert np.all(np.abs(out["re_inverse_eps0"][good]) < 0.01)
+    np.testing.assert_allclose(out["thickness_nm"][good], t_true[good], rtol=1e-6)
+
+    def inverse(o):
+        e1, e2 = o["eps1"][good].astype(np.float64), o["eps2"][good].astype(np.float64)
+        m2 = e1**2 + e2**2
+        return e1 / m2, e2 / m2
+
+    (re32, im32), (re64, im64) = inverse(out), inverse(ref)
+    tol = 2.0**-24 * np.log2(4000) * im64.max()
+    assert np.abs(re32 - re64).max() < tol and np.abs(im32 - im64).max() < tol

@@ -22,7 +22,7 @@ from kk_cases import image as _image
 from kk_cases import norm as _norm
 
 from eelsgpu import synthetic
-from eelsgpu.kernels.blocks_kk import kk_kernel
+from eelsgpu.kernels.blocks_kk import ALL_VARIABLES, kk_kernel
 from eelsgpu.kernels.blocks_lowloss import deconvolve_block
 from eelsgpu.kernels.surface import surface_loss_per_eV
 
@@ -72,6 +72,7 @@ def test_derived_quantities():
         beam_energy_keV=E0,
         collection_angle_mrad=BETA,
         metal=True,
+        variables=ALL_VARIABLES,  # the derived cubes are asked for (not in the default)
     )
     assert out["plasmon_energy_eV"][0] == pytest.approx(math.sqrt(16.7**2 - 3.7**2), abs=0.03)
     e_fine = np.linspace(5, 30, 250001)
@@ -128,6 +129,7 @@ def test_surface_correction_converges_and_flags(xp):
         beam_energy_keV=E0,
         collection_angle_mrad=BETA,
         refractive_index=LORENTZ_5.refractive_index,
+        variables=ALL_VARIABLES,  # the loss function and I_S are asked for
     )
     raw = {k: to_numpy(v) for k, v in kk_kernel(*args, **kw).items()}
     cor = {k: to_numpy(v) for k, v in kk_kernel(*args, iterations=30, **kw).items()}
@@ -230,6 +232,7 @@ def test_round_trip_reproduces_spectrum():
         beam_energy_keV=E0,
         collection_angle_mrad=BETA,
         metal=True,
+        variables=("eps1", "eps2", "loss_function", "thickness_nm"),
     )
     e = np.arange(1, out["eps1"].shape[-1] + 1) * 0.05
     eps = out["eps1"][0] + 1j * out["eps2"][0]
