@@ -43,7 +43,11 @@ import numpy as np
 import xarray as xr
 
 __all__ = [
+    "FILM_PARTS",
     "FLAGGED_GREY",
+    "optical_at",
+    "plot_film_fit",
+    "read_optical_table",
     "map_variables",
     "paired_map_variables",
     "uncertainty_map",
@@ -961,3 +965,131 @@ def _has_dominant_zlp(spectra: Mapping[str, xr.DataArray]) -> bool:
             if peak > 0 and peak > 20 * max(rest, 0):
                 return True
     return False
+
+
+# --------------------------------------------------------------------------- film fits
+#: How the film fit's spectra are drawn: the data as points, the model and its parts as lines.
+FILM_PARTS: dict[str, dict] = {
+    "model": {"color": "C3", "lw": 1.8, "label": "model"},
+    "model_bulk": {"color": "C0", "lw": 1.0, "ls": "--", "label": "bulk"},
+    "model_surface": {"color": "C2", "lw": 1.0, "ls": "--", "label": "surface / guided"},
+    "model_oxide": {"color": "C4", "lw": 1.0, "ls": "--", "label": "oxide / interface"},
+}
+
+
+def read_optical_table(path: str | os.PathLike) -> xr.Dataset:
+    """An optical-constants table (CSV with ``#`` comment lines and a header naming at least
+    ``energy_eV``, ``eps1``, ``eps2``; the tables of shared/data/reference/optical_constants)
+    as a Dataset on ``energy`` (eV, increasing); its ``name`` attribute is the file's stem.
+
+    Raises
+    ------
+    InputError
+        Not readable, or no energy_eV / eps1 / eps2 columns.
+    """
+    from .errors import InputError
+
+    p = Path(path)
+    try:
+        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
+        header = [h.strip() for h in lines[0].split(",")]
+        table = np.loadtxt(lines[1:], delimiter=",", ndmin=2)
+    except (OSError, ValueError, IndexError) as exc:
+        raise InputError(f"{p}: not an optical-constants CSV ({exc})") from None
+    need = ("energy_eV", "eps1", "eps2")
+    if any(n not in header for n in need) or table.shape[1] != len(header):
+        raise InputError(f"{p}: an optical table needs the columns {', '.join(need)}")
+    col = {n: table[:, header.index(n)] for n in header}
+    order = np.argsort(col["energy_eV"])
+    ds = xr.Dataset(
+        {n: ("energy", v[order]) for n, v in col.items() if n != "energy_eV"},
+        coords={"energy": ("energy", col["energy_eV"][order], {"units": "eV"})},
+        attrs={"name": p.stem, "source": str(p)},
+    )
+    return ds
+
+
+def optical_at(table: xr.Dataset, energy_eV: np.ndarray, name: str) -> np.ndarray:
+    """The table's column ``name`` linearly interpolated at ``energy_eV`` (eV); NaN outside the
+    table's range (never extrapolated)."""
+    e = np.asarray(table["energy"].values, float)
+    return np.interp(energy_eV, e, np.asarray(table[name].values, float), left=np.nan, right=np.nan)
+
+
+def plot_film_fit(
+    ds: xr.Dataset,
+    pixel: Sequence[int] | None = None,
+    path: str | os.PathLike | None = None,
+    *,
+    optical: xr.Dataset | str | os.PathLike | None = None,
+    xlim: tuple[float, float] | None = None,
+):
+    """The film fit of one pixel of a :func:`eelsgpu.fit_dielectric` result: on the left the SSD
+    (points) and the model with its parts (bulk, surface or guided modes, oxide or interface) on
+    ``energy_fit``; on the right eps1 and eps2 with +-1 sigma bands on ``energy``, beside the
+    optical table ``optical`` (a path or :func:`read_optical_table`'s Dataset) read at the same
+    energies, dashed.
+
+    ``pixel`` (indices of the navigation dims) defaults to the centre pixel. Returns the figure
+    (saved at ``path`` if given). Lines carry their labels (``ax.get_lines()``).
+    """
+    from .errors import InputError
+
+    if ds.attrs.get("analysis") != "fit_dielectric" or "model" not in ds:
+        raise InputError("plot_film_fit needs an eelsgpu.fit_dielectric result")
+    nav = tuple(d for d in ds["model"].dims if d != "energy_fit")
+    if pixel is None:
+        pixel = tuple(ds.sizes[d] // 2 for d in nav)
+    pixel = tuple(int(i) for i in pixel)
+    if len(pixel) != len(nav) or any(
+        not 0 <= i < ds.sizes[d] for d, i in zip(nav, pixel, strict=False)
+    ):
+        raise InputError(f"pixel {pixel} is not one of the fit's pixels ({dict(ds.sizes)})")
+    sel = dict(zip(nav, pixel, strict=True))
+    px = ds.isel(sel)
+    if isinstance(optical, str | os.PathLike):
+        optical = read_optical_table(optical)
+    plt = _pyplot()
+    fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=120, layout="constrained")
+    ef = np.asarray(px["energy_fit"].values, float)
+    ax_s.plot(ef, np.asarray(px["data"].values, float), ".", ms=3, color="0.25", label="data")
+    for name, style in FILM_PARTS.items():
+        if name in px:
+            y = np.asarray(px[name].values, float)
+            if np.any(np.isfinite(y) & (y != 0)):
+                ax_s.plot(ef, y, **style)
+    ax_s.set_xlabel("energy loss (eV)")
+    ax_s.set_ylabel("counts per channel")
+    model = ds.attrs.get("film_model", "")
+    dev = float(px["deviance_reduced"]) if "deviance_reduced" in px else float("nan")
+    ax_s.set_title(f"pixel {pixel}: {model} model, reduced deviance {dev:.3g}", fontsize=10)
+    ax_s.legend(fontsize=8)
+    e = np.asarray(px["energy"].values, float)
+    show = (e >= ef[0] - 1.0) if xlim is None else (e >= xlim[0]) & (e <= xlim[1])
+    for name, colour in (("eps1", "C0"), ("eps2", "C1")):
+        y = np.asarray(px[name].values, float)
+        ax_e.plot(e[show], y[show], color=colour, lw=1.5, label=f"{name} (fit)")
+        if f"{name}_sigma" in px:
+            s = np.asarray(px[f"{name}_sigma"].values, float)
+            ax_e.fill_between(
+                e[show], (y - s)[show], (y + s)[show], color=colour, alpha=0.25, lw=0, gid="band"
+            )
+        if optical is not None:
+            ref = optical_at(optical, e[show], name)
+            ax_e.plot(
+                e[show],
+                ref,
+                color=colour,
+                ls="--",
+                lw=1.0,
+                label=f"{name} ({optical.attrs.get('name', 'optical')})",
+            )
+    ax_e.axhline(0.0, color="0.6", lw=0.6)
+    ax_e.set_xlabel("energy (eV)")
+    ax_e.set_ylabel("eps (+-1 sigma)")
+    ax_e.set_title("dielectric function", fontsize=10)
+    ax_e.legend(fontsize=8)
+    if xlim is not None:
+        ax_s.set_xlim(*xlim)
+        ax_e.set_xlim(*xlim)
+    return _finish(fig, path, True, plt)

@@ -92,6 +92,31 @@ FLAG_ADVICE: dict[str, str] = {
     "NO_ONSET": "The band-gap fit failed: no onset significant above the noise, the best Eg or "
     "b at the edge of its search range, or a fit far worse than the image's median. Widen the "
     "window or the Eg range, or choose another background model; look at the fits.",
+    "FIT_NOT_CONVERGED": "(film fit) The dielectric-model fit still gained deviance at its last "
+    "Levenberg-Marquardt step, or found no finite fit: eps and the thickness are not returned as "
+    "good. Raise iterations, seed it from the classic KK result (kk=), or give oscillators.",
+    "FIT_AT_BOUND": "(film fit) A parameter ended on its box bound: that parameter (and its "
+    "sigma) is a limit, not an estimate. Widen the window, or drop the oscillator that ran away.",
+    "FIT_NON_UNIQUE": "(film fit) Another start fits as well (deviance within 2) with parameters "
+    "more than 3 sigma away: the data do not settle eps (thin-film-theory.md, non-uniqueness). "
+    "Fix the oxide thickness or an oscillator, or widen the window.",
+    "FIT_BAD": "(film fit) Reduced deviance above 2: the model misses the data. Add an "
+    "oscillator, an oxide (oxide_nm='fit'), or retardation; look at the data and model beside "
+    "each other.",
+    "CERENKOV_NO_RETARDATION": "(film fit) eps1 > 1/beta_v^2 (Cerenkov losses) fitted without "
+    "retardation: the non-retarded model cannot describe such a spectrum. Refit with "
+    "retardation=True.",
+    "THIN_UNCOUPLED": "(film fit) A film thinner than 2 v/omega_p fitted with eq. 36's "
+    "uncoupled surfaces: the surface modes couple at this thickness. Use model='film'.",
+    "METAL_LOW_E_NO_RETARDATION": "(film fit) A metal fitted below 8 eV without retardation: "
+    "its guided modes and retarded surface losses shape the spectrum there. Use "
+    "retardation=True, or start the window above 8 eV.",
+    "OSCILLATOR_OUTSIDE_WINDOW": "(film fit) An oscillator lies outside the fit window and was "
+    "held fixed: its parameters are assumptions, not results.",
+    "QUADRATURE": "(film fit) The fine angular quadrature moves a model channel by more than "
+    "0.3 sigma: the sharp plasmon needs more nodes (nodes_per_channel).",
+    "BETA_EXCEEDS_CUTOFF": "(film fit) The collection angle is beyond the plasmon cut-off "
+    "q_c/k0: the bulk term counts losses the plasmon does not have there. Give cutoff_mrad.",
 }
 
 _CSS = """
@@ -214,6 +239,7 @@ def report_html(
     source: str | None = None,
     xlim_eV: tuple[float, float] | None = None,
     spectra: xr.DataArray | None = None,
+    optical: xr.Dataset | str | os.PathLike | None = None,
 ) -> str:
     """The HTML text of the report of ``ds`` (see :func:`write_report`)."""
     if spectra is not None:
@@ -256,6 +282,10 @@ def report_html(
         sections.append("<h2>Maps</h2><div class='grid'>" + "".join(figs) + "</div>")
     for name in qualities:
         sections.append(_quality_section(ds[name], name))
+    if ds.attrs.get("analysis") == "fit_dielectric" and "model" in ds:
+        sections.append(_film_section(ds, pixels, optical, xlim_eV))
+    elif optical is not None:
+        raise InputError("--optical draws beside a film fit: the store is not fit_dielectric's")
 
     all_cubes = cube_variables(ds)
     cubes = [
@@ -350,6 +380,37 @@ def report_html(
         + "".join(sections)
         + "</main></body></html>"
     )
+
+
+def _film_section(ds: xr.Dataset, pixels, optical, xlim_eV) -> str:
+    """The film fit (thin-film-theory.md) of the chosen pixels (default the centre one): the data,
+    the model and its parts, eps with +-1 sigma beside the optical table when one is named."""
+    from .plotting import plot_film_fit, read_optical_table
+
+    nav = tuple(d for d in ds["model"].dims if d != "energy_fit")
+    if isinstance(optical, str | os.PathLike):
+        optical = read_optical_table(optical)
+    chosen = list(pixels or [tuple(ds.sizes[d] // 2 for d in nav)])
+    figs = []
+    for pix in chosen:
+        fig = plot_film_fit(ds, pix, optical=optical, xlim=xlim_eV)
+        sel = dict(zip(nav, pix, strict=True))
+        values = "; ".join(
+            f"{html.escape(n)} = {float(ds[n].isel(sel)):.4g}"
+            + (f" +- {float(ds[n + '_sigma'].isel(sel)):.2g}" if f"{n}_sigma" in ds else "")
+            + f" {html.escape(str(ds[n].attrs.get('units', '')))}"
+            for n in ds.attrs.get("parameters", [])
+            if n in ds
+        )
+        ref = (
+            f" beside {html.escape(str(optical.attrs.get('name')))}" if optical is not None else ""
+        )
+        caption = (
+            f"<b>film fit, pixel {pix}</b>: data (points), model and its parts; eps1, eps2 "
+            f"with +-1 sigma{ref}<br>{values}"
+        )
+        figs.append(_figure(_png(fig), f"film fit at pixel {pix}", caption))
+    return "<h2>Film fit</h2><div class='grid'>" + "".join(figs) + "</div>"
 
 
 def _quality_section(da: xr.DataArray, name: str) -> str:
@@ -467,6 +528,7 @@ def write_report(
     title: str | None = None,
     xlim_eV: tuple[float, float] | None = None,
     spectra: xr.DataArray | str | os.PathLike | None = None,
+    optical: xr.Dataset | str | os.PathLike | None = None,
 ) -> Path:
     """Write one self-contained HTML page of all maps of a result store.
 
@@ -487,6 +549,11 @@ def write_report(
     spectra : DataArray or path, optional
         A spectrum image (or a file :func:`eelsgpu.open` reads) with the maps' pixels, for the
         pixel and cluster spectra when the store holds none.
+    optical : path or Dataset, optional
+        An optical-constants table (CSV: ``energy_eV``, ``eps1``, ``eps2`` columns, as in
+        shared/data/reference/optical_constants) drawn beside a film fit's eps
+        (:func:`eelsgpu.plotting.plot_film_fit`; a :func:`eelsgpu.fit_dielectric` store draws
+        its data, model and parts, and eps with sigma bands, for ``pixels`` or the centre).
 
     Returns
     -------
@@ -514,6 +581,7 @@ def write_report(
         source=source,
         xlim_eV=xlim_eV,
         spectra=spectra,
+        optical=optical,
     )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

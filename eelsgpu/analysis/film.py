@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .. import engine
 from ..errors import InputError
 from ..kernels import film_fit as FF
+from ..kernels import quality as Q
+from ..kernels.blocks_film import FILM_PARTS, film_declaration
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS
-from ..kernels.oscillators import n_eff_per_nm3
 from ..model import require_param
 from . import _checks as chk
 from ._lowloss import spectrum_input
@@ -83,6 +85,8 @@ def fit_dielectric(
     kk: xr.Dataset | None = None,
     nodes_per_channel: int = 2,
     batch: int = 64,
+    energy_eV: Any = None,
+    device: str = "auto",
 ) -> xr.Dataset:
     """Fit a film's dielectric function to every pixel's SSD (thin-film-theory.md sections 1-3).
 
@@ -135,6 +139,13 @@ def fit_dielectric(
         channels; 1, the midpoint, is twice as fast and 1e-2 off at such a peak).
     batch : int
         Pixels per batch.
+    energy_eV : array, optional
+        The energies (eV, > 0) of the ``energy`` axis of eps; default the SSD's channels above
+        0.05 eV (:func:`eelsgpu.kramers_kronig` with ``surface="fit"`` gives its own axis).
+    device : {"auto", "cpu", "gpu"}
+        Where the fit runs (:func:`eelsgpu.engine.apply_kernel` maps
+        :mod:`eelsgpu.kernels.blocks_film` over pixel blocks; an SSD held in memory gives a
+        result in memory, a store's SSD a lazy one that ``eelsgpu.io.write_store`` streams).
 
     Returns
     -------
@@ -211,11 +222,11 @@ def fit_dielectric(
     if kind is None:
         kind = "layered" if oxide_nm is not None else ("kroger" if retardation else "coupled")
 
-    # the SSD and N0, pixels flat
+    # the SSD stays as it is (lazy for a store: the engine streams it); N0 is a map
     nav = tuple(d for d in si.dims if d != "energy")
+    shape = tuple(si.shape[:-1])
+    n_pix = int(np.prod(shape, dtype=np.int64))
     energy = np.asarray(si["energy"].values, dtype=np.float64)
-    data = np.asarray(si.values, dtype=np.float64).reshape(-1, energy.size)
-    n_pix = data.shape[0]
     n0 = zlp_intensity
     if n0 is None and dataset is not None and "zlp_intensity" in dataset:
         n0 = dataset["zlp_intensity"]
@@ -223,8 +234,7 @@ def fit_dielectric(
         raise InputError(
             "fit_dielectric needs N0: give zlp_intensity= (counts) or deconvolve's Dataset"
         )
-    n0 = np.broadcast_to(np.asarray(getattr(n0, "values", n0), dtype=np.float64), si.shape[:-1])
-    n0 = n0.reshape(-1)
+    n0 = np.broadcast_to(np.asarray(getattr(n0, "values", n0), dtype=np.float64), shape)
     if resolution_eV is None:
         resolution_eV = 0.0
         if dataset is not None and "resolution_eV" in dataset:
@@ -256,7 +266,6 @@ def fit_dielectric(
             "for the fit"
         )
     idx = sel[: n_bins * k]
-    y = data[:, idx].reshape(n_pix, n_bins, k).sum(axis=-1)
     c_lo = energy[idx].reshape(n_bins, k)[:, 0] - step / 2
     c_hi = energy[idx].reshape(n_bins, k)[:, -1] + step / 2
 
@@ -277,105 +286,76 @@ def fit_dielectric(
     fine = FF.fit_model(c_lo, c_hi, e0, beta, rule="fine", **common) if check_quadrature else None
 
     names = fm.names
-    n_p = len(names)
-    kk_seed = None
+    extras: dict[str, Any] = {"zlp_intensity": np.ascontiguousarray(n0)}
     if kk is not None:
-        kk_seed = tuple(
-            np.asarray(kk[v].values, dtype=np.float64).reshape(-1)
-            if v in kk
-            else np.full(n_pix, np.nan)
-            for v in ("plasmon_energy_eV", "thickness_nm")
-        )
-        if any(a.size != n_pix for a in kk_seed):
-            raise InputError("kk= must be the kramers_kronig result of the same pixels")
+        for v, key in (
+            ("plasmon_energy_eV", "kk_plasmon_energy_eV"),
+            ("thickness_nm", "kk_thickness_nm"),
+        ):
+            seed = np.asarray(kk[v].values, dtype=np.float64) if v in kk else np.full(shape, np.nan)
+            if seed.size != n_pix:
+                raise InputError("kk= must be the kramers_kronig result of the same pixels")
+            extras[key] = seed.reshape(shape)
     e_out = energy[energy > 0.05]
-    p_all = np.full((n_pix, n_p), np.nan)
-    s_all = np.full((n_pix, n_p), np.nan)
-    dev_all = np.full(n_pix, np.nan)
-    flags_all = np.zeros(n_pix, dtype=np.uint32)
-    eps_all = np.full((n_pix, e_out.size), np.nan + 0j)
-    se1 = np.full((n_pix, e_out.size), np.nan)
-    se2 = np.full((n_pix, e_out.size), np.nan)
-    parts = np.full((4, n_pix, n_bins), np.nan)
-    neff = np.full(n_pix, np.nan)
-    neff_s = np.full(n_pix, np.nan)
-    good = np.isfinite(n0) & (n0 > 0) & np.all(np.isfinite(y), axis=-1)
-    flags_all[~good] = FF.FIT_BITS["FIT_NOT_CONVERGED"][0]
-    rows = np.nonzero(good)[0]
-    for s in range(0, rows.size, batch):
-        r = rows[s : s + batch]
-        yb, nb = y[r], n0[r]
-        seed = FF.seed_from_ssd(np, fm, yb, nb, oscillators)
-        if kk_seed is not None:
-            seed = _seed_from_kk(seed, names, kk_seed[0][r], kk_seed[1][r])
-        fit = FF.fit_pixels(np, fm, yb, nb, seed, iterations=iterations, jitter=jitter, fine=fine)
-        scale = np.maximum(1.0, fit.deviance / fit.dof)
-        cov = fit.cov * scale[:, None, None]
-        p = np.exp(fit.p_log)
-        p_all[r] = p
-        s_all[r] = p * np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
-        dev_all[r] = fit.deviance / fit.dof
-        flags_all[r] = fit.flags
-        eps, s1, s2 = FF.eps_sigma(np, fm, fit.p_log, cov, e_out)
-        eps_all[r], se1[r], se2[r] = eps, s1, s2
-        mu, bulk, oxide, surf = FF.model_counts(np, fm, fit.p_log, nb, parts=True)
-        parts[:, r] = mu, bulk, oxide, surf
-        # n_eff from Ep_tot^2 = Ep^2 + sum f (section 2), sigma by the delta method
-        g = np.zeros((r.size, n_p))
-        ep2 = np.zeros(r.size)
-        for j, name in enumerate(names):
-            if name == "plasmon_energy_eV":
-                ep2 = ep2 + p[:, j] ** 2
-                g[:, j] = 2.0 * p[:, j] ** 2
-            elif name.endswith("_strength_eV2"):
-                ep2 = ep2 + p[:, j]
-                g[:, j] = p[:, j]
-        ep2 = ep2 + float(np.sum(np.asarray(fixed_oscillators, dtype=float).reshape(-1, 3)[:, 1]))
-        neff[r] = n_eff_per_nm3(np.sqrt(ep2))
-        var = np.einsum("bi,bij,bj->b", g, cov, g)
-        neff_s[r] = neff[r] * np.sqrt(np.maximum(var, 0.0)) / ep2
+    if energy_eV is not None:
+        e_out = np.asarray(energy_eV, dtype=np.float64).reshape(-1)
+        if e_out.size == 0 or not np.all(np.isfinite(e_out) & (e_out > 0)):
+            raise InputError("energy_eV must be finite energies > 0 eV")
+    fixed_f = float(np.sum(np.asarray(fixed_oscillators, dtype=float).reshape(-1, 3)[:, 1]))
+    res = engine.apply_kernel(
+        film_declaration(names, e_out, 0.5 * (c_lo + c_hi), batch),
+        si,
+        device=device,
+        extras=extras,
+        fm=fm,
+        fine=fine,
+        channels=np.asarray(idx, dtype=np.int64),
+        bin_width=int(k),
+        energy_out_eV=e_out,
+        oscillators=tuple(tuple(float(x) for x in o) for o in oscillators),
+        fixed_strength_eV2=fixed_f,
+        iterations=iterations,
+        jitter=jitter,
+    )
+    if si.chunks is None:  # in memory in, in memory out (a store's SSD stays lazy)
+        res = res.compute()
 
-    shape = si.shape[:-1]
-    quality = np.zeros(n_pix, dtype=np.uint32)
+    flags = res["fit_flags"].astype(np.uint32)
     if dataset is not None and "quality" in dataset:
-        quality = np.asarray(dataset["quality"].values, dtype=np.uint32).reshape(-1)
-    upstream_valid = np.ones(n_pix, dtype=bool)
+        upstream = dataset["quality"].astype(np.uint32)
+    else:
+        upstream = xr.zeros_like(flags)
+    # the fit's flags join the upstream bits at quality bits 14-23 (same order as FIT_BITS)
+    quality = np.bitwise_or(upstream, np.left_shift(flags, np.uint32(Q.FIT_SHIFT)))
+    valid = np.bitwise_and(quality, np.uint32(Q.FATAL)) == 0
     if dataset is not None and "valid" in dataset:
-        upstream_valid = np.asarray(dataset["valid"].values, dtype=bool).reshape(-1)
-    valid = upstream_valid & good & ((flags_all & FF.FIT_FATAL) == 0)
-
-    def nav_map(v: np.ndarray, unit: str, long_name: str) -> tuple:
-        return nav, v.reshape(shape), {"units": unit, "long_name": long_name}
+        valid = valid & dataset["valid"].astype(bool)
 
     out = xr.Dataset(coords={k_: si.coords[k_] for k_ in nav if k_ in si.coords})
     out = out.assign_coords(
         energy=("energy", e_out, {"units": "eV"}),
         energy_fit=("energy_fit", 0.5 * (c_lo + c_hi), {"units": "eV"}),
     )
-    spec_dims = nav + ("energy",)
-    eps_all = eps_all.reshape(shape + (e_out.size,))
-    out["eps1"] = (spec_dims, eps_all.real, {"long_name": "eps1 (fitted model)"})
-    out["eps2"] = (spec_dims, eps_all.imag, {"long_name": "eps2 (fitted model)"})
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["loss_function"] = (spec_dims, np.imag(-1.0 / eps_all), {"long_name": "Im[-1/eps]"})
-    out["eps1_sigma"] = (spec_dims, se1.reshape(eps_all.shape), {"long_name": "sigma of eps1"})
-    out["eps2_sigma"] = (spec_dims, se2.reshape(eps_all.shape), {"long_name": "sigma of eps2"})
-    for j, name in enumerate(names):
-        out[name] = nav_map(p_all[:, j], _unit(name), name)
-        out[name + "_sigma"] = nav_map(s_all[:, j], _unit(name), f"sigma of {name}")
+    for name in ("eps1", "eps2", "loss_function", "eps1_sigma", "eps2_sigma"):
+        out[name] = res[name].transpose(*nav, "energy")
+    for name in names:
+        out[name] = res[name]
+        out[name + "_sigma"] = res[name + "_sigma"]
     if fixed_d is not None:
-        out["oxide_nm"] = nav_map(np.full(n_pix, fixed_d), "nm", "oxide_nm (fixed)")
-    out["n_eff_per_nm3"] = nav_map(neff, "1/nm^3", "n_eff from the f-sum rule")
-    out["n_eff_per_nm3_sigma"] = nav_map(neff_s, "1/nm^3", "sigma of n_eff")
-    out["deviance_reduced"] = nav_map(dev_all, "", "Poisson deviance / (channels - parameters)")
-    out["fit_flags"] = (nav, flags_all.reshape(shape), {"bits": _bit_table()})
-    out["quality"] = (nav, quality.reshape(shape), {"long_name": "upstream quality bits"})
-    out["valid"] = (nav, valid.reshape(shape))
-    fit_dims = nav + ("energy_fit",)
-    labels = ("model", "model_bulk", "model_oxide", "model_surface")
-    out["data"] = (fit_dims, y.reshape(shape + (n_bins,)), {"units": "counts"})
-    for lab, arr in zip(labels, parts, strict=True):
-        out[lab] = (fit_dims, arr.reshape(shape + (n_bins,)), {"units": "counts"})
+        out["oxide_nm"] = (
+            nav,
+            np.full(shape, fixed_d),
+            {"units": "nm", "long_name": "oxide_nm (fixed)"},
+        )
+    for name in ("n_eff_per_nm3", "n_eff_per_nm3_sigma", "deviance_reduced"):
+        out[name] = res[name]
+    out["fit_flags"] = flags.assign_attrs(bits=_bit_table())
+    out["quality"] = quality.transpose(*nav).assign_attrs(
+        {"long_name": "quality bits (upstream, and fit_flags at 14-23)", **Q.describe()}
+    )
+    out["valid"] = valid.transpose(*nav)
+    for name in FILM_PARTS:
+        out[name] = res[name].transpose(*nav, "energy_fit")
     out.attrs = {
         "analysis": "fit_dielectric",
         "film_model": kind,
@@ -396,22 +376,191 @@ def fit_dielectric(
     return out
 
 
-def _seed_from_kk(seed: np.ndarray, names: tuple[str, ...], e0: np.ndarray, t: np.ndarray):
-    """The SSD's seed with Ep and t from the classic KK result where it has finite values."""
-    seed = seed.copy()
-    if "plasmon_energy_eV" in names:
-        j = names.index("plasmon_energy_eV")
-        gamma = np.exp(seed[:, names.index("damping_eV")])
-        ok = np.isfinite(e0) & (e0 > 0)
-        seed[ok, j] = np.log(np.sqrt(e0[ok] ** 2 + gamma[ok] ** 2))
-    ok = np.isfinite(t) & (t > 0)
-    seed[ok, 0] = np.log(t[ok])
-    return seed
-
-
 def _bit_table() -> str:
     """The fit flags' table as text (JSON-safe attribute)."""
     return "; ".join(
         f"{int(math.log2(b))}={n}{' (fatal)' if fatal else ''}"
         for n, (b, fatal, _) in FF.FIT_BITS.items()
     )
+
+
+#: The values of ``surface_method`` (:func:`eelsgpu.kramers_kronig` with ``surface="fit"``).
+SURFACE_METHODS: dict[int, str] = {
+    0: "Kramers-Kronig (its surface iteration as asked)",
+    1: "dielectric-model fit (fit_dielectric) where KK flagged SURFACE_NOT_CORRECTED",
+    2: "the fit failed (a fatal fit flag): Kramers-Kronig kept, still SURFACE_NOT_CORRECTED",
+}
+
+#: The per-channel KK outputs the fit's eps re-derives at the fitted pixels (kk-theory.md eq. 34,
+#: Egerton 2011 eq. 4.29), and those it cannot (NaN there).
+_DERIVED = ("refractive_index", "extinction_coefficient", "absorption_coefficient", "n_eff")
+_NOT_DERIVED = ("surface_intensity", "re_inverse_eps0", "static_refractive_index")
+
+
+def surface_fit(
+    kk: xr.Dataset,
+    ssd: xr.Dataset | xr.DataArray,
+    zlp_intensity: Any = None,
+    beam_energy_keV: float | None = None,
+    collection_angle_mrad: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """``kramers_kronig(..., surface="fit")``: refit the pixels whose surface iteration failed.
+
+    Where ``kk`` (a :func:`eelsgpu.kramers_kronig` result) flags SURFACE_NOT_CORRECTED, or its
+    ``surface_status`` is 3 (did not converge), :func:`fit_dielectric` fits those pixels of
+    ``ssd`` (seeded from KK's plasmon energy and thickness, thin-film-theory.md section 2); where
+    the fit is valid its eps1, eps2, loss function (on KK's energy axis) and thickness replace
+    KK's, the optical cubes are re-derived from them (n, k, mu, n_eff; plasmon and loss-peak
+    energies), SURFACE_NOT_CORRECTED is cleared and the fit's flags join ``quality`` at bits
+    14-23. ``surface_method`` (uint8, :data:`SURFACE_METHODS`) says which pixels were fitted;
+    ``surface_fit_deviance_reduced`` the fit's reduced deviance there. ``options`` are keyword
+    arguments of :func:`fit_dielectric` (``model``, ``retardation``, ``oxide_nm``, ...).
+
+    Examples
+    --------
+    >>> sorted(SURFACE_METHODS)
+    [0, 1, 2]
+    """
+    from ..kernels import optics
+
+    options = dict(options or {})
+    fixed = {"kk", "energy_eV", "zlp_intensity", "beam_energy_keV", "collection_angle_mrad"}
+    if fixed & set(options):
+        raise InputError(
+            f"surface_fit options cannot set {sorted(fixed & set(options))}: "
+            "kramers_kronig gives them"
+        )
+    nav = tuple(d for d in kk["eps1"].dims if d != "energy")
+    shape = tuple(int(kk.sizes[d]) for d in nav)
+    n_pix = int(np.prod(shape, dtype=np.int64))
+
+    def flat(name: str, src: xr.Dataset = kk) -> np.ndarray:
+        v = src[name]
+        order = nav + (("energy",) if "energy" in v.dims else ())
+        return np.asarray(v.transpose(*order).values).reshape(n_pix, -1).squeeze(-1)
+
+    def flat_cube(name: str) -> np.ndarray:
+        return np.array(kk[name].transpose(*nav, "energy").values, dtype=np.float64).reshape(
+            n_pix, -1
+        )
+
+    qual = flat("quality").astype(np.uint32)
+    todo = (qual & Q.SURFACE_NOT_CORRECTED) != 0
+    if "surface_status" in kk:
+        todo |= flat("surface_status") == 3
+    method = np.zeros(n_pix, dtype=np.uint8)
+    dev = np.full(n_pix, np.nan)
+    out = kk.copy()
+    rows = np.nonzero(todo)[0]
+    if rows.size:
+        sub, n0 = _pixels(ssd, nav, shape, rows, zlp_intensity)
+        seed = xr.Dataset(
+            {
+                v: ("pixel", flat(v)[rows].astype(np.float64))
+                for v in ("plasmon_energy_eV", "thickness_nm")
+                if v in kk
+            }
+        )
+        e = np.asarray(kk["energy"].values, dtype=np.float64)
+        fit = fit_dielectric(
+            sub,
+            zlp_intensity=n0,
+            beam_energy_keV=beam_energy_keV,
+            collection_angle_mrad=collection_angle_mrad,
+            kk=seed,
+            energy_eV=e,
+            **options,
+        )
+        ok = np.asarray(fit["valid"].values, dtype=bool)
+        good, bad = rows[ok], rows[~ok]
+        method[good], method[bad] = 1, 2
+        dev[rows] = np.asarray(fit["deviance_reduced"].values)
+        cubes = {}
+        for name in ("eps1", "eps2", "loss_function"):
+            if name in kk:
+                cubes[name] = flat_cube(name)
+                cubes[name][good] = np.asarray(fit[name].values)[ok]
+        e1 = np.asarray(fit["eps1"].values)[ok]
+        e2 = np.asarray(fit["eps2"].values)[ok]
+        n_e, k_e = optics.refractive_index_nk(e1, e2)
+        derived = {
+            "refractive_index": n_e,
+            "extinction_coefficient": k_e,
+            "absorption_coefficient": optics.absorption_coefficient_per_nm(k_e, e),
+        }
+        if "n_eff" in kk and kk["n_eff"].attrs.get("units", "electrons/nm^3") == "electrons/nm^3":
+            derived["n_eff"] = optics.effective_electron_density(e2, e, float(e[1] - e[0]))
+        for name in _DERIVED + _NOT_DERIVED:
+            if name in kk and "energy" in kk[name].dims:
+                cubes[name] = flat_cube(name)
+                cubes[name][good] = derived.get(name, np.nan)
+        for name, arr in cubes.items():
+            out[name] = (nav + ("energy",), arr.reshape(shape + (e.size,)), kk[name].attrs)
+        maps = {"thickness_nm": np.asarray(fit["thickness_nm"].values)[ok]}
+        if "low_energy_cutoff_eV" in kk:
+            lo = e[None, :] >= flat("low_energy_cutoff_eV")[good][:, None]
+        else:
+            lo = np.ones((good.size, e.size), dtype=bool)
+        loss = np.asarray(fit["loss_function"].values)[ok]
+        maps["plasmon_energy_eV"] = optics.plasmon_energy_eV(np, e1, loss, e, lo)
+        maps["loss_peak_eV"] = optics.loss_peak_eV(np, loss, e, lo)
+        for name in _NOT_DERIVED:
+            if name in kk and "energy" not in kk[name].dims:
+                maps[name] = np.nan
+        for name, value in maps.items():
+            if name in kk:
+                arr = flat(name).astype(np.float64)
+                arr[good] = value
+                out[name] = (nav, arr.reshape(shape), kk[name].attrs)
+        fit_q = np.asarray(fit["fit_flags"].values, dtype=np.uint32)[ok]
+        qual = qual.copy()
+        qual[good] = (qual[good] & ~np.uint32(Q.SURFACE_NOT_CORRECTED)) | (
+            fit_q << np.uint32(Q.FIT_SHIFT)
+        )
+        kk_q = flat("quality").astype(np.uint32)
+        analysed = flat("valid").astype(bool) | ((kk_q & Q.FATAL) != 0)
+        out["quality"] = (nav, qual.reshape(shape), {**kk["quality"].attrs, **Q.describe()})
+        out["valid"] = (nav, (analysed & ((qual & Q.FATAL) == 0)).reshape(shape), kk["valid"].attrs)
+    out["surface_method"] = (
+        nav,
+        method.reshape(shape),
+        {"long_name": "surface treatment", **{str(k): v for k, v in SURFACE_METHODS.items()}},
+    )
+    out["surface_fit_deviance_reduced"] = (
+        nav,
+        dev.reshape(shape),
+        {"long_name": "the surface fit's Poisson deviance / (channels - parameters)"},
+    )
+    out.attrs["kk_surface"] = "fit"
+    out.attrs["kk_surface_fit_options"] = repr(options)
+    out.attrs["kk_surface_fit_pixels"] = int(np.sum(method == 1))
+    return out
+
+
+def _pixels(ssd, nav, shape, rows, zlp_intensity):
+    """The SSD (and its deconvolve maps) at the flat pixels ``rows`` on one ``pixel`` dim, and N0
+    there (``zlp_intensity`` given, else None: the Dataset's)."""
+    n_pix = int(np.prod(shape, dtype=np.int64))
+
+    def take(v: xr.DataArray) -> xr.DataArray:
+        extra = tuple(d for d in v.dims if d not in nav)
+        arr = np.asarray(v.transpose(*nav, *extra).values)
+        arr = np.broadcast_to(arr, shape + arr.shape[len(nav) :]) if arr.ndim else arr
+        arr = arr.reshape((n_pix,) + arr.shape[len(shape) :])[rows]
+        coords = {d: v.coords[d] for d in extra if d in v.coords}
+        return xr.DataArray(arr, dims=("pixel",) + extra, coords=coords, attrs=v.attrs)
+
+    if isinstance(ssd, xr.Dataset):
+        keep = ("ssd", "zlp_intensity", "zlp_fwhm_eV", "resolution_eV", "quality", "valid")
+        sub: Any = xr.Dataset(
+            {v: take(ssd[v]) for v in keep if v in ssd and set(nav) <= set(ssd[v].dims)},
+            attrs=ssd.attrs,
+        )
+    else:
+        sub = take(ssd)
+    n0 = zlp_intensity
+    if n0 is not None:
+        n0 = np.broadcast_to(np.asarray(getattr(n0, "values", n0), dtype=np.float64), shape)
+        n0 = n0.reshape(-1)[rows]
+    return sub, n0

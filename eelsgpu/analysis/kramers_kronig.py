@@ -167,6 +167,8 @@ def kramers_kronig(
     surface_share_limit: float = SURFACE_SHARE_LIMIT,
     cubes: Sequence[str] | str | None = None,
     variables: Sequence[str] | None = None,
+    surface: str = "iterate",
+    surface_fit: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Kramers-Kronig analysis of every pixel: eps(E), thickness and optical quantities.
 
@@ -240,6 +242,17 @@ def kramers_kronig(
         Instead of ``cubes``: exactly which outputs (cubes and maps) to compute, e.g.
         ``("thickness_nm",)``; ``quality`` and ``valid`` always. Give one of ``cubes`` and
         ``variables``.
+    surface : {"iterate", "fit"}
+        ``"iterate"`` (default): the surface correction is the iteration of eqs. 35-36
+        (``iterations`` steps; 0: none), as always. ``"fit"``: the same, then the pixels it
+        flags SURFACE_NOT_CORRECTED (or leaves not converged) are refitted by
+        :func:`eelsgpu.fit_dielectric` (thin-film-theory.md; seeded from KK) and, where the fit
+        is valid, its eps, loss function and thickness replace KK's there
+        (:func:`eelsgpu.analysis.film.surface_fit`: ``surface_method`` map, fit flags at
+        ``quality`` bits 14-23). Computed at once, not lazily.
+    surface_fit : dict, optional
+        Keyword arguments of :func:`eelsgpu.fit_dielectric` for ``surface="fit"`` (``model``,
+        ``retardation``, ``oxide_nm``, ``window_eV`` ...; default its own).
 
     Returns
     -------
@@ -273,6 +286,8 @@ def kramers_kronig(
     >>> bool(abs(float(ds["thickness_nm"][0, 0]) / float(sim["true_t_nm"][0, 0]) - 1) < 0.01)
     True
     """
+    if surface not in ("iterate", "fit"):  # issue 15: the film fit where the iteration fails
+        raise InputError(f"surface must be 'iterate' or 'fit', not {surface!r}")
     dataset = ssd if isinstance(ssd, xr.Dataset) else None
     if dataset is not None:
         if "ssd" not in dataset:
@@ -477,6 +492,10 @@ def kramers_kronig(
     )
     if "energy" in ds.coords:
         ds["energy"].attrs.update({"units": "eV", "long_name": "energy loss"})
+    if surface == "fit":  # issue 15: refit the pixels the surface iteration flags
+        from .film import surface_fit as _surface_fit
+
+        ds = _surface_fit(ds, ssd, zlp_intensity, e0, beta, surface_fit)
     return ds
 
 

@@ -57,7 +57,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     add_input(p, help="raw low-loss spectrum image, or an SSD store (eelsgpu deconvolve)")
     add_output(p)
-    norm = p.add_mutually_exclusive_group(required=True)
+    norm = p.add_mutually_exclusive_group(required=False)  # --model needs none (_film.py)
     norm.add_argument(
         "--refractive-index",
         type=float,
@@ -148,6 +148,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="pixel (Y,X) or region (Y0:Y1,X0:X1) for the spectra PNG (default: the centre pixel)",
     )
     add_analysis_options(p)
+    from ._film import add_film_options  # the dielectric-model fit (issue 15)
+
+    add_film_options(p)
     return p
 
 
@@ -270,6 +273,11 @@ def run(args: argparse.Namespace) -> int:
         for key in ("beam_energy_keV", "collection_angle_mrad"):
             if key in si.attrs:
                 ssd.attrs.setdefault(key, si.attrs[key])
+    from ._film import check_normalisation, film_requested, run_film  # issue 15: --model
+
+    if film_requested(args):
+        return run_film(args, ssd, out)
+    check_normalisation(args)
     cal = calibration_kwargs(args)
     ds = kramers_kronig(
         ssd,

@@ -33,6 +33,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="SI",
         help="spectrum image for the pixel / cluster spectra when the store has none",
     )
+    p.add_argument(
+        "--optical",
+        metavar="CSV",
+        help="optical constants (energy_eV, eps1, eps2 columns) drawn beside a film fit's eps",
+    )
     p.add_argument("--title", help="page title")
     p.add_argument("--xlim", metavar="LO:HI", help="energy range of the spectrum plots (eV)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         title=args.title,
         xlim_eV=parse_window(args.xlim),
         spectra=args.spectra,
+        optical=args.optical,
     )
     if not args.quiet:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

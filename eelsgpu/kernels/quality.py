@@ -43,6 +43,27 @@ bit    name                        fatal  meaning, and what to do about it
 13     NO_ONSET                    yes    (band gap) the onset fit failed: not significant above
                                           the noise, its Eg or b at the edge of the search
                                           range, or far worse than the image's median fit
+14     FIT_NOT_CONVERGED           yes    (film fit) the fit still gains deviance at its last
+                                          step, or no finite fit: more iterations, other starts
+15     FIT_AT_BOUND                no     (film fit) a parameter ended on its box bound
+16     FIT_NON_UNIQUE              no     (film fit) another start fits as well (delta D < 2)
+                                          more than 3 sigma away: the data do not settle eps
+17     FIT_BAD                     no     (film fit) reduced deviance > 2: the model misses the
+                                          data (another oscillator, an oxide, retardation)
+18     CERENKOV_NO_RETARDATION     yes    (film fit) eps1 > 1/beta_v^2 fitted without
+                                          retardation: refit with ``retardation=True``
+19     THIN_UNCOUPLED              no     (film fit) t < 2 v/omega_p fitted with eq. 36's
+                                          uncoupled surfaces: use ``model="film"``
+20     METAL_LOW_E_NO_RETARDATION  no     (film fit) a metal fitted below 8 eV without
+                                          retardation
+21     OSCILLATOR_OUTSIDE_WINDOW   no     (film fit) an oscillator outside the window (fixed)
+22     QUADRATURE                  no     (film fit) the fine angular rule moves a channel by
+                                          more than 0.3 sigma
+23     BETA_EXCEEDS_CUTOFF         no     (film fit) the collection angle is beyond the plasmon
+                                          cut-off q_c/k0: give ``cutoff_mrad``
+
+Bits 14-23 are :data:`eelsgpu.kernels.film_fit.FIT_BITS` (``fit_flags``) shifted by
+:data:`FIT_SHIFT`, in the same order (thin-film-theory.md section 3.5).
 =====  ==========================  =====  ======================================================
 
 Examples
@@ -62,17 +83,28 @@ from typing import Any
 __all__ = [
     "AXIS_OFFSET",
     "BITS",
+    "BETA_EXCEEDS_CUTOFF",
+    "CERENKOV_NO_RETARDATION",
     "EPS2_NEGATIVE",
     "FATAL",
+    "FIT_AT_BOUND",
+    "FIT_BAD",
+    "FIT_NON_UNIQUE",
+    "FIT_NOT_CONVERGED",
+    "FIT_SHIFT",
     "KK_THICKNESS_DISAGREES",
+    "METAL_LOW_E_NO_RETARDATION",
     "NEGATIVE_LOBE",
     "NEGATIVE_TAIL",
     "NEGATIVE_T_OVER_LAMBDA",
     "NO_ONSET",
     "NO_ZLP",
+    "OSCILLATOR_OUTSIDE_WINDOW",
+    "QUADRATURE",
     "RINGING",
     "SURFACE_NOT_CORRECTED",
     "TAIL_UNTRUSTED",
+    "THIN_UNCOUPLED",
     "UNPHYSICAL_BACKGROUND",
     "WINDOW_IN_ZLP_RESIDUE",
     "ZLP_MISMATCH",
@@ -95,6 +127,18 @@ UNPHYSICAL_BACKGROUND = 1 << 10
 WINDOW_IN_ZLP_RESIDUE = 1 << 11
 AXIS_OFFSET = 1 << 12
 NO_ONSET = 1 << 13
+#: The film fit's flags (``film_fit.FIT_BITS``, bits 0-9) sit at bits 14-23 here.
+FIT_SHIFT = 14
+FIT_NOT_CONVERGED = 1 << 14
+FIT_AT_BOUND = 1 << 15
+FIT_NON_UNIQUE = 1 << 16
+FIT_BAD = 1 << 17
+CERENKOV_NO_RETARDATION = 1 << 18
+THIN_UNCOUPLED = 1 << 19
+METAL_LOW_E_NO_RETARDATION = 1 << 20
+OSCILLATOR_OUTSIDE_WINDOW = 1 << 21
+QUADRATURE = 1 << 22
+BETA_EXCEEDS_CUTOFF = 1 << 23
 
 #: name -> (bit value, fatal, one-line meaning), in bit order.
 BITS: dict[str, tuple[int, bool, str]] = {
@@ -120,6 +164,32 @@ BITS: dict[str, tuple[int, bool, str]] = {
     "WINDOW_IN_ZLP_RESIDUE": (WINDOW_IN_ZLP_RESIDUE, True, "fit window inside the ZLP residue"),
     "AXIS_OFFSET": (AXIS_OFFSET, False, "ZLP far from 0 eV on the stored axis"),
     "NO_ONSET": (NO_ONSET, True, "no significant band-gap onset, or a fit at its range's edge"),
+    "FIT_NOT_CONVERGED": (FIT_NOT_CONVERGED, True, "film fit not converged, or no finite fit"),
+    "FIT_AT_BOUND": (FIT_AT_BOUND, False, "a film-fit parameter ended on its box bound"),
+    "FIT_NON_UNIQUE": (
+        FIT_NON_UNIQUE,
+        False,
+        "another film-fit start fits as well, > 3 sigma away",
+    ),
+    "FIT_BAD": (FIT_BAD, False, "film fit's reduced deviance > 2: the model misses the data"),
+    "CERENKOV_NO_RETARDATION": (
+        CERENKOV_NO_RETARDATION,
+        True,
+        "eps1 > 1/beta_v^2 fitted without retardation",
+    ),
+    "THIN_UNCOUPLED": (THIN_UNCOUPLED, False, "thin film fitted with uncoupled surfaces (eq. 36)"),
+    "METAL_LOW_E_NO_RETARDATION": (
+        METAL_LOW_E_NO_RETARDATION,
+        False,
+        "a metal fitted below 8 eV without retardation",
+    ),
+    "OSCILLATOR_OUTSIDE_WINDOW": (
+        OSCILLATOR_OUTSIDE_WINDOW,
+        False,
+        "a film-fit oscillator outside the window (fixed)",
+    ),
+    "QUADRATURE": (QUADRATURE, False, "the fine angular rule moves a channel by > 0.3 sigma"),
+    "BETA_EXCEEDS_CUTOFF": (BETA_EXCEEDS_CUTOFF, False, "beta beyond the plasmon cut-off"),
 }
 
 #: The bits that make a pixel not valid.
