@@ -10,7 +10,9 @@ holds ``bandgap_eV``, ``bandgap_error_eV``, ``exponent_b``, ``exponent_error``, 
 direct, 1 indirect, -1 flagged), ``fit_quality`` (reduced chi^2), ``r_squared``,
 ``onset_significance``, ``residue_excess``, ``zlp_residue_end_eV``, the ``quality`` bitmask
 (WINDOW_IN_ZLP_RESIDUE where the window starts on what the ZLP left, NO_ONSET where the fit
-fails) and ``valid``.
+fails) and ``valid``. ``--uncertainty replicas:K`` (with ``--gain``, ``--seed``) adds
+``bandgap_eV_sigma`` (and ``exponent_b_sigma`` with ``--model free``) from K Poisson replicas of
+each pixel refitted.
 
 Examples::
 
@@ -34,6 +36,7 @@ from ._common import (
     output_path,
     parse_chunks,
 )
+from ._uncertainty import add_uncertainty_options, describe, uncertainty_kwargs
 from .deconvolve import add_search_option, search_value
 
 
@@ -106,6 +109,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     add_png(p)
     add_analysis_options(p)
+    add_uncertainty_options(p)
     return p
 
 
@@ -215,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         search_eV=search_value(args) or (-5.0, 5.0),
         zlp_removed=True if args.zlp_removed else None,
         device=args.device,
+        **uncertainty_kwargs(args),
     )
     io.write_store(ds, out, overwrite=args.overwrite, progress=not args.quiet)
     res = io.open_store(out)
@@ -240,4 +245,11 @@ def run(args: argparse.Namespace) -> int:
             f"{int((gt == 0).sum())} direct, {int((gt == 1).sum())} indirect"
         )
         print(quality_summary(res["quality"]))
+        line = describe(res)
+        if line:
+            sig = np.asarray(res["bandgap_eV_sigma"].values)[valid]
+            sig = sig[np.isfinite(sig)]
+            if sig.size:
+                line += f"; median bandgap_eV_sigma {np.median(sig):.3g} eV"
+            print(line)
     return 0

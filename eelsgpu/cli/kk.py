@@ -20,7 +20,10 @@ explains it). The low-energy cut-off is 3 x each pixel's measured ZLP FWHM unles
 ``--low-energy-cutoff`` is given. ``--png PATH`` draws eps1, eps2 and the loss function (eq. 34
 from eps where that cube is not kept) of one pixel (``--pixel Y,X``) or the mean of a region
 (``--pixel Y0:Y1,X0:X1``) at PATH, and the thickness, plasmon-energy and quality maps beside it
-(PATH_thickness.png, PATH_plasmon.png, PATH_quality.png).
+(PATH_thickness.png, PATH_plasmon.png, PATH_quality.png). ``--uncertainty replicas:K`` (with
+``--gain``, the SSD's data units per electron, and ``--seed``) adds ``eps1_sigma``,
+``eps2_sigma``, ``thickness_nm_sigma`` and ``plasmon_energy_eV_sigma`` from K Poisson replicas of
+each pixel's SSD (its values taken as counts; see ``eelsgpu.kramers_kronig``).
 
 Examples::
 
@@ -28,6 +31,7 @@ Examples::
     eelsgpu kk lowloss.dm3 -o kk.zarr --zlp threshold --search 10:30 --refractive-index 1.46
     eelsgpu kk ssd.zarr -o kk.zarr --refractive-index 3.42 --iterations 10 --png kk.png
     eelsgpu kk ssd.zarr -o kk.zarr --metal --cubes eps1,eps2,loss_function,n_eff
+    eelsgpu kk ssd.zarr -o kk.zarr --metal --uncertainty replicas:50 --gain 1
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ._common import (
     output_path,
     parse_chunks,
 )
+from ._uncertainty import add_uncertainty_options, describe, uncertainty_kwargs
 from .deconvolve import add_search_option
 
 
@@ -148,6 +153,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="pixel (Y,X) or region (Y0:Y1,X0:X1) for the spectra PNG (default: the centre pixel)",
     )
     add_analysis_options(p)
+    add_uncertainty_options(p)
     from ._film import add_film_options  # the dielectric-model fit (issue 15)
 
     add_film_options(p)
@@ -293,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         mean_free_path_nm=args.mean_free_path_nm,
         min_thickness_nm=args.min_thickness_nm,
         cubes=cubes,
+        **uncertainty_kwargs(args),
     )
     ds.attrs["kk_input_path"] = str(args.input)
     if args.pixel is not None:  # a bad --pixel is an error before anything is written
@@ -313,6 +320,14 @@ def run(args: argparse.Namespace) -> int:
             msg += f", surface correction converged in {int(np.sum(res['converged'].values))}"
         print(msg)
         print(quality_summary(res["quality"]))
+        line = describe(res)
+        if line:
+            if "thickness_nm_sigma" in res and good.any():
+                sig = np.asarray(res["thickness_nm_sigma"].values)[good]
+                sig = sig[np.isfinite(sig)]
+                if sig.size:
+                    line += f"; median thickness_nm_sigma {np.median(sig):.3g} nm"
+            print(line)
     return 0
 
 

@@ -54,3 +54,36 @@ def test_bandgap_cli_writes_store_and_pictures(tmp_path):
     assert png.stat().st_size > 1000
     assert (tmp_path / "gap_gap_type.png").exists()
     assert main(["bandgap", str(src), "-o", str(out), "-q"]) == 2  # exists, no --overwrite
+
+
+def test_bandgap_cli_uncertainty_replicas(tmp_path, capsys):
+    """Truth: ``eelsgpu.bandgap(..., uncertainty="replicas:8", gain=1, seed=4)`` on the same
+    store: `eelsgpu bandgap --uncertainty replicas:8 --gain 1 --seed 4` writes the same
+    bandgap_eV_sigma and prints the noise model with the median sigma. Covers the CLI wiring;
+    the sigma's coverage is tests/analysis/test_kk_bandgap_uncertainty.py."""
+    from eelsgpu import io
+    from eelsgpu.analysis.bandgap import bandgap
+    from eelsgpu.cli import main
+
+    e, y = onset_spectra(2.5, 1.5, 6, seed=12)
+    si = spectrum_image(y.reshape(2, 3, -1), e)
+    src = io.write_store(si, tmp_path / "onsets.zarr")
+    out = tmp_path / "gap.zarr"
+    opts = ["--uncertainty", "replicas:8", "--gain", "1", "--seed", "4"]
+    args = ["bandgap", str(src), "-o", str(out), "--window", "1:5", "--model", "indirect"]
+    assert main([*args, "--device", "cpu", *opts]) == 0
+    text = capsys.readouterr().out
+    assert "uncertainty: replicas:8" in text and "median bandgap_eV_sigma" in text
+    res = io.open_store(out)
+    api = bandgap(
+        io.open_store(src)["signal"],
+        window_eV=(1.0, 5.0),
+        model="indirect",
+        device="cpu",
+        uncertainty="replicas:8",
+        gain=1.0,
+        seed=4,
+    ).compute()
+    got = res["bandgap_eV_sigma"].values
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, api["bandgap_eV_sigma"].values, rtol=1e-5)

@@ -177,3 +177,50 @@ def test_cli_kk_cubes_default_and_asked(tmp_path):
     np.testing.assert_allclose(lf["loss_function"].values, e2 / (e1**2 + e2**2), rtol=1e-4)
     assert cubes_of(a) == set(CUBE_OUTPUTS)
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+def test_cli_kk_uncertainty_replicas(tmp_path, capsys):
+    """Truth: ``eelsgpu.kramers_kronig(..., uncertainty="replicas:8", gain=1, seed=5)`` on the
+    same store: `eelsgpu kk --uncertainty replicas:8 --gain 1 --seed 5` writes the same
+    eps1/eps2/thickness/plasmon-energy sigmas (replicas seeded per pixel) and prints the noise
+    model; `--uncertainty analytic` is refused (exit 2). Covers the CLI wiring; the sigmas'
+    coverage is tests/analysis/test_kk_bandgap_uncertainty.py."""
+    from eelsgpu import io
+    from eelsgpu.analysis.kramers_kronig import kramers_kronig
+    from eelsgpu.cli import main
+
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        shape=(2, 3),
+        t_over_lambda=0.5,
+        n_channels=512,
+        dispersion_eV=0.1,
+        total_counts=1e5,
+        noise=False,
+        dtype=np.float64,
+    )
+    rng = np.random.default_rng(0)
+    ssd = sim["true_ssd"].copy(data=rng.poisson(sim["true_ssd"].values).astype(np.float64))
+    ssd.attrs.update(beam_energy_keV=200.0, collection_angle_mrad=10.0)
+    store = xr.Dataset({"ssd": ssd, "zlp_intensity": sim["true_zlp_intensity"]})
+    src = io.write_store(store, tmp_path / "ssd.zarr")
+    base = ["kk", str(src), "--metal", "--low-energy-cutoff", "1.5", "--device", "cpu"]
+    out = tmp_path / "kk.zarr"
+    opts = ["--uncertainty", "replicas:8", "--gain", "1", "--seed", "5"]
+    assert main([*base, "-o", str(out), *opts]) == 0
+    assert "uncertainty: replicas:8" in capsys.readouterr().out
+    res = io.open_store(out)
+    api = kramers_kronig(
+        io.open_store(src),
+        metal=True,
+        low_energy_cutoff_eV=1.5,
+        device="cpu",
+        uncertainty="replicas:8",
+        gain=1.0,
+        seed=5,
+    ).compute()
+    for name in ("eps1", "eps2", "thickness_nm", "plasmon_energy_eV"):
+        got = res[f"{name}_sigma"].values
+        assert np.isfinite(got).any(), name
+        np.testing.assert_allclose(got, api[f"{name}_sigma"].values, rtol=1e-5, err_msg=name)
+    assert main([*base, "-o", str(tmp_path / "a.zarr"), "--uncertainty", "analytic"]) == 2
