@@ -75,6 +75,30 @@ def spectrum_input(si: Any, what: str, *, raw: bool = True) -> xr.DataArray:
     return si
 
 
+def ssd_input(ssd: Any, what: str) -> tuple[xr.Dataset | None, xr.DataArray, dict[str, Any]]:
+    """The SSD an analysis of the single-scattering distribution takes (KK, the film fit).
+
+    ``ssd`` is the Dataset :func:`eelsgpu.deconvolve` returns (or an SSD store opened as one) or a
+    bare DataArray. Returns the Dataset (None for a DataArray), its ``ssd`` variable and the attrs
+    of both (the variable's win), so that ``deconvolution_output`` and the recorded beam
+    parameters are found wherever they were written.
+    """
+    if isinstance(ssd, xr.Dataset):
+        if "ssd" not in ssd:
+            raise InputError(
+                "the Dataset has no 'ssd' variable: give eelsgpu.deconvolve's result, an SSD "
+                "store, or the SSD as a DataArray"
+            )
+        return ssd, ssd["ssd"], {**ssd.attrs, **ssd["ssd"].attrs}
+    if isinstance(ssd, xr.DataArray):
+        return None, ssd, dict(ssd.attrs)
+    raise InputError(
+        f"{what} takes the xarray Dataset eelsgpu.deconvolve returns or an SSD as an xarray "
+        f"DataArray with an 'energy' dim (eV), not a {type(ssd).__name__}; wrap an array with "
+        "eelsgpu.spectrum_image(data, energy_eV=...)"
+    )
+
+
 def check_calibration(**values: Any) -> None:
     """Range-check the calibration and mean-free-path numbers a public analysis was given
     (None: not given), whether or not this run uses them: ``beam_energy_keV`` (keV),

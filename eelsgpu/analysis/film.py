@@ -46,7 +46,7 @@ from ..kernels.blocks_film import FILM_PARTS, film_declaration
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS
 from ..model import require_param
 from . import _checks as chk
-from ._lowloss import spectrum_input
+from ._lowloss import spectrum_input, ssd_input
 
 __all__ = ["fit_dielectric"]
 
@@ -165,22 +165,7 @@ def fit_dielectric(
         Not an SSD, an output on the data's axis (``reconvolved-zlp``), a number out of range,
         no N0, an empty window.
     """
-    dataset = ssd if isinstance(ssd, xr.Dataset) else None
-    if dataset is not None:
-        if "ssd" not in dataset:
-            raise InputError(
-                "the Dataset has no 'ssd' variable: give eelsgpu.deconvolve's result or the SSD "
-                "as a DataArray"
-            )
-        si = dataset["ssd"]
-        attrs = {**dataset.attrs, **si.attrs}
-    elif isinstance(ssd, xr.DataArray):
-        si, attrs = ssd, dict(ssd.attrs)
-    else:
-        raise InputError(
-            "fit_dielectric takes eelsgpu.deconvolve's Dataset or an SSD DataArray with an "
-            f"'energy' dim (eV), not a {type(ssd).__name__}"
-        )
+    dataset, si, attrs = ssd_input(ssd, "fit_dielectric")
     output = attrs.get("deconvolution_output", attrs.get("output"))
     if output is not None and output not in ALIGNED_OUTPUTS:
         raise InputError(

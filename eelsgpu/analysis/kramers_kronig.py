@@ -115,7 +115,7 @@ from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss
 from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
 from . import _checks as chk
-from ._lowloss import as_map, check_calibration, mean_free_path, spectrum_input
+from ._lowloss import as_map, check_calibration, mean_free_path, spectrum_input, ssd_input
 from ._uncertainty import parse_uncertainty
 
 __all__ = [
@@ -348,23 +348,7 @@ def kramers_kronig(
     """
     if surface not in ("iterate", "fit"):  # issue 15: the film fit where the iteration fails
         raise InputError(f"surface must be 'iterate' or 'fit', not {surface!r}")
-    dataset = ssd if isinstance(ssd, xr.Dataset) else None
-    if dataset is not None:
-        if "ssd" not in dataset:
-            raise InputError(
-                "the Dataset has no 'ssd' variable: give eelsgpu.deconvolve's result, an SSD "
-                "store, or the SSD as a DataArray"
-            )
-        si = dataset["ssd"]
-        attrs = {**dataset.attrs, **si.attrs}
-    elif isinstance(ssd, xr.DataArray):
-        si, attrs = ssd, dict(ssd.attrs)
-    else:
-        raise InputError(
-            "kramers_kronig takes the xarray Dataset eelsgpu.deconvolve returns or an SSD as an "
-            f"xarray DataArray with an 'energy' dim (eV), not a {type(ssd).__name__}; wrap an "
-            "array with eelsgpu.spectrum_image(data, energy_eV=...)"
-        )
+    dataset, si, attrs = ssd_input(ssd, "kramers_kronig")
     # a DataArray with an energy axis (moved last), real numbers, not empty (an SSD: no ZLP to
     # judge its energy scale by)
     si = spectrum_input(si, "kramers_kronig", raw=False)
