@@ -10,6 +10,7 @@ SSD band-limited by a Gaussian of each pixel's measured ZLP FWHM) or an SSD stor
 normalisation: ``--refractive-index N`` (insulator or semiconductor), ``--metal``, or
 ``--thickness NM`` (a number, or a store/.npy map in nm). ``--density`` or
 ``--mean-free-path`` add the log-ratio thickness to compare with (KK_THICKNESS_DISAGREES).
+``--surface fit`` refits, through a film model, the pixels whose surface correction fails.
 
 The store holds the cubes eps1 and eps2 (``--cubes`` picks others: ``loss_function``,
 ``surface_intensity``, ``refractive_index``, ``extinction_coefficient``,
@@ -83,6 +84,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="surface-loss correction iterations at most (eqs. 35-36; default 0)",
+    )
+    p.add_argument(
+        "--surface",
+        choices=("iterate", "fit"),
+        default="iterate",
+        help="iterate (default): the surface correction of --iterations alone; fit: where it "
+        "cannot correct a pixel (SURFACE_NOT_CORRECTED, not converged), fit a Drude + Lorentz "
+        "eps through a film model there (issue 15; --model and the fit options below choose it)",
     )
     p.add_argument(
         "--zlp",
@@ -279,9 +288,16 @@ def run(args: argparse.Namespace) -> int:
         for key in ("beam_energy_keV", "collection_angle_mrad"):
             if key in si.attrs:
                 ssd.attrs.setdefault(key, si.attrs[key])
-    from ._film import check_normalisation, film_requested, run_film  # issue 15: --model
+    from ._film import check_normalisation, film_kwargs, film_requested, run_film  # issue 15
 
-    if film_requested(args):
+    surface_fit = None
+    if args.surface == "fit":  # KK first, the film fit only where its surface iteration fails
+        surface_fit = {
+            k: v
+            for k, v in film_kwargs(args).items()
+            if v is not None and k not in ("beam_energy_keV", "collection_angle_mrad")
+        }
+    elif film_requested(args):
         return run_film(args, ssd, out)
     check_normalisation(args)
     cal = calibration_kwargs(args)
@@ -299,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
         mean_free_path_nm=args.mean_free_path_nm,
         min_thickness_nm=args.min_thickness_nm,
         cubes=cubes,
+        surface=args.surface,
+        surface_fit=surface_fit,
         **uncertainty_kwargs(args),
     )
     ds.attrs["kk_input_path"] = str(args.input)
@@ -318,6 +336,12 @@ def run(args: argparse.Namespace) -> int:
             msg += f", thickness {np.median(t[good]):.1f} nm median"
         if args.iterations:
             msg += f", surface correction converged in {int(np.sum(res['converged'].values))}"
+        if "surface_method" in res:
+            method = np.asarray(res["surface_method"].values)
+            msg += (
+                f", film fit where the iteration could not correct: {int(np.sum(method == 1))} "
+                f"pixels fitted, {int(np.sum(method == 2))} failed (KK kept, flagged)"
+            )
         print(msg)
         print(quality_summary(res["quality"]))
         line = describe(res)

@@ -1,5 +1,5 @@
-"""The film-fit runner of ``eelsgpu kk --model`` (eelsgpu.cli._film), through its standalone
-parser until the merge wires it into ``eelsgpu kk``."""
+"""The film fit on the command line: the runner of ``eelsgpu kk --model`` (eelsgpu.cli._film,
+also through its standalone parser) and ``eelsgpu kk --surface fit``."""
 
 from __future__ import annotations
 
@@ -88,3 +88,46 @@ def test_eelsgpu_kk_model_on_a_synthetic_film_store(tmp_path, capsys):
     assert "one normalisation" in capsys.readouterr().err
     assert main(base + fit + ["--overwrite", "--metal", "-q"]) == 0
     assert io.open_store(out).attrs["analysis"] == "fit_dielectric"
+
+
+def test_cli_kk_surface_fit_on_the_classic_failure_case(tmp_path, capsys):
+    """Truth: eelsgpu.synthetic, issue 15's failure case of the surface iteration (Drude 15 eV /
+    1 eV at 96 nm, 300 kV, 10 mrad, exact eq. 31 + eq. 36 SSD) beside a 400 nm pixel of the same
+    metal. ``eelsgpu kk --metal --iterations 10 --surface fit --model eq36 --no-retardation``
+    refits only the pixel the iteration flags: its thickness within 1 % of 96 nm (the iteration
+    alone is more than 3 % off), ``surface_method`` [1, 0], the 400 nm pixel's thickness the same
+    number as with ``--surface iterate``, and the summary line says how many pixels were fitted."""
+    from eelsgpu import io
+    from eelsgpu.cli import main
+
+    model = synthetic.Drude(15.0, 1.0)
+    kw = dict(
+        beam_energy_keV=300.0,
+        collection_angle_mrad=10.0,
+        n_channels=768,
+        dispersion_eV=0.1,
+        offset_eV=-5.0,
+    )
+    lam = float(synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **kw).true_mean_free_path_nm)
+    t = np.array([96.0, 400.0])
+    sim = synthetic.low_loss_image(model, t_over_lambda=t / lam, shape=(2,), surface=True, **kw)
+    ssd = xr.Dataset(
+        {"ssd": sim["true_ssd"], "zlp_intensity": sim["true_zlp_intensity"]},
+        attrs={k: v for k, v in sim.attrs.items() if k != "synthetic_parameters"},
+    )
+    io.write_store(ssd, tmp_path / "ssd.zarr")
+    common = ["--metal", "--iterations", "10", "--low-energy-cutoff", "0.9", "--device", "cpu"]
+    rc = main(["kk", str(tmp_path / "ssd.zarr"), "-o", str(tmp_path / "it.zarr"), *common, "-q"])
+    assert rc == 0
+    capsys.readouterr()
+    rc = main(
+        ["kk", str(tmp_path / "ssd.zarr"), "-o", str(tmp_path / "fit.zarr"), *common]
+        + ["--surface", "fit", "--model", "eq36", "--no-retardation"]
+    )
+    assert rc == 0
+    it, fit = io.open_store(tmp_path / "it.zarr"), io.open_store(tmp_path / "fit.zarr")
+    assert abs(float(it.thickness_nm[0]) / 96.0 - 1.0) > 0.03
+    assert abs(float(fit.thickness_nm[0]) / 96.0 - 1.0) < 0.01
+    np.testing.assert_array_equal(fit.surface_method.values, [1, 0])
+    assert float(fit.thickness_nm[1]) == float(it.thickness_nm[1])
+    assert "1 pixels fitted, 0 failed" in capsys.readouterr().out
