@@ -34,11 +34,17 @@ OUTPUTS = [
 ]
 
 
-def _kernel(block, energy_eV, delay_s=0.0, scale=1.0):
-    """A stand-in pipeline kernel: rfft, a log and an irfft per spectrum (like Fourier-log)."""
+def _kernel(block, energy_eV, delay_s=0.0, scale=1.0, release_file=None):
+    """A stand-in pipeline kernel: rfft, a log and an irfft per spectrum (like Fourier-log).
+    ``release_file``: each block waits until that file exists (at most 120 s), so a test can hold
+    a run in progress for as long as it needs, whatever the machine's load."""
     xp = array_namespace(block)
     if delay_s:
         time.sleep(delay_s)
+    if release_file:
+        deadline = time.time() + 120
+        while not os.path.exists(release_file) and time.time() < deadline:
+            time.sleep(0.02)
     n = block.shape[-1]
     f = xp.fft.rfft(block, axis=-1)
     k = xp.arange(f.shape[-1], dtype=block.dtype)
@@ -50,10 +56,11 @@ def _kernel(block, energy_eV, delay_s=0.0, scale=1.0):
     }
 
 
-def slow_pipeline(si, device="auto", delay_s=0.0, scale=1.0):
+def slow_pipeline(si, device="auto", delay_s=0.0, scale=1.0, release_file=None):
     """Registered as a test pipeline (and loadable as ``test_batch:slow_pipeline``)."""
+    kw = {"release_file": release_file} if release_file else {}
     return engine.apply_kernel(
-        engine.BlockKernel(_kernel, OUTPUTS), si, device=device, delay_s=delay_s, scale=scale
+        engine.BlockKernel(_kernel, OUTPUTS), si, device=device, delay_s=delay_s, scale=scale, **kw
     )
 
 
@@ -415,7 +422,10 @@ def test_an_input_inside_outdir_is_never_its_own_output(tmp_path):
     "doc, message",
     [
         ({"pipeline": "thicknes"}, "unknown pipeline 'thicknes'"),
-        ({"parameters": {"scael": 2.0}}, "takes no parameter 'scael'; it takes delay_s, scale"),
+        (
+            {"parameters": {"scael": 2.0}},
+            "takes no parameter 'scael'; it takes delay_s, release_file, scale",
+        ),
         ({"parameters": {"device": "cpu"}}, "top-level 'device:'"),
         ({"inputs": []}, "'inputs:' must be a non-empty list"),
         ({"inputs": ["nothing/*.zarr"]}, "no input file"),
@@ -448,15 +458,22 @@ def test_concurrent_runs_on_one_outdir_are_refused(tmp_path):
     exit 2; the first finishes and its stores equal the in-memory results (before: both reported
     every file failed and left orphan partial stores). Job-array tasks share an OUTDIR."""
     si = _write_input(tmp_path / "in" / "a.zarr", shape=(16, 16, 64), chunks=(4, 4))
-    mpath = _manifest(tmp_path, ["in/a.zarr"], params={"delay_s": 1.0}, task_mib=0.01)
+    # the first run's blocks wait for a file the test writes once the second has been refused
+    # (before: a fixed delay, which a loaded machine could outlast before the second started)
+    release = tmp_path / "release"
+    params = {"release_file": str(release)}
+    mpath = _manifest(tmp_path, ["in/a.zarr"], params=params, task_mib=0.01)
     cmd = [sys.executable, "-m", "eelsgpu", "batch", str(mpath), "-o", "out", "--quiet"]
     first = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    done = tmp_path / "out" / ".a.zarr.eelsgpu-run" / "done"
+    run_dir = tmp_path / "out" / ".a.zarr.eelsgpu-run"
     deadline = time.time() + 60
-    while not (done.is_dir() and os.listdir(done)):
+    while not run_dir.is_dir():
         assert first.poll() is None and time.time() < deadline, first.stderr.read()
         time.sleep(0.02)
-    second = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True)
+    try:
+        second = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True)
+    finally:
+        release.touch()
     assert second.returncode == 2
     assert second.stderr.strip().startswith("eelsgpu batch: error: out: another eelsgpu run")
     assert first.wait(timeout=120) == 0, first.stderr.read()
