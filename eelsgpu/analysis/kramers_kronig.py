@@ -560,6 +560,15 @@ def kramers_kronig(
     for name in ("eps1_sigma", "eps2_sigma"):
         if name in ds:  # measured (tests/analysis/test_kk_bandgap_uncertainty.py), so said
             ds[name].attrs["coverage"] = KK_EPS_SIGMA_COVERAGE
+    if "eps2_sigma" in ds:
+        # A replica sigma of exactly 0 is eps2 held at 0 by the sign constraint in every replica
+        # (the SSD is negative there), not a certainty: no sigma (NaN) rather than a false 0.
+        attrs = dict(ds["eps2_sigma"].attrs)
+        ds["eps2_sigma"] = ds["eps2_sigma"].where(ds["eps2_sigma"] > 0)
+        ds["eps2_sigma"].attrs = {
+            **attrs,
+            "note": "NaN where eps2 is held at 0 by the sign constraint in every replica",
+        }
     if surface == "fit":  # issue 15: refit the pixels the surface iteration flags
         from .film import surface_fit as _surface_fit
 

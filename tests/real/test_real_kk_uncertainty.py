@@ -80,12 +80,14 @@ def test_real_kk_replica_sigmas_physical(shared_data, name):
     trusted = kk["energy"].values >= float(kk["eps_trusted_from_eV"].values.ravel()[0])
     counts = 16 * dec["ssd"].sel(energy=kk["energy"], method="nearest").values.ravel()
     eps2 = kk["eps2"].values.ravel()
-    # eps2's sigma is 0 exactly where the band-limited SSD is negative (eps2 clamped to 0 by
-    # the sign constraint in every replica: 212 channels above 200 eV for SiO2, 5 for Al), so
-    # it is asserted positive where the SSD has counts; eps1's everywhere trusted.
-    assert np.all(np.isfinite(kk["eps2_sigma"].values.ravel()[trusted])), name
+    # where the band-limited SSD is negative eps2 is held at 0 by the sign constraint in every
+    # replica (212 channels above 200 eV for SiO2, 5 for Al): no sigma there (NaN, never a
+    # false 0); finite and positive wherever eps2 has counts; eps1's everywhere trusted.
+    s2 = kk["eps2_sigma"].values.ravel()
+    assert not np.any(s2[trusted] == 0), name
     m = trusted & (counts > 0) & (eps2 > 0)
-    assert np.all(kk["eps2_sigma"].values.ravel()[m] > 0), name
+    assert np.all(np.isfinite(s2[m]) & (s2[m] > 0)), name
+    assert np.all(np.isnan(s2[trusted & (eps2 == 0)])), name
     s1 = kk["eps1_sigma"].values.ravel()[trusted]
     assert np.all(np.isfinite(s1)) and np.all(s1 > 0), name
     rel_eps2 = kk["eps2_sigma"].values.ravel()[m] / eps2[m]
