@@ -562,7 +562,9 @@ class StoreWriter:
         spectra_per_block = []
         self.n_blocks = int(np.prod(grid))
         for b in np.ndindex(*grid):
-            label = "_".join(map(str, b))
+            # (a result with no pixel dims, one spectrum's, is one block with an empty index:
+            # its marker must still be a file inside done/, not done/ itself)
+            label = "_".join(map(str, b)) or "0"
             if label in done:
                 continue
             region = {

@@ -130,3 +130,26 @@ def test_json_safe_run_attributes_round_trip(tmp_path):
         "d": str(tmp_path),
         "e": None,
     }
+
+
+def test_a_result_without_pixel_dims_is_written(tmp_path):
+    """Truth: the values written. One spectrum's result (no y/x: a 0-d map first, a cube on
+    energy, an in-memory flag), as ``eelsgpu kk --surface fit`` makes for a single-spectrum
+    file, is written whole and reads back equal (before: its one block had an empty label, so
+    its done-marker was the done/ folder itself and the write failed with IsADirectoryError)."""
+    import dask.array as da
+
+    from eelsgpu.io import open_store, write_store
+
+    ds = xr.Dataset(
+        {
+            "t": ((), da.from_array(np.array(2.5))),
+            "eps1": (("energy",), da.from_array(np.arange(5.0))),
+            "q": ((), np.uint32(1)),
+        },
+        coords={"energy": np.arange(5.0)},
+    )
+    write_store(ds, tmp_path / "one.zarr", progress=False)
+    res = open_store(tmp_path / "one.zarr")
+    assert float(res["t"]) == 2.5 and int(res["q"]) == 1
+    np.testing.assert_array_equal(res["eps1"].values, np.arange(5.0))
