@@ -5,7 +5,9 @@ kernel, its outputs, its tile size); the engine decides the blocks, moves them t
 calls the kernel and writes the results. Like LiberTEM's executors, each concern has its module:
 
 ========================  ====================================================================
-:mod:`.blocks`            :func:`apply_kernel`: a BlockKernel over the pixel blocks (lazy, dask)
+:mod:`.blocks`            :func:`apply_kernel`: a BlockKernel over the pixel blocks; eager (at
+                          once, on a thread per core, into NumPy results) for an image in
+                          memory, lazy (dask) for a dask image (:func:`eager_workers`)
 :mod:`.device`            device choice (``auto``/``cpu``/``gpu`` or an array-API namespace standing
                           in for CuPy), made where the blocks run; the GPU probe; host <-> device
 :mod:`.transfer`          the GPU path: device pools (memory gate, passes), slots (streams, double
@@ -25,7 +27,7 @@ calls the kernel and writes the results. Like LiberTEM's executors, each concern
 from __future__ import annotations
 
 from ..kernels.declare import BlockKernel, Kernel, Output
-from .blocks import TILE_BYTES, apply_kernel, default_tile_pixels
+from .blocks import TILE_BYTES, apply_kernel, default_tile_pixels, eager_workers
 from .chunking import TASK_BYTES, align_tasks, storage_chunks, task_chunks
 from .outputs import OutputLock, check_output, is_eelsgpu_store
 from .schedulers import SchedulerInfo, scheduler_context
@@ -56,6 +58,7 @@ __all__ = [
     "check_output",
     "codecs",
     "default_tile_pixels",
+    "eager_workers",
     "is_complete",
     "is_eelsgpu_store",
     "json_safe",

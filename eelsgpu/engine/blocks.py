@@ -3,8 +3,23 @@
 The split follows LiberTEM's user-defined functions: a *kernel* is a pure function, arrays in and
 arrays out, that sees one block of spectra as a 2-D array ``(n_pixels, n_energy)`` in whatever
 array namespace the block lives in (NumPy, CuPy, array-api-strict); the *engine* decides the blocks,
-moves them to the device, calls the kernel and turns what it returns into labelled, lazy xarray
+moves them to the device, calls the kernel and turns what it returns into labelled xarray
 variables. Kernels never see dask, files or xarray.
+
+Two paths, the same blocks, tiles and numbers (bit for bit):
+
+* **eager**, for an image held in memory (a NumPy array, a DataArray without dask chunks, a
+  HyperSpy signal's data) with every extra in memory too, on dask's local schedulers: the blocks
+  run at once on a thread per core (``dask.config`` ``num_workers``; one thread on the
+  ``"synchronous"`` scheduler), each block's outputs written straight into preallocated NumPy
+  result arrays -- no dask graph, no per-block results concatenated and then gathered again
+  (those two copies of every result were a third of an in-memory Kramers-Kronig run);
+* **lazy**, for a dask input (a store, a file, or anything given ``.chunk()``: that is how to get
+  the lazy path for an array in memory), or with a distributed Client or the ``"processes"``
+  scheduler in use: a dask graph, computed by ``.compute()`` or streamed to a store by the store
+  writer (:mod:`.store`).
+
+:func:`eager_workers` decides which.
 
 A kernel comes declared as a :class:`~eelsgpu.kernels.declare.BlockKernel`: the function
 ``kernel(block, energy_eV, **params) -> dict[str, array]`` (``block`` is ``(n_pixels, n_energy)``,
@@ -30,7 +45,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +65,7 @@ __all__ = [
     "PackedSource",
     "apply_kernel",
     "default_tile_pixels",
+    "eager_workers",
     "packed_source",
 ]
 
@@ -109,7 +126,13 @@ def _run_block(
     params: Mapping[str, Any],
     tile_pixels: int | None = None,
     peak_bytes: int = 0,
-) -> np.ndarray:
+    dest: Sequence[np.ndarray] | None = None,
+    stop: threading.Event | None = None,
+) -> np.ndarray | None:
+    """One block through the kernel: the packed ``(..., sum(widths))`` array of its outputs, or,
+    given ``dest`` (one ``(n_pixels, width)`` array per output: the eager path's result arrays),
+    each output written straight into them and None returned. ``stop`` set: the block ends at
+    its next tile (the eager path's Ctrl-C or a failed block)."""
     nav_shape = block.shape[:-1]
     n_e = block.shape[-1]
     flat = block.reshape(-1, n_e)
@@ -128,6 +151,8 @@ def _run_block(
         # whole (in passes only where device memory asks for it), results packed on the device
         # and copied back once (eelsgpu.engine.transfer).
         pool = gpu.pool_for(gpu.device_for(resolved))
+        if stop is not None and stop.is_set():
+            return None
         try:
             packed = pool.run(
                 flat,
@@ -144,13 +169,29 @@ def _run_block(
             raise KeyError(
                 f"kernel {getattr(kernel, '__name__', kernel)} did not return {exc.args[0]!r}"
             ) from None
-        return packed.reshape(*nav_shape, packed.shape[-1])
+        if dest is None:
+            return packed.reshape(*nav_shape, packed.shape[-1])
+        start = 0
+        for out, w, target in zip(outputs, widths, dest, strict=True):
+            # the same cut and cast the lazy path's write or gather does (_Extract)
+            piece = _extract_for(out, start, w, pack_dtype)(packed)
+            target[...] = piece.reshape(target.shape)
+            start += w
+        return None
 
     mover = gpu.mover_for("cpu")
-    packed = np.empty((n_pix, int(sum(widths))), dtype=pack_dtype)
+    packed = None
+    if dest is None:
+        packed = np.empty((n_pix, int(sum(widths))), dtype=pack_dtype)
+        dest, start = [], 0
+        for w in widths:
+            dest.append(packed[:, start : start + w])
+            start += w
     # On a CPU the block is cut into tiles of a few MB so that the kernel's intermediates (an rfft
     # of the tile, its log...) stay in cache.
     for rows in gpu.iter_tiles(n_pix, tile_pixels):
+        if stop is not None and stop.is_set():
+            return None
 
         def call(dev_block: Any, rows: slice = rows) -> Mapping[str, Any]:
             kwargs = dict(params)
@@ -159,17 +200,38 @@ def _run_block(
             return kernel(dev_block, energy, **kwargs)
 
         result = mover.run(flat[rows], call, dtype=pack_dtype)
-        start = 0
         n_rows = rows.stop - rows.start
-        for out, w in zip(outputs, widths, strict=True):
+        for out, w, target in zip(outputs, widths, dest, strict=True):
             if out.name not in result:
                 raise KeyError(
                     f"kernel {getattr(kernel, '__name__', kernel)} did not return {out.name!r}"
                 )
             host = backend.to_host(result[out.name])
-            packed[rows, start : start + w] = host.reshape(n_rows, w)
-            start += w
+            _put(target[rows], host.reshape(n_rows, w), pack_dtype)
+    if packed is None:
+        return None
     return packed.reshape(*nav_shape, packed.shape[-1])
+
+
+def _put(target: np.ndarray, values: np.ndarray, pack_dtype: np.dtype) -> None:
+    """``values`` into ``target`` as the lazy path stores them: cast to the packed dtype, then
+    (for an output of another dtype) as :class:`_Extract` casts it, so both paths agree bitwise."""
+    if target.dtype == pack_dtype:
+        target[...] = values
+        return
+    packed = values.astype(pack_dtype, copy=False)
+    if target.dtype == np.bool_:
+        target[...] = packed > 0.5
+    else:
+        target[...] = packed.astype(target.dtype)
+
+
+def _output_dtype(out: Output, pack_dtype: np.dtype) -> np.dtype:
+    return np.dtype(pack_dtype) if out.dtype == "float" else np.dtype(out.dtype)
+
+
+def _extract_for(out: Output, start: int, width: int, pack_dtype: np.dtype) -> _Extract:
+    return _Extract(start, width, out.axis is None, _output_dtype(out, pack_dtype).str)
 
 
 def default_tile_pixels(n_energy: int, itemsize: int = 4) -> int:
@@ -181,30 +243,34 @@ def _pixel_blocks(data: Any) -> da.Array:
     """``data`` as a dask array of whole spectra in pixel blocks.
 
     An array in memory (NumPy, a DataArray without chunks) would be one task, so one core: it is
-    cut into blocks of about ``TASK_BYTES["local"]`` of float32 input, and at least two per core
-    where the image is large enough (a block keeps >= 256 spectra), each a contiguous slab of it
-    (:func:`_slab_chunks`) handed to the kernel as a view (:func:`_from_host`: no copy, no hash
-    of the data). A dask array keeps its chunks (they follow its storage, or what the caller
-    asked for)."""
-    import os
-
-    from .chunking import TASK_BYTES
-
+    cut into the blocks of :func:`_memory_chunks`, each a contiguous slab of it handed to the
+    kernel as a view (:func:`_from_host`: no copy, no hash of the data). A dask array keeps its
+    chunks (they follow its storage, or what the caller asked for)."""
     if isinstance(data, da.Array):
         arr = data
     else:
         host = np.asarray(data)
-        chunks: Any = host.shape
-        if host.ndim > 1:
-            n_e = host.shape[-1]
-            per_spectrum = n_e * 4  # the kernels' float32
-            by_cores = host.size * 4 // (2 * (os.cpu_count() or 1))
-            target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
-            chunks = _slab_chunks(host.shape, per_spectrum, target)
-        arr = _from_host(host, chunks)
+        arr = _from_host(host, _memory_chunks(host))
     if len(arr.chunks[-1]) > 1:
         arr = arr.rechunk({arr.ndim - 1: -1})  # a kernel needs whole spectra
     return arr
+
+
+def _memory_chunks(host: np.ndarray) -> tuple[int, ...]:
+    """The pixel blocks of an image held in memory (lazy and eager paths alike): about
+    ``TASK_BYTES["local"]`` of float32 input each, and at least two per core where the image is
+    large enough (a block keeps >= 256 spectra), each a contiguous slab (:func:`_slab_chunks`)."""
+    import os
+
+    from .chunking import TASK_BYTES
+
+    if host.ndim <= 1:
+        return tuple(host.shape)
+    n_e = host.shape[-1]
+    per_spectrum = n_e * 4  # the kernels' float32
+    by_cores = host.size * 4 // (2 * (os.cpu_count() or 1))
+    target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
+    return _slab_chunks(host.shape, per_spectrum, target)
 
 
 def _slab_chunks(shape: tuple[int, ...], per_spectrum: int, target: int) -> tuple[int, ...]:
@@ -328,7 +394,8 @@ def apply_kernel(
     tile_pixels: int | None = None,
     **params: Any,
 ) -> xr.Dataset:
-    """Map a declared kernel over the pixel blocks of ``si`` and return its outputs, lazily.
+    """Map a declared kernel over the pixel blocks of ``si`` and return its outputs: computed at
+    once for an image in memory (eager), lazily for a dask image (module docstring).
 
     Parameters
     ----------
@@ -336,7 +403,7 @@ def apply_kernel(
         The kernel, its outputs and its preferred tile size (:mod:`eelsgpu.kernels.declare`).
     si : xarray.DataArray
         The spectrum image (dims ``(..., "energy")``), dask-backed or not. One held in memory
-        (NumPy, or a single dask chunk) is cut into pixel blocks of about
+        (NumPy) is cut into pixel blocks of about
         :data:`~eelsgpu.engine.chunking.TASK_BYTES` ``["local"]`` (at least two per core where it
         is large enough), so that every core works on it.
     device : {"auto", "cpu", "gpu"} or array-API namespace module
@@ -361,9 +428,12 @@ def apply_kernel(
     Returns
     -------
     xarray.Dataset
-        Lazy; one variable per output of ``decl``, with the input's navigation coordinates.
-        Each variable's ``encoding[PACKED_ENCODING]`` links it to the packed per-block array
-        (:class:`PackedSource`), which the store writer uses while the variable is untouched.
+        One variable per output of ``decl``, with the input's navigation coordinates. Computed
+        (NumPy-backed) for an image in memory (the eager path, :func:`eager_workers`; errors and
+        Ctrl-C are raised here); else lazy, each variable's ``encoding[PACKED_ENCODING]`` linking
+        it to the packed per-block array (:class:`PackedSource`), which the store writer uses
+        while the variable is untouched. Give ``si.chunk()`` for the lazy path on an image in
+        memory.
     """
     if not isinstance(decl, BlockKernel):
         raise TypeError(f"apply_kernel takes a BlockKernel, not {type(decl).__name__}")
@@ -374,7 +444,16 @@ def apply_kernel(
     # a DataArray with an 'energy' dim (wherever it is: moved last), real numbers, not empty
     si = as_spectrum_image(si, "apply_kernel")
     device = backend.check_device(device)  # validated; decided on the workers
-    data = _pixel_blocks(si.data)
+    workers = eager_workers(si.data, (extras or {}).values())
+    if workers:
+        host = np.asarray(si.data)
+        from dask.array.core import normalize_chunks
+
+        nav_chunks = normalize_chunks(_memory_chunks(host), host.shape, dtype=host.dtype)[:-1]
+        shape = host.shape
+    else:
+        data = _pixel_blocks(si.data)
+        shape, nav_chunks = data.shape, data.chunks[:-1]
     nav_dims = si.dims[:-1]
     n_e = si.sizes["energy"]
     energy = np.asarray(si["energy"].values, dtype=np.float64)
@@ -385,18 +464,21 @@ def apply_kernel(
         arr = value.data if isinstance(value, xr.DataArray) else value
         if not isinstance(arr, da.Array):
             arr = np.asarray(arr)
-        is_map = tuple(arr.shape) == tuple(data.shape[:-1])
-        if not is_map and tuple(arr.shape[:-1]) != tuple(data.shape[:-1]):
+        is_map = tuple(arr.shape) == tuple(shape[:-1])
+        if not is_map and tuple(arr.shape[:-1]) != tuple(shape[:-1]):
             raise ValueError(
-                f"{name} has shape {arr.shape}; it must match the image's pixels {data.shape[:-1]}"
-                f" (a map) or its whole shape {data.shape} (a cube)"
+                f"{name} has shape {arr.shape}; it must match the image's pixels {shape[:-1]}"
+                f" (a map) or its whole shape {shape} (a cube)"
             )
-        chunks = data.chunks[:-1] + (() if is_map else ((arr.shape[-1],),))
         extra_names.append(name)
-        # in memory: views of it in the image's blocks (no copy of a per-pixel ZLP cube)
-        extra_arrays.append(
-            arr.rechunk(chunks) if isinstance(arr, da.Array) else _from_host(arr, chunks)
-        )
+        if workers:
+            extra_arrays.append(arr)  # eager: sliced like the image, block by block
+        else:
+            chunks = nav_chunks + (() if is_map else ((arr.shape[-1],),))
+            # in memory: views of it in the image's blocks (no copy of a per-pixel ZLP cube)
+            extra_arrays.append(
+                arr.rechunk(chunks) if isinstance(arr, da.Array) else _from_host(arr, chunks)
+            )
         extra_is_map.append(is_map)
 
     widths = [o.width(n_e) for o in outputs]
@@ -418,46 +500,53 @@ def apply_kernel(
         tile_pixels=int(tile_pixels) or None,
         peak_bytes=peak_bytes_per_spectrum(decl, n_e, np.dtype(pack_dtype).itemsize),
     )
-    data_ind = tuple(range(data.ndim))
-    nav_ind = data_ind[:-1]
-    args: list[Any] = [data, data_ind]
-    for arr, is_map in zip(extra_arrays, extra_is_map, strict=True):
-        args += [arr, nav_ind if is_map else nav_ind + (data.ndim + 1,)]
-    packed = da.blockwise(
-        block_fn,
-        nav_ind + (data.ndim,),
-        *args,
-        new_axes={data.ndim: total},
-        concatenate=True,
-        dtype=pack_dtype,
-        meta=np.empty((0,) * data.ndim, dtype=pack_dtype),
-    )
+    if workers:
+        results = _run_eager(block_fn, host, nav_chunks, extra_arrays, widths, workers)
+    else:
+        data_ind = tuple(range(data.ndim))
+        nav_ind = data_ind[:-1]
+        args: list[Any] = [data, data_ind]
+        for arr, is_map in zip(extra_arrays, extra_is_map, strict=True):
+            args += [arr, nav_ind if is_map else nav_ind + (data.ndim + 1,)]
+        packed = da.blockwise(
+            block_fn,
+            nav_ind + (data.ndim,),
+            *args,
+            new_axes={data.ndim: total},
+            concatenate=True,
+            dtype=pack_dtype,
+            meta=np.empty((0,) * data.ndim, dtype=pack_dtype),
+        )
 
     coords = {d: si.coords[d] for d in nav_dims if d in si.coords}
     variables = {}
     start = 0
     for out, w in zip(outputs, widths, strict=True):
         start += w
-        dtype = pack_dtype if out.dtype == "float" else np.dtype(out.dtype)
+        dtype = _output_dtype(out, pack_dtype)
         extract = _Extract(start - w, w, out.axis is None, dtype.str)
-        # each output straight from the packed blocks (a view where the dtype matches: the
-        # only copy is the final gather; dask's slicing would copy every block once more)
-        if out.axis is None:
-            # (a small copy per block, so that a map never holds its packed block; map_blocks
-            # with drop_axis would first copy the whole packed block)
+        if workers:
+            piece = results[out.name]
+        elif out.axis is None:
+            # each output straight from the packed blocks (a view where the dtype matches: the
+            # only copy is the final gather; dask's slicing would copy every block once more);
+            # a map as a small copy per block, so that it never holds its packed block
+            # (map_blocks with drop_axis would first copy the whole packed block)
             piece = packed.map_blocks(
                 _MapColumn(extract),
                 dtype=dtype,
                 chunks=packed.chunks[:-1] + ((1,),),
                 meta=np.empty((0,) * packed.ndim, dtype),
             )[..., 0]
-            dims = nav_dims
-            var_coords = {}
         else:
             piece = packed.map_blocks(
                 extract, dtype=dtype, chunks=packed.chunks[:-1] + ((w,),),
                 meta=np.empty((0,) * packed.ndim, dtype),
             )  # fmt: skip
+        if out.axis is None:
+            dims = nav_dims
+            var_coords = {}
+        else:
             dims = nav_dims + (out.axis,)
             if out.coord is None:
                 var_coords = {out.axis: si["energy"].values}
@@ -465,7 +554,9 @@ def apply_kernel(
                 var_coords = {out.axis: np.asarray(out.coord)}
         var_attrs = {"units": out.units, "long_name": out.long_name or out.name, **out.attrs}
         variables[out.name] = xr.DataArray(piece, dims=dims, coords=var_coords, attrs=var_attrs)
-        variables[out.name].encoding[PACKED_ENCODING] = PackedSource(packed, extract, piece.name)
+        if not workers:
+            link = PackedSource(packed, extract, piece.name)
+            variables[out.name].encoding[PACKED_ENCODING] = link
     ds_attrs = {k: v for k, v in si.attrs.items() if k != "units"}
     ds_attrs.update(attrs or {})
     ds = xr.Dataset(variables, coords=coords, attrs=ds_attrs)
@@ -473,6 +564,130 @@ def apply_kernel(
         if out.axis == "energy" and out.coord is None:
             ds["energy"].attrs.update(si["energy"].attrs)
     return ds
+
+
+def eager_workers(data: Any, extras: Iterable[Any] = ()) -> int:
+    """Threads the eager path runs an image on, or 0 where :func:`apply_kernel` stays lazy.
+
+    Eager (results computed at once, each block's outputs written straight into preallocated
+    NumPy result arrays: no dask graph, no per-block results concatenated and gathered again)
+    where the image and every extra are held in memory (not dask arrays) and dask's scheduler
+    is a local one: its threads (``num_workers``, default one per core) or ``"synchronous"``
+    (one thread). Lazy (a dask graph, computed on ``.compute()`` or by the store writer) for a
+    dask input -- a store, a file, anything given ``.chunk()`` -- or with a distributed Client
+    or the ``"processes"`` scheduler in use.
+    """
+    import os
+    import sys
+
+    import dask
+
+    for arr in (data, *extras):
+        if isinstance(getattr(arr, "data", arr), da.Array):
+            return 0
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler in ("synchronous", "single-threaded", "sync"):
+        return 1
+    if scheduler not in (None, "threads", "threading"):
+        return 0  # processes, a Client or a get function: the user's choice of where to run
+    if "distributed" in sys.modules:
+        try:
+            from distributed import default_client
+
+            default_client()
+            return 0  # a Client is in use: its workers run the blocks (lazy)
+        except (ImportError, ValueError):
+            pass
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+
+
+def _run_eager(
+    block_fn: _BlockFunction,
+    host: np.ndarray,
+    nav_chunks: tuple[tuple[int, ...], ...],
+    extras: Sequence[np.ndarray],
+    widths: Sequence[int],
+    workers: int,
+) -> dict[str, np.ndarray]:
+    """Every pixel block of ``host`` through ``block_fn`` on ``workers`` threads, each block's
+    outputs written straight into preallocated result arrays (the eager path of
+    :func:`apply_kernel`; the blocks and tiles are the lazy path's, so the numbers are the same
+    bit for bit).
+
+    The first failing block's exception is raised once every running block has stopped (they end
+    at their next tile; blocks not started are not run), and so is Ctrl-C: nothing writes into
+    the results after this returns or raises.
+    """
+    import itertools
+
+    nav_shape = tuple(host.shape[:-1])
+    n_pix = int(np.prod(nav_shape, dtype=np.int64))
+    results: dict[str, np.ndarray] = {}
+    flat: list[np.ndarray] = []
+    for out, w in zip(block_fn.outputs, widths, strict=True):
+        shape = nav_shape if out.axis is None else (*nav_shape, w)
+        arr = np.empty(shape, dtype=_output_dtype(out, block_fn.pack_dtype))
+        results[out.name] = arr
+        flat.append(arr.reshape(n_pix, w))  # C-ordered: a view
+    starts = [np.cumsum((0, *c)) for c in nav_chunks]
+    blocks = []
+    for idx in itertools.product(*(range(len(c)) for c in nav_chunks)):
+        sl = tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx, strict=True))
+        # a block is a contiguous slab (_slab_chunks): its pixels are one run of the flat order
+        first = int(np.ravel_multi_index([s.start for s in sl], nav_shape)) if sl else 0
+        size = int(np.prod([s.stop - s.start for s in sl], dtype=np.int64))
+        blocks.append((sl, slice(first, first + size)))
+    stop = threading.Event()
+
+    def run(sl: tuple[slice, ...], rows: slice) -> None:
+        if stop.is_set():
+            return
+        dest = [f[rows] for f in flat]
+        block_fn(host[sl], *(arr[sl] for arr in extras), dest=dest, stop=stop)
+
+    if workers <= 1 or len(blocks) <= 1:
+        for sl, rows in blocks:
+            run(sl, rows)
+        return results
+    # Our own threads, not a ThreadPoolExecutor: each is listed before it starts, so Ctrl-C at any
+    # moment (even while one is starting) still waits for every thread that may be running.
+    queue = iter(blocks)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            try:
+                run(*item)
+            except BaseException as exc:  # the first failure is raised by the caller
+                with lock:
+                    errors.append(exc)
+                stop.set()  # running blocks end at their next tile; the rest never start
+                return
+
+    threads = [
+        threading.Thread(target=worker, name=f"eelsgpu-eager-{i}", daemon=True)
+        for i in range(min(workers, len(blocks)))
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            if t.ident is not None:
+                t.join()  # returns (or raises) only once every block has stopped
+    if errors:
+        raise errors[0]
+    return results
 
 
 @dataclass(frozen=True)
@@ -490,7 +705,13 @@ class _BlockFunction:
     tile_pixels: int | None = None
     peak_bytes: int = 0
 
-    def __call__(self, block: np.ndarray, *extras: np.ndarray) -> np.ndarray:
+    def __call__(
+        self,
+        block: np.ndarray,
+        *extras: np.ndarray,
+        dest: Sequence[np.ndarray] | None = None,
+        stop: threading.Event | None = None,
+    ) -> np.ndarray | None:
         return _run_block(
             block,
             *extras,
@@ -504,4 +725,6 @@ class _BlockFunction:
             params=self.params,
             tile_pixels=self.tile_pixels,
             peak_bytes=self.peak_bytes,
+            dest=dest,
+            stop=stop,
         )

@@ -54,16 +54,25 @@ def test_outputs_link_to_the_packed_array_only_while_untouched(tmp_path, stand_i
 
 def test_in_memory_input_runs_in_pixel_blocks(stand_in, monkeypatch):
     """An image held in memory (a DataArray over a NumPy array, no dask chunks) is cut into
-    pixel blocks -- at least two per core where it is large enough -- so every core works on it,
-    and the result is the whole-cube NumPy result (truth). A dask array keeps its own chunks."""
+    pixel blocks -- at least two per core where it is large enough -- so every core works on it
+    (the eager path: one kernel call per block with tile_pixels=0), and the result is the
+    whole-cube NumPy result (truth). A dask array keeps its own chunks."""
     import os
+    import threading
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     si = stand_in.image(shape=(40, 32, 256), chunks=(40, 32))
     mem = xr.DataArray(np.asarray(si.values), dims=si.dims, coords=si.coords, attrs=si.attrs)
-    ds = engine.apply_kernel(stand_in.decl, mem, device="cpu")
-    packed = ds["total"].data
-    assert packed.npartitions >= 5  # 1280 spectra of 1 KiB: blocks of 256 spectra
+    sizes, lock = [], threading.Lock()
+
+    def counted(block, energy_eV):
+        with lock:
+            sizes.append(block.shape[0])
+        return stand_in.kernel(block, energy_eV)
+
+    decl = engine.BlockKernel(counted, stand_in.outputs)
+    ds = engine.apply_kernel(decl, mem, device="cpu", tile_pixels=0)
+    assert len(sizes) >= 5 and sum(sizes) == 40 * 32  # 1280 spectra of 1 KiB: blocks of 256
     truth = stand_in.truth(si)
     for k, v in truth.items():
         np.testing.assert_allclose(ds[k].values, v, rtol=1e-5, atol=1e-4)
