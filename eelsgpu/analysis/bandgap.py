@@ -433,14 +433,18 @@ def zlp_subtracted(
 
 
 def _flag_poor_fits(ds: xr.Dataset, ratio: float) -> xr.Dataset:
-    """Flag pixels whose reduced chi^2 is over ``ratio`` times the image's median (lazy; bit
-    NO_ONSET)."""
+    """Flag pixels whose reduced chi^2 is over ``ratio`` times the image's median (bit
+    NO_ONSET; lazy for a lazy result, at once for the engine's eager one)."""
     import dask.array as da
 
     fq = ds["fit_quality"]
-    data = fq.data if isinstance(fq.data, da.Array) else da.from_array(np.asarray(fq.data))
-    flat = data.reshape(-1).rechunk(-1)
-    median = da.nanmedian(flat, axis=0) if flat.size else np.nan
+    if isinstance(fq.data, da.Array):
+        data = fq.data
+        flat = data.reshape(-1).rechunk(-1)
+        median = da.nanmedian(flat, axis=0) if flat.size else np.nan
+    else:  # computed in memory (eelsgpu.engine's eager path): stays NumPy
+        data = np.asarray(fq.data)
+        median = np.nanmedian(data.reshape(-1)) if data.size else np.nan
     poor = xr.DataArray(data > ratio * median, dims=fq.dims, coords=fq.coords)
     out = ds.copy()
     for name, var in ds.data_vars.items():
