@@ -237,14 +237,22 @@ def is_signal(obj: Any) -> bool:
 
 def as_input(obj: Any) -> Any:
     """What every public analysis does with its data argument: a HyperSpy signal becomes an
-    eelsgpu spectrum image (:func:`from_hyperspy`: calibration and metadata kept, in pixel
-    blocks so that every core works on it); anything else is returned unchanged.
+    eelsgpu spectrum image (:func:`from_hyperspy`: calibration and metadata kept; lazy for a
+    lazy signal, in memory for one in memory, so that the analysis runs at once on every core:
+    the engine's eager path); anything else is returned unchanged.
 
     The one place signals are converted: :func:`eelsgpu.model.as_spectrum_image` calls it (it is
     registered there when this module is imported), and so do the public names of ``eelsgpu``
     (``eelsgpu.deconvolve(signal)``...).
     """
-    return from_hyperspy(obj) if is_signal(obj) else obj
+    if not is_signal(obj):
+        return obj
+    si = from_hyperspy(obj)
+    if not getattr(obj, "_lazy", False):
+        # a signal held in memory stays in memory, so that the analysis takes the engine's
+        # eager path (eelsgpu.engine.blocks): at once on every core, NumPy results
+        si = si.compute()
+    return si
 
 
 def _register() -> None:

@@ -150,6 +150,10 @@ def test_every_analysis_takes_a_hyperspy_signal_as_it_is(image):
         np.testing.assert_allclose(got[key].values, want[key].values, rtol=1e-6)
     got = eelsgpu.thickness(si=s, device="cpu").compute()  # by keyword too
     assert got["t_over_lambda"].shape == image.shape[:-1]
+    # a signal in memory runs at once (NumPy results: the engine's eager path), a lazy one lazily
+    assert isinstance(eelsgpu.thickness(s, device="cpu")["t_over_lambda"].data, np.ndarray)
+    lazy = eelsgpu.thickness(eelsgpu.to_hyperspy(image, lazy=True), device="cpu")
+    assert lazy["t_over_lambda"].chunks is not None
     from eelsgpu.model import as_spectrum_image
 
     assert as_spectrum_image(s).dims == image.dims

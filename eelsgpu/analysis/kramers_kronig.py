@@ -314,7 +314,9 @@ def kramers_kronig(
     Returns
     -------
     xarray.Dataset
-        Lazy. Cubes on ``energy`` = k dE (k >= 1, eV, the positive-loss part of the input
+        Lazy for a dask input (a store: computed when written or on ``.compute()``); computed
+        at once, NumPy-backed, for an SSD in memory (:mod:`eelsgpu.engine.blocks`, the eager
+        path; ``ssd.chunk()`` for the lazy one). Cubes on ``energy`` = k dE (k >= 1, eV, the positive-loss part of the input
         axis), by default ``eps1`` and ``eps2`` only; asked for with ``cubes``:
         ``loss_function``, ``surface_intensity`` (counts), ``refractive_index``,
         ``extinction_coefficient``, ``absorption_coefficient`` (1/nm), ``n_eff``; maps:

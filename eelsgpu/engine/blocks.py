@@ -601,6 +601,31 @@ def eager_workers(data: Any, extras: Iterable[Any] = ()) -> int:
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
+#: Results of the eager path at least this large (bytes) are mapped with their pages populated
+#: in one system call (Linux) instead of faulted in page by page as the blocks first write them.
+#: Measured on this 2-core VM for a 134 MB cube filled in 128-spectrum tiles: np.empty + fill
+#: 0.085-0.51 s (median 0.3 s: one page fault per 4 KiB, slow and erratic under load), populated
+#: mapping + fill 0.12-0.17 s.
+POPULATE_BYTES = 32 * 2**20
+
+
+def _result_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised result array; a large one on Linux as an anonymous mapping whose pages
+    are populated at once (MAP_POPULATE; freed with the array). Same values either way: every
+    element is written by a block."""
+    import mmap
+
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if nbytes < POPULATE_BYTES or populate is None:
+        return np.empty(shape, dtype=dtype)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (OSError, ValueError):  # no such mapping here: plain memory
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
 def _run_eager(
     block_fn: _BlockFunction,
     host: np.ndarray,
@@ -626,7 +651,7 @@ def _run_eager(
     flat: list[np.ndarray] = []
     for out, w in zip(block_fn.outputs, widths, strict=True):
         shape = nav_shape if out.axis is None else (*nav_shape, w)
-        arr = np.empty(shape, dtype=_output_dtype(out, block_fn.pack_dtype))
+        arr = _result_array(shape, _output_dtype(out, block_fn.pack_dtype))
         results[out.name] = arr
         flat.append(arr.reshape(n_pix, w))  # C-ordered: a view
     starts = [np.cumsum((0, *c)) for c in nav_chunks]

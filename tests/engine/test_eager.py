@@ -184,3 +184,21 @@ def test_gpu_code_path_in_memory_equals_lazy(stand_in, monkeypatch):
     eager = engine.apply_kernel(stand_in.decl, mem, device=xs)
     lazy = engine.apply_kernel(stand_in.decl, _lazy_twin(mem), device=xs)
     _assert_same(eager, lazy)
+
+
+def test_large_results_in_populated_mappings_equal_the_lazy_path(stand_in, monkeypatch):
+    """Results above POPULATE_BYTES (here every one) come in anonymous mappings populated at
+    once (Linux): writable NumPy arrays holding the lazy path's numbers bit for bit, and they
+    pickle (a Dataset sent to another process)."""
+    import pickle
+
+    from eelsgpu.engine import blocks
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(blocks, "POPULATE_BYTES", 0)
+    mem = _in_memory(stand_in.image(shape=(40, 32, 256), chunks=(40, 32)))
+    eager = engine.apply_kernel(stand_in.decl, mem, device="cpu")
+    _assert_same(eager, engine.apply_kernel(stand_in.decl, _lazy_twin(mem), device="cpu"))
+    assert eager["filtered"].values.flags.writeable
+    back = pickle.loads(pickle.dumps(eager))
+    np.testing.assert_array_equal(back["filtered"].values, eager["filtered"].values)
