@@ -15,7 +15,10 @@ under ``/usr/bin/time -v`` (peak RSS measured from outside the process), all in 
 * **ratio 2, zarr to zarr**: the same analyses store to store against copying the same input
   store with no computation (read, decompress, compress, write). Target >= 1/2.
 
-    python benchmarks/bench_cpu_path.py [--size 128] [--no-exspy] [--json out.json]
+    python benchmarks/bench_cpu_path.py [--size 128] [--no-exspy] [--json out.json] [--before DIR]
+
+``--before DIR`` also runs the two in-memory rows with eelsgpu imported from DIR (another
+checkout, e.g. ``git archive <commit> | tar -x -C DIR``), in the same run.
 """
 
 from __future__ import annotations
@@ -186,9 +189,15 @@ PARTS = {
 _RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 
 
-def run_part(part: str, *args: str) -> dict:
+def run_part(part: str, *args: str, source: str | None = None) -> dict:
+    """One part in its own process under /usr/bin/time -v; ``source``: import eelsgpu from that
+    checkout instead (the ``--before`` rows)."""
     cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--part", part, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = None
+    if source:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([source, *env.get("PYTHONPATH", "").split(os.pathsep)])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"part {part} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -202,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--no-exspy", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--before",
+        default=None,
+        help="another checkout of eelsgpu (e.g. a `git archive` of an older commit): its in-memory "
+        "rows are run too, in the same run, for a before/after comparison",
+    )
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
     a, rest = ap.parse_known_args(argv)
     if a.part:
@@ -219,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         r["fft_kk"] = run_part("fft-kk", str(ssd))
         r["ours_deconvolve_memory"] = run_part("ours-deconvolve-memory", str(sig), str(zlp))
         r["ours_kk_memory"] = run_part("ours-kk-memory", str(ssd))
+        if a.before:
+            r["before_deconvolve_memory"] = run_part(
+                "ours-deconvolve-memory", str(sig), str(zlp), source=a.before
+            )
+            r["before_kk_memory"] = run_part("ours-kk-memory", str(ssd), source=a.before)
         if not a.no_exspy:
             r["exspy_deconvolve"] = run_part("exspy-deconvolve", str(sig), str(zlp))
             r["exspy_kk"] = run_part("exspy-kk", str(ssd))
@@ -245,6 +265,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ex['wall_s'] / ours['wall_s']:.1f}x exspy (target >= 8x, < 1 GB)"
             )
         print(line)
+        if f"before_{job}_memory" in r:
+            b = r[f"before_{job}_memory"]
+            line = (
+                f"  {job:<11} in memory, before ({a.before}): {b['wall_s']:.2f} s "
+                f"(peak {b['peak_rss_GB']:.2f} GB)"
+            )
+            if f"exspy_{job}" in r:
+                line += f": {r[f'exspy_{job}']['wall_s'] / b['wall_s']:.1f}x exspy"
+            fft = r[f"fft_{job}"]
+            line += f"; ratio 1 {fft['wall_s'] / b['wall_s']:.2f}"
+            print(line)
         fft = r[f"fft_{job}"]
         print(
             f"  {job:<11} ratio 1: bare batched FFTs {fft['wall_s']:.2f} s (length "
