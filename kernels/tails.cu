@@ -13,13 +13,14 @@
 //     log-space start and 3 clamped Newton steps on ln(ratio), as tails._solve), and the slopes
 //     d ln(ratio) / dr (forward difference, step 0.01);
 //   var_r of each ratio = v (1/si^2 + 1/sj^2) / max(slope^2, 1e-12);
+//   ok = s1, s2, s3 > 0 & a > 0 (else the stand-in sums 1, 1, 1 over edges 1, 2, 3, 4);
 //   trusted = ok & all r > 1.1 & r12, r23 < 19.9 & 2 <= r13 <= 15
 //             & |r12 - r23| <= 0.1 r13 + 4 sqrt(var_12 + var_23);
 //   counts beyond the window for r3 = r13 (3 where not trusted) and r3 -+ sd_r:
 //     -(s1 + s2 + s3) (l_end / a)^(1 - r) / expm1((1 - r) ln(b / a));
 //   tail = counts(r3), sd = |counts(max(r3 - sd_r, 1.05)) - counts(r3 + sd_r)| / 2, both 0
 //     where not trusted.
-// Inputs: parts (n, 3), edges (n, 4), var (n,), ok (n,) bool, l_end (n,), float32 row-major.
+// Inputs: parts (n, 3), edges (n, 4), var (n,), l_end (n,), float32 row-major.
 // Outputs: tail (n,), trusted (n,) bool, sd (n,).
 
 #define TL_R_LO 1.05f
@@ -75,13 +76,16 @@ __device__ __forceinline__ float tl_counts(const float total, const float r, con
 }
 
 extern "C" __global__ void tails_solve(const float* parts, const float* edges, const float* var,
-                                       const bool* ok, const float* l_end, float* tail_out,
-                                       bool* trusted_out, float* sd_out, const int n) {
+                                       const float* l_end, float* tail_out, bool* trusted_out,
+                                       float* sd_out, const int n) {
     const int stride = blockDim.x * gridDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float s1 = parts[3 * i], s2 = parts[3 * i + 1], s3 = parts[3 * i + 2];
-        const float a = edges[4 * i], m1 = edges[4 * i + 1], m2 = edges[4 * i + 2];
-        const float b = edges[4 * i + 3];
+        const float p1 = parts[3 * i], p2 = parts[3 * i + 1], p3 = parts[3 * i + 2];
+        const float e0 = edges[4 * i];
+        const bool ok = p1 > 0.0f && p2 > 0.0f && p3 > 0.0f && e0 > 0.0f;
+        const float s1 = ok ? p1 : 1.0f, s2 = ok ? p2 : 1.0f, s3 = ok ? p3 : 1.0f;
+        const float a = ok ? e0 : 1.0f, m1 = ok ? edges[4 * i + 1] : 2.0f;
+        const float m2 = ok ? edges[4 * i + 2] : 3.0f, b = ok ? edges[4 * i + 3] : 4.0f;
         float r12, r23, r, k12, k23, k13;
         tl_solve(s1 / s2, a, m1, m1, m2, &r12, &k12);
         tl_solve(s2 / s3, m1, m2, m2, b, &r23, &k23);
@@ -93,7 +97,7 @@ extern "C" __global__ void tails_solve(const float* parts, const float* edges, c
         const float sd_r = sqrtf((rel1 + rel3) / tl_max(k13 * k13, 1e-12f));
         const float noise = 4.0f * sqrtf(var12 + var23);
         const bool inside = r12 > 1.1f && r23 > 1.1f && r > 1.1f && r12 < 19.9f && r23 < 19.9f;
-        const bool trusted = ok[i] && inside && r >= 2.0f && r <= 15.0f &&
+        const bool trusted = ok && inside && r >= 2.0f && r <= 15.0f &&
                              fabsf(r12 - r23) <= 0.1f * r + noise;
         const float total = (s1 + s2) + s3;
         const float r3 = trusted ? r : 3.0f;

@@ -312,9 +312,9 @@ def fused_fourier_log_rolloff(xp: Any) -> Any:
 # --------------------------------------------------------------------------- tails_solve
 def _tails_launcher(kernel: Any) -> Any:
     """Call the compiled ``tails_solve`` like :func:`~eelsgpu.kernels.tails.tails_twin` (CuPy
-    arrays; float32 but ``ok``, bool), one thread per row."""
+    float32 arrays), one thread per row."""
 
-    def run(parts: Any, edges: Any, var: Any, ok: Any, l_end: Any) -> tuple[Any, Any, Any]:
+    def run(parts: Any, edges: Any, var: Any, l_end: Any) -> tuple[Any, Any, Any]:
         import cupy
 
         n = parts.shape[0]
@@ -329,7 +329,6 @@ def _tails_launcher(kernel: Any) -> Any:
                 c(parts, f32),
                 c(edges, f32),
                 c(var, f32),
-                c(ok, cupy.bool_),
                 c(l_end, f32),
                 *out,
                 np.int32(n),
@@ -419,7 +418,7 @@ def _tails_cuda_provider(xp: Any) -> Any:
 
 def _counted_tails_provider(xp: Any) -> Any:
     """The counting stand-in's fused tails: the twin on the base namespace, counted as ONE
-    operation reading the five inputs and writing the three outputs (what tails.cu costs)."""
+    operation reading the four inputs and writing the three outputs (what tails.cu costs)."""
 
     def run(*args: Any) -> tuple[Any, Any, Any]:
         return xp.eelsgpu_fused(TAILS_NAME, tails_twin, args)

@@ -189,15 +189,14 @@ def _noise_segment(
 
 class TailSums(NamedTuple):
     """The data of one power-law tail fit (:func:`tail_sums`), per row: ``parts`` (n, 3) the
-    counts in the three equal parts of the fit range (1 where the fit cannot be made), ``edges``
-    (n, 4) their edges in loss energy a < m1 < m2 < b (eV; 1, 2, 3, 4 where it cannot), ``var``
-    (n,) the variance of one part's sum from the noise, ``ok`` (n,) where the fit can be made,
-    ``l_end`` (n,) the window's end in loss energy (eV)."""
+    counts in the three equal parts of the fit range, ``edges`` (n, 4) their edges in loss
+    energy a < m1 < m2 < b (eV), ``var`` (n,) the variance of one part's sum from the noise,
+    ``l_end`` (n,) the window's end in loss energy (eV). The fit can be made where every part
+    is positive and a > 0 (:func:`tails_twin` decides it, with the rest of the fit)."""
 
     parts: Any
     edges: Any
     var: Any
-    ok: Any
     l_end: Any
 
 
@@ -235,17 +234,14 @@ def tail_sums(
     else:
         var = xp.zeros((y.shape[0],), dtype=dt)
     # channel edges in loss energy (host numbers minus each row's zero loss; c None: zero loss
-    # at 0 eV for every row), and the stand-in edges 1, 2, 3, 4: one upload
+    # at 0 eV for every row): one upload
     i1, i2, i3 = i_start + third, i_start + 2 * third, i_start + 3 * third
-    host = [e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)]
-    consts = xp.asarray([*host, 1.0, 2.0, 3.0, 4.0], dtype=dt)
-    edges = consts[None, :4] if c is None else consts[None, :4] - c[:, None]
-    ok = xp.all(parts > 0, axis=-1) & (edges[:, 0] > 0)
-    parts = xp.where(ok[:, None], parts, 1.0)
-    edges = xp.where(ok[:, None], edges, consts[4:])
+    host = xp.asarray([e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)], dtype=dt)
+    n = y.shape[0]
+    edges = xp.broadcast_to(host[None, :], (n, 4)) if c is None else host[None, :] - c[:, None]
     l_end_host = e0 + d * (n_e - 0.5)
-    l_end = xp.full((y.shape[0],), l_end_host, dtype=dt) if c is None else l_end_host - c
-    return TailSums(parts, edges, var, ok, l_end)
+    l_end = xp.full((n,), l_end_host, dtype=dt) if c is None else l_end_host - c
+    return TailSums(parts, edges, var, l_end)
 
 
 def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]:
@@ -253,14 +249,13 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     rows of every fit and their three ratios (parts 1/2, 2/3, 1/3) go through ONE batched
     :func:`solve_exponents` and one evaluation of the counts beyond the window
     (:func:`tails_twin`; on a device with a fused form of it, one kernel launch)."""
-    sizes = [f.ok.shape[0] for f in fits]
+    sizes = [f.l_end.shape[0] for f in fits]
     cat = (lambda arrs: arrs[0]) if len(fits) == 1 else (lambda arrs: xp.concat(arrs, axis=0))
     tail, trusted, sd = _tails(
         xp,
         cat([f.parts for f in fits]),
         cat([f.edges for f in fits]),
         cat([f.var for f in fits]),
-        cat([f.ok for f in fits]),
         cat([f.l_end for f in fits]),
     )
     out, start = [], 0
@@ -270,29 +265,33 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     return out
 
 
-def _tails(xp: Any, parts: Any, edges: Any, var: Any, ok: Any, l_end: Any) -> tuple[Any, ...]:
+def _tails(xp: Any, parts: Any, edges: Any, var: Any, l_end: Any) -> tuple[Any, ...]:
     """:func:`tails_twin` on the device's fused kernel where the engine registered one (float32
     arrays of a namespace it has one for: ``kernels/tails.cu`` on CuPy), else the twin."""
     if not is_numpy(xp) and str(parts.dtype).split(".")[-1] == "float32":
         fused = _fused.lookup(FUSED_NAME, xp)
         if fused is not None:
-            return tuple(fused(parts, edges, var, ok, l_end))
-    return tails_twin(xp, parts, edges, var, ok, l_end)
+            return tuple(fused(parts, edges, var, l_end))
+    return tails_twin(xp, parts, edges, var, l_end)
 
 
-def tails_twin(
-    xp: Any, parts: Any, edges: Any, var: Any, ok: Any, l_end: Any
-) -> tuple[Any, Any, Any]:
+def tails_twin(xp: Any, parts: Any, edges: Any, var: Any, l_end: Any) -> tuple[Any, Any, Any]:
     """The power-law tails of :func:`solve_tails` from their fits' sums, row by row: the
     array-API twin of the fused CUDA kernel ``tails_solve`` (``kernels/tails.cu``).
 
-    ``parts`` (n, 3), ``edges`` (n, 4), ``var``, ``ok``, ``l_end`` (n,): the fields of
+    ``parts`` (n, 3), ``edges`` (n, 4), ``var``, ``l_end`` (n,): the fields of
     :class:`TailSums` (the rows of several fits stacked). Returns ``(counts, trusted, sd)``
-    (n,): the counts beyond the window (0 where the power law does not hold), where it holds,
-    and their standard deviation from the noise of r. Every row is independent of the others:
-    an elementwise kernel's worth of work (about 130 array operations here).
+    (n,): the counts beyond the window (0 where the power law does not hold, or where the fit
+    cannot be made: a part not positive, or a <= 0), where it holds, and their standard
+    deviation from the noise of r. Every row is independent of the others: an elementwise
+    kernel's worth of work (about 130 array operations here).
     """
     n = parts.shape[0]
+    # where the fit cannot be made, stand-in sums 1, 1, 1 over edges 1, 2, 3, 4 (harmless
+    # numbers: such a row is not trusted and gets 0)
+    ok = xp.all(parts > 0, axis=-1) & (edges[:, 0] > 0)
+    parts = xp.where(ok[:, None], parts, 1.0)
+    edges = xp.where(ok[:, None], edges, xp.asarray([1.0, 2.0, 3.0, 4.0], dtype=edges.dtype))
     s1, s2, s3 = parts[:, 0], parts[:, 1], parts[:, 2]
     a, m1, m2, b = edges[:, 0], edges[:, 1], edges[:, 2], edges[:, 3]
     # r from parts 1/2, 2/3 and 1/3, in one batched solve
@@ -360,16 +359,18 @@ def tails_probe(xp: Any, n: int = 256, seed: int = 11) -> tuple[Any, ...]:
     )
     parts[kind == 1, 1] *= 1.3  # a hump in the middle part: not one power law
     parts[kind == 2, 2] *= 0.5  # a step down
-    ok = (kind != 3) & np.all(parts > 0, axis=-1)
-    parts = np.where(ok[:, None], parts, 1.0)
-    edges = np.where(ok[:, None], edges, np.array([1.0, 2.0, 3.0, 4.0]))
     l_end = edges[:, 3] * rng.uniform(1.0, 1.05, n)
+    # rows the fit cannot be made for: a part not positive (none counted, or noise below
+    # zero), or the range starting at or below zero loss
+    sub = np.arange(n) % 24  # (kind 3: 3, 11 and 19)
+    parts[sub == 3, 0] = 0.0
+    parts[sub == 11, 2] = -5.0
+    edges[sub == 19] -= edges[sub == 19, :1] + 0.5  # a = -0.5 eV
     f32 = np.float32
     return (
         xp.asarray(parts.astype(f32)),
         xp.asarray(edges.astype(f32)),
         xp.asarray(var.astype(f32)),
-        xp.asarray(ok),
         xp.asarray(l_end.astype(f32)),
     )
 

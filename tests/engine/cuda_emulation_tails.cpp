@@ -21,8 +21,8 @@ static dim3 gridDim;
 #include TL_CU_SOURCE
 
 extern "C" int tl_emu_launch(const float* parts, const float* edges, const float* var,
-                             const bool* ok, const float* l_end, float* tail, bool* trusted,
-                             float* sd, int n, int threads, int blocks) {
+                             const float* l_end, float* tail, bool* trusted, float* sd, int n,
+                             int threads, int blocks) {
     if (threads <= 0 || blocks <= 0) return 1;
     blockDim.x = (unsigned)threads;
     gridDim.x = (unsigned)blocks;
@@ -30,7 +30,7 @@ extern "C" int tl_emu_launch(const float* parts, const float* edges, const float
         blockIdx.x = (unsigned)b;
         for (int t = 0; t < threads; ++t) {
             threadIdx.x = (unsigned)t;
-            tails_solve(parts, edges, var, ok, l_end, tail, trusted, sd, n);
+            tails_solve(parts, edges, var, l_end, tail, trusted, sd, n);
         }
     }
     return 0;

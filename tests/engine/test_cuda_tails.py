@@ -35,7 +35,6 @@ def _power_laws(r, a, width, l_end, scale=1e6):
         parts.astype(f32),
         edges.astype(f32),
         (parts.mean(axis=-1) * 1e-8).astype(f32),
-        np.ones(r.shape, bool),
         l_end.astype(f32),
     )
     return args, beyond
@@ -66,10 +65,7 @@ def test_twin_is_what_solve_tails_returns_on_each_namespace():
 
     args = tails.tails_probe(np, 64)
     want = _twin(*args)
-    fits = [
-        tails.TailSums(*(a[:40] for a in (args[0], args[1], args[2], args[3], args[4]))),
-        tails.TailSums(*(a[40:] for a in (args[0], args[1], args[2], args[3], args[4]))),
-    ]
+    fits = [tails.TailSums(*(a[:40] for a in args)), tails.TailSums(*(a[40:] for a in args))]
     got = tails.solve_tails(np, fits)
     for k in range(3):
         np.testing.assert_array_equal(np.concatenate([got[0][k], got[1][k]]), want[k])
@@ -84,7 +80,8 @@ def test_twin_is_what_solve_tails_returns_on_each_namespace():
 def test_probe_holds_trusted_and_refused_rows():
     """The probe the first-use check runs has both decisions in quantity (a check that only
     sees refused rows would pass a kernel that refuses everything): pure power laws mostly
-    trusted, humps and steps refused, rows without a fit zero. Truth: how the probe is made."""
+    trusted, humps and steps refused, rows without a fit (a part zero or negative, a range
+    starting below zero loss) zero. Truth: how the probe is made."""
     args = tails.tails_probe(np)
     tail, trusted, sd = _twin(*args)
     kind = np.arange(trusted.shape[0]) % 8
@@ -170,7 +167,7 @@ def test_registry_serves_the_tails_kernel_to_its_namespaces_only(monkeypatch):
 
 
 def test_counted_fused_tails_is_one_launch_with_the_twins_values(monkeypatch):
-    """On the counting stand-in the fused tails are ONE operation that reads the five inputs and
+    """On the counting stand-in the fused tails are ONE operation that reads the four inputs and
     writes the three outputs once (what tails.cu costs on a GPU) and give the twin's values
     bitwise (the twin runs underneath, uncounted); the twin's own path counts its ~130
     operations. Truth: the twin run counted, and the arrays' sizes."""
@@ -190,7 +187,7 @@ def test_counted_fused_tails_is_one_launch_with_the_twins_values(monkeypatch):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     n = 512
     assert fused.ops == 1
-    assert fused.bytes == n * (4 * 3 + 4 * 4 + 4 + 1 + 4) + n * (4 + 1 + 4)
+    assert fused.bytes == n * (4 * 3 + 4 * 4 + 4 + 4) + n * (4 + 1 + 4)
     assert twin.ops > 100
 
 
@@ -222,15 +219,15 @@ def emulated(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr
     lib = ctypes.CDLL(str(lib_path))
-    lib.tl_emu_launch.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 3
+    lib.tl_emu_launch.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 3
     lib.tl_emu_launch.restype = ctypes.c_int
 
-    def run(parts, edges, var, ok, l_end, threads=256, blocks=None):
+    def run(parts, edges, var, l_end, threads=256, blocks=None):
         def c(a, dt):
             return np.ascontiguousarray(np.asarray(a), dtype=dt)
 
         f32 = np.float32
-        ins = (c(parts, f32), c(edges, f32), c(var, f32), c(ok, np.bool_), c(l_end, f32))
+        ins = (c(parts, f32), c(edges, f32), c(var, f32), c(l_end, f32))
         n = ins[0].shape[0]
         out = (np.full(n, np.nan, f32), np.zeros(n, np.bool_), np.full(n, np.nan, f32))
         blocks = (n + threads - 1) // threads if blocks is None else blocks

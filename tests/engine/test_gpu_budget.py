@@ -161,7 +161,7 @@ def _xfail(reason: str):
 # measured numbers (1024 spectra). Fused path: the budgets; before issue 13's kernel phase
 # deconvolve 11,076 ops and 238 syncs, band-limited 11,235 / 238, thickness log-ratio 5,961 / 115,
 # kk 10,234 / 253; after its first pass 1,240 / 1,251 / 1,136 / 1,308; after the fused roll-off
-# 1,083 / 1,095 / 992 / 1,150; now, with the fused tails: 956 / 968 / 865 / 997, 3 / 3 / 3 / 6 syncs
+# 1,083 / 1,095 / 992 / 1,150; now, with the fused tails: 937 / 949 / 846 / 978, 3 / 3 / 3 / 6 syncs
 BUDGETS = [
     pytest.param("deconvolve-mirror", "fused", 1000, 8),
     pytest.param("deconvolve-band-limited", "fused", 1000, 8),
@@ -179,7 +179,7 @@ BUDGETS = [
         1000,
         8,
         marks=_xfail(
-            "twin path: 1,277 ops and 3 syncs (the roll-off's twin ~190 ops, the tails' ~130 "
+            "twin path: 1,265 ops and 3 syncs (the roll-off's twin ~190 ops, the tails' ~140 "
             "in place of one launch each)"
         ),
     ),
@@ -188,12 +188,12 @@ BUDGETS = [
         "twin",
         1000,
         8,
-        marks=_xfail("twin path: 1,289 ops and 3 syncs"),
+        marks=_xfail("twin path: 1,277 ops and 3 syncs"),
     ),
     pytest.param(
-        "thickness-log-ratio", "twin", 1000, 8, marks=_xfail("twin path: 1,186 ops and 3 syncs")
+        "thickness-log-ratio", "twin", 1000, 8, marks=_xfail("twin path: 1,174 ops and 3 syncs")
     ),
-    pytest.param("thickness-kk", "twin", 1000, 8, marks=_xfail("twin path: 1,318 ops, 6 syncs")),
+    pytest.param("thickness-kk", "twin", 1000, 8, marks=_xfail("twin path: 1,306 ops, 6 syncs")),
 ]
 
 
