@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -160,8 +161,31 @@ def xp_standin() -> Any:
     return counting.xp
 
 
-def measure(name: str, pixels: int) -> dict[str, Any]:
-    """Run job ``name`` on a ``pixels``-spectrum block through the counting stand-in."""
+def _by_file(per_site: Any, scale: float) -> dict[str, float]:
+    """A per-site count summed per file (the stages: zlp.py, fourier_log.py, tails.py...),
+    divided by ``scale``, largest first."""
+    agg: dict[str, float] = {}
+    for site, k in per_site.items():
+        agg[site.file] = agg.get(site.file, 0.0) + k / scale
+    return dict(sorted(agg.items(), key=lambda kv: -kv[1]))
+
+
+def measure(name: str, pixels: int, path: str = "fused") -> dict[str, Any]:
+    """Run job ``name`` on a ``pixels``-spectrum block through the counting stand-in, on the
+    ``path`` "fused" (the fused CUDA kernels counted as one launch each) or "twin" (their
+    array-API twins counted, ``EELSGPU_NO_FUSED=1``: what a GPU falls back to)."""
+    old = os.environ.pop("EELSGPU_NO_FUSED", None)
+    if path == "twin":
+        os.environ["EELSGPU_NO_FUSED"] = "1"
+    try:
+        return _measure(name, pixels, path)
+    finally:
+        os.environ.pop("EELSGPU_NO_FUSED", None)
+        if old is not None:
+            os.environ["EELSGPU_NO_FUSED"] = old
+
+
+def _measure(name: str, pixels: int, path: str) -> dict[str, Any]:
     from eelsgpu.engine import counting
 
     make, run = jobs()[name]
@@ -189,6 +213,7 @@ def measure(name: str, pixels: int) -> dict[str, Any]:
     t_pcie = pixels * (h2d_per_spectrum + out_per_spectrum) / PCIE_BPS
     return {
         "job": name,
+        "path": path,
         "pixels": pixels,
         "ops": b.ops,
         "syncs": b.syncs,
@@ -210,6 +235,8 @@ def measure(name: str, pixels: int) -> dict[str, Any]:
         "top_syncs": [(str(s), k) for s, k in c.top("syncs", 8)],
         "top_promotions": [(str(s), k) for s, k in c.top("promotions", 4)],
         "top_functions": c.by_function("ops", 6),
+        "MiB_per_spectrum_by_file": _by_file(c.site_bytes, pixels * MiB),
+        "ops_by_file": _by_file(c.site_ops, 1),
     }
 
 
@@ -220,11 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default=",".join(jobs()))
     ap.add_argument("--json", default=None)
     ap.add_argument("--sites", action="store_true", help="print the top call sites of each job")
+    ap.add_argument(
+        "--no-twin", action="store_true", help="count the fused path only (not the twins' too)"
+    )
     a = ap.parse_args(argv)
     names = [n for n in a.jobs.split(",") if n]
     rows = []
     for name in names:
         big = measure(name, a.pixels)
+        big["twin"] = None if a.no_twin else measure(name, a.pixels, "twin")
         small = measure(name, a.small) if a.small else None
         # (uploads left out: the engine keeps what it uploads, e.g. the energy axis, so whether a
         # block carries that one copy depends on what ran before it)
@@ -239,28 +270,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {name}: {a.pixels} spectra counted in {big['cpu_wall_s']:.1f} s", file=sys.stderr)
     print(
         f"GPU path through the counting stand-in (array-api-strict; nothing ran on a GPU), one "
-        f"block of {a.pixels} x {N_CHANNELS} float32"
+        f"block of {a.pixels} x {N_CHANNELS} float32; each job on the fused path (the fused CUDA "
+        "kernels as one launch each: what the budgets hold) and, after the slash, the twin path "
+        "(their array-API twins: the fallback)"
     )
     print(
-        f"{'job':<26}{'ops':>7}{'syncs':>7}{'f64':>5}{'MiB/sp':>8}{'peak KiB/sp':>12}"
-        f"{'H100 sp/s':>11}{'PCIe sp/s':>11}  grows with pixels ({a.small} -> {a.pixels})"
+        f"{'job':<26}{'ops':>12}{'syncs':>7}{'f64':>5}{'MiB/sp':>13}{'peak KiB/sp':>12}"
+        f"{'H100 sp/s':>19}{'PCIe sp/s':>11}  grows with pixels ({a.small} -> {a.pixels})"
     )
+
+    def both(r: dict[str, Any], key: str, fmt: str) -> str:
+        t = r["twin"]
+        return format(r[key], fmt) + ("" if t is None else " / " + format(t[key], fmt))
+
     for r in rows:
         grows = ", ".join(f"{k} {s}->{b}" for k, (s, b) in r["grows"].items()) or "no"
         print(
-            f"{r['job']:<26}{r['ops']:>7}{r['syncs']:>7}{r['promotions']:>5}"
-            f"{r['MiB_per_spectrum']:>8.2f}{r['peak_bytes_per_spectrum'] / 1024:>12.1f}"
-            f"{r['implied_spectra_per_s']:>11.3g}{r['pcie_limit_spectra_per_s']:>11.3g}  {grows}"
+            f"{r['job']:<26}{both(r, 'ops', 'd'):>12}{r['syncs']:>7}{r['promotions']:>5}"
+            f"{both(r, 'MiB_per_spectrum', '.2f'):>13}{r['peak_bytes_per_spectrum'] / 1024:>12.1f}"
+            f" {both(r, 'implied_spectra_per_s', '.3g'):>18}"
+            f"{r['pcie_limit_spectra_per_s']:>11.3g}  {grows}"
         )
     print(
         "H100 sp/s = N / max((ops + syncs) x 10 us, bytes / 3.35 TB/s, (in + out bytes) / 50 GB/s)"
-        " per block of N spectra; PCIe sp/s = N / ((in + out bytes) / 50 GB/s)"
+        " per block of N spectra; PCIe sp/s = N / ((in + out bytes) / 50 GB/s). The fused "
+        "kernels (kernels/fourier_log.cu, kernels/tails.cu) have run only through g++ emulations "
+        "of their CUDA threads, never on a GPU."
     )
     print("\nmeasured peaks (bytes per spectrum at 2048 float32 channels):")
     print({r["job"]: int(r["peak_bytes_per_spectrum"]) for r in rows})
     if a.sites:
         for r in rows:
-            print(f"\n{r['job']}: top call sites")
+            print(f"\n{r['job']}: per file (stage), fused path: ops, MiB read+written / spectrum")
+            for f, mib in r["MiB_per_spectrum_by_file"].items():
+                print(f"  {r['ops_by_file'].get(f, 0):>7.0f} {mib:>7.3f}  {f}")
+            print(f"{r['job']}: top call sites")
             for what in ("top_ops", "top_syncs", "top_promotions"):
                 for site, k in r[what]:
                     print(f"  {what[4:]:<11}{k:>7}  {site}")

@@ -300,3 +300,23 @@ def test_cuda_source_equals_twin_on_a_block(emulated):
     assert captured
     for args in captured:
         _close(_twin(*args), emulated(*args))
+
+
+@pytest.mark.gpu
+def test_gpu_tails_kernel_equals_twin():
+    """On a GPU (CuPy): kernels/tails.cu compiles, passes its first-use check at each probe size
+    and equals the NumPy twin on the probes of 256 and 65,536 rows (the grid-stride loop over
+    many thread blocks). Truth: the twin."""
+    import cupy
+    from array_api_compat import array_namespace
+
+    from eelsgpu.engine import cuda
+
+    xc = array_namespace(cupy.empty(0))
+    provider = cuda._tails_cuda_provider(xc)
+    assert provider is not None, "tails.cu did not compile"
+    for n in (256, 65536):
+        args = tails.tails_probe(xc, n, seed=n % 97)
+        got = tuple(cupy.asnumpy(a) for a in provider(*args))
+        assert cuda._TAILS[("checked", n)] is True, "the first-use check failed"
+        _close(_twin(*(cupy.asnumpy(a) for a in args)), got)
