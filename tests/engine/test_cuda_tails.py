@@ -320,3 +320,63 @@ def test_gpu_tails_kernel_equals_twin():
         got = tuple(cupy.asnumpy(a) for a in provider(*args))
         assert cuda._TAILS[("checked", n)] is True, "the first-use check failed"
         _close(_twin(*(cupy.asnumpy(a) for a in args)), got)
+
+
+def test_gpu_path_with_the_emulated_kernel_equals_the_twin_path(emulated, monkeypatch):
+    """thickness (log-ratio, auto tail) and deconvolve of a noisy synthetic image (t/lambda
+    0.2-3) on the counting stand-in -- the GPU path -- with tails_solve served by the CUDA source
+    itself (run on the CPU by the emulation, where a GPU would launch the compiled kernel) give
+    the twin path's results: t/lambda and the tail's share to 1e-5, the SSD to 1e-5 of its peak,
+    the same pixels with a trusted power-law tail and the same quality maps.
+    Truth: the same GPU path with the array-API twin (EELSGPU_NO_FUSED=tails_solve)."""
+    import eelsgpu
+    from eelsgpu import synthetic
+    from eelsgpu.engine import counting, cuda
+    from eelsgpu.kernels import _fused
+
+    monkeypatch.setattr(_fused, "_PROVIDERS", dict(_fused._PROVIDERS))  # restored after
+    calls = []
+
+    def provider(xp):
+        if xp is not counting.xp:
+            return None
+
+        def run(*args):
+            calls.append(args[0].shape[0])
+            return tuple(xp.asarray(o) for o in emulated(*(np.asarray(a) for a in args)))
+
+        return run
+
+    si = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=synthetic.thickness_map((4, 16), "gradient", (0.2, 3.0)),
+        shape=(4, 16),
+        n_channels=1024,
+        dispersion_eV=0.05,
+        noise=True,
+        dtype=np.float32,
+        chunks=(4, 16),
+    )["signal"]
+
+    def run_both():
+        return (
+            eelsgpu.thickness(si, zlp="threshold", tail="auto", device=counting.xp).compute(),
+            eelsgpu.deconvolve(si, zlp="mirror", device=counting.xp).compute(),
+        )
+
+    monkeypatch.setenv("EELSGPU_NO_FUSED", "tails_solve")
+    want = run_both()
+    monkeypatch.delenv("EELSGPU_NO_FUSED")
+    monkeypatch.setattr(cuda, "fused_tails_solve", provider)  # (the analyses register it)
+    got = run_both()
+    assert len(calls) >= 2  # both analyses ran the emulated kernel
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g["quality"].values, w["quality"].values)
+        np.testing.assert_allclose(g["t_over_lambda"].values, w["t_over_lambda"].values, rtol=1e-5)
+    np.testing.assert_array_equal(got[0]["tail_trusted"].values, want[0]["tail_trusted"].values)
+    assert want[0]["tail_trusted"].values.any()  # the power-law tail is used somewhere
+    np.testing.assert_allclose(
+        got[0]["tail_fraction"].values, want[0]["tail_fraction"].values, rtol=1e-5, atol=1e-9
+    )
+    peak = np.nanmax(np.abs(want[1]["ssd"].values))
+    np.testing.assert_allclose(got[1]["ssd"].values, want[1]["ssd"].values, atol=1e-5 * peak)
