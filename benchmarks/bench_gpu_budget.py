@@ -30,37 +30,55 @@ The budgets of issue 13 (tests/engine/test_gpu_budget.py holds them): deconvolve
 20); none growing with the pixel count; no block-sized float64 from float32 input on the low-loss
 path; deconvolve <= 0.6 MiB read and written per spectrum.
 
-Measured on the 2-core development machine (4096 x 2048 block; before -> after issue 13's kernel
-phase: host axis numbers passed in, no row tiling or data-dependent slabs on a device, the
-power-law tails by a batched Newton solve, the roll-off as ONE fused kernel, counted as one
-operation reading its inputs and writing its outputs once; then -> now: the small per-pixel
-steps batched -- maps masked in one ``where`` over their stack, the quality mask as one stacked
-sum, the smoothing sums of the ZLP's first minimum by one cumulative sum, shared masks, casts and
-fourth differences made once, one ``clip`` per clamp on a device; the CPU's results bitwise the
-same):
+Every job is counted on two paths: **fused** (the budgets' path: the fused CUDA kernels
+``kernels/fourier_log.cu``, the Fourier-log roll-off, and ``kernels/tails.cu``, the power-law
+tails, each counted as ONE launch that reads its inputs and writes its outputs once -- their
+array-API twins run uncounted underneath, through
+:meth:`~eelsgpu.engine.counting.CountingNamespace.eelsgpu_fused`) and **twin** (after the slash:
+``EELSGPU_NO_FUSED=1``, the twins counted operation by operation: what a GPU runs when a fused
+kernel fails to compile or its first-use check). ``--no-twin`` counts the fused path only. The
+fused kernels have run only through g++ emulations of their CUDA threads (the tests), never on a
+GPU. ``--sites`` adds the operations and bytes per file (the stages) and the top call sites.
 
-=========================  =======================  ==========  =================  =============
-job                        ops                      syncs       MiB/sp             peak kB/sp
-=========================  =======================  ==========  =================  =============
-deconvolve-mirror          32,052 -> 1,240 -> 1,083  718 -> 3    5.46 -> 4.3 -> 4.19  84 -> 295
-deconvolve-band-limited    32,691 -> 1,251 -> 1,094  718 -> 3    -    -> 4.4 -> 4.28  84 -> 295
-thickness-log-ratio        11,633 -> 1,136 -> 991    235 -> 3    2.45 -> 3.9 -> 3.82  64 -> 305
-thickness-kk               28,462 -> 1,308 -> 1,149  757 -> 6    4.59 -> 4.4 -> 4.31  76 -> 295
-=========================  =======================  ==========  =================  =============
+Measured on the 2-core development machine (4096 x 2048 block; the ops history: before issue
+13's kernel phase -> its first pass (host axis numbers passed in, no row tiling or
+data-dependent slabs on a device, the tails by a batched Newton solve, the fused roll-off) ->
+its second (the small per-pixel steps batched) -> now (the tails as one fused kernel, the fit's
+ok-decision inside it), fused / twin path):
 
-(the operations and syncs no longer grow with the block; the peak per spectrum is the whole
-block's temporaries now that a device pass is not cut into rows of 64, and the bytes per
-spectrum of thickness grew for the same reason: the Fourier-log of the tail now runs for every
-pixel on a device instead of a subset read back to the host. What is left above 1,000: about 40
-call sites of 5-70 operations, the largest the ZLP centre and its plausibility (~180), the tails'
-batched Newton solve (~130, one elementwise kernel's worth), the ZLP models and checks (~250),
-the roll-off's weights and metrics (~100).)
+=========================  ================================  ======  =============  ==========
+job                        ops                               syncs   MiB/sp         peak kB/sp
+=========================  ================================  ======  =============  ==========
+deconvolve-mirror          32,052 -> 1,240 -> 1,083 -> 937   718->3  4.18 / 6.21    295
+                           (twin 1,265)
+deconvolve-band-limited    32,691 -> 1,251 -> 1,094 -> 949   718->3  4.26 / 6.30    295
+                           (twin 1,277)
+thickness-log-ratio        11,633 -> 1,136 -> 991 -> 846     235->3  3.81 / 5.84    305
+                           (twin 1,174)
+thickness-kk               28,462 -> 1,308 -> 1,149 -> 978   757->6  4.30 / 6.33    295
+                           (twin 1,306)
+kk-0 / kk-10               469 / 904 -> 275 / 564 (no fused  5/7 ->  0.87 / 4.06    92 / 246
+                           kernel: both paths the same)      1/3
+bandgap                    6,433 -> 1,352                    1       20.1           430
+=========================  ================================  ======  =============  ==========
+
+Every ops budget is met on the fused path, none grows with the block; on the twin path the
+low-loss jobs are 1,174-1,306 (the roll-off's twin ~190 operations and the tails' ~140 where
+the fused path has one launch each). Deconvolve's bytes per spectrum (budget 0.6 MiB), fused
+path, per stage: the ZLP stage (``zlp.py``: centre and its plausibility, models, checks, channel
+variance) 1.98, the Fourier-log around the fused roll-off (``fourier_log.py``: the transforms,
+the misfit's transform, the raw SSD's metrics, the adaptive weight, the window) 1.74, the maps
+(``log_ratio.py``) 0.15, the two fused kernels together 0.07, the tails' sums 0.06, the rest
+0.18: a fused ZLP stage and a fused Fourier-log pass around the transforms would be needed for
+0.6. Implied H100 rates (fused path): deconvolve about 440,000 spectra/s per stream (launch-
+bound), thickness 420,000-480,000, KK 1.5 million (its copy back bounds it at 2.1 million).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -160,8 +178,31 @@ def xp_standin() -> Any:
     return counting.xp
 
 
-def measure(name: str, pixels: int) -> dict[str, Any]:
-    """Run job ``name`` on a ``pixels``-spectrum block through the counting stand-in."""
+def _by_file(per_site: Any, scale: float) -> dict[str, float]:
+    """A per-site count summed per file (the stages: zlp.py, fourier_log.py, tails.py...),
+    divided by ``scale``, largest first."""
+    agg: dict[str, float] = {}
+    for site, k in per_site.items():
+        agg[site.file] = agg.get(site.file, 0.0) + k / scale
+    return dict(sorted(agg.items(), key=lambda kv: -kv[1]))
+
+
+def measure(name: str, pixels: int, path: str = "fused") -> dict[str, Any]:
+    """Run job ``name`` on a ``pixels``-spectrum block through the counting stand-in, on the
+    ``path`` "fused" (the fused CUDA kernels counted as one launch each) or "twin" (their
+    array-API twins counted, ``EELSGPU_NO_FUSED=1``: what a GPU falls back to)."""
+    old = os.environ.pop("EELSGPU_NO_FUSED", None)
+    if path == "twin":
+        os.environ["EELSGPU_NO_FUSED"] = "1"
+    try:
+        return _measure(name, pixels, path)
+    finally:
+        os.environ.pop("EELSGPU_NO_FUSED", None)
+        if old is not None:
+            os.environ["EELSGPU_NO_FUSED"] = old
+
+
+def _measure(name: str, pixels: int, path: str) -> dict[str, Any]:
     from eelsgpu.engine import counting
 
     make, run = jobs()[name]
@@ -189,6 +230,7 @@ def measure(name: str, pixels: int) -> dict[str, Any]:
     t_pcie = pixels * (h2d_per_spectrum + out_per_spectrum) / PCIE_BPS
     return {
         "job": name,
+        "path": path,
         "pixels": pixels,
         "ops": b.ops,
         "syncs": b.syncs,
@@ -210,6 +252,8 @@ def measure(name: str, pixels: int) -> dict[str, Any]:
         "top_syncs": [(str(s), k) for s, k in c.top("syncs", 8)],
         "top_promotions": [(str(s), k) for s, k in c.top("promotions", 4)],
         "top_functions": c.by_function("ops", 6),
+        "MiB_per_spectrum_by_file": _by_file(c.site_bytes, pixels * MiB),
+        "ops_by_file": _by_file(c.site_ops, 1),
     }
 
 
@@ -220,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default=",".join(jobs()))
     ap.add_argument("--json", default=None)
     ap.add_argument("--sites", action="store_true", help="print the top call sites of each job")
+    ap.add_argument(
+        "--no-twin", action="store_true", help="count the fused path only (not the twins' too)"
+    )
     a = ap.parse_args(argv)
     names = [n for n in a.jobs.split(",") if n]
     rows = []
     for name in names:
         big = measure(name, a.pixels)
+        big["twin"] = None if a.no_twin else measure(name, a.pixels, "twin")
         small = measure(name, a.small) if a.small else None
         # (uploads left out: the engine keeps what it uploads, e.g. the energy axis, so whether a
         # block carries that one copy depends on what ran before it)
@@ -239,28 +287,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {name}: {a.pixels} spectra counted in {big['cpu_wall_s']:.1f} s", file=sys.stderr)
     print(
         f"GPU path through the counting stand-in (array-api-strict; nothing ran on a GPU), one "
-        f"block of {a.pixels} x {N_CHANNELS} float32"
+        f"block of {a.pixels} x {N_CHANNELS} float32; each job on the fused path (the fused CUDA "
+        "kernels as one launch each: what the budgets hold) and, after the slash, the twin path "
+        "(their array-API twins: the fallback)"
     )
     print(
-        f"{'job':<26}{'ops':>7}{'syncs':>7}{'f64':>5}{'MiB/sp':>8}{'peak KiB/sp':>12}"
-        f"{'H100 sp/s':>11}{'PCIe sp/s':>11}  grows with pixels ({a.small} -> {a.pixels})"
+        f"{'job':<26}{'ops':>12}{'syncs':>7}{'f64':>5}{'MiB/sp':>14}{'peak KiB/sp':>12}"
+        f"{'H100 sp/s':>19}{'PCIe sp/s':>11}  grows with pixels ({a.small} -> {a.pixels})"
     )
+
+    def both(r: dict[str, Any], key: str, fmt: str) -> str:
+        t = r["twin"]
+        return format(r[key], fmt) + ("" if t is None else " / " + format(t[key], fmt))
+
     for r in rows:
         grows = ", ".join(f"{k} {s}->{b}" for k, (s, b) in r["grows"].items()) or "no"
         print(
-            f"{r['job']:<26}{r['ops']:>7}{r['syncs']:>7}{r['promotions']:>5}"
-            f"{r['MiB_per_spectrum']:>8.2f}{r['peak_bytes_per_spectrum'] / 1024:>12.1f}"
-            f"{r['implied_spectra_per_s']:>11.3g}{r['pcie_limit_spectra_per_s']:>11.3g}  {grows}"
+            f"{r['job']:<26}{both(r, 'ops', 'd'):>12}{r['syncs']:>7}{r['promotions']:>5}"
+            f" {both(r, 'MiB_per_spectrum', '.2f'):>13}"
+            f"{r['peak_bytes_per_spectrum'] / 1024:>12.1f}"
+            f" {both(r, 'implied_spectra_per_s', '.3g'):>18}"
+            f"{r['pcie_limit_spectra_per_s']:>11.3g}  {grows}"
         )
     print(
         "H100 sp/s = N / max((ops + syncs) x 10 us, bytes / 3.35 TB/s, (in + out bytes) / 50 GB/s)"
-        " per block of N spectra; PCIe sp/s = N / ((in + out bytes) / 50 GB/s)"
+        " per block of N spectra; PCIe sp/s = N / ((in + out bytes) / 50 GB/s). The fused "
+        "kernels (kernels/fourier_log.cu, kernels/tails.cu) have run only through g++ emulations "
+        "of their CUDA threads, never on a GPU."
     )
     print("\nmeasured peaks (bytes per spectrum at 2048 float32 channels):")
     print({r["job"]: int(r["peak_bytes_per_spectrum"]) for r in rows})
     if a.sites:
         for r in rows:
-            print(f"\n{r['job']}: top call sites")
+            print(f"\n{r['job']}: per file (stage), fused path: ops, MiB read+written / spectrum")
+            for f, mib in r["MiB_per_spectrum_by_file"].items():
+                print(f"  {r['ops_by_file'].get(f, 0):>7.0f} {mib:>7.3f}  {f}")
+            print(f"{r['job']}: top call sites")
             for what in ("top_ops", "top_syncs", "top_promotions"):
                 for site, k in r[what]:
                     print(f"  {what[4:]:<11}{k:>7}  {site}")

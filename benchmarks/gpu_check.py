@@ -14,7 +14,11 @@ the GPU with the CPU's, on the synthetic cube; (5) times deconvolve, thickness a
 Kramers-Kronig on a ``--size`` x ``--size`` x 2048 float32 cube (256 by default): with the cube
 in device memory (the block kernel on device-resident blocks, compute only), from host memory
 (the analysis on an in-memory image, through the engine's staging and copies) and zarr to zarr;
-(6) writes everything as JSON (``$OUT/gpu_check.json``, the pytest log beside it).
+(6) writes everything as JSON (``$OUT/gpu_check.json``, the pytest log beside it). Between (3)
+and (4) it checks each fused CUDA kernel (``kernels/fourier_log.cu``, ``kernels/tails.cu``) as the
+GPU path gets it -- compiled, checked against its array-API twin at first use, or fallen back
+with a warning -- against the twin on the probes at two sizes, with the time of one call of each
+(``fused_kernels`` in the JSON): the first time those kernels run on a GPU.
 
 ``--standin`` runs the same steps with the counting stand-in (:data:`eelsgpu.engine.counting.xp`,
 array-api-strict) in place of CuPy: the check of the check on a machine without a GPU (use a
@@ -122,6 +126,111 @@ def run_tests(out: Path, standin: bool, timeout: float) -> dict[str, Any]:
         }
     results["seconds"] = time.perf_counter() - t
     return results
+
+
+# --------------------------------------------------------------------------- fused kernels
+def _fused_cases(xp: Any) -> dict[str, list[tuple[str, Any, Any, Any]]]:
+    """Per fused kernel: (case, make the twin's arguments, the twin, agree(want, got) on host
+    arrays) -- the probes the first-use checks run, at a small and at a block's size."""
+    import numpy as np
+
+    from eelsgpu.engine import cuda
+    from eelsgpu.kernels import fourier_log as fl
+    from eelsgpu.kernels import tails
+
+    def consts(k: int) -> Any:
+        p = 2 * (k - 1)
+        nu = xp.asarray((np.arange(k) / (p * 0.05)).astype(np.float32))
+        return fl.RolloffConsts(p, 0.05, fl.MAX_RESOLUTION_FWHM, True, max(8, k // 64), nu)
+
+    def rolloff_agree(want: Any, got: Any) -> bool:
+        return cuda._agree(want, got)
+
+    def rolloff_twin(*a: Any) -> dict[str, Any]:
+        return fl.rolloff_twin(xp, *a)
+
+    def tails_twin(*a: Any) -> tuple[Any, ...]:
+        return tails.tails_twin(xp, *a)
+
+    return {
+        fl.FUSED_NAME: [
+            (
+                f"probe, {k} frequencies",
+                lambda k=k: fl.rolloff_probe(xp, k, consts(k)),
+                rolloff_twin,
+                rolloff_agree,
+            )
+            for k in (1025, 2049)
+        ],
+        tails.FUSED_NAME: [
+            (
+                f"probe, {n} rows",
+                lambda n=n: tails.tails_probe(xp, n, seed=n % 97),
+                tails_twin,
+                cuda.tails_agree,
+            )
+            for n in (256, 65536)
+        ],
+    }
+
+
+def _host(out: Any) -> Any:
+    from eelsgpu.engine.device import to_host
+
+    if isinstance(out, dict):
+        return {k: to_host(v) for k, v in out.items()}
+    return tuple(to_host(v) for v in out)
+
+
+def fused_kernels(xp: Any, repeats: int = 5) -> dict[str, Any]:
+    """Each fused CUDA kernel of :mod:`eelsgpu.engine.cuda` (``kernels/*.cu``) as the GPU path
+    gets it: served by the registry (compiled on first use and checked against its array-API
+    twin at that size; a failure falls back to the twin with a warning, recorded here), its
+    result against the twin on the probes at two sizes, and the seconds of one call of each
+    (the median of ``repeats``). On the counting stand-in the served kernel is the twin counted
+    as one launch: the check of the check, without a GPU."""
+    import warnings
+
+    from eelsgpu.engine import cuda
+    from eelsgpu.kernels import _fused
+
+    cuda.register_fused_kernels()
+    report: dict[str, Any] = {}
+    for name, cases in _fused_cases(xp).items():
+        entry: dict[str, Any] = {}
+        for case, make, twin, agree in cases:
+            row: dict[str, Any] = {}
+            try:
+                args = make()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    fused = _fused.lookup(name, xp)
+                    row["served"] = fused is not None
+                    got = _host(fused(*args)) if fused is not None else None
+                row["warnings"] = [str(w.message) for w in caught]
+                want = _host(twin(*args))
+                if got is not None:
+                    row["agrees_with_twin"] = bool(agree(want, got))
+                state = cuda._TAILS if name == "tails_solve" else cuda._FUSED
+                row["fused_kernel_used"] = bool(state.get("kernel") is not None) and not any(
+                    v is False for k, v in state.items() if isinstance(k, tuple)
+                )
+                for label, fn in (("fused", fused), ("twin", twin)):
+                    if fn is None:
+                        continue
+                    times = []
+                    for _ in range(repeats):
+                        t = time.perf_counter()
+                        fn(*args)
+                        _sync(xp)
+                        times.append(time.perf_counter() - t)
+                    row[f"{label}_s"] = sorted(times)[len(times) // 2]
+            except Exception as exc:  # recorded: the rest of the check goes on
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                row["traceback"] = traceback.format_exc()
+            entry[case] = row
+        report[name] = entry
+    return report
 
 
 # --------------------------------------------------------------------------- the jobs
@@ -377,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_tests:
         report["tests"] = run_tests(out, a.standin, timeout=0.45 * a.budget)
         save()
+    report["fused_kernels"] = fused_kernels(xp)
+    save()
     report["compare"] = compare_all(device, a.compare_size, 0.7 * a.budget)
     save()
     report["timings"] = timings(device, xp, a.size, 0.95 * a.budget)

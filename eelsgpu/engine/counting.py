@@ -578,6 +578,40 @@ class CountingNamespace(types.ModuleType):
                 for c in _REC.active:
                     c.blocks.append(blk)
 
+    def eelsgpu_fused(self, name: str, twin: Callable[..., Any], arrays: tuple[Any, ...]) -> Any:
+        """A step that has a fused device kernel, counted as that kernel costs on a GPU.
+
+        ``twin(base, *raw)`` (the step's array-API twin on the base namespace, with ``arrays``
+        unwrapped; ``None`` entries pass through) runs UNCOUNTED -- its temporaries stay in the
+        fused kernel's registers and shared memory -- and the call is charged as ONE operation
+        (one launch) that reads the arrays of ``arrays`` once and writes the arrays it returns
+        once (a tuple or a dict of arrays, or one array; returned wrapped the same way). What
+        the GPU path costs where the fused kernel runs; where it is not used (another device,
+        a failed first-use check, ``EELSGPU_NO_FUSED=1``) the twin runs counted instead.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from eelsgpu.engine import counting
+        >>> xs = counting.xp
+        >>> a = xs.asarray(np.arange(8, dtype=np.float32))
+        >>> with counting.count() as c:
+        ...     lo, hi = xs.eelsgpu_fused("demo", lambda x, v: (x.sqrt(v) + 1, v * v), (a,))
+        >>> c.ops, c.bytes   # one launch reading 32 bytes and writing 2 x 32
+        (1, 96)
+        """
+        keys: list[Any] = []
+
+        def run() -> Any:
+            out = twin(self._base, *(None if a is None else _raw(a) for a in arrays))
+            if isinstance(out, dict):
+                keys.extend(out)
+                return tuple(out.values())
+            return out
+
+        got = self._call(name, run, tuple(a for a in arrays if a is not None))
+        return dict(zip(keys, got, strict=True)) if keys else got
+
     def eelsgpu_asarray(self, host: np.ndarray) -> CountingArray:
         """The host-to-device copy of a staged block (counted as one operation and a copy)."""
         return self.asarray(host)

@@ -3,7 +3,7 @@
 The kernels (:mod:`eelsgpu.kernels`) never import device code; where a step has a fused form
 they look it up in :mod:`eelsgpu.kernels._fused`. This module fills that registry
 (:func:`register_fused_kernels`, called by :func:`eelsgpu.engine.transfer.cuda_device` when a
-CUDA device is set up, and by the low-loss analyses before they run). Today it holds one kernel:
+CUDA device is set up, and by the low-loss analyses before they run). It holds two kernels:
 
 * ``fourier_log_rolloff`` (``kernels/fourier_log.cu``): the measured-error roll-off of the
   Fourier-log deconvolution (kk-theory.md eq. 22) after the transforms, for complex64 CuPy
@@ -13,23 +13,32 @@ CUDA device is set up, and by the low-loss analyses before they run). Today it h
   transform) once and writes ln(J~/Z~), the weight and five numbers per spectrum. Its array-API
   twin is :func:`eelsgpu.kernels.fourier_log.rolloff_twin` (NumPy's fast path:
   :func:`~eelsgpu.kernels.fourier_log.rolloff_numpy`).
+* ``tails_solve`` (``kernels/tails.cu``): the power-law tails beyond the window (Egerton 2011,
+  section 4.2.1) from their fits' sums, for float32 CuPy arrays: the three exponents by a
+  clamped Newton solve, their noise, the trust decision and the counts beyond the window with
+  their standard deviation, in ONE launch (one thread per row) where its array-API twin
+  :func:`eelsgpu.kernels.tails.tails_twin` takes about 130.
 
-For CuPy, the kernel is compiled with ``cupy.RawKernel`` on its first use (not at registration)
-and compared with its twin at the size of the block it is first asked for (:func:`verified`:
-the block's own first spectra at every frequency, and a probe of thick, thin and vacuum spectra
-of the same length); any failure (compiler, driver, file missing, a result that differs) is
-logged once as a ``RuntimeWarning`` and the twin runs from then on. ``EELSGPU_NO_FUSED=1`` turns
-the fused kernels off.
+For CuPy, each kernel is compiled with ``cupy.RawKernel`` on its first use (not at
+registration) and compared with its twin at the size of the block it is first asked for
+(:func:`verified`: the block's own first spectra at every frequency, and a probe of thick, thin
+and vacuum spectra of the same length; :func:`verified_tails`: the block's own rows and
+:func:`~eelsgpu.kernels.tails.tails_probe`); any failure (compiler, driver, file missing, a
+result that differs) is logged once as a ``RuntimeWarning`` and the twin runs from then on.
+``EELSGPU_NO_FUSED=1`` turns the fused kernels off (``EELSGPU_NO_FUSED=tails_solve``, a
+comma-separated list of names, only those).
 
 For the counting stand-in (:data:`eelsgpu.engine.counting.xp`, the GPU path run on a CPU) the
-provider serves the twin run as ONE counted operation reading the kernel's inputs and writing
-its outputs once: what the fused kernel costs on CuPy (one launch, one read and one write), so
-that the budgets counted there are the budgets of the GPU path with its fused kernel.
+providers serve the twin run as ONE counted operation reading the kernel's inputs and writing
+its outputs once (:meth:`~eelsgpu.engine.counting.CountingNamespace.eelsgpu_fused`): what the
+fused kernel costs on CuPy (one launch, one read and one write), so that the budgets counted
+there are the budgets of the GPU path with its fused kernels (``EELSGPU_NO_FUSED=1`` counts the
+twins' path, which a GPU falls back to).
 
-No GPU was available where this was written: the CUDA source is compiled with nvcc for sm_80
-and sm_90 by a test, and executed on a CPU by an emulation of the CUDA threads (a test compiles
-it with g++ and a header that runs each thread block's threads as host threads with a barrier
-for ``__syncthreads``), where it equals the twin; it has never run on a GPU.
+No GPU was available where this was written: the CUDA sources are compiled with nvcc for sm_80
+and sm_90 by a test, and executed on a CPU by emulations of the CUDA threads (tests compile them
+with g++ and a header that runs each thread block's threads as host threads, with a barrier for
+``__syncthreads``), where they equal their twins; they have never run on a GPU.
 
 Examples
 --------
@@ -37,6 +46,8 @@ Examples
 >>> from eelsgpu.kernels import _fused
 >>> register_fused_kernels()
 >>> _fused.lookup("fourier_log_rolloff", np) is None  # NumPy arrays: the NumPy fast path runs
+True
+>>> _fused.lookup("tails_solve", np) is None
 True
 """
 
@@ -52,19 +63,33 @@ import numpy as np
 
 from ..kernels import _fused
 from ..kernels.fourier_log import FUSED_NAME, RolloffConsts, rolloff_probe, rolloff_twin
+from ..kernels.tails import FUSED_NAME as TAILS_NAME
+from ..kernels.tails import tails_probe, tails_twin
 
 __all__ = [
     "ROLLOFF_OUTPUTS",
+    "TAILS_OUTPUTS",
     "cuda_source",
     "fused_fourier_log_rolloff",
+    "fused_tails_solve",
     "register_fused_kernels",
     "verified",
+    "verified_tails",
 ]
 
 #: The outputs of the roll-off (:func:`eelsgpu.kernels.fourier_log.rolloff_twin`), in order.
 ROLLOFF_OUTPUTS = ("ell", "w", "n_j", "dead", "first", "limit", "floored")
 
+#: The outputs of the tails (:func:`eelsgpu.kernels.tails.tails_twin`), in order.
+TAILS_OUTPUTS = ("tail", "trusted", "sd")
+
 _FUSED: dict[Any, Any] = {}  # K -> the checked launcher, or False after a failure; "kernel"
+_TAILS: dict[Any, Any] = {}  # the same for tails_solve ("kernel", "failed", ("checked", n))
+_TL_FILE = "tails.cu"
+_TL_THREADS = 256
+#: nvcc/NVRTC options of tails.cu: no a * b + c contracted to one FMA (one rounding less than
+#: the twin's two), so that the first-use check compares like with like.
+_TL_OPTIONS = ("--fmad=false",)
 _CU_FILE = "fourier_log.cu"
 _CU_NAME = "fourier_log_rolloff"
 _CU_THREADS = 256
@@ -82,16 +107,23 @@ def _is_counting_namespace(xp: Any) -> bool:
     return isinstance(xp, CountingNamespace)
 
 
-def cuda_source() -> str:
-    """kernels/fourier_log.cu: from the installed package data, else from the source tree."""
+def _disabled(name: str) -> bool:
+    """``EELSGPU_NO_FUSED`` is 1 (every fused kernel off) or lists ``name`` (comma-separated)."""
+    off = os.environ.get("EELSGPU_NO_FUSED", "")
+    return off == "1" or name in {w.strip() for w in off.split(",")}
+
+
+def cuda_source(file: str = _CU_FILE) -> str:
+    """kernels/``file`` (default fourier_log.cu): from the installed package data, else from
+    the source tree."""
     try:
         from importlib.resources import files
 
-        return (files("eelsgpu._cuda") / _CU_FILE).read_text()
+        return (files("eelsgpu._cuda") / file).read_text()
     except (ModuleNotFoundError, FileNotFoundError, OSError):
         from pathlib import Path
 
-        return (Path(__file__).resolve().parents[2] / "kernels" / _CU_FILE).read_text()
+        return (Path(__file__).resolve().parents[2] / "kernels" / file).read_text()
 
 
 def shared_bytes(k: int, threads: int = _CU_THREADS) -> int:
@@ -209,7 +241,7 @@ def _first_rows(args: tuple[Any, ...], m: int) -> tuple[Any, ...]:
 
 def _cuda_provider(xp: Any) -> Any:
     """The compiled kernel, checked at the size of each block it is first called for."""
-    if os.environ.get("EELSGPU_NO_FUSED") == "1" or _FUSED.get("failed"):
+    if _disabled(FUSED_NAME) or _FUSED.get("failed"):
         return None
     kernel = _FUSED.get("kernel")
     if kernel is None:
@@ -250,20 +282,16 @@ def _cuda_provider(xp: Any) -> Any:
 def _counted_provider(xp: Any) -> Any:
     """The counting stand-in's fused roll-off: the twin on the base namespace, counted as ONE
     operation that reads the inputs and writes the outputs once (what the CUDA kernel costs)."""
-    base = xp._base  # the namespace the stand-in counts (array-api-strict)
 
     def run(*args: Any) -> dict[str, Any]:
         consts = args[-1]
         raw_consts = dataclasses.replace(consts, nu_table=getattr(consts.nu_table, "_a", None))
 
-        def compute() -> tuple[Any, ...]:
-            raw = [None if a is None else a._a for a in args[:-1]]
+        def twin(base: Any, *raw: Any) -> dict[str, Any]:
             out = rolloff_twin(base, *raw, raw_consts)
-            return tuple(out[k] for k in ROLLOFF_OUTPUTS)
+            return {k: out[k] for k in ROLLOFF_OUTPUTS}
 
-        inputs = tuple(a for a in args[:-1] if a is not None)
-        outs = xp._call(FUSED_NAME, compute, inputs)
-        return dict(zip(ROLLOFF_OUTPUTS, outs, strict=True))
+        return xp.eelsgpu_fused(FUSED_NAME, twin, args[:-1])
 
     return run
 
@@ -272,7 +300,7 @@ def fused_fourier_log_rolloff(xp: Any) -> Any:
     """The provider of ``fourier_log_rolloff`` (:mod:`eelsgpu.kernels._fused`): the compiled,
     checked CUDA kernel for CuPy's namespace, the counted twin for the counting stand-in, None
     for any other (and after a failure, or with ``EELSGPU_NO_FUSED=1``)."""
-    if os.environ.get("EELSGPU_NO_FUSED") == "1":
+    if _disabled(FUSED_NAME):
         return None
     if _is_cupy_namespace(xp):
         return _cuda_provider(xp)
@@ -281,15 +309,146 @@ def fused_fourier_log_rolloff(xp: Any) -> Any:
     return None
 
 
+# --------------------------------------------------------------------------- tails_solve
+def _tails_launcher(kernel: Any) -> Any:
+    """Call the compiled ``tails_solve`` like :func:`~eelsgpu.kernels.tails.tails_twin` (CuPy
+    float32 arrays), one thread per row."""
+
+    def run(parts: Any, edges: Any, var: Any, l_end: Any) -> tuple[Any, Any, Any]:
+        import cupy
+
+        n = parts.shape[0]
+        f32 = cupy.float32
+
+        def c(a: Any, dt: Any) -> Any:
+            return cupy.ascontiguousarray(a.astype(dt, copy=False))
+
+        out = (cupy.empty((n,), f32), cupy.empty((n,), cupy.bool_), cupy.empty((n,), f32))
+        if n:
+            args = (
+                c(parts, f32),
+                c(edges, f32),
+                c(var, f32),
+                c(l_end, f32),
+                *out,
+                np.int32(n),
+            )
+            kernel(((n + _TL_THREADS - 1) // _TL_THREADS,), (_TL_THREADS,), args)
+        return out
+
+    return run
+
+
+def tails_agree(want: tuple[Any, ...], got: tuple[Any, ...]) -> bool:
+    """The fused tails (host arrays ``(tail, trusted, sd)``) against the twin's, within float32
+    rounding: the same trust decision (it compares two exponents from different ratios, so a
+    row within an ulp of the threshold may flip: at most 1 % of the rows, rounded up), the same
+    counts to 1e-4 and their standard deviation to 3e-2 of itself plus 1e-5 of the counts
+    where both trust the power law (the numerical slope is a difference of two logs, and where
+    the standard deviation is many times the counts the exponent minus its error sits near its
+    bound 1.05, where the counts change fast), and exact zeros where neither does. Measured
+    through the CPU emulation of the kernel (host logf/expm1f against NumPy's): counts within
+    5.4e-6, standard deviations within 8e-3 of themselves or a float32 ulp of the counts, no
+    decision flipped in 40,960 probe rows."""
+    w_tail, w_tr, w_sd = (np.asarray(a) for a in want)
+    g_tail, g_tr, g_sd = (np.asarray(a) for a in got)
+    n = w_tr.shape[0]
+    both = w_tr & g_tr
+    neither = ~w_tr & ~g_tr
+    flipped = int(np.sum(w_tr != g_tr))
+    with np.errstate(invalid="ignore"):
+        tail_ok = np.abs(g_tail - w_tail) <= 1e-4 * np.abs(w_tail)
+        sd_ok = np.abs(g_sd - w_sd) <= 3e-2 * np.abs(w_sd) + 1e-5 * np.abs(w_tail)
+    rows_ok = (both & tail_ok & sd_ok) | (neither & (g_tail == 0) & (g_sd == 0))
+    return bool(flipped <= math.ceil(0.01 * n) and np.sum(~rows_ok) <= flipped)
+
+
+def verified_tails(fused: Any, twin: Any, args: tuple[Any, ...]) -> bool:
+    """True when ``fused(*args)`` agrees with ``twin(*args)`` (:func:`tails_agree`) on the
+    arguments of :func:`~eelsgpu.kernels.tails.tails_twin` (a block's own rows, or
+    :func:`~eelsgpu.kernels.tails.tails_probe`)."""
+    from .device import to_host
+
+    want = tuple(to_host(v) for v in twin(*args))
+    got = tuple(to_host(v) for v in fused(*args))
+    return tails_agree(want, got)
+
+
+def _tails_cuda_provider(xp: Any) -> Any:
+    """The compiled ``tails_solve``, checked against its twin on the rows of the first block of
+    each size it is called for and on the probe; the twin where either differs."""
+    if _disabled(TAILS_NAME) or _TAILS.get("failed"):
+        return None
+    kernel = _TAILS.get("kernel")
+    if kernel is None:
+        try:
+            import cupy
+
+            kernel = cupy.RawKernel(cuda_source(_TL_FILE), TAILS_NAME, options=_TL_OPTIONS)
+            kernel.compile()
+        except Exception as exc:  # compiler, driver or file missing: use the twin
+            _TAILS["failed"] = True
+            _warn(f"{type(exc).__name__}: {exc}", TAILS_NAME)
+            return None
+        _TAILS["kernel"] = kernel
+    fused = _tails_launcher(kernel)
+
+    def twin(*args: Any) -> tuple[Any, Any, Any]:
+        return tails_twin(xp, *args)
+
+    def checked(*args: Any) -> tuple[Any, Any, Any]:
+        n = args[0].shape[0]
+        state = _TAILS.get(("checked", n))
+        if state is None:
+            try:
+                ok = verified_tails(fused, twin, args) and verified_tails(
+                    fused, twin, tails_probe(xp)
+                )
+            except Exception as exc:  # a launch failure: use the twin
+                ok = False
+                _warn(f"{type(exc).__name__}: {exc}", TAILS_NAME)
+            else:
+                if not ok:
+                    _warn(f"its result differs from the array-API twin at {n} rows", TAILS_NAME)
+            state = _TAILS[("checked", n)] = ok
+        return fused(*args) if state else twin(*args)
+
+    return checked
+
+
+def _counted_tails_provider(xp: Any) -> Any:
+    """The counting stand-in's fused tails: the twin on the base namespace, counted as ONE
+    operation reading the four inputs and writing the three outputs (what tails.cu costs)."""
+
+    def run(*args: Any) -> tuple[Any, Any, Any]:
+        return xp.eelsgpu_fused(TAILS_NAME, tails_twin, args)
+
+    return run
+
+
+def fused_tails_solve(xp: Any) -> Any:
+    """The provider of ``tails_solve`` (:mod:`eelsgpu.kernels._fused`): the compiled, checked
+    CUDA kernel for CuPy's namespace, the counted twin for the counting stand-in, None for any
+    other (and after a failure, or with ``EELSGPU_NO_FUSED``)."""
+    if _disabled(TAILS_NAME):
+        return None
+    if _is_cupy_namespace(xp):
+        return _tails_cuda_provider(xp)
+    if _is_counting_namespace(xp):
+        return _counted_tails_provider(xp)
+    return None
+
+
 def register_fused_kernels() -> None:
     """Register the providers of the fused kernels in :mod:`eelsgpu.kernels._fused` (cheap:
     nothing is compiled until a kernel first asks for one)."""
     _fused.register(FUSED_NAME, fused_fourier_log_rolloff)
+    _fused.register(TAILS_NAME, fused_tails_solve)
 
 
-def _warn(why: str) -> None:
+def _warn(why: str, name: str = FUSED_NAME) -> None:
     warnings.warn(
-        f"eelsgpu: the fused CUDA Fourier-log kernel is not used ({why}); "
+        f"eelsgpu: the fused CUDA kernel {name} is not used ({why}); "
         "the array-API path runs instead",
         RuntimeWarning,
         stacklevel=4,

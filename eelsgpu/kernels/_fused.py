@@ -4,11 +4,14 @@ A kernel module that has a faster, fused form of one of its steps on some device
 import the device code: it asks this registry for ``lookup(name, xp)``, and uses what it gets,
 or its own array-API twin when it gets ``None``.
 
-Its one entry, ``fourier_log_rolloff``, is the measured-error roll-off of the Fourier-log
+Its entries: ``fourier_log_rolloff``, the measured-error roll-off of the Fourier-log
 deconvolution after the transforms (:func:`~eelsgpu.kernels.fourier_log.rolloff_twin`; the
 CUDA kernel of ``kernels/fourier_log.cu``), which
 :func:`~eelsgpu.kernels.fourier_log.fourier_log_kernel` looks up for complex64 arrays of any
-namespace but NumPy's (NumPy has its own fast path).
+namespace but NumPy's (NumPy has its own fast path); ``tails_solve``, the power-law tails
+beyond the window from their fits' sums (:func:`~eelsgpu.kernels.tails.tails_twin`; the CUDA
+kernel of ``kernels/tails.cu``), which :func:`~eelsgpu.kernels.tails.solve_tails` looks up for
+float32 arrays of any namespace but NumPy's.
 The engine registers the providers (:func:`eelsgpu.engine.cuda.register_fused_kernels`, called
 when a CUDA device is set up), so the import points from the engine down to the kernels and
 never back (dependency inversion).

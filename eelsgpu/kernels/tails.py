@@ -35,9 +35,13 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from .._xp import is_numpy
+from . import _fused
 
 __all__ = [
+    "FUSED_NAME",
     "R_RANGE",
     "TAIL_FIT_FRACTION",
     "TailSums",
@@ -47,7 +51,13 @@ __all__ = [
     "solve_tails",
     "tail_counts",
     "tail_sums",
+    "tails_probe",
+    "tails_twin",
 ]
+
+#: The name of the fused form of :func:`tails_twin` (``kernels/tails.cu``) in
+#: :mod:`eelsgpu.kernels._fused`.
+FUSED_NAME = "tails_solve"
 
 #: Share of the loss range the power-law tail beyond the window is fitted to (by default).
 TAIL_FIT_FRACTION = 0.2
@@ -179,15 +189,14 @@ def _noise_segment(
 
 class TailSums(NamedTuple):
     """The data of one power-law tail fit (:func:`tail_sums`), per row: ``parts`` (n, 3) the
-    counts in the three equal parts of the fit range (1 where the fit cannot be made), ``edges``
-    (n, 4) their edges in loss energy a < m1 < m2 < b (eV; 1, 2, 3, 4 where it cannot), ``var``
-    (n,) the variance of one part's sum from the noise, ``ok`` (n,) where the fit can be made,
-    ``l_end`` (n,) the window's end in loss energy (eV)."""
+    counts in the three equal parts of the fit range, ``edges`` (n, 4) their edges in loss
+    energy a < m1 < m2 < b (eV), ``var`` (n,) the variance of one part's sum from the noise,
+    ``l_end`` (n,) the window's end in loss energy (eV). The fit can be made where every part
+    is positive and a > 0 (:func:`tails_twin` decides it, with the rest of the fit)."""
 
     parts: Any
     edges: Any
     var: Any
-    ok: Any
     l_end: Any
 
 
@@ -225,31 +234,64 @@ def tail_sums(
     else:
         var = xp.zeros((y.shape[0],), dtype=dt)
     # channel edges in loss energy (host numbers minus each row's zero loss; c None: zero loss
-    # at 0 eV for every row), and the stand-in edges 1, 2, 3, 4: one upload
+    # at 0 eV for every row): one upload
     i1, i2, i3 = i_start + third, i_start + 2 * third, i_start + 3 * third
-    host = [e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)]
-    consts = xp.asarray([*host, 1.0, 2.0, 3.0, 4.0], dtype=dt)
-    edges = consts[None, :4] if c is None else consts[None, :4] - c[:, None]
-    ok = xp.all(parts > 0, axis=-1) & (edges[:, 0] > 0)
-    parts = xp.where(ok[:, None], parts, 1.0)
-    edges = xp.where(ok[:, None], edges, consts[4:])
+    host = xp.asarray([e0 + d * (i - 0.5) for i in (i_start, i1, i2, i3)], dtype=dt)
+    n = y.shape[0]
+    edges = xp.broadcast_to(host[None, :], (n, 4)) if c is None else host[None, :] - c[:, None]
     l_end_host = e0 + d * (n_e - 0.5)
-    l_end = xp.full((y.shape[0],), l_end_host, dtype=dt) if c is None else l_end_host - c
-    return TailSums(parts, edges, var, ok, l_end)
+    l_end = xp.full((n,), l_end_host, dtype=dt) if c is None else l_end_host - c
+    return TailSums(parts, edges, var, l_end)
 
 
 def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]:
     """``(counts, trusted, sd)`` of each fit (:func:`tail_counts`), all solved together: the
     rows of every fit and their three ratios (parts 1/2, 2/3, 1/3) go through ONE batched
-    :func:`solve_exponents` and one evaluation of the counts beyond the window."""
-    sizes = [f.ok.shape[0] for f in fits]
+    :func:`solve_exponents` and one evaluation of the counts beyond the window
+    (:func:`tails_twin`; on a device with a fused form of it, one kernel launch)."""
+    sizes = [f.l_end.shape[0] for f in fits]
     cat = (lambda arrs: arrs[0]) if len(fits) == 1 else (lambda arrs: xp.concat(arrs, axis=0))
-    parts = cat([f.parts for f in fits])
-    edges = cat([f.edges for f in fits])
-    var_part = cat([f.var for f in fits])
-    ok = cat([f.ok for f in fits])
-    l_end = cat([f.l_end for f in fits])
+    tail, trusted, sd = _tails(
+        xp,
+        cat([f.parts for f in fits]),
+        cat([f.edges for f in fits]),
+        cat([f.var for f in fits]),
+        cat([f.l_end for f in fits]),
+    )
+    out, start = [], 0
+    for m in sizes:
+        out.append((tail[start : start + m], trusted[start : start + m], sd[start : start + m]))
+        start += m
+    return out
+
+
+def _tails(xp: Any, parts: Any, edges: Any, var: Any, l_end: Any) -> tuple[Any, ...]:
+    """:func:`tails_twin` on the device's fused kernel where the engine registered one (float32
+    arrays of a namespace it has one for: ``kernels/tails.cu`` on CuPy), else the twin."""
+    if not is_numpy(xp) and str(parts.dtype).split(".")[-1] == "float32":
+        fused = _fused.lookup(FUSED_NAME, xp)
+        if fused is not None:
+            return tuple(fused(parts, edges, var, l_end))
+    return tails_twin(xp, parts, edges, var, l_end)
+
+
+def tails_twin(xp: Any, parts: Any, edges: Any, var: Any, l_end: Any) -> tuple[Any, Any, Any]:
+    """The power-law tails of :func:`solve_tails` from their fits' sums, row by row: the
+    array-API twin of the fused CUDA kernel ``tails_solve`` (``kernels/tails.cu``).
+
+    ``parts`` (n, 3), ``edges`` (n, 4), ``var``, ``l_end`` (n,): the fields of
+    :class:`TailSums` (the rows of several fits stacked). Returns ``(counts, trusted, sd)``
+    (n,): the counts beyond the window (0 where the power law does not hold, or where the fit
+    cannot be made: a part not positive, or a <= 0), where it holds, and their standard
+    deviation from the noise of r. Every row is independent of the others: an elementwise
+    kernel's worth of work (about 130 array operations here).
+    """
     n = parts.shape[0]
+    # where the fit cannot be made, stand-in sums 1, 1, 1 over edges 1, 2, 3, 4 (harmless
+    # numbers: such a row is not trusted and gets 0)
+    ok = xp.all(parts > 0, axis=-1) & (edges[:, 0] > 0)
+    parts = xp.where(ok[:, None], parts, 1.0)
+    edges = xp.where(ok[:, None], edges, xp.asarray([1.0, 2.0, 3.0, 4.0], dtype=edges.dtype))
     s1, s2, s3 = parts[:, 0], parts[:, 1], parts[:, 2]
     a, m1, m2, b = edges[:, 0], edges[:, 1], edges[:, 2], edges[:, 3]
     # r from parts 1/2, 2/3 and 1/3, in one batched solve
@@ -264,7 +306,7 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     r12, r23, r = r_all[:n], r_all[n : 2 * n], r_all[2 * n :]
     r3n = xp.reshape(r_all, (3, n))  # rows: r12, r23, r (a view)
     # standard error of r from the noise of the sums: d ln(ratio) / dr, numerically
-    rel = var_part[:, None] / (parts * parts)  # (n, 3)
+    rel = var[:, None] / (parts * parts)  # (n, 3)
     k2 = xp.reshape(xp.maximum(k_all * k_all, 1e-12), (3, n))
     # the noise of each ratio, parts 1+2, 2+3 and 1+3, in one add and one divide (3, n)
     rel_pairs = xp.stack([rel[:, 0], rel[:, 1], rel[:, 0]]) + xp.stack(
@@ -290,11 +332,47 @@ def solve_tails(xp: Any, fits: Sequence[TailSums]) -> list[tuple[Any, Any, Any]]
     sd = 0.5 * xp.abs(counts[:, 1] - counts[:, 2])
     tail = xp.where(trusted, tail, 0.0)
     sd = xp.where(trusted, sd, 0.0)
-    out, start = [], 0
-    for m in sizes:
-        out.append((tail[start : start + m], trusted[start : start + m], sd[start : start + m]))
-        start += m
-    return out
+    return tail, trusted, sd
+
+
+def tails_probe(xp: Any, n: int = 256, seed: int = 11) -> tuple[Any, ...]:
+    """The arguments of :func:`tails_twin` for a probe of ``n`` rows (float32): power laws
+    ``L^-r`` with r from 1.2 to 18 integrated exactly over fit ranges of 0.3-500 eV (5-60 % of
+    the loss range), with and without counting noise, ranges whose parts do not follow one
+    power law (a hump, a step) and rows the fit cannot be made for: the first-use check of the
+    fused kernel (:func:`eelsgpu.engine.cuda.verified_tails`) and its emulation's test."""
+    rng = np.random.default_rng(seed)
+    a = np.exp(rng.uniform(np.log(0.3), np.log(500.0), n))
+    width = a * rng.uniform(0.05, 1.5, n)
+    edges = a[:, None] + width[:, None] * np.array([0.0, 1.0, 2.0, 3.0]) / 3.0
+    r = rng.uniform(1.2, 18.0, n)
+    scale = 10.0 ** rng.uniform(2.0, 7.0, n)
+    s = 1.0 - r[:, None]
+    # exact integrals of scale (L / a)^-r over the three parts (in units of a: no underflow)
+    x = edges / a[:, None]
+    parts = scale[:, None] * a[:, None] * (x[:, 1:] ** s - x[:, :-1] ** s) / s
+    kind = np.arange(n) % 8
+    noisy = kind >= 4
+    var = np.where(noisy, parts.mean(axis=-1) / 30.0, parts.mean(axis=-1) * 1e-8)
+    parts = np.where(
+        noisy[:, None], parts + rng.normal(size=parts.shape) * np.sqrt(var)[:, None], parts
+    )
+    parts[kind == 1, 1] *= 1.3  # a hump in the middle part: not one power law
+    parts[kind == 2, 2] *= 0.5  # a step down
+    l_end = edges[:, 3] * rng.uniform(1.0, 1.05, n)
+    # rows the fit cannot be made for: a part not positive (none counted, or noise below
+    # zero), or the range starting at or below zero loss
+    sub = np.arange(n) % 24  # (kind 3: 3, 11 and 19)
+    parts[sub == 3, 0] = 0.0
+    parts[sub == 11, 2] = -5.0
+    edges[sub == 19] -= edges[sub == 19, :1] + 0.5  # a = -0.5 eV
+    f32 = np.float32
+    return (
+        xp.asarray(parts.astype(f32)),
+        xp.asarray(edges.astype(f32)),
+        xp.asarray(var.astype(f32)),
+        xp.asarray(l_end.astype(f32)),
+    )
 
 
 def tail_counts(

@@ -310,6 +310,10 @@ def test_gpu_deconvolve_equals_cpu():
     )
 
 
+#: The kernel each kernels/*.cu defines, by the name eelsgpu.engine.cuda launches it by.
+_KERNEL_OF = {"fourier_log.cu": "fourier_log_rolloff", "tails.cu": "tails_solve"}
+
+
 @pytest.mark.skipif(
     shutil.which("nvcc") is None, reason="nvcc (the CUDA compiler) is not installed"
 )
@@ -318,7 +322,7 @@ def test_cuda_sources_compile_for_the_data_centre_gpus(tmp_path, arch):
     """Every kernels/*.cu compiles with nvcc for the A100 (sm_80) and H100/H200 (sm_90) with
     every warning an error, and the object holds the kernel the engine launches by name."""
     sources = sorted((_ROOT / "kernels").glob("*.cu"))
-    assert sources
+    assert sorted(s.name for s in sources) == sorted(_KERNEL_OF)
     for src in sources:
         obj = tmp_path / f"{src.stem}-{arch}.o"
         proc = subprocess.run(
@@ -327,7 +331,7 @@ def test_cuda_sources_compile_for_the_data_centre_gpus(tmp_path, arch):
             text=True,
         )
         assert proc.returncode == 0, proc.stderr
-        assert b"fourier_log_rolloff" in obj.read_bytes() or src.stem != "fourier_log"
+        assert _KERNEL_OF[src.name].encode() in obj.read_bytes()
 
 
 def test_counted_fused_rolloff_gives_the_cpu_results(monkeypatch):
@@ -371,3 +375,55 @@ def test_counted_fused_rolloff_gives_the_cpu_results(monkeypatch):
     assert np.nanmax(np.abs(got["ssd"].values - ref["ssd"].values)) < 2e-3 * peak
     np.testing.assert_allclose(got["t_over_lambda"].values, ref["t_over_lambda"].values, rtol=1e-3)
     np.testing.assert_array_equal(got["quality"].values, ref["quality"].values)
+
+
+def test_gpu_path_with_the_emulated_rolloff_equals_the_twin_path(emulated, monkeypatch):
+    """deconvolve (mirror ZLP, the misfit on) of a noisy synthetic image (t/lambda 0.3-2.5) on
+    the counting stand-in -- the GPU path -- with fourier_log_rolloff served by the CUDA source
+    itself (run on the CPU by the emulation, where a GPU would launch the compiled kernel) gives
+    the twin path's results: the SSD to 1e-4 of its peak, t/lambda to 1e-5, the same quality
+    maps. Truth: the same GPU path with the array-API twin (EELSGPU_NO_FUSED=fourier_log_rolloff)."""
+    import eelsgpu
+    from eelsgpu import synthetic
+    from eelsgpu.engine import counting, cuda
+    from eelsgpu.kernels import _fused
+
+    monkeypatch.setattr(_fused, "_PROVIDERS", dict(_fused._PROVIDERS))  # restored after
+    calls = []
+
+    def provider(xp):
+        if xp is not counting.xp:
+            return None
+
+        def run(jf, zf, rf, share, alive, fw, consts):
+            calls.append(jf.shape)
+            host = [None if a is None else np.asarray(a) for a in (jf, zf, rf, share, alive, fw)]
+            out = emulated(*host, consts, threads=64)
+            return {k: xp.asarray(v) for k, v in out.items()}
+
+        return run
+
+    si = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0),
+        t_over_lambda=synthetic.thickness_map((2, 8), "gradient", (0.3, 2.5)),
+        shape=(2, 8),
+        n_channels=1024,
+        dispersion_eV=0.05,
+        noise=True,
+        dtype=np.float32,
+        chunks=(2, 8),
+    )["signal"]
+
+    def run():
+        return eelsgpu.deconvolve(si, zlp="mirror", device=counting.xp).compute()
+
+    monkeypatch.setenv("EELSGPU_NO_FUSED", "fourier_log_rolloff")
+    want = run()
+    monkeypatch.delenv("EELSGPU_NO_FUSED")
+    monkeypatch.setattr(cuda, "fused_fourier_log_rolloff", provider)  # (registered by the run)
+    got = run()
+    assert calls and all(s[0] == 16 for s in calls)
+    np.testing.assert_array_equal(got["quality"].values, want["quality"].values)
+    np.testing.assert_allclose(got["t_over_lambda"].values, want["t_over_lambda"].values, rtol=1e-5)
+    peak = np.nanmax(np.abs(want["ssd"].values))
+    np.testing.assert_allclose(got["ssd"].values, want["ssd"].values, atol=1e-4 * peak)
