@@ -66,9 +66,7 @@ def coverage(estimates, sigmas, truth: float) -> Coverage:
     )
 
 
-def assert_honest(
-    cov: Coverage, what: str, *, intervals: bool = True, ratio: bool = True
-) -> None:
+def assert_honest(cov: Coverage, what: str, *, intervals: bool = True, ratio: bool = True) -> None:
     """The issue's bounds: with ``ratio``, sigma/scatter 0.85-1.15; with ``intervals`` (bias
     small), truth inside +-1 sigma in 62-74 % and inside +-2 sigma in 92-98 % of realisations."""
     if ratio:
