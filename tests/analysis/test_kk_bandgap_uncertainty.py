@@ -144,8 +144,8 @@ def test_kk_replica_sigmas_honest(n0):
 def test_kk_uncertainty_none_unchanged_and_refusals():
     """Truth: the same analysis without sigmas. ``uncertainty=None`` gives exactly the outputs of
     a call without the option, and a replicas run leaves every output but the sigmas bitwise the
-    same; 'analytic', replicas with surface='fit' and gain with no uncertainty are refused with
-    an InputError saying why."""
+    same; 'analytic' with surface iterations, replicas with surface='fit' and gain with no
+    uncertainty are refused with an InputError saying why."""
     ssd, n0 = _kk_truth(1e5)
     img = _realisations(ssd, 8, seed=4)
     plain = _kk(img, n0)
@@ -157,8 +157,8 @@ def test_kk_uncertainty_none_unchanged_and_refusals():
     assert {f"{n}_sigma" for n in ("eps1", "eps2", "thickness_nm", "plasmon_energy_eV")} <= set(
         rep.data_vars
     )
-    with pytest.raises(InputError, match="replicas"):
-        _kk(img, n0, uncertainty="analytic", gain=1.0)
+    with pytest.raises(InputError, match="surface correction"):
+        _kk(img, n0, uncertainty="analytic", gain=1.0, iterations=2)
     with pytest.raises(InputError, match="surface"):
         _kk(img, n0, uncertainty="replicas", gain=1.0, surface="fit")
     with pytest.raises(InputError, match="uncertainty"):
