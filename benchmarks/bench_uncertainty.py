@@ -20,7 +20,7 @@ Workloads (synthetic, Poisson):
   channels of 0.02 eV).
 
 For each: the analysis alone, with ``uncertainty="analytic"`` (the issue's bound: at most 2x the
-analysis alone; KK and the band gap refuse it: replicas only), and with
+analysis alone; the band gap refuses it: replicas only), and with
 ``uncertainty="replicas:K"`` on a corner of the image, reported as
 spectra x replicas per second beside the same job without replicas (spectra per second) and
 beside EELSfitter's 0.15 s per spectrum per replica (issue 14: measured on EELSfitter 3.1; the
@@ -181,7 +181,7 @@ def workloads(size: int, only: tuple[str, ...] = ()):
 
 
 #: Workloads whose analysis refuses ``uncertainty="analytic"`` (replicas only).
-REPLICAS_ONLY = ("kk", "bandgap")
+REPLICAS_ONLY = ("bandgap",)
 
 
 def run(

@@ -221,7 +221,7 @@ def kk_analytic_sigmas(
 
     from ._device_cache import cached
     from .blocks_kk import _kk_inputs
-    from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV
+    from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, on_loss_grid
     from .optics import refractive_index_nk
     from .sum_rule import sum_rule_integral_rows
     from .uncertainty import (
@@ -245,7 +245,11 @@ def kk_analytic_sigmas(
     inputs = _kk_inputs(block, energy_eV, **args)
     setup, s0 = inputs.setup, inputs.s0
     var_in = gain * xp.clip(block, 0.0, None) if variance is None else variance
-    v = _kk_inputs(var_in, energy_eV, **{**args, "valid": None}).s0
+    if args["zlp_centre_eV"] is None:  # the variance moved onto the loss grid as the SSD is
+        v = on_loss_grid(xp, var_in, setup.grid)
+        v = xp.where(xp.isfinite(v), v, 0.0)  # unusable pixels (NaN in the SSD) give NaN
+    else:
+        v = _kk_inputs(var_in, energy_eV, **{**args, "valid": None}).s0
     grid, kc, kf = setup.grid, setup.kc, setup.kf
     n_k, de = grid.n, grid.dispersion_eV
     w8 = setup.weights
@@ -312,6 +316,8 @@ def kk_analytic_sigmas(
         kappa=kappa,
         normalised=normalised,
         diagonal_factor=f_diag,
+        u_support=(kc, kf) if isinstance(kc, int) else None,
+        a_support=(kt, n_k),
     )
     sl = slice(1, n_k)
     var_l, var_r, cov_lr = var_l[:, sl], var_r[:, sl], cov_lr[:, sl]
@@ -352,6 +358,17 @@ def kk_analytic_sigmas(
     return {f"{name}_sigma": val for name, val in out.items()}
 
 
+def _odd_offsets_table(n_k: int) -> Any:
+    """Maclaurin's kernel g(o) = 2/(pi o) (odd o, else 0) for o = -K .. 2K - 1 (host)."""
+    import numpy as np
+
+    o = np.arange(-n_k, 2 * n_k)
+    out = np.zeros(o.shape)
+    odd = (np.abs(o) % 2) == 1
+    out[odd] = 2.0 / (np.pi * o[odd])
+    return out
+
+
 def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalised,
                    d, u, a, w, ramp, t_shape, v, f_diag, frac, de):  # fmt: skip
     """sigma of eps1's upward zero crossing (see :func:`kk_analytic_sigmas`): its gradient over
@@ -359,6 +376,7 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     interpolation's neighbour covariance)."""
     import math
 
+    from ._device_cache import cached
     from .uncertainty import odd_hilbert
 
     n_pix, n_out = e1.shape
@@ -391,27 +409,36 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     slope = xp.where(ok, slope, 1.0)
     coef = xp.stack([1.0 - theta, theta], axis=-1) * (-de / slope)[:, None]
     m_grid = idx + 1  # grid channels of the two output channels
-    jj = xp.arange(n_k)
+    # d E / d s = d (.) sum_c alpha_c h_c + g_u u + g_a a + g_w w + sum_c beta_c d delta_{m_c}:
+    # alpha the weights of the two channels' Hilbert rows h_c (Re[1/eps]), beta of their own
+    # channel (Im[-1/eps]), the rank-one parts collected (see kk_inverse_eps_covariance)
+    alpha = -coef * kap * big_a
+    beta = coef * kap * big_b
     q = odd_hilbert(ramp if ramp.ndim == 2 else ramp[None, :])
-    b = xp.zeros((n_pix, n_k), dtype=e1.dtype)
-    rs = (1.0 - rp) / kap  # R at the two channels
-    ls = lp / kap
+    q_m = xp.take_along_axis(xp.broadcast_to(q, (n_pix, n_k)), m_grid, axis=-1)
+    t_m = xp.reshape(xp.take(t_shape, xp.reshape(m_grid, (-1,))), (n_pix, 2))
+    g_u = xp.sum(alpha * q_m, axis=-1)[:, None]
+    g_a = xp.sum(alpha * t_m, axis=-1)[:, None]
+    b = g_u * u + g_a * a
+    if normalised:
+        rs, ls = (1.0 - rp) / kap, lp / kap  # R and L at the two channels
+        b = b - (xp.sum(alpha * rs + beta * ls, axis=-1) / j)[:, None] * w
+    # the two Hilbert rows, g(j - m) + g(j + m), gathered from one table of g(o), o in [-K, 2K)
+    gtab = cached(
+        xp,
+        ("unc-g-table", n_k, str(e1.dtype)),
+        lambda: xp.asarray(_odd_offsets_table(n_k), dtype=e1.dtype),
+    )
+    jj = xp.arange(n_k)
+    hc = xp.zeros((n_pix, n_k), dtype=e1.dtype)
     for c in range(2):
         mc = m_grid[:, c][:, None]
-        off1, off2 = jj[None, :] - mc, jj[None, :] + mc
-        f1 = xp.astype(xp.where(off1 == 0, 1, off1), e1.dtype)
-        f2 = xp.astype(xp.where(off2 == 0, 1, off2), e1.dtype)
-        h = xp.where(off1 % 2 != 0, (2.0 / math.pi) / f1, 0.0)
-        h = h + xp.where(off2 % 2 != 0, (2.0 / math.pi) / f2, 0.0)
-        q_m = xp.take_along_axis(xp.broadcast_to(q, (n_pix, n_k)), mc, axis=-1)
-        t_m = xp.take(t_shape, m_grid[:, c])[:, None]
-        grad_r = h * d + q_m * u + t_m * a  # dR_m / ds
-        grad_l = xp.where(jj[None, :] == mc, d, 0.0)  # dL_m / ds (above the cut-off)
-        if normalised:
-            grad_r = grad_r - (rs[:, c] / j)[:, None] * w
-            grad_l = grad_l - (ls[:, c] / j)[:, None] * w
-        grad_e1 = kap * (-big_a[:, c][:, None] * grad_r + big_b[:, c][:, None] * grad_l)
-        b = b + coef[:, c][:, None] * grad_e1
+        for off in (jj[None, :] - mc + n_k, jj[None, :] + mc + n_k):
+            hc = hc + alpha[:, c][:, None] * xp.reshape(
+                xp.take(gtab, xp.reshape(off, (-1,))), (n_pix, n_k)
+            )
+        hc = hc + xp.where(jj[None, :] == mc, beta[:, c][:, None], 0.0)
+    b = b + d * hc
     var = xp.sum(b * b * v, axis=-1) * f_diag
     var = var + 2.0 * frac * (1.0 - frac) * xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
     sigma = xp.sqrt(xp.clip(var, 0.0, None))

@@ -715,6 +715,19 @@ def _spectra(xp: Any, n_k: int, m: int, power: int, dtype: Any) -> tuple[Any, An
     return cached(xp, ("unc-odd", n_k, m, power, str(cdtype)), make)
 
 
+def _kernel_rows(xp: Any, n_k: int, lo: int, hi: int, dtype: Any) -> Any:
+    """The Hilbert kernel's rows j in [lo, hi): h[j - lo, i] = g(j - i) + g(j + i), (hi - lo, K)
+    on the device (cached): ``x @ rows`` is :func:`odd_hilbert` of rows ``x`` zero outside."""
+    from ._device_cache import cached
+
+    def make():
+        j = np.arange(lo, hi)[:, None]
+        i = np.arange(n_k)[None, :]
+        return xp.asarray(_odd_offsets_power(j - i, 1) + _odd_offsets_power(j + i, 1), dtype=dtype)
+
+    return cached(xp, ("unc-rows", n_k, lo, hi, str(dtype)), make)
+
+
 def odd_hilbert(v: Any) -> Any:
     """The discrete Hilbert transform of eq. 32 on the odd extension (Maclaurin's formula),
     ``H[v]_i = sum_j v_j (g(j - i) + g(j + i))``, g(m) = 2/(pi m) for odd m (0 for even), of
@@ -789,6 +802,8 @@ def kk_inverse_eps_covariance(
     kappa: Any,
     normalised: bool,
     diagonal_factor: float = 1.0,
+    u_support: tuple[int, int] | None = None,
+    a_support: tuple[int, int] | None = None,
 ) -> tuple[Any, Any, Any, Any]:
     """Counting covariance of Im[-1/eps] and Re[1/eps] at each channel, by the linearisation of
     one Kramers-Kronig pass (kk-theory.md eqs. 31-33) about the data.
@@ -832,6 +847,10 @@ def kk_inverse_eps_covariance(
         interpolated onto the loss grid by a fraction f of a channel (its neighbours then
         correlate; smooth sums still see ``v``, and Maclaurin's odd offsets never pair two
         neighbours).
+    u_support, a_support : (int, int), optional
+        Channels [lo, hi) outside which ``u`` (``a``) is 0 for every pixel (the low-energy fit
+        range, the tail fit): their Hilbert transforms are then a small matrix product with
+        the kernel's rows instead of an FFT pair, and their sums run over the range only.
 
     Returns
     -------
@@ -853,24 +872,76 @@ def kk_inverse_eps_covariance(
     [[0.0, 0.0, 3.0, 0.0]]
     """
     xp = array_namespace(variance)
+    fft = fft_module(xp)
     v = variance
-    s_uu = xp.sum(u * u * v, axis=-1)[:, None]
-    s_aa = xp.sum(a * a * v, axis=-1)[:, None]
-    s_ww = xp.sum(w * w * v, axis=-1)[:, None]
-    s_ua = xp.sum(u * a * v, axis=-1)[:, None]
-    s_uw = xp.sum(u * w * v, axis=-1)[:, None]
-    s_aw = xp.sum(a * w * v, axis=-1)[:, None]
+    n_k = v.shape[-1]
     dv = d * v
-    h = odd_hilbert(xp.stack([dv * u, dv * a, dv * w], axis=1))
-    h_u, h_a, h_w = h[:, 0, :], h[:, 1, :], h[:, 2, :]
+
+    def part(x, support):
+        """x restricted to its support: (x, v, d v) there."""
+        if support is None:
+            return x, v, dv, slice(0, n_k)
+        sl = slice(*support)
+        return x[..., sl], v[..., sl], dv[..., sl], sl
+
+    def ssum(x, y, sx, sy):
+        """sum_j x_j y_j v_j over the common support, (n, 1)."""
+        lo = max(sx.start, sy.start)
+        hi = min(sx.stop, sy.stop)
+        if hi <= lo:
+            return xp.zeros((v.shape[0], 1), dtype=v.dtype)
+        xs = x[..., lo - sx.start : hi - sx.start]
+        ys = y[..., lo - sy.start : hi - sy.start]
+        return xp.sum(xs * ys * v[..., lo:hi], axis=-1)[:, None]
+
+    uu, _, duv, su = part(u, u_support)
+    aa, _, dav, sa = part(a, a_support)
+    s_uu = ssum(uu, uu, su, su)
+    s_aa = ssum(aa, aa, sa, sa)
+    s_ww = xp.sum(w * w * v, axis=-1)[:, None]
+    s_ua = ssum(uu, aa, su, sa)
+    s_uw = ssum(uu, w[..., su], su, su)
+    s_aw = ssum(aa, w[..., sa], sa, sa)
+    # the Hilbert transforms: rows with a short support by the kernel's rows (a matrix
+    # product), the rest by FFTs, with the squared-kernel variance in the same two calls
+    m = fast_length(2 * n_k - 1)
+    rows = [dv * w, diagonal_factor * d * dv]
+    short = {}
+    for name, x, sx, support in (("u", duv * uu, su, u_support), ("a", dav * aa, sa, a_support)):
+        if support is None:
+            rows.append(x)
+        else:
+            short[name] = x @ _kernel_rows(xp, n_k, sx.start, sx.stop, v.dtype)
+    a1, b1 = _spectra(xp, n_k, m, 1, v.dtype)
+    a2, b2 = _spectra(xp, n_k, m, 2, v.dtype)
+    spec = fft.rfft(xp.stack(rows, axis=1), n=m, axis=-1)
+    cs = xp.conj(spec)
+    hilb = spec * a1 + cs * b1  # every row's H
+    var_spec = spec[:, 1, :] * a2 + cs[:, 1, :] * b2  # G2c + G2r of the variance row
+    diff = spec[:, 1, :] * a1 - cs[:, 1, :] * b1  # Hc - Hr of the variance row
+    hilb[:, 1, :] = var_spec
+    back = fft.irfft(xp.concat([hilb, diff[:, None, :]], axis=1), n=m, axis=-1)[..., :n_k]
+    h_w = back[:, 0, :]
+    i = xp.arange(n_k, dtype=v.dtype)
+    cross = (2.0 / np.pi) / xp.where(i > 0, i, 1.0)
+    var_h = xp.where(i == 0, 2.0 * back[:, 1, :], back[:, 1, :] + cross * back[:, -1, :])
+    var_h = xp.clip(var_h, 0.0, None)
+    extra = 2
+    h_u = short["u"] if "u" in short else back[:, extra, :]
+    extra += "u" not in short
+    h_a = short["a"] if "a" in short else back[:, extra, :]
     q = odd_hilbert(ramp if ramp.ndim == 2 else ramp[None, :])
     t = tail_shape
-    var_dl = diagonal_factor * d * dv + ramp * ramp * s_uu
-    cov_dl_dj = dv * w + ramp * s_uw
-    var_dr = odd_hilbert_variance(diagonal_factor * d * dv)
-    var_dr = var_dr + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
+    u_full = u if u_support is None else xp.concat(
+        [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
+         xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
+    )  # fmt: skip
+    a_full = a
+    var_dl = rows[1] + ramp * ramp * s_uu
+    cov_dl_dj = rows[0] + ramp * s_uw
+    var_dr = var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
     cov_dr_dj = h_w + q * s_uw + t * s_aw
-    cov_dl_dr = dv * (q * u + t * a) + ramp * (h_u + q * s_uu + t * s_ua)
+    cov_dl_dr = dv * (q * u_full + t * a_full) + ramp * (h_u + q * s_uu + t * s_ua)
     k2 = (kappa * kappa)[:, None]
     if normalised:
         r = (1.0 / integral)[:, None]
