@@ -14,7 +14,7 @@ Workloads (synthetic, Poisson):
 * ``kk``: :func:`eelsgpu.kramers_kronig` (metal normalisation, low-energy cut-off 1.5 eV, eps1,
   eps2, the KK thickness and plasmon energy) on Poisson draws of the true SSD of the same image
   (512 channels of 0.1 eV, as tests/analysis/test_kk_bandgap_uncertainty.py), with each pixel's
-  true N0;
+  true N0; ``kk-maps`` the same with the maps only (thickness, plasmon energy: no cubes);
 * ``bandgap``: :func:`eelsgpu.bandgap` (``model="direct"``, window 1-4 eV) on the Poisson onsets
   of benchmarks/bench_bandgap.py (Eg 1.5-3 eV across the image, b 1.5, a ZLP-like tail, 295
   channels of 0.02 eV).
@@ -161,6 +161,10 @@ def workloads(size: int, only: tuple[str, ...] = ()):
         kw = dict(metal=True, low_energy_cutoff_eV=1.5)
         return ds, eelsgpu.kramers_kronig, kw
 
+    def kk_maps():
+        ds, fn, kw = kk()
+        return ds, fn, dict(kw, variables=("thickness_nm", "plasmon_energy_eV", "quality", "valid"))
+
     def gap():
         from bench_bandgap import make
 
@@ -175,6 +179,7 @@ def workloads(size: int, only: tuple[str, ...] = ()):
         "sxes": sxes,
         "thickness": thickness,
         "kk": kk,
+        "kk-maps": kk_maps,
         "bandgap": gap,
     }
     return [(n, *b()) for n, b in builders.items() if not only or n in only]
@@ -246,7 +251,7 @@ def main(argv=None) -> int:
         "--only",
         nargs="+",
         default=(),
-        choices=("core-loss", "sxes", "thickness", "kk", "bandgap"),
+        choices=("core-loss", "sxes", "thickness", "kk", "kk-maps", "bandgap"),
         help="run only these workloads",
     )
     args = ap.parse_args(argv)

@@ -331,8 +331,11 @@ def kramers_kronig(
         channels the variances are the squared Hilbert kernel convolved with the channel
         variance plus rank-one terms of the normalisation, the low-energy slope and the tail
         fit, all by FFT; then eq. 34's Jacobian), for ``eps1``, ``eps2``, ``loss_function``,
-        ``refractive_index`` (per channel), ``thickness_nm`` and ``plasmon_energy_eV``; at
-        about the cost of one more KK pass. NaN where the linearisation is not honest: a
+        ``refractive_index`` (per channel), ``thickness_nm`` and ``plasmon_energy_eV``. Cost
+        (benchmarks/bench_uncertainty.py, 2 cores): with cubes 5-10x the analysis (five FFT
+        rows and about a hundred array passes per pixel, against the analysis's two rows:
+        above the issue's 2x, but 10-20x cheaper than 64 replicas); maps only
+        (``variables=("thickness_nm", ...)``) 1.2-2.7x. NaN where the linearisation is not honest: a
         channel with fewer than 10 electrons around it or whose 1/eps moves by more than 20 %,
         a plasmon sigma above 0.2 channel. No ``loss_peak_eV_sigma`` (a grid maximum whose
         channel jumps: replicas). Refused with the surface correction (``iterations`` > 0 or

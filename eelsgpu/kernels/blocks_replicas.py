@@ -222,13 +222,7 @@ def kk_analytic_sigmas(
     from ._device_cache import cached
     from .blocks_kk import _kk_inputs
     from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, on_loss_grid
-    from .optics import refractive_index_nk
     from .sum_rule import sum_rule_integral_rows
-    from .uncertainty import (
-        eps_covariance_from_inverse,
-        kk_inverse_eps_covariance,
-        refractive_index_variance,
-    )
 
     xp = array_namespace(block)
     names = (
@@ -293,15 +287,56 @@ def kk_analytic_sigmas(
 
         t_given = xp.where(xp.isfinite(setup.thickness_nm), setup.thickness_nm, 1.0)
         kappa = loss_prefactor_nm_eV(setup.beam_energy_keV) / (setup.n0_safe * t_given)
-    e1, e2 = values["eps1"], values["eps2"]
-    mod2 = e1 * e1 + e2 * e2
-    re_out, loss_out = e1 / mod2, e2 / mod2
+    kap = kappa[:, None]
+    out: dict[str, Any] = {}
+    want = set(targets)
+    if want - {"thickness_nm"}:
+        e1, e2 = values["eps1"], values["eps2"]
+        mod2 = e1 * e1 + e2 * e2
+        re_out, loss_out = e1 / mod2, e2 / mod2
+    frac = float(grid.frac)
+    f_diag = (1.0 - frac) ** 2 + frac**2 if kw.get("zlp_centre_eV") is None else 1.0
+    cube_targets = want & {"eps1", "eps2", "loss_function", "refractive_index"}
+    if not cube_targets:  # maps only: var(J) is one sum (the cubes' FFTs are not needed)
+        var_j = xp.sum(w * w * v, axis=-1)
+    else:
+        out.update(
+            _cube_sigmas(
+                xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe, normalised,
+                f_diag, kc, kf, kt, n_k, s0, gain, variance, re_out, loss_out, e1, e2,
+                cube_targets,
+            )
+        )  # fmt: skip
+        var_j = out.pop("_var_j")
+    if "thickness_nm" in want:
+        t = values["thickness_nm"]
+        out["thickness_nm"] = xp.abs(t) * xp.sqrt(var_j) / j_safe if normalised else 0.0 * t
+    if "plasmon_energy_eV" in want:
+        out["plasmon_energy_eV"] = _plasmon_sigma(
+            xp, values, e1, e2, re_out, loss_out, low2, kap, j_safe, normalised,
+            d, u, a, w, ramp, t_shape, v, f_diag, frac, de,
+        )  # fmt: skip
+    return {f"{name}_sigma": val for name, val in out.items()}
+
+
+def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
+                 normalised, f_diag, kc, kf, kt, n_k, s0, gain, variance, re_out, loss_out,
+                 e1, e2, want):  # fmt: skip
+    """The per-channel sigmas of :func:`kk_analytic_sigmas` (``want`` among eps1, eps2,
+    loss_function, refractive_index), and var(J) as ``_var_j``."""
+    import math
+
+    from .optics import refractive_index_nk
+    from .uncertainty import (
+        eps_covariance_from_inverse,
+        kk_inverse_eps_covariance,
+        refractive_index_variance,
+    )
+
+    dtype = s0.dtype
     col0 = xp.zeros((s0.shape[0], 1), dtype=dtype)
     loss_g = xp.concat([col0, loss_out], axis=-1)
     re_g = xp.concat([col0 + 1.0, re_out], axis=-1)
-    kap = kappa[:, None]
-    frac = float(grid.frac)
-    f_diag = (1.0 - frac) ** 2 + frac**2 if kw.get("zlp_centre_eV") is None else 1.0
     var_l, var_r, cov_lr, var_j = kk_inverse_eps_covariance(
         v,
         d=d,
@@ -334,8 +369,7 @@ def kk_analytic_sigmas(
         electrons = local * local / xp.where(vloc > 0, vloc / 5.0, math.inf)
     rel_w = xp.sqrt(var_l + var_r) / xp.sqrt(re_out * re_out + loss_out * loss_out)
     honest = (electrons >= KK_MIN_CHANNEL_COUNTS) & (rel_w <= KK_MAX_INVERSE_REL_SIGMA)
-    out: dict[str, Any] = {}
-    want = set(targets)
+    out: dict[str, Any] = {"_var_j": var_j}
     ve1, ve2, c12 = eps_covariance_from_inverse(re_out, loss_out, var_r, var_l, cov_lr)
     if "loss_function" in want:
         out["loss_function"] = xp.where(honest, xp.sqrt(var_l), math.nan)
@@ -347,15 +381,7 @@ def kk_analytic_sigmas(
         n_e, k_e = refractive_index_nk(e1, e2)
         vn = refractive_index_variance(n_e, k_e, ve1, ve2, c12)
         out["refractive_index"] = xp.where(honest, xp.sqrt(xp.clip(vn, 0.0, None)), math.nan)
-    if "thickness_nm" in want:
-        t = values["thickness_nm"]
-        out["thickness_nm"] = xp.abs(t) * xp.sqrt(var_j) / j_safe if normalised else 0.0 * t
-    if "plasmon_energy_eV" in want:
-        out["plasmon_energy_eV"] = _plasmon_sigma(
-            xp, values, e1, e2, re_out, loss_out, low2, kap, j_safe, normalised,
-            d, u, a, w, ramp, t_shape, v, f_diag, frac, de,
-        )  # fmt: skip
-    return {f"{name}_sigma": val for name, val in out.items()}
+    return out
 
 
 def _odd_offsets_table(n_k: int) -> Any:
@@ -454,7 +480,10 @@ def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
     the thickness whatever ``variables`` says, and returns what was asked."""
     targets = tuple(targets)
     inner = decl.kernel
-    need = ("eps1", "eps2", "loss_function", "thickness_nm", "plasmon_energy_eV")
+    # what the sigmas read: eps (Re and Im of 1/eps) for the cubes and the plasmon energy
+    need = ("thickness_nm",) + tuple(t for t in targets if t == "plasmon_energy_eV")
+    if set(targets) - {"thickness_nm"}:
+        need += ("eps1", "eps2")
 
     def kernel(
         block: Any,
