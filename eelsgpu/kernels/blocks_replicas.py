@@ -496,7 +496,9 @@ def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
         seed: Any = None,
         **kw: Any,
     ) -> dict[str, Any]:
-        asked = tuple(kw.get("variables") or ())
+        from .blocks_kk import DEFAULT_VARIABLES
+
+        asked = tuple(kw.get("variables") or DEFAULT_VARIABLES)
         extra = tuple(n for n in need if n not in asked)
         values = dict(inner(block, energy_eV, **{**kw, "variables": asked + extra}))
         sig = kk_analytic_sigmas(
