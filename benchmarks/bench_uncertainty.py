@@ -38,13 +38,27 @@ workload    none (s)    analytic     replicas:50 (s x r/s)   x EELSf.   without 
 core-loss   0.135       1.67x        35 650                  5 348      38 460
 sxes        0.220       1.54x        23 830                  3 574      17 640
 thickness   1.66        0.94x        2 336                   350        3 454
-kk          0.237       refused      9 235                   1 385      17 210
+kk          0.237       7.05x (*)    9 235                   1 385      17 210
 bandgap     1.32        refused      3 859                   579        5 159
 ==========  ==========  ===========  ======================  =========  ==================
+
+(*) refused at that run; measured in the later run below.
 
 KK's replicas run at 1385x EELSfitter (a replica costs 1.9 plain KK spectra: the replica batch
 plus the mean/sigma summary); the band gap's at 579x, under the issue's 1000x on this CPU (a
 replica costs 1.3 plain fits: the grid search itself is the cost), as is the thickness's 350x.
+
+KK analytic (the linearised KK pass, issue 14; a later run, 2026-12-07 20:26, 96 x 96, load 5-8
+on the 2 shared cores): ``kk`` (eps1, eps2 cubes and every map) none 0.432 s, analytic 3.05 s
+= 7.05x, OVER the issue's 2x (per block kernel, measured alone: 6-10x); ``kk-maps``
+(thickness and plasmon energy only) 0.225 s, analytic 0.554 s = 2.47x; the thickness sigma
+alone is one sum (1.2-1.8x per block). Why: the per-channel covariance needs five FFT rows
+(the Hilbert transform of d w v, the squared kernel's two parts and the cross term) against the
+analysis's two, and about a hundred elementwise array passes (the rank-one terms, eq. 34's
+Jacobian, n(E), the honesty masks) that NumPy cannot fuse; still 23x cheaper per pixel than
+50 replicas (replicas:50 ran at 6 550 spectra x replicas/s, 982x EELSfitter, in this run).
+What would meet 2x: fusing the elementwise chain into one pass per pixel (a CuPy
+ElementwiseKernel or numba, not a dependency here).
 
 Run (take the shared lock; about a minute at the default sizes)::
 
