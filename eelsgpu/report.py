@@ -342,6 +342,14 @@ def report_html(
                 if ds[m].dims == tuple(nav)
             )
             caption = f"<b>pixel {pix}</b> {html.escape(where)}<br>{values}"
+            if bands:  # issue 14: say what the shading is
+                how = next(iter(bands.values())).attrs.get("uncertainty", "")
+                caption += (
+                    "<br>shaded: +-1 sigma (counting"
+                    + (f", {html.escape(str(how))}" if how else "")
+                    + ") of "
+                    + ", ".join(f"<code>{html.escape(n)}</code>" for n in bands)
+                )
             spec_figs.append(_figure(_png(fig), f"spectra at pixel {pix}", caption))
     if clusters:
         spec_figs.extend(_cluster_figures(ds, cubes, xlim_eV))

@@ -158,3 +158,41 @@ def test_readme_explains_every_quality_bit():
         assert row, name
         assert row.split("|")[2].strip() == ("yes" if fatal else "no"), name
     assert set(FLAG_ADVICE) == set(quality.BITS)
+
+
+def test_report_draws_kk_sigmas_beside_maps_and_as_bands(tmp_path):
+    """Truth: the KK result's own sigma variables (analytic, issue 14). The report of a KK
+    run with sigmas draws each map with a sigma beside its relative sigma (the caption names
+    ``thickness_nm_sigma`` and ``plasmon_energy_eV_sigma``, with the method), leaves no sigma
+    map on its own, and shades +-1 sigma of eps1 and eps2 on a pixel's spectra (the caption
+    says so); every picture decodes as a PNG."""
+    import xarray as xr
+
+    from eelsgpu import synthetic
+    from eelsgpu.analysis.kramers_kronig import kramers_kronig
+    from eelsgpu.report import report_html
+
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 1.0), shape=(2, 3), t_over_lambda=0.5, n_channels=512,
+        dispersion_eV=0.1, total_counts=1e6, noise=False, dtype=np.float64,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    ssd = sim["true_ssd"].copy(data=rng.poisson(sim["true_ssd"].values).astype(np.float64))
+    ssd.attrs.update(beam_energy_keV=200.0, collection_angle_mrad=10.0)
+    ds = kramers_kronig(
+        xr.Dataset({"ssd": ssd, "zlp_intensity": sim["true_zlp_intensity"]}), metal=True,
+        low_energy_cutoff_eV=1.5, device="cpu", uncertainty="analytic", gain=1.0,
+        variables=("eps1", "eps2", "thickness_nm", "plasmon_energy_eV"),
+    ).compute()  # fmt: skip
+    out = tmp_path / "kk.html"
+    out.write_text(report_html(ds, pixels=[(0, 1)]), encoding="utf-8")
+    page, text = parse_page(out)
+    maps = [c for c in page.captions if "beside it" in c]
+    for name in ("thickness_nm_sigma", "plasmon_energy_eV_sigma"):
+        assert any(name in c and "analytic" in c for c in maps), name
+    alts = [im.get("alt", "") for im in page.imgs]
+    assert not any(a.startswith("map of thickness_nm_sigma") for a in alts)
+    pixel = [c for c in page.captions if c.startswith("pixel (0, 1)")]
+    assert pixel and "shaded: +-1 sigma (counting, analytic) of eps1, eps2" in pixel[0]
+    for im in page.imgs:
+        assert base64.b64decode(im["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -360,12 +360,16 @@ def bandgap(
     )
     if unc.method == "replicas" and model == "free":
         # measured (tests/analysis/test_kk_bandgap_uncertainty.py): with b free, Eg's replica
-        # sigma / the scatter of refits was 0.77-1.26 (the curved Eg-b valley on the b grid of
-        # 0.1 makes the refits around a noisy spectrum differ from those around the truth);
-        # with b fixed 0.97, and b's own sigma 0.89-0.96: say so on the map
+        # sigma / the scatter of refits was 0.77-1.26, and 1.68 at b = 1.5 (150 onsets, Eg
+        # 2.5 eV, 32 replicas), 1.01 at b = 0.5: the b grid of 0.1 is coarse against the curved
+        # Eg-b valley, so the refits around a noisy spectrum land on other grid cells than
+        # those around the truth. A b grid of 0.05 gave 0.95 and 0.99 in the same runs, at
+        # twice the fit's cost (not adopted: it would change every free-model result); with b
+        # fixed 0.97, and b's own sigma 0.89-0.96: say so on the map
         ds["bandgap_eV_sigma"].attrs["coverage"] = (
-            "not proven with model='free' (sigma/scatter 0.77-1.26 measured); proven within "
-            "15 % with b fixed (model 'direct' or 'indirect')"
+            "not proven with model='free' (sigma/scatter 0.77-1.68 measured: the b grid of 0.1 "
+            "is coarse against the curved Eg-b valley; a grid of 0.05 measured 0.95-0.99); "
+            "proven within 15 % with b fixed (model 'direct' or 'indirect')"
         )
     if max_quality_ratio is not None and ds["valid"].ndim:
         ds = _flag_poor_fits(ds, float(max_quality_ratio))

@@ -110,7 +110,7 @@ from ..kernels.blocks_kk import (
     kk_declaration,
 )
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS  # zero loss at 0 eV: analysed as they are
-from ..kernels.blocks_replicas import with_replicas
+from ..kernels.blocks_replicas import KK_ANALYTIC_TARGETS, kk_with_analytic, with_replicas
 from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss_grid
 from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
@@ -136,12 +136,33 @@ class KKWarning(UserWarning):
 
 
 #: The outputs that get a replica sigma (issue 14), where computed.
-KK_SIGMA_TARGETS = ("eps1", "eps2", "thickness_nm", "plasmon_energy_eV")
+KK_SIGMA_TARGETS = (
+    "eps1",
+    "eps2",
+    "loss_function",
+    "refractive_index",
+    "thickness_nm",
+    "plasmon_energy_eV",
+    "loss_peak_eV",
+)
 #: What the per-channel eps sigmas are proven for (sigma/scatter over 300 realisations).
 KK_EPS_SIGMA_COVERAGE = (
-    "sigma/scatter 0.92-1.12 at 1e5 and 0.94-1.06 at 1e6 counts in the ZLP (eps1, eps2 at Ep/4 "
-    "to 2 Ep, Drude); NOT at 1e4 (0.48-2.6 where the SSD has 0-2 counts per channel: replicas "
+    "sigma/scatter 0.92-1.12 at 1e5 and 0.93-1.06 at 1e6 counts in the ZLP (eps1, eps2, the loss "
+    "function and n(E) at Ep/4 to 2 Ep, Drude); NOT at 1e4 (0.48-2.6 where the SSD has 0-2 counts per channel: replicas "
     "of so few counts misstate their noise)"
+)
+#: What the loss-peak energy's replica sigma is proven for.
+KK_LOSS_PEAK_SIGMA_COVERAGE = (
+    "sigma/scatter 0.93-1.08 at 1e6 counts in the ZLP (Drude, 0.1 eV channels); 0.81-0.90 at "
+    "1e5, where the sigma is 0.2 channel and the parabola's vertex jumps when the maximum "
+    "channel changes (a heavy-tailed scatter: +-1 sigma still holds 70-73 %, +-2 sigma 93-95 %)"
+)
+#: What the analytic sigmas are proven for (tests/analysis/test_kk_analytic_uncertainty.py).
+KK_ANALYTIC_SIGMA_COVERAGE = (
+    "linearised (analytic): sigma/scatter 0.85-1.15 and +-1/+-2 sigma 62-74 %/92-98 % at 1e5 "
+    "and 1e6 counts in the ZLP (Drude metal, Lorentz insulator; eps1, eps2, loss function, "
+    "n(E) at Ep/4 to 2 Ep, thickness, plasmon energy), analytic/replicas within 20 %; NaN where "
+    "a channel holds fewer than 10 electrons or 1/eps moves by more than 20 % of itself"
 )
 #: The KK kernel's per-pixel extras (repeated for each replica).
 KK_PER_PIXEL = (
@@ -280,7 +301,7 @@ def kramers_kronig(
     surface_fit : dict, optional
         Keyword arguments of :func:`eelsgpu.fit_dielectric` for ``surface="fit"`` (``model``,
         ``retardation``, ``oxide_nm``, ``window_eV`` ...; default its own).
-    uncertainty : {None, "replicas", "replicas:K"}
+    uncertainty : {None, "analytic", "replicas", "replicas:K"}
         Counting sigmas (:mod:`eelsgpu.analysis._uncertainty`; none by default: K replicas
         cost K analyses). ``"replicas"``: ``n_replicas`` noise replicas of every pixel's SSD run
         through the same KK kernel (:func:`eelsgpu.kernels.blocks_replicas.with_replicas`),
@@ -298,14 +319,29 @@ def kramers_kronig(
         part's per-channel size), nor N0's own noise (``zlp_intensity`` is held fixed: its
         relative noise, 1/sqrt(N0), is far below the SSD's), nor the ZLP model, the tail
         beyond the window or the normalisation (n, a thickness) the user gives.
-        ``"analytic"`` is refused: KK's eps at every channel is a nonlinear function of every
-        channel (the sum rule's normalisation, the nonnegativity constraint, the tail fit), so
-        its per-channel linearisation is an O(n^2) covariance per pixel; replicas are the route.
-        Not with ``surface="fit"`` (the fit's eps would carry KK's sigma). Proven (sigma /
-        scatter of 300 realisations within 0.85-1.15) at 1e5 and 1e6 counts in the ZLP; at 1e4
-        the thickness and plasmon-energy sigmas hold (0.99, 0.90) but eps at a few eV and at
-        2 Ep, where the SSD has 0-2 counts per channel, does not: the eps sigma cubes say so
-        (attrs ``coverage``).
+        Replicas also give ``loss_function_sigma``, ``refractive_index_sigma`` and
+        ``loss_peak_eV_sigma``. Not with ``surface="fit"`` (the fit's eps would carry KK's
+        sigma). Proven (sigma / scatter of 300 realisations within 0.85-1.15) at 1e5 and 1e6
+        counts in the ZLP; at 1e4 the thickness and plasmon-energy sigmas hold (0.99, 0.90)
+        but eps at a few eV and at 2 Ep, where the SSD has 0-2 counts per channel, does not:
+        the sigma cubes say so (attrs ``coverage``).
+        ``"analytic"``: the same noise model propagated by the linearisation of the KK pass
+        (:func:`eelsgpu.kernels.blocks_replicas.kk_analytic_sigmas`: Im[-1/eps] is the SSD
+        times the sum-rule normalisation, Re[1/eps] its Hilbert transform, so with independent
+        channels the variances are the squared Hilbert kernel convolved with the channel
+        variance plus rank-one terms of the normalisation, the low-energy slope and the tail
+        fit, all by FFT; then eq. 34's Jacobian), for ``eps1``, ``eps2``, ``loss_function``,
+        ``refractive_index`` (per channel), ``thickness_nm`` and ``plasmon_energy_eV``. Cost
+        (benchmarks/bench_uncertainty.py, 2 cores): with cubes 5-10x the analysis (five FFT
+        rows and about a hundred array passes per pixel, against the analysis's two rows:
+        above the issue's 2x, but 10-20x cheaper than 64 replicas); maps only
+        (``variables=("thickness_nm", ...)``) 1.2-2.7x. NaN where the linearisation is not honest: a
+        channel with fewer than 10 electrons around it or whose 1/eps moves by more than 20 %,
+        a plasmon sigma above 0.2 channel. No ``loss_peak_eV_sigma`` (a grid maximum whose
+        channel jumps: replicas). Refused with the surface correction (``iterations`` > 0 or
+        ``surface="fit"``: its Newton steps are not linearised). Proven at 1e5 and 1e6 counts
+        on a Drude metal and a Lorentz insulator (sigma/scatter 0.85-1.15, analytic / replicas
+        within 20 %, attrs ``coverage``).
     n_replicas, gain, noise_variance, seed
         Replicas per pixel (default 100); g (default: estimated from the SSD's own channel
         noise, which for a deconvolved SSD is not Poisson: give it); a measured variance; the
@@ -491,11 +527,15 @@ def kramers_kronig(
     kernel_params: dict[str, Any] = {}
     unc = parse_uncertainty(si, uncertainty, n_replicas, gain, noise_variance, seed)
     if unc.method == "analytic":
-        raise InputError(
-            "uncertainty='analytic' is not offered for Kramers-Kronig analysis: eps at every "
-            "channel depends nonlinearly on every channel (sum rule, sign constraint, tail fit), "
-            "an O(n^2) covariance per pixel; use uncertainty='replicas' (or 'replicas:K')"
-        )
+        if int(iterations) > 0 or surface == "fit":
+            raise InputError(
+                "uncertainty='analytic' is not offered with the surface correction "
+                "(iterations > 0 or surface='fit'): its Newton steps are not linearised; use "
+                "uncertainty='replicas' (or 'replicas:K'), or iterations=0"
+            )
+        decl = kk_with_analytic(decl, [t for t in KK_ANALYTIC_TARGETS if t in names])
+        extras.update(unc.extras(si))
+        kernel_params.update(unc.kernel_params())
     if unc.method == "replicas":
         if surface == "fit":
             raise InputError(
@@ -559,17 +599,29 @@ def kramers_kronig(
     )
     if "energy" in ds.coords:
         ds["energy"].attrs.update({"units": "eV", "long_name": "energy loss"})
-    for name in ("eps1_sigma", "eps2_sigma"):
-        if name in ds:  # measured (tests/analysis/test_kk_bandgap_uncertainty.py), so said
-            ds[name].attrs["coverage"] = KK_EPS_SIGMA_COVERAGE
-    if "eps2_sigma" in ds:
-        # A replica sigma of exactly 0 is eps2 held at 0 by the sign constraint in every replica
-        # (the SSD is negative there), not a certainty: no sigma (NaN) rather than a false 0.
-        attrs = dict(ds["eps2_sigma"].attrs)
-        ds["eps2_sigma"] = ds["eps2_sigma"].where(ds["eps2_sigma"] > 0)
-        ds["eps2_sigma"].attrs = {
+    for name in ("eps1_sigma", "eps2_sigma", "loss_function_sigma", "refractive_index_sigma"):
+        if name in ds:  # measured (tests/analysis/test_kk_*_uncertainty.py), so said
+            ds[name].attrs["coverage"] = (
+                KK_ANALYTIC_SIGMA_COVERAGE if unc.method == "analytic" else KK_EPS_SIGMA_COVERAGE
+            )
+    if unc.method == "analytic":
+        ds.attrs["kk_analytic_not_covered"] = (
+            "loss_peak_eV (a grid maximum: use replicas); N0's noise, the deconvolution's own "
+            "noise and channel correlation, the ZLP model, the tail beyond the window"
+        )
+    if "loss_peak_eV_sigma" in ds:
+        ds["loss_peak_eV_sigma"].attrs["coverage"] = KK_LOSS_PEAK_SIGMA_COVERAGE
+    for name in ("eps2_sigma", "loss_function_sigma", "refractive_index_sigma"):
+        if name not in ds:
+            continue
+        # A replica sigma of exactly 0 is eps2 (and Im[-1/eps]) held at 0 by the sign
+        # constraint in every replica (the SSD is negative there; n = 0 exactly where, with
+        # eps2 = 0, eps1 < 0), not a certainty: no sigma (NaN) rather than a false 0.
+        attrs = dict(ds[name].attrs)
+        ds[name] = ds[name].where(ds[name] > 0)
+        ds[name].attrs = {
             **attrs,
-            "note": "NaN where eps2 is held at 0 by the sign constraint in every replica",
+            "note": f"NaN where {name[:-6]} is held at 0 by the sign constraint in every replica",
         }
     if surface == "fit":  # issue 15: refit the pixels the surface iteration flags
         from .film import surface_fit as _surface_fit

@@ -88,4 +88,9 @@ film 3.3   the pole-panelled angular rule; channels, resolution   :func:`.film.f
                                                                   :func:`.film.channel_matrix`
 film 2     Drude + Lorentz eps and d eps/d ln p                   :func:`.oscillators.eps_and_derivatives`
 film 3     Poisson-deviance Levenberg-Marquardt, covariance       :func:`.film_fit.fit_pixels`
+31-34 var  var, cov of Im[-1/eps], Re[1/eps]: the KK pass         :func:`.uncertainty.kk_inverse_eps_covariance`
+           linearised (rank-one terms + Hilbert transforms)
+32 var     var(H[x]): squared kernel (*) channel variance, FFT    :func:`.uncertainty.odd_hilbert_variance`
+34 var     cov(eps1, eps2) by eq. 34's Jacobian; var n(E)         :func:`.uncertainty.eps_covariance_from_inverse`,
+                                                                  :func:`.uncertainty.refractive_index_variance`
 =========  =====================================================  ========================="""

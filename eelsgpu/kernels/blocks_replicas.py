@@ -40,7 +40,7 @@ from .._xp import array_namespace
 from .declare import BlockKernel, Output
 from .uncertainty import replica_sigmas
 
-__all__ = ["with_replicas"]
+__all__ = ["KK_ANALYTIC_TARGETS", "kk_analytic_sigmas", "kk_with_analytic", "with_replicas"]
 
 #: Parameters the wrapper takes for itself (the rest go to the wrapped kernel).
 _OWN = ("n_replicas", "seed", "gain", "uncertainty")
@@ -144,5 +144,393 @@ def with_replicas(
         tile_pixels=decl.tile_pixels,
         extras=(*decl.extras, "variance", "pixel_index"),
         name=f"{decl.label}_with_replicas",
+        peak_bytes_per_spectrum=decl.peak_bytes_per_spectrum,
+    )
+
+
+# ------------------------------------------------------------------ analytic KK (issue 14)
+#: The KK outputs that get an analytic (linearised) sigma. The loss-peak energy is not among
+#: them: it is the maximum channel of a noisy curve refined by a parabola, whose channel jumps
+#: (replicas only).
+KK_ANALYTIC_TARGETS = (
+    "eps1",
+    "eps2",
+    "loss_function",
+    "refractive_index",
+    "thickness_nm",
+    "plasmon_energy_eV",
+)
+#: The least electrons per channel (the SSD's mean over 5 channels around it, / gain) for a
+#: channel's sigmas (eps1, eps2, Im[-1/eps], n there) to be returned: below it Im[-1/eps]'s
+#: relative noise is too large for eq. 34's inverse to be linear and a channel's own variance
+#: (its counts) too noisy (measured: sigma/scatter 1.16-1.28 at 1.5-3 electrons, 2.5 at 0.3;
+#: 0.93-1.08 from 15 up); NaN there.
+KK_MIN_CHANNEL_COUNTS = 10.0
+#: The largest relative sigma of 1/eps, sqrt(var Re + var Im) / |1/eps|, at a channel for eq.
+#: 34's inverse to be linear (measured: eps1, n honest to 0.2, 1.15-1.9 above); NaN above.
+KK_MAX_INVERSE_REL_SIGMA = 0.2
+#: The largest plasmon-energy sigma, in channels, for eps1's crossing to be linear in the data
+#: (the 2-channel slope there then moves by less than about 30 %; measured: sigma/scatter
+#: 0.95-1.04 up to 0.16 channel, 0.70-0.83 at 0.2-0.3, where replicas fail too); NaN above.
+KK_MAX_PLASMON_SIGMA_CHANNELS = 0.2
+#: Channels over which eps1's slope at the crossing is taken for that criterion.
+KK_PLASMON_SLOPE_CHANNELS = 10
+
+
+def _tail_shape_host(n_k: int, dispersion_eV: float) -> Any:
+    import numpy as np
+
+    from .dielectric import tail_re_inverse
+
+    e = np.arange(n_k, dtype=np.float64) * dispersion_eV
+    return tail_re_inverse(np, np.ones(1), e, (n_k - 0.5) * dispersion_eV)[0]
+
+
+def kk_analytic_sigmas(
+    block: Any,
+    energy_eV: Any,
+    values: Mapping[str, Any],
+    targets: Sequence[str],
+    *,
+    gain: float = 1.0,
+    variance: Any = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Linearised counting sigmas of a Kramers-Kronig block (kk-theory.md eqs. 26, 31-34).
+
+    ``values`` are :func:`~.blocks_kk.kk_kernel`'s outputs of ``block`` (with ``eps1``,
+    ``eps2``, ``loss_function`` and ``thickness_nm``) and ``kw`` its parameters and extras;
+    without surface iterations (one pass: the linearisation through the Newton steps of eq. 36
+    is not built). The channel variance is ``g max(x, 0)`` (or ``variance``), moved onto the
+    loss grid as the SSD is. Then :func:`~.uncertainty.kk_inverse_eps_covariance` (Im and Re of
+    1/eps), :func:`~.uncertainty.eps_covariance_from_inverse` (eq. 34),
+    :func:`~.uncertainty.refractive_index_variance` (n + ik = sqrt(eps)); the thickness (eq. 26,
+    t proportional to J) has ``sigma_t / t = sigma_J / J``; the plasmon energy (eps1's zero
+    crossing, linear between channels k, k + 1) moves by ``dE = -(dE_ch / slope) ((1 - theta)
+    d eps1_k + theta d eps1_k+1)`` (``slope`` eps1's rise per channel over
+    :data:`KK_PLASMON_SLOPE_CHANNELS` channels: the 2-channel one is as noisy as the sigma), whose gradient over the SSD channels is built per pixel
+    (two rows of the Hilbert kernel) and summed with the channel covariance of the grid
+    interpolation. Where a linearisation is not honest, NaN: per-channel sigmas (Im[-1/eps],
+    eps2, eps1, n) where the SSD holds fewer than :data:`KK_MIN_CHANNEL_COUNTS` electrons per
+    channel around it or 1/eps moves by more than :data:`KK_MAX_INVERSE_REL_SIGMA` of itself;
+    the plasmon energy's where its sigma exceeds :data:`KK_MAX_PLASMON_SIGMA_CHANNELS`
+    channels (the 2-channel slope then moves by more than about 30 %). Returns
+    ``<target>_sigma`` for ``targets`` (maps (n,), cubes (n, K - 1)).
+    """
+    import math
+
+    from ._device_cache import cached
+    from .blocks_kk import _kk_inputs
+    from .loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, on_loss_grid
+    from .sum_rule import sum_rule_integral_rows
+
+    xp = array_namespace(block)
+    names = (
+        "zlp_intensity", "thickness_nm", "valid", "zlp_centre_eV", "cutoff_eV",
+        "dispersion_eV", "grid", "beam_energy_keV", "collection_angle_mrad",
+        "refractive_index", "metal", "iterations", "low_energy_cutoff_eV", "nonnegative",
+    )  # fmt: skip
+    args = {n: kw.get(n) for n in names}
+    args["metal"] = bool(args["metal"])
+    args["iterations"] = 0
+    args["nonnegative"] = bool(True if args["nonnegative"] is None else args["nonnegative"])
+    if args["low_energy_cutoff_eV"] is None:
+        args["low_energy_cutoff_eV"] = DEFAULT_LOW_ENERGY_CUTOFF_EV
+    inputs = _kk_inputs(block, energy_eV, **args)
+    setup, s0 = inputs.setup, inputs.s0
+    var_in = gain * xp.clip(block, 0.0, None) if variance is None else variance
+    if args["zlp_centre_eV"] is None:  # the variance moved onto the loss grid as the SSD is
+        v = on_loss_grid(xp, var_in, setup.grid)
+        v = xp.where(xp.isfinite(v), v, 0.0)  # unusable pixels (NaN in the SSD) give NaN
+    else:
+        v = _kk_inputs(var_in, energy_eV, **{**args, "valid": None}).s0
+    grid, kc, kf = setup.grid, setup.kc, setup.kf
+    n_k, de = grid.n, grid.dispersion_eV
+    w8 = setup.weights
+    dtype = s0.dtype
+    pos = s0 > 0 if setup.nonnegative else xp.ones_like(s0, dtype=xp.bool)
+    s_plus = xp.clip(s0, 0.0, None) if setup.nonnegative else s0
+    parts = sum_rule_integral_rows(
+        xp, s_plus, setup.e, setup.ang, grid, kc, kf, weights=w8, cut=setup.cut
+    )
+    j = parts.integral
+    j_ok = xp.isfinite(j) & (j > 0)
+    j_safe = xp.where(j_ok, j, 1.0)
+    k = xp.arange(n_k)
+    low = setup.low if setup.low is not None else k < kc
+    low2 = low if low.ndim == 2 else low[None, :]
+    if isinstance(kc, int):
+        in_fit = (k >= kc) & (k < kf)
+        width = float(kf - kc)
+        low_width: Any = (kc - 0.5) * de
+    else:
+        in_fit = (k[None, :] >= kc[:, None]) & (k[None, :] < kf[:, None])
+        width = xp.astype(kf - kc, dtype)[:, None]
+        low_width = ((xp.astype(kc, dtype) - 0.5) * de)[:, None]
+    d = xp.where(~low2 & pos, w8.inv, 0.0)
+    u = xp.where(in_fit & pos, w8.w_e / width, 0.0)
+    kt = w8.tail_start
+    tail_full = xp.concat([xp.zeros((kt,), dtype=dtype), w8.tail])
+    a = xp.where(pos & (parts.tail_coefficient > 0)[:, None], tail_full, 0.0)
+    w = xp.where(~low2 & pos, de * w8.w_e, 0.0) + low_width * u + w8.tail_integral * a
+    ramp = xp.where(low2, setup.e, 0.0)
+    t_shape = cached(
+        xp,
+        ("unc-kk-tail", n_k, float(de), str(dtype)),
+        lambda: xp.asarray(_tail_shape_host(n_k, de), dtype=dtype),
+    )
+    normalised = setup.thickness_nm is None
+    if normalised:
+        kappa = (math.pi * setup.one_minus / 2.0) / j_safe
+    else:
+        from .dielectric import loss_prefactor_nm_eV
+
+        t_given = xp.where(xp.isfinite(setup.thickness_nm), setup.thickness_nm, 1.0)
+        kappa = loss_prefactor_nm_eV(setup.beam_energy_keV) / (setup.n0_safe * t_given)
+    kap = kappa[:, None]
+    out: dict[str, Any] = {}
+    want = set(targets)
+    if want - {"thickness_nm"}:
+        e1, e2 = values["eps1"], values["eps2"]
+        mod2 = e1 * e1 + e2 * e2
+        re_out, loss_out = e1 / mod2, e2 / mod2
+    frac = float(grid.frac)
+    f_diag = (1.0 - frac) ** 2 + frac**2 if kw.get("zlp_centre_eV") is None else 1.0
+    cube_targets = want & {"eps1", "eps2", "loss_function", "refractive_index"}
+    if not cube_targets:  # maps only: var(J) is one sum (the cubes' FFTs are not needed)
+        var_j = xp.sum(w * w * v, axis=-1)
+    else:
+        out.update(
+            _cube_sigmas(
+                xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe, normalised,
+                f_diag, kc, kf, kt, n_k, s0, gain, variance, re_out, loss_out, e1, e2,
+                cube_targets,
+            )
+        )  # fmt: skip
+        var_j = out.pop("_var_j")
+    if "thickness_nm" in want:
+        t = values["thickness_nm"]
+        out["thickness_nm"] = xp.abs(t) * xp.sqrt(var_j) / j_safe if normalised else 0.0 * t
+    if "plasmon_energy_eV" in want:
+        out["plasmon_energy_eV"] = _plasmon_sigma(
+            xp, values, e1, e2, re_out, loss_out, low2, kap, j_safe, normalised,
+            d, u, a, w, ramp, t_shape, v, f_diag, frac, de,
+        )  # fmt: skip
+    return {f"{name}_sigma": val for name, val in out.items()}
+
+
+def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
+                 normalised, f_diag, kc, kf, kt, n_k, s0, gain, variance, re_out, loss_out,
+                 e1, e2, want):  # fmt: skip
+    """The per-channel sigmas of :func:`kk_analytic_sigmas` (``want`` among eps1, eps2,
+    loss_function, refractive_index), and var(J) as ``_var_j``."""
+    import math
+
+    from .optics import refractive_index_nk
+    from .uncertainty import (
+        eps_covariance_from_inverse,
+        kk_inverse_eps_covariance,
+        refractive_index_variance,
+    )
+
+    dtype = s0.dtype
+    col0 = xp.zeros((s0.shape[0], 1), dtype=dtype)
+    loss_g = xp.concat([col0, loss_out], axis=-1)
+    re_g = xp.concat([col0 + 1.0, re_out], axis=-1)
+    var_l, var_r, cov_lr, var_j = kk_inverse_eps_covariance(
+        v,
+        d=d,
+        u=u,
+        a=a,
+        w=w,
+        ramp=ramp,
+        tail_shape=t_shape,
+        loss_scaled=loss_g / kap,
+        hilbert_scaled=(1.0 - re_g) / kap,
+        integral=j_safe,
+        kappa=kappa,
+        normalised=normalised,
+        diagonal_factor=f_diag,
+        u_support=(kc, kf) if isinstance(kc, int) else None,
+        a_support=(kt, n_k),
+    )
+    sl = slice(1, n_k)
+    var_l, var_r, cov_lr = var_l[:, sl], var_r[:, sl], cov_lr[:, sl]
+    # a channel's sigmas are a linearisation only where it holds enough electrons (the mean of
+    # 5 channels around it: its own count would select on the noise) and 1/eps moves little
+    pad = xp.zeros((s0.shape[0], 2), dtype=dtype)
+    padded = xp.concat([pad, xp.clip(s0, 0.0, None), pad], axis=-1)
+    local = sum(padded[:, i : i + n_k] for i in range(5)) / 5.0
+    local = local[:, sl]
+    if variance is None:
+        electrons = local / gain
+    else:  # a measured variance: the electrons a Poisson channel of that noise would hold
+        vloc = sum(xp.concat([pad, v, pad], axis=-1)[:, i : i + n_k] for i in range(5))[:, sl]
+        electrons = local * local / xp.where(vloc > 0, vloc / 5.0, math.inf)
+    rel_w = xp.sqrt(var_l + var_r) / xp.sqrt(re_out * re_out + loss_out * loss_out)
+    honest = (electrons >= KK_MIN_CHANNEL_COUNTS) & (rel_w <= KK_MAX_INVERSE_REL_SIGMA)
+    out: dict[str, Any] = {"_var_j": var_j}
+    ve1, ve2, c12 = eps_covariance_from_inverse(re_out, loss_out, var_r, var_l, cov_lr)
+    if "loss_function" in want:
+        out["loss_function"] = xp.where(honest, xp.sqrt(var_l), math.nan)
+    if "eps1" in want:
+        out["eps1"] = xp.where(honest, xp.sqrt(xp.clip(ve1, 0.0, None)), math.nan)
+    if "eps2" in want:
+        out["eps2"] = xp.where(honest, xp.sqrt(xp.clip(ve2, 0.0, None)), math.nan)
+    if "refractive_index" in want:
+        n_e, k_e = refractive_index_nk(e1, e2)
+        vn = refractive_index_variance(n_e, k_e, ve1, ve2, c12)
+        out["refractive_index"] = xp.where(honest, xp.sqrt(xp.clip(vn, 0.0, None)), math.nan)
+    return out
+
+
+def _odd_offsets_table(n_k: int) -> Any:
+    """Maclaurin's kernel g(o) = 2/(pi o) (odd o, else 0) for o = -K .. 2K - 1 (host)."""
+    import numpy as np
+
+    o = np.arange(-n_k, 2 * n_k)
+    out = np.zeros(o.shape)
+    odd = (np.abs(o) % 2) == 1
+    out[odd] = 2.0 / (np.pi * o[odd])
+    return out
+
+
+def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalised,
+                   d, u, a, w, ramp, t_shape, v, f_diag, frac, de):  # fmt: skip
+    """sigma of eps1's upward zero crossing (see :func:`kk_analytic_sigmas`): its gradient over
+    the SSD channels, b_j, summed as sum b^2 f v + 2 f'(1 - f') sum b_j b_j+1 v_j (the grid
+    interpolation's neighbour covariance)."""
+    import math
+
+    from ._device_cache import cached
+    from .uncertainty import odd_hilbert
+
+    n_pix, n_out = e1.shape
+    n_k = n_out + 1
+    ep = values["plasmon_energy_eV"]
+    has = xp.isfinite(ep)
+    # the crossing's channel on the output grid (E_k = (k + 1) dE): floor((ep - dE) / dE)
+    i_out = xp.astype(xp.clip(xp.floor(xp.where(has, ep, de) / de - 1.0), 0, n_out - 2), xp.int64)
+    idx = xp.stack([i_out, i_out + 1], axis=-1)
+    e1p = xp.take_along_axis(e1, idx, axis=-1)
+    delta = e1p[:, 1] - e1p[:, 0]
+    ok = has & (delta > 0)
+    delta = xp.where(ok, delta, 1.0)
+    theta = -e1p[:, 0] / delta
+    rp = xp.take_along_axis(re_out, idx, axis=-1)
+    lp = xp.take_along_axis(loss_out, idx, axis=-1)
+    dd = rp * rp + lp * lp
+    big_a = (lp * lp - rp * rp) / (dd * dd)
+    big_b = -2.0 * rp * lp / (dd * dd)
+    # eps1's slope over KK_PLASMON_SLOPE_CHANNELS channels around the crossing: the slope of
+    # the crossing's own 2 channels is as noisy as the sigma it scales (and selecting pixels on
+    # a noisy sigma would keep the low ones); the same slope to first order
+    half = KK_PLASMON_SLOPE_CHANNELS // 2
+    wide = xp.stack(
+        [xp.clip(i_out - half + 1, 0, n_out - 1), xp.clip(i_out + half, 0, n_out - 1)], axis=-1
+    )
+    e1w = xp.take_along_axis(e1, wide, axis=-1)
+    slope = (e1w[:, 1] - e1w[:, 0]) / xp.astype(wide[:, 1] - wide[:, 0], e1.dtype)
+    ok = ok & (slope > 0)
+    slope = xp.where(ok, slope, 1.0)
+    coef = xp.stack([1.0 - theta, theta], axis=-1) * (-de / slope)[:, None]
+    m_grid = idx + 1  # grid channels of the two output channels
+    # d E / d s = d (.) sum_c alpha_c h_c + g_u u + g_a a + g_w w + sum_c beta_c d delta_{m_c}:
+    # alpha the weights of the two channels' Hilbert rows h_c (Re[1/eps]), beta of their own
+    # channel (Im[-1/eps]), the rank-one parts collected (see kk_inverse_eps_covariance)
+    alpha = -coef * kap * big_a
+    beta = coef * kap * big_b
+    q = odd_hilbert(ramp if ramp.ndim == 2 else ramp[None, :])
+    q_m = xp.take_along_axis(xp.broadcast_to(q, (n_pix, n_k)), m_grid, axis=-1)
+    t_m = xp.reshape(xp.take(t_shape, xp.reshape(m_grid, (-1,))), (n_pix, 2))
+    g_u = xp.sum(alpha * q_m, axis=-1)[:, None]
+    g_a = xp.sum(alpha * t_m, axis=-1)[:, None]
+    b = g_u * u + g_a * a
+    if normalised:
+        rs, ls = (1.0 - rp) / kap, lp / kap  # R and L at the two channels
+        b = b - (xp.sum(alpha * rs + beta * ls, axis=-1) / j)[:, None] * w
+    # the two Hilbert rows, g(j - m) + g(j + m), gathered from one table of g(o), o in [-K, 2K)
+    gtab = cached(
+        xp,
+        ("unc-g-table", n_k, str(e1.dtype)),
+        lambda: xp.asarray(_odd_offsets_table(n_k), dtype=e1.dtype),
+    )
+    jj = xp.arange(n_k)
+    hc = xp.zeros((n_pix, n_k), dtype=e1.dtype)
+    for c in range(2):
+        mc = m_grid[:, c][:, None]
+        for off in (jj[None, :] - mc + n_k, jj[None, :] + mc + n_k):
+            hc = hc + alpha[:, c][:, None] * xp.reshape(
+                xp.take(gtab, xp.reshape(off, (-1,))), (n_pix, n_k)
+            )
+        hc = hc + xp.where(jj[None, :] == mc, beta[:, c][:, None], 0.0)
+    b = b + d * hc
+    var = xp.sum(b * b * v, axis=-1) * f_diag
+    var = var + 2.0 * frac * (1.0 - frac) * xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
+    sigma = xp.sqrt(xp.clip(var, 0.0, None))
+    ok = ok & (sigma <= KK_MAX_PLASMON_SIGMA_CHANNELS * de)
+    return xp.where(ok, sigma, math.nan)
+
+
+def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
+    """``decl`` (:func:`~.blocks_kk.kk_declaration`) with ``<target>_sigma`` outputs from
+    :func:`kk_analytic_sigmas` (attrs ``sigma_of``, ``part="counting"``,
+    ``uncertainty="analytic"``). The kernel takes ``gain`` and the extra ``variance`` beside
+    the KK kernel's own parameters; it asks the KK kernel for eps1, eps2, the loss function and
+    the thickness whatever ``variables`` says, and returns what was asked."""
+    targets = tuple(targets)
+    inner = decl.kernel
+    # what the sigmas read: eps (Re and Im of 1/eps) for the cubes and the plasmon energy
+    need = ("thickness_nm",) + tuple(t for t in targets if t == "plasmon_energy_eV")
+    if set(targets) - {"thickness_nm"}:
+        need += ("eps1", "eps2")
+
+    def kernel(
+        block: Any,
+        energy_eV: Any,
+        *,
+        gain: float = 1.0,
+        variance: Any = None,
+        uncertainty: str | None = "analytic",
+        n_replicas: Any = None,
+        seed: Any = None,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        from .blocks_kk import DEFAULT_VARIABLES
+
+        asked = tuple(kw.get("variables") or DEFAULT_VARIABLES)
+        extra = tuple(n for n in need if n not in asked)
+        values = dict(inner(block, energy_eV, **{**kw, "variables": asked + extra}))
+        sig = kk_analytic_sigmas(
+            block, energy_eV, values, targets, gain=float(gain), variance=variance, **kw
+        )
+        out = {n: values[n] for n in asked}
+        out.update(sig)
+        return out
+
+    kernel.__name__ = f"{decl.label}_with_analytic"
+
+    def outputs(params: Mapping[str, Any]) -> tuple[Output, ...]:
+        inner_params = {k: v for k, v in params.items() if k not in _OWN}
+        base = decl.outputs_for(inner_params)
+        by_name = {o.name: o for o in base}
+        extra = [
+            replace(
+                by_name[t],
+                name=f"{t}_sigma",
+                long_name=f"sigma of {by_name[t].long_name or t} (counting, linearised)",
+                dtype="float",
+                attrs={"sigma_of": t, "part": "counting", "uncertainty": "analytic"},
+            )
+            for t in targets
+        ]
+        return (*base, *extra)
+
+    return BlockKernel(
+        kernel,
+        outputs=outputs,
+        tile_pixels=decl.tile_pixels,
+        extras=(*decl.extras, "variance"),
+        name=f"{decl.label}_with_analytic",
         peak_bytes_per_spectrum=decl.peak_bytes_per_spectrum,
     )

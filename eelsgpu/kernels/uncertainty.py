@@ -52,19 +52,24 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import array_namespace, fft_module, is_numpy
+from .._xp import array_namespace, fast_length, fft_module, is_numpy
 
 __all__ = [
     "CHI2_1_MEDIAN",
     "REPLICA_BATCH_ELEMENTS",
     "draw_replicas",
+    "eps_covariance_from_inverse",
     "estimate_gain",
     "fourier_log_functional_variance",
     "fourier_log_ssd_variance",
+    "kk_inverse_eps_covariance",
     "linear_sigma",
     "log_ratio_variance",
+    "odd_hilbert",
+    "odd_hilbert_variance",
     "poisson_variance",
     "ratio_sigma",
+    "refractive_index_variance",
     "replica_moments",
     "replica_sigmas",
     "sandwich_covariance",
@@ -673,3 +678,318 @@ def sandwich_covariance(jacobian: Any, fit_weights: Any, variance: Any) -> Any:
     meat = xp.matmul(xp.matrix_transpose(wj), variance[..., None] * wj)
     a_inv = xp.linalg.inv(a)
     return xp.matmul(xp.matmul(a_inv, meat), a_inv)
+
+
+# ------------------------------------------------------------ Kramers-Kronig, linearised
+def _odd_offsets_power(m: np.ndarray, power: int) -> np.ndarray:
+    """Maclaurin's kernel of eq. 32, g(m) = 2/(pi m) for odd m and 0 for even m, to ``power``."""
+    m = np.asarray(m, dtype=np.float64)
+    odd = (np.abs(m) % 2) == 1
+    out = np.zeros_like(m)
+    out[odd] = (2.0 / (np.pi * m[odd])) ** power
+    return out
+
+
+def _odd_spectra(n_k: int, m: int, power: int) -> tuple[np.ndarray, np.ndarray]:
+    """rfft (length ``m`` >= 2 n_k - 1) of the convolution kernel a[r] = g(-r)^p, r in (-K, K),
+    and the correlation kernel b[s] = g(s)^p, s in [0, 2K - 1): ``sum_j v_j g(j - i)^p`` and
+    ``sum_j v_j g(j + i)^p`` are then ``irfft(V a~)`` and ``irfft(conj(V) b~)`` (host)."""
+    a = np.zeros(m)
+    r = np.arange(n_k)
+    a[:n_k] = _odd_offsets_power(-r, power)
+    a[m - n_k + 1 :] = _odd_offsets_power(np.arange(n_k - 1, 0, -1), power)
+    b = np.zeros(m)
+    b[: 2 * n_k - 1] = _odd_offsets_power(np.arange(2 * n_k - 1), power)
+    return np.fft.rfft(a), np.fft.rfft(b)
+
+
+def _spectra(xp: Any, n_k: int, m: int, power: int, dtype: Any) -> tuple[Any, Any]:
+    from ._device_cache import cached
+
+    cdtype = xp.complex64 if dtype == xp.float32 else xp.complex128
+
+    def make():
+        a, b = _odd_spectra(n_k, m, power)
+        return xp.asarray(a, dtype=cdtype), xp.asarray(b, dtype=cdtype)
+
+    return cached(xp, ("unc-odd", n_k, m, power, str(cdtype)), make)
+
+
+def _kernel_rows(xp: Any, n_k: int, lo: int, hi: int, dtype: Any) -> Any:
+    """The Hilbert kernel's rows j in [lo, hi): h[j - lo, i] = g(j - i) + g(j + i), (hi - lo, K)
+    on the device (cached): ``x @ rows`` is :func:`odd_hilbert` of rows ``x`` zero outside."""
+    from ._device_cache import cached
+
+    def make():
+        j = np.arange(lo, hi)[:, None]
+        i = np.arange(n_k)[None, :]
+        return xp.asarray(_odd_offsets_power(j - i, 1) + _odd_offsets_power(j + i, 1), dtype=dtype)
+
+    return cached(xp, ("unc-rows", n_k, lo, hi, str(dtype)), make)
+
+
+def odd_hilbert(v: Any) -> Any:
+    """The discrete Hilbert transform of eq. 32 on the odd extension (Maclaurin's formula),
+    ``H[v]_i = sum_j v_j (g(j - i) + g(j + i))``, g(m) = 2/(pi m) for odd m (0 for even), of
+    rows ``v`` (..., K) as a linear convolution by FFTs; Re[1/eps] = 1 - H[Im[-1/eps]] (plus
+    the tail). Dimensionless kernel: ``H[v]`` has the units of ``v``.
+
+    Examples
+    --------
+    >>> v = np.zeros((1, 6)); v[0, 2] = 1.0
+    >>> np.round(odd_hilbert(v) * np.pi / 2, 6).tolist()  # 1/(j - i) + 1/(j + i), j = 2, odd
+    [[0.0, 1.333333, 0.0, -0.8, 0.0, -0.190476]]
+    """
+    xp = array_namespace(v)
+    fft = fft_module(xp)
+    n_k = v.shape[-1]
+    m = fast_length(2 * n_k - 1)
+    a, b = _spectra(xp, n_k, m, 1, v.dtype)
+    vh = fft.rfft(v, n=m, axis=-1)
+    return fft.irfft(vh * a + xp.conj(vh) * b, n=m, axis=-1)[..., :n_k]
+
+
+def odd_hilbert_variance(variance: Any) -> Any:
+    """Variance of :func:`odd_hilbert` of independent channels: ``var(H[x])_i = sum_j (g(j - i)
+    + g(j + i))^2 v_j`` (the squared kernel convolved with the channel variance, eq. 32), by
+    FFTs. The square's cross term is not a convolution, but for i >= 1 partial fractions make
+    it one: ``g(j - i) g(j + i) = (1/(pi i)) (g(j - i) - g(j + i))`` (both odd, else both 0),
+    so ``var = G2c + G2r + (2/(pi i)) (Hc - Hr)`` with ``G2`` the squared kernel's convolution
+    (c) and correlation (r) parts and ``H`` the kernel's; at i = 0, ``4 sum_j g(j)^2 v_j``.
+    ``variance`` (..., K) in units^2, returns the same units.
+
+    Examples
+    --------
+    Against the explicit sum:
+
+    >>> rng = np.random.default_rng(0)
+    >>> v = rng.random((2, 9))
+    >>> j, i = np.meshgrid(np.arange(9), np.arange(9))
+    >>> g = lambda m: np.where(m % 2 == 1, 2 / (np.pi * np.where(m == 0, 1, m)), 0.0)
+    >>> h = g(j - i) + g(j + i)
+    >>> bool(np.allclose(odd_hilbert_variance(v), v @ (h**2).T))
+    True
+    """
+    xp = array_namespace(variance)
+    fft = fft_module(xp)
+    n_k = variance.shape[-1]
+    m = fast_length(2 * n_k - 1)
+    a1, b1 = _spectra(xp, n_k, m, 1, variance.dtype)
+    a2, b2 = _spectra(xp, n_k, m, 2, variance.dtype)
+    vh = fft.rfft(variance, n=m, axis=-1)
+    cvh = xp.conj(vh)
+    sq = fft.irfft(vh * a2 + cvh * b2, n=m, axis=-1)[..., :n_k]
+    diff = fft.irfft(vh * a1 - cvh * b1, n=m, axis=-1)[..., :n_k]
+    i = xp.arange(n_k, dtype=variance.dtype)
+    cross = (2.0 / np.pi) / xp.where(i > 0, i, 1.0)
+    out = sq + cross * diff
+    out = xp.where(i == 0, 2.0 * sq, out)
+    return xp.clip(out, 0.0, None)
+
+
+def kk_inverse_eps_covariance(
+    variance: Any,
+    *,
+    d: Any,
+    u: Any,
+    a: Any,
+    w: Any,
+    ramp: Any,
+    tail_shape: Any,
+    loss_scaled: Any,
+    hilbert_scaled: Any,
+    integral: Any,
+    kappa: Any,
+    normalised: bool,
+    diagonal_factor: float = 1.0,
+    u_support: tuple[int, int] | None = None,
+    a_support: tuple[int, int] | None = None,
+) -> tuple[Any, Any, Any, Any]:
+    """Counting covariance of Im[-1/eps] and Re[1/eps] at each channel, by the linearisation of
+    one Kramers-Kronig pass (kk-theory.md eqs. 31-33) about the data.
+
+    The pass (:func:`eelsgpu.kernels.dielectric.kk_single_pass`) is, per pixel,
+    ``Im[-1/eps] = kappa L`` and ``Re[1/eps] = 1 - kappa R`` with ``L`` linear in the SSD ``s``
+    (eq. 31: ``L_k = d_k s_k`` above the cut-off, ``c ramp_k`` below it with the slope
+    ``c = u . s``), ``R = H[L] + A tail_shape`` (eq. 32: :func:`odd_hilbert` of L plus the
+    A/E^3 tail, ``A = a . s``) and, for a sum-rule normalisation (eq. 33, n or a metal),
+    ``kappa = C / J`` with ``J = w . s``. To first order, with ``nu = 1`` for the sum rule
+    (0 for a known thickness: kappa fixed),
+
+    ``d Im = kappa (dL - nu L dJ / J)``,  ``d Re = -kappa (dR - nu R dJ / J)``;
+
+    with independent channels of variance ``v`` every term is a diagonal product, a rank-one
+    sum (``S_xy = sum_j x_j y_j v_j``) or a Hilbert transform: ``var(dR) =
+    var_H[d^2 v] + q^2 S_uu + t^2 S_aa + 2 q t S_ua + 2 q H[d u v] + 2 t H[d a v]``
+    (``q = H[ramp]``, ``t`` the tail shape, ``var_H`` :func:`odd_hilbert_variance`),
+    ``cov(dR, dJ) = H[d w v] + q S_uw + t S_aw``, and so on: three Hilbert transforms and one
+    squared-kernel convolution per pixel. The sign constraint and the tail's clamp enter
+    through ``d``, ``u``, ``a``, ``w`` (0 where they hold a channel).
+
+    Parameters
+    ----------
+    variance : array (n, K)
+        Channel variance of the SSD on the loss grid (counts^2 per channel^2).
+    d, u, a, w : arrays (n, K) (or (K,))
+        dL_k/ds_k (1/eV, 0 below the cut-off and on clipped channels), dc/ds, dA/ds and dJ/ds.
+    ramp : array (K,) or (n, K)
+        E_k (eV) below the cut-off (L = c E there), 0 elsewhere.
+    tail_shape : array (K,)
+        dR/dA: the A/E^3 tail's term of eq. 32 per unit A (eV^-3).
+    loss_scaled, hilbert_scaled : arrays (n, K)
+        ``L`` and ``R`` (Im[-1/eps] / kappa and (1 - Re[1/eps]) / kappa).
+    integral, kappa : arrays (n,)
+        ``J`` and ``kappa``.
+    normalised : bool
+        kappa from the sum rule (``nu = 1``) or fixed by a known thickness.
+    diagonal_factor : float
+        var(s_k) / v_k of one channel: ``(1 - f)^2 + f^2`` when the SSD was linearly
+        interpolated onto the loss grid by a fraction f of a channel (its neighbours then
+        correlate; smooth sums still see ``v``, and Maclaurin's odd offsets never pair two
+        neighbours).
+    u_support, a_support : (int, int), optional
+        Channels [lo, hi) outside which ``u`` (``a``) is 0 for every pixel (the low-energy fit
+        range, the tail fit): their Hilbert transforms are then a small matrix product with
+        the kernel's rows instead of an FFT pair, and their sums run over the range only.
+
+    Returns
+    -------
+    var_loss, var_re, cov_loss_re : arrays (n, K)
+        Dimensionless^2.
+    var_integral : array (n,)
+        var(J), (1/eV)^2.
+
+    Examples
+    --------
+    One channel above the cut-off, no sum rule: var(Im[-1/eps]) = kappa^2 d^2 v.
+
+    >>> z = np.zeros((1, 4)); d = np.array([[0.0, 0.0, 2.0, 0.0]])
+    >>> v = np.array([[0.0, 0.0, 3.0, 0.0]])
+    >>> out = kk_inverse_eps_covariance(v, d=d, u=z, a=z, w=z, ramp=np.zeros(4),
+    ...     tail_shape=np.zeros(4), loss_scaled=z, hilbert_scaled=z, integral=np.ones(1),
+    ...     kappa=np.array([0.5]), normalised=False)
+    >>> out[0].tolist()
+    [[0.0, 0.0, 3.0, 0.0]]
+    """
+    xp = array_namespace(variance)
+    fft = fft_module(xp)
+    v = variance
+    n_k = v.shape[-1]
+    dv = d * v
+
+    def part(x, support):
+        """x restricted to its support: (x, v, d v) there."""
+        if support is None:
+            return x, v, dv, slice(0, n_k)
+        sl = slice(*support)
+        return x[..., sl], v[..., sl], dv[..., sl], sl
+
+    def ssum(x, y, sx, sy):
+        """sum_j x_j y_j v_j over the common support, (n, 1)."""
+        lo = max(sx.start, sy.start)
+        hi = min(sx.stop, sy.stop)
+        if hi <= lo:
+            return xp.zeros((v.shape[0], 1), dtype=v.dtype)
+        xs = x[..., lo - sx.start : hi - sx.start]
+        ys = y[..., lo - sy.start : hi - sy.start]
+        return xp.sum(xs * ys * v[..., lo:hi], axis=-1)[:, None]
+
+    uu, _, duv, su = part(u, u_support)
+    aa, _, dav, sa = part(a, a_support)
+    s_uu = ssum(uu, uu, su, su)
+    s_aa = ssum(aa, aa, sa, sa)
+    s_ww = xp.sum(w * w * v, axis=-1)[:, None]
+    s_ua = ssum(uu, aa, su, sa)
+    s_uw = ssum(uu, w[..., su], su, su)
+    s_aw = ssum(aa, w[..., sa], sa, sa)
+    # the Hilbert transforms: rows with a short support by the kernel's rows (a matrix
+    # product), the rest by FFTs, with the squared-kernel variance in the same two calls
+    m = fast_length(2 * n_k - 1)
+    rows = [dv * w, diagonal_factor * d * dv]
+    short = {}
+    for name, x, sx, support in (("u", duv * uu, su, u_support), ("a", dav * aa, sa, a_support)):
+        if support is None:
+            rows.append(x)
+        else:
+            short[name] = x @ _kernel_rows(xp, n_k, sx.start, sx.stop, v.dtype)
+    a1, b1 = _spectra(xp, n_k, m, 1, v.dtype)
+    a2, b2 = _spectra(xp, n_k, m, 2, v.dtype)
+    spec = fft.rfft(xp.stack(rows, axis=1), n=m, axis=-1)
+    cs = xp.conj(spec)
+    hilb = spec * a1 + cs * b1  # every row's H
+    var_spec = spec[:, 1, :] * a2 + cs[:, 1, :] * b2  # G2c + G2r of the variance row
+    diff = spec[:, 1, :] * a1 - cs[:, 1, :] * b1  # Hc - Hr of the variance row
+    hilb[:, 1, :] = var_spec
+    back = fft.irfft(xp.concat([hilb, diff[:, None, :]], axis=1), n=m, axis=-1)[..., :n_k]
+    h_w = back[:, 0, :]
+    i = xp.arange(n_k, dtype=v.dtype)
+    cross = (2.0 / np.pi) / xp.where(i > 0, i, 1.0)
+    var_h = xp.where(i == 0, 2.0 * back[:, 1, :], back[:, 1, :] + cross * back[:, -1, :])
+    var_h = xp.clip(var_h, 0.0, None)
+    extra = 2
+    h_u = short["u"] if "u" in short else back[:, extra, :]
+    extra += "u" not in short
+    h_a = short["a"] if "a" in short else back[:, extra, :]
+    q = odd_hilbert(ramp if ramp.ndim == 2 else ramp[None, :])
+    t = tail_shape
+    u_full = u if u_support is None else xp.concat(
+        [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
+         xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
+    )  # fmt: skip
+    a_full = a
+    var_dl = rows[1] + ramp * ramp * s_uu
+    cov_dl_dj = rows[0] + ramp * s_uw
+    var_dr = var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
+    cov_dr_dj = h_w + q * s_uw + t * s_aw
+    cov_dl_dr = dv * (q * u_full + t * a_full) + ramp * (h_u + q * s_uu + t * s_ua)
+    k2 = (kappa * kappa)[:, None]
+    if normalised:
+        r = (1.0 / integral)[:, None]
+        lr, rr = loss_scaled * r, hilbert_scaled * r
+        var_l = var_dl - 2 * lr * cov_dl_dj + lr * lr * s_ww
+        var_r = var_dr - 2 * rr * cov_dr_dj + rr * rr * s_ww
+        cov = cov_dl_dr - rr * cov_dl_dj - lr * cov_dr_dj + lr * rr * s_ww
+    else:
+        var_l, var_r, cov = var_dl, var_dr, cov_dl_dr
+    var_l = xp.clip(k2 * var_l, 0.0, None)
+    var_r = xp.clip(k2 * var_r, 0.0, None)
+    return var_l, var_r, -k2 * cov, s_ww[:, 0]
+
+
+def eps_covariance_from_inverse(
+    re_inverse: Any, loss: Any, var_re: Any, var_loss: Any, cov_re_loss: Any
+) -> tuple[Any, Any, Any]:
+    """(var eps1, var eps2, cov(eps1, eps2)) from the covariance of (Re[1/eps], Im[-1/eps]) by
+    the Jacobian of eq. 34, eps1 = R / (R^2 + L^2), eps2 = L / (R^2 + L^2): with
+    ``A = (L^2 - R^2)/D^2``, ``B = -2 R L / D^2`` (D = R^2 + L^2) the Jacobian is
+    ``[[A, B], [B, -A]]``. Any shape; dimensionless.
+
+    Examples
+    --------
+    At Re[1/eps] = 0 (eps1 = 0): d eps1 = dR / L^2 and d eps2 = -dL / L^2.
+
+    >>> [float(x) for x in eps_covariance_from_inverse(0.0, 2.0, 1.0, 4.0, 0.0)]
+    [0.0625, 0.25, 0.0]
+    """
+    r, lo = re_inverse, loss
+    dd = r * r + lo * lo
+    dd2 = dd * dd
+    a = (lo * lo - r * r) / dd2
+    b = -2.0 * r * lo / dd2
+    var1 = a * a * var_re + b * b * var_loss + 2 * a * b * cov_re_loss
+    var2 = b * b * var_re + a * a * var_loss - 2 * a * b * cov_re_loss
+    cov12 = a * b * (var_re - var_loss) + (b * b - a * a) * cov_re_loss
+    return var1, var2, cov12
+
+
+def refractive_index_variance(n: Any, k: Any, var_eps1: Any, var_eps2: Any, cov12: Any) -> Any:
+    """var n(E) from the covariance of (eps1, eps2): n + i k = sqrt(eps), so
+    ``dn = (n d eps1 + k d eps2) / (2 (n^2 + k^2))``. Any shape; dimensionless.
+
+    Examples
+    --------
+    >>> float(refractive_index_variance(2.0, 0.0, 16.0, 1.0, 0.0))  # dn = d eps1 / (2 n)
+    1.0
+    """
+    den = 2.0 * (n * n + k * k)
+    return (n * n * var_eps1 + k * k * var_eps2 + 2 * n * k * cov12) / (den * den)

@@ -22,7 +22,7 @@ import eelsgpu
 from eelsgpu.analysis.bandgap import bandgap
 from eelsgpu.errors import InputError
 from eelsgpu.model import spectrum_image
-from tests._coverage import coverage, poisson_realisations
+from tests._coverage import assert_honest, coverage, poisson_realisations
 
 EP_EV = 15.0
 #: Energies between Ep/4 and 2 Ep where eps1 and eps2 are checked.
@@ -63,26 +63,71 @@ def _realisations(ssd, n, seed):
     )
 
 
+#: Every KK output with a replica sigma (cubes, then maps).
+KK_SIGMA_OUTPUTS = (
+    "eps1",
+    "eps2",
+    "loss_function",
+    "refractive_index",
+    "thickness_nm",
+    "plasmon_energy_eV",
+    "loss_peak_eV",
+)
+
+
+def _pooled(ds, ref, name, energies=KK_ENERGIES_EV):
+    """Deviations from the truth over the sigma (z-scores) of cube ``name`` at ``energies``,
+    pooled: one sample of 5 x 300 for the +-1 / +-2 sigma fractions and the bias, whose
+    binomial scatter is then 0.6 % rather than 1.3 %."""
+    dev, sig = [], []
+    for e in energies:
+        at = {"energy": e, "method": "nearest"}
+        dev.append(ds[name].sel(**at).values - float(ref[name].sel(**at)[0]))
+        # NaN sigma: held at 0 by the sign constraint in every replica (dropped)
+        sig.append(ds[f"{name}_sigma"].sel(**at).values)
+    return np.concatenate(dev) / np.concatenate(sig)
+
+
 @pytest.mark.parametrize("n0", [1e5, 1e6])
 def test_kk_replica_sigmas_honest(n0):
     """Covers the counting noise of the SSD's channels (Poisson on the SSD's counts) through the
     whole KK analysis: the sum-rule normalisation (metal), the low-energy extrapolation below
     1.5 eV, the A/E^3 tail fit, the sign constraint, eq. 32's Hilbert transform; for the KK
-    thickness (eq. 26), the plasmon energy (eps1's zero crossing) and eps1, eps2 at 4, 8, 15,
-    22 and 30 eV (Ep/4 to 2 Ep). 300 realisations at 1e5 and 1e6 counts in the ZLP, 64
-    replicas: sigma/scatter within 0.85-1.15. Not covered: N0's own noise (held fixed), the
-    deconvolution's noise (the input here is the SSD itself)."""
+    thickness (eq. 26), the plasmon energy (eps1's zero crossing), the loss-peak energy (the
+    loss function's maximum channel refined by a parabola) and eps1, eps2, the loss function
+    Im[-1/eps] and the refractive index n(E) at 4, 8, 15, 22 and 30 eV (Ep/4 to 2 Ep). 300
+    realisations at 1e5 and 1e6 counts in the ZLP, 64 replicas: sigma/scatter within
+    0.85-1.15 (the loss peak at 1e5 counts excepted: measured 0.81-0.90 over three seeds, its
+    sigma is 0.2 channel and the parabola's vertex jumps when the maximum channel changes, a
+    heavy-tailed scatter: its +-1 / +-2 sigma fractions, 0.70-0.77 / 0.93-0.98 measured, are
+    asserted >= 0.62 / 0.92, i.e. never overconfident); for the loss function, n(E), the
+    thickness and the plasmon energy (bias < 0.3 sigma) the truth inside +-1 sigma in 62-74 %
+    and +-2 sigma in 92-98 % of realisations (the cubes pooled over the five
+    energies). Not covered: N0's own noise (held fixed), the deconvolution's noise (the input
+    here is the SSD itself)."""
     ssd, n0_true = _kk_truth(n0)
-    ref = _kk(ssd, n0_true)
-    ds = _kk(_realisations(ssd, 300, seed=3), n0_true, uncertainty="replicas:64", gain=1.0, seed=1)
+    ref = _kk(ssd, n0_true, variables=KK_SIGMA_OUTPUTS)
+    ds = _kk(
+        _realisations(ssd, 300, seed=3),
+        n0_true,
+        uncertainty="replicas:64",
+        gain=1.0,
+        seed=1,
+        variables=KK_SIGMA_OUTPUTS,
+    )
     assert ds.attrs["uncertainty"] == "replicas:64"
     assert ds["eps1_sigma"].dims == ds["eps1"].dims
-    for name in ("thickness_nm", "plasmon_energy_eV"):
+    for name in ("thickness_nm", "plasmon_energy_eV", "loss_peak_eV"):
         cov = coverage(ds[name].values, ds[f"{name}_sigma"].values, float(ref[name][0]))
-        assert 0.85 <= cov.ratio <= 1.15, f"{name} at N0 {n0:g}: {cov.describe()}"
         assert ds[f"{name}_sigma"].attrs["units"] == ds[name].attrs["units"]
+        if name != "loss_peak_eV":
+            assert_honest(cov, f"{name} at N0 {n0:g}")
+            continue
+        # the parabola vertex's heavy-tailed scatter: +-1 / +-2 sigma hold at least 62 / 92 %
+        assert n0 < 1e6 or 0.85 <= cov.ratio <= 1.15, f"loss peak at N0 {n0:g}: {cov.describe()}"
+        assert cov.inside1 >= 0.62 and cov.inside2 >= 0.92, f"loss peak: {cov.describe()}"
     for e in KK_ENERGIES_EV:
-        for name in ("eps1", "eps2"):
+        for name in ("eps1", "eps2", "loss_function", "refractive_index"):
             at = {"energy": e, "method": "nearest"}
             cov = coverage(
                 ds[name].sel(**at).values,
@@ -90,13 +135,17 @@ def test_kk_replica_sigmas_honest(n0):
                 float(ref[name].sel(**at)[0]),
             )
             assert 0.85 <= cov.ratio <= 1.15, f"{name}({e} eV) at N0 {n0:g}: {cov.describe()}"
+    for name in ("loss_function", "refractive_index"):
+        z = _pooled(ds, ref, name)
+        cov = coverage(z, np.ones_like(z), 0.0)
+        assert_honest(cov, f"{name} pooled at N0 {n0:g}", ratio=False)
 
 
 def test_kk_uncertainty_none_unchanged_and_refusals():
     """Truth: the same analysis without sigmas. ``uncertainty=None`` gives exactly the outputs of
     a call without the option, and a replicas run leaves every output but the sigmas bitwise the
-    same; 'analytic', replicas with surface='fit' and gain with no uncertainty are refused with
-    an InputError saying why."""
+    same; 'analytic' with surface iterations, replicas with surface='fit' and gain with no
+    uncertainty are refused with an InputError saying why."""
     ssd, n0 = _kk_truth(1e5)
     img = _realisations(ssd, 8, seed=4)
     plain = _kk(img, n0)
@@ -108,8 +157,8 @@ def test_kk_uncertainty_none_unchanged_and_refusals():
     assert {f"{n}_sigma" for n in ("eps1", "eps2", "thickness_nm", "plasmon_energy_eV")} <= set(
         rep.data_vars
     )
-    with pytest.raises(InputError, match="replicas"):
-        _kk(img, n0, uncertainty="analytic", gain=1.0)
+    with pytest.raises(InputError, match="surface correction"):
+        _kk(img, n0, uncertainty="analytic", gain=1.0, iterations=2)
     with pytest.raises(InputError, match="surface"):
         _kk(img, n0, uncertainty="replicas", gain=1.0, surface="fit")
     with pytest.raises(InputError, match="uncertainty"):

@@ -183,8 +183,9 @@ def test_cli_kk_uncertainty_replicas(tmp_path, capsys):
     """Truth: ``eelsgpu.kramers_kronig(..., uncertainty="replicas:8", gain=1, seed=5)`` on the
     same store: `eelsgpu kk --uncertainty replicas:8 --gain 1 --seed 5` writes the same
     eps1/eps2/thickness/plasmon-energy sigmas (replicas seeded per pixel) and prints the noise
-    model; `--uncertainty analytic` is refused (exit 2). Covers the CLI wiring; the sigmas'
-    coverage is tests/analysis/test_kk_bandgap_uncertainty.py."""
+    model; `--uncertainty analytic --gain 1` writes the API's analytic sigmas, and is refused
+    with `--iterations 3` (exit 2). Covers the CLI wiring; the sigmas' coverage is
+    tests/analysis/test_kk_bandgap_uncertainty.py and test_kk_analytic_uncertainty.py."""
     from eelsgpu import io
     from eelsgpu.analysis.kramers_kronig import kramers_kronig
     from eelsgpu.cli import main
@@ -223,4 +224,17 @@ def test_cli_kk_uncertainty_replicas(tmp_path, capsys):
         got = res[f"{name}_sigma"].values
         assert np.isfinite(got).any(), name
         np.testing.assert_allclose(got, api[f"{name}_sigma"].values, rtol=1e-5, err_msg=name)
-    assert main([*base, "-o", str(tmp_path / "a.zarr"), "--uncertainty", "analytic"]) == 2
+    # analytic: the same as the API's; refused with the surface iterations (exit 2)
+    opts = ["--uncertainty", "analytic", "--gain", "1"]
+    assert main([*base, "-o", str(tmp_path / "a.zarr"), *opts]) == 0
+    res = io.open_store(tmp_path / "a.zarr")
+    api = kramers_kronig(
+        io.open_store(src), metal=True, low_energy_cutoff_eV=1.5, device="cpu",
+        uncertainty="analytic", gain=1.0,
+    ).compute()  # fmt: skip
+    for name in ("eps1", "eps2", "thickness_nm"):
+        got = res[f"{name}_sigma"].values
+        assert np.isfinite(got).any(), name
+        np.testing.assert_allclose(got, api[f"{name}_sigma"].values, rtol=1e-5, err_msg=name)
+    bad = [*base, "-o", str(tmp_path / "b.zarr"), *opts, "--iterations", "3"]
+    assert main(bad) == 2
