@@ -284,3 +284,38 @@ def test_kramers_kronig_surface_fit_on_the_classic_failure_case():
         assert it[name].values[1].tobytes() == fit[name].values[1].tobytes(), name
     with pytest.raises(InputError, match="surface"):
         eelsgpu.kramers_kronig(sim["true_ssd"], surface="fitted", **args)
+
+
+def test_in_memory_image_is_cut_for_every_core_with_the_same_results():
+    """An in-memory image is fitted in blocks of at most ``batch`` pixels, at least two per core
+    on a CPU (the fit is ~0.1 s per spectrum), and every pixel's result is the one the whole image
+    in one block gives (truth: the fit is per pixel; same numbers to 1e-9)."""
+    import os
+
+    from eelsgpu.analysis.film import _cpu_blocks
+
+    model = synthetic.Drude(15.0, 0.8)
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **KW)["true_mean_free_path_nm"]
+    )
+    t = np.array([10.0, 14.0, 18.0, 25.0])
+    sim = synthetic.low_loss_image(
+        model, t_over_lambda=t / lam, shape=(4,), surface="coupled", **KW
+    )
+    cut = _cpu_blocks(sim["true_ssd"], 64, "cpu")
+    assert len(cut.chunks[0]) == min(4, 2 * (os.cpu_count() or 1))
+    assert _cpu_blocks(sim["true_ssd"].chunk({"x": -1}), 64, "cpu").chunks[0] == (4,)
+    kw = dict(
+        zlp_intensity=sim["true_zlp_intensity"],
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        window_eV=(4.0, 30.0),
+        jitter=0.0,
+        check_quadrature=False,
+    )
+    split = eelsgpu.fit_dielectric(sim["true_ssd"], **kw).compute()
+    whole = eelsgpu.fit_dielectric(sim["true_ssd"].chunk(), **kw).compute()
+    for name in ("thickness_nm", "plasmon_energy_eV", "eps1", "model"):
+        np.testing.assert_allclose(split[name].values, whole[name].values, rtol=1e-9)
+    np.testing.assert_allclose(split.thickness_nm.values, t, rtol=2e-3)
