@@ -436,3 +436,20 @@ def test_channel_matrix_integrates_gaussian():
     want = norm.cdf((hi - x[j]) / sig) - norm.cdf((lo - x[j]) / sig)
     # _xp.erf is Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7): twice that per channel
     np.testing.assert_allclose(got, want, atol=3e-7)
+
+
+@pytest.mark.parametrize("kind", ["coupled", "kroger"])
+def test_plasmon_cutoff_limits_the_bulk_term_only(kind):
+    """``cutoff_mrad`` (section 5) integrates the bulk term over theta < theta_c only: the bulk
+    part equals that of a 15 mrad aperture (truth: the closed form over that disc), the surface
+    and guided-mode part equals that of the full 100 mrad aperture, to 1e-12."""
+    e = np.linspace(3.0, 30.0, 28)
+    eps = drude(e, 15.0, 0.8)[None]
+    t = np.array([20.0])
+    kw = dict(kind=kind, retarded=kind == "kroger", d_min_nm=2.0)
+    cut = F.film_loss(np, F.film_setup(e, 200.0, 100.0, cutoff_mrad=15.0, **kw), eps, t)
+    small = F.film_loss(np, F.film_setup(e, 200.0, 15.0, **kw), eps, t)
+    full = F.film_loss(np, F.film_setup(e, 200.0, 100.0, **kw), eps, t)
+    np.testing.assert_allclose(cut.bulk.imag, small.bulk.imag, rtol=1e-12)
+    np.testing.assert_allclose(cut.surface.imag, full.surface.imag, rtol=1e-12)
+    assert np.all(cut.bulk.imag < 0.9 * full.bulk.imag)
