@@ -10,7 +10,9 @@ What it measures:
 1. **CPU speed** (spectra/s, one process): the per-pixel fit (3 starts, 6 + 14 Levenberg-
    Marquardt steps, Jacobian every step) of Poisson spectra of Al films (Drude 15/0.6 eV, 12-30
    nm, N0 = 1e6, 200 kV, 100 mrad) at 0.1 eV channels over 4.5-25 eV: non-retarded coupled film
-   (2 and 1 nodes per channel), retarded Kroger slab, non-retarded and retarded oxide/Al/oxide;
+   (2 and 1 nodes per channel; 1, the default, is the centre rule), retarded Kroger slab,
+   non-retarded and retarded oxide/Al/oxide; and :func:`eelsgpu.fit_dielectric` as a user runs
+   it on an in-memory image (default options, all cores and one core);
    beside :func:`eelsgpu.kramers_kronig` (metal, no iteration, and 10 surface iterations) on the
    same pixels' SSDs (from eelsgpu.synthetic, whole axis 0-40 eV at 0.1 eV).
 2. **GPU estimate**: one fit step of a batch run through the counting stand-in

@@ -319,3 +319,40 @@ def test_in_memory_image_is_cut_for_every_core_with_the_same_results():
     for name in ("thickness_nm", "plasmon_energy_eV", "eps1", "model"):
         np.testing.assert_allclose(split[name].values, whole[name].values, rtol=1e-9)
     np.testing.assert_allclose(split.thickness_nm.values, t, rtol=2e-3)
+
+
+@pytest.mark.parametrize(("gamma", "flagged"), [(0.6, False), (0.2, True)])
+def test_quadrature_flag_catches_the_channel_rule_on_a_sharp_plasmon(gamma, flagged):
+    """The default one node per channel (the centre rule) is exact enough for a 0.6 eV wide
+    plasmon at 0.1 eV channels (truth: eelsgpu.synthetic's coupled film, 4 nodes per channel:
+    every parameter within 0.1 sigma, no QUADRATURE), not for a 0.2 eV wide one (Gamma 2-4
+    sigma off, run): there ``QUADRATURE`` is set, and two nodes per channel bring Gamma back
+    within 1 sigma."""
+    from eelsgpu.kernels.film_fit import FIT_BITS
+
+    model = synthetic.Drude(15.0, gamma)
+    kw = {**KW, "offset_eV": 0.0, "dtype": np.float64}
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **kw)["true_mean_free_path_nm"]
+    )
+    sim = synthetic.low_loss_image(
+        model, t_over_lambda=np.array([20.0]) / lam, shape=(1,), surface="coupled", **kw
+    )
+    fit_kw = dict(
+        zlp_intensity=sim["true_zlp_intensity"],
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        window_eV=(4.5, 25.0),
+        jitter=0.0,
+    )
+    ds = eelsgpu.fit_dielectric(sim["true_ssd"], **fit_kw)
+    z = abs(float(ds.damping_eV[0]) - gamma) / float(ds.damping_eV_sigma[0])
+    bit = FIT_BITS["QUADRATURE"][0]
+    assert bool(int(ds.fit_flags[0]) & bit) == flagged
+    if not flagged:
+        assert z < 0.1
+        return
+    assert z > 1.0
+    two = eelsgpu.fit_dielectric(sim["true_ssd"], nodes_per_channel=2, **fit_kw)
+    assert abs(float(two.damping_eV[0]) - gamma) / float(two.damping_eV_sigma[0]) < 1.0
