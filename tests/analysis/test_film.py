@@ -26,6 +26,33 @@ KW = dict(
 )
 
 
+def coupled_films(model, t_nm, **kw):
+    """eelsgpu.synthetic's coupled-film image (noise-free) of ``model`` at thicknesses ``t_nm``
+    (one pixel each), on :data:`KW`'s axis (``kw`` overrides it)."""
+    kw = {**KW, **kw}
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **kw)["true_mean_free_path_nm"]
+    )
+    t = np.asarray(t_nm, dtype=float)
+    return synthetic.low_loss_image(
+        model, t_over_lambda=t / lam, shape=t.shape, surface="coupled", **kw
+    )
+
+
+def nr_fit_kw(sim, window_eV, **kw):
+    """fit_dielectric's arguments for an NR coupled-film fit of ``sim`` (200 kV, 100 mrad, no
+    jitter)."""
+    return dict(
+        zlp_intensity=sim["true_zlp_intensity"],
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        window_eV=window_eV,
+        jitter=0.0,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize(("old", "new"), [(True, "eq36"), (False, "none")])
 def test_string_spellings_are_the_old_outputs(old, new):
     """surface="eq36" / "none" give exactly (bytes) what surface=True / False give."""
@@ -294,26 +321,12 @@ def test_in_memory_image_is_cut_for_every_core_with_the_same_results():
 
     from eelsgpu.analysis.film import _cpu_blocks
 
-    model = synthetic.Drude(15.0, 0.8)
-    lam = float(
-        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **KW)["true_mean_free_path_nm"]
-    )
     t = np.array([10.0, 14.0, 18.0, 25.0])
-    sim = synthetic.low_loss_image(
-        model, t_over_lambda=t / lam, shape=(4,), surface="coupled", **KW
-    )
+    sim = coupled_films(synthetic.Drude(15.0, 0.8), t)
     cut = _cpu_blocks(sim["true_ssd"], 64, "cpu")
     assert len(cut.chunks[0]) == min(4, 2 * (os.cpu_count() or 1))
     assert _cpu_blocks(sim["true_ssd"].chunk({"x": -1}), 64, "cpu").chunks[0] == (4,)
-    kw = dict(
-        zlp_intensity=sim["true_zlp_intensity"],
-        beam_energy_keV=200.0,
-        collection_angle_mrad=100.0,
-        retardation=False,
-        window_eV=(4.0, 30.0),
-        jitter=0.0,
-        check_quadrature=False,
-    )
+    kw = nr_fit_kw(sim, (4.0, 30.0), check_quadrature=False)
     split = eelsgpu.fit_dielectric(sim["true_ssd"], **kw).compute()
     whole = eelsgpu.fit_dielectric(sim["true_ssd"].chunk(), **kw).compute()
     for name in ("thickness_nm", "plasmon_energy_eV", "eps1", "model"):
@@ -330,22 +343,8 @@ def test_quadrature_flag_catches_the_channel_rule_on_a_sharp_plasmon(gamma, flag
     within 1 sigma."""
     from eelsgpu.kernels.film_fit import FIT_BITS
 
-    model = synthetic.Drude(15.0, gamma)
-    kw = {**KW, "offset_eV": 0.0, "dtype": np.float64}
-    lam = float(
-        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **kw)["true_mean_free_path_nm"]
-    )
-    sim = synthetic.low_loss_image(
-        model, t_over_lambda=np.array([20.0]) / lam, shape=(1,), surface="coupled", **kw
-    )
-    fit_kw = dict(
-        zlp_intensity=sim["true_zlp_intensity"],
-        beam_energy_keV=200.0,
-        collection_angle_mrad=100.0,
-        retardation=False,
-        window_eV=(4.5, 25.0),
-        jitter=0.0,
-    )
+    sim = coupled_films(synthetic.Drude(15.0, gamma), [20.0], offset_eV=0.0)
+    fit_kw = nr_fit_kw(sim, (4.5, 25.0))
     ds = eelsgpu.fit_dielectric(sim["true_ssd"], **fit_kw)
     z = abs(float(ds.damping_eV[0]) - gamma) / float(ds.damping_eV_sigma[0])
     bit = FIT_BITS["QUADRATURE"][0]
