@@ -26,6 +26,33 @@ KW = dict(
 )
 
 
+def coupled_films(model, t_nm, **kw):
+    """eelsgpu.synthetic's coupled-film image (noise-free) of ``model`` at thicknesses ``t_nm``
+    (one pixel each), on :data:`KW`'s axis (``kw`` overrides it)."""
+    kw = {**KW, **kw}
+    lam = float(
+        synthetic.low_loss_spectrum(model, t_over_lambda=0.1, **kw)["true_mean_free_path_nm"]
+    )
+    t = np.asarray(t_nm, dtype=float)
+    return synthetic.low_loss_image(
+        model, t_over_lambda=t / lam, shape=t.shape, surface="coupled", **kw
+    )
+
+
+def nr_fit_kw(sim, window_eV, **kw):
+    """fit_dielectric's arguments for an NR coupled-film fit of ``sim`` (200 kV, 100 mrad, no
+    jitter)."""
+    return dict(
+        zlp_intensity=sim["true_zlp_intensity"],
+        beam_energy_keV=200.0,
+        collection_angle_mrad=100.0,
+        retardation=False,
+        window_eV=window_eV,
+        jitter=0.0,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize(("old", "new"), [(True, "eq36"), (False, "none")])
 def test_string_spellings_are_the_old_outputs(old, new):
     """surface="eq36" / "none" give exactly (bytes) what surface=True / False give."""
@@ -284,3 +311,47 @@ def test_kramers_kronig_surface_fit_on_the_classic_failure_case():
         assert it[name].values[1].tobytes() == fit[name].values[1].tobytes(), name
     with pytest.raises(InputError, match="surface"):
         eelsgpu.kramers_kronig(sim["true_ssd"], surface="fitted", **args)
+
+
+def test_in_memory_image_is_cut_for_every_core_with_the_same_results():
+    """An in-memory image is fitted in blocks of at most ``batch`` pixels, at least two per core
+    on a CPU (the fit is ~0.1 s per spectrum), and every pixel's result is the one the whole image
+    in one block gives (truth: the fit is per pixel; same numbers to 1e-9)."""
+    import os
+
+    from eelsgpu.analysis.film import _cpu_blocks
+
+    t = np.array([10.0, 14.0, 18.0, 25.0])
+    sim = coupled_films(synthetic.Drude(15.0, 0.8), t)
+    cut = _cpu_blocks(sim["true_ssd"], 64, "cpu")
+    assert len(cut.chunks[0]) == min(4, 2 * (os.cpu_count() or 1))
+    assert _cpu_blocks(sim["true_ssd"].chunk({"x": -1}), 64, "cpu").chunks[0] == (4,)
+    kw = nr_fit_kw(sim, (4.0, 30.0), check_quadrature=False)
+    split = eelsgpu.fit_dielectric(sim["true_ssd"], **kw).compute()
+    whole = eelsgpu.fit_dielectric(sim["true_ssd"].chunk(), **kw).compute()
+    for name in ("thickness_nm", "plasmon_energy_eV", "eps1", "model"):
+        np.testing.assert_allclose(split[name].values, whole[name].values, rtol=1e-9)
+    np.testing.assert_allclose(split.thickness_nm.values, t, rtol=2e-3)
+
+
+@pytest.mark.parametrize(("gamma", "flagged"), [(0.6, False), (0.2, True)])
+def test_quadrature_flag_catches_the_channel_rule_on_a_sharp_plasmon(gamma, flagged):
+    """The default one node per channel (the centre rule) is exact enough for a 0.6 eV wide
+    plasmon at 0.1 eV channels (truth: eelsgpu.synthetic's coupled film, 4 nodes per channel:
+    every parameter within 0.1 sigma, no QUADRATURE), not for a 0.2 eV wide one (Gamma 2-4
+    sigma off, run): there ``QUADRATURE`` is set, and two nodes per channel bring Gamma back
+    within 1 sigma."""
+    from eelsgpu.kernels.film_fit import FIT_BITS
+
+    sim = coupled_films(synthetic.Drude(15.0, gamma), [20.0], offset_eV=0.0)
+    fit_kw = nr_fit_kw(sim, (4.5, 25.0))
+    ds = eelsgpu.fit_dielectric(sim["true_ssd"], **fit_kw)
+    z = abs(float(ds.damping_eV[0]) - gamma) / float(ds.damping_eV_sigma[0])
+    bit = FIT_BITS["QUADRATURE"][0]
+    assert bool(int(ds.fit_flags[0]) & bit) == flagged
+    if not flagged:
+        assert z < 0.1
+        return
+    assert z > 1.0
+    two = eelsgpu.fit_dielectric(sim["true_ssd"], nodes_per_channel=2, **fit_kw)
+    assert abs(float(two.damping_eV[0]) - gamma) / float(two.damping_eV_sigma[0]) < 1.0

@@ -5,7 +5,8 @@ F1), analytic limits (beta_v -> 0 is Ritchie's film, F2; a thick film is eq. 31 
 against the classic kernels :mod:`eelsgpu.kernels.dielectric` / :mod:`eelsgpu.kernels.surface`),
 adaptive quadrature (scipy.integrate.quad, F4 and F5), positivity (F6), and the figures the notes
 computed with their own implementation (section 1.5's Kroger/NR table, section 1.6's interface
-peaks). F7 (pyTEMlib's ``kroeger_core``) needs pyTEMlib, which is not installed: skipped.
+peaks), and a peer's code (F7: pyTEMlib's ``kroeger_core``, MIT; skipped with the reason where
+pyTEMlib is not installed -- it is not a dependency: ``pip install pyTEMlib`` to run it).
 """
 
 from __future__ import annotations
@@ -236,6 +237,81 @@ def test_f6_non_negative(kind):
         assert np.all(total > 0)
 
 
+# ------------------------------------------------------------------------------------------ F7
+def _pytemlib_matched():
+    """pyTEMlib's ``kroeger_core`` and the eelsgpu quantities evaluated the way it evaluates them:
+    its beam constants (rest energy 511 keV, its v and gamma), theta^2 + 1e-15 and E + 1e-12 (its
+    regularisers), and its prefactor e / (a0 pi^2 m0 v^2) (SI, thickness and 1/k0 in m: our Phi in
+    nm times 1e-9)."""
+    import dataclasses
+
+    import scipy.constants as sc
+
+    eels_tools = pytest.importorskip(
+        "pyTEMlib.eels_tools", reason="F7 needs pyTEMlib (a peer, not a dependency)"
+    )
+    e0 = 200.0
+    va = 1.0 - (511.0 / (511.0 + e0)) ** 2
+    v = sc.c * math.sqrt(va)
+    g = 1.0 / math.sqrt(1.0 - va)
+    m0v2 = sc.electron_mass * v * v / sc.e
+    beam = dataclasses.replace(
+        BEAM200,
+        gamma=g,
+        beta_v2=va,
+        k0_per_nm=sc.electron_mass * v * g / sc.hbar * 1e-9,
+        m0v2_eV=m0v2,
+        gamma_m0v2_eV=g * m0v2,
+    )
+    p_coef = sc.e / (sc.physical_constants["Bohr radius"][0] * math.pi**2 * sc.electron_mass * v**2)
+
+    def ours(e, th, t):
+        th_eff = np.sqrt(th * th + 1e-15)
+        te = beam.theta_e(e + 1e-12)
+        eps = drude(e)
+        phi = F.kroger_surface(np, eps, th_eff, te, t, beam.k0_per_nm, beam.beta_v2)
+        phi = phi + F.bulk_integrand(eps, th_eff, te, t, beam.beta_v2)
+        return phi.imag * 1e-9 * p_coef, th_eff * th_eff - te * te * beam.beta_v2
+
+    def theirs(e, th, t):
+        return eels_tools.kroeger_core(e, th, drude(e), e0, t, relativistic=True)[0]
+
+    return ours, theirs
+
+
+def test_f7_kroger_equals_pytemlib_outside_its_clamp():
+    """F7, peer: pyTEMlib's ``kroeger_core`` (relativistic, its conjugated eps) gives the same
+    d^2P/dOmega dE as eelsgpu's Kroger slab + retarded bulk to 1e-12 (run: 5e-14) over 1-30 eV and
+    1 urad - 20 mrad for a 20 nm Drude film at 200 kV, wherever lambda0^2 > 0; inside the light
+    cone (lambda0^2 < 0) it clamps lambda0^2 to 0 and differs by tens of percent (section 5)."""
+    ours, theirs = _pytemlib_matched()
+    e = np.linspace(1.0, 30.0, 59)
+    th = np.geomspace(1e-6, 0.02, 200)
+    p = theirs(e, th, 20.0)  # (theta, E)
+    mine, lam0_2 = ours(*np.meshgrid(e, th), 20.0)
+    outside = lam0_2 > 0
+    assert outside.sum() > 0.5 * outside.size  # two thirds of the grid (run)
+    rel = np.abs(p / mine - 1.0)
+    assert np.max(rel[outside]) < 1e-12
+    assert np.max(rel[~outside]) > 0.1
+
+
+@pytest.mark.parametrize(("energy", "effect"), [(1.0, 0.48), (3.0, -0.15), (7.0, -0.05)])
+def test_f7_pytemlib_clamp_costs_what_the_notes_say(energy, effect):
+    """F7, peer and the notes (section 5 table): pyTEMlib's clamp of lambda0^2 drops the transition
+    radiation, so its spectrum of an Al film (Drude 15 eV, Gamma 1 eV, 20 nm, 200 kV, 100 mrad)
+    integrated over the aperture is +48 % at 1 eV, -15 % at 3 eV, -5 % at 7 eV of the unclamped
+    formula's (run: +47.8 / -14.6 / -4.8 %). A fine trapezoid over theta, sin(theta) dtheta."""
+    ours, theirs = _pytemlib_matched()
+    th = np.concatenate([[0.0], np.geomspace(1e-8, 0.1, 40000)])
+    ea = np.array([energy])
+    p = theirs(ea, th, 20.0)[:, 0]
+    mine, _ = ours(np.full_like(th, energy), th, 20.0)
+    w = np.sin(th)
+    ratio = np.trapezoid(p * w, th) / np.trapezoid(mine * w, th)
+    assert abs((ratio - 1.0) - effect) < 0.015
+
+
 # ------------------------------------------------------------------------------ notes' figures
 def test_kroger_over_nonretarded_table():
     """Section 1.5 (ii): Kroger / NR-coupled for Al (Drude 15/1 eV) 20 nm, 200 kV, 100 mrad is
@@ -360,3 +436,44 @@ def test_channel_matrix_integrates_gaussian():
     want = norm.cdf((hi - x[j]) / sig) - norm.cdf((lo - x[j]) / sig)
     # _xp.erf is Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7): twice that per channel
     np.testing.assert_allclose(got, want, atol=3e-7)
+
+
+@pytest.mark.parametrize("kind", ["coupled", "kroger"])
+def test_plasmon_cutoff_limits_the_bulk_term_only(kind):
+    """``cutoff_mrad`` (section 5) integrates the bulk term over theta < theta_c only: the bulk
+    part equals that of a 15 mrad aperture (truth: the closed form over that disc), the surface
+    and guided-mode part equals that of the full 100 mrad aperture, to 1e-12."""
+    e = np.linspace(3.0, 30.0, 28)
+    eps = drude(e, 15.0, 0.8)[None]
+    t = np.array([20.0])
+    kw = dict(kind=kind, retarded=kind == "kroger", d_min_nm=2.0)
+    cut = F.film_loss(np, F.film_setup(e, 200.0, 100.0, cutoff_mrad=15.0, **kw), eps, t)
+    small = F.film_loss(np, F.film_setup(e, 200.0, 15.0, **kw), eps, t)
+    full = F.film_loss(np, F.film_setup(e, 200.0, 100.0, **kw), eps, t)
+    np.testing.assert_allclose(cut.bulk.imag, small.bulk.imag, rtol=1e-12)
+    np.testing.assert_allclose(cut.surface.imag, full.surface.imag, rtol=1e-12)
+    assert np.all(cut.bulk.imag < 0.9 * full.bulk.imag)
+
+
+def test_centre_channel_matrix_integrates_lorentzians_and_quartics():
+    """centre_channel_matrix (one node per channel, quadratic or quartic between centres);
+    truth: the exact channel integrals of a Lorentzian (arctan) and of a quartic. Three points
+    are the corrected midpoint rule h (1, 22, 1)/24; five points integrate a quartic exactly
+    and a 0.6 / 0.3 eV wide Lorentzian at 0.1 eV channels to 1.3e-4 / 3.8e-4 of its peak (run),
+    against 8e-3 for the bare midpoint."""
+    lo = np.arange(4.0, 30.0, 0.1)
+    hi = lo + 0.1
+    c = 0.5 * (lo + hi)
+    m3 = F.centre_channel_matrix(lo, hi, lo, hi, points=3)
+    np.testing.assert_allclose(m3[99:102, 100] * 24 / 0.1, [1.0, 22.0, 1.0], rtol=1e-12)
+    m5 = F.centre_channel_matrix(lo, hi, lo, hi, points=5)
+    quartic = lambda e: 0.3 - 0.2 * e + 0.05 * e**2 - 3e-3 * e**3 + 4e-5 * e**4  # noqa: E731
+    prim = lambda e: 0.3 * e - 0.1 * e**2 + 0.05 / 3 * e**3 - 7.5e-4 * e**4 + 8e-6 * e**5  # noqa: E731
+    np.testing.assert_allclose(quartic(c) @ m5, prim(hi) - prim(lo), rtol=1e-10, atol=1e-12)
+    for gamma, bound in ((0.6, 2e-4), (0.3, 6e-4)):
+        lor = (gamma / 2 / np.pi) / ((c - 15.0) ** 2 + (gamma / 2) ** 2)
+        exact = (
+            np.arctan((hi - 15.0) / (gamma / 2)) - np.arctan((lo - 15.0) / (gamma / 2))
+        ) / np.pi
+        assert np.max(np.abs(lor @ m5 - exact)) < bound * exact.max()
+        assert np.max(np.abs(0.1 * lor - exact)) > 5e-3 * exact.max()
