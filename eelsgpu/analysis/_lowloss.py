@@ -71,11 +71,11 @@ def spectrum_input(si: Any, what: str, *, raw: bool = True) -> xr.DataArray:
     a ZLP 25 "eV" wide): ``raw=False``."""
     si = as_spectrum_image(si, what)
     if raw and not hasattr(si.data, "dask"):
-        check_energy_scale(si, spectrum=mean_spectrum(si))
+        check_energy_scale(si, spectrum=_mean_spectrum(si))
     return si
 
 
-def mean_spectrum(si: xr.DataArray, rows: int = 4096) -> np.ndarray:
+def _mean_spectrum(si: xr.DataArray, rows: int = 4096) -> np.ndarray:
     """The mean spectrum (n_E,) of an in-memory spectrum image over its finite values (float64),
     what :func:`eelsgpu.model.check_energy_scale` judges the energy scale by, in slabs of
     ``rows`` spectra: without the float64 copy of the whole image and the NaN-replaced copy of
