@@ -29,7 +29,7 @@ import xarray as xr
 
 from ..errors import InputError, NoZeroLossPeakError
 from ..kernels.mean_free_path import mean_free_path_iakoubovskii_nm, mean_free_path_malis_nm
-from ..kernels.zlp import SEARCH_EV, centre_kernel
+from ..kernels.zlp import SEARCH_EV, _median_rows, centre_kernel
 from ..model import as_spectrum_image, check_energy_scale, require_param
 from ._checks import at_least, optional, positive
 
@@ -166,8 +166,9 @@ def check_negative_counts(si: Any, sample: np.ndarray) -> None:
     if not finite.any():
         return
     rows = sample[finite]
-    med = np.median(rows, axis=-1)
-    sigma = np.median(np.abs(np.diff(rows, axis=-1)), axis=-1) / (0.6745 * math.sqrt(2.0))
+    # (numpy.median's values by one-k-th partitions: several times faster on 2048 channels)
+    med = _median_rows(np, rows)
+    sigma = _median_rows(np, np.abs(np.diff(rows, axis=-1))) / (0.6745 * math.sqrt(2.0))
     se = 1.2533 * sigma / math.sqrt(rows.shape[-1])
     if not float(np.mean(med < -3.0 * se - 1e-12)) > 0.5:
         return

