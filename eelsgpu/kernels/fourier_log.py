@@ -760,10 +760,14 @@ def _adaptive_weight(
     limit, floored = core["limit"], core["floored"]
     nu_floor = KAPPA / (plan["max_res"] * fw)
     sig_g = 1.0 / (2.0 * math.pi * (nu_floor / math.sqrt(2.0 * math.log(10.0))))
-    w_gauss = _gaussian_weight(xp, nu, sig_g, alpha)
     res_gauss = _FWHM_PER_SIGMA * sig_g
     if all_rows(xp, floored):
-        return w_gauss, res_gauss, limit, floored
+        return _gaussian_weight(xp, nu, sig_g, alpha), res_gauss, limit, floored
+    # on NumPy the Gaussian (an exp, a cos and a sin per frequency) only for the floored rows
+    # (none on most synthetic blocks); the weight is then real where none is floored, which the
+    # complex log times it casts to complex exactly as the ``where`` below would
+    numpy_rows = host_decides(xp) and is_numpy(xp)
+    w_gauss = None if numpy_rows else _gaussian_weight(xp, nu, sig_g, alpha)
     w = core["w"]
     psf = fft.irfft(_complex(xp, w), n=p, axis=-1)
     mass = xp.sum(psf * xp.exp(alpha * plan["x_period"]), axis=-1)
@@ -776,7 +780,13 @@ def _adaptive_weight(
     y0, y1 = y01[:, 0], y01[:, 1]
     frac = (y0 - half[:, 0]) / xp.where(y0 != y1, y0 - y1, 1.0)
     res_w = 2.0 * (xp.astype(i, h.dtype) - 1.0 + frac) * plan["disp"]
-    weight = xp.where(floored[:, None], w_gauss, w)
+    if numpy_rows:
+        weight = w
+        if floored.any():
+            weight = w.astype(np.result_type(w.dtype, np.complex64))
+            weight[floored] = _gaussian_weight(np, nu, sig_g[floored], alpha[floored])
+    else:
+        weight = xp.where(floored[:, None], w_gauss, w)
     return weight, xp.where(floored, res_gauss, res_w), limit, floored
 
 
