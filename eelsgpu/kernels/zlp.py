@@ -244,16 +244,26 @@ def _plausible(
     w = xp.where(cen["valid"], cen["fwhm_eV"], 1.0)
     w = xp.where(w > 0, w, 1.0)
     c = xp.where(cen["valid"], c, 0.0)
-    y = xp.where(xp.isfinite(block), block, 0.0)
-    x = (e[None, :] - c[:, None]) / w[:, None]  # energy from the centre, in FWHM
+    if is_numpy(xp) and block.dtype.kind == "f" and math.isfinite(float(np.sum(block))):
+        y = block  # (every count finite: one summing pass instead of a test and a copy)
+    else:
+        y = xp.where(xp.isfinite(block), block, 0.0)
+    # the energy from the centre, in FWHM: on NumPy only on the channels up to the end of the
+    # block's last ZLP core (the slab of _away_stats; beyond it every x is above 3, so nothing
+    # below is lost there), elsewhere on the whole row (no host numbers)
+    slab = _core_slab(xp, e, c, w)
+    cols = max(1, slab[1]) if host_decides(xp) else y.shape[-1]
+    whole = cols == y.shape[-1]
+    x = ((e[None, :] if whole else e[None, :cols]) - c[:, None]) / w[:, None]
+    yx = y if whole else y[:, :cols]
     h = cen["height"]
     hh = xp.where(h > 0, h, 1.0)
     gain_side = x < -3.0
-    gain_max = xp.max(xp.where(gain_side, y, -math.inf), axis=-1)
+    gain_max = xp.max(xp.where(gain_side, yx, -math.inf), axis=-1)
     # (a gain side beyond 3 FWHM exists where the window starts there: x rises along the row;
     # room > 3 is x[:, 0] < -3, its first column)
     gain_share = xp.where(gain_side[:, 0], gain_max / hh, 0.0)
-    stats = _away_stats(xp, y, x, e, c, w, level=True)
+    stats = _away_stats(xp, y, x, e, c, w, level=True, slab=slab)
     sigma = xp.sqrt(stats["noise"][0])
     # (a noise-free spectrum has no noise: its floor is the rounding of float32 data)
     snr = (h - stats["level"]) / xp.maximum(sigma, 1e-7 * xp.abs(h) + tiny(str(block.dtype)))
@@ -265,7 +275,7 @@ def _plausible(
     )
     if off_axis:
         room = -x[:, 0]  # (how far the window reaches below the centre, in FWHM)
-        far_max = xp.max(xp.where(x < -5.0, y, -math.inf), axis=-1)
+        far_max = xp.max(xp.where(x < -5.0, yx, -math.inf), axis=-1)
         far_share = xp.where(room > 5.0, far_max / hh, 0.0)
         ok = ok & (room >= OFF_AXIS_GAIN_SIDE_FWHM) & (far_share <= OFF_AXIS_GAIN_SIDE_SHARE)
     out = dict(cen)
@@ -294,8 +304,29 @@ def _median_rows(xp: Any, a: Any) -> Any:
     return 0.5 * (s[:, k[0]] + s[:, k[1]])
 
 
+def _core_slab(xp: Any, e: Any, c: Any, w: Any) -> tuple[int, int]:
+    """The channels ``a:b`` (host ints) that hold every row's ZLP core, |E - c| <= 3 W, on
+    NumPy (its bounds are host numbers, free there); the whole row elsewhere (no sync)."""
+    n, n_e = c.shape[0], e.shape[0]
+    a, b = 0, n_e
+    if host_decides(xp) and n and n_e > 1:
+        e0, d = float(e[0]), float(e[1] - e[0])
+        lo, hi = float(xp.min(c - 3.0 * w)), float(xp.max(c + 3.0 * w))
+        if math.isfinite(lo) and math.isfinite(hi):
+            a = min(n_e, max(0, math.floor((lo - e0) / d)))
+            b = min(n_e, max(a, math.ceil((hi - e0) / d) + 1))
+    return a, b
+
+
 def _away_stats(
-    xp: Any, y: Any, x: Any, e: Any, c: Any, w: Any, level: bool = False
+    xp: Any,
+    y: Any,
+    x: Any,
+    e: Any,
+    c: Any,
+    w: Any,
+    level: bool = False,
+    slab: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The channels more than 3 FWHM ``w`` from the centre ``c`` of the finite spectra ``y``
     (n, n_E): ``noise`` = :func:`channel_noise`'s ``(v_out, y_out)`` and, with ``level``, the
@@ -309,18 +340,20 @@ def _away_stats(
     move a median)."""
     dt = y.dtype
     n, n_e = y.shape
-    d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
-    v = d4 * d4
+    if is_numpy(xp):  # the same sums in two buffers (out=): 2 block-sized arrays, not 7
+        v = np.add(y[:, :-4], y[:, 4:])
+        t = np.add(y[:, 1:-3], y[:, 3:-1])
+        t *= 4.0
+        v -= t
+        v += np.multiply(y[:, 2:-2], 6.0, out=t)
+        v *= v
+    else:
+        d4 = (y[:, :-4] + y[:, 4:]) - 4.0 * (y[:, 1:-3] + y[:, 3:-1]) + 6.0 * y[:, 2:-2]
+        v = d4 * d4
     med = _median_rows(xp, v[:, ::4]) / 0.4549  # chi2(1): median -> mean
     v = xp.minimum(v, 25.0 * med[:, None])
     yp = xp.maximum(y, 0.0)
-    a, b = 0, n_e
-    if host_decides(xp) and n and n_e > 1:
-        e0, d = float(e[0]), float(e[1] - e[0])
-        lo, hi = float(xp.min(c - 3.0 * w)), float(xp.max(c + 3.0 * w))
-        if math.isfinite(lo) and math.isfinite(hi):
-            a = min(n_e, max(0, math.floor((lo - e0) / d)))
-            b = min(n_e, max(a, math.ceil((hi - e0) / d) + 1))
+    a, b = _core_slab(xp, e, c, w) if slab is None else slab
     xs = x[:, a:b] if x is not None else (e[None, a:b] - c[:, None]) / w[:, None]
     cf = xp.astype(xp.abs(xs) <= 3.0, dt)  # the core |E - c| <= 3 W
     n_core = xp.sum(cf, axis=-1)
