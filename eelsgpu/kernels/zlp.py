@@ -870,15 +870,19 @@ def _fit_pseudo_voigt(xp, y, e, c, fwhm, d, p):
     mf = xp.astype(mask, y.dtype)
     full_e = e
     e, y = es, ys
+    # (the masked products evaluated left to right as before, their shared factors made once:
+    # mf y y is the same for every width, mf g and mf L once per width; the same sums to the bit)
+    yy = xp.sum(mf * y * y, axis=-1)
 
     def solve(w):
         g, lor = _pseudo_voigt_basis(xp, e, c, w, d)
-        gg = xp.sum(mf * g * g, axis=-1)
-        ll = xp.sum(mf * lor * lor, axis=-1)
-        gl = xp.sum(mf * g * lor, axis=-1)
-        gy = xp.sum(mf * g * y, axis=-1)
-        ly = xp.sum(mf * lor * y, axis=-1)
-        yy = xp.sum(mf * y * y, axis=-1)
+        mg = mf * g
+        ml = mf * lor
+        gg = xp.sum(mg * g, axis=-1)
+        ll = xp.sum(ml * lor, axis=-1)
+        gl = xp.sum(mg * lor, axis=-1)
+        gy = xp.sum(mg * y, axis=-1)
+        ly = xp.sum(ml * y, axis=-1)
         det = gg * ll - gl * gl
         safe = xp.where(det > 0, det, 1.0)
         a = (ll * gy - gl * ly) / safe
