@@ -457,3 +457,21 @@ def test_rolloff_numpy_equals_twin(k):
     # (the probe's cut-offs lie far below the top: the prefix path was taken)
     first = fl.rolloff_numpy(jf, zf, rf, share, None, fw, consts)["first"]
     assert int(first.max()) < k // 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_normal_flushes_only_subnormal_results(dtype):
+    """The NumPy exp of the Gaussian weights (``_exp_normal``) equals numpy.exp to the bit where
+    that is a normal number and is 0 where it would be subnormal (the values x86 CPUs compute
+    through slow microcode assists). Truth: numpy.exp and the dtype's smallest normal number."""
+    from eelsgpu.kernels import fourier_log as fl
+
+    tiny = np.finfo(dtype).tiny
+    x = np.linspace(math.log(tiny) * 1.3, 5.0, 20001).astype(dtype)
+    want = np.exp(x)
+    got = fl._exp_normal(np, x.copy())
+    normal = want >= tiny
+    np.testing.assert_array_equal(got[normal], want[normal])
+    assert np.all(got[~normal] < tiny)
+    assert np.all((got[~normal] == 0) | (got[~normal] == want[~normal]))
+    assert int((got[~normal] == 0).sum()) > 0.9 * int((~normal).sum())  # nearly all flushed
