@@ -438,7 +438,10 @@ def log_ratio_maps(
     valid = z["valid"]
     n0 = xp.where(valid, z["zlp_intensity"], 1.0)
     c = xp.where(valid, z["zlp_centre_eV"], 0.0)
-    y = xp.where(valid[:, None], block, 0.0)
+    if host_decides(xp) and block.dtype.kind == "f" and bool(xp.all(valid)):
+        y = block  # (NumPy, every pixel valid: no copy)
+    else:
+        y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
     window = xp.where(valid & (window > 0), window, 1.0)
     e = xp.astype(energy_eV, block.dtype, copy=False)

@@ -116,6 +116,15 @@ def _clamp(xp: Any, x: Any, lo: float, hi: float) -> Any:
     return xp.clip(x, lo, hi)
 
 
+def _zero_non_finite(xp: Any, y: Any) -> Any:
+    """``y`` with its non-finite values zeroed: on NumPy ``y`` itself where every value is
+    finite (one summing pass instead of a test and a copy; a NaN or inf makes the sum so), else
+    a ``where`` (on a device always: no host decision)."""
+    if is_numpy(xp) and y.dtype.kind == "f" and math.isfinite(float(np.sum(y))):
+        return y
+    return xp.where(xp.isfinite(y), y, 0.0)
+
+
 def _nan_where(xp: Any, ok: Any, maps: dict[str, Any], fill: float = math.nan) -> dict[str, Any]:
     """Each (n,) map of ``maps`` where ``ok`` (n,) holds, ``fill`` (NaN) elsewhere: the maps of
     one dtype in one ``where`` over their stack (the results are column views of it), so the
@@ -244,10 +253,7 @@ def _plausible(
     w = xp.where(cen["valid"], cen["fwhm_eV"], 1.0)
     w = xp.where(w > 0, w, 1.0)
     c = xp.where(cen["valid"], c, 0.0)
-    if is_numpy(xp) and block.dtype.kind == "f" and math.isfinite(float(np.sum(block))):
-        y = block  # (every count finite: one summing pass instead of a test and a copy)
-    else:
-        y = xp.where(xp.isfinite(block), block, 0.0)
+    y = _zero_non_finite(xp, block)
     # the energy from the centre, in FWHM: on NumPy only on the channels up to the end of the
     # block's last ZLP core (the slab of _away_stats; beyond it every x is above 3, so nothing
     # below is lost there), elsewhere on the whole row (no host numbers)
@@ -1298,7 +1304,7 @@ def channel_noise(xp: Any, y: Any, e: Any, c: Any, w: Any) -> tuple[Any, Any]:
     A block's kernels measure it once (:func:`centre_kernel` returns it as ``noise``, which the
     model checks, the background test, the Fourier-log's error and the log-ratio's noise reuse);
     how it is computed: :func:`_away_stats`."""
-    y = xp.where(xp.isfinite(y), y, 0.0)
+    y = _zero_non_finite(xp, y)
     return _away_stats(xp, y, None, xp.astype(e, y.dtype, copy=False), c, w)["noise"]
 
 
@@ -1311,7 +1317,7 @@ def channel_variance(
     (Poisson-like, never below the level far from the peak; ``y_out`` the mean count there).
     In the data's own units, whatever their gain."""
     v_out, y_out = channel_noise(xp, y, e, c, w) if noise is None else noise
-    yp = xp.maximum(xp.where(xp.isfinite(y), y, 0.0), 0.0)
+    yp = xp.maximum(_zero_non_finite(xp, y), 0.0)
     return (v_out / y_out)[:, None] * xp.maximum(yp, y_out[:, None])
 
 
@@ -1532,7 +1538,7 @@ def background_check(
     ok = xp.isfinite(centre_eV) & xp.isfinite(fwhm_eV)
     c = xp.where(ok, xp.astype(centre_eV, dt, copy=False), 0.0)
     w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
-    y = xp.where(xp.isfinite(block), block, 0.0) if finite is None else finite
+    y = _zero_non_finite(xp, block) if finite is None else finite
     rel = e[None, :] - c[:, None]
     # (-max(10 w, 3) as min(-10 w, -3): negations are exact)
     far = rel < xp.minimum(-10.0 * w, -3.0)[:, None]
