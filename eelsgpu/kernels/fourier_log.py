@@ -839,9 +839,10 @@ def _window_smooth(xp: Any, fft: Any, ssd: Any, fw: Any, plan: dict[str, Any]) -
     sig = fw / _FWHM_PER_SIGMA
     nu = plan["nu"]  # frequencies of a length-p transform (1/eV)
     g = _exp_normal(xp, -(2.0 * math.pi**2) * (sig * sig)[:, None] * (nu * nu))
-    if not (host_decides(xp) and math.isfinite(float(np.sum(ssd)))):  # (NumPy: a copy saved)
-        ssd = xp.where(xp.isfinite(ssd), ssd, 0.0)
-    f = fft.rfft(ssd, n=p, axis=-1)
+    if host_decides(xp) and math.isfinite(float(np.sum(ssd))):  # (NumPy: a copy saved)
+        f = fft.rfft(ssd, n=p, axis=-1)
+    else:  # (the zeroed copy a temporary: not held through the inverse transform)
+        f = fft.rfft(xp.where(xp.isfinite(ssd), ssd, 0.0), n=p, axis=-1)
     return fft.irfft(f * g, n=p, axis=-1)[:, :n_e]
 
 
