@@ -52,9 +52,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._xp import array_namespace, moving_average
+from .._xp import array_namespace, is_numpy, moving_average
 from ._sync import any_rows, host_axis, host_decides
-from .fourier_log import fourier_log_kernel
+from .fourier_log import _moving_average_numpy, fourier_log_kernel
 from .tails import (
     TAIL_FIT_FRACTION,
     TailSums,
@@ -105,7 +105,8 @@ def _ssd_fit(
     part = finite[:, base:]
     # the whole SSD counts (ringing about zero loss sums to nothing); the tail is fitted on L > 0
     part = xp.where(e[None, base:] > (0.0 if c is None else c[:, None]), part, 0.0)
-    smooth = moving_average(xp, part, k)
+    # (NumPy: the same running sums' differences by slices, bitwise moving_average's)
+    smooth = _moving_average_numpy(part, k) if is_numpy(xp) else moving_average(xp, part, k)
     # the fits' noise from the squared fourth differences of one segment that covers them all
     # (the narrower fit's channels lie inside the wider's): made once, the same values
     segs = [
@@ -236,7 +237,10 @@ def ssd_tail_sums(
     axis = (e0, d, n_e)
     dt = ssd.dtype
     e = xp.astype(energy_eV, dt, copy=False)
-    finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
+    if host_decides(xp) and dt.kind == "f" and math.isfinite(float(xp.sum(ssd))):
+        finite = ssd  # (NumPy, every value finite: one summing pass instead of a copy)
+    else:
+        finite = xp.where(xp.isfinite(ssd), ssd, 0.0)
     # (zero loss at 0 eV for every row: c None, no array of zeros to subtract)
     fits = _ssd_fit(xp, finite, e, axis, None, 0.0, (fit_fraction, 0.5 * fit_fraction))
     # where neither fit holds: what an E^-3 continuation of the SSD's level where its tail is
@@ -434,7 +438,10 @@ def log_ratio_maps(
     valid = z["valid"]
     n0 = xp.where(valid, z["zlp_intensity"], 1.0)
     c = xp.where(valid, z["zlp_centre_eV"], 0.0)
-    y = xp.where(valid[:, None], block, 0.0)
+    if host_decides(xp) and block.dtype.kind == "f" and bool(xp.all(valid)):
+        y = block  # (NumPy, every pixel valid: no copy)
+    else:
+        y = xp.where(valid[:, None], block, 0.0)
     window = xp.sum(y, axis=-1)
     window = xp.where(valid & (window > 0), window, 1.0)
     e = xp.astype(energy_eV, block.dtype, copy=False)

@@ -426,3 +426,52 @@ def test_numpy_moving_average_is_bitwise_the_array_api_one():
             want, got = moving_average(np, y, h), _moving_average_numpy(y, h)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("k", [2049, 1025, 40])
+def test_rolloff_numpy_equals_twin(k):
+    """The NumPy fast path of the measured-error roll-off (``rolloff_numpy``: one-k-th medians,
+    the smoothed error and the weight on the prefix of the frequencies below the block's
+    cut-offs) gives the twin's arrays to the bit (``rolloff_twin`` on array_api_compat.numpy:
+    sorts, whole-row moving averages). Truth: the twin, on the probe spectra (vacuum, thin and
+    thick ones whose phase passes pi many times, counting noise, a misfit), once as they are
+    (cut-offs far below the top frequency: short prefixes) and once noise-free with an exact
+    model (cut-offs near half the frequencies: long prefixes)."""
+    import array_api_compat.numpy as xnp
+
+    from eelsgpu.kernels import fourier_log as fl
+
+    p = 2 * (k - 1)
+    nu = (np.arange(k) / (p * 0.05)).astype(np.float32)
+    consts = fl.RolloffConsts(p, 0.05, fl.MAX_RESOLUTION_FWHM, True, max(8, k // 64), nu)
+    jf, zf, rf, share, _, fw, _ = fl.rolloff_probe(np, k, consts)
+    # a block whose rows have an exact model and no noise
+    clean = (zf * np.exp(0.3 * np.linspace(1.0, 0.0, k))[None, :]).astype(np.complex64)
+    cases = [(jf, zf, rf, share), (clean, zf, None, np.ones_like(share))]
+    for jf_, zf_, rf_, share_ in cases:
+        want = fl.rolloff_twin(xnp, jf_, zf_, rf_, share_, None, fw, consts)
+        got = fl.rolloff_numpy(jf_, zf_, rf_, share_, None, fw, consts)
+        assert set(got) == set(want)
+        for key in want:
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+    # (the probe's cut-offs lie far below the top: the prefix path was taken)
+    first = fl.rolloff_numpy(jf, zf, rf, share, None, fw, consts)["first"]
+    assert int(first.max()) < k // 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_normal_flushes_only_subnormal_results(dtype):
+    """The NumPy exp of the Gaussian weights (``_exp_normal``) equals numpy.exp to the bit where
+    that is a normal number and is 0 where it would be subnormal (the values x86 CPUs compute
+    through slow microcode assists). Truth: numpy.exp and the dtype's smallest normal number."""
+    from eelsgpu.kernels import fourier_log as fl
+
+    tiny = np.finfo(dtype).tiny
+    x = np.linspace(math.log(tiny) * 1.3, 5.0, 20001).astype(dtype)
+    want = np.exp(x)
+    got = fl._exp_normal(np, x.copy())
+    normal = want >= tiny
+    np.testing.assert_array_equal(got[normal], want[normal])
+    assert np.all(got[~normal] < tiny)
+    assert np.all((got[~normal] == 0) | (got[~normal] == want[~normal]))
+    assert int((got[~normal] == 0).sum()) > 0.9 * int((~normal).sum())  # nearly all flushed
