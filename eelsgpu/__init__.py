@@ -1,7 +1,9 @@
 """eelsgpu: exact, GPU-ready analysis of EELS low-loss and soft X-ray emission spectrum images.
 
-A spectrum image is a lazy ``xarray.DataArray`` (dims ``y, x, energy``) over a chunked zarr store;
-every analysis maps an array-API kernel over its pixel blocks with dask, on NumPy or CuPy.
+A spectrum image is an ``xarray.DataArray`` (dims ``y, x, energy``): lazy over a chunked zarr store
+(every analysis then maps an array-API kernel over its pixel blocks with dask and returns a lazy
+result), or in memory (the blocks run at once on a thread per core and the result is in memory:
+the engine's eager path, :mod:`eelsgpu.engine.blocks`); on NumPy or CuPy either way.
 
 >>> import eelsgpu
 >>> sim = eelsgpu.synthetic.low_loss_image(eelsgpu.synthetic.Drude(15.0, 1.0), shape=(4, 4),
