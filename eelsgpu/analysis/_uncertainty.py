@@ -17,6 +17,10 @@ What the user gives
   and the result says so in its attrs (``noise_model``, ``gain_source``, with the estimate's own
   relative scatter, about 3.1 / sqrt(channels used): 1 % on a 1024-pixel sample, 20 % on one
   spectrum of 200 channels, where giving ``gain=`` is better).
+* ``zlp_models=`` (thickness, deconvolve; default none: one more run per model): the ZLP
+  models to compare with ``zlp`` (:func:`parse_zlp_models`); their spread per pixel, half the
+  range of those whose checks pass (:func:`zlp_model_spread`), is ``<name>_sigma_zlp_model`` and
+  the ``zlp_model`` part of ``<name>_sigma_systematic``.
 * ``seed`` (replicas): each pixel draws from ``(seed, its flat pixel index)``, so a rerun gives the
   same sigmas whatever the chunking.
 
