@@ -17,6 +17,10 @@ What the user gives
   and the result says so in its attrs (``noise_model``, ``gain_source``, with the estimate's own
   relative scatter, about 3.1 / sqrt(channels used): 1 % on a 1024-pixel sample, 20 % on one
   spectrum of 200 channels, where giving ``gain=`` is better).
+* ``zlp_models=`` (thickness, deconvolve; default none: one more run per model): the ZLP
+  models to compare with ``zlp`` (:func:`parse_zlp_models`); their spread per pixel, half the
+  range of those whose checks pass (:func:`zlp_model_spread`), is ``<name>_sigma_zlp_model`` and
+  the ``zlp_model`` part of ``<name>_sigma_systematic``.
 * ``seed`` (replicas): each pixel draws from ``(seed, its flat pixel index)``, so a rerun gives the
   same sigmas whatever the chunking.
 
@@ -75,14 +79,17 @@ from ._checks import positive, positive_int
 __all__ = [
     "DEFAULT_REPLICAS",
     "METHODS",
+    "ZLP_MODELS",
     "UncertaintyRequest",
     "add_log_ratio_sigmas",
     "add_systematic",
     "estimate_image_gain",
     "parse_uncertainty",
     "parse_uncertainty_option",
+    "parse_zlp_models",
     "sigma_name",
     "systematic_name",
+    "zlp_model_spread",
 ]
 
 METHODS = ("analytic", "replicas")
@@ -92,6 +99,8 @@ DEFAULT_REPLICAS = 100
 GAIN_SAMPLE_PIXELS = 1024
 #: Relative scatter of the gain estimate times sqrt(channels used) (measured, Poisson spectra).
 GAIN_SCATTER = 3.1
+#: The ZLP models ``zlp_models=True`` (``"all"``, the CLI's ``--zlp-models all``) compares.
+ZLP_MODELS = ("threshold", "mirror", "fit")
 
 
 def sigma_name(name: str) -> str:
@@ -426,3 +435,112 @@ def add_log_ratio_sigmas(
                 },
             )
     return out
+
+
+def parse_zlp_models(zlp_models: Any, zlp: Any) -> tuple[str, ...]:
+    """The ZLP models to run besides ``zlp`` for the ZLP-model systematic part (issue 14).
+
+    ``zlp_models``: None or False (default: none, the part costs one more run per model), True or
+    ``"all"`` (:data:`ZLP_MODELS`), a comma-separated string or a sequence of model names. The
+    compared set is ``zlp`` (whatever it is: a name, a reference spectrum, a ZLP cube) and these;
+    it must hold at least two models.
+
+    Examples
+    --------
+    >>> parse_zlp_models(None, "mirror")
+    ()
+    >>> parse_zlp_models("all", "mirror")
+    ('threshold', 'fit')
+    >>> parse_zlp_models(["threshold", "mirror"], "threshold")
+    ('mirror',)
+    """
+    if zlp_models is None or zlp_models is False:
+        return ()
+    if zlp_models is True or zlp_models == "all":
+        names: tuple[str, ...] = ZLP_MODELS
+    elif isinstance(zlp_models, str):
+        names = tuple(m.strip() for m in zlp_models.split(",") if m.strip())
+    else:
+        names = tuple(zlp_models)
+    bad = [m for m in names if not (isinstance(m, str) and m in ZLP_MODELS)]
+    if bad:
+        raise InputError(
+            f"zlp_models: {bad[0]!r} is not a ZLP model; give some of {', '.join(ZLP_MODELS)} "
+            "(or True / 'all')"
+        )
+    primary = zlp if isinstance(zlp, str) else None
+    others = tuple(dict.fromkeys(m for m in names if m != primary))
+    if not others:
+        raise InputError(
+            f"zlp_models={zlp_models!r} names no model besides zlp={primary!r}: the ZLP-model "
+            "spread needs at least two models"
+        )
+    return others
+
+
+def zlp_model_spread(
+    runs: Mapping[str, xr.Dataset], names: tuple[str, ...]
+) -> tuple[dict[str, xr.DataArray], xr.DataArray]:
+    """Per pixel, the spread of ``names`` across the ZLP models whose checks pass (issue 14).
+
+    A model passes in a pixel where its run is ``valid`` and has no ZLP_MISMATCH bit
+    (:mod:`eelsgpu.kernels.quality`: the model does not fit the pixel, so its number is no
+    candidate). The spread is **half the range** (max - min) / 2 of the passing models' values,
+    not their standard deviation: the models are two or three deterministic estimators, not
+    draws from a distribution (the standard deviation of two values depends on a 1/n or 1/(n-1)
+    convention by a factor sqrt(2)), and where one model is right the others' error is at most
+    the range, twice the quoted sigma. NaN where fewer than two models pass (no spread can be
+    measured; the count map says so).
+
+    Parameters
+    ----------
+    runs : mapping model label -> Dataset
+        One result per model (same pixels), each with ``valid``, ``quality`` and ``names``.
+    names : tuple of str
+        The outputs whose spread is wanted (same units as the outputs).
+
+    Returns
+    -------
+    (dict name -> DataArray, DataArray)
+        ``{name: half range}`` (attrs units, ``sigma_of``, ``part = "zlp_model"``) and the number
+        of models that passed per pixel (uint8).
+
+    Examples
+    --------
+    >>> q = xr.DataArray(np.array([0, 0, 2], np.uint32), dims="x")
+    >>> v = xr.DataArray(np.ones(3, bool), dims="x")
+    >>> a = xr.Dataset({"t": ("x", [1.0, 1.0, 1.0]), "valid": v, "quality": 0 * q})
+    >>> b = xr.Dataset({"t": ("x", [1.2, 1.0, 9.0]), "valid": v, "quality": q})
+    >>> c = xr.Dataset({"t": ("x", [0.0, 0.0, 0.0]), "valid": ~v, "quality": 0 * q})
+    >>> spread, n = zlp_model_spread({"a": a, "b": b, "c": c}, ("t",))
+    >>> spread["t"].values.round(3).tolist(), n.values.tolist()
+    ([0.1, 0.0, nan], [2, 2, 1])
+    """
+    from ..kernels.quality import ZLP_MISMATCH
+
+    labels = list(runs)
+    ok = [
+        runs[m]["valid"].astype(bool) & ((runs[m]["quality"] & ZLP_MISMATCH) == 0) for m in labels
+    ]
+    n_pass = sum(o.astype(np.uint8) for o in ok).astype(np.uint8)
+    n_pass.attrs = {
+        "long_name": "ZLP models that passed their checks (valid, no ZLP_MISMATCH)",
+        "zlp_models_compared": labels,
+    }
+    out = {}
+    for name in names:
+        vals = xr.concat(
+            [runs[m][name].astype(np.float64).where(o) for m, o in zip(labels, ok, strict=True)],
+            dim="zlp_model",
+        )
+        half = ((vals.max("zlp_model") - vals.min("zlp_model")) / 2.0).where(n_pass >= 2)
+        ref = runs[labels[0]][name]
+        half.attrs = {
+            "units": ref.attrs.get("units", ""),
+            "long_name": f"ZLP-model spread of {ref.attrs.get('long_name', name)} (half range)",
+            "sigma_of": name,
+            "part": "zlp_model",
+            "zlp_models_compared": labels,
+        }
+        out[name] = half.drop_vars([c for c in half.coords if c not in ref.coords])
+    return out, n_pass

@@ -31,8 +31,8 @@ from ._lowloss import (
     spectrum_input,
     with_thickness_nm,
 )
-from ._uncertainty import parse_uncertainty
-from .thickness import TAIL_REL_SIGMA, _with_sigmas, check_analytic_zlp
+from ._uncertainty import parse_uncertainty, parse_zlp_models
+from .thickness import TAIL_REL_SIGMA, _with_sigmas, check_analytic_zlp, with_zlp_model_spread
 from .zlp import resolve_zlp
 
 __all__ = ["EXTRAPOLATIONS", "OUTPUTS", "deconvolve"]
@@ -61,6 +61,7 @@ def deconvolve(
     seed: int = 0,
     mean_free_path_rel_sigma: float | None = None,
     tail_rel_sigma: float = TAIL_REL_SIGMA,
+    zlp_models: Any = None,
 ) -> xr.Dataset:
     """Single-scattering distribution of every pixel by Fourier-log deconvolution (eq. 22).
 
@@ -128,6 +129,12 @@ def deconvolve(
         ``"reconvolved-zlp"`` within the ZLP's tail (0.6 at 5 eV).
     n_replicas, gain, noise_variance, seed, mean_free_path_rel_sigma, tail_rel_sigma
         As :func:`eelsgpu.thickness`.
+    zlp_models : None, True, "all", or a sequence of "threshold", "mirror", "fit"
+        The ZLP model's systematic part of the maps, as :func:`eelsgpu.thickness` gives it
+        (default none): each other model's ``t_over_lambda`` and N0 come from
+        ``thickness(zlp=model, tail="auto")`` (the same log-ratio maps this function returns
+        beside the SSD, at the cost of one log-ratio run per model, not a deconvolution); the
+        ``ssd`` has no ZLP-model part. Not for ``output="residual"``.
 
     Returns
     -------
@@ -154,7 +161,8 @@ def deconvolve(
         with another fatal bit keep their numbers with ``valid`` False. With ``uncertainty``:
         ``<name>_sigma`` (counting) and ``<name>_sigma_systematic`` (the tail beyond the window,
         the mean free path formula) as :func:`eelsgpu.thickness` gives them, and ``ssd_sigma``
-        (replicas).
+        (replicas). With ``zlp_models``: ``<name>_sigma_zlp_model``, ``zlp_models_passed`` and
+        the ``zlp_model`` part of ``<name>_sigma_systematic``, as :func:`eelsgpu.thickness`.
 
     Raises
     ------
@@ -217,6 +225,11 @@ def deconvolve(
             "mean_free_path_rel_sigma", mean_free_path_rel_sigma, 0.0, 1.0
         )
     tail_rel_sigma = in_range("tail_rel_sigma", tail_rel_sigma, 0.0, 1.0)
+    other_models = parse_zlp_models(zlp_models, zlp)
+    if other_models and output == "residual":
+        raise InputError(
+            "output='residual' has no map with a ZLP-model spread: leave out zlp_models"
+        )
     source = si.attrs.get("source")
     energy_axis(si["energy"].values, require_uniform=True, source=source)
     params, extras = resolve_zlp(si, zlp)
@@ -279,7 +292,22 @@ def deconvolve(
         ds["energy"].attrs["note"] = f"energy loss: the stored axis minus {shift:g} eV"
     if lam is not None:
         ds = with_thickness_nm(ds, lam, how)
-    if unc.method is None or output == "residual":
+    if other_models:
+        # the other models' log-ratio maps: the same t/lambda and N0 this run gives beside its SSD
+        same = dict(
+            method="log-ratio",
+            tail="auto",
+            beam_energy_keV=beam_energy_keV,
+            collection_angle_mrad=collection_angle_mrad,
+            convergence_angle_mrad=convergence_angle_mrad,
+            density_g_cm3=density_g_cm3,
+            mean_free_path_nm=mean_free_path_nm,
+            zeff=zeff,
+            search_eV=search_eV,
+            device=device,
+        )
+        ds = with_zlp_model_spread(ds, si, zlp, other_models, same)
+    if (unc.method is None and not other_models) or output == "residual":
         return ds
     # the log-ratio's I_t = N0 exp(t/lambda) (the tail included) and the window's own counts
     n0 = ds["zlp_intensity"]

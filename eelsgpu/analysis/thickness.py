@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,9 @@ from ._uncertainty import (
     add_log_ratio_sigmas,
     add_systematic,
     parse_uncertainty,
+    parse_zlp_models,
     systematic_name,
+    zlp_model_spread,
 )
 from .zlp import resolve_zlp
 
@@ -124,6 +127,7 @@ def thickness(
     seed: int = 0,
     mean_free_path_rel_sigma: float | None = None,
     tail_rel_sigma: float = TAIL_REL_SIGMA,
+    zlp_models: Any = None,
 ) -> xr.Dataset:
     """Thickness maps of a low-loss spectrum image (lazy; ``.compute()`` or write it).
 
@@ -192,6 +196,15 @@ def thickness(
         Relative one-sigma of the counts extrapolated beyond the window (default
         :data:`TAIL_REL_SIGMA`), a systematic part of ``t_over_lambda`` and ``thickness_nm``
         where a tail was added (log-ratio).
+    zlp_models : None, True, "all", or a sequence of "threshold", "mirror", "fit"
+        The ZLP model's systematic part (issue 14; default none: it costs one more run per
+        model). The analysis is run again with each of these models besides ``zlp``; per pixel,
+        the models whose checks pass (``valid`` and no ZLP_MISMATCH) are compared, and half their
+        range is ``<name>_sigma_zlp_model`` for ``t_over_lambda``, ``zlp_intensity`` and
+        ``thickness_nm`` (:func:`eelsgpu.analysis._uncertainty.zlp_model_spread`: NaN where
+        fewer than two pass; ``zlp_models_passed`` counts them), a part of
+        ``<name>_sigma_systematic`` (in quadrature with the tail and the mean free path parts,
+        which are then added even without ``uncertainty``). True or ``"all"``: the three.
 
     Returns
     -------
@@ -207,7 +220,9 @@ def thickness(
         ``thickness_nm_sigma``, ``zlp_intensity_sigma`` (counting), and
         ``t_over_lambda_sigma_systematic`` (the tail beyond the window, log-ratio) and
         ``thickness_nm_sigma_systematic`` (the tail and the mean free path formula) with their
-        ``parts`` tables.
+        ``parts`` tables. With ``zlp_models``: ``<name>_sigma_zlp_model``,
+        ``zlp_models_passed`` (attrs ``zlp_models_compared``; the same in the dataset's attrs)
+        and the ``zlp_model`` part in ``<name>_sigma_systematic`` (``zlp_intensity`` too).
 
     Raises
     ------
@@ -253,6 +268,7 @@ def thickness(
             "mean_free_path_rel_sigma", mean_free_path_rel_sigma, 0.0, 1.0
         )
     tail_rel_sigma = in_range("tail_rel_sigma", tail_rel_sigma, 0.0, 1.0)
+    other_models = parse_zlp_models(zlp_models, zlp)
     zparams, extras = resolve_zlp(si, zlp)
     params: dict[str, Any] = {**zparams, "search_eV": search}
     attrs: dict[str, Any] = {
@@ -287,21 +303,66 @@ def thickness(
             device=device,
             unc=unc,
         )
-        return _with_sigmas(ds, unc, mean_free_path_rel_sigma, tail_rel_sigma)
-    ds = _thickness_kk(
-        si,
-        params,
-        extras,
-        attrs,
-        beam_energy_keV=beam_energy_keV,
-        collection_angle_mrad=collection_angle_mrad,
-        refractive_index=refractive_index,
-        metal=metal,
-        kk_constant_nm_eV=kk_constant_nm_eV,
-        device=device,
-        unc=unc,
+    else:
+        ds = _thickness_kk(
+            si,
+            params,
+            extras,
+            attrs,
+            beam_energy_keV=beam_energy_keV,
+            collection_angle_mrad=collection_angle_mrad,
+            refractive_index=refractive_index,
+            metal=metal,
+            kk_constant_nm_eV=kk_constant_nm_eV,
+            device=device,
+            unc=unc,
+        )
+    if other_models:
+        # the same analysis with each other model (no sigmas: only the values are compared)
+        same = dict(
+            method=method,
+            beam_energy_keV=beam_energy_keV,
+            collection_angle_mrad=collection_angle_mrad,
+            convergence_angle_mrad=convergence_angle_mrad,
+            density_g_cm3=density_g_cm3,
+            mean_free_path_nm=mean_free_path_nm,
+            zeff=zeff,
+            refractive_index=refractive_index,
+            metal=metal,
+            kk_constant_nm_eV=kk_constant_nm_eV,
+            tail=tail,
+            search_eV=search_eV,
+            device=device,
+        )
+        ds = with_zlp_model_spread(ds, si, zlp, other_models, same)
+    mfp_rel = mean_free_path_rel_sigma if method == "log-ratio" else None
+    return _with_sigmas(ds, unc, mfp_rel, tail_rel_sigma)
+
+
+def with_zlp_model_spread(
+    ds: xr.Dataset, si: xr.DataArray, zlp: Any, others: tuple[str, ...], kwargs: dict[str, Any]
+) -> xr.Dataset:
+    """``ds`` (the run with ``zlp``) with the ZLP-model spread of its t/lambda, N0 and thickness:
+    :func:`thickness` run with each of ``others`` (``kwargs`` its other arguments), compared by
+    :func:`eelsgpu.analysis._uncertainty.zlp_model_spread`; adds ``<name>_sigma_zlp_model`` and
+    ``zlp_models_passed`` (the ``zlp_model`` part of :func:`_sigmas`)."""
+    label = zlp if isinstance(zlp, str) else "given"
+    runs = {label: ds}
+    for m in others:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the primary run has said it (the axis offset)
+            runs[m] = thickness(si, zlp=m, **kwargs)
+    names = tuple(n for n in ("t_over_lambda", "zlp_intensity", "thickness_nm") if n in ds)
+    names = tuple(n for n in names if all(n in r for r in runs.values()))
+    spread, n_pass = zlp_model_spread(runs, names)
+    ds = ds.assign({f"{n}_sigma_zlp_model": v for n, v in spread.items()})
+    ds["zlp_models_passed"] = n_pass
+    ds.attrs["zlp_models_compared"] = list(runs)
+    ds.attrs["zlp_model_spread"] = (
+        "half the range of the models that pass their checks (valid, no ZLP_MISMATCH); NaN "
+        "where fewer than two pass"
     )
-    return _with_sigmas(ds, unc, None, tail_rel_sigma)
+    return ds
 
 
 def check_analytic_zlp(zlp: Any) -> None:
@@ -330,7 +391,7 @@ def _with_sigmas(
     (``tail_rel`` of its part of t/lambda, ``-ln(1 - tail_fraction)``, where a tail was added)
     and the mean free path formula (``mfp_rel``, default the formula's own). ``total_intensity``
     and ``tail_fraction`` where ``ds`` lacks them (``deconvolve``'s result); they are not kept."""
-    if unc.method is None:
+    if unc.method is None and "t_over_lambda_sigma_zlp_model" not in ds:
         return ds
     added = [
         n
@@ -348,7 +409,22 @@ def _with_sigmas(
 def _sigmas(
     ds: xr.Dataset, unc: UncertaintyRequest, mfp_rel: float | None, tail_rel: float
 ) -> xr.Dataset:
-    """:func:`_with_sigmas` on a result with ``total_intensity`` and ``tail_fraction``."""
+    """:func:`_with_sigmas` on a result with ``total_intensity`` and ``tail_fraction``; the
+    ZLP-model part where ``<name>_sigma_zlp_model`` is there (:func:`with_zlp_model_spread`)."""
+    zparts = {}
+    for name in ("t_over_lambda", "zlp_intensity", "thickness_nm"):
+        key = f"{name}_sigma_zlp_model"
+        if key in ds:
+            zparts[name] = {
+                "zlp_model": (
+                    ds[key],
+                    "half the range of the ZLP models that pass their checks "
+                    f"({', '.join(ds.attrs['zlp_models_compared'])}; zlp_models_passed per "
+                    "pixel); NaN where fewer than two pass",
+                )
+            }
+    if "zlp_intensity" in zparts:
+        ds = add_systematic(ds, "zlp_intensity", zparts["zlp_intensity"])
     if unc.method == "analytic":
         ds = add_log_ratio_sigmas(ds, unc.gain)
         # the closed form counts N0 and the window; a tail fitted on the window's end and
@@ -383,7 +459,7 @@ def _sigmas(
             part="counting",
         )
     lam = ds.attrs.get("mean_free_path_nm")
-    if lam is not None and "thickness_nm_sigma" not in ds:
+    if lam is not None and unc.method is not None and "thickness_nm_sigma" not in ds:
         ds["thickness_nm_sigma"] = (float(lam) * ds["t_over_lambda_sigma"]).assign_attrs(
             units="nm",
             long_name="sigma of thickness (counting)",
@@ -391,7 +467,7 @@ def _sigmas(
             uncertainty=unc.label,
             part="counting",
         )
-    tl_parts: dict[str, Any] = {}
+    tl_parts: dict[str, Any] = dict(zparts.get("t_over_lambda", {}))
     if "tail_fraction" in ds:
         frac = ds["tail_fraction"].fillna(0.0).clip(0.0, 1.0 - 1e-12)
         tl_parts["tail"] = (
@@ -399,11 +475,15 @@ def _sigmas(
             f"{100 * tail_rel:g} % of the counts extrapolated beyond the window "
             "(its part of t/lambda, -ln(1 - tail_fraction)); 0 where no tail was added",
         )
-        ds = add_systematic(ds, "t_over_lambda", tl_parts)
-    if "thickness_nm" not in ds or lam is None:
-        return ds
-    parts: dict[str, Any] = {}
     if tl_parts:
+        ds = add_systematic(ds, "t_over_lambda", tl_parts)
+    if "thickness_nm" not in ds:
+        return ds
+    parts: dict[str, Any] = dict(zparts.get("thickness_nm", {}))
+    if lam is None:
+        # KK thickness: no mean free path, the ZLP model's part only
+        return add_systematic(ds, "thickness_nm", parts) if parts else ds
+    if "tail" in tl_parts:
         parts["tail"] = (float(lam) * tl_parts["tail"][0], tl_parts["tail"][1])
     how = str(ds.attrs.get("mean_free_path_from", ""))
     if mfp_rel is None:

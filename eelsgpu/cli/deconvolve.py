@@ -172,13 +172,25 @@ def add_mean_free_path_sigma_options(p: argparse.ArgumentParser) -> None:
         "a systematic part of thickness_nm (default: Malis 20 %%, Iakoubovskii 10 %%, a given "
         "lambda none)",
     )
+    p.add_argument(
+        "--zlp-models",
+        metavar="M1,M2|all",
+        dest="zlp_models",
+        help="the ZLP model's systematic part: run again with these models (threshold, mirror, "
+        "fit; 'all' the three) and report half their range per pixel where their checks pass "
+        "(<name>_sigma_zlp_model, zlp_models_passed, a part of <name>_sigma_systematic); one "
+        "more run per model",
+    )
 
 
 def sigma_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The uncertainty keyword arguments of ``thickness`` / ``deconvolve`` from the options."""
     kw = uncertainty_kwargs(args)
-    if kw and args.mean_free_path_rel_sigma is not None:
+    zlp_models = getattr(args, "zlp_models", None)
+    if (kw or zlp_models) and args.mean_free_path_rel_sigma is not None:
         kw["mean_free_path_rel_sigma"] = args.mean_free_path_rel_sigma
+    if zlp_models:
+        kw["zlp_models"] = zlp_models
     return kw
 
 
@@ -187,6 +199,13 @@ def print_sigma(res: Any, name: str, valid: Any) -> None:
     import numpy as np
 
     line = describe(res)
+    key = f"{name}_sigma_zlp_model"
+    if key in res:
+        vals = np.asarray(res[key].values)[valid]
+        vals = vals[np.isfinite(vals)]
+        spread = f"median {np.median(vals):.3g}" if vals.size else "none measured"
+        models = ", ".join(res.attrs.get("zlp_models_compared", []))
+        print(f"ZLP-model spread of {name} (half range of {models}): {spread}")
     if not line:
         return
     if f"{name}_sigma" in res:

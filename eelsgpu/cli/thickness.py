@@ -13,6 +13,9 @@ when the axis is off); ``--search LO HI`` restricts it. ``--uncertainty analytic
 (with ``--gain``, ``--seed``, ``--mean-free-path-rel-sigma``) adds ``t_over_lambda_sigma``,
 ``thickness_nm_sigma``, ``zlp_intensity_sigma`` and the systematic parts
 (``*_sigma_systematic``: the tail beyond the window, the mean free path formula).
+``--zlp-models mirror,fit`` (or ``all``) runs the analysis again with these ZLP models and adds
+their spread per pixel (half the range of the models that pass their checks:
+``*_sigma_zlp_model``, ``zlp_models_passed``), a part of ``*_sigma_systematic``.
 
 Examples::
 
@@ -20,6 +23,7 @@ Examples::
     eelsgpu thickness lowloss.zarr -o t.zarr --density 2.33 --zlp mirror
     eelsgpu thickness lowloss.zarr -o t.zarr --method kk --refractive-index 3.42
     eelsgpu thickness lowloss.zarr -o t.zarr --zeff 14 --uncertainty analytic --gain 1
+    eelsgpu thickness lowloss.zarr -o t.zarr --zeff 14 --uncertainty analytic --zlp-models all
 """
 
 from __future__ import annotations

@@ -89,3 +89,45 @@ def test_cli_thickness_uncertainty(tmp_path, capsys):
         rep["t_over_lambda_sigma"].values
     )
     assert abs(ratio - 1) < 0.2, ratio
+
+
+def test_cli_thickness_zlp_models(tmp_path, capsys):
+    """Truth: the API's result (``thickness(zlp_models=...)``, itself tested against synthetic
+    truth in tests/analysis/test_zlp_model_spread.py): `eelsgpu thickness --zlp-models mirror,fit`
+    and `eelsgpu deconvolve --zlp-models all` store the same spread maps and count, and print
+    the median spread; no ZLP-model variable without the flag."""
+    import eelsgpu
+    from eelsgpu import io, synthetic
+    from eelsgpu.cli import main
+
+    sim = synthetic.low_loss_image(
+        synthetic.Drude(15.0, 2.0),
+        t_over_lambda=np.array([[0.5, 1.0]]),
+        shape=(1, 2),
+        n_channels=1024,
+        dispersion_eV=0.05,
+        zlp=synthetic.ZeroLossPeak(0.8, asymmetry=0.05),
+        dtype=np.float64,
+    )
+    src = tmp_path / "in.zarr"
+    io.write_store(sim[["signal"]], src)
+    out = tmp_path / "t.zarr"
+    args = ["thickness", str(src), "-o", str(out), "--device", "cpu", "--zlp-models"]
+    assert main([*args, "mirror,fit"]) == 0
+    assert "ZLP-model spread of t_over_lambda" in capsys.readouterr().out
+    res = io.open_store(out)
+    api = eelsgpu.thickness(
+        io.open_store(src)["signal"], zlp_models=("mirror", "fit"), device="cpu"
+    ).compute()
+    for v in ("t_over_lambda_sigma_zlp_model", "zlp_models_passed"):
+        np.testing.assert_array_equal(res[v].values, api[v].values)
+    assert res.attrs["zlp_models_compared"] == ["threshold", "mirror", "fit"]
+    dec = tmp_path / "d.zarr"
+    rc = main(["deconvolve", str(src), "-o", str(dec), "--device", "cpu", "--zlp-models", "all"])
+    assert rc == 0
+    d = io.open_store(dec)
+    assert d.attrs["zlp_models_compared"] == ["mirror", "threshold", "fit"]
+    assert (d["t_over_lambda_sigma_zlp_model"].values > 0.01).all()
+    plain = tmp_path / "p.zarr"
+    assert main(["thickness", str(src), "-o", str(plain), "--device", "cpu", "-q"]) == 0
+    assert not [v for v in io.open_store(plain).data_vars if "zlp_model" in v]
