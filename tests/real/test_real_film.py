@@ -102,3 +102,28 @@ def test_al_interface_peak_and_oxide(al):
     model = np.asarray(fit.model.values).reshape(-1)
     mid = (ef > 8.0) & (ef < 12.0)
     assert 0.05 < np.mean(data[mid] / model[mid] - 1.0) < 0.4
+
+
+def test_al_one_node_per_channel_is_enough(al):
+    """One node per channel (the default centre rule; the fixture's fit) on the measured film gives
+    the fit of two Gauss nodes per channel (measured: t, d, Ep, Gamma the same to 1e-4 relative),
+    and the ``QUADRATURE`` check, held to the sigmas the fit quotes (scaled by the reduced
+    deviance, the gain being unknown), does not flag it."""
+    from eelsgpu.kernels.film_fit import FIT_BITS
+
+    dec, fit, _, _ = al
+    assert not int(fit.fit_flags.values.reshape(-1)[0]) & FIT_BITS["QUADRATURE"][0]
+    two = eelsgpu.fit_dielectric(
+        dec,
+        oxide_nm="fit",
+        retardation=False,
+        window_eV=(4.5, 25.0),
+        bin_eV=0.1,
+        nodes_per_channel=2,
+        iterations=16,
+        jitter=0.0,
+    )
+    for name in ("thickness_nm", "oxide_nm", "plasmon_energy_eV", "damping_eV"):
+        a = float(fit[name].values.reshape(-1)[0])
+        b = float(two[name].values.reshape(-1)[0])
+        assert abs(a / b - 1.0) < 1e-4, (name, a, b)
