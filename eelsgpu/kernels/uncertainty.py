@@ -905,43 +905,79 @@ def kk_inverse_eps_covariance(
     # the Hilbert transforms: rows with a short support by the kernel's rows (a matrix
     # product), the rest by FFTs, with the squared-kernel variance in the same two calls
     m = fast_length(2 * n_k - 1)
-    rows = [dv * w, diagonal_factor * d * dv]
-    short = {}
-    for name, x, sx, support in (("u", duv * uu, su, u_support), ("a", dav * aa, sa, a_support)):
-        if support is None:
-            rows.append(x)
-        else:
-            short[name] = x @ _kernel_rows(xp, n_k, sx.start, sx.stop, v.dtype)
+    # the rows to transform, written into one zero-padded buffer: one rfft call for all, and
+    # no padding copy inside it (scipy's rfft(x, n=m) of unpadded rows costs about 3x the
+    # transform itself)
+    longs = [x for x, support in ((u, u_support), (a, a_support)) if support is None]
+    buf = xp.zeros((v.shape[0], 2 + len(longs), m), dtype=v.dtype)
+    w_row = dv * w
+    var_row = d * dv
+    if diagonal_factor != 1.0:
+        var_row = diagonal_factor * var_row
+    buf[:, 0, :n_k] = w_row
+    buf[:, 1, :n_k] = var_row
+    for r, x in enumerate(longs):
+        buf[:, 2 + r, :n_k] = dv * x
     a1, b1 = _spectra(xp, n_k, m, 1, v.dtype)
     a2, b2 = _spectra(xp, n_k, m, 2, v.dtype)
-    spec = fft.rfft(xp.stack(rows, axis=1), n=m, axis=-1)
+    spec = fft.rfft(buf, axis=-1)
+    del buf
     cs = xp.conj(spec)
-    hilb = spec * a1 + cs * b1  # every row's H
-    var_spec = spec[:, 1, :] * a2 + cs[:, 1, :] * b2  # G2c + G2r of the variance row
-    diff = spec[:, 1, :] * a1 - cs[:, 1, :] * b1  # Hc - Hr of the variance row
-    hilb[:, 1, :] = var_spec
-    back = fft.irfft(xp.concat([hilb, diff[:, None, :]], axis=1), n=m, axis=-1)[..., :n_k]
+    # the inverse transforms' rows, written in place: 0 H of the w row, 1 the squared kernel's
+    # G2c + G2r of the variance row, 2 its Hc - Hr (its H itself is not needed), 3.. the H of
+    # the long u / a rows
+    back = xp.empty((v.shape[0], 3 + len(longs), spec.shape[-1]), dtype=spec.dtype)
+    back[:, 0, :] = spec[:, 0, :] * a1 + cs[:, 0, :] * b1
+    back[:, 1, :] = spec[:, 1, :] * a2 + cs[:, 1, :] * b2
+    back[:, 2, :] = spec[:, 1, :] * a1 - cs[:, 1, :] * b1
+    if longs:
+        back[:, 3:, :] = spec[:, 2:, :] * a1 + cs[:, 2:, :] * b1
+    del spec, cs
+    back = fft.irfft(back, n=m, axis=-1)[..., :n_k]
     h_w = back[:, 0, :]
     i = xp.arange(n_k, dtype=v.dtype)
     cross = (2.0 / np.pi) / xp.where(i > 0, i, 1.0)
-    var_h = xp.where(i == 0, 2.0 * back[:, 1, :], back[:, 1, :] + cross * back[:, -1, :])
+    var_h = xp.where(i == 0, 2.0 * back[:, 1, :], back[:, 1, :] + cross * back[:, 2, :])
     var_h = xp.clip(var_h, 0.0, None)
-    extra = 2
-    h_u = short["u"] if "u" in short else back[:, extra, :]
-    extra += "u" not in short
-    h_a = short["a"] if "a" in short else back[:, extra, :]
-    q = odd_hilbert(ramp if ramp.ndim == 2 else ramp[None, :])
+    ramp2 = ramp if ramp.ndim == 2 else ramp[None, :]
+    q = odd_hilbert(ramp2)
     t = tail_shape
-    u_full = u if u_support is None else xp.concat(
-        [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
-         xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
-    )  # fmt: skip
-    a_full = a
-    var_dl = rows[1] + ramp * ramp * s_uu
-    cov_dl_dj = rows[0] + ramp * s_uw
-    var_dr = var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
-    cov_dr_dj = h_w + q * s_uw + t * s_aw
-    cov_dl_dr = dv * (q * u_full + t * a_full) + ramp * (h_u + q * s_uu + t * s_ua)
+    var_dl = var_row + ramp * ramp * s_uu
+    cov_dl_dj = w_row + ramp * s_uw
+    if ramp2.shape[0] == 1 and u_support is not None and a_support is not None:
+        # one cut-off for the block (q, t, ramp rows of K): every term that is a short-support
+        # Hilbert transform (x @ the kernel's rows) or a rank-one sum is one matrix product per
+        # output, the (K,) coefficients folded into the kernel's rows once per block (instead
+        # of about ten passes over (n, K) arrays each)
+        xu, xa = duv * uu, dav * aa
+        hu = _kernel_rows(xp, n_k, su.start, su.stop, v.dtype)
+        ha = _kernel_rows(xp, n_k, sa.start, sa.stop, v.dtype)
+        t2 = t[None, :]
+        m_var = xp.concat([hu * (2.0 * q), ha * (2.0 * t2), q * q, t2 * t2, 2.0 * q * t2], axis=0)
+        var_dr = var_h + xp.concat([xu, xa, s_uu, s_aa, s_ua], axis=1) @ m_var
+        cov_dr_dj = h_w + xp.concat([s_uw, s_aw], axis=1) @ xp.concat([q, t2], axis=0)
+        m_cov = xp.concat([hu * ramp2, q * ramp2, t2 * ramp2], axis=0)
+        # dv (q u + t a): u and a are 0 outside their supports
+        direct = xp.zeros_like(v)
+        direct[:, su] = q[:, su] * uu
+        direct[:, sa] = direct[:, sa] + t[sa] * aa
+        cov_dl_dr = dv * direct + xp.concat([xu, s_uu, s_ua], axis=1) @ m_cov
+    else:
+        long_h = iter(back[:, 3 + r, :] for r in range(len(longs)))  # in the order of longs
+        h_u, h_a = (
+            next(long_h) if support is None
+            else x @ _kernel_rows(xp, n_k, sx.start, sx.stop, v.dtype)
+            for x, sx, support in ((duv * uu, su, u_support), (dav * aa, sa, a_support))
+        )  # fmt: skip
+        u_full = u if u_support is None else xp.concat(
+            [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
+             xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
+        )  # fmt: skip
+        var_dr = (
+            var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
+        )
+        cov_dr_dj = h_w + q * s_uw + t * s_aw
+        cov_dl_dr = dv * (q * u_full + t * a) + ramp * (h_u + q * s_uu + t * s_ua)
     k2 = (kappa * kappa)[:, None]
     if normalised:
         r = (1.0 / integral)[:, None]
