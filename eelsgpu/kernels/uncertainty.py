@@ -973,9 +973,7 @@ def kk_inverse_eps_covariance(
             [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
              xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
         )  # fmt: skip
-        var_dr = (
-            var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
-        )
+        var_dr = var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
         cov_dr_dj = h_w + q * s_uw + t * s_aw
         cov_dl_dr = dv * (q * u_full + t * a) + ramp * (h_u + q * s_uu + t * s_ua)
     k2 = (kappa * kappa)[:, None]
