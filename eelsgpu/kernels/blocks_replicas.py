@@ -290,8 +290,10 @@ def kk_analytic_sigmas(
     kap = kappa[:, None]
     out: dict[str, Any] = {}
     want = set(targets)
+    re_out = loss_out = None  # 1/eps as cubes: only the cubes' sigmas need them whole
     if want - {"thickness_nm"}:
         e1, e2 = values["eps1"], values["eps2"]
+    if want & {"eps1", "eps2", "loss_function", "refractive_index"}:
         mod2 = e1 * e1 + e2 * e2
         re_out, loss_out = e1 / mod2, e2 / mod2
     frac = float(grid.frac)
@@ -370,7 +372,9 @@ def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
     rel_w = xp.sqrt(var_l + var_r) / xp.sqrt(re_out * re_out + loss_out * loss_out)
     honest = (electrons >= KK_MIN_CHANNEL_COUNTS) & (rel_w <= KK_MAX_INVERSE_REL_SIGMA)
     out: dict[str, Any] = {"_var_j": var_j}
-    ve1, ve2, c12 = eps_covariance_from_inverse(re_out, loss_out, var_r, var_l, cov_lr)
+    ve1, ve2, c12 = eps_covariance_from_inverse(
+        re_out, loss_out, var_r, var_l, cov_lr, covariance="refractive_index" in want
+    )
     if "loss_function" in want:
         out["loss_function"] = xp.where(honest, xp.sqrt(var_l), math.nan)
     if "eps1" in want:
@@ -384,17 +388,6 @@ def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
     return out
 
 
-def _odd_offsets_table(n_k: int) -> Any:
-    """Maclaurin's kernel g(o) = 2/(pi o) (odd o, else 0) for o = -K .. 2K - 1 (host)."""
-    import numpy as np
-
-    o = np.arange(-n_k, 2 * n_k)
-    out = np.zeros(o.shape)
-    odd = (np.abs(o) % 2) == 1
-    out[odd] = 2.0 / (np.pi * o[odd])
-    return out
-
-
 def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalised,
                    d, u, a, w, ramp, t_shape, v, f_diag, frac, de):  # fmt: skip
     """sigma of eps1's upward zero crossing (see :func:`kk_analytic_sigmas`): its gradient over
@@ -402,8 +395,7 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     interpolation's neighbour covariance)."""
     import math
 
-    from ._device_cache import cached
-    from .uncertainty import odd_hilbert
+    from .uncertainty import odd_hilbert, odd_hilbert_transposed
 
     n_pix, n_out = e1.shape
     n_k = n_out + 1
@@ -417,8 +409,13 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     ok = has & (delta > 0)
     delta = xp.where(ok, delta, 1.0)
     theta = -e1p[:, 0] / delta
-    rp = xp.take_along_axis(re_out, idx, axis=-1)
-    lp = xp.take_along_axis(loss_out, idx, axis=-1)
+    if re_out is None:  # 1/eps at the two channels only (the same expression as the cubes')
+        e2p = xp.take_along_axis(e2, idx, axis=-1)
+        mod2p = e1p * e1p + e2p * e2p
+        rp, lp = e1p / mod2p, e2p / mod2p
+    else:
+        rp = xp.take_along_axis(re_out, idx, axis=-1)
+        lp = xp.take_along_axis(loss_out, idx, axis=-1)
     dd = rp * rp + lp * lp
     big_a = (lp * lp - rp * rp) / (dd * dd)
     big_b = -2.0 * rp * lp / (dd * dd)
@@ -450,23 +447,18 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
         rs, ls = (1.0 - rp) / kap, lp / kap  # R and L at the two channels
         b = b - (xp.sum(alpha * rs + beta * ls, axis=-1) / j)[:, None] * w
     # the two Hilbert rows, g(j - m) + g(j + m), gathered from one table of g(o), o in [-K, 2K)
-    gtab = cached(
-        xp,
-        ("unc-g-table", n_k, str(e1.dtype)),
-        lambda: xp.asarray(_odd_offsets_table(n_k), dtype=e1.dtype),
-    )
+    # sum_c alpha_c (g(j - m_c) + g(j + m_c)): the transposed Hilbert kernel applied to the
+    # two spikes alpha_c at m_c; g odd makes it Hr - Hc of the spikes (see odd_hilbert), one
+    # FFT pair for the block instead of four gathers of (n, K) index arrays
     jj = xp.arange(n_k)
-    hc = xp.zeros((n_pix, n_k), dtype=e1.dtype)
-    for c in range(2):
-        mc = m_grid[:, c][:, None]
-        for off in (jj[None, :] - mc + n_k, jj[None, :] + mc + n_k):
-            hc = hc + alpha[:, c][:, None] * xp.reshape(
-                xp.take(gtab, xp.reshape(off, (-1,))), (n_pix, n_k)
-            )
-        hc = hc + xp.where(jj[None, :] == mc, beta[:, c][:, None], 0.0)
-    b = b + d * hc
+    on0, on1 = jj[None, :] == m_grid[:, 0:1], jj[None, :] == m_grid[:, 1:2]
+    spikes = xp.where(on0, alpha[:, 0:1], 0.0) + xp.where(on1, alpha[:, 1:2], 0.0)
+    own = xp.where(on0, beta[:, 0:1], 0.0) + xp.where(on1, beta[:, 1:2], 0.0)
+    b = b + d * (odd_hilbert_transposed(spikes) + own)
     var = xp.sum(b * b * v, axis=-1) * f_diag
-    var = var + 2.0 * frac * (1.0 - frac) * xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
+    if frac > 0.0:  # the grid interpolation's neighbour covariance (0 on a whole-channel grid)
+        nb = xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
+        var = var + 2.0 * frac * (1.0 - frac) * nb
     sigma = xp.sqrt(xp.clip(var, 0.0, None))
     ok = ok & (sigma <= KK_MAX_PLASMON_SIGMA_CHANNELS * de)
     return xp.where(ok, sigma, math.nan)
