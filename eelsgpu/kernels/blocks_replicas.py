@@ -388,6 +388,22 @@ def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
     return out
 
 
+#: The largest loss grid (channels) whose transposed Hilbert kernel :func:`_plasmon_sigma` keeps
+#: as a (K, K) table (4 MiB in float32 at this size); above it, one FFT pair per block.
+PLASMON_ROW_TABLE_MAX_CHANNELS = 1024
+
+
+def _transposed_rows_host(n_k: int) -> Any:
+    """Rows m of eq. 32's kernel transposed, t[m, j] = g(j - m) + g(j + m), (K, K) (host)."""
+    import numpy as np
+
+    from .uncertainty import _odd_offsets_power
+
+    j = np.arange(n_k)[None, :]
+    m = np.arange(n_k)[:, None]
+    return _odd_offsets_power(j - m, 1) + _odd_offsets_power(j + m, 1)
+
+
 def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalised,
                    d, u, a, w, ramp, t_shape, v, f_diag, frac, de):  # fmt: skip
     """sigma of eps1's upward zero crossing (see :func:`kk_analytic_sigmas`): its gradient over
@@ -395,6 +411,7 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     interpolation's neighbour covariance)."""
     import math
 
+    from ._device_cache import cached
     from .uncertainty import odd_hilbert, odd_hilbert_transposed
 
     n_pix, n_out = e1.shape
@@ -452,9 +469,21 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     # FFT pair for the block instead of four gathers of (n, K) index arrays
     jj = xp.arange(n_k)
     on0, on1 = jj[None, :] == m_grid[:, 0:1], jj[None, :] == m_grid[:, 1:2]
-    spikes = xp.where(on0, alpha[:, 0:1], 0.0) + xp.where(on1, alpha[:, 1:2], 0.0)
     own = xp.where(on0, beta[:, 0:1], 0.0) + xp.where(on1, beta[:, 1:2], 0.0)
-    b = b + d * (odd_hilbert_transposed(spikes) + own)
+    if n_k <= PLASMON_ROW_TABLE_MAX_CHANNELS:
+        # up to this grid, the rows come whole from a cached (K, K) table (two row gathers,
+        # exact kernel values) rather than an FFT pair
+        tab = cached(
+            xp,
+            ("unc-hilbert-t", n_k, str(e1.dtype)),
+            lambda: xp.asarray(_transposed_rows_host(n_k), dtype=e1.dtype),
+        )
+        hc = alpha[:, 0:1] * xp.take(tab, m_grid[:, 0], axis=0)
+        hc = hc + alpha[:, 1:2] * xp.take(tab, m_grid[:, 1], axis=0)
+    else:
+        spikes = xp.where(on0, alpha[:, 0:1], 0.0) + xp.where(on1, alpha[:, 1:2], 0.0)
+        hc = odd_hilbert_transposed(spikes)
+    b = b + d * (hc + own)
     var = xp.sum(b * b * v, axis=-1) * f_diag
     if frac > 0.0:  # the grid interpolation's neighbour covariance (0 on a whole-channel grid)
         nb = xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
