@@ -60,6 +60,21 @@ Jacobian, n(E), the honesty masks) that NumPy cannot fuse; still 23x cheaper per
 What would meet 2x: fusing the elementwise chain into one pass per pixel (a CuPy
 ElementwiseKernel or numba, not a dependency here).
 
+After the issue-14 cost pass (2026-12-07 21:10, 96 x 96, ``--only kk kk-maps``, the old and new
+trees alternated in one run, load 2.5-2.8 on the 2 shared cores): ``kk`` old 9.8x / 11.8x
+(1.78 / 2.05 s), old with OPENBLAS_NUM_THREADS=1 4.6x / 4.3x, new 3.6x (0.63 s; 3.6-4.5x in
+three more runs, one outlier at 7.1x); ``kk-maps`` old 2.30x / 2.33x, new 1.90x / 1.81x (within
+2x). What it took: the FFT rows written into one zero-padded buffer (scipy's ``rfft(x, n=m)``
+of unpadded rows spent about 2x the transform on its padding copy); the inverse rows written in
+place, the variance row's own Hilbert transform no longer made; with one cut-off for the block,
+the short-support Hilbert terms and rank-one sums as one matrix product per output; eq. 34's
+Jacobian with each product once (and cov(eps1, eps2) only for n); the plasmon energy's gradient
+rows gathered from a cached (K, K) kernel table (FFT pair above 1024 channels) and its 1/eps at
+two channels instead of as cubes; NumPy's BLAS held to one thread inside the kernel (OpenBLAS
+pools per product spun against dask's other block: 1.41 s -> 0.60 s). What is left over 2x
+with the cubes: the five FFT rows (two transforms forward, three back: 3 ms of a 512-pixel
+block's ~24 ms against the analysis's ~7 ms) and some 50 elementwise passes.
+
 Run (take the shared lock; about a minute at the default sizes)::
 
     flock /tmp/eelsgpu-bench.lock python benchmarks/bench_uncertainty.py [--size 96] [--replicas 50]

@@ -32,11 +32,13 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .._xp import array_namespace
+from .._xp import array_namespace, is_numpy
 from .declare import BlockKernel, Output
 from .uncertainty import replica_sigmas
 
@@ -290,8 +292,10 @@ def kk_analytic_sigmas(
     kap = kappa[:, None]
     out: dict[str, Any] = {}
     want = set(targets)
+    re_out = loss_out = None  # 1/eps as cubes: only the cubes' sigmas need them whole
     if want - {"thickness_nm"}:
         e1, e2 = values["eps1"], values["eps2"]
+    if want & {"eps1", "eps2", "loss_function", "refractive_index"}:
         mod2 = e1 * e1 + e2 * e2
         re_out, loss_out = e1 / mod2, e2 / mod2
     frac = float(grid.frac)
@@ -370,7 +374,9 @@ def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
     rel_w = xp.sqrt(var_l + var_r) / xp.sqrt(re_out * re_out + loss_out * loss_out)
     honest = (electrons >= KK_MIN_CHANNEL_COUNTS) & (rel_w <= KK_MAX_INVERSE_REL_SIGMA)
     out: dict[str, Any] = {"_var_j": var_j}
-    ve1, ve2, c12 = eps_covariance_from_inverse(re_out, loss_out, var_r, var_l, cov_lr)
+    ve1, ve2, c12 = eps_covariance_from_inverse(
+        re_out, loss_out, var_r, var_l, cov_lr, covariance="refractive_index" in want
+    )
     if "loss_function" in want:
         out["loss_function"] = xp.where(honest, xp.sqrt(var_l), math.nan)
     if "eps1" in want:
@@ -384,15 +390,20 @@ def _cube_sigmas(xp, v, d, u, a, w, ramp, t_shape, kap, kappa, j_safe,
     return out
 
 
-def _odd_offsets_table(n_k: int) -> Any:
-    """Maclaurin's kernel g(o) = 2/(pi o) (odd o, else 0) for o = -K .. 2K - 1 (host)."""
+#: The largest loss grid (channels) whose transposed Hilbert kernel :func:`_plasmon_sigma` keeps
+#: as a (K, K) table (4 MiB in float32 at this size); above it, one FFT pair per block.
+PLASMON_ROW_TABLE_MAX_CHANNELS = 1024
+
+
+def _transposed_rows_host(n_k: int) -> Any:
+    """Rows m of eq. 32's kernel transposed, t[m, j] = g(j - m) + g(j + m), (K, K) (host)."""
     import numpy as np
 
-    o = np.arange(-n_k, 2 * n_k)
-    out = np.zeros(o.shape)
-    odd = (np.abs(o) % 2) == 1
-    out[odd] = 2.0 / (np.pi * o[odd])
-    return out
+    from .uncertainty import _odd_offsets_power
+
+    j = np.arange(n_k)[None, :]
+    m = np.arange(n_k)[:, None]
+    return _odd_offsets_power(j - m, 1) + _odd_offsets_power(j + m, 1)
 
 
 def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalised,
@@ -403,7 +414,7 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     import math
 
     from ._device_cache import cached
-    from .uncertainty import odd_hilbert
+    from .uncertainty import odd_hilbert, odd_hilbert_transposed
 
     n_pix, n_out = e1.shape
     n_k = n_out + 1
@@ -417,8 +428,13 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     ok = has & (delta > 0)
     delta = xp.where(ok, delta, 1.0)
     theta = -e1p[:, 0] / delta
-    rp = xp.take_along_axis(re_out, idx, axis=-1)
-    lp = xp.take_along_axis(loss_out, idx, axis=-1)
+    if re_out is None:  # 1/eps at the two channels only (the same expression as the cubes')
+        e2p = xp.take_along_axis(e2, idx, axis=-1)
+        mod2p = e1p * e1p + e2p * e2p
+        rp, lp = e1p / mod2p, e2p / mod2p
+    else:
+        rp = xp.take_along_axis(re_out, idx, axis=-1)
+        lp = xp.take_along_axis(loss_out, idx, axis=-1)
     dd = rp * rp + lp * lp
     big_a = (lp * lp - rp * rp) / (dd * dd)
     big_b = -2.0 * rp * lp / (dd * dd)
@@ -450,26 +466,68 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
         rs, ls = (1.0 - rp) / kap, lp / kap  # R and L at the two channels
         b = b - (xp.sum(alpha * rs + beta * ls, axis=-1) / j)[:, None] * w
     # the two Hilbert rows, g(j - m) + g(j + m), gathered from one table of g(o), o in [-K, 2K)
-    gtab = cached(
-        xp,
-        ("unc-g-table", n_k, str(e1.dtype)),
-        lambda: xp.asarray(_odd_offsets_table(n_k), dtype=e1.dtype),
-    )
+    # sum_c alpha_c (g(j - m_c) + g(j + m_c)): the transposed Hilbert kernel applied to the
+    # two spikes alpha_c at m_c; g odd makes it Hr - Hc of the spikes (see odd_hilbert), one
+    # FFT pair for the block instead of four gathers of (n, K) index arrays
     jj = xp.arange(n_k)
-    hc = xp.zeros((n_pix, n_k), dtype=e1.dtype)
-    for c in range(2):
-        mc = m_grid[:, c][:, None]
-        for off in (jj[None, :] - mc + n_k, jj[None, :] + mc + n_k):
-            hc = hc + alpha[:, c][:, None] * xp.reshape(
-                xp.take(gtab, xp.reshape(off, (-1,))), (n_pix, n_k)
-            )
-        hc = hc + xp.where(jj[None, :] == mc, beta[:, c][:, None], 0.0)
-    b = b + d * hc
+    on0, on1 = jj[None, :] == m_grid[:, 0:1], jj[None, :] == m_grid[:, 1:2]
+    own = xp.where(on0, beta[:, 0:1], 0.0) + xp.where(on1, beta[:, 1:2], 0.0)
+    if n_k <= PLASMON_ROW_TABLE_MAX_CHANNELS:
+        # up to this grid, the rows come whole from a cached (K, K) table (two row gathers,
+        # exact kernel values) rather than an FFT pair
+        tab = cached(
+            xp,
+            ("unc-hilbert-t", n_k, str(e1.dtype)),
+            lambda: xp.asarray(_transposed_rows_host(n_k), dtype=e1.dtype),
+        )
+        hc = alpha[:, 0:1] * xp.take(tab, m_grid[:, 0], axis=0)
+        hc = hc + alpha[:, 1:2] * xp.take(tab, m_grid[:, 1], axis=0)
+    else:
+        spikes = xp.where(on0, alpha[:, 0:1], 0.0) + xp.where(on1, alpha[:, 1:2], 0.0)
+        hc = odd_hilbert_transposed(spikes)
+    b = b + d * (hc + own)
     var = xp.sum(b * b * v, axis=-1) * f_diag
-    var = var + 2.0 * frac * (1.0 - frac) * xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
+    if frac > 0.0:  # the grid interpolation's neighbour covariance (0 on a whole-channel grid)
+        nb = xp.sum(b[:, :-1] * b[:, 1:] * v[:, :-1], axis=-1)
+        var = var + 2.0 * frac * (1.0 - frac) * nb
     sigma = xp.sqrt(xp.clip(var, 0.0, None))
     ok = ok & (sigma <= KK_MAX_PLASMON_SIGMA_CHANNELS * de)
     return xp.where(ok, sigma, math.nan)
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict[str, Any] = {"users": 0, "controller": None, "limiter": None}
+
+
+@contextlib.contextmanager
+def _one_blas_thread(xp: Any) -> Iterator[None]:
+    """NumPy's BLAS held to one thread while any block inside runs (reference-counted over the
+    threads, the original limits restored when the last one leaves): dask already runs one
+    block per core, and an OpenBLAS pool per matrix product on top of that spins against the
+    other block (measured, 96 x 96 KK with the cubes on 2 cores: 1.41 s with 2 BLAS threads,
+    0.60 s with 1). Nothing on other namespaces, or without threadpoolctl."""
+    if not is_numpy(xp):
+        yield
+        return
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a scikit-learn dependency, so normally present
+        yield
+        return
+    with _BLAS_LOCK:
+        if _BLAS_STATE["users"] == 0:
+            if _BLAS_STATE["controller"] is None:
+                _BLAS_STATE["controller"] = ThreadpoolController()
+            _BLAS_STATE["limiter"] = _BLAS_STATE["controller"].limit(limits=1, user_api="blas")
+        _BLAS_STATE["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["users"] -= 1
+            if _BLAS_STATE["users"] == 0:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
 
 
 def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
@@ -500,10 +558,11 @@ def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
 
         asked = tuple(kw.get("variables") or DEFAULT_VARIABLES)
         extra = tuple(n for n in need if n not in asked)
-        values = dict(inner(block, energy_eV, **{**kw, "variables": asked + extra}))
-        sig = kk_analytic_sigmas(
-            block, energy_eV, values, targets, gain=float(gain), variance=variance, **kw
-        )
+        with _one_blas_thread(array_namespace(block)):
+            values = dict(inner(block, energy_eV, **{**kw, "variables": asked + extra}))
+            sig = kk_analytic_sigmas(
+                block, energy_eV, values, targets, gain=float(gain), variance=variance, **kw
+            )
         out = {n: values[n] for n in asked}
         out.update(sig)
         return out

@@ -66,6 +66,7 @@ __all__ = [
     "linear_sigma",
     "log_ratio_variance",
     "odd_hilbert",
+    "odd_hilbert_transposed",
     "odd_hilbert_variance",
     "poisson_variance",
     "ratio_sigma",
@@ -745,8 +746,36 @@ def odd_hilbert(v: Any) -> Any:
     n_k = v.shape[-1]
     m = fast_length(2 * n_k - 1)
     a, b = _spectra(xp, n_k, m, 1, v.dtype)
-    vh = fft.rfft(v, n=m, axis=-1)
+    vh = _padded_spectrum(xp, v, m)
     return fft.irfft(vh * a + xp.conj(vh) * b, n=m, axis=-1)[..., :n_k]
+
+
+def _padded_spectrum(xp: Any, v: Any, m: int) -> Any:
+    """rfft of rows ``v`` (..., K) zero-padded to ``m``: the padding written into one buffer
+    (scipy's ``rfft(v, n=m)`` pads by a copy that costs about 2x the transform)."""
+    buf = xp.zeros((*v.shape[:-1], m), dtype=v.dtype)
+    buf[..., : v.shape[-1]] = v
+    return fft_module(xp).rfft(buf, axis=-1)
+
+
+def odd_hilbert_transposed(v: Any) -> Any:
+    """The transpose of :func:`odd_hilbert`: ``sum_m v_m (g(j - m) + g(j + m))`` at j, of rows
+    ``v`` (..., K) (eq. 32's kernel, g odd: the correlation part less the convolution part of
+    :func:`odd_hilbert`), by one FFT pair. The gradient of H[x] at channels m over the
+    channels j; units of ``v``.
+
+    Examples
+    --------
+    >>> v = np.zeros((1, 6)); v[0, 2] = 1.0
+    >>> np.round(odd_hilbert_transposed(v) * np.pi / 2, 6).tolist()  # 1/(j - 2) + 1/(j + 2)
+    [[0.0, -0.666667, 0.0, 1.2, 0.0, 0.47619]]
+    """
+    xp = array_namespace(v)
+    n_k = v.shape[-1]
+    m = fast_length(2 * n_k - 1)
+    a, b = _spectra(xp, n_k, m, 1, v.dtype)
+    vh = _padded_spectrum(xp, v, m)
+    return fft_module(xp).irfft(xp.conj(vh) * b - vh * a, n=m, axis=-1)[..., :n_k]
 
 
 def odd_hilbert_variance(variance: Any) -> Any:
@@ -776,7 +805,7 @@ def odd_hilbert_variance(variance: Any) -> Any:
     m = fast_length(2 * n_k - 1)
     a1, b1 = _spectra(xp, n_k, m, 1, variance.dtype)
     a2, b2 = _spectra(xp, n_k, m, 2, variance.dtype)
-    vh = fft.rfft(variance, n=m, axis=-1)
+    vh = _padded_spectrum(xp, variance, m)
     cvh = xp.conj(vh)
     sq = fft.irfft(vh * a2 + cvh * b2, n=m, axis=-1)[..., :n_k]
     diff = fft.irfft(vh * a1 - cvh * b1, n=m, axis=-1)[..., :n_k]
@@ -905,64 +934,108 @@ def kk_inverse_eps_covariance(
     # the Hilbert transforms: rows with a short support by the kernel's rows (a matrix
     # product), the rest by FFTs, with the squared-kernel variance in the same two calls
     m = fast_length(2 * n_k - 1)
-    rows = [dv * w, diagonal_factor * d * dv]
-    short = {}
-    for name, x, sx, support in (("u", duv * uu, su, u_support), ("a", dav * aa, sa, a_support)):
-        if support is None:
-            rows.append(x)
-        else:
-            short[name] = x @ _kernel_rows(xp, n_k, sx.start, sx.stop, v.dtype)
+    # the rows to transform, written into one zero-padded buffer: one rfft call for all, and
+    # no padding copy inside it (scipy's rfft(x, n=m) of unpadded rows costs about 3x the
+    # transform itself)
+    longs = [x for x, support in ((u, u_support), (a, a_support)) if support is None]
+    buf = xp.zeros((v.shape[0], 2 + len(longs), m), dtype=v.dtype)
+    w_row = dv * w
+    var_row = d * dv
+    if diagonal_factor != 1.0:
+        var_row = diagonal_factor * var_row
+    buf[:, 0, :n_k] = w_row
+    buf[:, 1, :n_k] = var_row
+    for r, x in enumerate(longs):
+        buf[:, 2 + r, :n_k] = dv * x
     a1, b1 = _spectra(xp, n_k, m, 1, v.dtype)
     a2, b2 = _spectra(xp, n_k, m, 2, v.dtype)
-    spec = fft.rfft(xp.stack(rows, axis=1), n=m, axis=-1)
+    spec = fft.rfft(buf, axis=-1)
+    del buf
     cs = xp.conj(spec)
-    hilb = spec * a1 + cs * b1  # every row's H
-    var_spec = spec[:, 1, :] * a2 + cs[:, 1, :] * b2  # G2c + G2r of the variance row
-    diff = spec[:, 1, :] * a1 - cs[:, 1, :] * b1  # Hc - Hr of the variance row
-    hilb[:, 1, :] = var_spec
-    back = fft.irfft(xp.concat([hilb, diff[:, None, :]], axis=1), n=m, axis=-1)[..., :n_k]
+    # the inverse transforms' rows, written in place: 0 H of the w row, 1 the squared kernel's
+    # G2c + G2r of the variance row, 2 its Hc - Hr (its H itself is not needed), 3.. the H of
+    # the long u / a rows
+    back = xp.empty((v.shape[0], 3 + len(longs), spec.shape[-1]), dtype=spec.dtype)
+    back[:, 0, :] = spec[:, 0, :] * a1 + cs[:, 0, :] * b1
+    back[:, 1, :] = spec[:, 1, :] * a2 + cs[:, 1, :] * b2
+    back[:, 2, :] = spec[:, 1, :] * a1 - cs[:, 1, :] * b1
+    if longs:
+        back[:, 3:, :] = spec[:, 2:, :] * a1 + cs[:, 2:, :] * b1
+    del spec, cs
+    back = fft.irfft(back, n=m, axis=-1)[..., :n_k]
     h_w = back[:, 0, :]
     i = xp.arange(n_k, dtype=v.dtype)
     cross = (2.0 / np.pi) / xp.where(i > 0, i, 1.0)
-    var_h = xp.where(i == 0, 2.0 * back[:, 1, :], back[:, 1, :] + cross * back[:, -1, :])
+    var_h = back[:, 1, :] + cross * back[:, 2, :]
+    var_h[:, 0] = 2.0 * back[:, 1, 0]  # i = 0: 4 sum_j g(j)^2 v_j (a column, not a pass)
     var_h = xp.clip(var_h, 0.0, None)
-    extra = 2
-    h_u = short["u"] if "u" in short else back[:, extra, :]
-    extra += "u" not in short
-    h_a = short["a"] if "a" in short else back[:, extra, :]
-    q = odd_hilbert(ramp if ramp.ndim == 2 else ramp[None, :])
+    ramp2 = ramp if ramp.ndim == 2 else ramp[None, :]
+    q = odd_hilbert(ramp2)
     t = tail_shape
-    u_full = u if u_support is None else xp.concat(
-        [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
-         xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
-    )  # fmt: skip
-    a_full = a
-    var_dl = rows[1] + ramp * ramp * s_uu
-    cov_dl_dj = rows[0] + ramp * s_uw
-    var_dr = var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
-    cov_dr_dj = h_w + q * s_uw + t * s_aw
-    cov_dl_dr = dv * (q * u_full + t * a_full) + ramp * (h_u + q * s_uu + t * s_ua)
+    var_dl = var_row + ramp * ramp * s_uu
+    cov_dl_dj = w_row + ramp * s_uw
+    if ramp2.shape[0] == 1 and u_support is not None and a_support is not None:
+        # one cut-off for the block (q, t, ramp rows of K): every term that is a short-support
+        # Hilbert transform (x @ the kernel's rows) or a rank-one sum is one matrix product per
+        # output, the (K,) coefficients folded into the kernel's rows once per block (instead
+        # of about ten passes over (n, K) arrays each)
+        xu, xa = duv * uu, dav * aa
+        hu = _kernel_rows(xp, n_k, su.start, su.stop, v.dtype)
+        ha = _kernel_rows(xp, n_k, sa.start, sa.stop, v.dtype)
+        t2 = t[None, :]
+        m_var = xp.concat([hu * (2.0 * q), ha * (2.0 * t2), q * q, t2 * t2, 2.0 * q * t2], axis=0)
+        var_dr = var_h + xp.concat([xu, xa, s_uu, s_aa, s_ua], axis=1) @ m_var
+        cov_dr_dj = h_w + xp.concat([s_uw, s_aw], axis=1) @ xp.concat([q, t2], axis=0)
+        m_cov = xp.concat([hu * ramp2, q * ramp2, t2 * ramp2], axis=0)
+        # dv (q u + t a): u and a are 0 outside their supports
+        direct = xp.zeros_like(v)
+        direct[:, su] = q[:, su] * uu
+        direct[:, sa] = direct[:, sa] + t[sa] * aa
+        cov_dl_dr = dv * direct + xp.concat([xu, s_uu, s_ua], axis=1) @ m_cov
+    else:
+        long_h = iter(back[:, 3 + r, :] for r in range(len(longs)))  # in the order of longs
+        h_u, h_a = (
+            next(long_h) if support is None
+            else x @ _kernel_rows(xp, n_k, sx.start, sx.stop, v.dtype)
+            for x, sx, support in ((duv * uu, su, u_support), (dav * aa, sa, a_support))
+        )  # fmt: skip
+        u_full = u if u_support is None else xp.concat(
+            [xp.zeros((u.shape[0], su.start), dtype=v.dtype), uu,
+             xp.zeros((u.shape[0], n_k - su.stop), dtype=v.dtype)], axis=-1
+        )  # fmt: skip
+        var_dr = var_h + q * q * s_uu + t * t * s_aa + 2 * q * t * s_ua + 2 * q * h_u + 2 * t * h_a
+        cov_dr_dj = h_w + q * s_uw + t * s_aw
+        cov_dl_dr = dv * (q * u_full + t * a) + ramp * (h_u + q * s_uu + t * s_ua)
     k2 = (kappa * kappa)[:, None]
     if normalised:
         r = (1.0 / integral)[:, None]
         lr, rr = loss_scaled * r, hilbert_scaled * r
-        var_l = var_dl - 2 * lr * cov_dl_dj + lr * lr * s_ww
-        var_r = var_dr - 2 * rr * cov_dr_dj + rr * rr * s_ww
-        cov = cov_dl_dr - rr * cov_dl_dj - lr * cov_dr_dj + lr * rr * s_ww
+        # factored to share the products: var_l = var_dl - 2 lr cov_dl_dj + lr^2 S_ww, etc.
+        ls = lr * s_ww
+        var_l = var_dl + lr * (ls - 2.0 * cov_dl_dj)
+        var_r = var_dr + rr * (rr * s_ww - 2.0 * cov_dr_dj)
+        cov = cov_dl_dr - rr * (cov_dl_dj - ls) - lr * cov_dr_dj
     else:
         var_l, var_r, cov = var_dl, var_dr, cov_dl_dr
     var_l = xp.clip(k2 * var_l, 0.0, None)
     var_r = xp.clip(k2 * var_r, 0.0, None)
-    return var_l, var_r, -k2 * cov, s_ww[:, 0]
+    return var_l, var_r, (-k2) * cov, s_ww[:, 0]
 
 
 def eps_covariance_from_inverse(
-    re_inverse: Any, loss: Any, var_re: Any, var_loss: Any, cov_re_loss: Any
+    re_inverse: Any,
+    loss: Any,
+    var_re: Any,
+    var_loss: Any,
+    cov_re_loss: Any,
+    *,
+    covariance: bool = True,
 ) -> tuple[Any, Any, Any]:
     """(var eps1, var eps2, cov(eps1, eps2)) from the covariance of (Re[1/eps], Im[-1/eps]) by
     the Jacobian of eq. 34, eps1 = R / (R^2 + L^2), eps2 = L / (R^2 + L^2): with
     ``A = (L^2 - R^2)/D^2``, ``B = -2 R L / D^2`` (D = R^2 + L^2) the Jacobian is
-    ``[[A, B], [B, -A]]``. Any shape; dimensionless.
+    ``[[A, B], [B, -A]]``. Any shape; dimensionless. ``covariance=False``: cov(eps1, eps2) is
+    not computed (None).
 
     Examples
     --------
@@ -972,13 +1045,19 @@ def eps_covariance_from_inverse(
     [0.0625, 0.25, 0.0]
     """
     r, lo = re_inverse, loss
-    dd = r * r + lo * lo
-    dd2 = dd * dd
-    a = (lo * lo - r * r) / dd2
-    b = -2.0 * r * lo / dd2
-    var1 = a * a * var_re + b * b * var_loss + 2 * a * b * cov_re_loss
-    var2 = b * b * var_re + a * a * var_loss - 2 * a * b * cov_re_loss
-    cov12 = a * b * (var_re - var_loss) + (b * b - a * a) * cov_re_loss
+    # each product once (these are full cubes: every pass counts)
+    r2, l2 = r * r, lo * lo
+    dd = r2 + l2
+    inv = 1.0 / (dd * dd)
+    a = (l2 - r2) * inv
+    b = (-2.0 * r) * lo * inv
+    aa, bb, ab = a * a, b * b, a * b
+    cross = 2.0 * ab * cov_re_loss
+    var1 = aa * var_re + bb * var_loss + cross
+    var2 = bb * var_re + aa * var_loss - cross
+    if not covariance:
+        return var1, var2, None
+    cov12 = ab * (var_re - var_loss) + (bb - aa) * cov_re_loss
     return var1, var2, cov12
 
 
