@@ -136,15 +136,7 @@ class KKWarning(UserWarning):
 
 
 #: The outputs that get a replica sigma (issue 14), where computed.
-KK_SIGMA_TARGETS = (
-    "eps1",
-    "eps2",
-    "loss_function",
-    "refractive_index",
-    "thickness_nm",
-    "plasmon_energy_eV",
-    "loss_peak_eV",
-)
+KK_SIGMA_TARGETS = (*KK_ANALYTIC_TARGETS, "loss_peak_eV")
 #: What the per-channel eps sigmas are proven for (sigma/scatter over 300 realisations).
 KK_EPS_SIGMA_COVERAGE = (
     "sigma/scatter 0.92-1.12 at 1e5 and 0.93-1.06 at 1e6 counts in the ZLP (eps1, eps2, the loss "

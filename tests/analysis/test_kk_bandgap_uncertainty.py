@@ -20,6 +20,7 @@ from _data import onset_spectra
 
 import eelsgpu
 from eelsgpu.analysis.bandgap import bandgap
+from eelsgpu.analysis.kramers_kronig import KK_SIGMA_TARGETS
 from eelsgpu.errors import InputError
 from eelsgpu.model import spectrum_image
 from tests._coverage import assert_honest, coverage, poisson_realisations
@@ -64,15 +65,7 @@ def _realisations(ssd, n, seed):
 
 
 #: Every KK output with a replica sigma (cubes, then maps).
-KK_SIGMA_OUTPUTS = (
-    "eps1",
-    "eps2",
-    "loss_function",
-    "refractive_index",
-    "thickness_nm",
-    "plasmon_energy_eV",
-    "loss_peak_eV",
-)
+KK_SIGMA_OUTPUTS = KK_SIGMA_TARGETS
 
 
 def _pooled(ds, ref, name, energies=KK_ENERGIES_EV):

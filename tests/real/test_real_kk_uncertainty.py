@@ -30,6 +30,7 @@ from real_files import FILES, band_limited, open_real
 from scipy.stats import spearmanr
 
 import eelsgpu
+from eelsgpu.analysis.kramers_kronig import KK_SIGMA_TARGETS
 
 #: Replicas per spectrum: the sigma of a sigma is 1/sqrt(2K), 5 %; one spectrum, so cheap.
 K = 200
@@ -37,13 +38,7 @@ K = 200
 
 #: The outputs asked for: every one with a sigma, and what the checks read.
 VARIABLES = (
-    "eps1",
-    "eps2",
-    "loss_function",
-    "refractive_index",
-    "thickness_nm",
-    "plasmon_energy_eV",
-    "loss_peak_eV",
+    *KK_SIGMA_TARGETS,
     "eps_trusted_from_eV",
     "valid",
 )
