@@ -496,7 +496,7 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
 
 
 _BLAS_LOCK = threading.Lock()
-_BLAS_STATE: dict[str, Any] = {"users": 0, "controller": None, "limiter": None}
+_BLAS_STATE: dict[str, Any] = {"users": 0, "limiter": None}
 
 
 @contextlib.contextmanager
@@ -516,9 +516,9 @@ def _one_blas_thread(xp: Any) -> Iterator[None]:
         return
     with _BLAS_LOCK:
         if _BLAS_STATE["users"] == 0:
-            if _BLAS_STATE["controller"] is None:
-                _BLAS_STATE["controller"] = ThreadpoolController()
-            _BLAS_STATE["limiter"] = _BLAS_STATE["controller"].limit(limits=1, user_api="blas")
+            # a fresh scan of the loaded libraries (about 1 ms): a controller kept from an earlier
+            # block can miss a BLAS loaded since (scipy's beside NumPy's), and limit nothing
+            _BLAS_STATE["limiter"] = ThreadpoolController().limit(limits=1, user_api="blas")
         _BLAS_STATE["users"] += 1
     try:
         yield
