@@ -32,13 +32,11 @@ True
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .._xp import array_namespace, is_numpy
+from .._xp import array_namespace
 from .declare import BlockKernel, Output
 from .uncertainty import replica_sigmas
 
@@ -495,41 +493,6 @@ def _plasmon_sigma(xp, values, e1, e2, re_out, loss_out, low2, kap, j, normalise
     return xp.where(ok, sigma, math.nan)
 
 
-_BLAS_LOCK = threading.Lock()
-_BLAS_STATE: dict[str, Any] = {"users": 0, "limiter": None}
-
-
-@contextlib.contextmanager
-def _one_blas_thread(xp: Any) -> Iterator[None]:
-    """NumPy's BLAS held to one thread while any block inside runs (reference-counted over the
-    threads, the original limits restored when the last one leaves): dask already runs one
-    block per core, and an OpenBLAS pool per matrix product on top of that spins against the
-    other block (measured, 96 x 96 KK with the cubes on 2 cores: 1.41 s with 2 BLAS threads,
-    0.60 s with 1). Nothing on other namespaces, or without threadpoolctl."""
-    if not is_numpy(xp):
-        yield
-        return
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - a scikit-learn dependency, so normally present
-        yield
-        return
-    with _BLAS_LOCK:
-        if _BLAS_STATE["users"] == 0:
-            # a fresh scan of the loaded libraries (about 1 ms): a controller kept from an earlier
-            # block can miss a BLAS loaded since (scipy's beside NumPy's), and limit nothing
-            _BLAS_STATE["limiter"] = ThreadpoolController().limit(limits=1, user_api="blas")
-        _BLAS_STATE["users"] += 1
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS_STATE["users"] -= 1
-            if _BLAS_STATE["users"] == 0:
-                _BLAS_STATE["limiter"].restore_original_limits()
-                _BLAS_STATE["limiter"] = None
-
-
 def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
     """``decl`` (:func:`~.blocks_kk.kk_declaration`) with ``<target>_sigma`` outputs from
     :func:`kk_analytic_sigmas` (attrs ``sigma_of``, ``part="counting"``,
@@ -558,11 +521,10 @@ def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
 
         asked = tuple(kw.get("variables") or DEFAULT_VARIABLES)
         extra = tuple(n for n in need if n not in asked)
-        with _one_blas_thread(array_namespace(block)):
-            values = dict(inner(block, energy_eV, **{**kw, "variables": asked + extra}))
-            sig = kk_analytic_sigmas(
-                block, energy_eV, values, targets, gain=float(gain), variance=variance, **kw
-            )
+        values = dict(inner(block, energy_eV, **{**kw, "variables": asked + extra}))
+        sig = kk_analytic_sigmas(
+            block, energy_eV, values, targets, gain=float(gain), variance=variance, **kw
+        )
         out = {n: values[n] for n in asked}
         out.update(sig)
         return out

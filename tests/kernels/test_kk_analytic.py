@@ -6,7 +6,6 @@ finite-difference Jacobian) and the analytic synthetic SSD (Drude Ep 15 eV, widt
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import asarray, to_numpy
 from kk_cases import BETA, E0
 from kk_cases import image as _image
@@ -82,38 +81,3 @@ def test_plasmon_sigma_fft_rows_equal_the_table_rows(xp, monkeypatch):
         run[name] = to_numpy(out["plasmon_energy_eV_sigma"])
     assert np.all(np.isfinite(run["table"])) and np.all(run["table"] > 0)
     np.testing.assert_allclose(run["fft"], run["table"], rtol=1e-9)
-
-
-def test_one_blas_thread_is_counted_over_threads_and_restored():
-    """The KK analytic kernel's BLAS limit: inside, threadpoolctl reports one BLAS thread; a
-    second thread leaving first does not lift it while the first is still inside; after the
-    last one leaves, the original limits are back. Truth: threadpoolctl's own report."""
-    import threading
-
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    from eelsgpu.kernels.blocks_replicas import _one_blas_thread
-
-    def blas_threads():
-        return [
-            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
-        ]
-
-    before = blas_threads()
-    if not before:
-        pytest.skip("no BLAS library that threadpoolctl can see")
-    entered, leave = threading.Event(), threading.Event()
-
-    def other():
-        with _one_blas_thread(np):
-            entered.set()
-            leave.wait(10)
-
-    with _one_blas_thread(np):
-        assert set(blas_threads()) == {1}
-        t = threading.Thread(target=other)
-        t.start()
-        assert entered.wait(10)
-        leave.set()
-        t.join(10)
-        assert set(blas_threads()) == {1}  # the other thread left; this one is still inside
-    assert blas_threads() == before
