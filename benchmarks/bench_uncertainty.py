@@ -70,8 +70,11 @@ place, the variance row's own Hilbert transform no longer made; with one cut-off
 the short-support Hilbert terms and rank-one sums as one matrix product per output; eq. 34's
 Jacobian with each product once (and cov(eps1, eps2) only for n); the plasmon energy's gradient
 rows gathered from a cached (K, K) kernel table (FFT pair above 1024 channels) and its 1/eps at
-two channels instead of as cubes; NumPy's BLAS held to one thread inside the kernel (OpenBLAS
-pools per product spun against dask's other block: 1.41 s -> 0.60 s). What is left over 2x
+two channels instead of as cubes. (A limit of NumPy's BLAS to one thread inside the kernel,
+measured 1.41 s -> 0.60 s there, was taken out again: it limited nothing in the full test
+suite's order; BLAS oversubscription under dask is for the engine.) The merged code on the quiet
+machine (21:45, three runs): ``kk`` 1.65x / 3.49x / 3.63x, ``kk-maps`` 1.82x / 1.82x / 1.79x.
+What is left over 2x
 with the cubes: the five FFT rows (two transforms forward, three back: 3 ms of a 512-pixel
 block's ~24 ms against the analysis's ~7 ms) and some 50 elementwise passes.
 

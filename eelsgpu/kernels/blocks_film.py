@@ -92,8 +92,7 @@ def film_kernel(
         xp, fm, y_fit, n0_fit, seed, iterations=iterations, jitter=jitter, fine=fine
     )
     dof = float(fit.dof)
-    scale = xp.maximum(fit.deviance / dof, xp.ones_like(fit.deviance))
-    cov = fit.cov * scale[:, None, None]
+    cov = fit.cov * FF.deviance_inflation(xp, fit.deviance, dof)[:, None, None]
     p = xp.exp(fit.p_log)
     diag = xp.stack([cov[:, j, j] for j in range(len(names))], axis=-1)
     sig = p * xp.sqrt(xp.maximum(diag, xp.zeros_like(diag)))

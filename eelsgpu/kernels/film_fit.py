@@ -52,6 +52,7 @@ __all__ = [
     "FitResult",
     "covariance",
     "deviance",
+    "deviance_inflation",
     "eps_sigma",
     "fit_model",
     "lm_fit",
@@ -502,6 +503,13 @@ def lm_fit(
     return FitResult(p, dev, mu, jac, h, predicted, at_bound)
 
 
+def deviance_inflation(xp: Any, deviance: Any, dof: float) -> Any:
+    """max(D / dof, 1) per pixel: the factor by which the fit's quoted covariance exceeds the
+    Poisson one (data not in counts, an unknown gain, a model that misses the data); never below
+    the counting noise."""
+    return xp.maximum(deviance / dof, xp.ones_like(deviance))
+
+
 def covariance(xp: Any, hessian: Any) -> Any:
     """C = (J^T W J)^-1 (B, P, P) of the log parameters (section 3.5)."""
     n_p = hessian.shape[-1]
@@ -724,7 +732,7 @@ def fit_pixels(
         mu_f = model_counts(xp, fine, p, n0)
         # against the noise the results quote: Poisson scaled by the reduced deviance where it
         # exceeds 1 (data not in counts, an unknown gain: blocks_film scales the sigmas so)
-        inflate = xp.maximum(d_best / dof, xp.ones_like(d_best))[:, None]
+        inflate = deviance_inflation(xp, d_best, dof)[:, None]
         moved = xp.any(xp.abs(mu_f - mu) > 0.3 * xp.sqrt(xp.maximum(mu, 1.0) * inflate), axis=-1)
         # small per channel, a change can still move a parameter coherently: the fine model's
         # fit would sit a Gauss-Newton step away, dp = C J W (mu - mu_fine) (W = 1/mu, the
