@@ -54,29 +54,6 @@ __all__ = ["fit_dielectric"]
 _UNITS = {"_nm": "nm", "_eV": "eV", "_eV2": "eV^2"}
 
 
-def _cpu_blocks(si: xr.DataArray, batch: int, device: Any) -> xr.DataArray:
-    """An in-memory image cut for every core. The fit costs 0.1-0.3 s per spectrum (NR film,
-    this CPU), so the engine's default blocks (>= 256 spectra, sized for the cheap kernels) would
-    run an image of a few hundred pixels on one core: on a CPU it gets blocks of at most ``batch``
-    pixels, at least two per core. A dask input keeps its chunks; a GPU takes the image whole."""
-    import os
-
-    import dask.array as da
-
-    from ..engine.device import gpu_status
-
-    nav = [d for d in si.dims if d != "energy"]
-    if not nav or isinstance(si.data, da.Array):
-        return si
-    if not (device == "cpu" or (device == "auto" and not gpu_status().usable)):
-        return si
-    n_pix = int(np.prod([si.sizes[d] for d in nav]))
-    per_block = max(1, min(int(batch), math.ceil(n_pix / (2 * (os.cpu_count() or 1)))))
-    inner = int(np.prod([si.sizes[d] for d in nav[1:]]))
-    rows = max(1, per_block // max(1, inner))
-    return si.chunk({nav[0]: rows, **{d: -1 for d in nav[1:]}, "energy": -1})
-
-
 def _unit(name: str) -> str:
     for end, unit in _UNITS.items():
         if name.endswith(end):
@@ -322,7 +299,7 @@ def fit_dielectric(
     fixed_f = float(np.sum(np.asarray(fixed_oscillators, dtype=float).reshape(-1, 3)[:, 1]))
     res = engine.apply_kernel(
         film_declaration(names, e_out, 0.5 * (c_lo + c_hi), batch),
-        _cpu_blocks(si, batch, device),
+        si,
         device=device,
         extras=extras,
         fm=fm,

@@ -239,7 +239,7 @@ def default_tile_pixels(n_energy: int, itemsize: int = 4) -> int:
     return max(16, TILE_BYTES // max(1, n_energy * itemsize))
 
 
-def _pixel_blocks(data: Any) -> da.Array:
+def _pixel_blocks(data: Any, min_spectra: int = 256) -> da.Array:
     """``data`` as a dask array of whole spectra in pixel blocks.
 
     An array in memory (NumPy, a DataArray without chunks) would be one task, so one core: it is
@@ -250,16 +250,17 @@ def _pixel_blocks(data: Any) -> da.Array:
         arr = data
     else:
         host = np.asarray(data)
-        arr = _from_host(host, _memory_chunks(host))
+        arr = _from_host(host, _memory_chunks(host, min_spectra))
     if len(arr.chunks[-1]) > 1:
         arr = arr.rechunk({arr.ndim - 1: -1})  # a kernel needs whole spectra
     return arr
 
 
-def _memory_chunks(host: np.ndarray) -> tuple[int, ...]:
+def _memory_chunks(host: np.ndarray, min_spectra: int = 256) -> tuple[int, ...]:
     """The pixel blocks of an image held in memory (lazy and eager paths alike): about
     ``TASK_BYTES["local"]`` of float32 input each, and at least two per core where the image is
-    large enough (a block keeps >= 256 spectra), each a contiguous slab (:func:`_slab_chunks`)."""
+    large enough (a block keeps >= ``min_spectra`` spectra: the declaration's
+    ``min_block_pixels``), each a contiguous slab (:func:`_slab_chunks`)."""
     import os
 
     from .chunking import TASK_BYTES
@@ -269,7 +270,7 @@ def _memory_chunks(host: np.ndarray) -> tuple[int, ...]:
     n_e = host.shape[-1]
     per_spectrum = n_e * 4  # the kernels' float32
     by_cores = host.size * 4 // (2 * (os.cpu_count() or 1))
-    target = max(256 * per_spectrum, min(TASK_BYTES["local"], by_cores))
+    target = max(max(1, int(min_spectra)) * per_spectrum, min(TASK_BYTES["local"], by_cores))
     return _slab_chunks(host.shape, per_spectrum, target)
 
 
@@ -449,10 +450,11 @@ def apply_kernel(
         host = np.asarray(si.data)
         from dask.array.core import normalize_chunks
 
-        nav_chunks = normalize_chunks(_memory_chunks(host), host.shape, dtype=host.dtype)[:-1]
+        chunks = _memory_chunks(host, decl.min_block_pixels)
+        nav_chunks = normalize_chunks(chunks, host.shape, dtype=host.dtype)[:-1]
         shape = host.shape
     else:
-        data = _pixel_blocks(si.data)
+        data = _pixel_blocks(si.data, decl.min_block_pixels)
         shape, nav_chunks = data.shape, data.chunks[:-1]
     nav_dims = si.dims[:-1]
     n_e = si.sizes["energy"]

@@ -177,6 +177,8 @@ def film_declaration(
         film_kernel,
         outputs=tuple(outs),
         tile_pixels=int(batch),
+        # tenths of a second per spectrum: a few hundred pixels still go to every core
+        min_block_pixels=1,
         extras=("zlp_intensity", "kk_plasmon_energy_eV", "kk_thickness_nm"),
         name="film_fit",
     )

@@ -145,6 +145,7 @@ def with_replicas(
         extras=(*decl.extras, "variance", "pixel_index"),
         name=f"{decl.label}_with_replicas",
         peak_bytes_per_spectrum=decl.peak_bytes_per_spectrum,
+        min_block_pixels=decl.min_block_pixels,
     )
 
 
@@ -554,4 +555,5 @@ def kk_with_analytic(decl: BlockKernel, targets: Sequence[str]) -> BlockKernel:
         extras=(*decl.extras, "variance"),
         name=f"{decl.label}_with_analytic",
         peak_bytes_per_spectrum=decl.peak_bytes_per_spectrum,
+        min_block_pixels=decl.min_block_pixels,
     )

@@ -96,6 +96,10 @@ class BlockKernel:
         Names of per-pixel arrays (maps or cubes) the kernel takes beside the block.
     name : str
         For messages; default the kernel function's name.
+    min_block_pixels : int
+        The fewest spectra the engine puts in a block of an image held in memory (256: a block
+        of a cheap kernel amortises its scheduling); a kernel that costs tenths of a second per
+        spectrum (the film fit) declares fewer, so a small image still runs on every core.
     peak_bytes_per_spectrum : int or None
         The most device memory (bytes) the kernel holds at once per spectrum of 2048 float32
         channels, measured with the counting stand-in (:mod:`eelsgpu.engine.counting`;
@@ -110,6 +114,7 @@ class BlockKernel:
     extras: tuple[str, ...] = ()
     name: str = ""
     peak_bytes_per_spectrum: int | None = None
+    min_block_pixels: int = 256
 
     def outputs_for(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
         """The outputs for these kernel parameters."""

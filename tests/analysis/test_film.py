@@ -314,18 +314,22 @@ def test_kramers_kronig_surface_fit_on_the_classic_failure_case():
 
 
 def test_in_memory_image_is_cut_for_every_core_with_the_same_results():
-    """An in-memory image is fitted in blocks of at most ``batch`` pixels, at least two per core
-    on a CPU (the fit is ~0.1 s per spectrum), and every pixel's result is the one the whole image
-    in one block gives (truth: the fit is per pixel; same numbers to 1e-9)."""
+    """An in-memory image is cut by the engine into at least two blocks per core where it has
+    the pixels (the film declaration's ``min_block_pixels``: the fit is ~0.1 s per spectrum; the
+    default 256 would make these four pixels one block), and every pixel's result is the one the
+    whole image in one block gives (truth: the fit is per pixel; same numbers to 1e-9)."""
     import os
 
-    from eelsgpu.analysis.film import _cpu_blocks
+    from eelsgpu.engine.blocks import _memory_chunks
+    from eelsgpu.kernels.blocks_film import film_declaration
 
     t = np.array([10.0, 14.0, 18.0, 25.0])
     sim = coupled_films(synthetic.Drude(15.0, 0.8), t)
-    cut = _cpu_blocks(sim["true_ssd"], 64, "cpu")
-    assert len(cut.chunks[0]) == min(4, 2 * (os.cpu_count() or 1))
-    assert _cpu_blocks(sim["true_ssd"].chunk({"x": -1}), 64, "cpu").chunks[0] == (4,)
+    decl = film_declaration(["thickness_nm"], np.array([1.0]), np.array([1.0]))
+    host = np.asarray(sim["true_ssd"].values)
+    cut = _memory_chunks(host, decl.min_block_pixels)
+    assert 4 // cut[0] == min(4, 2 * (os.cpu_count() or 1))
+    assert _memory_chunks(host)[0] == 4  # the engine's default for cheap kernels: one block
     kw = nr_fit_kw(sim, (4.0, 30.0), check_quadrature=False)
     split = eelsgpu.fit_dielectric(sim["true_ssd"], **kw).compute()
     whole = eelsgpu.fit_dielectric(sim["true_ssd"].chunk(), **kw).compute()
