@@ -317,7 +317,7 @@ def log_ratio_replica_sigmas(
     zz = _zlp_for_block(
         host, e, method="threshold", reference=None, zlp_cube=None,
         search_eV=kw.get("search_eV"), axis_shift_eV=float(kw.get("axis_shift_eV", 0.0)),
-        axis_eV=kw.get("axis_eV"), return_model=tail in ("auto", "fourier-log"),
+        axis_eV=kw.get("axis_eV"),
     )  # fmt: skip
     z = zz.z
     valid = np.asarray(z["valid"]) & np.isfinite(tl_m)

@@ -67,8 +67,8 @@ def test_analytic_log_ratio_sigma_honest():
 def test_replicas_sigma_honest_and_agree_with_analytic():
     """Covers, by 25 Poisson replicas per pixel through the same block kernel
     (kernels/blocks_replicas.with_replicas; the window-only replicas of
-    log_ratio_replica_sigmas where pilot replicas show the tail held), every source of counting noise the log-ratio
-    estimator has with ``tail="auto"``: N0 (the threshold's own jitter included), the window's
+    log_ratio_replica_sigmas where pilot replicas show the tail held), every source of
+    counting noise the log-ratio estimator has with ``tail="auto"``: N0 (the threshold's own jitter included), the window's
     counts, and the noise of the power-law / Fourier-log tail fitted on the window's end and
     extrapolated. 200 realisations per group at (1e4, 0.2), (1e5, 1), (1e6, 1), (1e6, 3) (a
     +-2 sigma coverage is then measured to +-1.6 %; the 25-replica sigma itself scatters by

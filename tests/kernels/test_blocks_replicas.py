@@ -172,3 +172,7 @@ def test_log_ratio_fast_replicas_do_not_depend_on_blocking():
     np.testing.assert_array_equal(
         whole["t_over_lambda_sigma"], np.concatenate([p["t_over_lambda_sigma"] for p in parts])
     )
+    # every tail option takes the path (the window's counts alone with tail="none")
+    for tail in ("none", "power-law", "fourier-log"):
+        out = decl.kernel(block, e, n_replicas=12, seed=5, pixel_index=idx, tail=tail, **kw)
+        assert np.all(np.isfinite(out["t_over_lambda_sigma"])), tail
