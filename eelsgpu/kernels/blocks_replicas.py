@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._xp import array_namespace
 from .declare import BlockKernel, Output
@@ -178,6 +178,10 @@ LOG_RATIO_TAIL_SPREAD_SIGMAS = 0.2
 #: SSD's ln(I_t / I_w), the tail it added), in closed-form sigmas, for the same: an add-or-not
 #: flip the pilots did not see then moves a replica by at most this.
 LOG_RATIO_TAIL_POTENTIAL_SIGMAS = 0.5
+#: Channels drawn one by one past the measured spectrum's first minimum (and twice the
+#: smoothing's half-width) by the window-only replicas; a replica whose minimum lies further
+#: draws the rest of its channels from their sum (exact, only slower).
+LOG_RATIO_NEAR_CHANNELS = 16
 
 
 def _log_ratio_fast_applies(kw: Mapping[str, Any], targets: Sequence[str]) -> bool:
@@ -190,49 +194,107 @@ def _log_ratio_fast_applies(kw: Mapping[str, Any], targets: Sequence[str]) -> bo
     )
 
 
-def _fast_draws(
-    host: Any,
+class _WindowDraws(NamedTuple):
+    """Window-only replicas of a batch of pixels (:func:`_window_draws`): ``near`` (m k, H)
+    the channels ``lo .. lo + h1`` of each pixel drawn one by one (``dtype``; zero past the
+    pixel's own ``h1``), ``low`` / ``far`` / ``total`` (m k,) float64 the counts below ``lo``,
+    from ``lo + h1`` to the window's end, and the whole window; for :func:`_full_rows`, each
+    pixel's ``mean`` (m, n_E) (Poisson: in electrons), ``var`` (or None), ``lo`` and ``h1``."""
+
+    near: Any
+    low: Any
+    far: Any
+    total: Any
+    mean: Any
+    var: Any
+    lo: Any
+    h1: Any
+
+
+def _window_draws(
+    x: Any,
+    var: Any,
     k: int,
-    head: int,
+    lo: Any,
+    h1: Any,
     *,
     index: Any,
     seed: int,
     gain: float,
-    var: Any,
     dtype: Any,
-) -> tuple[Any, Any]:
-    """``k`` replicas of the first ``head`` channels of each spectrum of ``host`` (n, n_E) and
-    of the sum of the rest: Poisson ``g Poisson(x / g)`` per channel and ``g Poisson(sum x / g)``
-    for the rest (a sum of independent Poisson counts is Poisson of the summed means: the same
-    distribution as the sum of the channels' draws); Gaussian ``x + sqrt(v) z`` and
-    ``sum x + sqrt(sum v) z`` under a measured variance. Each pixel draws from
-    ``default_rng([seed, index, 1])`` (a stream apart from the pilots'). Returns the heads
-    (n k, head) in ``dtype`` and the rows' window sums (n k,) in float64."""
+) -> _WindowDraws:
+    """``k`` replicas of the spectra ``x`` (m, n_E; finite) as the log-ratio's N0 and window
+    read them: the channels ``lo[p] .. lo[p] + h1[p]`` of pixel ``p`` one by one, and three
+    sums, below ``lo``, from ``lo + h1`` to the end, and the whole. Poisson ``g Poisson(x / g)``:
+    a sum of independent Poisson channels is Poisson of the summed means (the same distribution
+    as the sum of the channels' draws), and the far channels, where needed, follow from their
+    sum by a multinomial split (:func:`_full_rows`: exact). Gaussian ``x + sqrt(v) z`` under a
+    measured variance ``var``: the sums are Gaussian of the summed means and variances. Pixel
+    ``p`` draws from ``default_rng([seed, index[p], 1])`` (a stream apart from the pilots'),
+    whatever else the batch holds."""
     import numpy as np
 
-    n, n_e = host.shape
-    x = np.where(np.isfinite(host), host, 0.0).astype(np.float64)
-    heads = np.empty((n, k, head), dtype=dtype)
-    totals = np.empty((n, k), dtype=np.float64)
-    if var is None:
-        lam = np.clip(x, 0.0, None) / gain
-        rest = lam[:, head:].sum(axis=-1)
-        for p in range(n):
-            rng = np.random.default_rng([int(seed), int(index[p]), 1])
-            h = rng.poisson(lam[p, :head], size=(k, head))
-            r = rng.poisson(rest[p], size=k)
-            heads[p] = gain * h
-            totals[p] = gain * (h.sum(axis=-1) + r)
-    else:
-        v = np.clip(np.where(np.isfinite(var), var, 0.0), 0.0, None).astype(np.float64)
-        sd = np.sqrt(v[:, :head])
-        rest_mean, rest_sd = x[:, head:].sum(axis=-1), np.sqrt(v[:, head:].sum(axis=-1))
-        for p in range(n):
-            rng = np.random.default_rng([int(seed), int(index[p]), 1])
-            h = x[p, :head] + sd[p] * rng.standard_normal((k, head))
-            heads[p] = h
-            totals[p] = h.sum(axis=-1) + rest_mean[p] + rest_sd[p] * rng.standard_normal(k)
-    return heads.reshape(n * k, head), totals.reshape(n * k)
+    m, n_e = x.shape
+    near = np.zeros((m, k, int(h1.max())), dtype=dtype)
+    low = np.empty((m, k))
+    far = np.empty((m, k))
+    mean = np.clip(x, 0.0, None) / gain if var is None else x
+    for p in range(m):
+        rng = np.random.default_rng([int(seed), int(index[p]), 1])
+        a = int(lo[p])
+        b = min(n_e, a + int(h1[p]))
+        if var is None:
+            near[p, :, : b - a] = gain * rng.poisson(mean[p, a:b], size=(k, b - a))
+            low[p] = gain * rng.poisson(mean[p, :a].sum(), size=k)
+            far[p] = gain * rng.poisson(mean[p, b:].sum(), size=k)
+        else:
+            sd = np.sqrt(var[p])
+            near[p, :, : b - a] = mean[p, a:b] + sd[a:b] * rng.standard_normal((k, b - a))
+            low[p] = mean[p, :a].sum() + np.sqrt(var[p, :a].sum()) * rng.standard_normal(k)
+            far[p] = mean[p, b:].sum() + np.sqrt(var[p, b:].sum()) * rng.standard_normal(k)
+    near = near.reshape(m * k, -1)
+    low, far = low.reshape(-1), far.reshape(-1)
+    total = low + near.sum(axis=-1, dtype=np.float64) + far
+    return _WindowDraws(near, low, far, total, mean, var, lo, h1)
+
+
+def _full_rows(
+    draws: _WindowDraws, rows: Any, k: int, *, index: Any, seed: int, gain: float
+) -> Any:
+    """The replica ``rows`` of :func:`_window_draws` with every channel from ``lo`` to the end
+    (float64, (len(rows), n_E - min(lo)), zero past the spectrum's end): the near channels as
+    drawn, the far ones from their drawn sum, Poisson channels given their sum being
+    multinomial with the channels' shares of the mean, Gaussian ones ``y_j + (v_j / V)
+    (S - sum y)`` with ``y_j`` drawn afresh (the conditional law given the sum ``S``). Pixel
+    ``p``'s rows draw from ``default_rng([seed, index[p], 2])``, in the order of ``rows``."""
+    import numpy as np
+
+    m, n_e = draws.mean.shape
+    out = np.zeros((rows.size, n_e - int(draws.lo.min())))
+    pix = rows // k
+    for p in np.unique(pix):
+        sel = np.flatnonzero(pix == p)
+        rng = np.random.default_rng([int(seed), int(index[p]), 2])
+        a, h = int(draws.lo[p]), int(draws.h1[p])
+        b = min(n_e, a + h)
+        out[sel, : b - a] = draws.near[rows[sel], : b - a]
+        lam = draws.mean[p, b:]
+        s = draws.far[rows[sel]]
+        if lam.size == 0:
+            continue
+        if draws.var is None:
+            tot = lam.sum()
+            if tot > 0:
+                n = np.rint(s / gain).astype(np.int64)
+                out[sel, b - a : n_e - a] = gain * rng.multinomial(n, lam / tot)
+        else:
+            v = draws.var[p, b:]
+            y = lam + np.sqrt(v) * rng.standard_normal((sel.size, lam.size))
+            big_v = v.sum()
+            if big_v > 0:
+                y = y + (v / big_v) * (s - y.sum(axis=-1))[:, None]
+            out[sel, b - a : n_e - a] = y
+    return out
 
 
 def log_ratio_replica_sigmas(
@@ -375,37 +437,65 @@ def log_ratio_replica_sigmas(
     # 2. the other replicas of the pixels whose tail is held: window, first minimum, N0
     k_fast = k - k_pilot
     if pilots.size:
-        p = np.asarray(zz.centre["peak_index"], dtype=np.int64)[pilots]
+        p_all = np.asarray(zz.centre["peak_index"], dtype=np.int64)[pilots]
         fwhm_ch = np.asarray(zz.centre["fwhm_eV"], dtype=np.float64)[pilots] / d
-        width = min(n_e, max(64, int(round(25.0 / d))))
-        k_max = int(np.clip(np.round(np.nanmax(fwhm_ch) / 4.0), 1, 64))
-        head = min(n_e, int(p.max()) + width + k_max + 3)
+        # the first minimum is looked for from the peak + FWHM/2 on, on the spectrum smoothed
+        # over +-k channels (k about FWHM/4: _first_minimum's; here a bound): the channels
+        # below lo are read by N0's sum only
+        k_safe = np.ceil(np.nan_to_num(fwhm_ch, nan=8.0) / 4.0).astype(np.int64) + 2
+        lo_all = np.clip(p_all - k_safe, 0, n_e - 1)
+        t_m = cut[pilots]
+        # drawn one by one: up to well past the measured spectrum's minimum (each pixel its
+        # own, so the draws do not depend on the block); a replica whose minimum lies beyond
+        # gets the rest of its channels from their drawn sum
+        reach = np.where(t_m < n_e, t_m - lo_all, 0)
+        h1_all = np.clip(reach + 2 * k_safe + LOG_RATIO_NEAR_CHANNELS, 1, n_e - lo_all)
         extra = np.where(np.isfinite(total_m), total_m - window, 0.0)[pilots]
         tl_f = np.empty((pilots.size, k_fast))
         n0_f = np.empty((pilots.size, k_fast))
-        per = max(1, REPLICA_FAST_ELEMENTS // (k_fast * head))
+        per = max(1, REPLICA_FAST_ELEMENTS // (k_fast * max(int(h1_all.max()), n_e // 8)))
         for a in range(0, pilots.size, per):
             rows = pilots[a : a + per]
-            m = rows.size
-            heads, w_r = _fast_draws(
-                host[rows], k_fast, head, index=index[rows], seed=seed, gain=gain,
-                var=None if var is None else var[rows], dtype=dtype,
+            sl = slice(a, a + rows.size)
+            x = np.where(np.isfinite(host[rows]), host[rows], 0.0).astype(np.float64)
+            vr = None
+            if var is not None:
+                vr = np.clip(np.where(np.isfinite(var[rows]), var[rows], 0.0), 0.0, None)
+            dr = _window_draws(
+                x, vr, k_fast, lo_all[sl], h1_all[sl], index=index[rows], seed=seed,
+                gain=gain, dtype=dtype,
             )  # fmt: skip
-            pr = np.repeat(p[a : a + per], k_fast)
-            fr = np.repeat(fwhm_ch[a : a + per], k_fast)
-            t = _first_minimum(np, heads, pr, fr, d, np.ones(m * k_fast, dtype=bool))
-            csum = np.cumsum(heads, axis=-1, dtype=np.float64)
-            found = t < head
-            at = np.clip(t - 1, 0, head - 1)[:, None]
-            n0_r = np.where(found, np.take_along_axis(csum, at, axis=-1)[:, 0], w_r)
-            n0_r = np.where(found & (t == 0), 0.0, n0_r)
+            lo_r = np.repeat(lo_all[sl], k_fast)
+            p_r = np.repeat(p_all[sl], k_fast) - lo_r
+            fw_r = np.repeat(fwhm_ch[sl], k_fast)
+            every = np.ones(p_r.size, dtype=bool)
+            t = _first_minimum(np, dr.near, p_r, fw_r, d, every)
+            # found, with the smoothing of it and of every channel before it inside the
+            # pixel's drawn channels: the whole spectrum's first minimum
+            h_r = np.repeat(h1_all[sl], k_fast)
+            sure = t <= h_r - np.repeat(k_safe[sl], k_fast) - 3
+            csum = np.cumsum(dr.near, axis=-1, dtype=np.float64)
+            at = np.clip(t - 1, 0, csum.shape[1] - 1)[:, None]
+            below = np.take_along_axis(csum, at, axis=-1)[:, 0]
+            n0_r = dr.low + np.where(t > 0, below, 0.0)
+            redo = np.flatnonzero(~sure)
+            if redo.size:
+                full = _full_rows(dr, redo, k_fast, index=index[rows], seed=seed, gain=gain)
+                t2 = _first_minimum(np, full.astype(dtype), p_r[redo], fw_r[redo], d, every[redo])
+                cs2 = np.cumsum(full, axis=-1)
+                at = np.clip(t2 - 1, 0, full.shape[1] - 1)[:, None]
+                b2 = np.take_along_axis(cs2, at, axis=-1)[:, 0]
+                t[redo] = np.where(t2 < full.shape[1], t2, n_e)
+                n0_r[redo] = dr.low[redo] + np.where(t2 > 0, b2, 0.0)
+            # no minimum (or one past the spectrum's last channel but one): N0 is the window
+            n0_r = np.where(t + lo_r < n_e - 1, n0_r, dr.total)
             with np.errstate(divide="ignore", invalid="ignore"):
-                tl_r = np.log((w_r + np.repeat(extra[a : a + per], k_fast)) / n0_r)
+                tl_r = np.log((dr.total + np.repeat(extra[sl], k_fast)) / n0_r)
             # the kernel's rule: t/lambda below 0 within 3 sd is a vacuum pixel's 0
             sd_r = np.repeat(sd_tl[rows], k_fast)
             tl_r = np.where(tl_r < -3.0 * sd_r, tl_r, np.maximum(tl_r, 0.0))
-            tl_f[a : a + m] = tl_r.reshape(m, k_fast)
-            n0_f[a : a + m] = n0_r.reshape(m, k_fast)
+            tl_f[sl] = tl_r.reshape(rows.size, k_fast)
+            n0_f[sl] = n0_r.reshape(rows.size, k_fast)
         both = {"t_over_lambda": (tl_p, tl_f), "zlp_intensity": (n0_p, n0_f)}
         for t in targets:
             vals = np.concatenate(both[t], axis=-1).reshape(-1)

@@ -114,13 +114,13 @@ def test_log_ratio_fast_replicas_match_the_whole_kernel(monkeypatch):
     block, e = _log_ratio_case()
     kw = dict(method="threshold", tail="auto", axis_eV=(float(e[0]), float(e[1] - e[0])))
     drawn = []
-    real = blocks_replicas._fast_draws
+    real = blocks_replicas._window_draws
 
     def counting(host, *a, **k):
         drawn.append(host.shape[0])
         return real(host, *a, **k)
 
-    monkeypatch.setattr(blocks_replicas, "_fast_draws", counting)
+    monkeypatch.setattr(blocks_replicas, "_window_draws", counting)
     run = dict(n_replicas=40, seed=2, pixel_index=np.arange(block.shape[0]))
     targets = ("t_over_lambda", "zlp_intensity")
     fast = with_replicas(LOG_RATIO, targets).kernel(block, e, **run, **kw)
@@ -176,3 +176,41 @@ def test_log_ratio_fast_replicas_do_not_depend_on_blocking():
     for tail in ("none", "power-law", "fourier-log"):
         out = decl.kernel(block, e, n_replicas=12, seed=5, pixel_index=idx, tail=tail, **kw)
         assert np.all(np.isfinite(out["t_over_lambda_sigma"])), tail
+
+
+def test_log_ratio_far_channels_from_their_sum(monkeypatch):
+    """Truth: the window-only replicas that draw every channel to the end one by one (a wide
+    near range) against those that draw only a few channels past the ZLP and, where a replica's
+    first minimum lies further, the rest from their drawn sum by a multinomial split (Poisson
+    channels given their sum) or the conditional Gaussian (a measured variance): the same
+    t/lambda and N0 sigmas to 12 % (pixel medians of 40 replicas), whichever way."""
+    from eelsgpu.kernels import blocks_replicas
+    from eelsgpu.kernels.blocks_lowloss import LOG_RATIO
+
+    block, e = _log_ratio_case()
+    block = block[:48]
+    kw = dict(method="threshold", axis_eV=(float(e[0]), float(e[1] - e[0])))
+    run = dict(n_replicas=40, seed=6, pixel_index=np.arange(48))
+    decl = with_replicas(LOG_RATIO, ("t_over_lambda", "zlp_intensity"))
+    redone = []
+    real = blocks_replicas._full_rows
+
+    def counting(draws, rows, *a, **k):
+        redone.append(rows.size)
+        return real(draws, rows, *a, **k)
+
+    monkeypatch.setattr(blocks_replicas, "_full_rows", counting)
+    for variance in (None, np.clip(block, 0, None)):
+        monkeypatch.setattr(blocks_replicas, "LOG_RATIO_NEAR_CHANNELS", 2000)
+        wide = decl.kernel(block, e, variance=variance, **run, **kw)
+        assert not redone
+        monkeypatch.setattr(blocks_replicas, "LOG_RATIO_NEAR_CHANNELS", -1000)
+        short = decl.kernel(block, e, variance=variance, **run, **kw)
+        assert sum(redone) >= 48 * 30  # (every window-only replica of the block)
+        redone.clear()
+        for g in range(2):
+            rows = slice(24 * g, 24 * (g + 1))
+            for t in ("t_over_lambda_sigma", "zlp_intensity_sigma"):
+                np.testing.assert_allclose(
+                    np.median(short[t][rows]), np.median(wide[t][rows]), rtol=0.12, err_msg=t
+                )
