@@ -11,6 +11,8 @@ Workloads (synthetic, Poisson):
 * ``thickness``: :func:`eelsgpu.thickness` (log-ratio, ``zlp="threshold"``, tail ``"auto"``, a
   given mean free path) on :func:`eelsgpu.synthetic.low_loss_image` (default 96 x 96 x 1024
   float32, 0.1 eV/ch, Drude Ep 15 eV, t/lambda 0.2-2 across the image, 1e5 counts in the ZLP);
+* ``deconvolve``: :func:`eelsgpu.deconvolve` (``zlp="threshold"``, the raw SSD with its
+  per-channel sigma, N0 and t/lambda) on the thickness workload's image;
 * ``kk``: :func:`eelsgpu.kramers_kronig` (metal normalisation, low-energy cut-off 1.5 eV, eps1,
   eps2, the KK thickness and plasmon energy) on Poisson draws of the true SSD of the same image
   (512 channels of 0.1 eV, as tests/analysis/test_kk_bandgap_uncertainty.py), with each pixel's
@@ -161,6 +163,9 @@ def workloads(size: int, only: tuple[str, ...] = ()):
         kw = dict(zlp="threshold", mean_free_path_nm=120.0)
         return low_loss(size), eelsgpu.thickness, kw
 
+    def deconvolve():
+        return low_loss(size), eelsgpu.deconvolve, dict(zlp="threshold")
+
     def kk():
         import xarray as xr
 
@@ -210,6 +215,7 @@ def workloads(size: int, only: tuple[str, ...] = ()):
         "core-loss": core,
         "sxes": sxes,
         "thickness": thickness,
+        "deconvolve": deconvolve,
         "kk": kk,
         "kk-maps": kk_maps,
         "bandgap": gap,
@@ -283,7 +289,7 @@ def main(argv=None) -> int:
         "--only",
         nargs="+",
         default=(),
-        choices=("core-loss", "sxes", "thickness", "kk", "kk-maps", "bandgap"),
+        choices=("core-loss", "sxes", "thickness", "deconvolve", "kk", "kk-maps", "bandgap"),
         help="run only these workloads",
     )
     args = ap.parse_args(argv)
