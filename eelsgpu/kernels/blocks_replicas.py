@@ -13,7 +13,8 @@ The log-ratio thickness with the truncation ZLP (:data:`~.blocks_lowloss.LOG_RAT
 ``method="threshold"``) has a path of its own, :func:`log_ratio_replica_sigmas`: a few pilot
 replicas through the whole kernel, then, where they show that the tail beyond the window cannot
 move t/lambda, window-only replicas that draw and redo only what the noise moves (the window's
-sum, the first minimum, N0): 4-9 times the throughput, the same sigmas.
+sum, the first minimum, N0): 6-8 times the throughput (benchmarks/bench_uncertainty.py), the
+same sigmas to their own scatter.
 
 The wrapped kernel's parameters and extras pass through unchanged; the wrapper adds the
 parameters ``n_replicas``, ``seed``, ``gain`` and the extras ``variance`` (a cube, optional) and
