@@ -460,10 +460,19 @@ def log_ratio_replica_sigmas(
         extra = np.where(np.isfinite(total_m), total_m - window, 0.0)[pilots]
         tl_f = np.empty((pilots.size, k_fast))
         n0_f = np.empty((pilots.size, k_fast))
-        per = max(1, REPLICA_FAST_ELEMENTS // (k_fast * max(int(h1_all.max()), n_e // 8)))
-        for a in range(0, pilots.size, per):
-            rows = pilots[a : a + per]
-            sl = slice(a, a + rows.size)
+        # batches of pixels of bounded memory: a pixel whose measured spectrum has no minimum
+        # draws its whole window one by one in every replica (its far channels from their sum)
+        cost = k_fast * np.where(t_m < n_e, np.maximum(h1_all, n_e // 8), n_e)
+        starts = [0]
+        acc = 0
+        for i, c_i in enumerate(cost.tolist()):
+            if acc and acc + c_i > REPLICA_FAST_ELEMENTS:
+                starts.append(i)
+                acc = 0
+            acc += c_i
+        for a, b in zip(starts, [*starts[1:], pilots.size], strict=True):
+            rows = pilots[a:b]
+            sl = slice(a, b)
             x = np.where(np.isfinite(host[rows]), host[rows], 0.0).astype(np.float64)
             vr = None
             if var is not None:
