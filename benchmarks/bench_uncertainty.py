@@ -11,6 +11,8 @@ Workloads (synthetic, Poisson):
 * ``thickness``: :func:`eelsgpu.thickness` (log-ratio, ``zlp="threshold"``, tail ``"auto"``, a
   given mean free path) on :func:`eelsgpu.synthetic.low_loss_image` (default 96 x 96 x 1024
   float32, 0.1 eV/ch, Drude Ep 15 eV, t/lambda 0.2-2 across the image, 1e5 counts in the ZLP);
+* ``deconvolve``: :func:`eelsgpu.deconvolve` (``zlp="threshold"``, the raw SSD with its
+  per-channel sigma, N0 and t/lambda) on the thickness workload's image;
 * ``kk``: :func:`eelsgpu.kramers_kronig` (metal normalisation, low-energy cut-off 1.5 eV, eps1,
   eps2, the KK thickness and plasmon energy) on Poisson draws of the true SSD of the same image
   (512 channels of 0.1 eV, as tests/analysis/test_kk_bandgap_uncertainty.py), with each pixel's
@@ -77,6 +79,22 @@ machine (21:45, three runs): ``kk`` 1.65x / 3.49x / 3.63x, ``kk-maps`` 1.82x / 1
 What is left over 2x
 with the cubes: the five FFT rows (two transforms forward, three back: 3 ms of a 512-pixel
 block's ~24 ms against the analysis's ~7 ms) and some 50 elementwise passes.
+
+After the issue-14 replica pass (2026-12-07 22:35-22:40, default sizes, best of 3, the 2 cores
+shared with two other engineers' jobs: load 2-2.6, the deconvolve pair 2.6 / 13.7; the old tree
+is /work/main run in the same minutes): ``thickness`` replicas:50 **45 730 and 34 600** spectra x
+replicas/s (6 860x / 5 190x EELSfitter; old 5 577, 837x), the same job without replicas 6 456-7
+417 spectra/s, so a replica costs 0.16-0.19 of a spectrum's analysis; ``kk`` 23 130 (3 469x; old
+10 300, 1 545x); ``deconvolve`` 9 148 (1 372x) in the first run, 2 535 (380x; old 1 567, 235x)
+in the loaded pair. What it took: the log-ratio with the truncation ZLP runs 6 pilot replicas
+through the whole kernel and, where they show the tail beyond the window cannot move t/lambda
+(kernels/blocks_replicas.log_ratio_replica_sigmas), draws and redoes only what the noise moves
+(the window's sum, the first minimum, N0: some 40 channels one by one and three Poisson sums
+instead of 1024 channels and the whole kernel with its Fourier-log tail and checks); every
+replica batch in the block's float32; the per-pixel mean and standard deviation by NumPy's
+float64-accumulated reductions where every replica is finite (the NaN-aware form took a quarter
+of the KK replicas' time). Deconvolve and KK replicas still run the whole kernel per replica
+(the SSD per channel and eps(E) are the targets: nothing to hold); their cost is the kernel's.
 
 Run (take the shared lock; about a minute at the default sizes)::
 
@@ -161,6 +179,9 @@ def workloads(size: int, only: tuple[str, ...] = ()):
         kw = dict(zlp="threshold", mean_free_path_nm=120.0)
         return low_loss(size), eelsgpu.thickness, kw
 
+    def deconvolve():
+        return low_loss(size), eelsgpu.deconvolve, dict(zlp="threshold")
+
     def kk():
         import xarray as xr
 
@@ -210,6 +231,7 @@ def workloads(size: int, only: tuple[str, ...] = ()):
         "core-loss": core,
         "sxes": sxes,
         "thickness": thickness,
+        "deconvolve": deconvolve,
         "kk": kk,
         "kk-maps": kk_maps,
         "bandgap": gap,
@@ -283,7 +305,7 @@ def main(argv=None) -> int:
         "--only",
         nargs="+",
         default=(),
-        choices=("core-loss", "sxes", "thickness", "kk", "kk-maps", "bandgap"),
+        choices=("core-loss", "sxes", "thickness", "deconvolve", "kk", "kk-maps", "bandgap"),
         help="run only these workloads",
     )
     args = ap.parse_args(argv)

@@ -9,6 +9,13 @@ batches; no ``K``-fold cube is written). Each pixel's replicas are seeded by ``(
 pixel index)``, so the sigmas do not depend on blocks or tiles. A target may be a map ``(n,)`` or
 a per-pixel spectrum ``(n, m)`` (the SSD per channel).
 
+The log-ratio thickness with the truncation ZLP (:data:`~.blocks_lowloss.LOG_RATIO`,
+``method="threshold"``) has a path of its own, :func:`log_ratio_replica_sigmas`: a few pilot
+replicas through the whole kernel, then, where they show that the tail beyond the window cannot
+move t/lambda, window-only replicas that draw and redo only what the noise moves (the window's
+sum, the first minimum, N0): 6-8 times the throughput (benchmarks/bench_uncertainty.py), the
+same sigmas to their own scatter.
+
 The wrapped kernel's parameters and extras pass through unchanged; the wrapper adds the
 parameters ``n_replicas``, ``seed``, ``gain`` and the extras ``variance`` (a cube, optional) and
 ``pixel_index`` (a map) that :meth:`eelsgpu.analysis._uncertainty.UncertaintyRequest.extras`
@@ -34,13 +41,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._xp import array_namespace
 from .declare import BlockKernel, Output
 from .uncertainty import replica_sigmas
 
-__all__ = ["KK_ANALYTIC_TARGETS", "kk_analytic_sigmas", "kk_with_analytic", "with_replicas"]
+__all__ = [
+    "KK_ANALYTIC_TARGETS",
+    "kk_analytic_sigmas",
+    "kk_with_analytic",
+    "log_ratio_replica_sigmas",
+    "with_replicas",
+]
 
 #: Parameters the wrapper takes for itself (the rest go to the wrapped kernel).
 _OWN = ("n_replicas", "seed", "gain", "uncertainty")
@@ -52,6 +65,7 @@ def with_replicas(
     *,
     per_pixel: Sequence[str] = ("zlp_cube",),
     batch_elements: int | None = None,
+    fast_path: bool = True,
 ) -> BlockKernel:
     """``decl`` with ``<target>_sigma`` outputs from noise replicas run through its own kernel.
 
@@ -67,6 +81,10 @@ def with_replicas(
     batch_elements : int, optional
         Replica values per batch (default
         :data:`eelsgpu.kernels.uncertainty.REPLICA_BATCH_ELEMENTS`).
+    fast_path : bool
+        For :data:`~.blocks_lowloss.LOG_RATIO` with ``method="threshold"``: the replicas of
+        :func:`log_ratio_replica_sigmas` (the window-only estimator where the tail's part is
+        proven negligible by pilot replicas). False: every replica through the whole kernel.
 
     Returns
     -------
@@ -80,6 +98,10 @@ def with_replicas(
     targets = tuple(targets)
     per_pixel = tuple(per_pixel)
     inner = decl.kernel
+    from .blocks_lowloss import LOG_RATIO
+
+    # the log-ratio thickness with the truncation ZLP has its own replica path (issue 14 speed)
+    fast = log_ratio_replica_sigmas if decl is LOG_RATIO and fast_path else None
 
     def kernel(
         block: Any,
@@ -99,19 +121,19 @@ def with_replicas(
         params = {n: v for n, v in kw.items() if n not in extras}
         if batch_elements is not None:
             params["batch_elements"] = int(batch_elements)
-        sig = replica_sigmas(
-            inner,
-            block,
-            energy_eV,
-            targets,
+        common = dict(
             n_replicas=int(n_replicas),
             seed=int(seed),
             gain=float(gain),
             variance=variance,
             pixel_index=pixel_index,
-            extras=extras,
-            **params,
         )
+        if fast is not None and _log_ratio_fast_applies(kw, targets):
+            sig = fast(inner, block, energy_eV, values, targets, kw=kw, **common)
+        else:
+            sig = replica_sigmas(
+                inner, block, energy_eV, targets, extras=extras, **common, **params
+            )
         for t in targets:
             values[f"{t}_sigma"] = xp.where(xp.isfinite(values[t]), sig[t], xp.nan)
         return values
@@ -147,6 +169,365 @@ def with_replicas(
         peak_bytes_per_spectrum=decl.peak_bytes_per_spectrum,
         min_block_pixels=decl.min_block_pixels,
     )
+
+
+# ------------------------------------------------------------ log-ratio replicas (issue 14)
+#: Replicas per pixel run through the whole log-ratio kernel (the pilots) by
+#: :func:`log_ratio_replica_sigmas` before it decides whether the tail beyond the window can
+#: move a replica's t/lambda.
+LOG_RATIO_PILOT_REPLICAS = 6
+#: The largest move of the tail's part of t/lambda, ln(I_t / I_w), between the measured
+#: spectrum and any pilot replica, in closed-form counting sigmas, for the other replicas to
+#: hold the measured tail: the tail's own scatter is then below about 0.15 sigma, which adds
+#: under 1.2 % to sigma in quadrature.
+LOG_RATIO_TAIL_SPREAD_SIGMAS = 0.2
+#: The largest tail the measured spectrum could add (its power law's counts, its Fourier-log
+#: SSD's ln(I_t / I_w), the tail it added), in closed-form sigmas, for the same: an add-or-not
+#: flip the pilots did not see then moves a replica by at most this.
+LOG_RATIO_TAIL_POTENTIAL_SIGMAS = 0.5
+#: Channels drawn one by one past the measured spectrum's first minimum (and twice the
+#: smoothing's half-width) by the window-only replicas; a replica whose minimum lies further
+#: draws the rest of its channels from their sum (exact, only slower).
+LOG_RATIO_NEAR_CHANNELS = 16
+
+
+def _log_ratio_fast_applies(kw: Mapping[str, Any], targets: Sequence[str]) -> bool:
+    """The replica path of :func:`log_ratio_replica_sigmas` serves the truncation ZLP only (its
+    N0 is a sum of counts; the other models' N0 moves with the centre, which the path holds)."""
+    return (
+        kw.get("method", "threshold") == "threshold"
+        and kw.get("zlp_cube") is None
+        and set(targets) <= {"t_over_lambda", "zlp_intensity"}
+    )
+
+
+class _WindowDraws(NamedTuple):
+    """Window-only replicas of a batch of pixels (:func:`_window_draws`): ``near`` (m k, H)
+    the channels ``lo .. lo + h1`` of each pixel drawn one by one (``dtype``; zero past the
+    pixel's own ``h1``), ``low`` / ``far`` / ``total`` (m k,) float64 the counts below ``lo``,
+    from ``lo + h1`` to the window's end, and the whole window; for :func:`_full_rows`, each
+    pixel's ``mean`` (m, n_E) (Poisson: in electrons), ``var`` (or None), ``lo`` and ``h1``."""
+
+    near: Any
+    low: Any
+    far: Any
+    total: Any
+    mean: Any
+    var: Any
+    lo: Any
+    h1: Any
+
+
+def _window_draws(
+    x: Any,
+    var: Any,
+    k: int,
+    lo: Any,
+    h1: Any,
+    *,
+    index: Any,
+    seed: int,
+    gain: float,
+    dtype: Any,
+) -> _WindowDraws:
+    """``k`` replicas of the spectra ``x`` (m, n_E; finite) as the log-ratio's N0 and window
+    read them: the channels ``lo[p] .. lo[p] + h1[p]`` of pixel ``p`` one by one, and three
+    sums, below ``lo``, from ``lo + h1`` to the end, and the whole. Poisson ``g Poisson(x / g)``:
+    a sum of independent Poisson channels is Poisson of the summed means (the same distribution
+    as the sum of the channels' draws), and the far channels, where needed, follow from their
+    sum by a multinomial split (:func:`_full_rows`: exact). Gaussian ``x + sqrt(v) z`` under a
+    measured variance ``var``: the sums are Gaussian of the summed means and variances. Pixel
+    ``p`` draws from ``default_rng([seed, index[p], 1])`` (a stream apart from the pilots'),
+    whatever else the batch holds."""
+    import numpy as np
+
+    m, n_e = x.shape
+    near = np.zeros((m, k, int(h1.max())), dtype=dtype)
+    low = np.empty((m, k))
+    far = np.empty((m, k))
+    mean = np.clip(x, 0.0, None) / gain if var is None else x
+    for p in range(m):
+        rng = np.random.default_rng([int(seed), int(index[p]), 1])
+        a = int(lo[p])
+        b = min(n_e, a + int(h1[p]))
+        if var is None:
+            near[p, :, : b - a] = gain * rng.poisson(mean[p, a:b], size=(k, b - a))
+            low[p] = gain * rng.poisson(mean[p, :a].sum(), size=k)
+            far[p] = gain * rng.poisson(mean[p, b:].sum(), size=k)
+        else:
+            sd = np.sqrt(var[p])
+            near[p, :, : b - a] = mean[p, a:b] + sd[a:b] * rng.standard_normal((k, b - a))
+            low[p] = mean[p, :a].sum() + np.sqrt(var[p, :a].sum()) * rng.standard_normal(k)
+            far[p] = mean[p, b:].sum() + np.sqrt(var[p, b:].sum()) * rng.standard_normal(k)
+    near = near.reshape(m * k, -1)
+    low, far = low.reshape(-1), far.reshape(-1)
+    total = low + near.sum(axis=-1, dtype=np.float64) + far
+    return _WindowDraws(near, low, far, total, mean, var, lo, h1)
+
+
+def _full_rows(
+    draws: _WindowDraws, rows: Any, k: int, *, index: Any, seed: int, gain: float
+) -> Any:
+    """The replica ``rows`` of :func:`_window_draws` with every channel from ``lo`` to the end
+    (float64, (len(rows), n_E - min(lo)), zero past the spectrum's end): the near channels as
+    drawn, the far ones from their drawn sum, Poisson channels given their sum being
+    multinomial with the channels' shares of the mean, Gaussian ones ``y_j + (v_j / V)
+    (S - sum y)`` with ``y_j`` drawn afresh (the conditional law given the sum ``S``). Pixel
+    ``p``'s rows draw from ``default_rng([seed, index[p], 2])``, in the order of ``rows``."""
+    import numpy as np
+
+    m, n_e = draws.mean.shape
+    out = np.zeros((rows.size, n_e - int(draws.lo.min())))
+    pix = rows // k
+    for p in np.unique(pix):
+        sel = np.flatnonzero(pix == p)
+        rng = np.random.default_rng([int(seed), int(index[p]), 2])
+        a, h = int(draws.lo[p]), int(draws.h1[p])
+        b = min(n_e, a + h)
+        out[sel, : b - a] = draws.near[rows[sel], : b - a]
+        lam = draws.mean[p, b:]
+        s = draws.far[rows[sel]]
+        if lam.size == 0:
+            continue
+        if draws.var is None:
+            tot = lam.sum()
+            if tot > 0:
+                n = np.rint(s / gain).astype(np.int64)
+                out[sel, b - a : n_e - a] = gain * rng.multinomial(n, lam / tot)
+        else:
+            v = draws.var[p, b:]
+            y = lam + np.sqrt(v) * rng.standard_normal((sel.size, lam.size))
+            big_v = v.sum()
+            if big_v > 0:
+                y = y + (v / big_v) * (s - y.sum(axis=-1))[:, None]
+            out[sel, b - a : n_e - a] = y
+    return out
+
+
+def log_ratio_replica_sigmas(
+    inner: Any,
+    block: Any,
+    energy_eV: Any,
+    values: Mapping[str, Any],
+    targets: Sequence[str],
+    *,
+    kw: Mapping[str, Any],
+    n_replicas: int,
+    seed: int = 0,
+    gain: float = 1.0,
+    variance: Any = None,
+    pixel_index: Any = None,
+) -> dict[str, Any]:
+    """Replica sigmas of the log-ratio thickness (eq. 16) with the truncation ZLP, fast.
+
+    ``t/lambda = ln((I_w + X) / N0)``: ``I_w`` the window's counts, ``N0`` the counts below the
+    first minimum after the ZLP (of the spectrum smoothed over about FWHM/2), ``X`` the counts
+    beyond the window (a power law or the Fourier-log SSD's tail, where trusted). Per pixel:
+
+    1. :data:`LOG_RATIO_PILOT_REPLICAS` pilot replicas run through the whole kernel ``inner``
+       (every decision of the estimator made afresh);
+    2. where the tail's part ln(I_t / I_w) of every pilot lies within
+       :data:`LOG_RATIO_TAIL_SPREAD_SIGMAS` closed-form sigmas of the measured spectrum's, and
+       the tail the measured spectrum could add is at most
+       :data:`LOG_RATIO_TAIL_POTENTIAL_SIGMAS` of them, the other replicas hold ``X`` at the
+       measured value and redo what the noise moves: ``I_w`` (one Poisson draw of the channels
+       past the first minimum's search range: a sum of Poisson counts is Poisson), the first
+       minimum and N0 (the channels up to the end of its search range drawn one by one), and
+       the rule that a t/lambda below 0 within 3 of its standard deviations is 0;
+    3. elsewhere every replica runs the whole kernel (:func:`~.uncertainty.replica_sigmas`).
+
+    Held from the measured spectrum, as structural decisions of the pixel and not parts of the
+    estimate's counting noise: the ZLP's peak channel and FWHM (which set the first minimum's
+    search start and smoothing width; N0 does not depend on the sub-channel centre), the
+    pixel's validity and checks (the quality map is the measured spectrum's), the standard
+    deviation the negative-t/lambda rule compares with. Computed on the host (NumPy) for any
+    namespace, as the replicas themselves are drawn there.
+
+    Returns ``{target: sigma (n,)}`` for ``targets`` (``t_over_lambda``, ``zlp_intensity``).
+    """
+    import numpy as np
+
+    from ._sync import host_axis
+    from .blocks_lowloss import _tail_from_ssd, _zlp_for_block
+    from .log_ratio import log_ratio_maps
+    from .tails import TAIL_FIT_FRACTION, solve_tails, tail_sums
+    from .uncertainty import _to_host, draw_replicas, replica_moments
+    from .zlp import _first_minimum
+
+    xp = array_namespace(block)
+    k = int(n_replicas)
+    k_pilot = LOG_RATIO_PILOT_REPLICAS
+    host = _to_host(block)
+    n, n_e = host.shape
+    index = np.arange(n) if pixel_index is None else _to_host(pixel_index).astype(np.int64)
+    var = None if variance is None else _to_host(variance).astype(np.float64)
+    e = _to_host(energy_eV)
+    dtype = host.dtype if host.dtype.kind == "f" else np.dtype(np.float64)
+    host = host.astype(dtype, copy=False)
+    inner_kw = dict(kw)
+
+    def whole(rows: Any) -> dict[str, Any]:
+        """Every replica of these pixels through the whole kernel."""
+        sub_var = None if var is None else var[rows]
+        return replica_sigmas(
+            inner, host[rows], e, targets, n_replicas=k, seed=seed, gain=gain,
+            variance=sub_var, pixel_index=index[rows], **inner_kw,
+        )  # fmt: skip
+
+    out = {t: np.full((n,), np.nan) for t in targets}
+    tl_m = _to_host(values["t_over_lambda"]).astype(np.float64)
+    if k <= k_pilot + 1 or n == 0:
+        res = whole(np.arange(n))
+        return {t: xp.asarray(res[t]) for t in targets}
+
+    tail = kw.get("tail", "auto")
+    fit_fraction = kw.get("tail_fit_fraction", TAIL_FIT_FRACTION)
+    e0, d = host_axis(e, kw.get("axis_eV"))
+    zz = _zlp_for_block(
+        host, e, method="threshold", reference=None, zlp_cube=None,
+        search_eV=kw.get("search_eV"), axis_shift_eV=float(kw.get("axis_shift_eV", 0.0)),
+        axis_eV=kw.get("axis_eV"),
+    )  # fmt: skip
+    z = zz.z
+    valid = np.asarray(z["valid"]) & np.isfinite(tl_m)
+    maps = log_ratio_maps(
+        np, host, zz.e_block, z, tail="none", noise=zz.checks["noise"], axis_eV=zz.axis
+    )
+    sd_tl = np.asarray(maps["t_over_lambda_sd"], dtype=np.float64)
+    y = np.where(valid[:, None] & np.isfinite(host), host, 0.0).astype(np.float64)
+    window = y.sum(axis=-1)
+    n0 = np.asarray(z["zlp_intensity"], dtype=np.float64)
+    cut = np.asarray(z["cut_index"])
+    # the closed-form counting sigma of ln(I_w / N0) (its variance: var(M)/I^2 + var(N0)
+    # (1/N0 - 1/I)^2, M = I - N0): the scale the tail's part is compared with
+    v = gain * np.clip(y, 0.0, None) if var is None else np.where(valid[:, None], var, 0.0)
+    below = np.arange(n_e)[None, :] < cut[:, None]
+    var_n0 = np.where(below, v, 0.0).sum(axis=-1)
+    var_m = v.sum(axis=-1) - var_n0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.sqrt(var_m / window**2 + var_n0 * (1.0 / n0 - 1.0 / window) ** 2)
+        total_m = _to_host(values["total_intensity"]).astype(np.float64)
+        part_m = np.log(total_m / window)  # the measured tail's part ln(I_t / I_w)
+    ok = valid & np.isfinite(sigma) & (sigma > 0) & np.isfinite(part_m)
+    # what tail the measured spectrum could add: its power law's counts, its SSD's
+    potential = np.where(ok, np.abs(part_m), np.inf)
+    if tail in ("auto", "power-law"):
+        c = np.where(valid, np.asarray(z["zlp_centre_eV"], dtype=np.float64), 0.0)
+        ((pl, _, _),) = solve_tails(np, [tail_sums(np, y, (e0, d, n_e), c, fit_fraction)])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            potential = np.maximum(potential, np.abs(np.asarray(pl) / window))
+    if tail in ("auto", "fourier-log") and ok.any():
+        fl = _tail_from_ssd(np, host, zz, "threshold", fit_fraction)(ok)
+        potential = np.maximum(potential, np.abs(np.asarray(fl["beyond"], dtype=np.float64)))
+    ok &= np.isfinite(potential) & (potential <= LOG_RATIO_TAIL_POTENTIAL_SIGMAS * sigma)
+    # 1. the pilots: the first replicas through the whole kernel
+    pilots = np.flatnonzero(ok)
+    tl_p = np.empty((0, k_pilot))
+    n0_p = np.empty((0, k_pilot))
+    if pilots.size:
+        reps = draw_replicas(
+            host[pilots], k_pilot, pixel_index=index[pilots], seed=seed, gain=gain,
+            variance=None if var is None else var[pilots],
+        ).astype(dtype, copy=False)  # fmt: skip
+        res = inner(reps, e, **inner_kw)
+        tl_p = np.asarray(res["t_over_lambda"], dtype=np.float64).reshape(-1, k_pilot)
+        n0_p = np.asarray(res["zlp_intensity"], dtype=np.float64).reshape(-1, k_pilot)
+        w_p = np.where(np.isfinite(reps), reps, 0.0).sum(axis=-1, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part_p = np.log(np.asarray(res["total_intensity"], dtype=np.float64) / w_p)
+        moved = np.abs(part_p.reshape(-1, k_pilot) - part_m[pilots, None])
+        held = np.all(moved <= LOG_RATIO_TAIL_SPREAD_SIGMAS * sigma[pilots, None], axis=-1)
+        held &= np.all(np.isfinite(tl_p) & np.isfinite(n0_p), axis=-1)
+        ok[pilots[~held]] = False
+        keep = held
+        pilots, tl_p, n0_p = pilots[keep], tl_p[keep], n0_p[keep]
+    # 2. the other replicas of the pixels whose tail is held: window, first minimum, N0
+    k_fast = k - k_pilot
+    if pilots.size:
+        p_all = np.asarray(zz.centre["peak_index"], dtype=np.int64)[pilots]
+        fwhm_ch = np.asarray(zz.centre["fwhm_eV"], dtype=np.float64)[pilots] / d
+        # the first minimum is looked for from the peak + FWHM/2 on, on the spectrum smoothed
+        # over +-k channels (k about FWHM/4: _first_minimum's; here a bound): the channels
+        # below lo are read by N0's sum only
+        k_safe = np.ceil(np.nan_to_num(fwhm_ch, nan=8.0) / 4.0).astype(np.int64) + 2
+        lo_all = np.clip(p_all - k_safe, 0, n_e - 1)
+        t_m = cut[pilots]
+        # drawn one by one: up to well past the measured spectrum's minimum (each pixel its
+        # own, so the draws do not depend on the block); a replica whose minimum lies beyond
+        # gets the rest of its channels from their drawn sum
+        reach = np.where(t_m < n_e, t_m - lo_all, 0)
+        h1_all = np.clip(reach + 2 * k_safe + LOG_RATIO_NEAR_CHANNELS, 1, n_e - lo_all)
+        extra = np.where(np.isfinite(total_m), total_m - window, 0.0)[pilots]
+        tl_f = np.empty((pilots.size, k_fast))
+        n0_f = np.empty((pilots.size, k_fast))
+        # batches of pixels of bounded memory: a pixel whose measured spectrum has no minimum
+        # draws its whole window one by one in every replica (its far channels from their sum)
+        cost = k_fast * np.where(t_m < n_e, np.maximum(h1_all, n_e // 8), n_e)
+        starts = [0]
+        acc = 0
+        for i, c_i in enumerate(cost.tolist()):
+            if acc and acc + c_i > REPLICA_FAST_ELEMENTS:
+                starts.append(i)
+                acc = 0
+            acc += c_i
+        for a, b in zip(starts, [*starts[1:], pilots.size], strict=True):
+            rows = pilots[a:b]
+            sl = slice(a, b)
+            x = np.where(np.isfinite(host[rows]), host[rows], 0.0).astype(np.float64)
+            vr = None
+            if var is not None:
+                vr = np.clip(np.where(np.isfinite(var[rows]), var[rows], 0.0), 0.0, None)
+            dr = _window_draws(
+                x, vr, k_fast, lo_all[sl], h1_all[sl], index=index[rows], seed=seed,
+                gain=gain, dtype=dtype,
+            )  # fmt: skip
+            lo_r = np.repeat(lo_all[sl], k_fast)
+            p_r = np.repeat(p_all[sl], k_fast) - lo_r
+            fw_r = np.repeat(fwhm_ch[sl], k_fast)
+            every = np.ones(p_r.size, dtype=bool)
+            t = _first_minimum(np, dr.near, p_r, fw_r, d, every)
+            # found, with the smoothing of it and of every channel before it inside the
+            # pixel's drawn channels: the whole spectrum's first minimum
+            h_r = np.repeat(h1_all[sl], k_fast)
+            sure = t <= h_r - np.repeat(k_safe[sl], k_fast) - 3
+            csum = np.cumsum(dr.near, axis=-1, dtype=np.float64)
+            at = np.clip(t - 1, 0, csum.shape[1] - 1)[:, None]
+            below = np.take_along_axis(csum, at, axis=-1)[:, 0]
+            n0_r = dr.low + np.where(t > 0, below, 0.0)
+            redo = np.flatnonzero(~sure)
+            if redo.size:
+                full = _full_rows(dr, redo, k_fast, index=index[rows], seed=seed, gain=gain)
+                t2 = _first_minimum(np, full.astype(dtype), p_r[redo], fw_r[redo], d, every[redo])
+                cs2 = np.cumsum(full, axis=-1)
+                at = np.clip(t2 - 1, 0, full.shape[1] - 1)[:, None]
+                b2 = np.take_along_axis(cs2, at, axis=-1)[:, 0]
+                t[redo] = np.where(t2 < full.shape[1], t2, n_e)
+                n0_r[redo] = dr.low[redo] + np.where(t2 > 0, b2, 0.0)
+            # no minimum (or one past the spectrum's last channel but one): N0 is the window
+            n0_r = np.where(t + lo_r < n_e - 1, n0_r, dr.total)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tl_r = np.log((dr.total + np.repeat(extra[sl], k_fast)) / n0_r)
+            # the kernel's rule: t/lambda below 0 within 3 sd is a vacuum pixel's 0
+            sd_r = np.repeat(sd_tl[rows], k_fast)
+            tl_r = np.where(tl_r < -3.0 * sd_r, tl_r, np.maximum(tl_r, 0.0))
+            tl_f[sl] = tl_r.reshape(rows.size, k_fast)
+            n0_f[sl] = n0_r.reshape(rows.size, k_fast)
+        both = {"t_over_lambda": (tl_p, tl_f), "zlp_intensity": (n0_p, n0_f)}
+        for t in targets:
+            vals = np.concatenate(both[t], axis=-1).reshape(-1)
+            out[t][pilots] = np.asarray(replica_moments(vals, k)[1])
+    # 3. the rest: every replica through the whole kernel
+    rest = np.flatnonzero(valid & ~ok)
+    if rest.size:
+        res = whole(rest)
+        for t in targets:
+            out[t][rest] = np.asarray(_to_host(res[t]), dtype=np.float64)
+    return {t: xp.asarray(out[t]) for t in targets}
+
+
+#: Replica values (pixels x replicas x drawn channels) per batch of the window-only replicas of
+#: :func:`log_ratio_replica_sigmas` (float64 cumulative sums: 16 MiB).
+REPLICA_FAST_ELEMENTS = 1 << 21
 
 
 # ------------------------------------------------------------------ analytic KK (issue 14)

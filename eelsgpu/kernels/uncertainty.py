@@ -280,6 +280,15 @@ def replica_moments(values: Any, n_replicas: int, *, min_fraction: float = 0.5) 
     """
     xp = array_namespace(values)
     k = int(n_replicas)
+    if is_numpy(xp) and values.dtype.kind == "f" and np.isfinite(values).all():
+        # every replica finite (the common case): NumPy's own mean and standard deviation,
+        # accumulated in float64 without a float64 copy of the replicas (the NaN-aware form
+        # below takes some ten passes over them)
+        v = values.reshape((-1, k) + tuple(values.shape[1:]))
+        mean = v.mean(axis=1, dtype=np.float64)
+        std = v.std(axis=1, ddof=1, dtype=np.float64)
+        if k >= 2:
+            return mean, std
     vals = xp.astype(values, xp.float64)
     # replicas on axis 1: (n_pix, K) for a map, (n_pix, K, m) for a per-pixel spectrum
     v = xp.reshape(vals, (-1, k)) if vals.ndim == 1 else xp.reshape(vals, (-1, k, vals.shape[1]))
@@ -321,8 +330,8 @@ def replica_sigmas(
     """Replica sigmas of any block kernel: ``K`` replicas per pixel through ``kernel``, reduced.
 
     The block's pixels go in batches of at most ``batch_elements`` replica values; each batch
-    is drawn (:func:`draw_replicas`), run through ``kernel(replicas, energy, **extras, **params)``
-    as one ``K``-times larger block, and reduced to each target's per-pixel standard deviation
+    is drawn (:func:`draw_replicas`; cast to float32 for a float32 block), run through
+    ``kernel(replicas, energy, **extras, **params)`` as one ``K``-times larger block, and reduced to each target's per-pixel standard deviation
     (:func:`replica_moments`) before the next, so no ``K``-fold cube is ever held. Per-pixel
     ``extras`` (a ZLP cube, a thickness map) are repeated for each replica.
 
@@ -377,6 +386,10 @@ def replica_sigmas(
             gain=gain,
             variance=None if variance is None else variance[p0:p1, i0:i1],
         )
+        if block.dtype == xp.float32:
+            # the replicas in the block's own precision: the kernel then does what it does
+            # on the data (whole counts below 2^24 are exact in float32), at float32's speed
+            reps = xp.astype(reps, xp.float32)
         kw = {n: _repeat_rows(a[p0:p1, ...], k) for n, a in (extras or {}).items()}
         res = kernel(reps, e, **kw, **params)
         for t in targets:

@@ -101,6 +101,15 @@ def test_replicas_reproducible_whatever_the_blocks(xp):
     np.testing.assert_allclose(to_numpy(mean)[1:], np.nanmean(ref[1:], 1))
     np.testing.assert_allclose(to_numpy(std)[1:], np.nanstd(ref[1:], 1, ddof=1))
     assert np.isnan(to_numpy(std)[0])  # 1 finite replica of 4
+    # all finite (NumPy's float64-accumulated mean / std, no copy): a map and a per-pixel cube,
+    # float32 replicas as a float32 block gives them
+    cube = np.random.default_rng(1).normal(3.0, 2.0, size=(5 * 7, 6)).astype(np.float32)
+    mean, std = replica_moments(asarray(xp, cube), 7)
+    ref = cube.astype(np.float64).reshape(5, 7, 6)
+    np.testing.assert_allclose(to_numpy(mean), ref.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(std), ref.std(1, ddof=1), rtol=1e-12)
+    mean, std = replica_moments(asarray(xp, cube[:, 0]), 7)
+    np.testing.assert_allclose(to_numpy(std), ref[:, :, 0].std(1, ddof=1), rtol=1e-12)
 
 
 def test_window_sigmas_equal_closed_forms(xp):
