@@ -58,6 +58,7 @@ from ..kernels.declare import BlockKernel, Kernel, Output
 from ..model import as_spectrum_image
 from . import device as backend
 from . import transfer as gpu
+from .blas import one_blas_thread
 
 __all__ = [
     "PACKED_ENCODING",
@@ -701,10 +702,13 @@ def _run_eager(
         for i in range(min(workers, len(blocks)))
     ]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # BLAS held to one thread while a block runs per core (eelsgpu.engine.blas), set from
+        # this (the calling) thread: OpenBLAS ignores a limit set from one of the block threads
+        with one_blas_thread():
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
     except BaseException:  # Ctrl-C
         stop.set()
         raise
