@@ -674,8 +674,12 @@ def _run_eager(
         block_fn(host[sl], *(arr[sl] for arr in extras), dest=dest, stop=stop)
 
     if workers <= 1 or len(blocks) <= 1:
-        for sl, rows in blocks:
-            run(sl, rows)
+        # BLAS at one thread here too: a block's matrix products are small (a few hundred
+        # rows), where OpenBLAS's own threads cost more than they give (measured: the analytic
+        # KK's two products per block, 7-8 ms with 2 BLAS threads, ~1 ms with one)
+        with one_blas_thread():
+            for sl, rows in blocks:
+                run(sl, rows)
         return results
     # Our own threads, not a ThreadPoolExecutor: each is listed before it starts, so Ctrl-C at any
     # moment (even while one is starting) still waits for every thread that may be running.
