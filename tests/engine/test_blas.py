@@ -30,13 +30,15 @@ def two_blas_threads():
         yield
 
 
-@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize(
+    ("lazy", "scheduler"), [(False, "threads"), (False, "synchronous"), (True, "threads")]
+)
 def test_blocks_see_one_blas_thread_and_the_limits_come_back(
-    stand_in, two_blas_threads, tmp_path, lazy
+    stand_in, two_blas_threads, tmp_path, lazy, scheduler
 ):
-    """Every block of an in-memory image (the eager path, two threads) or of a dask image written
-    to a store (the store writer, two threads) runs with each BLAS library at one thread; after
-    the run every library is back at 2."""
+    """Every block of an in-memory image (the eager path, two threads or one) or of a dask image
+    written to a store (the store writer, two threads) runs with each BLAS library at one thread;
+    after the run every library is back at 2."""
     import dask
 
     from eelsgpu.io import open_store, write_store
@@ -53,7 +55,7 @@ def test_blocks_see_one_blas_thread_and_the_limits_come_back(
     if not lazy:
         si = xr.DataArray(np.asarray(si.values), dims=si.dims, coords=si.coords, attrs=si.attrs)
     decl = engine.BlockKernel(record, stand_in.outputs)
-    with dask.config.set(scheduler="threads", num_workers=2):
+    with dask.config.set(scheduler=scheduler, num_workers=2):
         ds = engine.apply_kernel(decl, si, tile_pixels=0)
         if lazy:
             write_store(ds, tmp_path / "out.zarr")
