@@ -6,7 +6,7 @@ to the noise -- the Fourier-log's amplification, the band limit's smoothing, whi
 neighbouring channels, and N0's own noise -- and the default noise model, the SSD's channel
 noise estimated from its fourth differences, sees almost none of it on a band-limited SSD.
 Measured (Drude Ep 15 eV, t/lambda 0.5, 1e5 counts in the ZLP, 200 realisations): the
-SSD-as-counts sigmas of eps1 and eps2 are 0.01-0.28 of the scatter of eps from independent raw
+SSD-as-counts sigmas of eps1 and eps2 are 0.01-0.28 (0.02-0.43 at 1e6) of the scatter of eps from independent raw
 realisations, and with ``noise_variance = ssd_sigma**2`` from deconvolve's replicas 0.29-1.24.
 
 Here the replicas are drawn from the **recorded counts** (Poisson with the recorded spectrum
