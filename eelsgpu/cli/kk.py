@@ -167,6 +167,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     add_analysis_options(p)
     add_uncertainty_options(p)
+    p.add_argument(
+        "--refractive-index-rel-sigma",
+        type=float,
+        metavar="R",
+        dest="refractive_index_rel_sigma",
+        help="relative one-sigma of --refractive-index (0.01 = 1 %%): the normalisation's "
+        "systematic part of every output (<name>_sigma_systematic)",
+    )
+    p.add_argument(
+        "--thickness-rel-sigma",
+        type=float,
+        metavar="R",
+        dest="thickness_rel_sigma",
+        help="relative one-sigma of --thickness (0.05 = 5 %%), as --refractive-index-rel-sigma",
+    )
     from ._film import add_film_options  # the dielectric-model fit (issue 15)
 
     add_film_options(p)
@@ -327,6 +342,8 @@ def run(args: argparse.Namespace) -> int:
         surface=args.surface,
         surface_fit=surface_fit,
         deconvolve=None if chain is None else chain[1],
+        refractive_index_rel_sigma=args.refractive_index_rel_sigma,
+        thickness_rel_sigma=args.thickness_rel_sigma,
         **uncertainty_kwargs(args),
     )
     ds.attrs["kk_input_path"] = str(args.input)
