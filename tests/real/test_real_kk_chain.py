@@ -38,19 +38,12 @@ def test_real_end_to_end_kk_sigmas(shared_data):
             si, zlp="threshold", tail="none", device="cpu", uncertainty="analytic"
         ).compute()
         gain = th.attrs["gain_per_electron"]
+        kw = dict(density_g_cm3=f.density, device="cpu", uncertainty="replicas:48", gain=gain)
+        kw.update(seed=1, **f.norm)
         rel = {}
         for n in (1, 4, 16):
             raw = si.coarsen(x=n).sum() if n > 1 else si
-            ch = eelsgpu.kramers_kronig(
-                raw,
-                deconvolve=DECONVOLVE,
-                density_g_cm3=f.density,
-                device="cpu",
-                uncertainty="replicas:48",
-                gain=gain,
-                seed=1,
-                **f.norm,
-            ).compute()
+            ch = eelsgpu.kramers_kronig(raw, deconvolve=DECONVOLVE, **kw).compute()
             assert bool(ch["valid"].values.all()), n
             t, st = ch["thickness_nm"].values, ch["thickness_nm_sigma"].values
             assert np.all(np.isfinite(st)) and np.all(st > 0), n
@@ -60,15 +53,7 @@ def test_real_end_to_end_kk_sigmas(shared_data):
             rel[n] = float(np.median(st / t))
             if n == 1:
                 dec = band_limited(raw, "threshold")
-                ssd_only = eelsgpu.kramers_kronig(
-                    dec,
-                    density_g_cm3=f.density,
-                    device="cpu",
-                    uncertainty="replicas:48",
-                    gain=gain,
-                    seed=1,
-                    **f.norm,
-                ).compute()
+                ssd_only = eelsgpu.kramers_kronig(dec, **kw).compute()
                 np.testing.assert_array_equal(t, ssd_only["thickness_nm"].values)
                 np.testing.assert_array_equal(ch["eps1"].values, ssd_only["eps1"].values)
                 assert np.median(st / ssd_only["thickness_nm_sigma"].values) > 1.0
