@@ -116,7 +116,7 @@ from ..kernels.sum_rule import sum_rule_normalisation
 from ..model import energy_axis, require_param
 from . import _checks as chk
 from ._lowloss import as_map, check_calibration, mean_free_path, spectrum_input, ssd_input
-from ._uncertainty import parse_uncertainty
+from ._uncertainty import add_systematic, parse_uncertainty
 
 __all__ = [
     "ALIGNED_OUTPUTS",
@@ -209,6 +209,9 @@ def kramers_kronig(
     gain: float | None = None,
     noise_variance: Any = None,
     seed: int = 0,
+    deconvolve: dict[str, Any] | None = None,
+    refractive_index_rel_sigma: float | None = None,
+    thickness_rel_sigma: Any = None,
 ) -> xr.Dataset:
     """Kramers-Kronig analysis of every pixel: eps(E), thickness and optical quantities.
 
@@ -236,6 +239,17 @@ def kramers_kronig(
         E0 (keV) and beta (mrad); default: the data's attributes.
     refractive_index, metal, thickness_nm
         The normalisation (see above). n < 1 is an error.
+    refractive_index_rel_sigma, thickness_rel_sigma : optional
+        The relative one-sigma uncertainty of the refractive index or the thickness given as
+        the normalisation (a number; the thickness's may be a map): propagated to first order
+        through the normalisation factor K of Im[-1/eps] = K S (eqs. 28, 33 for n: K is
+        proportional to 1 - 1/n^2, so dK/K = 2 (dn/n) / (n^2 - 1); eq. 31 for t: dK/K = dt/t)
+        as the systematic ``<name>_sigma_systematic`` (attrs ``parts``: ``normalisation``) of
+        eps1, eps2 (1/eps = 1 + K g gives d eps = (eps^2 - eps) dK/K), the loss function
+        (dK/K of it), n(E), the KK thickness (eq. 26: dK/K of it with n; the given sigma with
+        t) and the plasmon energy (eps1's shift over its slope at the zero crossing). With the
+        surface correction the factor also moves the surface term: first order in K only
+        (said in the attrs).
     iterations : int
         Maximum surface-correction iterations (eqs. 35-36; 0: none). One iteration is one
         Newton step plus one KK pass, about three single passes of FFT work
@@ -338,6 +352,17 @@ def kramers_kronig(
         Replicas per pixel (default 100); g (default: estimated from the SSD's own channel
         noise, which for a deconvolved SSD is not Poisson: give it); a measured variance; the
         replica seed (per pixel, so the sigmas do not depend on the chunking).
+    deconvolve : dict, optional
+        ``ssd`` is then the **recorded** low-loss spectrum image: it is deconvolved first by
+        :func:`eelsgpu.deconvolve` with these options (default ``output="band-limited"``; not
+        ``uncertainty``) and the result analysed. With ``uncertainty="replicas"`` the replicas
+        are drawn from the recorded counts (its gain estimated from the recorded spectra, or
+        ``gain``/``noise_variance`` given for them) and each goes through the same deconvolution
+        and KK analysis (:mod:`eelsgpu.analysis._chain`): end to end, the sigmas cover the
+        counting noise of the whole chain -- N0 and the ZLP's shape, the Fourier-log's noise
+        amplification, the band limit's channel correlation, the KK pass -- which replicas of
+        an SSD cannot (their eps sigmas were 0.01-0.28 of the true scatter on a band-limited
+        SSD, measured). ``"analytic"`` is refused here (the roll-off is not linearised).
 
     Returns
     -------
@@ -376,6 +401,15 @@ def kramers_kronig(
     >>> bool(abs(float(ds["thickness_nm"][0, 0]) / float(sim["true_t_nm"][0, 0]) - 1) < 0.01)
     True
     """
+    if deconvolve is not None:  # the recorded image: deconvolved first, replicas end to end
+        from ._chain import kramers_kronig_from_raw
+
+        options = {
+            k: v
+            for k, v in locals().items()
+            if k not in ("ssd", "deconvolve", "kramers_kronig_from_raw")
+        }
+        return kramers_kronig_from_raw(ssd, deconvolve, options, kramers_kronig, KK_SIGMA_TARGETS)
     if surface not in ("iterate", "fit"):  # issue 15: the film fit where the iteration fails
         raise InputError(f"surface must be 'iterate' or 'fit', not {surface!r}")
     dataset, si, attrs = ssd_input(ssd, "kramers_kronig")
@@ -430,6 +464,17 @@ def kramers_kronig(
         )
     if refractive_index is not None:
         sum_rule_normalisation(refractive_index, False)  # n < 1 -> InputError now, not per block
+    if refractive_index_rel_sigma is not None:
+        if refractive_index is None:
+            raise InputError("refractive_index_rel_sigma needs refractive_index=n")
+        chk.in_range("refractive_index_rel_sigma", refractive_index_rel_sigma, 0.0, 1.0)
+    if thickness_rel_sigma is not None:
+        if thickness_nm is None:
+            raise InputError("thickness_rel_sigma needs thickness_nm=t")
+        if np.ndim(thickness_rel_sigma) == 0:
+            chk.in_range("thickness_rel_sigma", thickness_rel_sigma, 0.0, 1.0)
+        else:
+            _check_map("thickness_rel_sigma", thickness_rel_sigma, "", zero_ok=True)
 
     extras: dict[str, Any] = {}
     # what the SSD is, and so on which energy it is analysed
@@ -518,6 +563,18 @@ def kramers_kronig(
     decl = kk_declaration(e_out)
     kernel_params: dict[str, Any] = {}
     unc = parse_uncertainty(si, uncertainty, n_replicas, gain, noise_variance, seed)
+    misses_deconvolution = unc.method is not None and kind is not None and noise_variance is None
+    if misses_deconvolution:
+        # measured (analysis/_chain.py): on a band-limited SSD the SSD-as-counts sigmas of eps
+        # were 0.01-0.28 of the scatter of eps over raw realisations
+        warnings.warn(
+            f"the {unc.label} sigmas of this deconvolved SSD{where} treat its values as counts: "
+            "they miss the deconvolution's own noise (its amplification, the band limit's "
+            "channel correlation, N0) and can be many times too small; pass the recorded "
+            "spectrum image with deconvolve={...} for replicas end to end",
+            KKWarning,
+            stacklevel=2,
+        )
     if unc.method == "analytic":
         if int(iterations) > 0 or surface == "fit":
             raise InputError(
@@ -596,6 +653,11 @@ def kramers_kronig(
             ds[name].attrs["coverage"] = (
                 KK_ANALYTIC_SIGMA_COVERAGE if unc.method == "analytic" else KK_EPS_SIGMA_COVERAGE
             )
+    if misses_deconvolution:
+        ds.attrs["uncertainty_misses"] = (
+            "the deconvolution's own noise: the SSD's values taken as counts (pass the recorded "
+            "image with deconvolve={...} for end-to-end replicas)"
+        )
     if unc.method == "analytic":
         ds.attrs["kk_analytic_not_covered"] = (
             "loss_peak_eV (a grid maximum: use replicas); N0's noise, the deconvolution's own "
@@ -615,6 +677,11 @@ def kramers_kronig(
             **attrs,
             "note": f"NaN where {name[:-6]} is held at 0 by the sign constraint in every replica",
         }
+    if refractive_index_rel_sigma is not None or thickness_rel_sigma is not None:
+        ds = _normalisation_systematic(
+            ds, si, refractive_index, thickness_nm, refractive_index_rel_sigma,
+            thickness_rel_sigma, int(iterations),
+        )  # fmt: skip
     if surface == "fit":  # issue 15: refit the pixels the surface iteration flags
         from .film import surface_fit as _surface_fit
 
@@ -746,3 +813,103 @@ def warn_flagged(ds: xr.Dataset) -> None:
                     KKWarning,
                     stacklevel=2,
                 )
+
+
+#: The largest relative move of 1/eps (|1/eps - 1| dK/K / |1/eps| = |1 - eps| dK/K) for which
+#: the normalisation's first-order sigma of eps is quoted.
+LINEAR_MOVE_MAX = 0.2
+
+
+def _normalisation_systematic(
+    ds: xr.Dataset,
+    si: xr.DataArray,
+    refractive_index: float | None,
+    thickness_nm: Any,
+    n_rel_sigma: float | None,
+    t_rel_sigma: Any,
+    iterations: int,
+) -> xr.Dataset:
+    """The given normalisation's uncertainty through K, Im[-1/eps] = K S, to first order.
+
+    kk-theory.md eqs. 28 and 33 (n: K proportional to 1 - 1/n^2, so
+    dK/K = 2 (dn/n) / (n^2 - 1)) or eq. 31 (t: K proportional to 1/t, dK/K = dt/t);
+    1/eps = 1 + K g, so d eps = (eps^2 - eps) dK/K. Relative sigmas in, sigmas in each
+    output's units out (``<name>_sigma_systematic``, part ``normalisation``).
+    """
+    if n_rel_sigma is not None:
+        n = float(refractive_index)
+        r: Any = 2.0 * float(n_rel_sigma) / (n * n - 1.0)
+        what = (
+            f"refractive index n = {n:g} +- {100 * float(n_rel_sigma):g} % (given), first order "
+            "through the sum-rule normalisation (kk-theory.md eqs. 28, 33)"
+        )
+    else:
+        r = t_rel_sigma if np.ndim(t_rel_sigma) == 0 else as_map(t_rel_sigma, si, "thickness")
+        what = (
+            "thickness given as the normalisation, its relative sigma (given), first order "
+            "through eq. 31's factor"
+        )
+    if iterations > 0:
+        what += "; with the surface correction only the factor's first-order part"
+    r_da = r if isinstance(r, xr.DataArray) else float(r)
+    parts: dict[str, Any] = {}
+    if "eps1" in ds and "eps2" in ds:
+        eps = ds["eps1"] + 1j * ds["eps2"]
+        d = eps * eps - eps
+        # first order only where 1/eps moves by at most 20 % (|1/eps - 1| r / |1/eps|): where
+        # |eps| is large (a metal below its plasmon) a 1 % normalisation moves eps far
+        # nonlinearly -- NaN there, not a false first-order number
+        linear = (abs(eps - 1) * r_da <= LINEAR_MOVE_MAX).where(np.isfinite(ds["eps1"]), False)
+        parts["eps1"] = (abs(np.real(d)) * r_da).where(linear)
+        parts["eps2"] = (abs(np.imag(d)) * r_da).where(linear)
+        if "refractive_index" in ds:
+            # n(E) = sqrt((|eps| + eps1) / 2) moved along d eps: its derivative by a small step
+            h = 1e-6
+            e2 = eps + h * d
+            n0 = np.sqrt((abs(eps) + np.real(eps)) / 2)
+            n1 = np.sqrt((abs(e2) + np.real(e2)) / 2)
+            parts["refractive_index"] = (abs(n1 - n0) / h * r_da).where(linear)
+        if "plasmon_energy_eV" in ds:
+            parts["plasmon_energy_eV"] = _crossing_shift(ds, np.real(d) * r_da)
+    if "loss_function" in ds:
+        parts["loss_function"] = abs(ds["loss_function"]) * r_da
+    if "thickness_nm" in ds:
+        rel = r_da if n_rel_sigma is not None else (
+            t_rel_sigma if np.ndim(t_rel_sigma) == 0 else as_map(t_rel_sigma, si, "thickness")
+        )  # fmt: skip
+        parts["thickness_nm"] = abs(ds["thickness_nm"]) * rel
+    for name, sigma in parts.items():
+        if isinstance(sigma, xr.DataArray):
+            sigma = sigma.drop_vars([c for c in sigma.coords if c not in ds[name].coords])
+        ds = add_systematic(ds, name, {"normalisation": (sigma, what)})
+    return ds
+
+
+def _crossing_shift(ds: xr.Dataset, d_eps1: xr.DataArray) -> xr.DataArray:
+    """|d E_p| of the plasmon energy (eps1's upward zero crossing, interpolated linearly between
+    channels a and b as :func:`~eelsgpu.kernels.optics.plasmon_energy_eV` does,
+    E_p = E_a - dE e1_a / (e1_b - e1_a)) when eps1 moves by the signed ``d_eps1``:
+    d E_p = -dE (d_a e1_b - e1_a d_b) / (e1_b - e1_a)^2."""
+    e = ds["energy"].values
+    e0, de = float(e[0]), float(e[1] - e[0])
+
+    def shift(e1: np.ndarray, d: np.ndarray, ep: np.ndarray) -> np.ndarray:
+        i = np.floor((np.nan_to_num(ep, nan=e0) - e0) / de).clip(0, e1.shape[-1] - 2)
+        i = i.astype(np.int64)[..., None]
+        a, b = (np.take_along_axis(e1, i + k, axis=-1)[..., 0] for k in (0, 1))
+        da, db = (np.take_along_axis(d, i + k, axis=-1)[..., 0] for k in (0, 1))
+        step = b - a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.abs(de * (da * b - a * db) / (step * step))
+        return np.where(np.isfinite(ep) & (step > 0), out, np.nan)
+
+    return xr.apply_ufunc(
+        shift,
+        ds["eps1"],
+        d_eps1,
+        ds["plasmon_energy_eV"],
+        input_core_dims=[["energy"], ["energy"], []],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    )

@@ -22,9 +22,12 @@ explains it). The low-energy cut-off is 3 x each pixel's measured ZLP FWHM unles
 from eps where that cube is not kept) of one pixel (``--pixel Y,X``) or the mean of a region
 (``--pixel Y0:Y1,X0:X1``) at PATH, and the thickness, plasmon-energy and quality maps beside it
 (PATH_thickness.png, PATH_plasmon.png, PATH_quality.png). ``--uncertainty replicas:K`` (with
-``--gain``, the SSD's data units per electron, and ``--seed``) adds ``eps1_sigma``,
-``eps2_sigma``, ``thickness_nm_sigma`` and ``plasmon_energy_eV_sigma`` from K Poisson replicas of
-each pixel's SSD (its values taken as counts; see ``eelsgpu.kramers_kronig``).
+``--gain`` and ``--seed``) adds ``eps1_sigma``, ``eps2_sigma``, ``thickness_nm_sigma``,
+``plasmon_energy_eV_sigma`` and the other sigmas from K Poisson replicas of each pixel: on a raw
+input, replicas of the recorded counts (``--gain``: the recorded data units per electron), each
+deconvolved and analysed again (end to end: the deconvolution's noise included); on an SSD store,
+replicas of the SSD (its values taken as counts, ``--gain`` the SSD's units per electron: this
+misses the deconvolution's own noise; see ``eelsgpu.kramers_kronig``).
 
 Examples::
 
@@ -33,6 +36,7 @@ Examples::
     eelsgpu kk ssd.zarr -o kk.zarr --refractive-index 3.42 --iterations 10 --png kk.png
     eelsgpu kk ssd.zarr -o kk.zarr --metal --cubes eps1,eps2,loss_function,n_eff
     eelsgpu kk ssd.zarr -o kk.zarr --metal --uncertainty replicas:50 --gain 1
+    eelsgpu kk lowloss.zarr -o kk.zarr --metal --uncertainty replicas:32
 """
 
 from __future__ import annotations
@@ -163,6 +167,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     add_analysis_options(p)
     add_uncertainty_options(p)
+    p.add_argument(
+        "--refractive-index-rel-sigma",
+        type=float,
+        metavar="R",
+        dest="refractive_index_rel_sigma",
+        help="relative one-sigma of --refractive-index (0.01 = 1 %%): the normalisation's "
+        "systematic part of every output (<name>_sigma_systematic)",
+    )
+    p.add_argument(
+        "--thickness-rel-sigma",
+        type=float,
+        metavar="R",
+        dest="thickness_rel_sigma",
+        help="relative one-sigma of --thickness (0.05 = 5 %%), as --refractive-index-rel-sigma",
+    )
     from ._film import add_film_options  # the dielectric-model fit (issue 15)
 
     add_film_options(p)
@@ -267,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     # a number of nm is checked before the input is read
     thickness = None if args.thickness is None else _thickness_argument(args.thickness)
     cubes = _cubes_argument(args.cubes, args.png)
+    chain = None  # (the recorded image, deconvolve's options) for end-to-end replicas
     if io.is_store(args.input) and "ssd" in io.open_store(args.input):
         ssd = io.open_store(args.input, chunks=chunks or "auto")
     else:
@@ -277,17 +297,21 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--kind reconvolved-gaussian needs --fwhm (eV)")
         si = open_input(args)
         kind, gauss = args.deconv_output, args.fwhm_eV
-        ssd = deconvolve(
-            si,
+        dec_options = dict(
             zlp=_zlp_argument(args.zlp, si),
             output=kind,
             fwhm_eV=gauss,
             search_eV=search_value(args),
             device=args.device,
         )
+        ssd = deconvolve(si, **dec_options)
         for key in ("beam_energy_keV", "collection_angle_mrad"):
             if key in si.attrs:
                 ssd.attrs.setdefault(key, si.attrs[key])
+        if str(args.uncertainty or "").startswith("replicas") and args.surface != "fit":
+            # replicas of the recorded counts through the deconvolution and KK both (end to
+            # end: eelsgpu.analysis._chain), not of the SSD
+            chain = (si, dec_options)
     from ._film import check_normalisation, film_kwargs, film_requested, run_film  # issue 15
 
     surface_fit = None
@@ -302,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
     check_normalisation(args)
     cal = calibration_kwargs(args)
     ds = kramers_kronig(
-        ssd,
+        ssd if chain is None else chain[0],
         beam_energy_keV=cal.get("beam_energy_keV"),
         collection_angle_mrad=cal.get("collection_angle_mrad"),
         refractive_index=args.refractive_index,
@@ -317,6 +341,9 @@ def run(args: argparse.Namespace) -> int:
         cubes=cubes,
         surface=args.surface,
         surface_fit=surface_fit,
+        deconvolve=None if chain is None else chain[1],
+        refractive_index_rel_sigma=args.refractive_index_rel_sigma,
+        thickness_rel_sigma=args.thickness_rel_sigma,
         **uncertainty_kwargs(args),
     )
     ds.attrs["kk_input_path"] = str(args.input)

@@ -15,6 +15,7 @@ calls the kernel and writes the results. Like LiberTEM's executors, each concern
 :mod:`.counting`          the counting stand-in for CuPy (launches, syncs, float64, bytes per block)
 :mod:`.gpu_worker`        one GPU per worker process of a multi-GPU job (a dask preload)
 :mod:`.chunking`          task and storage chunk sizes
+:mod:`.blas`              one BLAS thread per block while blocks run a thread per core
 :mod:`.outputs`           outputs that never destroy data: what may be replaced, one lock per
                           output, leftovers of killed runs
 :mod:`.store`             the one store writer (:class:`StoreWriter`; :func:`run_to_store`,

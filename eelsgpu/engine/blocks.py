@@ -58,6 +58,7 @@ from ..kernels.declare import BlockKernel, Kernel, Output
 from ..model import as_spectrum_image
 from . import device as backend
 from . import transfer as gpu
+from .blas import one_blas_thread
 
 __all__ = [
     "PACKED_ENCODING",
@@ -673,8 +674,12 @@ def _run_eager(
         block_fn(host[sl], *(arr[sl] for arr in extras), dest=dest, stop=stop)
 
     if workers <= 1 or len(blocks) <= 1:
-        for sl, rows in blocks:
-            run(sl, rows)
+        # BLAS at one thread here too: a block's matrix products are small (a few hundred
+        # rows), where OpenBLAS's own threads cost more than they give (measured: the analytic
+        # KK's two products per block, 7-8 ms with 2 BLAS threads, ~1 ms with one)
+        with one_blas_thread():
+            for sl, rows in blocks:
+                run(sl, rows)
         return results
     # Our own threads, not a ThreadPoolExecutor: each is listed before it starts, so Ctrl-C at any
     # moment (even while one is starting) still waits for every thread that may be running.
@@ -701,10 +706,13 @@ def _run_eager(
         for i in range(min(workers, len(blocks)))
     ]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # BLAS held to one thread while a block runs per core (eelsgpu.engine.blas), set from
+        # this (the calling) thread: OpenBLAS ignores a limit set from one of the block threads
+        with one_blas_thread():
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
     except BaseException:  # Ctrl-C
         stop.set()
         raise

@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from . import device as backend
+from .blas import one_blas_thread
 from .blocks import _Extract, packed_source
 from .outputs import OutputLock, check_output, clean_leftovers, remove_store
 from .progress import BlockProgress
@@ -825,7 +826,10 @@ def _local_compute(graphs: Sequence[Any], scheduler: Any) -> tuple[Any, ...]:
     if scheduler not in (None, "threads", "threading"):
         return dask.compute(*graphs, scheduler=scheduler)
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool:  # leaving the block waits for running tasks
+    # BLAS held to one thread while a chunk runs per core (eelsgpu.engine.blas), set from this
+    # (the calling) thread: OpenBLAS ignores the limit set from one of the pool's threads
+    with one_blas_thread(workers > 1), ThreadPoolExecutor(workers) as pool:
+        # leaving the block waits for running tasks
         return dask.compute(*graphs, scheduler="threads", pool=pool)
 
 
