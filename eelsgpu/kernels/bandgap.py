@@ -341,38 +341,45 @@ def _newton(xp, chi2_at, v: dict[str, Any], h_eg, h_b: float) -> dict[str, Any]:
     small = best["pd"] & (xp.abs(best["dv"]) <= best["db"])
     eg = xp.where(small, best["eg"] + best["du"], best["eg"])
     b = xp.where(small, best["b"] + best["dv"], best["b"])
-    eg_err = _profile_secant(xp, chi2_at, eg, b, best, lo_b)
-    return v | {"eg": eg, "eg_err": eg_err, "b": b, "b_err": best["b_err"]}
+    ok = xp.isfinite(best["chi2"])
+    s_e, s_b, cov = best["eg_err"], best["b_err"], best["cov"]
+    eg_err = xp.where(ok, _profile_secant(xp, chi2_at, eg, b, s_e, s_b, cov, lo_b, True), s_e)
+    b_err = xp.where(ok, _profile_secant(xp, chi2_at, eg, b, s_b, s_e, cov, lo_e, False), s_b)
+    return v | {"eg": eg, "eg_err": eg_err, "b": b, "b_err": b_err}
 
 
-def _profile_secant(xp, chi2_at, eg, b, best: dict[str, Any], lo_b: float):
-    """Eg's error from the profile likelihood itself: Delta chi^2 of the profile (b minimised:
-    a parabola through three b's about the Hessian's conditional b) at Eg +- sigma_H, where a
-    parabolic profile rises by 1. Where the curved Eg-b valley makes the profile flatter (or
-    steeper) than the local Hessian says, sigma = sigma_H / sqrt(Delta chi^2) (the secant
-    through the two sides; Delta clipped to 0.1..4)."""
-    s_e = best["eg_err"]
-    ok = xp.isfinite(s_e) & (s_e > 0) & xp.isfinite(best["chi2"])
-    s_e = xp.where(ok, s_e, 1.0)
-    k = best["cov"] / (s_e * s_e)  # db/dEg along the profile
-    cond = xp.clip(best["b_err"] ** 2 - best["cov"] * k, 0.0, None)
-    db = xp.clip(xp.where(ok, xp.sqrt(cond), lo_b), lo_b, None)
+def _profile_secant(xp, chi2_at, eg, b, s_x, s_y, cov, lo_y: float, x_is_eg: bool):
+    """The error of x (Eg or b) from the profile likelihood itself: Delta chi^2 of the profile
+    (y, the other, minimised: a parabola through three y's about the Hessian's conditional y)
+    at x +- SECANT sigma_H, where a parabolic profile rises by SECANT^2. Where the curved Eg-b
+    valley (or the onset's cusp at b < 1) makes the profile flatter or steeper than the local
+    Hessian says, sigma = SECANT sigma_H / sqrt(Delta chi^2) (the secant through the two
+    sides, whose mean cancels an offset of the centre; Delta clipped to 0.1..4 SECANT^2).
+    ``s_x``, ``s_y``, ``cov``: the Hessian's sigmas of x and y and their covariance."""
+    ok = xp.isfinite(s_x) & (s_x > 0) & xp.isfinite(s_y) & xp.isfinite(cov)
+    sx = xp.where(ok, s_x, 1.0)
+    k = xp.where(ok, cov, 0.0) / (sx * sx)  # dy/dx along the profile
+    cond = xp.clip(xp.where(ok, s_y, 0.0) ** 2 - xp.where(ok, cov, 0.0) * k, 0.0, None)
+    dy = xp.clip(xp.sqrt(cond), lo_y, None)
     sides = (-SECANT, -SECANT, -SECANT, SECANT, SECANT, SECANT, 0.0)
     steps = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, 0.0)
     sd = xp.asarray(sides, dtype=eg.dtype)[None, :]
     st = xp.asarray(steps, dtype=eg.dtype)[None, :]
-    pts_e = eg[:, None] + sd * s_e[:, None]
-    pts_b = b[:, None] + sd * (k * s_e)[:, None] + st * (SECANT * db)[:, None]
-    c = chi2_at(pts_e, pts_b)
+    px = sd * sx[:, None]
+    py = sd * (k * sx)[:, None] + st * (SECANT * dy)[:, None]
+    if x_is_eg:
+        c = chi2_at(eg[:, None] + px, b[:, None] + py)
+    else:
+        c = chi2_at(eg[:, None] + py, b[:, None] + px)
     c0 = c[:, 6]
     rise = 0.0
     for i in (0, 3):
         _, val, _ = _vertex3(xp, c[:, i], c[:, i + 1], c[:, i + 2])
-        # no positive curvature in b: the middle point (an upper bound of the profile)
+        # no positive curvature in y: the middle point (an upper bound of the profile)
         val = xp.where(xp.isfinite(val), val, c[:, i + 1])
         rise = rise + 0.5 * (xp.minimum(val, c[:, i + 1]) - c0)
     rise = xp.clip(xp.where(xp.isfinite(rise), rise, SECANT**2), 0.1 * SECANT**2, 4 * SECANT**2)
-    return xp.where(ok, SECANT * best["eg_err"] / xp.sqrt(rise), best["eg_err"])
+    return xp.where(ok, SECANT * s_x / xp.sqrt(rise), s_x)
 
 
 def bandgap_kernel(
