@@ -19,8 +19,16 @@ of the profile chi^2(Eg) (b, r and the linear parameters profiled out) is refine
 parabola, and its curvature gives the standard error, sigma^2 = 2 / (d^2 chi^2 / dEg^2) (the
 Delta chi^2 = 1 rule; where the profile is not parabolic, the half-width of the grid interval
 with Delta chi^2 <= 1 if that is wider), scaled by sqrt(reduced chi^2) when the model fits worse
-than the noise. b is treated the same way over its own profile when it is free, and the type is
-the better of b = 1/2 and b = 3/2 by chi^2 (a likelihood-ratio choice). Weights are Poisson:
+than the noise. With b free (a grid of 0.1) the estimate is made continuous in b (issue 14: on
+the curved Eg-b valley the grid's b moved Eg by more than its sigma, and the 5-point parabola
+over b put b 3-5 sigma above the truth): per grid b the conditional minimum in Eg (a parabola
+through three Eg points), the parabola of chi^2(b) through the best grid b and its neighbours,
+Eg interpolated along the valley, then Newton steps on chi^2(Eg, b) at each pixel's own (Eg, b)
+(:func:`_newton`: a 3 x 3 stencil along the valley at the scale of the sigmas, the step kept
+only where it lowers chi^2), whose Hessian gives the errors of Eg and b, each marginalised over
+the other, widened or narrowed where the profile likelihood is not parabolic
+(:func:`_profile_secant`). The type is the better of b = 1/2 and b = 3/2 by chi^2 on the grid
+(a likelihood-ratio choice). Weights are Poisson:
 variance = the counts smoothed over 5 channels (at least 1), or a variance cube the caller gives.
 Energies are in eV, spectra in counts per channel.
 
