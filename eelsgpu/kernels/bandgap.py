@@ -197,8 +197,12 @@ def _refine(xp, prof, eg, h_eg):
     """Eg at the minimum of chi^2(Eg | b) (n, n_eg), refined by the parabola through the grid
     minimum and its two neighbours: (Eg in eV, chi^2 there, d^2chi^2/dEg^2 in 1/eV^2)."""
     idx = xp.argmin(prof, axis=1)
-    vals, _ = _stencil(xp, prof, idx)
-    k, val, c = _vertex3(xp, vals[1], vals[2], vals[3])
+    # the three values in one gather (one of these per grid b: few device operations)
+    j = xp.clip(
+        idx[:, None] + xp.asarray([-1, 0, 1], dtype=idx.dtype)[None, :], 0, prof.shape[1] - 1
+    )
+    v3 = xp.take_along_axis(prof, j, axis=1)
+    k, val, c = _vertex3(xp, v3[:, 0], v3[:, 1], v3[:, 2])
     return xp.take(eg, idx) + k * h_eg, val, c / (h_eg * h_eg)
 
 
