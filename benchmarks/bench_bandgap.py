@@ -65,7 +65,8 @@ def main() -> None:
         f"eelsgpu.bandgap (cpu): {t_ours:.2f} s, {1e3 * t_ours / n:.2f} ms/pixel, "
         f"valid {v.mean():.3f}, |Eg error| median {np.median(err):.4f} eV, "
         f"95th pct {np.percentile(err, 95):.4f} eV, type right "
-        f"{np.mean(ds['gap_type'].values[v] == 1):.3f}"
+        f"{np.mean(ds['gap_type'].values[v] == 1):.3f}, |b error| median "
+        f"{np.median(np.abs(ds['exponent_b'].values[v] - 1.5)):.4f}"
     )
 
     rng = np.random.default_rng(1)

@@ -19,8 +19,16 @@ of the profile chi^2(Eg) (b, r and the linear parameters profiled out) is refine
 parabola, and its curvature gives the standard error, sigma^2 = 2 / (d^2 chi^2 / dEg^2) (the
 Delta chi^2 = 1 rule; where the profile is not parabolic, the half-width of the grid interval
 with Delta chi^2 <= 1 if that is wider), scaled by sqrt(reduced chi^2) when the model fits worse
-than the noise. b is treated the same way over its own profile when it is free, and the type is
-the better of b = 1/2 and b = 3/2 by chi^2 (a likelihood-ratio choice). Weights are Poisson:
+than the noise. With b free (a grid of 0.1) the estimate is made continuous in b (issue 14: on
+the curved Eg-b valley the grid's b moved Eg by more than its sigma, and the 5-point parabola
+over b put b 3-5 sigma above the truth): per grid b the conditional minimum in Eg (a parabola
+through three Eg points), the parabola of chi^2(b) through the best grid b and its neighbours,
+Eg interpolated along the valley, then Newton steps on chi^2(Eg, b) at each pixel's own (Eg, b)
+(:func:`_newton`: a 3 x 3 stencil along the valley at the scale of the sigmas, the step kept
+only where it lowers chi^2), whose Hessian gives the errors of Eg and b, each marginalised over
+the other, widened or narrowed where the profile likelihood is not parabolic
+(:func:`_profile_secant`). The type is the better of b = 1/2 and b = 3/2 by chi^2 on the grid
+(a likelihood-ratio choice). Weights are Poisson:
 variance = the counts smoothed over 5 channels (at least 1), or a variance cube the caller gives.
 Energies are in eV, spectra in counts per channel.
 
@@ -172,6 +180,221 @@ def _parabola(vals):
     c1 = sum(k * v for k, v in zip(ks, vals, strict=True)) / 10.0
     c2 = sum((k * k - 2.0) * v for k, v in zip(ks, vals, strict=True)) / 14.0
     return c1, c2
+
+
+def _vertex3(xp, vm, v0, vp):
+    """The parabola through (-1, vm), (0, v0), (1, vp): vertex offset (clipped to +-1), value
+    there and second derivative (grid units; NaN where not positive)."""
+    g = 0.5 * (vp - vm)
+    c = vp - 2.0 * v0 + vm
+    good = c > 0
+    k = xp.clip(-g / xp.where(good, c, 1.0), -1.0, 1.0)
+    k = xp.where(good, k, 0.0)
+    return k, v0 + g * k + 0.5 * c * k * k, xp.where(good, c, math.nan)
+
+
+def _refine(xp, prof, eg, h_eg):
+    """Eg at the minimum of chi^2(Eg | b) (n, n_eg), refined by the parabola through the grid
+    minimum and its two neighbours: (Eg in eV, chi^2 there, d^2chi^2/dEg^2 in 1/eV^2)."""
+    idx = xp.argmin(prof, axis=1)
+    # the three values in one gather (one of these per grid b: few device operations)
+    j = xp.clip(
+        idx[:, None] + xp.asarray([-1, 0, 1], dtype=idx.dtype)[None, :], 0, prof.shape[1] - 1
+    )
+    v3 = xp.take_along_axis(prof, j, axis=1)
+    k, val, c = _vertex3(xp, v3[:, 0], v3[:, 1], v3[:, 2])
+    return xp.take(eg, idx) + k * h_eg, val, c / (h_eg * h_eg)
+
+
+def _valley(xp, valley, bgrid, h_b: float, h_eg):
+    """The joint (Eg, b) minimum of the free model, continuous in b, and its errors.
+
+    ``valley`` holds per grid b the conditional fit (Eg(b), chi^2(b), d^2chi^2/dEg^2 at b). b is
+    the vertex of the parabola through chi^2(b) at the grid minimum and its two neighbours, and
+    Eg the quadratic (Lagrange) interpolation of Eg(b) there, so that neither jumps from one
+    grid cell of b to the next (on the curved Eg-b valley a b grid of 0.1 moved Eg by more than
+    its sigma; tests/analysis/test_kk_bandgap_uncertainty.py). Errors (Delta chi^2 = 1, the
+    (Eg, b) Hessian H): b's from the profile's curvature, sigma_b^2 = 2 / chi^2''(b); Eg's
+    marginalised over b, [2 H^-1]_EgEg = sigma_Eg|b^2 + (dEg/db)^2 sigma_b^2 (the conditional
+    error at b and b's error carried along the valley's slope).
+
+    Returns
+    -------
+    (eg, eg_err, b, b_err, good_b, b_inside) : arrays (n,)
+    """
+    e_b = xp.stack([v[0] for v in valley], axis=1)
+    chi_b = xp.stack([v[1] for v in valley], axis=1)
+    curv_e = xp.stack([v[2] for v in valley], axis=1)
+    n_b = chi_b.shape[1]
+    jdx = xp.argmin(chi_b, axis=1)
+    cv, _ = _stencil(xp, chi_b, jdx)
+    k, _, c = _vertex3(xp, cv[1], cv[2], cv[3])
+    good_b = xp.isfinite(c)
+    b_inside = (jdx >= 1) & (jdx <= n_b - 2)
+    ev, _ = _stencil(xp, e_b, jdx)
+    de = 0.5 * (ev[3] - ev[1])
+    d2e = ev[3] - 2.0 * ev[2] + ev[1]
+    eg = ev[2] + k * de + 0.5 * k * k * d2e
+    slope = (de + k * d2e) / h_b  # dEg/db along the valley at b
+    b_best = xp.take(bgrid, jdx) + k * h_b
+    b_var = 2.0 * h_b * h_b / c
+    cc, _ = _stencil(xp, curv_e, jdx)
+    # the conditional curvature in Eg at b, linear between the grid b's either side
+    ce = xp.where(k >= 0, cc[2] + k * (cc[3] - cc[2]), cc[2] - k * (cc[1] - cc[2]))
+    ce = xp.where(ce > 0, ce, math.nan)
+    eg_var = 2.0 / ce + slope * slope * b_var
+    return {
+        "eg": eg,
+        "eg_err": xp.sqrt(eg_var),
+        "eg_cond_err": xp.sqrt(2.0 / ce),
+        "slope": slope,
+        "b": b_best,
+        "b_err": xp.sqrt(b_var),
+        "good_b": good_b,
+        "b_inside": b_inside,
+    }
+
+
+#: Where :func:`_profile_secant` measures the profile's rise, in sigmas of the Hessian.
+SECANT = 1.5
+#: Newton steps of the joint (Eg, b) refinement of the free model (:func:`_newton`).
+NEWTON_STEPS = 5
+#: The longest Newton step, in stencil units (about sigmas; longer steps, 8, left b = 0.5 at
+#: high counts less converged in the coverage tests). 4 steps instead of 5 did too.
+MAX_STEP = 2.0
+# the 3 x 3 stencil of _newton in step units: u (along Eg) and v (along b), row-major in v
+_U = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0)
+_V = (-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+
+
+def _newton(xp, chi2_at, v: dict[str, Any], h_eg, h_b: float) -> dict[str, Any]:
+    """Newton steps on chi^2(Eg, b) (b's and the background's linear parameters profiled out)
+    from the valley's estimate ``v`` (:func:`_valley`), each pixel at its own (Eg, b).
+
+    ``chi2_at(eg, b)`` (both (n, 9)) gives chi^2 at each pixel's points. The 3 x 3 stencil
+    lies along the valley: u steps Eg by ``de`` (Eg's conditional sigma), v steps b by ``db``
+    (b's sigma) and Eg with it by the valley's slope, so the stencil spans the Delta chi^2 ~ 1
+    region (the profile likelihood's, not the grid's scale) and the cross term is small. From
+    it: gradient g and Hessian H (central differences), the step -H^-1 g, the covariance
+    2 H^-1 (Delta chi^2 = 1) carried back to (Eg, b): var Eg = C_uu de^2 + 2 s C_uv de db +
+    s^2 C_vv db^2, var b = C_vv db^2 (each marginalised over the other); the slope s and the
+    steps follow H. Where H is not positive definite the pixel keeps the valley's values.
+    """
+    lo_e, lo_b = h_eg / 100.0, h_b / 100.0
+    ce = v["eg_cond_err"]
+    cur = {
+        "eg": v["eg"],
+        "b": v["b"],
+        "slope": xp.where(xp.isfinite(v["slope"]), v["slope"], 0.0),
+        "de": xp.clip(xp.where(xp.isfinite(ce), ce, h_eg), lo_e, h_eg),
+        "db": xp.clip(xp.where(xp.isfinite(v["b_err"]), v["b_err"], h_b), lo_b, h_b / 2.0),
+    }
+    # the best stencil centre so far (lowest chi^2), the step from it, and the errors of the
+    # last positive-definite Hessian
+    best = cur | {
+        "chi2": xp.full(v["eg"].shape, math.inf, dtype=v["eg"].dtype),
+        "eg_err": v["eg_err"],
+        "b_err": v["b_err"],
+        "du": xp.zeros_like(v["eg"]),
+        "dv": xp.zeros_like(v["eg"]),
+        "cov": xp.zeros_like(v["eg"]),
+        "pd": xp.zeros(v["eg"].shape, dtype=xp.bool),
+    }
+    u = xp.asarray(_U, dtype=v["eg"].dtype)[None, :]
+    w_ = xp.asarray(_V, dtype=v["eg"].dtype)[None, :]
+    for _ in range(NEWTON_STEPS):
+        de, db, slope = cur["de"], cur["db"], cur["slope"]
+        pts_b = cur["b"][:, None] + db[:, None] * w_
+        pts_e = cur["eg"][:, None] + de[:, None] * u + (slope * db)[:, None] * w_
+        c = chi2_at(pts_e, pts_b)
+        c = [c[:, i] for i in range(9)]
+        gu, gv = 0.5 * (c[5] - c[3]), 0.5 * (c[7] - c[1])
+        huu, hvv = c[5] - 2.0 * c[4] + c[3], c[7] - 2.0 * c[4] + c[1]
+        huv = 0.25 * (c[8] - c[6] - c[2] + c[0])
+        det = huu * hvv - huv * huv
+        pd = (huu > 0) & (det > 0) & xp.isfinite(det)
+        sdet = xp.where(pd, det, 1.0)
+        shuu = xp.where(huu > 0, huu, 1.0)
+        # the Newton step; where H is not positive definite (off the valley's floor) the
+        # conditional step in Eg alone, which brings the centre down onto the floor
+        du = xp.where(pd, -(hvv * gu - huv * gv) / sdet, xp.where(huu > 0, -gu / shuu, 0.0))
+        dv = xp.where(pd, -(huu * gv - huv * gu) / sdet, 0.0)
+        du, dv = xp.clip(du, -MAX_STEP, MAX_STEP), xp.clip(dv, -MAX_STEP, MAX_STEP)
+        cuu, cvv, cuv = 2.0 * hvv / sdet, 2.0 * xp.where(pd, huu, 1.0) / sdet, -2.0 * huv / sdet
+        var_e = cuu * de * de + 2.0 * slope * cuv * de * db + slope * slope * cvv * db * db
+        here = {
+            "eg": cur["eg"],
+            "b": cur["b"],
+            "chi2": c[4],
+            "du": du * de + slope * dv * db,  # the step, in eV and in b
+            "dv": dv * db,
+            "pd": pd,
+        }
+        # what a positive-definite Hessian says: the errors (2 H^-1 carried back to (Eg, b)),
+        # the valley's slope and the conditional sigmas that scale the next stencil
+        errs = {
+            "eg_err": xp.sqrt(xp.clip(var_e, 0.0, None)),
+            "b_err": xp.sqrt(cvv) * db,
+            "cov": (cuv * de + slope * cvv * db) * db,  # cov(Eg, b)
+            "slope": slope - huv / shuu * de / db,
+            "de": xp.clip(de * xp.sqrt(2.0 / shuu), lo_e, h_eg),
+            "db": xp.clip(xp.sqrt(cvv) * db, lo_b, h_b / 2.0),
+        }
+        better = xp.isfinite(c[4]) & (c[4] < best["chi2"])
+        best = {k: xp.where(better, here[k], best[k]) if k in here else best[k] for k in best}
+        best = best | {k: xp.where(better & pd, errs[k], best[k]) for k in errs}
+        # next: the step from a better centre; else half the best centre's step (a step that
+        # raised chi^2: the power-law background's r grid makes the surface the lower
+        # envelope of smooth ones, with kinks where the best r changes)
+        best["du"] = xp.where(better, best["du"], 0.5 * best["du"])
+        best["dv"] = xp.where(better, best["dv"], 0.5 * best["dv"])
+        cur = {k: best[k] for k in ("slope", "de", "db")}
+        cur["eg"] = best["eg"] + best["du"]
+        cur["b"] = best["b"] + best["dv"]
+    # the best centre moved by its Newton step where its Hessian holds (the step stays within
+    # the stencil)
+    small = best["pd"] & (xp.abs(best["dv"]) <= best["db"])
+    eg = xp.where(small, best["eg"] + best["du"], best["eg"])
+    b = xp.where(small, best["b"] + best["dv"], best["b"])
+    ok = xp.isfinite(best["chi2"])
+    s_e, s_b, cov = best["eg_err"], best["b_err"], best["cov"]
+    eg_err = xp.where(ok, _profile_secant(xp, chi2_at, eg, b, s_e, s_b, cov, lo_b, True), s_e)
+    b_err = xp.where(ok, _profile_secant(xp, chi2_at, eg, b, s_b, s_e, cov, lo_e, False), s_b)
+    return v | {"eg": eg, "eg_err": eg_err, "b": b, "b_err": b_err}
+
+
+def _profile_secant(xp, chi2_at, eg, b, s_x, s_y, cov, lo_y: float, x_is_eg: bool):
+    """The error of x (Eg or b) from the profile likelihood itself: Delta chi^2 of the profile
+    (y, the other, minimised: a parabola through three y's about the Hessian's conditional y)
+    at x +- SECANT sigma_H, where a parabolic profile rises by SECANT^2. Where the curved Eg-b
+    valley (or the onset's cusp at b < 1) makes the profile flatter or steeper than the local
+    Hessian says, sigma = SECANT sigma_H / sqrt(Delta chi^2) (the secant through the two
+    sides, whose mean cancels an offset of the centre; Delta clipped to 0.1..4 SECANT^2).
+    ``s_x``, ``s_y``, ``cov``: the Hessian's sigmas of x and y and their covariance."""
+    ok = xp.isfinite(s_x) & (s_x > 0) & xp.isfinite(s_y) & xp.isfinite(cov)
+    sx = xp.where(ok, s_x, 1.0)
+    k = xp.where(ok, cov, 0.0) / (sx * sx)  # dy/dx along the profile
+    cond = xp.clip(xp.where(ok, s_y, 0.0) ** 2 - xp.where(ok, cov, 0.0) * k, 0.0, None)
+    dy = xp.clip(xp.sqrt(cond), lo_y, None)
+    sides = (-SECANT, -SECANT, -SECANT, SECANT, SECANT, SECANT, 0.0)
+    steps = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, 0.0)
+    sd = xp.asarray(sides, dtype=eg.dtype)[None, :]
+    st = xp.asarray(steps, dtype=eg.dtype)[None, :]
+    px = sd * sx[:, None]
+    py = sd * (k * sx)[:, None] + st * (SECANT * dy)[:, None]
+    if x_is_eg:
+        c = chi2_at(eg[:, None] + px, b[:, None] + py)
+    else:
+        c = chi2_at(eg[:, None] + py, b[:, None] + px)
+    c0 = c[:, 6]
+    rise = 0.0
+    for i in (0, 3):
+        _, val, _ = _vertex3(xp, c[:, i], c[:, i + 1], c[:, i + 2])
+        # no positive curvature in y: the middle point (an upper bound of the profile)
+        val = xp.where(xp.isfinite(val), val, c[:, i + 1])
+        rise = rise + 0.5 * (xp.minimum(val, c[:, i + 1]) - c0)
+    rise = xp.clip(xp.where(xp.isfinite(rise), rise, SECANT**2), 0.1 * SECANT**2, 4 * SECANT**2)
+    return xp.where(ok, SECANT * s_x / xp.sqrt(rise), s_x)
 
 
 def bandgap_kernel(
@@ -347,12 +570,14 @@ def bandgap_kernel(
         theta_s = [stacked([fit[1][p] for fit in fits]) for p in range(k_bg)]
         cols_s = {(p, s_): stacked([fit[0][p][s_] for fit in fits]) for p in range(k_bg)
                   for s_ in range(k_bg)}  # fmt: skip
-    for b in b_values:
-        f = xp.clip(e[:, None] - eg[None, :], 0.0, None) ** float(b)  # (m, n_eg)
-        ff = w @ (f * f)
-        fy0 = wy @ f
-        f0 = w @ f if k_bg else None
-        fb1 = xp.reshape(wb1 @ f, (n_var, n, n_eg)) if n_var else None
+    n_b = len(b_values)
+    free_b = n_b >= 5
+    h_eg = (eg[-1] - eg[0]) / (n_eg - 1)
+    valley = []  # per b (free model): (Eg at the minimum, its chi^2, d^2chi^2/dk^2 / 2 in Eg)
+
+    def onset_chi2(ff, fy0, f0, fb1):
+        """chi^2 (J, n, P) of P onset candidates per pixel, per background basis, from the
+        onset column's weighted sums <f, f>, <f, y>, <f, 1> (n, P) and <f, B_j> (J, n, P)."""
         fb = [] if k_bg == 0 else [f0[None, ...]] if k_bg == 1 else [f0[None, ...], fb1]
         if k_bg == 2:
             t = fb1 * inv_sqrt_h - rs_s * f0[None, ...]
@@ -367,10 +592,36 @@ def bandgap_kernel(
                     q = q - fb[p] * cols_s[(p, s_)] * fb[s_]
         ok = (q > (1e-12 * ff)[None, ...]) & (fy > 0)
         dchi = xp.where(ok, fy * fy / xp.where(ok, q, 1.0), 0.0)
-        chi2 = chi2_bg_s - dchi  # (J, n, n_eg)
+        return chi2_bg_s - dchi, fy, q, ok, fb
+
+    def chi2_at(eg_pts, b_pts):
+        """chi^2 (n, P), the best background basis, at each pixel's own (Eg, b) points (n, P)."""
+        # b held above 0 (a wild step's point; 0 ** -b is inf): the estimate is range-checked
+        b_pts = xp.clip(b_pts, 0.05, None)
+        f = xp.clip(e[None, None, :] - eg_pts[:, :, None], 0.0, None) ** b_pts[:, :, None]
+        ff = xp.sum(w[:, None, :] * f * f, axis=-1)
+        fy0 = xp.sum(wy[:, None, :] * f, axis=-1)
+        f0 = xp.sum(w[:, None, :] * f, axis=-1) if k_bg else None
+        fb1 = None
+        if n_var:
+            wb = xp.reshape(wb1, (n_var, n, m))[:, :, :, None]  # (J, n, m, 1)
+            fb1 = xp.matmul(f[None, ...], wb)[..., 0]  # (J, n, P)
+        return xp.min(onset_chi2(ff, fy0, f0, fb1)[0], axis=0)
+
+    for b in b_values:
+        f = xp.clip(e[:, None] - eg[None, :], 0.0, None) ** float(b)  # (m, n_eg)
+        ff = w @ (f * f)
+        fy0 = wy @ f
+        f0 = w @ f if k_bg else None
+        fb1 = xp.reshape(wb1 @ f, (n_var, n, n_eg)) if n_var else None
+        chi2, fy, q, ok, fb = onset_chi2(ff, fy0, f0, fb1)  # (J, n, n_eg)
         prof_this = xp.min(chi2, axis=0)
         prof_eg = xp.minimum(prof_eg, prof_this)
         prof_b.append(xp.min(prof_this, axis=1))
+        if free_b:
+            # the conditional fit at this b: Eg refined on chi^2(Eg | b) by the 3-point parabola,
+            # the refined minimum chi^2(b) and the curvature in Eg (the valley, see below)
+            valley.append(_refine(xp, prof_this, eg, h_eg))
         if return_model:
             for j, (cols, theta, _) in enumerate(fits):
                 fb_j = [x[min(j, x.shape[0] - 1), ...] for x in fb]
@@ -378,7 +629,6 @@ def bandgap_kernel(
                        theta, eg, b, r_of_basis[j])  # fmt: skip
 
     # refine Eg on the profile chi^2(Eg)
-    h_eg = (eg[-1] - eg[0]) / (n_eg - 1)
     idx = xp.argmin(prof_eg, axis=1)
     vals, inside = _stencil(xp, prof_eg, idx)
     chi2_min = vals[2]
@@ -388,19 +638,17 @@ def bandgap_kernel(
     eg_best = xp.take(eg, idx) + off * h_eg
     eg_err = h_eg / xp.sqrt(xp.where(good_curv, c2, math.nan))
 
-    n_b = len(b_values)
-    free_b = n_b >= 5
     pb = xp.stack(prof_b, axis=1)  # (n, n_b)
     if free_b:
         bgrid = xp.asarray(list(b_values), dtype=f64)
         h_b = float(b_values[1] - b_values[0])
-        jdx = xp.argmin(pb, axis=1)
-        bvals, b_inside = _stencil(xp, pb, jdx)
-        d1, d2 = _parabola(bvals)
-        good_b = d2 > 0
-        boff = xp.clip(-d1 / (2.0 * xp.where(good_b, d2, 1.0)), -1.0, 1.0)
-        b_best = xp.take(bgrid, jdx) + boff * h_b
-        b_err = h_b / xp.sqrt(xp.where(good_b, d2, math.nan))
+        # the joint (Eg, b) minimum, continuous in b: the valley through the grid's
+        # conditional minima, then Newton steps at each pixel's own (Eg, b)
+        v = _newton(xp, chi2_at, _valley(xp, valley, bgrid, h_b, h_eg), h_eg, h_b)
+        eg_best, eg_err, b_best, b_err = v["eg"], v["eg_err"], v["b"], v["b_err"]
+        good_b, b_inside = v["good_b"], v["b_inside"]
+        b_inside = b_inside & (b_best >= bgrid[0]) & (b_best <= bgrid[-1])
+        good_curv = good_curv & xp.isfinite(eg_err)
         i_dir = b_values.index(B_DIRECT) if B_DIRECT in b_values else None
         i_ind = b_values.index(B_INDIRECT) if B_INDIRECT in b_values else None
         if i_dir is not None and i_ind is not None:

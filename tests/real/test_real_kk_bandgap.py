@@ -237,15 +237,17 @@ def ws2(shared_data):
 def test_ws2_gap_by_the_reference_zlp_recipe(ws2):
     """Truth: EELSfitter's WS2 band gap, about 1.6 eV (Roest et al. 2021), on its 10 Specimen 3
     spectra. The documented recipe (the three vacuum spectra averaged and given as zlp=, window
-    0.8-3.5 eV above the residue, constant background, b free) gives 1.57-1.70 eV on at least 8
-    of the 10, every fit valid within 1.5-2.1 eV and the median within 1.55-1.70 eV; no window
-    start is in the residue."""
+    0.8-3.5 eV above the residue, constant background, b free) gives 1.55-1.70 eV on at least 8
+    of the 10 (9 measured; the free model's (Eg, b) minimum found off the b grid since issue 14
+    moved them by up to 0.03 eV, against their quoted sigmas of 0.10-0.44 eV), every fit valid
+    within 1.5-2.1 eV and the median within 1.55-1.70 eV; no window start is in the
+    residue."""
     ds = eelsgpu.bandgap(
         ws2["si"], zlp=ws2["vacuum_mean"], window_eV=(0.8, 3.5), background="constant",
         search_eV=(-0.5, 0.5), device="cpu",
     ).compute()  # fmt: skip
     eg, valid = ds["bandgap_eV"].values, ds["valid"].values
-    assert np.sum(valid & (eg >= 1.57) & (eg <= 1.70)) >= 8, eg
+    assert np.sum(valid & (eg >= 1.55) & (eg <= 1.70)) >= 8, eg
     assert np.all((eg[valid] > 1.5) & (eg[valid] < 2.15))
     assert 1.55 <= np.median(eg[valid]) <= 1.70
     assert not np.any(ds["quality"].values & q.WINDOW_IN_ZLP_RESIDUE)
