@@ -169,9 +169,11 @@ BUDGETS = [
     pytest.param("thickness-kk", "fused", 1000, 8),
     pytest.param("kk-0", "fused", 300, 4),  # 275 / 1 (470 ops and 5 syncs before the phase)
     pytest.param("kk-10", "fused", 2500, 20),  # 564 / 3 (904 ops and 7 syncs before)
-    # the free model (18 b) with the power-law background (11 r): 1,352 ops (6,431 before the
+    # the free model (18 b) with the power-law background (11 r): 2,962 ops with its minimum
+    # found continuous in b (Newton steps along the Eg-b valley and the profile check of the
+    # errors: what makes Eg's and b's sigmas honest, issue 14; 1,352 before, 6,431 before the
     # bases were stacked), the one sync the copy back
-    pytest.param("bandgap", "fused", 1500, 1),
+    pytest.param("bandgap", "fused", 3000, 1),
     # the twin path a GPU falls back to (no fused kernel used; KK and band gap have none)
     pytest.param(
         "deconvolve-mirror",
@@ -290,13 +292,14 @@ def test_measured_peaks_cover_the_kernels():
 
 def test_bandgap_memory_traffic_per_spectrum():
     """Band gap (free model, power-law background, 0.8-5 eV window: 1400 channels, 18 b x 11 r x
-    300 Eg candidates per spectrum) reads and writes at most 22 MiB per spectrum (measured 20.6;
-    36.2 before the bases were stacked and the projection orthogonalised) and keeps ONE
+    300 Eg candidates per spectrum) reads and writes at most 34 MiB per spectrum (measured 33.3
+    with the free model's continuous-b refinement, issue 14; 20.6 before it; 36.2 before the
+    bases were stacked and the projection orthogonalised) and keeps ONE
     block-sized float64 array from the float32
     input, the fit window: its chi^2 profile is a difference of large sums (chi^2 of the
     background alone minus the onset's <f, y>^2 / <f, f>, after projecting the onset column off
     the background's: a difference that cancels where the two are alike), measured in float32
     to move Eg by up to 1.3 sigma and to flip a pixel's validity on these onsets (direct model)."""
     c = counts("bandgap", LARGE)
-    assert c.bytes / LARGE <= 22 * 2**20, c.bytes / LARGE / 2**20
+    assert c.bytes / LARGE <= 34 * 2**20, c.bytes / LARGE / 2**20
     assert c.promotions == 1, c.promotions
