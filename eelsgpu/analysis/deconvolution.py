@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from .. import engine
+from ..engine.cpu_fused import register_cpu_kernels
 from ..engine.cuda import register_fused_kernels
 from ..errors import InputError
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS, DECONVOLVE
@@ -263,6 +264,7 @@ def deconvolve(
         if output in ALIGNED_OUTPUTS:
             kernel_params["energy_coord_eV"] = np.asarray(si["energy"].values) - shift
     register_fused_kernels()  # (the device's fused roll-off, where it has one)
+    register_cpu_kernels()  # (the compiled CPU kernels, for NumPy arrays)
     decl = DECONVOLVE
     if unc.method is not None:
         attrs.update(unc.attrs())

@@ -195,6 +195,8 @@ _ROW_BYTES = 1 << 20  # rows per pass: about 1 MiB per temporary (stays in the L
 #: (:func:`rolloff_twin`; the CUDA kernel of kernels/fourier_log.cu) in
 #: :mod:`eelsgpu.kernels._fused`.
 FUSED_NAME = "fourier_log_rolloff"
+#: The name of its compiled CPU form for NumPy arrays (:mod:`eelsgpu.engine.cpu_fused`).
+CPU_ROLLOFF_NAME = "cpu_fourier_log_rolloff"
 
 
 def tail_continuation(
@@ -600,6 +602,9 @@ def _rolloff(
         if fused is not None:
             return fused(jf, zf, rf, share, n_j_alive, fw, consts)
     if is_numpy(xp):
+        fused = _fused.lookup(CPU_ROLLOFF_NAME, xp)
+        if fused is not None:
+            return fused(jf, zf, rf, share, n_j_alive, fw, consts)
         return rolloff_numpy(jf, zf, rf, share, n_j_alive, fw, consts)
     return rolloff_twin(xp, jf, zf, rf, share, n_j_alive, fw, consts)
 

@@ -1,0 +1,213 @@
+"""The CPU side of the fused kernels: numba-compiled forms of the low-loss kernels' hot steps
+for NumPy arrays, registered in :mod:`eelsgpu.kernels._fused` as :mod:`eelsgpu.engine.cuda`
+registers the CUDA ones.
+
+On NumPy the deconvolution's steps after the transforms are some sixty elementwise passes over
+the block that NumPy cannot fuse (issue 13: the Fourier-log at 0.10-0.17 of the speed of its
+bare FFTs). Here each is one loop per spectrum (``eelsgpu/engine/_cpu_numba.py``), the row in
+the cache, threads in parallel (``nogil``: the eager engine runs a thread per core). Entries:
+
+* ``cpu_fourier_log_rolloff``: the measured-error roll-off
+  (:func:`~eelsgpu.kernels.fourier_log.rolloff_twin`, Egerton 2011 eq. 4.16 / kk-theory.md
+  eq. 22 with the measured error), which
+  :func:`~eelsgpu.kernels.fourier_log.fourier_log_kernel` looks up for NumPy arrays; its twin
+  on NumPy is :func:`~eelsgpu.kernels.fourier_log.rolloff_numpy`.
+
+numba is imported and each kernel compiled on its first use (``cache=True``: later processes
+load the machine code from ``__pycache__``), and checked once per transform length against its
+NumPy twin on the block's own first spectra and on the probe of the CUDA kernel's check
+(:func:`eelsgpu.engine.cuda.verified`). Where numba is missing, compilation fails or the check
+fails, one ``RuntimeWarning`` says so and the NumPy path runs from then on.
+``EELSGPU_NO_FUSED=1`` (or a comma-separated list naming the kernel, or ``cpu``) turns them
+off. The kernels apply to NumPy arrays only: every other namespace (CuPy, the counting
+stand-in, array-api-strict) is answered ``None``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsgpu.kernels import _fused
+>>> register_cpu_kernels()
+>>> _fused.lookup(ROLLOFF_NAME, np) is not None or not available()
+True
+>>> import array_api_strict
+>>> _fused.lookup(ROLLOFF_NAME, array_api_strict) is None
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .._xp import is_numpy, tiny
+from ..kernels import _fused
+from ..kernels.fourier_log import (
+    _NEGLIGIBLE,
+    _SNR_MIN,
+    CPU_ROLLOFF_NAME,
+    KAPPA,
+    RolloffConsts,
+    rolloff_numpy,
+    rolloff_probe,
+)
+from ..kernels.zlp import _median_rows
+
+__all__ = ["ROLLOFF_NAME", "available", "register_cpu_kernels", "rolloff_cpu"]
+
+ROLLOFF_NAME = CPU_ROLLOFF_NAME
+
+_STATE: dict[Any, Any] = {}  # "numba": the module or False; (name, "checked", K): bool
+
+
+def _disabled(name: str) -> bool:
+    off = os.environ.get("EELSGPU_NO_FUSED", "")
+    names = {w.strip() for w in off.split(",")}
+    return off == "1" or name in names or "cpu" in names
+
+
+def _numba() -> Any:
+    """The compiled kernels' module, or None (numba missing: warned once)."""
+    mod = _STATE.get("numba")
+    if mod is None:
+        try:
+            mod = importlib.import_module(f"{__package__}._cpu_numba")
+        except Exception as exc:  # numba missing or broken: the NumPy path
+            mod = False
+            _warn("numba", f"{type(exc).__name__}: {exc}")
+        _STATE["numba"] = mod
+    return mod or None
+
+
+def available() -> bool:
+    """True when numba imports (the kernels may still fail their check)."""
+    return _numba() is not None
+
+
+def rolloff_cpu(
+    jf: np.ndarray,
+    zf: np.ndarray,
+    rf: np.ndarray | None,
+    share: np.ndarray,
+    n_j_alive: np.ndarray | None,
+    fw: np.ndarray,
+    consts: RolloffConsts,
+) -> dict[str, Any]:
+    """:func:`~eelsgpu.kernels.fourier_log.rolloff_numpy` in one compiled loop per spectrum:
+    the medians of the top quarter as there (partial sorts), then per row the error power, the
+    log with its phase unwrapped, the smoothed power and error, the cut-off and the Wiener
+    weight. Same results up to the last bit of ``logf``/``atan2f`` (libm against NumPy's)."""
+    nb = _numba()
+    n, k_all = jf.shape
+    rdt = jf.real.dtype
+    jf = np.ascontiguousarray(jf)
+    zf = np.ascontiguousarray(zf)
+    q = max(1, k_all // 4)
+    top = np.empty((2 * n, q), dtype=rdt)
+    nb.top_power(jf, zf, q, top)
+    med = _median_rows(np, top)
+    z0 = zf[:, 0]
+    zz0 = z0.real * z0.real + z0.imag * z0.imag
+    f_j = med[:n] / math.log(2.0)
+    dead = med[n:] < 1e-6 * zz0
+    n_j = f_j * share
+    if n_j_alive is not None:
+        n_j = np.where(dead, n_j, n_j_alive)
+    n_z = np.where(dead, med[n:] / math.log(2.0), 0.0).astype(rdt, copy=False)
+    has_rf = rf is not None
+    rf_ = np.ascontiguousarray(rf) if has_rf else np.zeros((1, 1), dtype=jf.dtype)
+    sig = np.empty((n, k_all), dtype=rdt)
+    lm = np.empty((n, k_all), dtype=rdt)
+    im = np.empty((n, k_all), dtype=rdt)
+    re = np.empty((n, k_all), dtype=rdt)
+    stops = np.empty(n, dtype=np.int64)
+    cst = np.array([tiny(str(rdt)), 1e-24, 2.0, 1.0], dtype=rdt)
+    n_j_ = np.ascontiguousarray(n_j, dtype=rdt)
+    nb.rolloff_prep(
+        jf, zf, rf_, has_rf, n_j_, np.ascontiguousarray(n_z), cst, sig, lm, im, re, stops
+    )
+    # ln|J~/Z~| and the phase of J~ conj(Z~) by NumPy's SIMD log and atan2 (the NumPy path's bits;
+    # libm's scalar atan2f is some 30 times slower)
+    np.log(lm, out=lm)
+    lm *= 0.5
+    ph = np.arctan2(im, re, out=im)
+    ell = np.empty(jf.shape, dtype=jf.dtype)
+    w = np.empty((n, k_all), dtype=rdt)
+    first = np.empty(n, dtype=np.int64)
+    cut_power = np.empty(n, dtype=rdt)
+    ell0 = np.empty(n, dtype=rdt)
+    cst = np.array(
+        [0.5 / math.pi, 2.0 * math.pi, 1.0 + _SNR_MIN, 1.0, 0.0, tiny(str(rdt))], dtype=rdt
+    )
+    nb.rolloff_rest(
+        lm, ph, sig, stops, int(consts.half), bool(consts.unwrap), cst, ell, w, first, cut_power,
+        ell0,
+    )  # fmt: skip
+    at = np.minimum(first, k_all - 1)
+    nu = consts.nu(np, rdt)
+    nu_c = nu[at]
+    limit = KAPPA / np.maximum(nu_c, nu[1])
+    nu_floor = KAPPA / (consts.max_res * fw)
+    floored = (first < k_all) & (nu_c < nu_floor) & (cut_power > _NEGLIGIBLE**2 * ell0)
+    return {
+        "ell": ell,
+        "w": w,
+        "n_j": n_j,
+        "dead": dead,
+        "first": first,
+        "limit": limit,
+        "floored": floored,
+    }
+
+
+def _rolloff_provider(xp: Any) -> Any:
+    """The compiled roll-off for NumPy arrays (checked once per transform length), else None."""
+    if not is_numpy(xp) or _disabled(ROLLOFF_NAME) or _STATE.get((ROLLOFF_NAME, "failed")):
+        return None
+    if _numba() is None:
+        return None
+    from .cuda import _first_rows, verified
+
+    def checked(*args: Any) -> dict[str, Any]:
+        k = args[0].shape[-1]
+        key = (ROLLOFF_NAME, "checked", k, str(args[0].dtype))
+        state = _STATE.get(key)
+        if state is None:
+            try:
+                probe = rolloff_probe(np, k, args[-1])
+                if args[0].dtype != probe[0].dtype:
+                    probe = (*(a.astype(args[0].dtype) for a in probe[:3]), *probe[3:])
+                ok = verified(rolloff_cpu, rolloff_numpy, _first_rows(args, 64)) and verified(
+                    rolloff_cpu, rolloff_numpy, probe
+                )
+            except Exception as exc:  # a compilation failure: the NumPy path
+                ok = False
+                _STATE[(ROLLOFF_NAME, "failed")] = True
+                _warn(ROLLOFF_NAME, f"{type(exc).__name__}: {exc}")
+            else:
+                if not ok:
+                    _warn(
+                        ROLLOFF_NAME, f"its result differs from the NumPy twin at {k} frequencies"
+                    )
+            state = _STATE[key] = ok
+        return rolloff_cpu(*args) if state else rolloff_numpy(*args)
+
+    return checked
+
+
+def register_cpu_kernels() -> None:
+    """Register the CPU kernels' providers in :mod:`eelsgpu.kernels._fused` (cheap: numba is
+    imported and the kernels compiled on first use)."""
+    _fused.register(ROLLOFF_NAME, _rolloff_provider)
+
+
+def _warn(name: str, why: str) -> None:
+    warnings.warn(
+        f"eelsgpu: the compiled CPU kernel {name} is not used ({why}); the NumPy path runs instead",
+        RuntimeWarning,
+        stacklevel=4,
+    )
