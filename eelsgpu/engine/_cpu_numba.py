@@ -60,6 +60,21 @@ def _moving_average_at(c, k, half, m, counts):
 
 
 @numba.njit(**_JIT)
+def _moving_average_row(c, half, m, upto, counts, out):
+    """out[k] = :func:`_moving_average_at` for k < ``upto``: the whole windows in one loop
+    without branches (vectorised), the ends apart."""
+    lo_end = min(half, upto)
+    for k in range(lo_end):
+        out[k] = _moving_average_at(c, k, half, m, counts)
+    inner = min(upto, m - half)
+    whole = counts[2 * half + 1]
+    for k in range(lo_end, inner):
+        out[k] = (c[k + half + 1] - c[k - half]) / whole
+    for k in range(max(lo_end, inner), upto):
+        out[k] = _moving_average_at(c, k, half, m, counts)
+
+
+@numba.njit(**_JIT)
 def rolloff_prep(jf, zf, rf, has_rf, n_j, n_z, cst, sig, ratio, im, re, stops):
     """The roll-off's first pass per row (``fourier_log.rolloff_numpy``'s arithmetic): the
     floored |J~|^2 / |Z~|^2 into ``ratio``, the error power into ``sig``, Im and Re of
@@ -136,8 +151,7 @@ def rolloff_rest(lm, ph, sig, stops, half, unwrap, cst, ell, w, first, cut_power
             pw[k] = a * a + b * b
             c[k + 1] = c[k] + pw[k]
         ell0[i] = pw[0]
-        for k in range(k_all):
-            power[k] = _moving_average_at(c, k, half, k_all, counts)
+        _moving_average_row(c, half, k_all, k_all, counts, power)
         k_min = 1  # numpy.argmin: the first minimum, or the first NaN
         best = power[1] if k_all > 1 else zero
         for k in range(2, k_all):
@@ -182,12 +196,218 @@ def rolloff_rest(lm, ph, sig, stops, half, unwrap, cst, ell, w, first, cut_power
             c[k + 1] = c[k] + pw[k]
         for k in range(span, k_all):
             c[k + 1] = c[k]
-        w0 = zero
-        for k in range(k_all):
-            if k < f + half:
-                v = _moving_average_at(c, k, half, k_all, counts)
-                if k == 0:
-                    w0 = v
-                w[i, k] = v / w0 if w0 > zero else v
-            else:
-                w[i, k] = zero
+        m = min(k_all, f + half)  # (beyond: windows of zeros only, exactly 0)
+        wi = w[i]
+        _moving_average_row(c, half, k_all, m, counts, wi)
+        w0 = wi[0] if m > 0 else zero
+        if w0 > zero:
+            for k in range(m):
+                wi[k] = wi[k] / w0
+        for k in range(m, k_all):
+            wi[k] = zero
+
+
+@numba.njit(**_JIT)
+def _pw_block(a, lo, n):
+    """NumPy's pairwise sum of at most 128 values (8 interleaved partial sums)."""
+    if n < 8:
+        res = a[lo]
+        for i in range(1, n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    end = n - (n % 8)
+    while i < end:
+        j = lo + i
+        r0 += a[j]
+        r1 += a[j + 1]
+        r2 += a[j + 2]
+        r3 += a[j + 3]
+        r4 += a[j + 4]
+        r5 += a[j + 5]
+        r6 += a[j + 6]
+        r7 += a[j + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+# NumPy's recursion (halves, the first a multiple of 8, down to blocks of at most 128) written
+# out level by level: numba's cached machine code of a recursive function is not always found
+# again from another compiled function ("Symbol not found"), so none is recursive here.
+@numba.njit(**_JIT)
+def _pw1(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw_block(a, lo, n2) + _pw_block(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw2(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw1(a, lo, n2) + _pw1(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw3(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw2(a, lo, n2) + _pw2(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw4(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw3(a, lo, n2) + _pw3(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw5(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw4(a, lo, n2) + _pw4(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw6(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw5(a, lo, n2) + _pw5(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw7(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw6(a, lo, n2) + _pw6(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw8(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw7(a, lo, n2) + _pw7(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw9(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw8(a, lo, n2) + _pw8(a, lo + n2, n - n2)
+
+
+@numba.njit(**_JIT)
+def _pw10(a, lo, n):
+    if n <= 128:
+        return _pw_block(a, lo, n)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pw9(a, lo, n2) + _pw9(a, lo + n2, n - n2)
+
+
+#: The most values :func:`pairwise_sum` sums in NumPy's order (10 levels of halving).
+PAIRWISE_MAX = 100_000
+
+
+@numba.njit(**_JIT)
+def pairwise_sum(a, lo, n):
+    """The sum of ``a[lo:lo + n]`` in NumPy's order (its pairwise summation along a row: blocks
+    of at most 128 in 8 interleaved partial sums, halves above): the same bits as ``numpy.sum``
+    along the last axis, for n up to :data:`PAIRWISE_MAX` (the callers check)."""
+    return _pw10(a, lo, n)
+
+
+@numba.njit(**_JIT)
+def _fourth_difference_squared(y, i, j, c4, c6):
+    """The squared fourth difference of row ``i`` of ``y`` at channel ``j`` (``zlp._away_stats``'s
+    NumPy arithmetic: (y0 + y4) - 4 (y1 + y3) + 6 y2, squared)."""
+    t = (y[i, j] + y[i, j + 4]) - (y[i, j + 1] + y[i, j + 3]) * c4
+    t = t + y[i, j + 2] * c6
+    return t * t
+
+
+@numba.njit(**_JIT)
+def away_quarter(y, cst, out):
+    """Every 4th squared fourth difference of each row (the median's sample of
+    ``zlp._away_stats``; its median is NumPy's partition, some 10 times numba's)."""
+    n = y.shape[0]
+    c4, c6 = cst[0], cst[1]
+    for i in range(n):
+        for q in range(out.shape[1]):
+            out[i, q] = _fourth_difference_squared(y, i, 4 * q, c4, c6)
+
+
+@numba.njit(**_JIT)
+def away_stats(y, e, c, w, med, a, b, level, cst, v_out, y_out, lev):
+    """``zlp._away_stats`` per row (its NumPy branch's arithmetic, sums in NumPy's pairwise
+    order, the median by the same order statistics: the same bits): the channels' noise
+    ``v_out``, the mean count ``y_out`` (floored at tiny) and, with ``level``, the mean signed
+    count ``lev`` more than 3 FWHM ``w`` from the centres ``c``, the core on channels a:b.
+    ``med`` (n,) the median noise (:func:`away_quarter`'s, over 0.4549). ``cst``: 4, 6, 25, 70,
+    3, 0, 1, tiny, n_E - 4, n_E (the data's precision)."""
+    n, n_e = y.shape
+    c4, c6, c25, c70, c3, zero, one, tiny, n_v, n_all = (
+        cst[0], cst[1], cst[2], cst[3], cst[4], cst[5], cst[6], cst[7], cst[8], cst[9]
+    )  # fmt: skip
+    m = max(n_e - 4, 0)
+    v = np.empty(m, y.dtype)
+    yp = np.empty(n_e, y.dtype)
+    prod = np.empty(n_e, y.dtype)
+    cf = np.empty(max(b - a, 0), y.dtype)
+    av, bv = max(a, 2), min(b, n_e - 2)
+    for i in range(n):
+        cap = c25 * med[i]
+        for j in range(m):
+            v[j] = _nmin(_fourth_difference_squared(y, i, j, c4, c6), cap)
+        for j in range(n_e):
+            yp[j] = _nmax(y[i, j], zero)
+        for j in range(a, b):
+            x = (e[j] - c[i]) / w[i]
+            cf[j - a] = one if abs(x) <= c3 else zero
+        n_core = pairwise_sum(cf, 0, b - a) if b > a else zero
+        for j in range(a, b):
+            prod[j - a] = yp[j] * cf[j - a]
+        yp_core = pairwise_sum(prod, 0, b - a) if b > a else zero
+        v_core = zero
+        n_vcore = zero
+        if bv > av:
+            for j in range(av, bv):
+                prod[j - av] = v[j - 2] * cf[j - a]
+            v_core = pairwise_sum(prod, 0, bv - av)
+            n_vcore = pairwise_sum(cf, av - a, bv - av)
+        sv = pairwise_sum(v, 0, m) if m > 0 else zero
+        vo = (sv - v_core) / c70 / _nmax(n_v - n_vcore, one)
+        n_away = _nmax(n_all - n_core, one)
+        yo = (pairwise_sum(yp, 0, n_e) - yp_core) / n_away
+        v_out[i] = _nmax(vo, zero)
+        y_out[i] = _nmax(yo, tiny)
+        if level:
+            for j in range(a, b):
+                prod[j - a] = y[i, j] * cf[j - a]
+            y_core = pairwise_sum(prod, 0, b - a) if b > a else zero
+            lev[i] = (pairwise_sum(y[i], 0, n_e) - y_core) / n_away

@@ -55,12 +55,21 @@ from ..kernels.fourier_log import (
     rolloff_numpy,
     rolloff_probe,
 )
-from ..kernels.zlp import _median_rows
+from ..kernels.zlp import CPU_AWAY_STATS_NAME, _median_rows
 
-__all__ = ["ROLLOFF_NAME", "available", "register_cpu_kernels", "rolloff_cpu"]
+__all__ = [
+    "AWAY_STATS_NAME",
+    "ROLLOFF_NAME",
+    "available",
+    "away_stats_cpu",
+    "register_cpu_kernels",
+    "rolloff_cpu",
+]
 
 ROLLOFF_NAME = CPU_ROLLOFF_NAME
+AWAY_STATS_NAME = CPU_AWAY_STATS_NAME
 
+_PAIRWISE_MAX = 100_000  # (eelsgpu.engine._cpu_numba.PAIRWISE_MAX: numba not imported here)
 _STATE: dict[Any, Any] = {}  # "numba": the module or False; (name, "checked", K): bool
 
 
@@ -199,10 +208,107 @@ def _rolloff_provider(xp: Any) -> Any:
     return checked
 
 
+def away_stats_cpu(
+    y: np.ndarray,
+    e: np.ndarray,
+    c: np.ndarray,
+    w: np.ndarray,
+    level: bool,
+    slab: tuple[int, int],
+) -> dict[str, Any] | None:
+    """:func:`eelsgpu.kernels.zlp._away_stats` (its NumPy branch) in one compiled loop per row,
+    the same bits (sums in NumPy's pairwise order, the median from the same order statistics);
+    None where it does not apply (not a C-contiguous float block of at least 8 channels, or
+    mixed precisions): the caller's NumPy path runs."""
+    dt = y.dtype
+    if (
+        y.ndim != 2
+        or dt.kind != "f"
+        or not y.flags.c_contiguous
+        or not 8 <= y.shape[-1] <= _PAIRWISE_MAX
+        or any(np.asarray(a).dtype != dt for a in (e, c, w))
+    ):
+        return None
+    nb = _numba()
+    n, n_e = y.shape
+    a, b = (int(v) for v in slab)
+    cst = np.array(
+        [4.0, 6.0, 25.0, 70.0, 3.0, 0.0, 1.0, tiny(str(dt)), float(n_e - 4), float(n_e)], dtype=dt
+    )
+    quarter = np.empty((n, (n_e - 4 + 3) // 4), dtype=dt)
+    nb.away_quarter(y, cst, quarter)
+    med = _median_rows(np, quarter) / 0.4549  # (NumPy's partition, as the NumPy path)
+    v_out = np.empty(n, dtype=dt)
+    y_out = np.empty(n, dtype=dt)
+    lev = np.empty(n if level else 0, dtype=dt)
+    nb.away_stats(y, e, c, w, med, a, b, bool(level), cst, v_out, y_out, lev)
+    out: dict[str, Any] = {"noise": (v_out, y_out)}
+    if level:
+        out["level"] = lev
+    return out
+
+
+def _away_twin(y, e, c, w, level, slab):  # the NumPy branch of zlp._away_stats
+    from ..kernels.zlp import _away_stats
+
+    return _away_stats(np, y, None, e, c, w, level=level, slab=slab, compiled=False)
+
+
+def _same(want: Any, got: Any) -> bool:
+    """Equal arrays (NaN where NaN) in nested dicts/tuples."""
+    if isinstance(want, dict):
+        return set(want) == set(got) and all(_same(want[k], got[k]) for k in want)
+    if isinstance(want, tuple):
+        return len(want) == len(got) and all(_same(a, b) for a, b in zip(want, got, strict=True))
+    return bool(np.array_equal(np.asarray(want), np.asarray(got), equal_nan=True))
+
+
+def _checked_provider(name: str, fast: Any, twin: Any, rows: Any) -> Any:
+    """A provider of ``fast`` for NumPy arrays, checked once per shape of row against ``twin``
+    on the first call's first 64 rows (``rows(args, m)``: the arguments cut to m rows): the
+    same bits, else one warning and the twin from then on."""
+
+    def provider(xp: Any) -> Any:
+        if not is_numpy(xp) or _disabled(name) or _STATE.get((name, "failed")):
+            return None
+        if _numba() is None:
+            return None
+
+        def checked(*args: Any) -> Any:
+            key = (name, "checked", args[0].shape[1:], str(args[0].dtype))
+            state = _STATE.get(key)
+            if state is None:
+                try:
+                    few = rows(args, 64)
+                    got = fast(*few)
+                    ok = got is None or _same(twin(*few), got)
+                except Exception as exc:  # a compilation failure: the NumPy path
+                    ok = False
+                    _STATE[(name, "failed")] = True
+                    _warn(name, f"{type(exc).__name__}: {exc}")
+                else:
+                    if not ok:
+                        _warn(name, "its result differs from the NumPy path's")
+                state = _STATE[key] = ok
+            return fast(*args) if state else twin(*args)
+
+        return checked
+
+    return provider
+
+
+def _away_rows(args: tuple[Any, ...], m: int) -> tuple[Any, ...]:
+    y, e, c, w, level, slab = args
+    return (y[:m], e, c[:m], w[:m], level, slab)
+
+
 def register_cpu_kernels() -> None:
     """Register the CPU kernels' providers in :mod:`eelsgpu.kernels._fused` (cheap: numba is
     imported and the kernels compiled on first use)."""
     _fused.register(ROLLOFF_NAME, _rolloff_provider)
+    _fused.register(
+        AWAY_STATS_NAME, _checked_provider(AWAY_STATS_NAME, away_stats_cpu, _away_twin, _away_rows)
+    )
 
 
 def _warn(name: str, why: str) -> None:

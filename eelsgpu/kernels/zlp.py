@@ -49,6 +49,7 @@ import numpy as np
 
 from .._xp import array_namespace, erf, fft_module, is_numpy, take_rows, tiny
 from ..errors import InputError, NoZeroLossPeakError
+from . import _fused
 from ._sync import all_rows, host_axis, host_decides
 
 __all__ = [
@@ -80,6 +81,9 @@ __all__ = [
 
 #: Default energy window (eV, on the stored axis) in which the ZLP maximum is looked for.
 SEARCH_EV = (-5.0, 5.0)
+#: The name of the compiled CPU form of :func:`_away_stats` for NumPy arrays
+#: (:mod:`eelsgpu.kernels._fused`, :mod:`eelsgpu.engine.cpu_fused`).
+CPU_AWAY_STATS_NAME = "cpu_zlp_away_stats"
 
 
 # --------------------------------------------------------------------------- centre
@@ -333,6 +337,7 @@ def _away_stats(
     w: Any,
     level: bool = False,
     slab: tuple[int, int] | None = None,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """The channels more than 3 FWHM ``w`` from the centre ``c`` of the finite spectra ``y``
     (n, n_E): ``noise`` = :func:`channel_noise`'s ``(v_out, y_out)`` and, with ``level``, the
@@ -343,9 +348,17 @@ def _away_stats(
     minus the core's; on NumPy the core is summed on a slab of channels that holds every row's
     core (its bounds are host numbers, free there), on a device over the whole row (no sync);
     the median is taken on every 4th channel of the whole row (the ZLP's few channels do not
-    move a median)."""
+    move a median). ``compiled``: may use the compiled CPU form (:mod:`eelsgpu.engine.cpu_fused`)
+    where the engine registered one."""
     dt = y.dtype
     n, n_e = y.shape
+    if compiled and is_numpy(xp):
+        fused = _fused.lookup(CPU_AWAY_STATS_NAME, xp)
+        if fused is not None:  # (the compiled form: one pass per row, the same bits)
+            ab = _core_slab(xp, e, c, w) if slab is None else slab
+            got = fused(y, e, c, w, level, ab)
+            if got is not None:
+                return got
     if is_numpy(xp):  # the same sums in two buffers (out=): 2 block-sized arrays, not 7
         v = np.add(y[:, :-4], y[:, 4:])
         t = np.add(y[:, 1:-3], y[:, 3:-1])

@@ -182,3 +182,39 @@ def test_without_numba_the_numpy_path_runs_after_one_warning(monkeypatch):
         warnings.simplefilter("error")
         got = fl._rolloff(np, *args)
     _equal(fl.rolloff_numpy(*args), got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_away_stats_cpu_equals_numpy_path(shared_data, dtype):
+    """The compiled statistics away from the ZLP (channel noise, mean count, level) equal
+    zlp._away_stats' NumPy branch to the bit (sums in NumPy's pairwise order, the median from
+    the same order statistics). Truth: the NumPy branch, on measured spectra (the LSMO 80 kV
+    line scan, 40 rows; Cr) with their measured centres and FWHM, with and without the level,
+    on the block's slab and on the whole row, and on a noisy synthetic block of odd length; a
+    block it does not apply to (not C-contiguous) is refused (None)."""
+    from eelsgpu.kernels import zlp
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from real_files import FILES, open_real
+
+    blocks = []
+    for name in ("LSMO 80kV", "Cr"):
+        si = open_real(shared_data, next(f for f in FILES if f.name == name))
+        y = np.ascontiguousarray(si.values.reshape(-1, si.shape[-1]), dtype=dtype)
+        e = si["energy"].values.astype(dtype)
+        cen = zlp.centre_kernel(y, e)
+        c = np.where(cen["valid"], cen["zlp_centre_eV"], 0.0).astype(dtype)
+        w = np.where(cen["valid"], cen["fwhm_eV"], 1.0).astype(dtype)
+        blocks.append((y, e, c, w))
+    rng = np.random.default_rng(3)
+    e = (np.arange(1001) * 0.05 - 5.0).astype(dtype)
+    y = rng.poisson(50.0 + 1e4 * np.exp(-0.5 * (e / 0.2) ** 2), (16, 1001)).astype(dtype)
+    blocks.append((y, e, np.zeros(16, dtype), np.full(16, 0.47, dtype)))
+    for y, e, c, w in blocks:
+        for slab in (zlp._core_slab(np, e, c, w), (0, y.shape[-1])):
+            for level in (True, False):
+                want = zlp._away_stats(np, y, None, e, c, w, level=level, slab=slab, compiled=False)
+                got = cf.away_stats_cpu(y, e, c, w, level, slab)
+                assert cf._same(want, got), (slab, level)
+                assert got["noise"][0].dtype == dtype
+    assert cf.away_stats_cpu(np.asfortranarray(y), e, c[:16], w[:16], True, (0, 10)) is None
