@@ -237,109 +237,43 @@ def _pw_block(a, lo, n):
     return res
 
 
-# NumPy's recursion (halves, the first a multiple of 8, down to blocks of at most 128) written
-# out level by level: numba's cached machine code of a recursive function is not always found
-# again from another compiled function ("Symbol not found"), so none is recursive here.
 @numba.njit(**_JIT)
-def _pw1(a, lo, n):
+def pairwise_sum(a, lo, n, frames, vals):
+    """The sum of ``a[lo:lo + n]`` (n >= 1) in NumPy's order (its pairwise summation along a
+    row: halves, the first a multiple of 8, down to blocks of at most 128 summed in 8
+    interleaved partial sums): the same bits as ``numpy.sum`` along the last axis. NumPy's
+    recursion as a loop over an explicit stack (``frames`` (64, 3) int64 and ``vals`` (64,) of
+    ``a``'s dtype: scratch; a recursive numba function's cached code is not always found again
+    from another compiled function, and each level as a function of its own made the first
+    call load a dozen of them, 0.3 s)."""
     if n <= 128:
         return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw_block(a, lo, n2) + _pw_block(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw2(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw1(a, lo, n2) + _pw1(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw3(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw2(a, lo, n2) + _pw2(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw4(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw3(a, lo, n2) + _pw3(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw5(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw4(a, lo, n2) + _pw4(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw6(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw5(a, lo, n2) + _pw5(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw7(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw6(a, lo, n2) + _pw6(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw8(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw7(a, lo, n2) + _pw7(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw9(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw8(a, lo, n2) + _pw8(a, lo + n2, n - n2)
-
-
-@numba.njit(**_JIT)
-def _pw10(a, lo, n):
-    if n <= 128:
-        return _pw_block(a, lo, n)
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pw9(a, lo, n2) + _pw9(a, lo + n2, n - n2)
-
-
-#: The most values :func:`pairwise_sum` sums in NumPy's order (10 levels of halving).
-PAIRWISE_MAX = 100_000
-
-
-@numba.njit(**_JIT)
-def pairwise_sum(a, lo, n):
-    """The sum of ``a[lo:lo + n]`` in NumPy's order (its pairwise summation along a row: blocks
-    of at most 128 in 8 interleaved partial sums, halves above): the same bits as ``numpy.sum``
-    along the last axis, for n up to :data:`PAIRWISE_MAX` (the callers check)."""
-    return _pw10(a, lo, n)
+    sp = 1
+    frames[0, 0], frames[0, 1], frames[0, 2] = lo, n, 0
+    vsp = 0
+    while sp > 0:
+        f = sp - 1
+        flo, fn, state = frames[f, 0], frames[f, 1], frames[f, 2]
+        if fn <= 128:
+            vals[vsp] = _pw_block(a, flo, fn)
+            vsp += 1
+            sp -= 1
+            continue
+        n2 = fn // 2
+        n2 -= n2 % 8
+        if state == 0:  # the first half
+            frames[f, 2] = 1
+            frames[sp, 0], frames[sp, 1], frames[sp, 2] = flo, n2, 0
+            sp += 1
+        elif state == 1:  # the second half
+            frames[f, 2] = 2
+            frames[sp, 0], frames[sp, 1], frames[sp, 2] = flo + n2, fn - n2, 0
+            sp += 1
+        else:  # both done: their sum
+            vals[vsp - 2] = vals[vsp - 2] + vals[vsp - 1]
+            vsp -= 1
+            sp -= 1
+    return vals[0]
 
 
 @numba.njit(**_JIT)
@@ -379,6 +313,8 @@ def away_stats(y, e, c, w, med, a, b, level, cst, v_out, y_out, lev):
     yp = np.empty(n_e, y.dtype)
     prod = np.empty(n_e, y.dtype)
     cf = np.empty(max(b - a, 0), y.dtype)
+    frames = np.empty((64, 3), np.int64)
+    vals = np.empty(64, y.dtype)
     av, bv = max(a, 2), min(b, n_e - 2)
     for i in range(n):
         cap = c25 * med[i]
@@ -389,25 +325,25 @@ def away_stats(y, e, c, w, med, a, b, level, cst, v_out, y_out, lev):
         for j in range(a, b):
             x = (e[j] - c[i]) / w[i]
             cf[j - a] = one if abs(x) <= c3 else zero
-        n_core = pairwise_sum(cf, 0, b - a) if b > a else zero
+        n_core = pairwise_sum(cf, 0, b - a, frames, vals) if b > a else zero
         for j in range(a, b):
             prod[j - a] = yp[j] * cf[j - a]
-        yp_core = pairwise_sum(prod, 0, b - a) if b > a else zero
+        yp_core = pairwise_sum(prod, 0, b - a, frames, vals) if b > a else zero
         v_core = zero
         n_vcore = zero
         if bv > av:
             for j in range(av, bv):
                 prod[j - av] = v[j - 2] * cf[j - a]
-            v_core = pairwise_sum(prod, 0, bv - av)
-            n_vcore = pairwise_sum(cf, av - a, bv - av)
-        sv = pairwise_sum(v, 0, m) if m > 0 else zero
+            v_core = pairwise_sum(prod, 0, bv - av, frames, vals)
+            n_vcore = pairwise_sum(cf, av - a, bv - av, frames, vals)
+        sv = pairwise_sum(v, 0, m, frames, vals) if m > 0 else zero
         vo = (sv - v_core) / c70 / _nmax(n_v - n_vcore, one)
         n_away = _nmax(n_all - n_core, one)
-        yo = (pairwise_sum(yp, 0, n_e) - yp_core) / n_away
+        yo = (pairwise_sum(yp, 0, n_e, frames, vals) - yp_core) / n_away
         v_out[i] = _nmax(vo, zero)
         y_out[i] = _nmax(yo, tiny)
         if level:
             for j in range(a, b):
                 prod[j - a] = y[i, j] * cf[j - a]
-            y_core = pairwise_sum(prod, 0, b - a) if b > a else zero
-            lev[i] = (pairwise_sum(y[i], 0, n_e) - y_core) / n_away
+            y_core = pairwise_sum(prod, 0, b - a, frames, vals) if b > a else zero
+            lev[i] = (pairwise_sum(y[i], 0, n_e, frames, vals) - y_core) / n_away

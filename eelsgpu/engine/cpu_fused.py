@@ -13,21 +13,32 @@ the cache, threads in parallel (``nogil``: the eager engine runs a thread per co
   :func:`~eelsgpu.kernels.fourier_log.fourier_log_kernel` looks up for NumPy arrays; its twin
   on NumPy is :func:`~eelsgpu.kernels.fourier_log.rolloff_numpy`.
 
-numba is imported and each kernel compiled on its first use (``cache=True``: later processes
-load the machine code from ``__pycache__``), and checked once per transform length against its
-NumPy twin on the block's own first spectra and on the probe of the CUDA kernel's check
-(:func:`eelsgpu.engine.cuda.verified`). Where numba is missing, compilation fails or the check
-fails, one ``RuntimeWarning`` says so and the NumPy path runs from then on.
-``EELSGPU_NO_FUSED=1`` (or a comma-separated list naming the kernel, or ``cpu``) turns them
-off. The kernels apply to NumPy arrays only: every other namespace (CuPy, the counting
-stand-in, array-api-strict) is answered ``None``.
+* ``cpu_zlp_away_stats``: the statistics of the channels away from the ZLP's core (the channel
+  noise from fourth differences, the mean count and level: :func:`eelsgpu.kernels.zlp.
+  _away_stats`), which the ZLP's centre and checks ask for on every block.
+
+Each gives its NumPy twin's bits: the same float operations in the same order, sums in NumPy's
+pairwise order, the logs, arctangents and medians by NumPy itself on the block (its SIMD forms
+are some 10-30 times numba's scalar calls). So the results do not depend on whether the kernels
+ran, and a run need not wait for them: :func:`register_cpu_kernels` (called by the low-loss
+analyses) starts loading them in a background thread (:func:`warm_up`: numba's import and code
+generator cost some 0.45 s once per process; ``cache=True`` keeps the machine code in
+``__pycache__``), and until they are loaded the providers answer None and the NumPy path runs.
+Each kernel is checked once per row length and dtype against its twin on the first block's
+first 64 rows (the roll-off also on the probe of the CUDA kernel's check): the same bits, else
+one ``RuntimeWarning`` and the NumPy path from then on; where numba is missing or a compilation
+fails, one ``RuntimeWarning`` says so and the NumPy path runs. ``EELSGPU_NO_FUSED=1`` (or a
+comma-separated list naming a kernel, or ``cpu`` for all of them) turns them off. They apply
+to NumPy arrays only: every other namespace (CuPy, the counting stand-in, array-api-strict) is
+answered None.
 
 Examples
 --------
 >>> import numpy as np
 >>> from eelsgpu.kernels import _fused
 >>> register_cpu_kernels()
->>> _fused.lookup(ROLLOFF_NAME, np) is not None or not available()
+>>> ready = warm_up(wait=True)  # (a run does not wait: the NumPy path runs meanwhile)
+>>> _fused.lookup(ROLLOFF_NAME, np) is not None or not ready
 True
 >>> import array_api_strict
 >>> _fused.lookup(ROLLOFF_NAME, array_api_strict) is None
@@ -39,6 +50,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -69,8 +81,9 @@ __all__ = [
 ROLLOFF_NAME = CPU_ROLLOFF_NAME
 AWAY_STATS_NAME = CPU_AWAY_STATS_NAME
 
-_PAIRWISE_MAX = 100_000  # (eelsgpu.engine._cpu_numba.PAIRWISE_MAX: numba not imported here)
-_STATE: dict[Any, Any] = {}  # "numba": the module or False; (name, "checked", K): bool
+_STATE: dict[Any, Any] = {}  # "numba": the module or False; "warming": the warm-up thread;
+# (name, "checked", ...): the first-use check's verdict; (name, "failed"): a compilation failed
+_LOCK = threading.Lock()
 
 
 def _disabled(name: str) -> bool:
@@ -80,21 +93,62 @@ def _disabled(name: str) -> bool:
 
 
 def _numba() -> Any:
-    """The compiled kernels' module, or None (numba missing: warned once)."""
+    """The compiled kernels' module, or None (numba missing: warned once). Imports it here and
+    now where the warm-up has not (see :func:`warm_up`)."""
     mod = _STATE.get("numba")
     if mod is None:
-        try:
-            mod = importlib.import_module(f"{__package__}._cpu_numba")
-        except Exception as exc:  # numba missing or broken: the NumPy path
-            mod = False
-            _warn("numba", f"{type(exc).__name__}: {exc}")
-        _STATE["numba"] = mod
+        with _LOCK:
+            mod = _STATE.get("numba")
+            if mod is None:
+                try:
+                    mod = importlib.import_module(f"{__package__}._cpu_numba")
+                except Exception as exc:  # numba missing or broken: the NumPy path
+                    mod = False
+                    _warn("numba", f"{type(exc).__name__}: {exc}")
+                _STATE["numba"] = mod
     return mod or None
 
 
+def _load() -> None:
+    """Import numba and load (or compile) every kernel on a tiny block: a process's first
+    use costs some 0.45 s (numba's import and its code generator's start), once."""
+    if _numba() is None:
+        return
+    try:
+        for dt in (np.float32, np.float64):
+            y = np.ones((2, 16), dtype=dt)
+            e = np.arange(16, dtype=dt)
+            away_stats_cpu(y, e, np.zeros(2, dt), np.ones(2, dt), True, (0, 4))
+            k = 9
+            nu = (np.arange(k) / 0.8).astype(dt)
+            consts = RolloffConsts(16, 0.05, 1.0, True, 2, nu)
+            jf = np.ones((2, k), dtype=np.result_type(dt, np.complex64))
+            rolloff_cpu(jf, jf, jf, np.ones(2, dt), None, np.ones(2, dt), consts)
+            rolloff_cpu(jf, jf, None, np.ones(2, dt), np.ones(2, dt), np.ones(2, dt), consts)
+    except Exception as exc:  # a compilation failure: the NumPy path
+        _STATE["numba"] = False
+        _warn("numba", f"{type(exc).__name__}: {exc}")
+
+
+def warm_up(wait: bool = False) -> bool:
+    """Start loading the compiled kernels in a background thread (once per process); with
+    ``wait``, wait for it. Returns whether they are ready. Until they are, the providers answer
+    None and the NumPy path runs (the same results: every kernel here gives its NumPy twin's
+    bits), so a run never waits for numba's start-up."""
+    with _LOCK:
+        thread = _STATE.get("warming")
+        if thread is None:
+            thread = threading.Thread(target=_load, name="eelsgpu-numba-warm-up", daemon=True)
+            _STATE["warming"] = thread
+            thread.start()
+    if wait:
+        thread.join()
+    return not thread.is_alive() and bool(_STATE.get("numba"))
+
+
 def available() -> bool:
-    """True when numba imports (the kernels may still fail their check)."""
-    return _numba() is not None
+    """True when numba imports and the kernels load (they may still fail their check)."""
+    return warm_up(wait=True)
 
 
 def rolloff_cpu(
@@ -173,41 +227,6 @@ def rolloff_cpu(
     }
 
 
-def _rolloff_provider(xp: Any) -> Any:
-    """The compiled roll-off for NumPy arrays (checked once per transform length), else None."""
-    if not is_numpy(xp) or _disabled(ROLLOFF_NAME) or _STATE.get((ROLLOFF_NAME, "failed")):
-        return None
-    if _numba() is None:
-        return None
-    from .cuda import _first_rows, verified
-
-    def checked(*args: Any) -> dict[str, Any]:
-        k = args[0].shape[-1]
-        key = (ROLLOFF_NAME, "checked", k, str(args[0].dtype))
-        state = _STATE.get(key)
-        if state is None:
-            try:
-                probe = rolloff_probe(np, k, args[-1])
-                if args[0].dtype != probe[0].dtype:
-                    probe = (*(a.astype(args[0].dtype) for a in probe[:3]), *probe[3:])
-                ok = verified(rolloff_cpu, rolloff_numpy, _first_rows(args, 64)) and verified(
-                    rolloff_cpu, rolloff_numpy, probe
-                )
-            except Exception as exc:  # a compilation failure: the NumPy path
-                ok = False
-                _STATE[(ROLLOFF_NAME, "failed")] = True
-                _warn(ROLLOFF_NAME, f"{type(exc).__name__}: {exc}")
-            else:
-                if not ok:
-                    _warn(
-                        ROLLOFF_NAME, f"its result differs from the NumPy twin at {k} frequencies"
-                    )
-            state = _STATE[key] = ok
-        return rolloff_cpu(*args) if state else rolloff_numpy(*args)
-
-    return checked
-
-
 def away_stats_cpu(
     y: np.ndarray,
     e: np.ndarray,
@@ -225,7 +244,7 @@ def away_stats_cpu(
         y.ndim != 2
         or dt.kind != "f"
         or not y.flags.c_contiguous
-        or not 8 <= y.shape[-1] <= _PAIRWISE_MAX
+        or y.shape[-1] < 8
         or any(np.asarray(a).dtype != dt for a in (e, c, w))
     ):
         return None
@@ -263,15 +282,17 @@ def _same(want: Any, got: Any) -> bool:
     return bool(np.array_equal(np.asarray(want), np.asarray(got), equal_nan=True))
 
 
-def _checked_provider(name: str, fast: Any, twin: Any, rows: Any) -> Any:
-    """A provider of ``fast`` for NumPy arrays, checked once per shape of row against ``twin``
-    on the first call's first 64 rows (``rows(args, m)``: the arguments cut to m rows): the
-    same bits, else one warning and the twin from then on."""
+def _checked_provider(name: str, fast: Any, twin: Any, rows: Any, probe: Any = None) -> Any:
+    """A provider of ``fast`` for NumPy arrays once the kernels are loaded (:func:`warm_up`;
+    None before, and for any other namespace), checked once per row length and dtype against
+    ``twin`` on the first call's first 64 rows (``rows(args, m)``: the arguments cut to m rows)
+    and on ``probe(args)`` (more arguments, or None): the same bits, else one warning and the
+    twin from then on."""
 
     def provider(xp: Any) -> Any:
         if not is_numpy(xp) or _disabled(name) or _STATE.get((name, "failed")):
             return None
-        if _numba() is None:
+        if not warm_up():
             return None
 
         def checked(*args: Any) -> Any:
@@ -279,9 +300,11 @@ def _checked_provider(name: str, fast: Any, twin: Any, rows: Any) -> Any:
             state = _STATE.get(key)
             if state is None:
                 try:
-                    few = rows(args, 64)
-                    got = fast(*few)
-                    ok = got is None or _same(twin(*few), got)
+                    cases = [rows(args, 64)] + ([] if probe is None else [probe(args)])
+                    ok = True
+                    for case in cases:
+                        got = fast(*case)
+                        ok = ok and (got is None or _same(twin(*case), got))
                 except Exception as exc:  # a compilation failure: the NumPy path
                     ok = False
                     _STATE[(name, "failed")] = True
@@ -302,13 +325,43 @@ def _away_rows(args: tuple[Any, ...], m: int) -> tuple[Any, ...]:
     return (y[:m], e, c[:m], w[:m], level, slab)
 
 
+def _rolloff_rows(args: tuple[Any, ...], m: int) -> tuple[Any, ...]:
+    jf, zf, rf, share, alive, fw, consts = args
+
+    def cut(a):
+        return None if a is None else a[:m]
+
+    return (cut(jf), cut(zf), cut(rf), cut(share), cut(alive), cut(fw), consts)
+
+
+def _rolloff_probe(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The CUDA kernel's probe (thin, thick, vacuum spectra, noise, a misfit) at the block's
+    length and precision."""
+    jf, consts = args[0], args[-1]
+    probe = rolloff_probe(np, jf.shape[-1], consts)
+    real = jf.real.dtype
+    return (
+        *(a.astype(jf.dtype) for a in probe[:3]),
+        probe[3].astype(real),
+        None,
+        probe[5].astype(real),
+        consts,
+    )
+
+
 def register_cpu_kernels() -> None:
-    """Register the CPU kernels' providers in :mod:`eelsgpu.kernels._fused` (cheap: numba is
-    imported and the kernels compiled on first use)."""
-    _fused.register(ROLLOFF_NAME, _rolloff_provider)
+    """Register the CPU kernels' providers in :mod:`eelsgpu.kernels._fused` and start loading
+    the kernels in the background (:func:`warm_up`; until they are loaded the NumPy path
+    runs)."""
+    _fused.register(
+        ROLLOFF_NAME,
+        _checked_provider(ROLLOFF_NAME, rolloff_cpu, rolloff_numpy, _rolloff_rows, _rolloff_probe),
+    )
     _fused.register(
         AWAY_STATS_NAME, _checked_provider(AWAY_STATS_NAME, away_stats_cpu, _away_twin, _away_rows)
     )
+    if not _disabled("cpu"):
+        warm_up()
 
 
 def _warn(name: str, why: str) -> None:

@@ -162,18 +162,19 @@ def test_deconvolve_with_compiled_kernels_equals_numpy_path_real(shared_data, mo
 
 
 def test_without_numba_the_numpy_path_runs_after_one_warning(monkeypatch):
-    """numba missing (its module made unimportable): the provider answers None with ONE
-    RuntimeWarning naming the kernel, the roll-off runs on NumPy (truth: the NumPy path's
-    result, bitwise), and a namespace other than NumPy is never answered."""
+    """numba missing (its module made unimportable): the warm-up fails with ONE RuntimeWarning
+    naming numba, the providers answer None, the roll-off runs on NumPy (truth: the NumPy
+    path's result, bitwise), and a namespace other than NumPy is never answered."""
     import array_api_strict
 
     monkeypatch.setattr(cf, "_STATE", {})
     monkeypatch.setitem(sys.modules, "eelsgpu.engine._cpu_numba", None)
     monkeypatch.delenv("EELSGPU_NO_FUSED", raising=False)
-    cf.register_cpu_kernels()
     with pytest.warns(RuntimeWarning, match="numba") as rec:
+        cf.register_cpu_kernels()
+        assert not cf.warm_up(wait=True)
         assert _fused.lookup(cf.ROLLOFF_NAME, np) is None
-        assert _fused.lookup(cf.ROLLOFF_NAME, np) is None
+        assert _fused.lookup(cf.AWAY_STATS_NAME, np) is None
     assert len(rec) == 1
     assert _fused.lookup(cf.ROLLOFF_NAME, array_api_strict) is None
     consts = _consts(257)
