@@ -11,7 +11,8 @@ the cache, threads in parallel (``nogil``: the eager engine runs a thread per co
   (:func:`~eelsgpu.kernels.fourier_log.rolloff_twin`, Egerton 2011 eq. 4.16 / kk-theory.md
   eq. 22 with the measured error), which
   :func:`~eelsgpu.kernels.fourier_log.fourier_log_kernel` looks up for NumPy arrays; its twin
-  on NumPy is :func:`~eelsgpu.kernels.fourier_log.rolloff_numpy`.
+  on NumPy is :func:`~eelsgpu.kernels.fourier_log.rolloff_numpy_passes`
+  (:func:`~eelsgpu.kernels.fourier_log.rolloff_numpy` calls the compiled form where registered).
 
 * ``cpu_zlp_away_stats``: the statistics of the channels away from the ZLP's core (the channel
   noise from fourth differences, the mean count and level: :func:`eelsgpu.kernels.zlp.
@@ -64,7 +65,7 @@ from ..kernels.fourier_log import (
     CPU_ROLLOFF_NAME,
     KAPPA,
     RolloffConsts,
-    rolloff_numpy,
+    rolloff_numpy_passes,
     rolloff_probe,
 )
 from ..kernels.zlp import CPU_AWAY_STATS_NAME, _median_rows
@@ -160,7 +161,7 @@ def rolloff_cpu(
     fw: np.ndarray,
     consts: RolloffConsts,
 ) -> dict[str, Any]:
-    """:func:`~eelsgpu.kernels.fourier_log.rolloff_numpy` in one compiled loop per spectrum:
+    """:func:`~eelsgpu.kernels.fourier_log.rolloff_numpy_passes` in one compiled loop per spectrum:
     the medians of the top quarter as there (partial sorts), then per row the error power, the
     log with its phase unwrapped, the smoothed power and error, the cut-off and the Wiener
     weight. Same results up to the last bit of ``logf``/``atan2f`` (libm against NumPy's)."""
@@ -355,7 +356,9 @@ def register_cpu_kernels() -> None:
     runs)."""
     _fused.register(
         ROLLOFF_NAME,
-        _checked_provider(ROLLOFF_NAME, rolloff_cpu, rolloff_numpy, _rolloff_rows, _rolloff_probe),
+        _checked_provider(
+            ROLLOFF_NAME, rolloff_cpu, rolloff_numpy_passes, _rolloff_rows, _rolloff_probe
+        ),
     )
     _fused.register(
         AWAY_STATS_NAME, _checked_provider(AWAY_STATS_NAME, away_stats_cpu, _away_twin, _away_rows)

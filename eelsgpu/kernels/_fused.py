@@ -11,10 +11,14 @@ CUDA kernel of ``kernels/fourier_log.cu``), which
 namespace but NumPy's (NumPy has its own fast path); ``tails_solve``, the power-law tails
 beyond the window from their fits' sums (:func:`~eelsgpu.kernels.tails.tails_twin`; the CUDA
 kernel of ``kernels/tails.cu``), which :func:`~eelsgpu.kernels.tails.solve_tails` looks up for
-float32 arrays of any namespace but NumPy's.
+float32 arrays of any namespace but NumPy's. For NumPy arrays, compiled CPU forms (numba) of
+the roll-off (``cpu_fourier_log_rolloff``, the same arguments) and of the ZLP's statistics away
+from its core (``cpu_zlp_away_stats``, :func:`~eelsgpu.kernels.zlp._away_stats`), each giving
+its NumPy twin's bits.
 The engine registers the providers (:func:`eelsgpu.engine.cuda.register_fused_kernels`, called
-when a CUDA device is set up), so the import points from the engine down to the kernels and
-never back (dependency inversion).
+when a CUDA device is set up; :func:`eelsgpu.engine.cpu_fused.register_cpu_kernels`, called by
+the low-loss analyses), so the import points from the engine down to the kernels and never back
+(dependency inversion).
 
 A *provider* is ``provider(xp) -> callable or None``: it returns the fused kernel for arrays of
 namespace ``xp`` (building and checking it on first use) or ``None`` where it has none (another

@@ -602,9 +602,6 @@ def _rolloff(
         if fused is not None:
             return fused(jf, zf, rf, share, n_j_alive, fw, consts)
     if is_numpy(xp):
-        fused = _fused.lookup(CPU_ROLLOFF_NAME, xp)
-        if fused is not None:
-            return fused(jf, zf, rf, share, n_j_alive, fw, consts)
         return rolloff_numpy(jf, zf, rf, share, n_j_alive, fw, consts)
     return rolloff_twin(xp, jf, zf, rf, share, n_j_alive, fw, consts)
 
@@ -1115,8 +1112,26 @@ def rolloff_numpy(
     fw: np.ndarray,
     consts: RolloffConsts,
 ) -> dict[str, Any]:
-    """:func:`rolloff_twin` for NumPy arrays in fewer passes over memory (the CPU's fast path):
-    the same arithmetic with ``out=`` buffers, medians by partial sorts, the running minimum by
+    """:func:`rolloff_twin` for NumPy arrays (the CPU's fast path): the compiled form
+    ``cpu_fourier_log_rolloff`` where the engine registered one (:mod:`eelsgpu.engine.cpu_fused`,
+    two loops per spectrum; the same bits), else :func:`rolloff_numpy_passes`."""
+    fused = _fused.lookup(CPU_ROLLOFF_NAME, np)
+    if fused is not None:
+        return fused(jf, zf, rf, share, n_j_alive, fw, consts)
+    return rolloff_numpy_passes(jf, zf, rf, share, n_j_alive, fw, consts)
+
+
+def rolloff_numpy_passes(
+    jf: np.ndarray,
+    zf: np.ndarray,
+    rf: np.ndarray | None,
+    share: np.ndarray,
+    n_j_alive: np.ndarray | None,
+    fw: np.ndarray,
+    consts: RolloffConsts,
+) -> dict[str, Any]:
+    """:func:`rolloff_twin` for NumPy arrays in fewer passes over memory: the same arithmetic
+    with ``out=`` buffers, medians by partial sorts, the running minimum by
     ``numpy.minimum.accumulate``, the unwrapping only up to the block's last trusted frequency.
     Tests compare it with the twin (``test_rolloff_numpy_equals_twin``)."""
     n, k_all = jf.shape

@@ -54,7 +54,7 @@ def test_rolloff_cpu_equals_numpy_twin(k, dtype):
             consts.p, consts.disp, consts.max_res, unwrap, consts.half, consts.nu_table
         )
         for jf_, zf_, rf_, share_, alive_ in cases:
-            want = fl.rolloff_numpy(jf_, zf_, rf_, share_, alive_, fw, c)
+            want = fl.rolloff_numpy_passes(jf_, zf_, rf_, share_, alive_, fw, c)
             _equal(want, cf.rolloff_cpu(jf_, zf_, rf_, share_, alive_, fw, c))
     # (the two cases differ where it matters: cut-offs short and long)
     assert int(cf.rolloff_cpu(*cases[0][:4], None, fw, consts)["first"].max()) < k // 2
@@ -78,7 +78,7 @@ def test_rolloff_cpu_equals_twin_on_phase_turns():
     zf = np.broadcast_to(np.fft.rfft(z), jf.shape).astype(np.complex64)
     share = np.ones(3, np.float32)
     fw = np.full(3, 0.7, np.float32)
-    want = fl.rolloff_numpy(jf, zf, None, share, None, fw, consts)
+    want = fl.rolloff_numpy_passes(jf, zf, None, share, None, fw, consts)
     got = cf.rolloff_cpu(jf, zf, None, share, None, fw, consts)
     _equal(want, got)
     turns = np.abs(np.diff(np.unwrap(np.angle(jf[1, : want["first"][1]])))) > 0
@@ -182,7 +182,7 @@ def test_without_numba_the_numpy_path_runs_after_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = fl._rolloff(np, *args)
-    _equal(fl.rolloff_numpy(*args), got)
+    _equal(fl.rolloff_numpy_passes(*args), got)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
