@@ -359,9 +359,12 @@ def register_cpu_kernels() -> None:
         _checked_provider(
             ROLLOFF_NAME, rolloff_cpu, rolloff_numpy_passes, _rolloff_rows, _rolloff_probe
         ),
+        cpu=True,
     )
     _fused.register(
-        AWAY_STATS_NAME, _checked_provider(AWAY_STATS_NAME, away_stats_cpu, _away_twin, _away_rows)
+        AWAY_STATS_NAME,
+        _checked_provider(AWAY_STATS_NAME, away_stats_cpu, _away_twin, _away_rows),
+        cpu=True,
     )
     if not _disabled("cpu"):
         warm_up()

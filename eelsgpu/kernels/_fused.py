@@ -45,21 +45,29 @@ __all__ = ["Provider", "lookup", "register", "registered", "unregister"]
 Provider = Callable[[Any], Callable[..., Any] | None]
 
 _PROVIDERS: dict[str, Provider] = {}
+_CPU: set[str] = set()  # the names of compiled CPU kernels (no device form)
 
 
-def register(name: str, provider: Provider) -> None:
-    """Register (or replace) the provider of the fused kernel ``name``."""
+def register(name: str, provider: Provider, *, cpu: bool = False) -> None:
+    """Register (or replace) the provider of the fused kernel ``name``; ``cpu``: a compiled CPU
+    kernel for NumPy arrays (:mod:`eelsgpu.engine.cpu_fused`), not a device kernel."""
     _PROVIDERS[name] = provider
+    if cpu:
+        _CPU.add(name)
+    else:
+        _CPU.discard(name)
 
 
 def unregister(name: str) -> None:
     """Remove the provider of ``name`` (nothing happens when there is none)."""
     _PROVIDERS.pop(name, None)
+    _CPU.discard(name)
 
 
-def registered() -> tuple[str, ...]:
-    """The names that have a provider."""
-    return tuple(_PROVIDERS)
+def registered(cpu: bool = False) -> tuple[str, ...]:
+    """The names of the device kernels that have a provider (what a GPU check covers); with
+    ``cpu``, those of the compiled CPU kernels."""
+    return tuple(n for n in _PROVIDERS if (n in _CPU) == cpu)
 
 
 def lookup(name: str, xp: Any) -> Callable[..., Any] | None:

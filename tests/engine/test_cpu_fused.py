@@ -177,6 +177,9 @@ def test_without_numba_the_numpy_path_runs_after_one_warning(monkeypatch):
         assert _fused.lookup(cf.AWAY_STATS_NAME, np) is None
     assert len(rec) == 1
     assert _fused.lookup(cf.ROLLOFF_NAME, array_api_strict) is None
+    # (listed as CPU kernels, not among the device kernels a GPU check covers)
+    assert {cf.ROLLOFF_NAME, cf.AWAY_STATS_NAME} <= set(_fused.registered(cpu=True))
+    assert not {cf.ROLLOFF_NAME, cf.AWAY_STATS_NAME} & set(_fused.registered())
     consts = _consts(257)
     args = fl.rolloff_probe(np, 257, consts)
     with warnings.catch_warnings():
