@@ -134,14 +134,18 @@ def rolloff_rest(lm, ph, sig, stops, half, unwrap, cst, ell, w, first, cut_power
         if unwrap and stop > 1:
             acc = 0
             prev = ph[i, 0]
-            for k in range(1, k_all):
+            for k in range(1, stop):  # (k - 1 < stop - 1)
                 p = ph[i, k]
-                if k - 1 < stop - 1:
-                    acc += np.int32(np.rint((p - prev) * c_turn))
-                    prev = p
+                acc += np.int32(np.rint((p - prev) * c_turn))
+                prev = p
                 if acc != 0:
                     turn[0] = acc  # (the int in the data's precision, as NumPy casts it)
                     ph[i, k] = p - turn[0] * c_2pi
+            if acc != 0:  # above: kept on its branch
+                turn[0] = acc
+                shift = turn[0] * c_2pi
+                for k in range(max(stop, 1), k_all):
+                    ph[i, k] = ph[i, k] - shift
         # the smoothed |ln(J~/Z~)|^2, its first minimum above zero frequency
         c[0] = zero
         for k in range(k_all):
@@ -154,13 +158,15 @@ def rolloff_rest(lm, ph, sig, stops, half, unwrap, cst, ell, w, first, cut_power
         _moving_average_row(c, half, k_all, k_all, counts, power)
         k_min = 1  # numpy.argmin: the first minimum, or the first NaN
         best = power[1] if k_all > 1 else zero
-        for k in range(2, k_all):
-            if best != best:
-                break
-            p = power[k]
-            if p < best or p != p:
-                k_min = k
-                best = p
+        if best == best:
+            for k in range(2, k_all):
+                p = power[k]
+                if p < best:
+                    k_min = k
+                    best = p
+                elif p != p:
+                    k_min = k
+                    break
         if k_min >= k_all - half - 1:
             k_min = k_all
         reach = k_min if k_min < stop else stop
@@ -181,17 +187,16 @@ def rolloff_rest(lm, ph, sig, stops, half, unwrap, cst, ell, w, first, cut_power
         cut_power[i] = power[min(f, k_all - 1)]
         # the monotone Wiener weight below the cut-off, smoothed, 1 at zero frequency
         run = one
-        for k in range(k_all):
-            if k < f:
-                s2 = _nmax(power[k] - errs[k], zero)
-                den = _nmax(errs[k] + s2, tiny)
-                wp = one if k == 0 else s2 / den
-                run = wp if k == 0 else _nmin(run, wp)
-                pw[k] = run
-            else:
-                pw[k] = zero
-        c[0] = zero
+        for k in range(f):
+            s2 = _nmax(power[k] - errs[k], zero)
+            den = _nmax(errs[k] + s2, tiny)
+            wp = one if k == 0 else s2 / den
+            run = wp if k == 0 else _nmin(run, wp)
+            pw[k] = run
         span = min(k_all, f + 2 * half + 1)
+        for k in range(f, span):
+            pw[k] = zero
+        c[0] = zero
         for k in range(span):
             c[k + 1] = c[k] + pw[k]
         for k in range(span, k_all):

@@ -152,6 +152,20 @@ def available() -> bool:
     return warm_up(wait=True)
 
 
+_LOCAL = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: Any, count: int) -> list[np.ndarray]:
+    """``count`` work arrays of ``shape`` and ``dtype``, reused by the calls of one thread (a
+    fresh 0.5 MB array is fresh pages: their faults cost as much as the roll-off's loops on
+    this machine, measured); the caller must not keep them beyond its call."""
+    key = (shape, np.dtype(dtype).str, count)
+    cache = getattr(_LOCAL, "arrays", None)
+    if cache is None or cache[0] != key:
+        cache = _LOCAL.arrays = (key, [np.empty(shape, dtype=dtype) for _ in range(count)])
+    return cache[1]
+
+
 def rolloff_cpu(
     jf: np.ndarray,
     zf: np.ndarray,
@@ -184,10 +198,7 @@ def rolloff_cpu(
     n_z = np.where(dead, med[n:] / math.log(2.0), 0.0).astype(rdt, copy=False)
     has_rf = rf is not None
     rf_ = np.ascontiguousarray(rf) if has_rf else np.zeros((1, 1), dtype=jf.dtype)
-    sig = np.empty((n, k_all), dtype=rdt)
-    lm = np.empty((n, k_all), dtype=rdt)
-    im = np.empty((n, k_all), dtype=rdt)
-    re = np.empty((n, k_all), dtype=rdt)
+    sig, lm, im, re = _scratch((n, k_all), rdt, 4)
     stops = np.empty(n, dtype=np.int64)
     cst = np.array([tiny(str(rdt)), 1e-24, 2.0, 1.0], dtype=rdt)
     n_j_ = np.ascontiguousarray(n_j, dtype=rdt)
