@@ -17,6 +17,9 @@ the cache, threads in parallel (``nogil``: the eager engine runs a thread per co
 * ``cpu_zlp_away_stats``: the statistics of the channels away from the ZLP's core (the channel
   noise from fourth differences, the mean count and level: :func:`eelsgpu.kernels.zlp.
   _away_stats`), which the ZLP's centre and checks ask for on every block.
+* ``cpu_zlp_background_sums``: the five sums of the background check (:func:`eelsgpu.kernels.
+  zlp.background_check`: the channels far below the ZLP and their counts, the loss channels,
+  the window's and the gain side's counts).
 
 Each gives its NumPy twin's bits: the same float operations in the same order, sums in NumPy's
 pairwise order, the logs, arctangents and medians by NumPy itself on the block (its SIMD forms
@@ -68,19 +71,22 @@ from ..kernels.fourier_log import (
     rolloff_numpy_passes,
     rolloff_probe,
 )
-from ..kernels.zlp import CPU_AWAY_STATS_NAME, _median_rows
+from ..kernels.zlp import CPU_AWAY_STATS_NAME, CPU_BACKGROUND_NAME, _median_rows
 
 __all__ = [
     "AWAY_STATS_NAME",
+    "BACKGROUND_NAME",
     "ROLLOFF_NAME",
     "available",
     "away_stats_cpu",
+    "background_sums_cpu",
     "register_cpu_kernels",
     "rolloff_cpu",
 ]
 
 ROLLOFF_NAME = CPU_ROLLOFF_NAME
 AWAY_STATS_NAME = CPU_AWAY_STATS_NAME
+BACKGROUND_NAME = CPU_BACKGROUND_NAME
 
 _STATE: dict[Any, Any] = {}  # "numba": the module or False; "warming": the warm-up thread;
 # (name, "checked", ...): the first-use check's verdict; (name, "failed"): a compilation failed
@@ -120,6 +126,7 @@ def _load() -> None:
             y = np.ones((2, 16), dtype=dt)
             e = np.arange(16, dtype=dt)
             away_stats_cpu(y, e, np.zeros(2, dt), np.ones(2, dt), True, (0, 4))
+            background_sums_cpu(y, e, np.zeros(2, dt), np.full(2, -3.0, dt))
             k = 9
             nu = (np.arange(k) / 0.8).astype(dt)
             consts = RolloffConsts(16, 0.05, 1.0, True, 2, nu)
@@ -279,6 +286,41 @@ def away_stats_cpu(
     return out
 
 
+def background_sums_cpu(
+    y: np.ndarray, e: np.ndarray, c: np.ndarray, thr: np.ndarray
+) -> np.ndarray | None:
+    """The five sums of :func:`eelsgpu.kernels.zlp.background_check` (channels far below the
+    ZLP, their counts, the loss channels, the window's counts, the gain side's counts) as (n, 5)
+    in one compiled loop per row, the same bits; None where it does not apply (not a
+    C-contiguous float block with everything in its precision): the NumPy path runs."""
+    dt = y.dtype
+    if (
+        y.ndim != 2
+        or dt.kind != "f"
+        or not y.flags.c_contiguous
+        or y.shape[-1] < 1
+        or any(np.asarray(a).dtype != dt for a in (e, c, thr))
+    ):
+        return None
+    nb = _numba()
+    out = np.empty((y.shape[0], 5), dtype=dt)
+    nb.background_sums(y, e, c, thr, np.array([0.0, 1.0], dtype=dt), out)
+    return out
+
+
+def _background_twin(y, e, c, thr):  # the NumPy branch of zlp.background_check's sums
+    rel = e[None, :] - c[:, None]
+    ff = (rel < thr[:, None]).astype(y.dtype)
+    gain = (rel < 0.0).astype(y.dtype)
+    cols = (ff, y * ff, 1.0 - gain, y, y * gain)
+    return np.stack([np.sum(a, axis=-1) for a in cols], axis=-1)
+
+
+def _background_rows(args: tuple[Any, ...], m: int) -> tuple[Any, ...]:
+    y, e, c, thr = args
+    return (y[:m], e, c[:m], thr[:m])
+
+
 def _away_twin(y, e, c, w, level, slab):  # the NumPy branch of zlp._away_stats
     from ..kernels.zlp import _away_stats
 
@@ -375,6 +417,11 @@ def register_cpu_kernels() -> None:
     _fused.register(
         AWAY_STATS_NAME,
         _checked_provider(AWAY_STATS_NAME, away_stats_cpu, _away_twin, _away_rows),
+        cpu=True,
+    )
+    _fused.register(
+        BACKGROUND_NAME,
+        _checked_provider(BACKGROUND_NAME, background_sums_cpu, _background_twin, _background_rows),
         cpu=True,
     )
     if not _disabled("cpu"):

@@ -84,6 +84,8 @@ SEARCH_EV = (-5.0, 5.0)
 #: The name of the compiled CPU form of :func:`_away_stats` for NumPy arrays
 #: (:mod:`eelsgpu.kernels._fused`, :mod:`eelsgpu.engine.cpu_fused`).
 CPU_AWAY_STATS_NAME = "cpu_zlp_away_stats"
+#: ... and of the sums of :func:`background_check`.
+CPU_BACKGROUND_NAME = "cpu_zlp_background_sums"
 
 
 # --------------------------------------------------------------------------- centre
@@ -1552,20 +1554,27 @@ def background_check(
     c = xp.where(ok, xp.astype(centre_eV, dt, copy=False), 0.0)
     w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
     y = _zero_non_finite(xp, block) if finite is None else finite
-    rel = e[None, :] - c[:, None]
     # (-max(10 w, 3) as min(-10 w, -3): negations are exact)
-    far = rel < xp.minimum(-10.0 * w, -3.0)[:, None]
-    ff = xp.astype(far, dt)
-    n_far = xp.sum(ff, axis=-1)
+    thr = xp.minimum(-10.0 * w, -3.0)
+    fused = _fused.lookup(CPU_BACKGROUND_NAME, xp) if is_numpy(xp) else None
+    sums = None if fused is None else fused(y, e, c, thr)
+    if sums is not None:  # (the compiled form: one pass per row, the same bits)
+        n_far, s_far, loss_channels, window, s_gain = (sums[:, j] for j in range(5))
+    else:
+        rel = e[None, :] - c[:, None]
+        ff = xp.astype(rel < thr[:, None], dt)
+        n_far = xp.sum(ff, axis=-1)
+        s_far = xp.sum(y * ff, axis=-1)
+        gain = xp.astype(rel < 0.0, dt)
+        loss_channels = xp.sum(1.0 - gain, axis=-1)
+        window = xp.sum(y, axis=-1)
+        s_gain = xp.sum(y * gain, axis=-1)
     n_far1 = xp.maximum(n_far, 1.0)
-    b = xp.sum(y * ff, axis=-1) / n_far1
+    b = s_far / n_far1
     if noise is None:
         noise = channel_noise(xp, y, e, c, w)
     se = xp.sqrt(noise[0] / n_far1)
-    gain = xp.astype(rel < 0.0, dt)
-    loss_channels = xp.sum(1.0 - gain, axis=-1)
-    window = xp.sum(y, axis=-1)
-    above = window - 2.0 * xp.sum(y * gain, axis=-1)  # the window minus the ZLP (mirror) ...
+    above = window - 2.0 * s_gain  # the window minus the ZLP (mirror) ...
     share = b * loss_channels / xp.where(above > 0, above, 1.0)
     told = ok & (n_far >= 8.0)
     unphysical = (

@@ -222,3 +222,49 @@ def test_away_stats_cpu_equals_numpy_path(shared_data, dtype):
                 assert cf._same(want, got), (slab, level)
                 assert got["noise"][0].dtype == dtype
     assert cf.away_stats_cpu(np.asfortranarray(y), e, c[:16], w[:16], True, (0, 10)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_background_check_with_compiled_sums_equals_numpy_path(shared_data, monkeypatch, dtype):
+    """zlp.background_check with its five sums compiled gives the NumPy path's offset, share and
+    UNPHYSICAL_BACKGROUND flags to the bit (truth: the NumPy path with the kernel turned off),
+    on measured spectra (the LSMO 80 kV line scan; SiO2, whose gain side is below zero: flagged)
+    with their measured centres and FWHM, and on a synthetic pair with and without an offset;
+    the sums themselves equal the NumPy twin's."""
+    from eelsgpu.kernels import zlp
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from real_files import FILES, open_real
+
+    cases = []
+    for name in ("LSMO 80kV", "SiO2"):
+        si = open_real(shared_data, next(f for f in FILES if f.name == name))
+        y = np.ascontiguousarray(si.values.reshape(-1, si.shape[-1]), dtype=dtype)
+        e = si["energy"].values.astype(dtype)
+        cen = zlp.centre_kernel(y, e)
+        cases.append((y, e, cen["zlp_centre_eV"], cen["fwhm_eV"]))
+    e = (np.arange(-400, 1600) * 0.05).astype(dtype)
+    y = 1e5 * np.exp(-0.5 * (e / 0.2) ** 2) + np.where(e > 1, 3e3 / np.maximum(e, 1), 0)
+    cases.append(
+        (np.stack([y, y + 30.0]).astype(dtype), e, np.zeros(2, dtype), np.full(2, 0.47, dtype))
+    )
+    flagged = 0
+    for y, e, c, w in cases:
+        monkeypatch.setenv("EELSGPU_NO_FUSED", cf.BACKGROUND_NAME)
+        want = zlp.background_check(y, e, c, w)
+        monkeypatch.setenv("EELSGPU_NO_FUSED", "")
+        calls: list[int] = []
+        real = cf.background_sums_cpu
+        monkeypatch.setattr(
+            cf, "background_sums_cpu", lambda *a, _c=calls, _r=real: _c.append(1) or _r(*a)
+        )
+        cf.register_cpu_kernels()
+        got = zlp.background_check(y, e, c, w)
+        assert calls
+        assert cf._same(want, got)
+        flagged += int(np.sum(got["unphysical"]))
+        thr = np.minimum(-10.0 * w.astype(dtype), -3.0).astype(dtype)
+        cc = np.where(np.isfinite(c), c, 0.0).astype(dtype)
+        assert cf._same(cf._background_twin(y, e, cc, thr), real(y, e, cc, thr))
+        monkeypatch.undo()
+    assert flagged >= 1  # (the offset pair's second spectrum at least: the check can be false)
