@@ -278,7 +278,8 @@ def thickness(
         "zlp_search_eV": "near 0 eV, else anywhere" if search is None else list(search),
     }
     register_fused_kernels()  # (the device's fused roll-off, where it has one)
-    register_cpu_kernels()  # (the compiled CPU kernels, for NumPy arrays)
+    # (the compiled CPU kernels, for NumPy arrays: loaded for a job large enough to pay)
+    register_cpu_kernels(n_spectra=math.prod(si.shape[:-1]))
     shift = precheck(si, zparams, search)
     params["axis_shift_eV"] = float(shift)
     params["axis_eV"] = axis_numbers(si)

@@ -25,9 +25,10 @@ Each gives its NumPy twin's bits: the same float operations in the same order, s
 pairwise order, the logs, arctangents and medians by NumPy itself on the block (its SIMD forms
 are some 10-30 times numba's scalar calls). So the results do not depend on whether the kernels
 ran, and a run need not wait for them: :func:`register_cpu_kernels` (called by the low-loss
-analyses) starts loading them in a background thread (:func:`warm_up`: numba's import and code
-generator cost some 0.45 s once per process; ``cache=True`` keeps the machine code in
-``__pycache__``), and until they are loaded the providers answer None and the NumPy path runs.
+analyses) starts loading them in a background thread for a job of at least
+:data:`WARM_UP_SPECTRA` spectra (:func:`warm_up`: numba's import and code generator cost some
+0.45 s once per process; ``cache=True`` keeps the machine code in ``__pycache__``), and until
+they are loaded the providers answer None and the NumPy path runs.
 Each kernel is checked once per row length and dtype against its twin on the first block's
 first 64 rows (the roll-off also on the probe of the CUDA kernel's check): the same bits, else
 one ``RuntimeWarning`` and the NumPy path from then on; where numba is missing or a compilation
@@ -152,6 +153,12 @@ def warm_up(wait: bool = False) -> bool:
     if wait:
         thread.join()
     return not thread.is_alive() and bool(_STATE.get("numba"))
+
+
+def _ready() -> bool:
+    """The kernels are loaded (the warm-up ran to its end and numba imported)."""
+    thread = _STATE.get("warming")
+    return thread is not None and not thread.is_alive() and bool(_STATE.get("numba"))
 
 
 def available() -> bool:
@@ -346,7 +353,7 @@ def _checked_provider(name: str, fast: Any, twin: Any, rows: Any, probe: Any = N
     def provider(xp: Any) -> Any:
         if not is_numpy(xp) or _disabled(name) or _STATE.get((name, "failed")):
             return None
-        if not warm_up():
+        if not _ready():  # (not loaded, or loading: the NumPy path meanwhile)
             return None
 
         def checked(*args: Any) -> Any:
@@ -403,10 +410,17 @@ def _rolloff_probe(args: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
-def register_cpu_kernels() -> None:
-    """Register the CPU kernels' providers in :mod:`eelsgpu.kernels._fused` and start loading
-    the kernels in the background (:func:`warm_up`; until they are loaded the NumPy path
-    runs)."""
+#: The fewest spectra of a job that start the kernels' load (:func:`warm_up`) in a process
+#: where they are not loaded yet: numba's start-up costs about 0.45 s of a core once, the
+#: kernels save about 0.04 ms per spectrum on one core (a 64 x 64 x 2048 cube, measured), so a
+#: smaller job in a fresh process runs on NumPy (the same results) and leaves them unloaded.
+WARM_UP_SPECTRA = 10_000
+
+
+def register_cpu_kernels(n_spectra: int | None = None) -> None:
+    """Register the CPU kernels' providers in :mod:`eelsgpu.kernels._fused` and, for a job of
+    ``n_spectra`` spectra (None: any), start loading the kernels in the background where that
+    pays (:data:`WARM_UP_SPECTRA`; :func:`warm_up`; until they are loaded the NumPy path runs)."""
     _fused.register(
         ROLLOFF_NAME,
         _checked_provider(
@@ -424,7 +438,7 @@ def register_cpu_kernels() -> None:
         _checked_provider(BACKGROUND_NAME, background_sums_cpu, _background_twin, _background_rows),
         cpu=True,
     )
-    if not _disabled("cpu"):
+    if not _disabled("cpu") and (n_spectra is None or n_spectra >= WARM_UP_SPECTRA):
         warm_up()
 
 

@@ -268,3 +268,19 @@ def test_background_check_with_compiled_sums_equals_numpy_path(shared_data, monk
         assert cf._same(cf._background_twin(y, e, cc, thr), real(y, e, cc, thr))
         monkeypatch.undo()
     assert flagged >= 1  # (the offset pair's second spectrum at least: the check can be false)
+
+
+def test_only_a_large_job_starts_loading_the_kernels(monkeypatch):
+    """In a process where the kernels are not loaded, a job of fewer than WARM_UP_SPECTRA spectra
+    does not start numba's start-up (the NumPy path serves it: lookups answer None), a larger
+    one does, and once they are loaded every job gets them (truth: the registry's answers)."""
+    monkeypatch.setattr(cf, "_STATE", {"numba": cf._STATE.get("numba")})
+    monkeypatch.delenv("EELSGPU_NO_FUSED", raising=False)
+    cf.register_cpu_kernels(n_spectra=cf.WARM_UP_SPECTRA - 1)
+    assert "warming" not in cf._STATE
+    assert _fused.lookup(cf.ROLLOFF_NAME, np) is None
+    cf.register_cpu_kernels(n_spectra=cf.WARM_UP_SPECTRA)
+    assert "warming" in cf._STATE
+    assert cf.warm_up(wait=True)
+    cf.register_cpu_kernels(n_spectra=1)
+    assert _fused.lookup(cf.ROLLOFF_NAME, np) is not None
