@@ -165,10 +165,18 @@ def check_negative_counts(si: Any, sample: np.ndarray) -> None:
     finite = np.all(np.isfinite(sample), axis=-1)
     if not finite.any():
         return
-    rows = sample[finite]
-    # (numpy.median's values by one-k-th partitions: several times faster on 2048 channels)
-    med = _median_rows(np, rows)
-    sigma = _median_rows(np, np.abs(np.diff(rows, axis=-1))) / (0.6745 * math.sqrt(2.0))
+    rows = sample if finite.all() else sample[finite]
+    # (numpy.median's values by one-k-th partitions: several times faster on 2048 channels),
+    # row by row in slabs of 64 rows: the same values, with temporaries that stay in the cache
+    # and are reused (a whole 1024 x 2048 float64 sample's 16 MB temporaries cost 0.1-0.6 s of
+    # page faults on a fresh process, measured)
+    med = np.empty(rows.shape[0], dtype=rows.dtype)
+    sigma = np.empty(rows.shape[0], dtype=rows.dtype)
+    for a in range(0, rows.shape[0], 64):
+        slab = rows[a : a + 64]
+        med[a : a + 64] = _median_rows(np, slab)
+        sigma[a : a + 64] = _median_rows(np, np.abs(np.diff(slab, axis=-1)))
+    sigma /= 0.6745 * math.sqrt(2.0)
     se = 1.2533 * sigma / math.sqrt(rows.shape[-1])
     if not float(np.mean(med < -3.0 * se - 1e-12)) > 0.5:
         return

@@ -9,12 +9,14 @@ shift where the stored axis is off), picks the declaration and attaches the prov
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .. import engine
+from ..engine.cpu_fused import register_cpu_kernels
 from ..engine.cuda import register_fused_kernels
 from ..errors import InputError
 from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS, DECONVOLVE
@@ -263,6 +265,8 @@ def deconvolve(
         if output in ALIGNED_OUTPUTS:
             kernel_params["energy_coord_eV"] = np.asarray(si["energy"].values) - shift
     register_fused_kernels()  # (the device's fused roll-off, where it has one)
+    # (the compiled CPU kernels, for NumPy arrays: loaded for a job large enough to pay)
+    register_cpu_kernels(n_spectra=math.prod(si.shape[:-1]))
     decl = DECONVOLVE
     if unc.method is not None:
         attrs.update(unc.attrs())

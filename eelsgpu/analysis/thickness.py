@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from .. import engine
+from ..engine.cpu_fused import register_cpu_kernels
 from ..engine.cuda import register_fused_kernels
 from ..errors import InputError
 from ..kernels import quality
@@ -277,6 +278,8 @@ def thickness(
         "zlp_search_eV": "near 0 eV, else anywhere" if search is None else list(search),
     }
     register_fused_kernels()  # (the device's fused roll-off, where it has one)
+    # (the compiled CPU kernels, for NumPy arrays: loaded for a job large enough to pay)
+    register_cpu_kernels(n_spectra=math.prod(si.shape[:-1]))
     shift = precheck(si, zparams, search)
     params["axis_shift_eV"] = float(shift)
     params["axis_eV"] = axis_numbers(si)

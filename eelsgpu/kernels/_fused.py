@@ -11,10 +11,14 @@ CUDA kernel of ``kernels/fourier_log.cu``), which
 namespace but NumPy's (NumPy has its own fast path); ``tails_solve``, the power-law tails
 beyond the window from their fits' sums (:func:`~eelsgpu.kernels.tails.tails_twin`; the CUDA
 kernel of ``kernels/tails.cu``), which :func:`~eelsgpu.kernels.tails.solve_tails` looks up for
-float32 arrays of any namespace but NumPy's.
+float32 arrays of any namespace but NumPy's. For NumPy arrays, compiled CPU forms (numba) of
+the roll-off (``cpu_fourier_log_rolloff``, the same arguments) and of the ZLP's statistics away
+from its core (``cpu_zlp_away_stats``, :func:`~eelsgpu.kernels.zlp._away_stats`), each giving
+its NumPy twin's bits.
 The engine registers the providers (:func:`eelsgpu.engine.cuda.register_fused_kernels`, called
-when a CUDA device is set up), so the import points from the engine down to the kernels and
-never back (dependency inversion).
+when a CUDA device is set up; :func:`eelsgpu.engine.cpu_fused.register_cpu_kernels`, called by
+the low-loss analyses), so the import points from the engine down to the kernels and never back
+(dependency inversion).
 
 A *provider* is ``provider(xp) -> callable or None``: it returns the fused kernel for arrays of
 namespace ``xp`` (building and checking it on first use) or ``None`` where it has none (another
@@ -41,21 +45,29 @@ __all__ = ["Provider", "lookup", "register", "registered", "unregister"]
 Provider = Callable[[Any], Callable[..., Any] | None]
 
 _PROVIDERS: dict[str, Provider] = {}
+_CPU: set[str] = set()  # the names of compiled CPU kernels (no device form)
 
 
-def register(name: str, provider: Provider) -> None:
-    """Register (or replace) the provider of the fused kernel ``name``."""
+def register(name: str, provider: Provider, *, cpu: bool = False) -> None:
+    """Register (or replace) the provider of the fused kernel ``name``; ``cpu``: a compiled CPU
+    kernel for NumPy arrays (:mod:`eelsgpu.engine.cpu_fused`), not a device kernel."""
     _PROVIDERS[name] = provider
+    if cpu:
+        _CPU.add(name)
+    else:
+        _CPU.discard(name)
 
 
 def unregister(name: str) -> None:
     """Remove the provider of ``name`` (nothing happens when there is none)."""
     _PROVIDERS.pop(name, None)
+    _CPU.discard(name)
 
 
-def registered() -> tuple[str, ...]:
-    """The names that have a provider."""
-    return tuple(_PROVIDERS)
+def registered(cpu: bool = False) -> tuple[str, ...]:
+    """The names of the device kernels that have a provider (what a GPU check covers); with
+    ``cpu``, those of the compiled CPU kernels."""
+    return tuple(n for n in _PROVIDERS if (n in _CPU) == cpu)
 
 
 def lookup(name: str, xp: Any) -> Callable[..., Any] | None:

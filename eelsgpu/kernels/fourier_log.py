@@ -195,6 +195,8 @@ _ROW_BYTES = 1 << 20  # rows per pass: about 1 MiB per temporary (stays in the L
 #: (:func:`rolloff_twin`; the CUDA kernel of kernels/fourier_log.cu) in
 #: :mod:`eelsgpu.kernels._fused`.
 FUSED_NAME = "fourier_log_rolloff"
+#: The name of its compiled CPU form for NumPy arrays (:mod:`eelsgpu.engine.cpu_fused`).
+CPU_ROLLOFF_NAME = "cpu_fourier_log_rolloff"
 
 
 def tail_continuation(
@@ -1110,8 +1112,26 @@ def rolloff_numpy(
     fw: np.ndarray,
     consts: RolloffConsts,
 ) -> dict[str, Any]:
-    """:func:`rolloff_twin` for NumPy arrays in fewer passes over memory (the CPU's fast path):
-    the same arithmetic with ``out=`` buffers, medians by partial sorts, the running minimum by
+    """:func:`rolloff_twin` for NumPy arrays (the CPU's fast path): the compiled form
+    ``cpu_fourier_log_rolloff`` where the engine registered one (:mod:`eelsgpu.engine.cpu_fused`,
+    two loops per spectrum; the same bits), else :func:`rolloff_numpy_passes`."""
+    fused = _fused.lookup(CPU_ROLLOFF_NAME, np)
+    if fused is not None:
+        return fused(jf, zf, rf, share, n_j_alive, fw, consts)
+    return rolloff_numpy_passes(jf, zf, rf, share, n_j_alive, fw, consts)
+
+
+def rolloff_numpy_passes(
+    jf: np.ndarray,
+    zf: np.ndarray,
+    rf: np.ndarray | None,
+    share: np.ndarray,
+    n_j_alive: np.ndarray | None,
+    fw: np.ndarray,
+    consts: RolloffConsts,
+) -> dict[str, Any]:
+    """:func:`rolloff_twin` for NumPy arrays in fewer passes over memory: the same arithmetic
+    with ``out=`` buffers, medians by partial sorts, the running minimum by
     ``numpy.minimum.accumulate``, the unwrapping only up to the block's last trusted frequency.
     Tests compare it with the twin (``test_rolloff_numpy_equals_twin``)."""
     n, k_all = jf.shape

@@ -49,6 +49,7 @@ import numpy as np
 
 from .._xp import array_namespace, erf, fft_module, is_numpy, take_rows, tiny
 from ..errors import InputError, NoZeroLossPeakError
+from . import _fused
 from ._sync import all_rows, host_axis, host_decides
 
 __all__ = [
@@ -80,6 +81,11 @@ __all__ = [
 
 #: Default energy window (eV, on the stored axis) in which the ZLP maximum is looked for.
 SEARCH_EV = (-5.0, 5.0)
+#: The name of the compiled CPU form of :func:`_away_stats` for NumPy arrays
+#: (:mod:`eelsgpu.kernels._fused`, :mod:`eelsgpu.engine.cpu_fused`).
+CPU_AWAY_STATS_NAME = "cpu_zlp_away_stats"
+#: ... and of the sums of :func:`background_check`.
+CPU_BACKGROUND_NAME = "cpu_zlp_background_sums"
 
 
 # --------------------------------------------------------------------------- centre
@@ -333,6 +339,7 @@ def _away_stats(
     w: Any,
     level: bool = False,
     slab: tuple[int, int] | None = None,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """The channels more than 3 FWHM ``w`` from the centre ``c`` of the finite spectra ``y``
     (n, n_E): ``noise`` = :func:`channel_noise`'s ``(v_out, y_out)`` and, with ``level``, the
@@ -343,9 +350,17 @@ def _away_stats(
     minus the core's; on NumPy the core is summed on a slab of channels that holds every row's
     core (its bounds are host numbers, free there), on a device over the whole row (no sync);
     the median is taken on every 4th channel of the whole row (the ZLP's few channels do not
-    move a median)."""
+    move a median). ``compiled``: may use the compiled CPU form (:mod:`eelsgpu.engine.cpu_fused`)
+    where the engine registered one."""
     dt = y.dtype
     n, n_e = y.shape
+    if compiled and is_numpy(xp):
+        fused = _fused.lookup(CPU_AWAY_STATS_NAME, xp)
+        if fused is not None:  # (the compiled form: one pass per row, the same bits)
+            ab = _core_slab(xp, e, c, w) if slab is None else slab
+            got = fused(y, e, c, w, level, ab)
+            if got is not None:
+                return got
     if is_numpy(xp):  # the same sums in two buffers (out=): 2 block-sized arrays, not 7
         v = np.add(y[:, :-4], y[:, 4:])
         t = np.add(y[:, 1:-3], y[:, 3:-1])
@@ -1539,20 +1554,27 @@ def background_check(
     c = xp.where(ok, xp.astype(centre_eV, dt, copy=False), 0.0)
     w = xp.where(ok, xp.astype(fwhm_eV, dt, copy=False), 1.0)
     y = _zero_non_finite(xp, block) if finite is None else finite
-    rel = e[None, :] - c[:, None]
     # (-max(10 w, 3) as min(-10 w, -3): negations are exact)
-    far = rel < xp.minimum(-10.0 * w, -3.0)[:, None]
-    ff = xp.astype(far, dt)
-    n_far = xp.sum(ff, axis=-1)
+    thr = xp.minimum(-10.0 * w, -3.0)
+    fused = _fused.lookup(CPU_BACKGROUND_NAME, xp) if is_numpy(xp) else None
+    sums = None if fused is None else fused(y, e, c, thr)
+    if sums is not None:  # (the compiled form: one pass per row, the same bits)
+        n_far, s_far, loss_channels, window, s_gain = (sums[:, j] for j in range(5))
+    else:
+        rel = e[None, :] - c[:, None]
+        ff = xp.astype(rel < thr[:, None], dt)
+        n_far = xp.sum(ff, axis=-1)
+        s_far = xp.sum(y * ff, axis=-1)
+        gain = xp.astype(rel < 0.0, dt)
+        loss_channels = xp.sum(1.0 - gain, axis=-1)
+        window = xp.sum(y, axis=-1)
+        s_gain = xp.sum(y * gain, axis=-1)
     n_far1 = xp.maximum(n_far, 1.0)
-    b = xp.sum(y * ff, axis=-1) / n_far1
+    b = s_far / n_far1
     if noise is None:
         noise = channel_noise(xp, y, e, c, w)
     se = xp.sqrt(noise[0] / n_far1)
-    gain = xp.astype(rel < 0.0, dt)
-    loss_channels = xp.sum(1.0 - gain, axis=-1)
-    window = xp.sum(y, axis=-1)
-    above = window - 2.0 * xp.sum(y * gain, axis=-1)  # the window minus the ZLP (mirror) ...
+    above = window - 2.0 * s_gain  # the window minus the ZLP (mirror) ...
     share = b * loss_channels / xp.where(above > 0, above, 1.0)
     told = ok & (n_far >= 8.0)
     unphysical = (

@@ -430,7 +430,7 @@ def test_numpy_moving_average_is_bitwise_the_array_api_one():
 
 @pytest.mark.parametrize("k", [2049, 1025, 40])
 def test_rolloff_numpy_equals_twin(k):
-    """The NumPy fast path of the measured-error roll-off (``rolloff_numpy``: one-k-th medians,
+    """The NumPy passes of the measured-error roll-off (``rolloff_numpy_passes``: one-k-th medians,
     the smoothed error and the weight on the prefix of the frequencies below the block's
     cut-offs) gives the twin's arrays to the bit (``rolloff_twin`` on array_api_compat.numpy:
     sorts, whole-row moving averages). Truth: the twin, on the probe spectra (vacuum, thin and
@@ -450,12 +450,12 @@ def test_rolloff_numpy_equals_twin(k):
     cases = [(jf, zf, rf, share), (clean, zf, None, np.ones_like(share))]
     for jf_, zf_, rf_, share_ in cases:
         want = fl.rolloff_twin(xnp, jf_, zf_, rf_, share_, None, fw, consts)
-        got = fl.rolloff_numpy(jf_, zf_, rf_, share_, None, fw, consts)
+        got = fl.rolloff_numpy_passes(jf_, zf_, rf_, share_, None, fw, consts)
         assert set(got) == set(want)
         for key in want:
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
     # (the probe's cut-offs lie far below the top: the prefix path was taken)
-    first = fl.rolloff_numpy(jf, zf, rf, share, None, fw, consts)["first"]
+    first = fl.rolloff_numpy_passes(jf, zf, rf, share, None, fw, consts)["first"]
     assert int(first.max()) < k // 2
 
 
