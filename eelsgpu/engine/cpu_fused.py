@@ -180,6 +180,19 @@ def _scratch(shape: tuple[int, ...], dtype: Any, count: int) -> list[np.ndarray]
     return cache[1]
 
 
+def _applies(y: np.ndarray, others: tuple[Any, ...], min_channels: int) -> bool:
+    """Whether a compiled kernel takes ``y``: a C-contiguous 2-D float block of at least
+    ``min_channels`` channels with ``others`` in its precision (else the NumPy path runs)."""
+    dt = y.dtype
+    return (
+        y.ndim == 2
+        and dt.kind == "f"
+        and bool(y.flags.c_contiguous)
+        and y.shape[-1] >= min_channels
+        and all(np.asarray(a).dtype == dt for a in others)
+    )
+
+
 def rolloff_cpu(
     jf: np.ndarray,
     zf: np.ndarray,
@@ -266,13 +279,7 @@ def away_stats_cpu(
     None where it does not apply (not a C-contiguous float block of at least 8 channels, or
     mixed precisions): the caller's NumPy path runs."""
     dt = y.dtype
-    if (
-        y.ndim != 2
-        or dt.kind != "f"
-        or not y.flags.c_contiguous
-        or y.shape[-1] < 8
-        or any(np.asarray(a).dtype != dt for a in (e, c, w))
-    ):
+    if not _applies(y, (e, c, w), min_channels=8):
         return None
     nb = _numba()
     n, n_e = y.shape
@@ -301,13 +308,7 @@ def background_sums_cpu(
     in one compiled loop per row, the same bits; None where it does not apply (not a
     C-contiguous float block with everything in its precision): the NumPy path runs."""
     dt = y.dtype
-    if (
-        y.ndim != 2
-        or dt.kind != "f"
-        or not y.flags.c_contiguous
-        or y.shape[-1] < 1
-        or any(np.asarray(a).dtype != dt for a in (e, c, thr))
-    ):
+    if not _applies(y, (e, c, thr), min_channels=1):
         return None
     nb = _numba()
     out = np.empty((y.shape[0], 5), dtype=dt)
