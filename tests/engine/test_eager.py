@@ -145,7 +145,14 @@ def test_ctrl_c_stops_every_block_before_it_returns(stand_in, monkeypatch):
     """Ctrl-C (SIGINT to the main thread while the blocks run) raises KeyboardInterrupt from the
     call, as it does from a lazy compute, and only once no block is running any more (running
     blocks end at their next tile; blocks not started never run). Truth: a counter of kernel
-    calls in progress and of calls made."""
+    calls in progress and of calls made. Once, in a fresh clone's full suite (not reproduced
+    alone, nor 30 times under load), no KeyboardInterrupt came at all; the likely cause is
+    CPython's: a signal whose handler runs inside a finaliser (garbage of earlier tests collected
+    just then) raises there and is "ignored". So the garbage is collected first and the kernel
+    sends SIGINT again every 8th call, as a user presses Ctrl-C again."""
+    import gc
+
+    gc.collect()
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     mem = _in_memory(stand_in.image(shape=(32, 64, 256), chunks=(32, 64)))
     main = threading.main_thread().ident
@@ -156,7 +163,7 @@ def test_ctrl_c_stops_every_block_before_it_returns(stand_in, monkeypatch):
         with lock:
             running[0] += 1
             calls[0] += 1
-            first = calls[0] == 1
+            first = calls[0] % 8 == 1
         try:
             if first:
                 signal.pthread_kill(main, signal.SIGINT)
