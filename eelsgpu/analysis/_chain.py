@@ -157,7 +157,7 @@ def chain_replica_sigmas(
             if name not in out:
                 out[name] = np.full((n_pix, *extra), np.nan, dtype=np.float64)
             out[name][rows] = sd
-    return {name: sd.reshape(*nav_shape, *sd.shape[1:]) for name, sd in out.items()}
+    return {name: sd.reshape((*nav_shape, *sd.shape[1:])) for name, sd in out.items()}
 
 
 #: Deconvolve outputs KK analyses (module docstring of eelsgpu.analysis.kramers_kronig).
@@ -238,7 +238,10 @@ def kramers_kronig_from_raw(
     if unc.method is None:
         return ds
     targets = [t for t in sigma_targets if t in ds.data_vars]
-    sigmas = chain_replica_sigmas(raw, chain, targets, unc, options)
+    # the replicas need only the values: not the normalisation's systematic part
+    systematic = ("kk:refractive_index_rel_sigma", "kk:thickness_rel_sigma")
+    per_replica = {k: v for k, v in options.items() if k not in systematic}
+    sigmas = chain_replica_sigmas(raw, chain, targets, unc, per_replica)
     label = f"replicas:{unc.n_replicas}"
     for name, sd in sigmas.items():
         da = xr.DataArray(sd, dims=ds[name].dims, coords=ds[name].coords)

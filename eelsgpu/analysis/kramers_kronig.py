@@ -851,7 +851,11 @@ def _normalisation_systematic(
         )
     if iterations > 0:
         what += "; with the surface correction only the factor's first-order part"
-    r_da = r if isinstance(r, xr.DataArray) else float(r)
+    if np.ndim(r) == 0:
+        r_da: Any = float(r)
+    else:  # a map of relative sigmas, on the image's pixels
+        nav = [d for d in si.dims if d != "energy"]
+        r_da = r if isinstance(r, xr.DataArray) else xr.DataArray(np.asarray(r), dims=nav)
     parts: dict[str, Any] = {}
     if "eps1" in ds and "eps2" in ds:
         eps = ds["eps1"] + 1j * ds["eps2"]
@@ -873,11 +877,8 @@ def _normalisation_systematic(
             parts["plasmon_energy_eV"] = _crossing_shift(ds, np.real(d) * r_da)
     if "loss_function" in ds:
         parts["loss_function"] = abs(ds["loss_function"]) * r_da
-    if "thickness_nm" in ds:
-        rel = r_da if n_rel_sigma is not None else (
-            t_rel_sigma if np.ndim(t_rel_sigma) == 0 else as_map(t_rel_sigma, si, "thickness")
-        )  # fmt: skip
-        parts["thickness_nm"] = abs(ds["thickness_nm"]) * rel
+    if "thickness_nm" in ds:  # eq. 26 with n (t proportional to 1/K); the given t's own
+        parts["thickness_nm"] = abs(ds["thickness_nm"]) * r_da
     for name, sigma in parts.items():
         if isinstance(sigma, xr.DataArray):
             sigma = sigma.drop_vars([c for c in sigma.coords if c not in ds[name].coords])

@@ -162,3 +162,21 @@ def test_options_that_cannot_run_end_to_end_are_refused(raw):
         eelsgpu.kramers_kronig(small, metal=True, deconvolve={"uncertainty": "replicas"})
     with pytest.raises(InputError, match="not an SSD"):
         eelsgpu.kramers_kronig(small, metal=True, deconvolve={"output": "residual"})
+
+
+def test_one_spectrum_and_a_line_scan_get_their_own_shapes(raw):
+    """A single spectrum (no pixel axes) and a line scan (one) get sigmas shaped like their
+    results; the line scan's pixel sigmas are those of the same pixels in the image (replicas
+    seeded by the flat pixel index: the first row of the image is the line scan's pixels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = dict(metal=True, deconvolve={}, uncertainty="replicas:4", seed=2, device="cpu")
+        one = eelsgpu.kramers_kronig(raw.isel(y=0, x=0), **kw)
+        line = eelsgpu.kramers_kronig(raw.isel(y=0, x=slice(0, 3)), **kw)
+        image = eelsgpu.kramers_kronig(raw[:, :3], **kw)
+    assert one["eps1_sigma"].dims == ("energy",) and one["thickness_nm_sigma"].ndim == 0
+    assert np.isfinite(float(one["thickness_nm_sigma"])) and float(one["thickness_nm_sigma"]) > 0
+    assert line["eps1_sigma"].dims == ("x", "energy")
+    np.testing.assert_array_equal(
+        line["thickness_nm_sigma"].values, image["thickness_nm_sigma"].values[0]
+    )

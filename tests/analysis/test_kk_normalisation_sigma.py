@@ -87,6 +87,11 @@ def test_thickness_sigma_is_the_first_order_change():
     for name in ("eps1", "eps2", "loss_function", "refractive_index", "plasmon_energy_eV"):
         _compare(base, moved, quoted, name)
     one = _kk(sim, thickness_nm=t, thickness_rel_sigma=0.01)
+    # a map of relative sigmas gives each pixel its own (here all 1 %: the same numbers)
+    as_map = _kk(sim, thickness_nm=t, thickness_rel_sigma=np.full(t.shape, 0.01))
+    np.testing.assert_array_equal(
+        as_map["eps1_sigma_systematic"].values, one["eps1_sigma_systematic"].values
+    )
     eps = base["eps1"].values + 1j * base["eps2"].values
     nonlinear = np.abs(1 - eps) * 0.01 > 0.2
     assert 0 < nonlinear.sum() < 0.1 * nonlinear.size
