@@ -707,21 +707,22 @@ def _run_eager(
         threading.Thread(target=worker, name=f"eelsgpu-eager-{i}", daemon=True)
         for i in range(min(workers, len(blocks)))
     ]
-    try:
-        # BLAS held to one thread while a block runs per core (eelsgpu.engine.blas), set from
-        # this (the calling) thread: OpenBLAS ignores a limit set from one of the block threads
-        with one_blas_thread():
+    # BLAS held to one thread while a block runs per core (eelsgpu.engine.blas), set from this
+    # (the calling) thread -- OpenBLAS ignores a limit set from one of the block threads -- and
+    # given back only once every block has stopped (never changed under a running product)
+    with one_blas_thread():
+        try:
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-    except BaseException:  # Ctrl-C
-        stop.set()
-        raise
-    finally:
-        for t in threads:
-            if t.ident is not None:
-                t.join()  # returns (or raises) only once every block has stopped
+        except BaseException:  # Ctrl-C
+            stop.set()
+            raise
+        finally:
+            for t in threads:
+                if t.ident is not None:
+                    t.join()  # returns (or raises) only once every block has stopped
     if errors:
         raise errors[0]
     return results
