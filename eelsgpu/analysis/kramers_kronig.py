@@ -113,6 +113,11 @@ from ..kernels.blocks_lowloss import ALIGNED_OUTPUTS  # zero loss at 0 eV: analy
 from ..kernels.blocks_replicas import KK_ANALYTIC_TARGETS, kk_with_analytic, with_replicas
 from ..kernels.loss_grid import DEFAULT_LOW_ENERGY_CUTOFF_EV, cutoff_index, loss_grid
 from ..kernels.sum_rule import sum_rule_normalisation
+from ..kernels.uncertainty import (
+    eps_normalisation_sigmas,
+    normalisation_rel_sigma,
+    plasmon_crossing_shift_eV,
+)
 from ..model import energy_axis, require_param
 from . import _checks as chk
 from ._lowloss import as_map, check_calibration, mean_free_path, spectrum_input, ssd_input
@@ -815,11 +820,6 @@ def warn_flagged(ds: xr.Dataset) -> None:
                 )
 
 
-#: The largest relative move of 1/eps (|1/eps - 1| dK/K / |1/eps| = |1 - eps| dK/K) for which
-#: the normalisation's first-order sigma of eps is quoted.
-LINEAR_MOVE_MAX = 0.2
-
-
 def _normalisation_systematic(
     ds: xr.Dataset,
     si: xr.DataArray,
@@ -838,7 +838,7 @@ def _normalisation_systematic(
     """
     if n_rel_sigma is not None:
         n = float(refractive_index)
-        r: Any = 2.0 * float(n_rel_sigma) / (n * n - 1.0)
+        r: Any = normalisation_rel_sigma(n, n_rel_sigma)
         what = (
             f"refractive index n = {n:g} +- {100 * float(n_rel_sigma):g} % (given), first order "
             "through the sum-rule normalisation (kk-theory.md eqs. 28, 33)"
@@ -858,23 +858,38 @@ def _normalisation_systematic(
         r_da = r if isinstance(r, xr.DataArray) else xr.DataArray(np.asarray(r), dims=nav)
     parts: dict[str, Any] = {}
     if "eps1" in ds and "eps2" in ds:
-        eps = ds["eps1"] + 1j * ds["eps2"]
-        d = eps * eps - eps
-        # first order only where 1/eps moves by at most 20 % (|1/eps - 1| r / |1/eps|): where
-        # |eps| is large (a metal below its plasmon) a 1 % normalisation moves eps far
-        # nonlinearly -- NaN there, not a false first-order number
-        linear = (abs(eps - 1) * r_da <= LINEAR_MOVE_MAX).where(np.isfinite(ds["eps1"]), False)
-        parts["eps1"] = (abs(np.real(d)) * r_da).where(linear)
-        parts["eps2"] = (abs(np.imag(d)) * r_da).where(linear)
+        # (a map of dK/K goes in per pixel, a number as a keyword)
+        maps = [r_da] if np.ndim(r_da) else []
+        sig = xr.apply_ufunc(
+            eps_normalisation_sigmas,
+            ds["eps1"],
+            ds["eps2"],
+            *maps,
+            kwargs={} if maps else {"rel": r_da},
+            input_core_dims=[["energy"], ["energy"], *([[]] * len(maps))],
+            output_core_dims=[["energy"]] * 3,
+            dask="parallelized",
+            output_dtypes=[np.float64] * 3,
+        )
+        parts["eps1"], parts["eps2"] = sig[0], sig[1]
         if "refractive_index" in ds:
-            # n(E) = sqrt((|eps| + eps1) / 2) moved along d eps: its derivative by a small step
-            h = 1e-6
-            e2 = eps + h * d
-            n0 = np.sqrt((abs(eps) + np.real(eps)) / 2)
-            n1 = np.sqrt((abs(e2) + np.real(e2)) / 2)
-            parts["refractive_index"] = (abs(n1 - n0) / h * r_da).where(linear)
+            parts["refractive_index"] = sig[2]
         if "plasmon_energy_eV" in ds:
-            parts["plasmon_energy_eV"] = _crossing_shift(ds, np.real(d) * r_da)
+            e = ds["energy"].values
+            # eps1's signed move, (eps^2 - eps) dK/K's real part (eq. 34)
+            e1, e2 = ds["eps1"], ds["eps2"]
+            d_eps1 = (e1 * e1 - e2 * e2 - e1) * r_da
+            parts["plasmon_energy_eV"] = xr.apply_ufunc(
+                plasmon_crossing_shift_eV,
+                e1,
+                d_eps1,
+                ds["plasmon_energy_eV"],
+                kwargs={"e0_eV": float(e[0]), "dispersion_eV": float(e[1] - e[0])},
+                input_core_dims=[["energy"], ["energy"], []],
+                dask="parallelized",
+                output_dtypes=[np.float64],
+                dask_gufunc_kwargs={"allow_rechunk": True},
+            )
     if "loss_function" in ds:
         parts["loss_function"] = abs(ds["loss_function"]) * r_da
     if "thickness_nm" in ds:  # eq. 26 with n (t proportional to 1/K); the given t's own
@@ -884,33 +899,3 @@ def _normalisation_systematic(
             sigma = sigma.drop_vars([c for c in sigma.coords if c not in ds[name].coords])
         ds = add_systematic(ds, name, {"normalisation": (sigma, what)})
     return ds
-
-
-def _crossing_shift(ds: xr.Dataset, d_eps1: xr.DataArray) -> xr.DataArray:
-    """|d E_p| of the plasmon energy (eps1's upward zero crossing, interpolated linearly between
-    channels a and b as :func:`~eelsgpu.kernels.optics.plasmon_energy_eV` does,
-    E_p = E_a - dE e1_a / (e1_b - e1_a)) when eps1 moves by the signed ``d_eps1``:
-    d E_p = -dE (d_a e1_b - e1_a d_b) / (e1_b - e1_a)^2."""
-    e = ds["energy"].values
-    e0, de = float(e[0]), float(e[1] - e[0])
-
-    def shift(e1: np.ndarray, d: np.ndarray, ep: np.ndarray) -> np.ndarray:
-        i = np.floor((np.nan_to_num(ep, nan=e0) - e0) / de).clip(0, e1.shape[-1] - 2)
-        i = i.astype(np.int64)[..., None]
-        a, b = (np.take_along_axis(e1, i + k, axis=-1)[..., 0] for k in (0, 1))
-        da, db = (np.take_along_axis(d, i + k, axis=-1)[..., 0] for k in (0, 1))
-        step = b - a
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.abs(de * (da * b - a * db) / (step * step))
-        return np.where(np.isfinite(ep) & (step > 0), out, np.nan)
-
-    return xr.apply_ufunc(
-        shift,
-        ds["eps1"],
-        d_eps1,
-        ds["plasmon_energy_eV"],
-        input_core_dims=[["energy"], ["energy"], []],
-        dask="parallelized",
-        output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"allow_rechunk": True},
-    )

@@ -93,4 +93,7 @@ film 3     Poisson-deviance Levenberg-Marquardt, covariance       :func:`.film_f
 32 var     var(H[x]): squared kernel (*) channel variance, FFT    :func:`.uncertainty.odd_hilbert_variance`
 34 var     cov(eps1, eps2) by eq. 34's Jacobian; var n(E)         :func:`.uncertainty.eps_covariance_from_inverse`,
                                                                   :func:`.uncertainty.refractive_index_variance`
+28,33 sys  dK/K of a given n: 2 (dn/n) / (n^2 - 1)                :func:`.uncertainty.normalisation_rel_sigma`
+31-34 sys  d eps = (eps^2 - eps) dK/K; n(E) and E_p moved with it :func:`.uncertainty.eps_normalisation_sigmas`,
+                                                                  :func:`.uncertainty.plasmon_crossing_shift_eV`
 =========  =====================================================  ========================="""

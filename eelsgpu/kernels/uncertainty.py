@@ -59,6 +59,9 @@ __all__ = [
     "REPLICA_BATCH_ELEMENTS",
     "draw_replicas",
     "eps_covariance_from_inverse",
+    "eps_normalisation_sigmas",
+    "normalisation_rel_sigma",
+    "plasmon_crossing_shift_eV",
     "estimate_gain",
     "fourier_log_functional_variance",
     "fourier_log_ssd_variance",
@@ -1085,3 +1088,76 @@ def refractive_index_variance(n: Any, k: Any, var_eps1: Any, var_eps2: Any, cov1
     """
     den = 2.0 * (n * n + k * k)
     return (n * n * var_eps1 + k * k * var_eps2 + 2 * n * k * cov12) / (den * den)
+
+
+#: The largest relative move of 1/eps (|1/eps - 1| dK/K / |1/eps| = |1 - eps| dK/K) for which
+#: :func:`eps_normalisation_sigmas` quotes its first-order sigma.
+LINEAR_MOVE_MAX = 0.2
+
+
+def normalisation_rel_sigma(refractive_index: float, rel_sigma: float) -> float:
+    """dK/K of the KK normalisation factor K (Im[-1/eps] = K S) for a refractive index n given
+    with relative sigma dn/n: kk-theory.md eqs. 28 and 33 make K proportional to 1 - 1/n^2, so
+    dK/K = 2 (dn/n) / (n^2 - 1). Dimensionless in and out (a thickness given as the
+    normalisation, eq. 31, has dK/K = dt/t itself).
+
+    >>> round(normalisation_rel_sigma(2.0, 0.01), 6)
+    0.006667
+    """
+    n = float(refractive_index)
+    return 2.0 * float(rel_sigma) / (n * n - 1.0)
+
+
+def eps_normalisation_sigmas(eps1: Any, eps2: Any, rel: Any) -> tuple[Any, Any, Any]:
+    """First-order sigmas of eps1, eps2 and n(E) when K moves by ``rel`` = dK/K.
+
+    1/eps = 1 + K g (eqs. 31-32: Im[-1/eps] = K S and Re[1/eps] - 1 = -K H[S]), so
+    d eps = (eps^2 - eps) dK/K (eq. 34); n = sqrt((|eps| + eps1) / 2) moved along it by a small
+    step. NaN where 1/eps would move by more than :data:`LINEAR_MOVE_MAX` (|1 - eps| rel: a
+    metal below its plasmon, where first order does not hold). ``eps1``, ``eps2`` (..., K)
+    dimensionless, ``rel`` a number or one per spectrum (...); out: (..., K) each.
+
+    >>> s1, s2, sn = eps_normalisation_sigmas(np.array([2.0]), np.array([1.0]), 0.01)
+    >>> [round(float(v[0]), 4) for v in (s1, s2, sn)]  # eps^2 - eps = 1 + 3i
+    [0.01, 0.03, 0.0056]
+    """
+    xp = array_namespace(eps1, eps2)
+    if getattr(rel, "ndim", 0):  # one dK/K per spectrum
+        rel = rel[..., None]
+    eps = eps1 + 1j * eps2
+    d = eps * eps - eps
+    linear = xp.isfinite(eps1) & (xp.abs(eps - 1) * rel <= LINEAR_MOVE_MAX)
+    h = 1e-6
+    e2 = eps + h * d
+    n0 = xp.sqrt((xp.abs(eps) + xp.real(eps)) / 2)
+    n1 = xp.sqrt((xp.abs(e2) + xp.real(e2)) / 2)
+    return tuple(
+        xp.where(linear, v, xp.nan)
+        for v in (xp.abs(xp.real(d)) * rel, xp.abs(xp.imag(d)) * rel, xp.abs(n1 - n0) / h * rel)
+    )
+
+
+def plasmon_crossing_shift_eV(
+    eps1: Any, d_eps1: Any, plasmon_eV: Any, e0_eV: float, dispersion_eV: float
+) -> Any:
+    """|dE_p| (eV) of the plasmon energy when eps1 moves by the signed ``d_eps1``.
+
+    E_p is eps1's upward zero crossing interpolated linearly between channels a and b as
+    :func:`~eelsgpu.kernels.optics.plasmon_energy_eV` does, E_p = E_a - dE e1_a / (e1_b - e1_a),
+    so dE_p = -dE (d_a e1_b - e1_a d_b) / (e1_b - e1_a)^2. ``eps1``, ``d_eps1`` (..., K) on the
+    uniform grid E_k = e0 + k dE (eV); ``plasmon_eV`` (...); NaN where it is NaN.
+
+    >>> e1 = np.array([[-1.0, 1.0]])
+    >>> float(plasmon_crossing_shift_eV(e1, np.array([[0.1, 0.1]]), np.array([0.5]), 0.0, 1.0)[0])
+    0.05
+    """
+    xp = array_namespace(eps1, d_eps1, plasmon_eV)
+    k = eps1.shape[-1]
+    ep = xp.where(xp.isfinite(plasmon_eV), plasmon_eV, e0_eV)
+    i = xp.astype(xp.clip(xp.floor((ep - e0_eV) / dispersion_eV), 0, k - 2), xp.int64)[..., None]
+    a, b = (xp.take_along_axis(eps1, i + j, axis=-1)[..., 0] for j in (0, 1))
+    da, db = (xp.take_along_axis(d_eps1, i + j, axis=-1)[..., 0] for j in (0, 1))
+    step = b - a
+    safe = xp.where(step > 0, step, 1.0)
+    out = xp.abs(dispersion_eV * (da * b - a * db) / (safe * safe))
+    return xp.where(xp.isfinite(plasmon_eV) & (step > 0), out, xp.nan)

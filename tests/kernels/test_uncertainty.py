@@ -352,3 +352,53 @@ def test_sandwich_covariance_of_an_onset_fit_matches_monte_carlo(xp):
     quoted = np.sqrt(np.median(cov[:, [0, 1], [0, 1]], axis=0))
     observed = p[:, :2].std(0, ddof=1)
     np.testing.assert_allclose(quoted / observed, 1.0, atol=0.1)
+
+
+def test_normalisation_sigmas_are_the_first_order_moves(xp):
+    """Truth: eps = 1 / (1 + K g) moved by K (1 + s), s = 1e-7, in NumPy complex arithmetic
+    (eqs. 31-34), and the plasmon crossing (linear between channels, as optics does) recomputed
+    with eps1 moved: the kernels' first-order sigmas equal the moves / s within 1e-4; NaN where
+    |1 - eps| dK/K > 0.2."""
+    from eelsgpu.kernels.uncertainty import (
+        LINEAR_MOVE_MAX,
+        eps_normalisation_sigmas,
+        plasmon_crossing_shift_eV,
+    )
+
+    rng = np.random.default_rng(4)
+    g = rng.normal(0, 0.5, (3, 40)) + 1j * rng.uniform(0.05, 0.5, (3, 40))
+    g[:, :4] = -0.995 + 0.005j  # 1/eps near 0: |eps| ~ 140, a metal below its plasmon
+    eps = 1 / (1 + g)
+    s = 1e-7
+    moved = 1 / (1 + g * (1 + s))
+    rel = np.array([0.01, 0.02, 0.005])
+    s1, s2, sn = (
+        to_numpy(v)
+        for v in eps_normalisation_sigmas(
+            asarray(xp, eps.real), asarray(xp, eps.imag), asarray(xp, rel)
+        )
+    )
+    ok = np.abs(1 - eps) * rel[:, None] <= LINEAR_MOVE_MAX
+    assert 0 < ok.sum() < ok.size
+    assert np.all(np.isnan(s1[~ok])) and np.all(np.isnan(sn[~ok]))
+    r = rel[:, None]
+    np.testing.assert_allclose(s1[ok], np.abs((moved - eps).real / s * r)[ok], rtol=1e-4)
+    np.testing.assert_allclose(s2[ok], np.abs((moved - eps).imag / s * r)[ok], rtol=1e-4)
+
+    def n_of(z):
+        return np.sqrt((np.abs(z) + z.real) / 2)
+
+    np.testing.assert_allclose(sn[ok], (np.abs(n_of(moved) - n_of(eps)) / s * r)[ok], rtol=1e-3)
+
+    e1 = np.array([[-2.0, -1.0, 1.0, 2.0]])
+    d = np.array([[0.3, 0.1, -0.2, 0.4]])
+    ep = np.array([1.5])  # channels 1 and 2 (E = 0, 1, 2, 3): E_p = 1 + 1 / 2
+
+    def crossing(x):
+        return 1.0 - x[0, 1] / (x[0, 2] - x[0, 1])
+
+    want = abs(crossing(e1 + s * d) - crossing(e1)) / s
+    got = to_numpy(
+        plasmon_crossing_shift_eV(asarray(xp, e1), asarray(xp, d), asarray(xp, ep), 0.0, 1.0)
+    )
+    np.testing.assert_allclose(got, [want], rtol=1e-5)
